@@ -1,0 +1,302 @@
+//! Kafka RecordBatch v2, read and stamped in place.
+//!
+//! Batches are stored on disk exactly as a producer sent them, except for the fields the
+//! leader owns: the base offset (outside the CRC) and, for `LogAppendTime` topics, the
+//! timestamp type bit and the max timestamp (inside the CRC, so it is recomputed). Nothing
+//! here decodes the records themselves beyond walking their length prefixes.
+
+use bytes::{Buf, BytesMut};
+
+/// Bytes before the `batch_length` field ends: base offset (8) + batch length (4).
+pub const LOG_OVERHEAD: usize = 12;
+/// Size of the v2 batch header, up to and including the record count.
+pub const HEADER_BYTES: usize = 61;
+
+const BATCH_LENGTH_OFFSET: usize = 8;
+const MAGIC_OFFSET: usize = 16;
+const CRC_OFFSET: usize = 17;
+const ATTRIBUTES_OFFSET: usize = 21;
+const LAST_OFFSET_DELTA_OFFSET: usize = 23;
+const BASE_TIMESTAMP_OFFSET: usize = 27;
+const MAX_TIMESTAMP_OFFSET: usize = 35;
+const PRODUCER_ID_OFFSET: usize = 43;
+const RECORD_COUNT_OFFSET: usize = 57;
+
+const COMPRESSION_MASK: i16 = 0x07;
+const TIMESTAMP_TYPE_BIT: i16 = 0x08;
+const CONTROL_BIT: i16 = 0x20;
+
+/// Why a batch was refused; each maps to one Kafka error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchError {
+    /// Fewer bytes than a header, or a length field that points past the data.
+    Truncated,
+    /// Magic byte other than 2: message formats v0/v1 are not accepted.
+    UnsupportedMagic(i8),
+    /// The CRC32C over attributes..end does not match.
+    CorruptCrc,
+    /// Header fields that contradict each other or the record walk.
+    InvalidRecords,
+}
+
+/// A borrowed view of one complete batch (header + records).
+#[derive(Clone, Copy, Debug)]
+pub struct BatchView<'a> {
+    bytes: &'a [u8],
+}
+
+fn read_i16(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([b[at], b[at + 1]])
+}
+fn read_i32(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn read_i64(b: &[u8], at: usize) -> i64 {
+    i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Total size of the batch that starts at `bytes`, if its length prefix is readable.
+/// `None` if fewer than [`LOG_OVERHEAD`] bytes are present or the length is impossible.
+pub fn frame_size(bytes: &[u8]) -> Option<usize> {
+    if bytes.len() < LOG_OVERHEAD {
+        return None;
+    }
+    let batch_length = read_i32(bytes, BATCH_LENGTH_OFFSET);
+    let min = (HEADER_BYTES - LOG_OVERHEAD) as i32;
+    if batch_length < min {
+        return None;
+    }
+    Some(LOG_OVERHEAD + batch_length as usize)
+}
+
+impl<'a> BatchView<'a> {
+    /// Splits the first batch off `bytes` and checks its framing (not its CRC).
+    pub fn split_first(bytes: &'a [u8]) -> Result<(BatchView<'a>, &'a [u8]), BatchError> {
+        let size = frame_size(bytes).ok_or(BatchError::Truncated)?;
+        if bytes.len() < size {
+            return Err(BatchError::Truncated);
+        }
+        let view = BatchView { bytes: &bytes[..size] };
+        if view.magic() != 2 {
+            return Err(BatchError::UnsupportedMagic(view.magic()));
+        }
+        Ok((view, &bytes[size..]))
+    }
+
+    /// The whole batch, as stored.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+    /// Offset of the first record (as stamped by the leader).
+    pub fn base_offset(&self) -> i64 {
+        read_i64(self.bytes, 0)
+    }
+    /// Offset of the last record.
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset() + i64::from(self.last_offset_delta())
+    }
+    /// Offset that follows this batch.
+    pub fn next_offset(&self) -> i64 {
+        self.last_offset() + 1
+    }
+    /// Message format version.
+    pub fn magic(&self) -> i8 {
+        self.bytes[MAGIC_OFFSET] as i8
+    }
+    /// Raw attribute bits.
+    pub fn attributes(&self) -> i16 {
+        read_i16(self.bytes, ATTRIBUTES_OFFSET)
+    }
+    /// True if the records are compressed (their bodies are opaque to us).
+    pub fn is_compressed(&self) -> bool {
+        self.attributes() & COMPRESSION_MASK != 0
+    }
+    /// True if the broker stamped the batch with its append time.
+    pub fn is_log_append_time(&self) -> bool {
+        self.attributes() & TIMESTAMP_TYPE_BIT != 0
+    }
+    /// True for transaction markers.
+    pub fn is_control(&self) -> bool {
+        self.attributes() & CONTROL_BIT != 0
+    }
+    /// `last_offset - base_offset`.
+    pub fn last_offset_delta(&self) -> i32 {
+        read_i32(self.bytes, LAST_OFFSET_DELTA_OFFSET)
+    }
+    /// Timestamp of the first record (CreateTime batches).
+    pub fn base_timestamp(&self) -> i64 {
+        read_i64(self.bytes, BASE_TIMESTAMP_OFFSET)
+    }
+    /// Largest record timestamp in the batch (or the append time).
+    pub fn max_timestamp(&self) -> i64 {
+        read_i64(self.bytes, MAX_TIMESTAMP_OFFSET)
+    }
+    /// Idempotent producer id, -1 if none.
+    pub fn producer_id(&self) -> i64 {
+        read_i64(self.bytes, PRODUCER_ID_OFFSET)
+    }
+    /// Declared number of records.
+    pub fn record_count(&self) -> i32 {
+        read_i32(self.bytes, RECORD_COUNT_OFFSET)
+    }
+    /// The CRC stored in the header.
+    pub fn stored_crc(&self) -> u32 {
+        read_i32(self.bytes, CRC_OFFSET) as u32
+    }
+    /// True if the stored CRC matches the bytes.
+    pub fn crc_ok(&self) -> bool {
+        crc32c::crc32c(&self.bytes[ATTRIBUTES_OFFSET..]) == self.stored_crc()
+    }
+
+    /// Full validation of a batch a producer sent: CRC, header consistency, and for
+    /// uncompressed batches a walk over the record length prefixes.
+    pub fn validate_for_append(&self) -> Result<(), BatchError> {
+        if !self.crc_ok() {
+            return Err(BatchError::CorruptCrc);
+        }
+        let count = self.record_count();
+        if count <= 0 || i64::from(self.last_offset_delta()) != i64::from(count) - 1 {
+            return Err(BatchError::InvalidRecords);
+        }
+        if !self.is_compressed() {
+            let walked = walk_records(&self.bytes[HEADER_BYTES..])?;
+            if walked != count as usize {
+                return Err(BatchError::InvalidRecords);
+            }
+        }
+        Ok(())
+    }
+
+    /// The uncompressed records of this batch, for record-level lookups.
+    /// `None` for compressed batches.
+    pub fn records(&self) -> Option<RecordIter<'a>> {
+        (!self.is_compressed()).then(|| RecordIter {
+            rest: &self.bytes[HEADER_BYTES..],
+            base_offset: self.base_offset(),
+            base_timestamp: self.base_timestamp(),
+        })
+    }
+}
+
+/// Counts records by their varint length prefixes; errors if they do not tile the bytes.
+fn walk_records(mut rest: &[u8]) -> Result<usize, BatchError> {
+    let mut count = 0usize;
+    while !rest.is_empty() {
+        let (len, used) = read_varint(rest).ok_or(BatchError::InvalidRecords)?;
+        let len = usize::try_from(len).map_err(|_| BatchError::InvalidRecords)?;
+        let end = used.checked_add(len).ok_or(BatchError::InvalidRecords)?;
+        if len == 0 || end > rest.len() {
+            return Err(BatchError::InvalidRecords);
+        }
+        rest = &rest[end..];
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Zig-zag varint as Kafka writes it; returns the value and the bytes used.
+fn read_varint(bytes: &[u8]) -> Option<(i64, usize)> {
+    let mut raw: u64 = 0;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        raw |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            let value = ((raw >> 1) as i64) ^ -((raw & 1) as i64);
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// Offset and timestamp of one record, read from its header only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordPosition {
+    /// Absolute offset.
+    pub offset: i64,
+    /// Absolute timestamp (CreateTime).
+    pub timestamp: i64,
+}
+
+/// Iterates the records of an uncompressed batch, yielding offset and timestamp.
+pub struct RecordIter<'a> {
+    rest: &'a [u8],
+    base_offset: i64,
+    base_timestamp: i64,
+}
+
+impl Iterator for RecordIter<'_> {
+    type Item = RecordPosition;
+    fn next(&mut self) -> Option<RecordPosition> {
+        let (len, used) = read_varint(self.rest)?;
+        let len = usize::try_from(len).ok()?;
+        let body = self.rest.get(used..used.checked_add(len)?)?;
+        self.rest = &self.rest[used + len..];
+        // Record body: attributes (i8), timestamp delta (varlong), offset delta (varint).
+        let (timestamp_delta, a) = read_varint(body.get(1..)?)?;
+        let (offset_delta, _) = read_varint(body.get(1 + a..)?)?;
+        Some(RecordPosition {
+            offset: self.base_offset + offset_delta,
+            timestamp: self.base_timestamp + timestamp_delta,
+        })
+    }
+}
+
+/// Iterates the complete batches at the front of `bytes`, stopping at the first incomplete one.
+pub fn complete_batches(bytes: &[u8]) -> impl Iterator<Item = BatchView<'_>> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        let (view, tail) = BatchView::split_first(rest).ok()?;
+        rest = tail;
+        Some(view)
+    })
+}
+
+/// Writes the leader-assigned base offset into a batch held in `buf`.
+pub fn stamp_base_offset(buf: &mut BytesMut, base_offset: i64) {
+    buf[0..8].copy_from_slice(&base_offset.to_be_bytes());
+}
+
+/// Marks a batch as `LogAppendTime` with `append_time` as its max timestamp, and re-seals
+/// its CRC. Record timestamps are left alone: with that bit set, readers ignore them.
+pub fn stamp_log_append_time(buf: &mut BytesMut, append_time: i64) {
+    let attributes = read_i16(buf, ATTRIBUTES_OFFSET) | TIMESTAMP_TYPE_BIT;
+    buf[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
+    buf[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8]
+        .copy_from_slice(&append_time.to_be_bytes());
+    let crc = crc32c::crc32c(&buf[ATTRIBUTES_OFFSET..]);
+    buf[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Summary of one validated batch a producer sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchSummary {
+    /// Number of records (offsets the batch takes).
+    pub record_count: i32,
+    /// Largest timestamp in the batch as sent.
+    pub max_timestamp: i64,
+    /// Bytes on disk.
+    pub size: usize,
+}
+
+/// Validates every batch in a produce payload; returns their summaries in order.
+pub fn validate_produce_payload(mut bytes: &[u8]) -> Result<Vec<BatchSummary>, BatchError> {
+    let mut out = Vec::with_capacity(1);
+    if bytes.is_empty() {
+        return Err(BatchError::InvalidRecords);
+    }
+    while !bytes.is_empty() {
+        let (view, rest) = BatchView::split_first(bytes)?;
+        view.validate_for_append()?;
+        out.push(BatchSummary {
+            record_count: view.record_count(),
+            max_timestamp: view.max_timestamp(),
+            size: view.bytes().len(),
+        });
+        bytes = rest;
+    }
+    Ok(out)
+}
+
+/// Reads the big-endian i64 at the front of a buffer (used by tests and tools).
+pub fn peek_base_offset(mut bytes: &[u8]) -> Option<i64> {
+    (bytes.len() >= 8).then(|| bytes.get_i64())
+}

@@ -1,0 +1,345 @@
+//! Fetch (with long polling) and ListOffsets: requests answered from segment reads.
+//!
+//! A request that needs bytes from disk becomes a [`Job`] with one slot per partition read;
+//! each slot issues a [`StorageOp::Read`] and the job answers when its last read completes.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_request::FetchRequest;
+use kafka_protocol::messages::fetch_response::{FetchResponse, FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_request::ListOffsetsRequest;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::ResponseKind;
+use kafka_protocol::ResponseError;
+use tracing::{error, warn};
+
+use super::{Broker, ReplyTo};
+use crate::batch::{frame_size, BatchView};
+use crate::log::ReadPlan;
+use crate::storage::{StorageOp, TopicPartition};
+
+/// ListOffsets timestamp asking for the log start offset.
+const EARLIEST: i64 = -2;
+/// ListOffsets timestamp asking for the high watermark.
+const LATEST: i64 = -1;
+
+/// A fetch waiting for `min_bytes` of data or its deadline.
+#[derive(Debug)]
+pub(super) struct ParkedFetch {
+    pub(super) reply_to: ReplyTo,
+    pub(super) deadline: i64,
+    request: FetchRequest,
+}
+
+/// A response being assembled from disk reads.
+#[derive(Debug)]
+pub(super) enum Job {
+    Fetch { reply_to: ReplyTo, response: FetchResponse, slots: Vec<ReadSlot>, outstanding: usize },
+    ListOffsets { reply_to: ReplyTo, response: ListOffsetsResponse, slots: Vec<ReadSlot>, outstanding: usize },
+}
+
+/// One partition's read within a job.
+#[derive(Debug)]
+pub(super) struct ReadSlot {
+    topic_index: usize,
+    partition_index: usize,
+    /// Fetch offset, or the timestamp searched for by ListOffsets.
+    target: i64,
+    plan: ReadPlan,
+}
+
+impl Broker {
+    pub(super) fn fetch(&mut self, now: i64, reply_to: ReplyTo, request: FetchRequest) {
+        if self.fetch_is_ready(&request) {
+            self.execute_fetch(reply_to, request);
+        } else {
+            let deadline = now + i64::from(request.max_wait_ms);
+            self.parked_fetches.push(ParkedFetch { reply_to, deadline, request });
+        }
+    }
+
+    /// True if a fetch should be answered now rather than wait for more data.
+    fn fetch_is_ready(&self, request: &FetchRequest) -> bool {
+        if request.max_wait_ms <= 0 || request.min_bytes <= 0 {
+            return true;
+        }
+        let mut available = 0u64;
+        for topic in &request.topics {
+            for p in &topic.partitions {
+                let Some(log) = self.topics.get(&*topic.topic.0).and_then(|t| t.partition(p.partition)) else {
+                    return true; // Errors are answered at once.
+                };
+                if p.fetch_offset < log.log_start_offset() || p.fetch_offset > log.high_watermark() {
+                    return true;
+                }
+                available += log.committed_bytes_after(p.fetch_offset);
+            }
+        }
+        available >= request.min_bytes as u64
+    }
+
+    pub(super) fn wake_parked_fetches(&mut self, _now: i64, advanced: &BTreeSet<TopicPartition>) {
+        let touched = |f: &ParkedFetch| {
+            f.request.topics.iter().any(|t| {
+                t.partitions.iter().any(|p| {
+                    advanced.iter().any(|tp| *tp.topic == *t.topic.0 && tp.partition == p.partition)
+                })
+            })
+        };
+        let mut i = 0;
+        while i < self.parked_fetches.len() {
+            let f = &self.parked_fetches[i];
+            if touched(f) && self.fetch_is_ready(&f.request) {
+                let f = self.parked_fetches.swap_remove(i);
+                self.execute_fetch(f.reply_to, f.request);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    pub(super) fn expire_parked_fetches(&mut self, now: i64) {
+        let (due, waiting) = std::mem::take(&mut self.parked_fetches).into_iter().partition(|f| f.deadline <= now);
+        self.parked_fetches = waiting;
+        let mut due: Vec<ParkedFetch> = due;
+        due.sort_by_key(|f| (f.deadline, f.reply_to.conn, f.reply_to.seq));
+        for f in due {
+            self.execute_fetch(f.reply_to, f.request);
+        }
+    }
+
+    fn execute_fetch(&mut self, reply_to: ReplyTo, request: FetchRequest) {
+        let mut budget = match request.max_bytes {
+            b if b > 0 => b.min(self.config.fetch_max_bytes) as usize,
+            _ => self.config.fetch_max_bytes as usize,
+        };
+        let aborted = (request.isolation_level == 1).then(Vec::new);
+        let mut response = FetchResponse::default();
+        let mut slots = Vec::new();
+        for (topic_index, topic) in request.topics.iter().enumerate() {
+            let mut topic_response = FetchableTopicResponse::default()
+                .with_topic(topic.topic.clone())
+                .with_topic_id(topic.topic_id);
+            for (partition_index, p) in topic.partitions.iter().enumerate() {
+                let mut data = PartitionData::default()
+                    .with_partition_index(p.partition)
+                    .with_aborted_transactions(aborted.clone())
+                    .with_records(Some(Bytes::new()));
+                let log = self.topics.get(&*topic.topic.0).and_then(|t| t.partition(p.partition));
+                match log {
+                    None => data.error_code = ResponseError::UnknownTopicOrPartition.code(),
+                    Some(log) => {
+                        data.high_watermark = log.high_watermark();
+                        data.last_stable_offset = log.high_watermark();
+                        data.log_start_offset = log.log_start_offset();
+                        let want = budget.min(p.partition_max_bytes.max(0) as usize);
+                        match log.plan_read(p.fetch_offset, want) {
+                            Err(_) => data.error_code = ResponseError::OffsetOutOfRange.code(),
+                            Ok(Some(plan)) if want > 0 => {
+                                budget -= plan.len;
+                                slots.push(ReadSlot { topic_index, partition_index, target: p.fetch_offset, plan });
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                }
+                topic_response.partitions.push(data);
+            }
+            response.responses.push(topic_response);
+        }
+        let job = Job::Fetch { reply_to, response, outstanding: slots.len(), slots: Vec::new() };
+        self.start_job(job, slots);
+    }
+
+    pub(super) fn list_offsets(&mut self, reply_to: ReplyTo, request: ListOffsetsRequest) {
+        let mut response = ListOffsetsResponse::default();
+        let mut slots = Vec::new();
+        for (topic_index, topic) in request.topics.iter().enumerate() {
+            let mut topic_response = ListOffsetsTopicResponse::default().with_name(topic.name.clone());
+            for (partition_index, p) in topic.partitions.iter().enumerate() {
+                let mut out = ListOffsetsPartitionResponse::default()
+                    .with_partition_index(p.partition_index)
+                    .with_timestamp(-1)
+                    .with_offset(-1);
+                let log = self.topics.get(&*topic.name.0).and_then(|t| t.partition(p.partition_index));
+                match (log, p.timestamp) {
+                    (None, _) => out.error_code = ResponseError::UnknownTopicOrPartition.code(),
+                    (Some(log), EARLIEST) => out.offset = log.log_start_offset(),
+                    (Some(log), LATEST) => out.offset = log.high_watermark(),
+                    (Some(log), ts) if ts >= 0 => {
+                        if let Some(plan) = log.plan_timestamp_read(ts) {
+                            slots.push(ReadSlot { topic_index, partition_index, target: ts, plan });
+                        }
+                    }
+                    (Some(_), _) => out.error_code = ResponseError::InvalidRequest.code(),
+                }
+                if out.error_code == 0 {
+                    out.leader_epoch = 0;
+                }
+                topic_response.partitions.push(out);
+            }
+            response.topics.push(topic_response);
+        }
+        let job = Job::ListOffsets { reply_to, response, outstanding: slots.len(), slots: Vec::new() };
+        self.start_job(job, slots);
+    }
+
+    /// Issues a job's reads, or answers at once if it has none.
+    fn start_job(&mut self, mut job: Job, slots: Vec<ReadSlot>) {
+        if slots.is_empty() {
+            return self.finish_job(job);
+        }
+        let job_id = self.next_job;
+        self.next_job += 1;
+        for (i, slot) in slots.iter().enumerate() {
+            self.issue_read(job_id, i, &slot.plan);
+        }
+        match &mut job {
+            Job::Fetch { slots: s, .. } | Job::ListOffsets { slots: s, .. } => *s = slots,
+        }
+        self.jobs.insert(job_id, job);
+    }
+
+    fn issue_read(&mut self, job_id: u64, slot: usize, plan: &ReadPlan) {
+        let token = self.token();
+        self.reads.insert(token, (job_id, slot));
+        self.storage(StorageOp::Read {
+            token,
+            segment: plan.segment.clone(),
+            position: plan.position,
+            len: plan.len,
+        });
+    }
+
+    pub(super) fn on_read(&mut self, _now: i64, token: u64, result: Result<Bytes, String>) {
+        let Some((job_id, slot_index)) = self.reads.remove(&token) else {
+            warn!(token, "completion for an unknown read");
+            return;
+        };
+        let Some(job) = self.jobs.get_mut(&job_id) else { return };
+        let reissue = match job {
+            Job::Fetch { response, slots, outstanding, .. } => {
+                let slot = &mut slots[slot_index];
+                let data = &mut response.responses[slot.topic_index].partitions[slot.partition_index];
+                let reissue = fill_fetch_slot(slot, data, result);
+                if reissue.is_none() {
+                    *outstanding -= 1;
+                }
+                reissue
+            }
+            Job::ListOffsets { response, slots, outstanding, .. } => {
+                let slot = &slots[slot_index];
+                let out = &mut response.topics[slot.topic_index].partitions[slot.partition_index];
+                fill_list_offsets_slot(slot, out, result);
+                *outstanding -= 1;
+                None
+            }
+        };
+        if let Some(plan) = reissue {
+            return self.issue_read(job_id, slot_index, &plan);
+        }
+        let done = matches!(self.jobs.get(&job_id), Some(Job::Fetch { outstanding: 0, .. } | Job::ListOffsets { outstanding: 0, .. }));
+        if done {
+            let job = self.jobs.remove(&job_id).expect("job exists");
+            self.finish_job(job);
+        }
+    }
+
+    fn finish_job(&mut self, job: Job) {
+        match job {
+            Job::Fetch { reply_to, response, .. } => self.respond(reply_to, Some(ResponseKind::Fetch(response))),
+            Job::ListOffsets { reply_to, response, .. } => {
+                self.respond(reply_to, Some(ResponseKind::ListOffsets(response)))
+            }
+        }
+    }
+}
+
+/// Trims a read to the whole, intact batches at or after the fetch offset. Returns a new plan
+/// if the first wanted batch did not fit in the read (it is then read whole, as KIP-74 asks).
+fn fill_fetch_slot(slot: &mut ReadSlot, data: &mut PartitionData, result: Result<Bytes, String>) -> Option<ReadPlan> {
+    let bytes = match result {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            error!(segment = ?slot.plan.segment, error = %e, "segment read failed");
+            data.error_code = ResponseError::KafkaStorageError.code();
+            return None;
+        }
+    };
+    let (mut start, mut end) = (0usize, 0usize);
+    let mut rest = &bytes[..];
+    let corrupt = loop {
+        match BatchView::split_first(rest) {
+            Ok((view, tail)) => {
+                let after = bytes.len() - tail.len();
+                if view.last_offset() < slot.target {
+                    start = after;
+                } else if view.crc_ok() {
+                    end = after;
+                } else {
+                    break true;
+                }
+                rest = tail;
+            }
+            // A whole frame that is not a v2 batch is as corrupt as a bad CRC.
+            Err(_) => {
+                break frame_size(rest).is_some_and(|size| size <= rest.len())
+                    || (rest.len() >= crate::batch::LOG_OVERHEAD && frame_size(rest).is_none());
+            }
+        }
+    };
+    end = end.max(start);
+    if end > start {
+        data.records = Some(bytes.slice(start..end));
+        return None;
+    }
+    if corrupt {
+        let position = slot.plan.position + (bytes.len() - rest.len()) as u64;
+        error!(segment = ?slot.plan.segment, position, "corrupt batch on disk; not serving it");
+        data.error_code = ResponseError::KafkaStorageError.code();
+        return None;
+    }
+    // Nothing whole at or after the target: read on from `start`, at least one whole batch.
+    let remaining = slot.plan.available.saturating_sub(start as u64);
+    let next_size = frame_size(&bytes[start..]).unwrap_or(0);
+    if remaining == 0 || (start == 0 && next_size <= bytes.len()) {
+        return None;
+    }
+    let len = (next_size.max(slot.plan.len) as u64).min(remaining) as usize;
+    slot.plan = ReadPlan {
+        segment: slot.plan.segment.clone(),
+        position: slot.plan.position + start as u64,
+        len,
+        available: remaining,
+    };
+    Some(slot.plan.clone())
+}
+
+/// Finds the first record with timestamp >= the target in a read of one index interval.
+fn fill_list_offsets_slot(slot: &ReadSlot, out: &mut ListOffsetsPartitionResponse, result: Result<Bytes, String>) {
+    let bytes = match result {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            error!(segment = ?slot.plan.segment, error = %e, "segment read failed");
+            out.error_code = ResponseError::KafkaStorageError.code();
+            return;
+        }
+    };
+    for view in crate::batch::complete_batches(&bytes) {
+        if view.max_timestamp() < slot.target || !view.crc_ok() {
+            continue;
+        }
+        let found = view
+            .records()
+            .filter(|_| !view.is_log_append_time())
+            .and_then(|mut records| records.find(|r| r.timestamp >= slot.target))
+            .map(|r| (r.timestamp, r.offset));
+        let (timestamp, offset) = found.unwrap_or((view.max_timestamp(), view.base_offset()));
+        out.timestamp = timestamp;
+        out.offset = offset;
+        return;
+    }
+}

@@ -1,0 +1,473 @@
+//! The broker state machine: Kafka requests in, responses and disk operations out.
+//!
+//! # Driving a `Broker`
+//! Inputs: [`Broker::handle_request`] for each complete request frame (size prefix removed),
+//! [`Broker::handle_storage`] for each completion of a [`StorageOp`] that has one,
+//! [`Broker::handle_disconnect`] when a client goes away, and [`Broker::handle_timeout`] when
+//! the deadline from [`Broker::poll_timeout`] passes. After any input, drain
+//! [`Broker::poll_output`] until it returns `None` and carry the outputs out *in order*: a
+//! response may depend on the storage operations emitted before it.
+//!
+//! Every input takes `now`, the broker's clock in milliseconds since the Unix epoch. The
+//! broker reads no clock and performs no I/O.
+
+mod admin;
+mod fetch;
+mod produce;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use tracing::{debug, warn};
+
+use crate::config::{BrokerConfig, FlushPolicy};
+use crate::log::{PartitionLog, Segment};
+use crate::storage::{SegmentId, StorageCompletion, StorageOp, TopicPartition, TopicRecord};
+use crate::topic::Topic;
+
+use fetch::{Job, ParkedFetch};
+use produce::PendingProduce;
+
+/// Identifies one client connection; chosen by the driver, unique while it is open.
+pub type ConnectionId = u64;
+
+/// Something the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Write a complete response frame (size prefix included) to a connection.
+    Send {
+        /// Destination.
+        conn: ConnectionId,
+        /// The frame.
+        frame: Bytes,
+    },
+    /// Close a connection (after sending what was queued before this output).
+    Close(ConnectionId),
+    /// Perform a disk operation.
+    Storage(StorageOp),
+}
+
+/// A topic as found on disk at startup.
+#[derive(Debug, Clone)]
+pub struct RecoveredTopic {
+    /// Topic name.
+    pub name: String,
+    /// Its durable definition.
+    pub record: TopicRecord,
+    /// Each partition's recovered segments, oldest first.
+    pub partitions: Vec<Vec<Segment>>,
+}
+
+/// Where a response goes and how to encode it.
+#[derive(Debug, Clone, Copy)]
+struct ReplyTo {
+    conn: ConnectionId,
+    seq: u64,
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+}
+
+/// Responses of one connection, released in request order as Kafka requires.
+#[derive(Debug, Default)]
+struct Connection {
+    next_seq: u64,
+    next_to_send: u64,
+    /// Finished responses waiting for earlier ones; `None` means "no response" (acks=0).
+    ready: BTreeMap<u64, Option<Bytes>>,
+}
+
+/// The sync in flight and the commit points it makes durable.
+#[derive(Debug)]
+struct InFlightSync {
+    token: u64,
+    commits: Vec<(TopicPartition, [u8; 16], (i64, i64, u64))>,
+}
+
+/// A single broker's state.
+pub struct Broker {
+    config: BrokerConfig,
+    topics: BTreeMap<Arc<str>, Topic>,
+    connections: BTreeMap<ConnectionId, Connection>,
+    outputs: VecDeque<Output>,
+    /// Segment files appended to since the last sync was issued.
+    dirty_segments: BTreeSet<SegmentId>,
+    /// Partitions appended to since the last sync was issued.
+    dirty_partitions: BTreeSet<TopicPartition>,
+    in_flight_sync: Option<InFlightSync>,
+    /// Token for the next storage operation that has a completion.
+    next_token: u64,
+    /// Token the next sync will carry; appends made now are durable once it completes.
+    next_sync_token: u64,
+    pending_produces: VecDeque<PendingProduce>,
+    parked_fetches: Vec<ParkedFetch>,
+    jobs: BTreeMap<u64, Job>,
+    /// Read token -> (job id, slot in that job).
+    reads: BTreeMap<u64, (u64, usize)>,
+    next_job: u64,
+    next_retention_check: i64,
+    /// State for topic ids: a counter mixed with the broker id, so ids never repeat.
+    id_counter: u64,
+    id_seed: u64,
+}
+
+impl Broker {
+    /// A broker with the given config and the topics recovered from disk.
+    /// `seed` makes generated ids deterministic (the simulator passes its seed).
+    pub fn new(config: BrokerConfig, recovered: Vec<RecoveredTopic>, seed: u64, now: i64) -> Self {
+        let mut topics = BTreeMap::new();
+        for t in recovered {
+            let name: Arc<str> = Arc::from(t.name.as_str());
+            let config_for_topic = match config.topic_defaults.with_overrides(&t.record.configs) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(topic = %name, error = %e.0, "stored topic config invalid; using defaults");
+                    config.topic_defaults.clone()
+                }
+            };
+            let partitions = t
+                .partitions
+                .into_iter()
+                .enumerate()
+                .map(|(i, segments)| {
+                    PartitionLog::recovered(TopicPartition::new(&name, i as i32), segments)
+                })
+                .collect();
+            topics.insert(
+                name.clone(),
+                Topic {
+                    name,
+                    id: t.record.id,
+                    overrides: t.record.configs,
+                    config: config_for_topic,
+                    partitions,
+                },
+            );
+        }
+        let next_retention_check = now + config.retention_check_interval_ms;
+        Broker {
+            config,
+            topics,
+            connections: BTreeMap::new(),
+            outputs: VecDeque::new(),
+            dirty_segments: BTreeSet::new(),
+            dirty_partitions: BTreeSet::new(),
+            in_flight_sync: None,
+            next_token: 1,
+            next_sync_token: 1,
+            pending_produces: VecDeque::new(),
+            parked_fetches: Vec::new(),
+            jobs: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            next_job: 1,
+            next_retention_check,
+            id_counter: 0,
+            id_seed: seed,
+        }
+    }
+
+    /// The broker's configuration.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// The log of one partition, for inspection (tests, admin tools).
+    pub fn log(&self, topic: &str, partition: i32) -> Option<&PartitionLog> {
+        self.topics.get(topic)?.partition(partition)
+    }
+
+    /// Names of all topics, sorted.
+    pub fn topic_names(&self) -> impl Iterator<Item = &str> {
+        self.topics.keys().map(|k| &**k)
+    }
+
+    // ---- inputs -------------------------------------------------------------------------
+
+    /// A complete request frame from `conn` (without its 4-byte size prefix).
+    pub fn handle_request(&mut self, now: i64, conn: ConnectionId, frame: Bytes) {
+        let connection = self.connections.entry(conn).or_default();
+        let seq = connection.next_seq;
+        connection.next_seq += 1;
+        match self.decode_request(conn, seq, frame) {
+            Ok(Some((reply_to, request))) => self.dispatch(now, reply_to, request),
+            Ok(None) => {}
+            Err(reason) => {
+                warn!(conn, %reason, "closing connection: bad request");
+                self.close(conn);
+            }
+        }
+        self.after_input(now);
+    }
+
+    /// A storage operation finished.
+    pub fn handle_storage(&mut self, now: i64, completion: StorageCompletion) {
+        match completion {
+            StorageCompletion::Synced { token } => self.on_synced(now, token),
+            StorageCompletion::Read { token, result } => self.on_read(now, token, result),
+        }
+        self.after_input(now);
+    }
+
+    /// The client on `conn` disconnected; forget its pending responses.
+    pub fn handle_disconnect(&mut self, conn: ConnectionId) {
+        self.connections.remove(&conn);
+        self.parked_fetches.retain(|f| f.reply_to.conn != conn);
+    }
+
+    /// Time passed; call at or after [`Self::poll_timeout`].
+    pub fn handle_timeout(&mut self, now: i64) {
+        self.expire_parked_fetches(now);
+        if now >= self.next_retention_check {
+            self.next_retention_check = now + self.config.retention_check_interval_ms;
+            self.enforce_retention(now);
+        }
+        self.after_input(now);
+    }
+
+    // ---- outputs ------------------------------------------------------------------------
+
+    /// The next thing the driver must do, in order.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<i64> {
+        let fetch = self.parked_fetches.iter().map(|f| f.deadline).min();
+        Some(fetch.map_or(self.next_retention_check, |f| f.min(self.next_retention_check)))
+    }
+
+    /// True once nothing is waiting on the disk: used for a clean shutdown.
+    pub fn is_quiescent(&self) -> bool {
+        self.in_flight_sync.is_none() && self.dirty_segments.is_empty() && self.reads.is_empty()
+    }
+
+    // ---- plumbing -----------------------------------------------------------------------
+
+    fn decode_request(
+        &mut self,
+        conn: ConnectionId,
+        seq: u64,
+        mut frame: Bytes,
+    ) -> Result<Option<(ReplyTo, RequestKind)>, String> {
+        if frame.len() < 8 {
+            return Err(format!("frame of {} bytes is shorter than a request header", frame.len()));
+        }
+        let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+        let version = i16::from_be_bytes([frame[2], frame[3]]);
+        let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+        let api_key = ApiKey::try_from(raw_key).map_err(|_| format!("unknown api key {raw_key}"))?;
+        let reply_to = ReplyTo { conn, seq, api_key, version, correlation_id };
+        let Some(range) = admin::supported_versions(api_key) else {
+            return Err(format!("api {api_key:?} is not implemented"));
+        };
+        if version < range.0 || version > range.1 {
+            if api_key == ApiKey::ApiVersions {
+                // KIP-511: answer with v0 so any client can read the error and our ranges.
+                let response = admin::api_versions_response(true);
+                self.respond(ReplyTo { version: 0, ..reply_to }, Some(response));
+                return Ok(None);
+            }
+            return Err(format!("{api_key:?} v{version} is not supported"));
+        }
+        let header_version = api_key.request_header_version(version);
+        RequestHeader::decode(&mut frame, header_version)
+            .map_err(|e| format!("bad {api_key:?} header: {e}"))?;
+        let request = RequestKind::decode(api_key, &mut frame, version)
+            .map_err(|e| format!("bad {api_key:?} v{version} body: {e}"))?;
+        debug!(conn, ?api_key, version, correlation_id, "request");
+        Ok(Some((reply_to, request)))
+    }
+
+    fn dispatch(&mut self, now: i64, reply_to: ReplyTo, request: RequestKind) {
+        let response = match request {
+            RequestKind::ApiVersions(_) => Some(admin::api_versions_response(false)),
+            RequestKind::Metadata(r) => Some(self.metadata(now, r)),
+            RequestKind::CreateTopics(r) => Some(self.create_topics(now, r)),
+            RequestKind::DeleteTopics(r) => Some(self.delete_topics(r)),
+            RequestKind::CreatePartitions(r) => Some(self.create_partitions(r)),
+            RequestKind::DescribeConfigs(r) => Some(self.describe_configs(r)),
+            RequestKind::Produce(r) => return self.produce(now, reply_to, r),
+            RequestKind::Fetch(r) => return self.fetch(now, reply_to, r),
+            RequestKind::ListOffsets(r) => return self.list_offsets(reply_to, r),
+            other => {
+                // decode_request admits only supported APIs; anything else is a bug here.
+                warn!(api = ?reply_to.api_key, "no handler; closing");
+                drop(other);
+                self.close(reply_to.conn);
+                return;
+            }
+        };
+        self.respond(reply_to, response);
+    }
+
+    /// Queues the response to one request; `None` sends nothing (acks=0).
+    fn respond(&mut self, reply_to: ReplyTo, response: Option<ResponseKind>) {
+        let Some(connection) = self.connections.get_mut(&reply_to.conn) else {
+            return; // The client left; its answer has nowhere to go.
+        };
+        let frame = match response.map(|r| encode_response(reply_to, &r)).transpose() {
+            Ok(frame) => frame,
+            Err(e) => {
+                warn!(conn = reply_to.conn, api = ?reply_to.api_key, error = %e, "response encoding failed");
+                self.close(reply_to.conn);
+                return;
+            }
+        };
+        connection.ready.insert(reply_to.seq, frame);
+        while let Some(frame) = connection.ready.remove(&connection.next_to_send) {
+            connection.next_to_send += 1;
+            if let Some(frame) = frame {
+                self.outputs.push_back(Output::Send { conn: reply_to.conn, frame });
+            }
+        }
+    }
+
+    fn close(&mut self, conn: ConnectionId) {
+        self.handle_disconnect(conn);
+        self.outputs.push_back(Output::Close(conn));
+    }
+
+    fn storage(&mut self, op: StorageOp) {
+        self.outputs.push_back(Output::Storage(op));
+    }
+
+    fn token(&mut self) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        token
+    }
+
+    /// A fresh topic id: deterministic from the seed, unique per broker run and id.
+    fn new_topic_id(&mut self) -> [u8; 16] {
+        self.id_counter += 1;
+        let mut x = self.id_seed ^ (self.id_counter.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut out = [0u8; 16];
+        for chunk in out.chunks_mut(8) {
+            // splitmix64: a well-mixed stream from a counter.
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            chunk.copy_from_slice(&(z ^ (z >> 31)).to_be_bytes());
+        }
+        out
+    }
+
+    /// Work that follows every input: start a group-commit sync if data is waiting.
+    fn after_input(&mut self, _now: i64) {
+        if self.config.flush == FlushPolicy::GroupCommit {
+            self.maybe_start_sync();
+        }
+    }
+
+    fn maybe_start_sync(&mut self) {
+        if self.in_flight_sync.is_some()
+            || (self.dirty_partitions.is_empty() && self.dirty_segments.is_empty())
+        {
+            return;
+        }
+        let token = self.next_sync_token;
+        self.next_sync_token += 1;
+        let commits = std::mem::take(&mut self.dirty_partitions)
+            .into_iter()
+            .filter_map(|tp| {
+                let topic = self.topics.get(&tp.topic)?;
+                let point = topic.partition(tp.partition)?.end_point();
+                Some((tp, topic.id, point))
+            })
+            .collect();
+        let segments = std::mem::take(&mut self.dirty_segments).into_iter().collect();
+        self.in_flight_sync = Some(InFlightSync { token, commits });
+        self.storage(StorageOp::Sync { token, segments });
+    }
+
+    fn on_synced(&mut self, now: i64, token: u64) {
+        let Some(sync) = self.in_flight_sync.take_if(|s| s.token == token) else {
+            warn!(token, "completion for a sync that is not in flight");
+            return;
+        };
+        let mut advanced = BTreeSet::new();
+        for (tp, topic_id, point) in sync.commits {
+            let Some(topic) = self.topics.get_mut(&tp.topic).filter(|t| t.id == topic_id) else {
+                continue; // Deleted (or deleted and recreated) while the sync ran.
+            };
+            if let Some(log) = topic.partition_mut(tp.partition) {
+                if log.commit(point) {
+                    advanced.insert(tp);
+                }
+            }
+        }
+        self.complete_produces(token);
+        if !advanced.is_empty() {
+            self.wake_parked_fetches(now, &advanced);
+        }
+    }
+
+    /// Marks an append as made: in group-commit mode it becomes visible at the next sync,
+    /// otherwise at once. Returns the sync token that makes it durable.
+    fn note_append(&mut self, now: i64, tp: &TopicPartition) -> u64 {
+        match self.config.flush {
+            FlushPolicy::GroupCommit => {
+                self.dirty_partitions.insert(tp.clone());
+            }
+            FlushPolicy::Never => {
+                let log = self
+                    .topics
+                    .get_mut(&tp.topic)
+                    .and_then(|t| t.partition_mut(tp.partition))
+                    .expect("appended partition exists");
+                if log.commit(log.end_point()) {
+                    self.wake_parked_fetches(now, &BTreeSet::from([tp.clone()]));
+                }
+            }
+        }
+        self.next_sync_token
+    }
+
+    fn enforce_retention(&mut self, now: i64) {
+        let mut ops = Vec::new();
+        for topic in self.topics.values_mut() {
+            for log in &mut topic.partitions {
+                log.maybe_roll(0, now, &topic.config, &mut ops);
+                log.enforce_retention(now, &topic.config, &mut ops);
+            }
+        }
+        self.emit_log_ops(ops);
+    }
+
+    /// Emits a log's storage operations; in group-commit mode the files they write (and the
+    /// directory entries of new files) join the next sync.
+    fn emit_log_ops(&mut self, ops: Vec<StorageOp>) {
+        for op in ops {
+            if self.config.flush == FlushPolicy::GroupCommit {
+                if let StorageOp::Append { segment, .. } | StorageOp::CreateSegment(segment) = &op {
+                    self.dirty_segments.insert(segment.clone());
+                }
+            }
+            self.storage(op);
+        }
+    }
+}
+
+/// Encodes a response frame: size, header, body.
+fn encode_response(reply_to: ReplyTo, response: &ResponseKind) -> anyhow_free::Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(64);
+    buf.put_i32(0); // size, patched below
+    let header = ResponseHeader::default().with_correlation_id(reply_to.correlation_id);
+    let header_version = reply_to.api_key.response_header_version(reply_to.version);
+    header.encode(&mut buf, header_version).map_err(|e| e.to_string())?;
+    response.encode(&mut buf, reply_to.version).map_err(|e| e.to_string())?;
+    let size = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&size.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+/// Errors from the codec, as text: core keeps no `anyhow` in its API.
+mod anyhow_free {
+    pub type Result<T> = std::result::Result<T, String>;
+}

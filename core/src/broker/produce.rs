@@ -1,0 +1,132 @@
+//! Produce: validate batches, stamp offsets, append, and answer per `acks`.
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::produce_request::ProduceRequest;
+use kafka_protocol::messages::produce_response::{
+    PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::ResponseKind;
+use kafka_protocol::ResponseError;
+use tracing::debug;
+
+use super::{Broker, ReplyTo};
+use crate::batch::{self, BatchError};
+use crate::config::TimestampType;
+use crate::storage::{StorageOp, TopicPartition};
+
+/// An acks=all produce waiting for the sync that makes its batches durable.
+#[derive(Debug)]
+pub(super) struct PendingProduce {
+    reply_to: ReplyTo,
+    sync_token: u64,
+    response: ProduceResponse,
+}
+
+fn batch_error_code(e: BatchError) -> ResponseError {
+    match e {
+        BatchError::CorruptCrc | BatchError::Truncated => ResponseError::CorruptMessage,
+        BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
+        BatchError::InvalidRecords => ResponseError::InvalidRecord,
+    }
+}
+
+impl Broker {
+    pub(super) fn produce(&mut self, now: i64, reply_to: ReplyTo, request: ProduceRequest) {
+        let acks = request.acks;
+        let mut response = ProduceResponse::default();
+        let mut sync_token = None;
+        for topic_data in request.topic_data {
+            let mut topic_response = TopicProduceResponse::default().with_name(topic_data.name.clone());
+            for partition_data in topic_data.partition_data {
+                let result = if !matches!(acks, -1 | 0 | 1) {
+                    Err(ResponseError::InvalidRequiredAcks)
+                } else {
+                    self.append(now, &topic_data.name.0, partition_data.index, partition_data.records)
+                };
+                let mut p = PartitionProduceResponse::default().with_index(partition_data.index);
+                match result {
+                    Ok(appended) => {
+                        p.base_offset = appended.base_offset;
+                        p.log_append_time_ms = appended.log_append_time;
+                        p.log_start_offset = appended.log_start_offset;
+                        sync_token = Some(appended.sync_token);
+                    }
+                    Err(error) => {
+                        debug!(topic = %topic_data.name.0, partition = partition_data.index, ?error, "produce refused");
+                        p.error_code = error.code();
+                        p.base_offset = -1;
+                    }
+                }
+                topic_response.partition_responses.push(p);
+            }
+            response.responses.push(topic_response);
+        }
+        match (acks, sync_token) {
+            (0, _) => self.respond(reply_to, None),
+            (-1, Some(sync_token)) if self.config.flush == crate::config::FlushPolicy::GroupCommit => {
+                self.pending_produces.push_back(PendingProduce { reply_to, sync_token, response })
+            }
+            _ => self.respond(reply_to, Some(ResponseKind::Produce(response))),
+        }
+    }
+
+    /// Answers the acks=all produces made durable by sync `token`.
+    pub(super) fn complete_produces(&mut self, token: u64) {
+        while self.pending_produces.front().is_some_and(|p| p.sync_token <= token) {
+            let p = self.pending_produces.pop_front().expect("front exists");
+            self.respond(p.reply_to, Some(ResponseKind::Produce(p.response)));
+        }
+    }
+
+    fn append(
+        &mut self,
+        now: i64,
+        topic: &str,
+        partition: i32,
+        records: Option<Bytes>,
+    ) -> Result<Appended, ResponseError> {
+        let topic = self.topics.get_mut(topic).ok_or(ResponseError::UnknownTopicOrPartition)?;
+        let config = topic.config.clone();
+        let log = topic.partition_mut(partition).ok_or(ResponseError::UnknownTopicOrPartition)?;
+        let records = records.ok_or(ResponseError::InvalidRecord)?;
+        let summaries = batch::validate_produce_payload(&records).map_err(batch_error_code)?;
+        if summaries.iter().any(|s| s.size > config.max_message_bytes) {
+            return Err(ResponseError::MessageTooLarge);
+        }
+        let log_append_time = match config.timestamp_type {
+            TimestampType::LogAppendTime => now,
+            TimestampType::CreateTime => -1,
+        };
+        // One copy per request: the payload is a slice of the request frame, and the leader
+        // must write offsets (and maybe append times) into it.
+        let mut payload = BytesMut::from(&records[..]);
+        let base_offset = log.log_end_offset();
+        let mut ops = Vec::with_capacity(summaries.len() + 2);
+        for summary in &summaries {
+            let mut one = payload.split_to(summary.size);
+            batch::stamp_base_offset(&mut one, log.log_end_offset());
+            let max_timestamp = if log_append_time >= 0 {
+                batch::stamp_log_append_time(&mut one, log_append_time);
+                log_append_time
+            } else {
+                summary.max_timestamp
+            };
+            log.maybe_roll(summary.size as u64, now, &config, &mut ops);
+            let segment = log.active_segment_id();
+            log.append(summary.record_count, summary.size as u32, max_timestamp, now, self.config.index_interval_bytes);
+            ops.push(StorageOp::Append { segment: segment.clone(), data: one.freeze() });
+        }
+        let log_start_offset = log.log_start_offset();
+        let tp = TopicPartition::new(&topic.name, partition);
+        self.emit_log_ops(ops);
+        let sync_token = self.note_append(now, &tp);
+        Ok(Appended { base_offset, log_append_time, log_start_offset, sync_token })
+    }
+}
+
+struct Appended {
+    base_offset: i64,
+    log_append_time: i64,
+    log_start_offset: i64,
+    sync_token: u64,
+}

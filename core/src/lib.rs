@@ -1,0 +1,20 @@
+//! seedlog-core: the sans-IO heart of seedlog.
+//!
+//! Every decision of the broker lives here: record batch validation, partition logs and
+//! their offsets, high watermarks, segment rolls, retention, recovery, and the Kafka request
+//! handling that ties them together. This crate performs no I/O and reads no clock: requests,
+//! storage completions and the current time come in as arguments, and responses and disk
+//! operations go out as values (see [`broker::Broker`]). The same code runs in the `seedlog`
+//! server and in the deterministic simulator.
+
+#![warn(missing_docs)]
+
+pub mod batch;
+pub mod broker;
+pub mod config;
+pub mod log;
+pub mod recovery;
+pub mod storage;
+pub mod topic;
+
+pub use broker::{Broker, ConnectionId, Output, RecoveredTopic};
