@@ -76,7 +76,9 @@ impl<'a> BatchView<'a> {
         if bytes.len() < size {
             return Err(BatchError::Truncated);
         }
-        let view = BatchView { bytes: &bytes[..size] };
+        let view = BatchView {
+            bytes: &bytes[..size],
+        };
         if view.magic() != 2 {
             return Err(BatchError::UnsupportedMagic(view.magic()));
         }
@@ -260,8 +262,7 @@ pub fn stamp_base_offset(buf: &mut BytesMut, base_offset: i64) {
 pub fn stamp_log_append_time(buf: &mut BytesMut, append_time: i64) {
     let attributes = read_i16(buf, ATTRIBUTES_OFFSET) | TIMESTAMP_TYPE_BIT;
     buf[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
-    buf[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8]
-        .copy_from_slice(&append_time.to_be_bytes());
+    buf[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8].copy_from_slice(&append_time.to_be_bytes());
     let crc = crc32c::crc32c(&buf[ATTRIBUTES_OFFSET..]);
     buf[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
 }

@@ -68,7 +68,10 @@ pub struct ConfigError(pub String);
 
 impl TopicConfig {
     /// Applies Kafka-named overrides on top of `self`.
-    pub fn with_overrides(&self, overrides: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+    pub fn with_overrides(
+        &self,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
         let mut config = self.clone();
         for (key, value) in overrides {
             config.set(key, value)?;
@@ -80,7 +83,12 @@ impl TopicConfig {
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         let bad = || ConfigError(format!("invalid value {value:?} for {key}"));
         let int = |min: i64| -> Result<i64, ConfigError> {
-            value.trim().parse::<i64>().ok().filter(|v| *v >= min).ok_or_else(bad)
+            value
+                .trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|v| *v >= min)
+                .ok_or_else(bad)
         };
         match key {
             "retention.ms" => self.retention_ms = int(-1)?,
@@ -98,7 +106,9 @@ impl TopicConfig {
             // Only `delete` is implemented; compaction comes later.
             "cleanup.policy" if value == "delete" => {}
             "cleanup.policy" => {
-                return Err(ConfigError(format!("cleanup.policy={value} is not supported yet")))
+                return Err(ConfigError(format!(
+                    "cleanup.policy={value} is not supported yet"
+                )))
             }
             _ => return Err(ConfigError(format!("unknown topic config {key}"))),
         }

@@ -13,8 +13,10 @@ pub mod batch;
 pub mod broker;
 pub mod config;
 pub mod log;
+pub mod memdisk;
 pub mod recovery;
 pub mod storage;
 pub mod topic;
+pub mod wire;
 
 pub use broker::{Broker, ConnectionId, Output, RecoveredTopic};

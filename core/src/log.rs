@@ -56,7 +56,14 @@ impl Segment {
     }
 
     /// Records one batch appended at the end; adds an index entry every `interval` bytes.
-    pub fn note_batch(&mut self, base_offset: i64, next_offset: i64, size: u32, max_ts: i64, interval: u32) {
+    pub fn note_batch(
+        &mut self,
+        base_offset: i64,
+        next_offset: i64,
+        size: u32,
+        max_ts: i64,
+        interval: u32,
+    ) {
         if self.index.is_empty() || self.bytes_since_index >= interval {
             self.index.push(IndexEntry {
                 offset: base_offset,
@@ -91,9 +98,8 @@ const INDEX_FOOTER_BYTES: usize = 8 + 8 + 8 + 8 + 4;
 /// Encodes a sealed segment's index file: magic, entries, then a footer with the segment's
 /// summary and a CRC32C over everything before it.
 pub fn encode_segment_index(segment: &Segment) -> Bytes {
-    let mut buf = BytesMut::with_capacity(
-        4 + segment.index.len() * INDEX_ENTRY_BYTES + INDEX_FOOTER_BYTES,
-    );
+    let mut buf =
+        BytesMut::with_capacity(4 + segment.index.len() * INDEX_ENTRY_BYTES + INDEX_FOOTER_BYTES);
     buf.put_slice(INDEX_MAGIC);
     for e in &segment.index {
         buf.put_u32((e.offset - segment.base_offset) as u32);
@@ -131,7 +137,11 @@ pub fn decode_segment_index(base_offset: i64, bytes: &[u8], file_size: u64) -> O
         let position = cursor.get_u32();
         let max_timestamp = cursor.get_i64();
         let _reserved = cursor.get_u32();
-        index.push(IndexEntry { offset: base_offset + i64::from(relative), position, max_timestamp });
+        index.push(IndexEntry {
+            offset: base_offset + i64::from(relative),
+            position,
+            max_timestamp,
+        });
     }
     let segment = Segment {
         base_offset,
@@ -192,7 +202,13 @@ impl PartitionLog {
         let committed_end = (last.base_offset, last.size);
         let high_watermark = last.next_offset;
         let segments = segments.into_iter().map(|s| (s.base_offset, s)).collect();
-        PartitionLog { partition, segments, log_start_offset: first, high_watermark, committed_end }
+        PartitionLog {
+            partition,
+            segments,
+            log_start_offset: first,
+            high_watermark,
+            committed_end,
+        }
     }
 
     /// The partition this log holds.
@@ -221,13 +237,22 @@ impl PartitionLog {
     }
 
     fn active(&self) -> &Segment {
-        self.segments.values().next_back().expect("a log has at least one segment")
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log has at least one segment")
     }
     fn active_mut(&mut self) -> &mut Segment {
-        self.segments.values_mut().next_back().expect("a log has at least one segment")
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log has at least one segment")
     }
     fn segment_id(&self, base_offset: i64) -> SegmentId {
-        SegmentId { partition: self.partition.clone(), base_offset }
+        SegmentId {
+            partition: self.partition.clone(),
+            base_offset,
+        }
     }
     /// The active segment's id: where the next append goes.
     pub fn active_segment_id(&self) -> SegmentId {
@@ -254,10 +279,17 @@ impl PartitionLog {
 
     /// Rolls the active segment if the next `batch_bytes` would overflow it or it is too old.
     /// Emits the seal of the old segment and the creation of the new one.
-    pub fn maybe_roll(&mut self, batch_bytes: u64, now: i64, config: &TopicConfig, out: &mut Vec<StorageOp>) {
+    pub fn maybe_roll(
+        &mut self,
+        batch_bytes: u64,
+        now: i64,
+        config: &TopicConfig,
+        out: &mut Vec<StorageOp>,
+    ) {
         let active = self.active();
         let full = active.size + batch_bytes > config.segment_bytes;
-        let old = active.created_at >= 0 && now.saturating_sub(active.created_at) >= config.segment_ms;
+        let old =
+            active.created_at >= 0 && now.saturating_sub(active.created_at) >= config.segment_ms;
         if active.size > 0 && (full || old) {
             self.roll(out);
         }
@@ -266,24 +298,44 @@ impl PartitionLog {
     fn roll(&mut self, out: &mut Vec<StorageOp>) {
         let active = self.active();
         let (base, next) = (active.base_offset, active.next_offset);
-        out.push(StorageOp::SealSegment { segment: self.segment_id(base), index: encode_segment_index(active) });
+        out.push(StorageOp::SealSegment {
+            segment: self.segment_id(base),
+            index: encode_segment_index(active),
+        });
         self.segments.insert(next, Segment::empty(next));
         out.push(StorageOp::CreateSegment(self.segment_id(next)));
     }
 
     /// Appends one batch already stamped with `base_offset == self.log_end_offset()`.
-    pub fn append(&mut self, record_count: i32, size: u32, max_timestamp: i64, now: i64, index_interval: u32) {
+    pub fn append(
+        &mut self,
+        record_count: i32,
+        size: u32,
+        max_timestamp: i64,
+        now: i64,
+        index_interval: u32,
+    ) {
         let active = self.active_mut();
         let base = active.next_offset;
         if active.created_at < 0 {
             active.created_at = now;
         }
-        active.note_batch(base, base + i64::from(record_count), size, max_timestamp, index_interval);
+        active.note_batch(
+            base,
+            base + i64::from(record_count),
+            size,
+            max_timestamp,
+            index_interval,
+        );
     }
 
     /// Plans the read for a fetch at `offset` of at most `max_bytes` committed bytes.
     /// `Ok(None)` means the offset is the high watermark: nothing to read yet.
-    pub fn plan_read(&self, offset: i64, max_bytes: usize) -> Result<Option<ReadPlan>, OffsetOutOfRange> {
+    pub fn plan_read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<Option<ReadPlan>, OffsetOutOfRange> {
         if offset < self.log_start_offset || offset > self.high_watermark {
             return Err(OffsetOutOfRange);
         }
@@ -298,7 +350,12 @@ impl PartitionLog {
             .next_back()
             .map(|(_, s)| s)
             .filter(|s| offset < s.next_offset)
-            .or_else(|| self.segments.range(offset..).map(|(_, s)| s).find(|s| s.size > 0))
+            .or_else(|| {
+                self.segments
+                    .range(offset..)
+                    .map(|(_, s)| s)
+                    .find(|s| s.size > 0)
+            })
             .ok_or(OffsetOutOfRange)?;
         let position = u64::from(segment.position_for(offset));
         let readable_end = if segment.base_offset == self.committed_end.0 {
@@ -308,7 +365,12 @@ impl PartitionLog {
         };
         let available = readable_end.saturating_sub(position);
         let len = available.min(max_bytes as u64) as usize;
-        Ok(Some(ReadPlan { segment: self.segment_id(segment.base_offset), position, len, available }))
+        Ok(Some(ReadPlan {
+            segment: self.segment_id(segment.base_offset),
+            position,
+            len,
+            available,
+        }))
     }
 
     /// Committed bytes from `offset` to the high watermark (approximate at index granularity);
@@ -316,8 +378,16 @@ impl PartitionLog {
     pub fn committed_bytes_after(&self, offset: i64) -> u64 {
         let mut total = 0u64;
         for segment in self.segments.values().filter(|s| s.next_offset > offset) {
-            let start = if segment.base_offset <= offset { u64::from(segment.position_for(offset)) } else { 0 };
-            let end = if segment.base_offset == self.committed_end.0 { self.committed_end.1 } else { segment.size };
+            let start = if segment.base_offset <= offset {
+                u64::from(segment.position_for(offset))
+            } else {
+                0
+            };
+            let end = if segment.base_offset == self.committed_end.0 {
+                self.committed_end.1
+            } else {
+                segment.size
+            };
             total += end.saturating_sub(start);
             if segment.base_offset == self.committed_end.0 {
                 break;
@@ -333,15 +403,30 @@ impl PartitionLog {
             if segment.max_timestamp < timestamp {
                 continue;
             }
-            let i = segment.index.iter().position(|e| e.max_timestamp >= timestamp)?;
+            let i = segment
+                .index
+                .iter()
+                .position(|e| e.max_timestamp >= timestamp)?;
             let position = u64::from(segment.index[i].position);
-            let readable_end = if segment.base_offset == self.committed_end.0 { self.committed_end.1 } else { segment.size };
-            let end = segment.index.get(i + 1).map_or(readable_end, |e| u64::from(e.position).min(readable_end));
+            let readable_end = if segment.base_offset == self.committed_end.0 {
+                self.committed_end.1
+            } else {
+                segment.size
+            };
+            let end = segment
+                .index
+                .get(i + 1)
+                .map_or(readable_end, |e| u64::from(e.position).min(readable_end));
             if end <= position {
                 return None;
             }
             let len = (end - position) as usize;
-            return Some(ReadPlan { segment: self.segment_id(segment.base_offset), position, len, available: len as u64 });
+            return Some(ReadPlan {
+                segment: self.segment_id(segment.base_offset),
+                position,
+                len,
+                available: len as u64,
+            });
         }
         None
     }
@@ -349,7 +434,12 @@ impl PartitionLog {
     /// Applies `retention.ms` / `retention.bytes`: drops whole committed segments from the
     /// front, never the active one (an expired active segment is rolled first so it can go
     /// next time). Returns true if the log start moved.
-    pub fn enforce_retention(&mut self, now: i64, config: &TopicConfig, out: &mut Vec<StorageOp>) -> bool {
+    pub fn enforce_retention(
+        &mut self,
+        now: i64,
+        config: &TopicConfig,
+        out: &mut Vec<StorageOp>,
+    ) -> bool {
         let active = self.active();
         if config.retention_ms >= 0
             && active.size > 0
@@ -361,7 +451,11 @@ impl PartitionLog {
         let mut size = self.size_bytes();
         let mut moved = false;
         while self.segments.len() > 1 {
-            let oldest = self.segments.values().next().expect("more than one segment");
+            let oldest = self
+                .segments
+                .values()
+                .next()
+                .expect("more than one segment");
             let expired_by_time = config.retention_ms >= 0
                 && oldest.max_timestamp >= 0
                 && now.saturating_sub(oldest.max_timestamp) > config.retention_ms;
@@ -378,7 +472,12 @@ impl PartitionLog {
             moved = true;
         }
         if moved {
-            self.log_start_offset = self.segments.keys().next().copied().expect("active remains");
+            self.log_start_offset = self
+                .segments
+                .keys()
+                .next()
+                .copied()
+                .expect("active remains");
         }
         moved
     }
@@ -409,10 +508,16 @@ mod tests {
         let back = decode_segment_index(100, &bytes, segment.size).expect("decodes");
         assert_eq!(back.index, segment.index);
         assert_eq!(back.next_offset, 200);
-        assert!(decode_segment_index(100, &bytes, segment.size + 1).is_none(), "size mismatch");
+        assert!(
+            decode_segment_index(100, &bytes, segment.size + 1).is_none(),
+            "size mismatch"
+        );
         let mut flipped = bytes.to_vec();
         flipped[9] ^= 0x10;
-        assert!(decode_segment_index(100, &flipped, segment.size).is_none(), "bit flip");
+        assert!(
+            decode_segment_index(100, &flipped, segment.size).is_none(),
+            "bit flip"
+        );
     }
 
     #[test]
@@ -433,7 +538,11 @@ mod tests {
     #[test]
     fn size_roll_and_retention_move_the_log_start() {
         let (mut log, _) = PartitionLog::new(tp());
-        let config = TopicConfig { segment_bytes: 250, retention_bytes: 300, ..TopicConfig::default() };
+        let config = TopicConfig {
+            segment_bytes: 250,
+            retention_bytes: 300,
+            ..TopicConfig::default()
+        };
         let mut out = Vec::new();
         for _ in 0..10 {
             log.maybe_roll(100, 0, &config, &mut out);
@@ -441,10 +550,18 @@ mod tests {
         }
         let point = log.end_point();
         log.commit(point);
-        assert_eq!(log.segments().count(), 5, "two batches per 250-byte segment");
+        assert_eq!(
+            log.segments().count(),
+            5,
+            "two batches per 250-byte segment"
+        );
         assert!(log.enforce_retention(0, &config, &mut out));
         assert_eq!(log.log_start_offset(), 6);
-        assert_eq!(log.size_bytes(), 400, "deleting one more would go under 300");
+        assert_eq!(
+            log.size_bytes(),
+            400,
+            "deleting one more would go under 300"
+        );
         assert!(matches!(out.last(), Some(StorageOp::DeleteSegment(s)) if s.base_offset == 4));
         assert_eq!(log.plan_read(2, 100), Err(OffsetOutOfRange));
     }
@@ -452,7 +569,11 @@ mod tests {
     #[test]
     fn time_retention_keeps_recent_segments() {
         let (mut log, _) = PartitionLog::new(tp());
-        let config = TopicConfig { segment_bytes: 100, retention_ms: 1000, ..TopicConfig::default() };
+        let config = TopicConfig {
+            segment_bytes: 100,
+            retention_ms: 1000,
+            ..TopicConfig::default()
+        };
         let mut out = Vec::new();
         for ts in [0, 10, 5000] {
             log.maybe_roll(100, ts, &config, &mut out);
@@ -462,7 +583,11 @@ mod tests {
         log.enforce_retention(5500, &config, &mut out);
         assert_eq!(log.log_start_offset(), 2);
         log.enforce_retention(7000, &config, &mut out);
-        assert_eq!(log.log_start_offset(), 3, "expired active segment rolled and deleted");
+        assert_eq!(
+            log.log_start_offset(),
+            3,
+            "expired active segment rolled and deleted"
+        );
         assert_eq!(log.log_end_offset(), 3);
     }
 }

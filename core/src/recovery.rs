@@ -106,13 +106,99 @@ impl SegmentScanner {
         if self.stopped.is_none() && leftover > 0 {
             self.stopped = Some(ScanStop::TornTail);
         }
-        ScanResult { segment: self.segment, stopped: self.stopped }
+        ScanResult {
+            segment: self.segment,
+            stopped: self.stopped,
+        }
     }
 }
 
 /// Scans a whole segment held in memory (tests and small files).
-pub fn scan_segment(base_offset: i64, bytes: &[u8], index_interval: u32, max_batch_bytes: usize) -> ScanResult {
+pub fn scan_segment(
+    base_offset: i64,
+    bytes: &[u8],
+    index_interval: u32,
+    max_batch_bytes: usize,
+) -> ScanResult {
     let mut scanner = SegmentScanner::new(base_offset, index_interval, max_batch_bytes);
     let consumed = scanner.feed(bytes);
     scanner.finish((bytes.len() - consumed) as u64)
+}
+
+/// One segment file as found on disk at startup.
+#[derive(Debug, Clone)]
+pub struct FoundSegment {
+    /// Base offset (from the file name).
+    pub base_offset: i64,
+    /// File length in bytes.
+    pub len: u64,
+    /// Contents of its index file, if there is one.
+    pub index: Option<bytes::Bytes>,
+}
+
+/// What to do to a partition's files so that they hold exactly the valid log.
+#[derive(Debug, Default)]
+pub struct PartitionRecovery {
+    /// The segments to load, oldest first (never empty).
+    pub segments: Vec<Segment>,
+    /// Files to truncate: (base offset, new length).
+    pub truncate: Vec<(i64, u64)>,
+    /// Files to delete: they follow a cut, so their offsets would leave a gap.
+    pub delete: Vec<i64>,
+}
+
+/// Decides how a partition recovers. Sealed segments whose index file matches are trusted;
+/// the last segment, and any sealed one without a good index, is scanned with `scan`.
+/// The first cut ends the log: every later segment is deleted.
+pub fn recover_partition(
+    mut found: Vec<FoundSegment>,
+    mut scan: impl FnMut(&FoundSegment) -> ScanResult,
+) -> PartitionRecovery {
+    found.sort_by_key(|s| s.base_offset);
+    let mut plan = PartitionRecovery::default();
+    let last = found.len().saturating_sub(1);
+    let mut expected_base: Option<i64> = None;
+    let mut cut = false;
+    for (i, file) in found.iter().enumerate() {
+        if cut || expected_base.is_some_and(|b| b != file.base_offset) {
+            cut = true;
+            plan.delete.push(file.base_offset);
+            continue;
+        }
+        let trusted = (i < last)
+            .then(|| file.index.as_ref())
+            .flatten()
+            .and_then(|index| crate::log::decode_segment_index(file.base_offset, index, file.len));
+        let segment = match trusted {
+            Some(segment) => segment,
+            None => {
+                let result = scan(file);
+                if result.stopped.is_some() {
+                    tracing::warn!(base_offset = file.base_offset, stop = ?result.stopped, kept = result.segment.size, len = file.len, "truncating segment");
+                    plan.truncate.push((file.base_offset, result.segment.size));
+                    // Later segments can no longer follow on; they go.
+                    cut = true;
+                }
+                result.segment
+            }
+        };
+        expected_base = Some(segment.next_offset);
+        plan.segments.push(segment);
+    }
+    // Drop empty segments that are not last, so the log never holds two bases for one offset.
+    let n = plan.segments.len();
+    let mut kept = Vec::with_capacity(n);
+    for (i, s) in plan.segments.into_iter().enumerate() {
+        if s.size == 0 && i + 1 < n {
+            plan.delete.push(s.base_offset);
+        } else {
+            kept.push(s);
+        }
+    }
+    plan.segments = kept;
+    if plan.segments.is_empty() {
+        plan.segments
+            .push(Segment::empty(found.first().map_or(0, |s| s.base_offset)));
+    }
+    plan
 }

@@ -22,7 +22,10 @@ pub struct TopicPartition {
 impl TopicPartition {
     /// Builds a partition id.
     pub fn new(topic: &Arc<str>, partition: i32) -> Self {
-        TopicPartition { topic: topic.clone(), partition }
+        TopicPartition {
+            topic: topic.clone(),
+            partition,
+        }
     }
 }
 

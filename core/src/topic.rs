@@ -16,7 +16,9 @@ pub fn is_valid_topic_name(name: &str) -> bool {
         && name.len() <= TOPIC_NAME_MAX
         && name != "."
         && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 /// A topic held by this broker.
@@ -46,12 +48,16 @@ impl Topic {
 
     /// The log of partition `index`, if it exists.
     pub fn partition(&self, index: i32) -> Option<&PartitionLog> {
-        usize::try_from(index).ok().and_then(|i| self.partitions.get(i))
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.partitions.get(i))
     }
 
     /// The log of partition `index`, mutably.
     pub fn partition_mut(&mut self, index: i32) -> Option<&mut PartitionLog> {
-        usize::try_from(index).ok().and_then(|i| self.partitions.get_mut(i))
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.partitions.get_mut(i))
     }
 }
 

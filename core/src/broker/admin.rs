@@ -13,7 +13,9 @@ use kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult, CreateTopicsResponse,
 };
 use kafka_protocol::messages::delete_topics_request::DeleteTopicsRequest;
-use kafka_protocol::messages::delete_topics_response::{DeletableTopicResult, DeleteTopicsResponse};
+use kafka_protocol::messages::delete_topics_response::{
+    DeletableTopicResult, DeleteTopicsResponse,
+};
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsRequest;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResponse, DescribeConfigsResult,
@@ -51,18 +53,32 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
 
 /// The version range served for `key`, if the API is served at all.
 pub(super) fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
-    SUPPORTED.iter().find(|(k, _, _)| *k == key).map(|&(_, min, max)| (min, max))
+    SUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|&(_, min, max)| (min, max))
 }
 
 pub(super) fn api_versions_response(unsupported_version: bool) -> ResponseKind {
     let api_keys = SUPPORTED
         .iter()
         .map(|&(key, min, max)| {
-            ApiVersion::default().with_api_key(key as i16).with_min_version(min).with_max_version(max)
+            ApiVersion::default()
+                .with_api_key(key as i16)
+                .with_min_version(min)
+                .with_max_version(max)
         })
         .collect();
-    let error_code = if unsupported_version { ResponseError::UnsupportedVersion.code() } else { 0 };
-    ResponseKind::ApiVersions(ApiVersionsResponse::default().with_error_code(error_code).with_api_keys(api_keys))
+    let error_code = if unsupported_version {
+        ResponseError::UnsupportedVersion.code()
+    } else {
+        0
+    };
+    ResponseKind::ApiVersions(
+        ApiVersionsResponse::default()
+            .with_error_code(error_code)
+            .with_api_keys(api_keys),
+    )
 }
 
 fn str_bytes(s: &str) -> StrBytes {
@@ -83,22 +99,32 @@ impl Broker {
         // v0 sends an empty list for "all topics"; later versions send null.
         let wanted: Option<Vec<_>> = request.topics.filter(|t| !t.is_empty());
         let Some(wanted) = wanted else {
-            response.topics = self.topics.values().map(|t| self.metadata_topic(t)).collect();
+            response.topics = self
+                .topics
+                .values()
+                .map(|t| self.metadata_topic(t))
+                .collect();
             return ResponseKind::Metadata(response);
         };
         let auto_create = request.allow_auto_topic_creation && self.config.auto_create_topics;
         for requested in wanted {
             let by_name = requested.name.as_ref().map(|n| n.0.to_string());
             let name = by_name.or_else(|| {
-                self.topics.values().find(|t| Uuid::from_bytes(t.id) == requested.topic_id).map(|t| t.name.to_string())
+                self.topics
+                    .values()
+                    .find(|t| Uuid::from_bytes(t.id) == requested.topic_id)
+                    .map(|t| t.name.to_string())
             });
             let Some(name) = name else {
-                let mut t = MetadataResponseTopic::default().with_name(None).with_topic_id(requested.topic_id);
+                let mut t = MetadataResponseTopic::default()
+                    .with_name(None)
+                    .with_topic_id(requested.topic_id);
                 t.error_code = ResponseError::UnknownTopicId.code();
                 response.topics.push(t);
                 continue;
             };
-            if !self.topics.contains_key(name.as_str()) && auto_create && is_valid_topic_name(&name) {
+            if !self.topics.contains_key(name.as_str()) && auto_create && is_valid_topic_name(&name)
+            {
                 let partitions = self.config.default_partitions;
                 let config = self.config.topic_defaults.clone();
                 info!(topic = %name, partitions, "auto-creating topic");
@@ -151,10 +177,19 @@ impl Broker {
     ) -> [u8; 16] {
         let name: Arc<str> = Arc::from(name);
         let id = self.new_topic_id();
-        let mut topic = Topic { name: name.clone(), id, overrides, config, partitions: Vec::new() };
+        let mut topic = Topic {
+            name: name.clone(),
+            id,
+            overrides,
+            config,
+            partitions: Vec::new(),
+        };
         let mut ops = Vec::new();
         add_partitions(&mut topic, partitions, &mut ops);
-        self.storage(StorageOp::SaveTopic { name: name.clone(), record: topic.record() });
+        self.storage(StorageOp::SaveTopic {
+            name: name.clone(),
+            record: topic.record(),
+        });
         self.emit_log_ops(ops);
         self.topics.insert(name, topic);
         id
@@ -181,16 +216,24 @@ impl Broker {
                             .filter_map(|key| {
                                 let value = config.get(key)?;
                                 let source = if overrides.contains_key(*key) { 1 } else { 5 };
-                                Some(CreatableTopicConfigs::default()
-                                    .with_name(str_bytes(key))
-                                    .with_value(Some(str_bytes(&value)))
-                                    .with_config_source(source))
+                                Some(
+                                    CreatableTopicConfigs::default()
+                                        .with_name(str_bytes(key))
+                                        .with_value(Some(str_bytes(&value)))
+                                        .with_config_source(source),
+                                )
                             })
                             .collect(),
                     );
                     if !request.validate_only {
                         info!(topic = %creatable.name.0, partitions, "creating topic");
-                        let id = self.create_topic(now, &creatable.name.0, partitions, overrides, config);
+                        let id = self.create_topic(
+                            now,
+                            &creatable.name.0,
+                            partitions,
+                            overrides,
+                            config,
+                        );
                         result.topic_id = Uuid::from_bytes(id);
                     }
                 }
@@ -208,16 +251,25 @@ impl Broker {
     ) -> Result<(i32, BTreeMap<String, String>, TopicConfig), (ResponseError, String)> {
         let name = &*t.name.0;
         if !is_valid_topic_name(name) {
-            return Err((ResponseError::InvalidTopicException, format!("invalid topic name {name:?}")));
+            return Err((
+                ResponseError::InvalidTopicException,
+                format!("invalid topic name {name:?}"),
+            ));
         }
         if self.topics.contains_key(name) {
-            return Err((ResponseError::TopicAlreadyExists, format!("topic {name} already exists")));
+            return Err((
+                ResponseError::TopicAlreadyExists,
+                format!("topic {name} already exists"),
+            ));
         }
         let partitions = if t.assignments.is_empty() {
             if t.replication_factor != -1 && t.replication_factor != 1 {
                 return Err((
                     ResponseError::InvalidReplicationFactor,
-                    format!("replication factor {} is larger than the 1 available broker", t.replication_factor),
+                    format!(
+                        "replication factor {} is larger than the 1 available broker",
+                        t.replication_factor
+                    ),
                 ));
             }
             match t.num_partitions {
@@ -231,7 +283,10 @@ impl Broker {
             indexes.sort_unstable();
             let dense = indexes.iter().enumerate().all(|(i, p)| *p == i as i32);
             if !dense || t.assignments.iter().any(|a| a.broker_ids != [me]) {
-                return Err((ResponseError::InvalidReplicaAssignment, "replicas must be [this broker]".into()));
+                return Err((
+                    ResponseError::InvalidReplicaAssignment,
+                    "replicas must be [this broker]".into(),
+                ));
             }
             t.assignments.len() as i32
         };
@@ -249,15 +304,24 @@ impl Broker {
     }
 
     pub(super) fn delete_topics(&mut self, request: DeleteTopicsRequest) -> ResponseKind {
-        let by_name = request.topic_names.into_iter().map(|n| (Some(n), Uuid::nil()));
+        let by_name = request
+            .topic_names
+            .into_iter()
+            .map(|n| (Some(n), Uuid::nil()));
         let by_state = request.topics.into_iter().map(|t| (t.name, t.topic_id));
         let mut response = DeleteTopicsResponse::default();
         for (name, id) in by_name.chain(by_state) {
             let found = match &name {
                 Some(n) => self.topics.get(&*n.0).map(|t| t.name.clone()),
-                None => self.topics.values().find(|t| Uuid::from_bytes(t.id) == id).map(|t| t.name.clone()),
+                None => self
+                    .topics
+                    .values()
+                    .find(|t| Uuid::from_bytes(t.id) == id)
+                    .map(|t| t.name.clone()),
             };
-            let mut result = DeletableTopicResult::default().with_name(name.clone()).with_topic_id(id);
+            let mut result = DeletableTopicResult::default()
+                .with_name(name.clone())
+                .with_topic_id(id);
             match found {
                 None => result.error_code = ResponseError::UnknownTopicOrPartition.code(),
                 Some(found) => {
@@ -284,13 +348,26 @@ impl Broker {
             let mut result = CreatePartitionsTopicResult::default().with_name(t.name.clone());
             let me = BrokerId(self.config.broker_id);
             let error = match self.topics.get(&*t.name.0) {
-                None => Some((ResponseError::UnknownTopicOrPartition, "no such topic".to_string())),
+                None => Some((
+                    ResponseError::UnknownTopicOrPartition,
+                    "no such topic".to_string(),
+                )),
                 Some(topic) if t.count <= topic.partitions.len() as i32 => Some((
                     ResponseError::InvalidPartitions,
-                    format!("topic has {} partitions; the count can only grow", topic.partitions.len()),
+                    format!(
+                        "topic has {} partitions; the count can only grow",
+                        topic.partitions.len()
+                    ),
                 )),
-                Some(_) if t.assignments.as_ref().is_some_and(|a| a.iter().any(|a| a.broker_ids != [me])) => {
-                    Some((ResponseError::InvalidReplicaAssignment, "replicas must be [this broker]".into()))
+                Some(_)
+                    if t.assignments
+                        .as_ref()
+                        .is_some_and(|a| a.iter().any(|a| a.broker_ids != [me])) =>
+                {
+                    Some((
+                        ResponseError::InvalidReplicaAssignment,
+                        "replicas must be [this broker]".into(),
+                    ))
                 }
                 Some(_) => None,
             };
@@ -301,7 +378,10 @@ impl Broker {
                 let topic = self.topics.get_mut(&*t.name.0).expect("checked above");
                 let mut ops = Vec::new();
                 add_partitions(topic, t.count - topic.partitions.len() as i32, &mut ops);
-                let save = StorageOp::SaveTopic { name: topic.name.clone(), record: topic.record() };
+                let save = StorageOp::SaveTopic {
+                    name: topic.name.clone(),
+                    record: topic.record(),
+                };
                 info!(topic = %topic.name, count = t.count, "adding partitions");
                 self.storage(save);
                 self.emit_log_ops(ops);
@@ -324,7 +404,11 @@ impl Broker {
                     Some(topic) => TOPIC_CONFIG_KEYS
                         .iter()
                         .filter_map(|key| {
-                            let source = if topic.overrides.contains_key(*key) { 1 } else { 5 };
+                            let source = if topic.overrides.contains_key(*key) {
+                                1
+                            } else {
+                                5
+                            };
                             Some((key.to_string(), topic.config.get(key)?, source))
                         })
                         .collect(),
@@ -336,7 +420,8 @@ impl Broker {
                 BROKER => self.broker_config_entries(),
                 _ => {
                     result.error_code = ResponseError::InvalidRequest.code();
-                    result.error_message = Some(str_bytes("only TOPIC and BROKER resources are supported"));
+                    result.error_message =
+                        Some(str_bytes("only TOPIC and BROKER resources are supported"));
                     Vec::new()
                 }
             };
@@ -362,7 +447,10 @@ impl Broker {
         let d = &self.config.topic_defaults;
         let c = &self.config;
         [
-            ("auto.create.topics.enable", c.auto_create_topics.to_string()),
+            (
+                "auto.create.topics.enable",
+                c.auto_create_topics.to_string(),
+            ),
             ("broker.id", c.broker_id.to_string()),
             ("log.retention.bytes", d.retention_bytes.to_string()),
             ("log.retention.ms", d.retention_ms.to_string()),

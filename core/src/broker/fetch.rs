@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 
 use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::FetchRequest;
-use kafka_protocol::messages::fetch_response::{FetchResponse, FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{
+    FetchResponse, FetchableTopicResponse, PartitionData,
+};
 use kafka_protocol::messages::list_offsets_request::ListOffsetsRequest;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsResponse, ListOffsetsTopicResponse,
@@ -37,8 +39,18 @@ pub(super) struct ParkedFetch {
 /// A response being assembled from disk reads.
 #[derive(Debug)]
 pub(super) enum Job {
-    Fetch { reply_to: ReplyTo, response: FetchResponse, slots: Vec<ReadSlot>, outstanding: usize },
-    ListOffsets { reply_to: ReplyTo, response: ListOffsetsResponse, slots: Vec<ReadSlot>, outstanding: usize },
+    Fetch {
+        reply_to: ReplyTo,
+        response: FetchResponse,
+        slots: Vec<ReadSlot>,
+        outstanding: usize,
+    },
+    ListOffsets {
+        reply_to: ReplyTo,
+        response: ListOffsetsResponse,
+        slots: Vec<ReadSlot>,
+        outstanding: usize,
+    },
 }
 
 /// One partition's read within a job.
@@ -57,7 +69,11 @@ impl Broker {
             self.execute_fetch(reply_to, request);
         } else {
             let deadline = now + i64::from(request.max_wait_ms);
-            self.parked_fetches.push(ParkedFetch { reply_to, deadline, request });
+            self.parked_fetches.push(ParkedFetch {
+                reply_to,
+                deadline,
+                request,
+            });
         }
     }
 
@@ -69,10 +85,15 @@ impl Broker {
         let mut available = 0u64;
         for topic in &request.topics {
             for p in &topic.partitions {
-                let Some(log) = self.topics.get(&*topic.topic.0).and_then(|t| t.partition(p.partition)) else {
+                let Some(log) = self
+                    .topics
+                    .get(&*topic.topic.0)
+                    .and_then(|t| t.partition(p.partition))
+                else {
                     return true; // Errors are answered at once.
                 };
-                if p.fetch_offset < log.log_start_offset() || p.fetch_offset > log.high_watermark() {
+                if p.fetch_offset < log.log_start_offset() || p.fetch_offset > log.high_watermark()
+                {
                     return true;
                 }
                 available += log.committed_bytes_after(p.fetch_offset);
@@ -85,7 +106,9 @@ impl Broker {
         let touched = |f: &ParkedFetch| {
             f.request.topics.iter().any(|t| {
                 t.partitions.iter().any(|p| {
-                    advanced.iter().any(|tp| *tp.topic == *t.topic.0 && tp.partition == p.partition)
+                    advanced
+                        .iter()
+                        .any(|tp| *tp.topic == *t.topic.0 && tp.partition == p.partition)
                 })
             })
         };
@@ -102,7 +125,9 @@ impl Broker {
     }
 
     pub(super) fn expire_parked_fetches(&mut self, now: i64) {
-        let (due, waiting) = std::mem::take(&mut self.parked_fetches).into_iter().partition(|f| f.deadline <= now);
+        let (due, waiting) = std::mem::take(&mut self.parked_fetches)
+            .into_iter()
+            .partition(|f| f.deadline <= now);
         self.parked_fetches = waiting;
         let mut due: Vec<ParkedFetch> = due;
         due.sort_by_key(|f| (f.deadline, f.reply_to.conn, f.reply_to.seq));
@@ -128,7 +153,10 @@ impl Broker {
                     .with_partition_index(p.partition)
                     .with_aborted_transactions(aborted.clone())
                     .with_records(Some(Bytes::new()));
-                let log = self.topics.get(&*topic.topic.0).and_then(|t| t.partition(p.partition));
+                let log = self
+                    .topics
+                    .get(&*topic.topic.0)
+                    .and_then(|t| t.partition(p.partition));
                 match log {
                     None => data.error_code = ResponseError::UnknownTopicOrPartition.code(),
                     Some(log) => {
@@ -140,7 +168,12 @@ impl Broker {
                             Err(_) => data.error_code = ResponseError::OffsetOutOfRange.code(),
                             Ok(Some(plan)) if want > 0 => {
                                 budget -= plan.len;
-                                slots.push(ReadSlot { topic_index, partition_index, target: p.fetch_offset, plan });
+                                slots.push(ReadSlot {
+                                    topic_index,
+                                    partition_index,
+                                    target: p.fetch_offset,
+                                    plan,
+                                });
                             }
                             Ok(_) => {}
                         }
@@ -150,7 +183,12 @@ impl Broker {
             }
             response.responses.push(topic_response);
         }
-        let job = Job::Fetch { reply_to, response, outstanding: slots.len(), slots: Vec::new() };
+        let job = Job::Fetch {
+            reply_to,
+            response,
+            outstanding: slots.len(),
+            slots: Vec::new(),
+        };
         self.start_job(job, slots);
     }
 
@@ -158,20 +196,29 @@ impl Broker {
         let mut response = ListOffsetsResponse::default();
         let mut slots = Vec::new();
         for (topic_index, topic) in request.topics.iter().enumerate() {
-            let mut topic_response = ListOffsetsTopicResponse::default().with_name(topic.name.clone());
+            let mut topic_response =
+                ListOffsetsTopicResponse::default().with_name(topic.name.clone());
             for (partition_index, p) in topic.partitions.iter().enumerate() {
                 let mut out = ListOffsetsPartitionResponse::default()
                     .with_partition_index(p.partition_index)
                     .with_timestamp(-1)
                     .with_offset(-1);
-                let log = self.topics.get(&*topic.name.0).and_then(|t| t.partition(p.partition_index));
+                let log = self
+                    .topics
+                    .get(&*topic.name.0)
+                    .and_then(|t| t.partition(p.partition_index));
                 match (log, p.timestamp) {
                     (None, _) => out.error_code = ResponseError::UnknownTopicOrPartition.code(),
                     (Some(log), EARLIEST) => out.offset = log.log_start_offset(),
                     (Some(log), LATEST) => out.offset = log.high_watermark(),
                     (Some(log), ts) if ts >= 0 => {
                         if let Some(plan) = log.plan_timestamp_read(ts) {
-                            slots.push(ReadSlot { topic_index, partition_index, target: ts, plan });
+                            slots.push(ReadSlot {
+                                topic_index,
+                                partition_index,
+                                target: ts,
+                                plan,
+                            });
                         }
                     }
                     (Some(_), _) => out.error_code = ResponseError::InvalidRequest.code(),
@@ -183,7 +230,12 @@ impl Broker {
             }
             response.topics.push(topic_response);
         }
-        let job = Job::ListOffsets { reply_to, response, outstanding: slots.len(), slots: Vec::new() };
+        let job = Job::ListOffsets {
+            reply_to,
+            response,
+            outstanding: slots.len(),
+            slots: Vec::new(),
+        };
         self.start_job(job, slots);
     }
 
@@ -219,18 +271,31 @@ impl Broker {
             warn!(token, "completion for an unknown read");
             return;
         };
-        let Some(job) = self.jobs.get_mut(&job_id) else { return };
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
         let reissue = match job {
-            Job::Fetch { response, slots, outstanding, .. } => {
+            Job::Fetch {
+                response,
+                slots,
+                outstanding,
+                ..
+            } => {
                 let slot = &mut slots[slot_index];
-                let data = &mut response.responses[slot.topic_index].partitions[slot.partition_index];
+                let data =
+                    &mut response.responses[slot.topic_index].partitions[slot.partition_index];
                 let reissue = fill_fetch_slot(slot, data, result);
                 if reissue.is_none() {
                     *outstanding -= 1;
                 }
                 reissue
             }
-            Job::ListOffsets { response, slots, outstanding, .. } => {
+            Job::ListOffsets {
+                response,
+                slots,
+                outstanding,
+                ..
+            } => {
                 let slot = &slots[slot_index];
                 let out = &mut response.topics[slot.topic_index].partitions[slot.partition_index];
                 fill_list_offsets_slot(slot, out, result);
@@ -241,7 +306,10 @@ impl Broker {
         if let Some(plan) = reissue {
             return self.issue_read(job_id, slot_index, &plan);
         }
-        let done = matches!(self.jobs.get(&job_id), Some(Job::Fetch { outstanding: 0, .. } | Job::ListOffsets { outstanding: 0, .. }));
+        let done = matches!(
+            self.jobs.get(&job_id),
+            Some(Job::Fetch { outstanding: 0, .. } | Job::ListOffsets { outstanding: 0, .. })
+        );
         if done {
             let job = self.jobs.remove(&job_id).expect("job exists");
             self.finish_job(job);
@@ -250,17 +318,23 @@ impl Broker {
 
     fn finish_job(&mut self, job: Job) {
         match job {
-            Job::Fetch { reply_to, response, .. } => self.respond(reply_to, Some(ResponseKind::Fetch(response))),
-            Job::ListOffsets { reply_to, response, .. } => {
-                self.respond(reply_to, Some(ResponseKind::ListOffsets(response)))
-            }
+            Job::Fetch {
+                reply_to, response, ..
+            } => self.respond(reply_to, Some(ResponseKind::Fetch(response))),
+            Job::ListOffsets {
+                reply_to, response, ..
+            } => self.respond(reply_to, Some(ResponseKind::ListOffsets(response))),
         }
     }
 }
 
 /// Trims a read to the whole, intact batches at or after the fetch offset. Returns a new plan
 /// if the first wanted batch did not fit in the read (it is then read whole, as KIP-74 asks).
-fn fill_fetch_slot(slot: &mut ReadSlot, data: &mut PartitionData, result: Result<Bytes, String>) -> Option<ReadPlan> {
+fn fill_fetch_slot(
+    slot: &mut ReadSlot,
+    data: &mut PartitionData,
+    result: Result<Bytes, String>,
+) -> Option<ReadPlan> {
     let bytes = match result {
         Ok(bytes) => bytes,
         Err(e) => {
@@ -302,13 +376,15 @@ fn fill_fetch_slot(slot: &mut ReadSlot, data: &mut PartitionData, result: Result
         data.error_code = ResponseError::KafkaStorageError.code();
         return None;
     }
-    // Nothing whole at or after the target: read on from `start`, at least one whole batch.
+    // Nothing whole at or after the target: read on from `start`, at least one whole batch
+    // (or its header first, if not even that arrived).
     let remaining = slot.plan.available.saturating_sub(start as u64);
-    let next_size = frame_size(&bytes[start..]).unwrap_or(0);
-    if remaining == 0 || (start == 0 && next_size <= bytes.len()) {
+    let needed = frame_size(&bytes[start..]).unwrap_or(crate::batch::HEADER_BYTES);
+    let short_read = bytes.len() < slot.plan.len;
+    if remaining == 0 || (start == 0 && (short_read || needed <= bytes.len())) {
         return None;
     }
-    let len = (next_size.max(slot.plan.len) as u64).min(remaining) as usize;
+    let len = (needed.max(slot.plan.len) as u64).min(remaining) as usize;
     slot.plan = ReadPlan {
         segment: slot.plan.segment.clone(),
         position: slot.plan.position + start as u64,
@@ -319,7 +395,11 @@ fn fill_fetch_slot(slot: &mut ReadSlot, data: &mut PartitionData, result: Result
 }
 
 /// Finds the first record with timestamp >= the target in a read of one index interval.
-fn fill_list_offsets_slot(slot: &ReadSlot, out: &mut ListOffsetsPartitionResponse, result: Result<Bytes, String>) {
+fn fill_list_offsets_slot(
+    slot: &ReadSlot,
+    out: &mut ListOffsetsPartitionResponse,
+    result: Result<Bytes, String>,
+) {
     let bytes = match result {
         Ok(bytes) => bytes,
         Err(e) => {

@@ -238,7 +238,9 @@ impl Broker {
     /// When [`Self::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<i64> {
         let fetch = self.parked_fetches.iter().map(|f| f.deadline).min();
-        Some(fetch.map_or(self.next_retention_check, |f| f.min(self.next_retention_check)))
+        Some(fetch.map_or(self.next_retention_check, |f| {
+            f.min(self.next_retention_check)
+        }))
     }
 
     /// True once nothing is waiting on the disk: used for a clean shutdown.
@@ -255,13 +257,23 @@ impl Broker {
         mut frame: Bytes,
     ) -> Result<Option<(ReplyTo, RequestKind)>, String> {
         if frame.len() < 8 {
-            return Err(format!("frame of {} bytes is shorter than a request header", frame.len()));
+            return Err(format!(
+                "frame of {} bytes is shorter than a request header",
+                frame.len()
+            ));
         }
         let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
         let version = i16::from_be_bytes([frame[2], frame[3]]);
         let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-        let api_key = ApiKey::try_from(raw_key).map_err(|_| format!("unknown api key {raw_key}"))?;
-        let reply_to = ReplyTo { conn, seq, api_key, version, correlation_id };
+        let api_key =
+            ApiKey::try_from(raw_key).map_err(|_| format!("unknown api key {raw_key}"))?;
+        let reply_to = ReplyTo {
+            conn,
+            seq,
+            api_key,
+            version,
+            correlation_id,
+        };
         let Some(range) = admin::supported_versions(api_key) else {
             return Err(format!("api {api_key:?} is not implemented"));
         };
@@ -269,7 +281,13 @@ impl Broker {
             if api_key == ApiKey::ApiVersions {
                 // KIP-511: answer with v0 so any client can read the error and our ranges.
                 let response = admin::api_versions_response(true);
-                self.respond(ReplyTo { version: 0, ..reply_to }, Some(response));
+                self.respond(
+                    ReplyTo {
+                        version: 0,
+                        ..reply_to
+                    },
+                    Some(response),
+                );
                 return Ok(None);
             }
             return Err(format!("{api_key:?} v{version} is not supported"));
@@ -322,7 +340,10 @@ impl Broker {
         while let Some(frame) = connection.ready.remove(&connection.next_to_send) {
             connection.next_to_send += 1;
             if let Some(frame) = frame {
-                self.outputs.push_back(Output::Send { conn: reply_to.conn, frame });
+                self.outputs.push_back(Output::Send {
+                    conn: reply_to.conn,
+                    frame,
+                });
             }
         }
     }
@@ -381,7 +402,9 @@ impl Broker {
                 Some((tp, topic.id, point))
             })
             .collect();
-        let segments = std::mem::take(&mut self.dirty_segments).into_iter().collect();
+        let segments = std::mem::take(&mut self.dirty_segments)
+            .into_iter()
+            .collect();
         self.in_flight_sync = Some(InFlightSync { token, commits });
         self.storage(StorageOp::Sync { token, segments });
     }
@@ -460,8 +483,12 @@ fn encode_response(reply_to: ReplyTo, response: &ResponseKind) -> anyhow_free::R
     buf.put_i32(0); // size, patched below
     let header = ResponseHeader::default().with_correlation_id(reply_to.correlation_id);
     let header_version = reply_to.api_key.response_header_version(reply_to.version);
-    header.encode(&mut buf, header_version).map_err(|e| e.to_string())?;
-    response.encode(&mut buf, reply_to.version).map_err(|e| e.to_string())?;
+    header
+        .encode(&mut buf, header_version)
+        .map_err(|e| e.to_string())?;
+    response
+        .encode(&mut buf, reply_to.version)
+        .map_err(|e| e.to_string())?;
     let size = (buf.len() - 4) as i32;
     buf[..4].copy_from_slice(&size.to_be_bytes());
     Ok(buf.freeze())

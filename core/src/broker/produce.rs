@@ -36,12 +36,18 @@ impl Broker {
         let mut response = ProduceResponse::default();
         let mut sync_token = None;
         for topic_data in request.topic_data {
-            let mut topic_response = TopicProduceResponse::default().with_name(topic_data.name.clone());
+            let mut topic_response =
+                TopicProduceResponse::default().with_name(topic_data.name.clone());
             for partition_data in topic_data.partition_data {
                 let result = if !matches!(acks, -1 | 0 | 1) {
                     Err(ResponseError::InvalidRequiredAcks)
                 } else {
-                    self.append(now, &topic_data.name.0, partition_data.index, partition_data.records)
+                    self.append(
+                        now,
+                        &topic_data.name.0,
+                        partition_data.index,
+                        partition_data.records,
+                    )
                 };
                 let mut p = PartitionProduceResponse::default().with_index(partition_data.index);
                 match result {
@@ -63,8 +69,14 @@ impl Broker {
         }
         match (acks, sync_token) {
             (0, _) => self.respond(reply_to, None),
-            (-1, Some(sync_token)) if self.config.flush == crate::config::FlushPolicy::GroupCommit => {
-                self.pending_produces.push_back(PendingProduce { reply_to, sync_token, response })
+            (-1, Some(sync_token))
+                if self.config.flush == crate::config::FlushPolicy::GroupCommit =>
+            {
+                self.pending_produces.push_back(PendingProduce {
+                    reply_to,
+                    sync_token,
+                    response,
+                })
             }
             _ => self.respond(reply_to, Some(ResponseKind::Produce(response))),
         }
@@ -72,7 +84,11 @@ impl Broker {
 
     /// Answers the acks=all produces made durable by sync `token`.
     pub(super) fn complete_produces(&mut self, token: u64) {
-        while self.pending_produces.front().is_some_and(|p| p.sync_token <= token) {
+        while self
+            .pending_produces
+            .front()
+            .is_some_and(|p| p.sync_token <= token)
+        {
             let p = self.pending_produces.pop_front().expect("front exists");
             self.respond(p.reply_to, Some(ResponseKind::Produce(p.response)));
         }
@@ -85,9 +101,14 @@ impl Broker {
         partition: i32,
         records: Option<Bytes>,
     ) -> Result<Appended, ResponseError> {
-        let topic = self.topics.get_mut(topic).ok_or(ResponseError::UnknownTopicOrPartition)?;
+        let topic = self
+            .topics
+            .get_mut(topic)
+            .ok_or(ResponseError::UnknownTopicOrPartition)?;
         let config = topic.config.clone();
-        let log = topic.partition_mut(partition).ok_or(ResponseError::UnknownTopicOrPartition)?;
+        let log = topic
+            .partition_mut(partition)
+            .ok_or(ResponseError::UnknownTopicOrPartition)?;
         let records = records.ok_or(ResponseError::InvalidRecord)?;
         let summaries = batch::validate_produce_payload(&records).map_err(batch_error_code)?;
         if summaries.iter().any(|s| s.size > config.max_message_bytes) {
@@ -113,14 +134,28 @@ impl Broker {
             };
             log.maybe_roll(summary.size as u64, now, &config, &mut ops);
             let segment = log.active_segment_id();
-            log.append(summary.record_count, summary.size as u32, max_timestamp, now, self.config.index_interval_bytes);
-            ops.push(StorageOp::Append { segment: segment.clone(), data: one.freeze() });
+            log.append(
+                summary.record_count,
+                summary.size as u32,
+                max_timestamp,
+                now,
+                self.config.index_interval_bytes,
+            );
+            ops.push(StorageOp::Append {
+                segment: segment.clone(),
+                data: one.freeze(),
+            });
         }
         let log_start_offset = log.log_start_offset();
         let tp = TopicPartition::new(&topic.name, partition);
         self.emit_log_ops(ops);
         let sync_token = self.note_append(now, &tp);
-        Ok(Appended { base_offset, log_append_time, log_start_offset, sync_token })
+        Ok(Appended {
+            base_offset,
+            log_append_time,
+            log_start_offset,
+            sync_token,
+        })
     }
 }
 

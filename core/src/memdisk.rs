@@ -1,0 +1,202 @@
+//! An in-memory disk that carries out [`StorageOp`]s: for tests, for the simulator's disk
+//! model to build on, and for the broker's no-durability benchmark mode.
+//!
+//! It models what a crash keeps: bytes written since a file's last sync can be dropped with
+//! [`MemDisk::crash`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::storage::{SegmentId, StorageCompletion, StorageOp, TopicPartition, TopicRecord};
+
+#[derive(Debug, Default, Clone)]
+struct File {
+    data: BytesMut,
+    synced_len: usize,
+}
+
+/// Segment files, index files and topic records, all in memory.
+#[derive(Debug, Default, Clone)]
+pub struct MemDisk {
+    segments: BTreeMap<SegmentId, File>,
+    indexes: BTreeMap<SegmentId, Bytes>,
+    topics: BTreeMap<Arc<str>, TopicRecord>,
+}
+
+impl MemDisk {
+    /// An empty disk.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Carries out one operation; returns its completion, if it has one.
+    pub fn execute(&mut self, op: StorageOp) -> Option<StorageCompletion> {
+        match op {
+            StorageOp::CreateSegment(id) => {
+                self.segments.entry(id).or_default();
+            }
+            StorageOp::Append { segment, data } => {
+                self.segments
+                    .entry(segment)
+                    .or_default()
+                    .data
+                    .extend_from_slice(&data);
+            }
+            StorageOp::SealSegment { segment, index } => {
+                self.indexes.insert(segment, index);
+            }
+            StorageOp::Sync { token, segments } => {
+                for id in segments {
+                    if let Some(file) = self.segments.get_mut(&id) {
+                        file.synced_len = file.data.len();
+                    }
+                }
+                return Some(StorageCompletion::Synced { token });
+            }
+            StorageOp::Read {
+                token,
+                segment,
+                position,
+                len,
+            } => {
+                let result = match self.segments.get(&segment) {
+                    None => Err(format!("no segment {segment:?}")),
+                    Some(file) => {
+                        let start = (position as usize).min(file.data.len());
+                        let end = start.saturating_add(len).min(file.data.len());
+                        Ok(Bytes::copy_from_slice(&file.data[start..end]))
+                    }
+                };
+                return Some(StorageCompletion::Read { token, result });
+            }
+            StorageOp::DeleteSegment(id) => {
+                self.segments.remove(&id);
+                self.indexes.remove(&id);
+            }
+            StorageOp::DeletePartition(tp) => {
+                self.segments.retain(|id, _| id.partition != tp);
+                self.indexes.retain(|id, _| id.partition != tp);
+            }
+            StorageOp::SaveTopic { name, record } => {
+                self.topics.insert(name, record);
+            }
+            StorageOp::RemoveTopic(name) => {
+                self.topics.remove(&name);
+            }
+        }
+        None
+    }
+
+    /// Drops every byte not yet synced, as a power failure would.
+    pub fn crash(&mut self) {
+        for file in self.segments.values_mut() {
+            file.data.truncate(file.synced_len);
+        }
+    }
+
+    /// Mutable bytes of a segment file, to plant corruption in tests.
+    pub fn segment_bytes_mut(&mut self, id: &SegmentId) -> Option<&mut BytesMut> {
+        self.segments.get_mut(id).map(|f| &mut f.data)
+    }
+
+    /// The stored topic records.
+    pub fn topics(&self) -> &BTreeMap<Arc<str>, TopicRecord> {
+        &self.topics
+    }
+
+    /// Segment ids of one partition, oldest first.
+    pub fn segment_ids(&self, tp: &TopicPartition) -> Vec<SegmentId> {
+        self.segments
+            .keys()
+            .filter(|id| id.partition == *tp)
+            .cloned()
+            .collect()
+    }
+
+    /// The bytes of one segment file.
+    pub fn segment(&self, id: &SegmentId) -> Option<&[u8]> {
+        self.segments.get(id).map(|f| &f.data[..])
+    }
+
+    /// The index file of a sealed segment.
+    pub fn index(&self, id: &SegmentId) -> Option<&Bytes> {
+        self.indexes.get(id)
+    }
+}
+
+impl MemDisk {
+    /// Recovers every stored topic as a restarting broker would: scans and truncates
+    /// segments per [`crate::recovery::recover_partition`] and returns what to load.
+    pub fn recover(
+        &mut self,
+        index_interval: u32,
+        max_batch_bytes: usize,
+    ) -> Vec<crate::RecoveredTopic> {
+        use crate::recovery::{recover_partition, scan_segment, FoundSegment};
+        let topics: Vec<_> = self
+            .topics
+            .iter()
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect();
+        let mut recovered = Vec::new();
+        for (name, record) in topics {
+            let mut partitions = Vec::new();
+            for index in 0..record.partitions {
+                let tp = TopicPartition::new(&name, index);
+                let found: Vec<FoundSegment> = self
+                    .segment_ids(&tp)
+                    .into_iter()
+                    .map(|id| FoundSegment {
+                        base_offset: id.base_offset,
+                        len: self.segments[&id].data.len() as u64,
+                        index: self.indexes.get(&id).cloned(),
+                    })
+                    .collect();
+                let plan = recover_partition(found, |f| {
+                    let id = SegmentId {
+                        partition: tp.clone(),
+                        base_offset: f.base_offset,
+                    };
+                    scan_segment(
+                        f.base_offset,
+                        self.segment(&id).unwrap_or(&[]),
+                        index_interval,
+                        max_batch_bytes,
+                    )
+                });
+                for (base_offset, len) in plan.truncate {
+                    let id = SegmentId {
+                        partition: tp.clone(),
+                        base_offset,
+                    };
+                    if let Some(file) = self.segments.get_mut(&id) {
+                        file.data.truncate(len as usize);
+                        file.synced_len = file.synced_len.min(len as usize);
+                    }
+                }
+                for base_offset in plan.delete {
+                    self.execute(StorageOp::DeleteSegment(SegmentId {
+                        partition: tp.clone(),
+                        base_offset,
+                    }));
+                }
+                let active = plan.segments.last().expect("never empty").base_offset;
+                self.segments
+                    .entry(SegmentId {
+                        partition: tp.clone(),
+                        base_offset: active,
+                    })
+                    .or_default();
+                partitions.push(plan.segments);
+            }
+            recovered.push(crate::RecoveredTopic {
+                name: name.to_string(),
+                record,
+                partitions,
+            });
+        }
+        recovered
+    }
+}

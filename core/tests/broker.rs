@@ -1,0 +1,695 @@
+//! The broker state machine driven in-process over an in-memory disk, with real Kafka
+//! request and response encodings.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+use kafka_protocol::messages::create_topics_request::{
+    CreatableTopic, CreatableTopicConfig, CreateTopicsRequest,
+};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{
+    ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
+};
+use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataRequestTopic};
+use kafka_protocol::messages::produce_request::{
+    PartitionProduceData, ProduceRequest, TopicProduceData,
+};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use seedlog_core::config::BrokerConfig;
+use seedlog_core::memdisk::MemDisk;
+use seedlog_core::storage::{StorageCompletion, StorageOp};
+use seedlog_core::wire::{decode_response, encode_request, record_batch};
+use seedlog_core::{Broker, Output};
+
+/// Steps a broker until idle, carrying out its storage operations on a `MemDisk`.
+struct Harness {
+    broker: Broker,
+    disk: MemDisk,
+    config: BrokerConfig,
+    now: i64,
+    /// Frames sent to each connection, oldest first.
+    inbox: BTreeMap<u64, VecDeque<Bytes>>,
+    closed: Vec<u64>,
+    /// While true, syncs are held back (as a slow disk would) until `release_syncs`.
+    hold_syncs: bool,
+    held: Vec<StorageOp>,
+    /// (api, version) of the requests each connection sent, for decoding replies.
+    asked: BTreeMap<u64, VecDeque<(ApiKey, i16)>>,
+    next_correlation: i32,
+}
+
+impl Harness {
+    fn new(config: BrokerConfig) -> Self {
+        let now = 1_700_000_000_000;
+        Harness {
+            broker: Broker::new(config.clone(), Vec::new(), 7, now),
+            disk: MemDisk::new(),
+            config,
+            now,
+            inbox: BTreeMap::new(),
+            closed: Vec::new(),
+            hold_syncs: false,
+            held: Vec::new(),
+            asked: BTreeMap::new(),
+            next_correlation: 1,
+        }
+    }
+
+    fn drive(&mut self) {
+        for _ in 0..10_000 {
+            let Some(output) = self.broker.poll_output() else {
+                return;
+            };
+            match output {
+                Output::Send { conn, frame } => {
+                    self.inbox.entry(conn).or_default().push_back(frame)
+                }
+                Output::Close(conn) => self.closed.push(conn),
+                Output::Storage(op @ StorageOp::Sync { .. }) if self.hold_syncs => {
+                    self.held.push(op)
+                }
+                Output::Storage(op) => {
+                    if let Some(c) = self.disk.execute(op) {
+                        self.broker.handle_storage(self.now, c);
+                    }
+                }
+            }
+        }
+        panic!("broker did not go idle");
+    }
+
+    fn release_syncs(&mut self) {
+        self.hold_syncs = false;
+        for op in std::mem::take(&mut self.held) {
+            let c = self.disk.execute(op).expect("sync completes");
+            assert!(matches!(c, StorageCompletion::Synced { .. }));
+            self.broker.handle_storage(self.now, c);
+        }
+        self.drive();
+    }
+
+    fn send(&mut self, conn: u64, api: ApiKey, version: i16, request: RequestKind) {
+        let frame = encode_request(api, version, self.next_correlation, &request).unwrap();
+        self.next_correlation += 1;
+        self.asked
+            .entry(conn)
+            .or_default()
+            .push_back((api, version));
+        self.broker.handle_request(self.now, conn, frame.slice(4..));
+        self.drive();
+    }
+
+    fn reply(&mut self, conn: u64) -> Option<ResponseKind> {
+        let frame = self.inbox.get_mut(&conn)?.pop_front()?;
+        let (api, version) = self.asked.get_mut(&conn).unwrap().pop_front().unwrap();
+        Some(decode_response(api, version, frame).unwrap().1)
+    }
+
+    fn call(&mut self, api: ApiKey, version: i16, request: RequestKind) -> ResponseKind {
+        self.send(1, api, version, request);
+        self.reply(1).expect("an immediate reply")
+    }
+
+    fn advance(&mut self, ms: i64) {
+        self.now += ms;
+        if self.broker.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.broker.handle_timeout(self.now);
+            self.drive();
+        }
+    }
+
+    /// Restarts the broker from its disk, optionally losing unsynced bytes first.
+    fn restart(&mut self, crash: bool) {
+        if crash {
+            self.disk.crash();
+        }
+        self.held.clear();
+        self.hold_syncs = false;
+        self.inbox.clear();
+        self.asked.clear();
+        let recovered = self.disk.recover(self.config.index_interval_bytes, 2 << 20);
+        self.broker = Broker::new(self.config.clone(), recovered, 7, self.now);
+    }
+
+    fn create_topic(&mut self, name: &str, partitions: i32, configs: &[(&str, &str)]) {
+        let topic = CreatableTopic::default()
+            .with_name(topic_name(name))
+            .with_num_partitions(partitions)
+            .with_replication_factor(1)
+            .with_configs(
+                configs
+                    .iter()
+                    .map(|(k, v)| {
+                        CreatableTopicConfig::default()
+                            .with_name(s(k))
+                            .with_value(Some(s(v)))
+                    })
+                    .collect(),
+            );
+        let r = self.call(
+            ApiKey::CreateTopics,
+            7,
+            RequestKind::CreateTopics(CreateTopicsRequest::default().with_topics(vec![topic])),
+        );
+        let ResponseKind::CreateTopics(r) = r else {
+            panic!()
+        };
+        assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0].error_message);
+    }
+
+    fn produce_request(
+        &mut self,
+        conn: u64,
+        acks: i16,
+        topic: &str,
+        partition: i32,
+        records: Bytes,
+    ) {
+        let request = ProduceRequest::default()
+            .with_acks(acks)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(topic_name(topic))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(partition)
+                    .with_records(Some(records))])]);
+        self.send(conn, ApiKey::Produce, 9, RequestKind::Produce(request));
+    }
+
+    /// Produces and returns (error code, base offset).
+    fn produce(&mut self, topic: &str, partition: i32, records: Bytes) -> (i16, i64) {
+        self.produce_request(1, -1, topic, partition, records);
+        let Some(ResponseKind::Produce(r)) = self.reply(1) else {
+            panic!("no produce reply")
+        };
+        let p = &r.responses[0].partition_responses[0];
+        (p.error_code, p.base_offset)
+    }
+
+    fn fetch_request(
+        &mut self,
+        conn: u64,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_wait_ms: i32,
+        max_bytes: i32,
+    ) {
+        let request = FetchRequest::default()
+            .with_max_wait_ms(max_wait_ms)
+            .with_min_bytes(1)
+            .with_max_bytes(max_bytes)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(topic_name(topic))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(partition)
+                    .with_fetch_offset(offset)
+                    .with_partition_max_bytes(max_bytes)])]);
+        self.send(conn, ApiKey::Fetch, 12, RequestKind::Fetch(request));
+    }
+
+    /// Fetches without waiting; returns (error, high watermark, record offsets seen).
+    fn fetch(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: i32,
+    ) -> (i16, i64, Vec<i64>) {
+        // Its own connection, so that it does not queue behind a held produce.
+        self.fetch_request(9, topic, partition, offset, 0, max_bytes);
+        let Some(ResponseKind::Fetch(r)) = self.reply(9) else {
+            panic!("no fetch reply")
+        };
+        let p = &r.responses[0].partitions[0];
+        (
+            p.error_code,
+            p.high_watermark,
+            offsets_in(p.records.clone().unwrap_or_default()),
+        )
+    }
+
+    fn list_offset(&mut self, topic: &str, partition: i32, timestamp: i64) -> (i16, i64) {
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(topic_name(topic))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(partition)
+                    .with_timestamp(timestamp)])]);
+        let ResponseKind::ListOffsets(r) =
+            self.call(ApiKey::ListOffsets, 6, RequestKind::ListOffsets(request))
+        else {
+            panic!()
+        };
+        let p = &r.topics[0].partitions[0];
+        (p.error_code, p.offset)
+    }
+}
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
+fn topic_name(v: &str) -> TopicName {
+    TopicName(s(v))
+}
+
+/// Offsets of every record in fetched bytes, decoded with kafka-protocol (CRC checked).
+fn offsets_in(mut bytes: Bytes) -> Vec<i64> {
+    let sets =
+        kafka_protocol::records::RecordBatchDecoder::decode_all(&mut bytes).expect("valid batches");
+    sets.iter()
+        .flat_map(|s| s.records.iter().map(|r| r.offset))
+        .collect()
+}
+
+fn batch(n: usize, timestamp: i64) -> Bytes {
+    let values: Vec<Vec<u8>> = (0..n).map(|i| format!("value-{i}").into_bytes()).collect();
+    record_batch(values.iter().map(|v| (Some(&b"k"[..]), &v[..], timestamp)))
+}
+
+#[test]
+fn acks_all_answers_only_after_the_sync() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic("t", 1, &[]);
+    h.hold_syncs = true;
+    h.produce_request(1, -1, "t", 0, batch(3, 1000));
+    assert!(h.reply(1).is_none(), "acks=all must wait for the fsync");
+    let (_, hw, offsets) = h.fetch("t", 0, 0, 1 << 20);
+    assert_eq!((hw, offsets.len()), (0, 0), "uncommitted data is invisible");
+    h.release_syncs();
+    let Some(ResponseKind::Produce(r)) = h.reply(1) else {
+        panic!()
+    };
+    assert_eq!(r.responses[0].partition_responses[0].base_offset, 0);
+    assert_eq!(h.fetch("t", 0, 0, 1 << 20), (0, 3, vec![0, 1, 2]));
+}
+
+#[test]
+fn responses_keep_request_order_on_a_connection() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic("t", 1, &[]);
+    h.hold_syncs = true;
+    h.produce_request(1, -1, "t", 0, batch(1, 1000));
+    h.send(
+        1,
+        ApiKey::Metadata,
+        12,
+        RequestKind::Metadata(MetadataRequest::default()),
+    );
+    assert!(
+        h.inbox.get(&1).is_none_or(|q| q.is_empty()),
+        "metadata must not overtake the produce"
+    );
+    h.release_syncs();
+    assert!(matches!(h.reply(1), Some(ResponseKind::Produce(_))));
+    assert!(matches!(h.reply(1), Some(ResponseKind::Metadata(_))));
+}
+
+#[test]
+fn offsets_are_contiguous_and_mid_batch_fetch_returns_the_whole_batch() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic("t", 2, &[]);
+    assert_eq!(h.produce("t", 1, batch(5, 1000)), (0, 0));
+    assert_eq!(h.produce("t", 1, batch(5, 1000)), (0, 5));
+    assert_eq!(h.produce("t", 0, batch(1, 1000)), (0, 0));
+    let (err, hw, offsets) = h.fetch("t", 1, 7, 1 << 20);
+    assert_eq!((err, hw), (0, 10));
+    assert_eq!(
+        offsets,
+        vec![5, 6, 7, 8, 9],
+        "the batch holding offset 7, whole"
+    );
+    assert_eq!(
+        h.fetch("t", 1, 11, 1 << 20).0,
+        ResponseError::OffsetOutOfRange.code()
+    );
+    assert_eq!(h.fetch("t", 1, 10, 1 << 20), (0, 10, vec![]));
+}
+
+#[test]
+fn a_batch_larger_than_max_bytes_is_still_returned_whole() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic("t", 1, &[]);
+    h.produce("t", 0, batch(100, 1000));
+    let (_, _, offsets) = h.fetch("t", 0, 0, 10);
+    assert_eq!(offsets.len(), 100);
+}
+
+#[test]
+fn long_poll_fetch_wakes_on_produce_and_times_out_empty() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic("t", 1, &[]);
+    h.fetch_request(2, "t", 0, 0, 500, 1 << 20);
+    assert!(h.reply(2).is_none(), "no data: the fetch waits");
+    h.produce("t", 0, batch(2, 1000));
+    let Some(ResponseKind::Fetch(r)) = h.reply(2) else {
+        panic!("fetch woke")
+    };
+    assert_eq!(
+        offsets_in(r.responses[0].partitions[0].records.clone().unwrap()),
+        vec![0, 1]
+    );
+
+    h.fetch_request(2, "t", 0, 2, 500, 1 << 20);
+    h.advance(499);
+    assert!(h.reply(2).is_none());
+    h.advance(1);
+    let Some(ResponseKind::Fetch(r)) = h.reply(2) else {
+        panic!("fetch timed out")
+    };
+    assert_eq!(
+        r.responses[0].partitions[0]
+            .records
+            .as_ref()
+            .map(|b| b.len()),
+        Some(0)
+    );
+}
+
+#[test]
+fn bad_batches_get_kafka_error_codes() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic("t", 1, &[("max.message.bytes", "200")]);
+    let mut corrupt = batch(2, 1000).to_vec();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 1;
+    assert_eq!(
+        h.produce("t", 0, Bytes::from(corrupt)).0,
+        ResponseError::CorruptMessage.code()
+    );
+    assert_eq!(
+        h.produce("t", 0, batch(50, 1000)).0,
+        ResponseError::MessageTooLarge.code()
+    );
+    let mut v1 = batch(1, 1000).to_vec();
+    v1[16] = 1;
+    assert_eq!(
+        h.produce("t", 0, Bytes::from(v1)).0,
+        ResponseError::UnsupportedForMessageFormat.code()
+    );
+    assert_eq!(
+        h.produce("t", 0, Bytes::from_static(b"short")).0,
+        ResponseError::CorruptMessage.code()
+    );
+    assert_eq!(
+        h.produce("t", 3, batch(1, 1000)).0,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+    assert_eq!(
+        h.produce("nope", 0, batch(1, 1000)).0,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+    assert_eq!(
+        h.produce("t", 0, batch(1, 1000)),
+        (0, 0),
+        "nothing refused took an offset"
+    );
+}
+
+#[test]
+fn malformed_frames_close_the_connection_only() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.broker
+        .handle_request(h.now, 5, Bytes::from_static(&[0, 3, 0]));
+    h.drive();
+    h.broker.handle_request(
+        h.now,
+        6,
+        Bytes::from_static(&[0x7f, 0x7f, 0, 0, 0, 0, 0, 1]),
+    );
+    h.drive();
+    // A Metadata v12 header followed by garbage.
+    h.broker.handle_request(
+        h.now,
+        7,
+        Bytes::from_static(&[0, 3, 0, 12, 0, 0, 0, 1, 0xff, 0xff, 0xff]),
+    );
+    h.drive();
+    assert_eq!(h.closed, vec![5, 6, 7]);
+    h.create_topic("still-serving", 1, &[]);
+}
+
+#[test]
+fn api_versions_too_new_gets_unsupported_version_in_v0() {
+    let mut h = Harness::new(BrokerConfig::default());
+    let request = RequestKind::ApiVersions(Default::default());
+    let frame = encode_request(ApiKey::ApiVersions, 3, 1, &request).unwrap();
+    let mut raw = frame.slice(4..).to_vec();
+    raw[3] = 9; // claim v9
+    h.broker.handle_request(h.now, 1, Bytes::from(raw));
+    h.drive();
+    let frame = h.inbox.get_mut(&1).unwrap().pop_front().unwrap();
+    let (_, body) = decode_response(ApiKey::ApiVersions, 0, frame).unwrap();
+    let ResponseKind::ApiVersions(r) = body else {
+        panic!()
+    };
+    assert_eq!(r.error_code, ResponseError::UnsupportedVersion.code());
+    assert!(r
+        .api_keys
+        .iter()
+        .any(|k| k.api_key == ApiKey::Produce as i16));
+}
+
+#[test]
+fn metadata_auto_creates_topics_unless_disabled() {
+    let mut h = Harness::new(BrokerConfig {
+        default_partitions: 3,
+        ..BrokerConfig::default()
+    });
+    let request = MetadataRequest::default()
+        .with_allow_auto_topic_creation(true)
+        .with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(topic_name("auto")))
+        ]));
+    let ResponseKind::Metadata(r) =
+        h.call(ApiKey::Metadata, 12, RequestKind::Metadata(request.clone()))
+    else {
+        panic!()
+    };
+    assert_eq!(r.topics[0].error_code, 0);
+    assert_eq!(r.topics[0].partitions.len(), 3);
+    assert_eq!(h.disk.topics().len(), 1, "the topic is durable");
+
+    let mut h = Harness::new(BrokerConfig {
+        auto_create_topics: false,
+        ..BrokerConfig::default()
+    });
+    let ResponseKind::Metadata(r) = h.call(ApiKey::Metadata, 12, RequestKind::Metadata(request))
+    else {
+        panic!()
+    };
+    assert_eq!(
+        r.topics[0].error_code,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+}
+
+#[test]
+fn list_offsets_earliest_latest_and_by_timestamp() {
+    let mut h = Harness::new(BrokerConfig {
+        index_interval_bytes: 100,
+        ..BrokerConfig::default()
+    });
+    h.create_topic("t", 1, &[]);
+    for (i, ts) in [1000, 2000, 3000, 4000].into_iter().enumerate() {
+        let values: Vec<Vec<u8>> = (0..3).map(|j| format!("v{i}{j}").into_bytes()).collect();
+        let b = record_batch(
+            values
+                .iter()
+                .enumerate()
+                .map(|(j, v)| (None, &v[..], ts + j as i64 * 10)),
+        );
+        h.produce("t", 0, b);
+    }
+    assert_eq!(h.list_offset("t", 0, -2), (0, 0));
+    assert_eq!(
+        h.list_offset("t", 0, -1),
+        (0, 12),
+        "latest is the log end, not the last batch base + 1"
+    );
+    assert_eq!(
+        h.list_offset("t", 0, 2015),
+        (0, 5),
+        "first record at or after the time"
+    );
+    assert_eq!(h.list_offset("t", 0, 0), (0, 0));
+    assert_eq!(h.list_offset("t", 0, 9999), (0, -1));
+}
+
+#[test]
+fn retention_deletes_old_segments_and_moves_earliest() {
+    let config = BrokerConfig {
+        retention_check_interval_ms: 1000,
+        ..BrokerConfig::default()
+    };
+    let mut h = Harness::new(config);
+    h.create_topic(
+        "t",
+        1,
+        &[("segment.bytes", "200"), ("retention.bytes", "400")],
+    );
+    for _ in 0..10 {
+        let now = h.now;
+        h.produce("t", 0, batch(2, now));
+    }
+    let before = h.list_offset("t", 0, -2);
+    h.advance(1000);
+    let (_, earliest) = h.list_offset("t", 0, -2);
+    assert_eq!(before, (0, 0));
+    assert!(earliest > 0, "log start moved");
+    let log = h.broker.log("t", 0).unwrap();
+    assert!(
+        log.size_bytes() >= 400 && log.size_bytes() < 400 + 200,
+        "{}",
+        log.size_bytes()
+    );
+    assert_eq!(
+        h.fetch("t", 0, 0, 1 << 20).0,
+        ResponseError::OffsetOutOfRange.code()
+    );
+    assert_eq!(
+        h.fetch("t", 0, earliest, 1 << 20).2.first(),
+        Some(&earliest)
+    );
+}
+
+#[test]
+fn time_retention_uses_record_timestamps() {
+    let config = BrokerConfig {
+        retention_check_interval_ms: 1000,
+        ..BrokerConfig::default()
+    };
+    let mut h = Harness::new(config);
+    h.create_topic(
+        "t",
+        1,
+        &[("retention.ms", "60000"), ("segment.bytes", "100")],
+    );
+    let old = h.now - 120_000;
+    h.produce("t", 0, batch(1, old));
+    h.produce("t", 0, batch(1, old));
+    h.produce("t", 0, batch(1, h.now));
+    h.advance(1000);
+    assert_eq!(h.list_offset("t", 0, -2), (0, 2));
+}
+
+#[test]
+fn log_append_time_topics_stamp_the_broker_clock() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic("t", 1, &[("message.timestamp.type", "LogAppendTime")]);
+    h.produce("t", 0, batch(2, 5));
+    h.fetch_request(1, "t", 0, 0, 0, 1 << 20);
+    let Some(ResponseKind::Fetch(r)) = h.reply(1) else {
+        panic!()
+    };
+    let bytes = r.responses[0].partitions[0].records.clone().unwrap();
+    let (view, _) = seedlog_core::batch::BatchView::split_first(&bytes).unwrap();
+    assert!(view.crc_ok(), "CRC re-sealed after stamping");
+    assert!(view.is_log_append_time());
+    assert_eq!(view.max_timestamp(), h.now);
+}
+
+#[test]
+fn crash_keeps_every_acknowledged_record_and_drops_the_torn_tail() {
+    let mut h = Harness::new(BrokerConfig {
+        index_interval_bytes: 64,
+        ..BrokerConfig::default()
+    });
+    h.create_topic("t", 1, &[("segment.bytes", "300")]);
+    for _ in 0..10 {
+        assert_eq!(h.produce("t", 0, batch(3, 1000)).0, 0);
+    }
+    // Unacknowledged: appended but never synced.
+    h.hold_syncs = true;
+    h.produce_request(1, -1, "t", 0, batch(3, 1000));
+    h.restart(true);
+    assert_eq!(h.list_offset("t", 0, -1), (0, 30));
+    let mut seen = Vec::new();
+    let mut offset = 0;
+    while offset < 30 {
+        let (err, _, offsets) = h.fetch("t", 0, offset, 1 << 20);
+        assert_eq!(err, 0);
+        seen.extend(offsets.iter().copied().filter(|o| *o >= offset));
+        offset = *offsets.last().unwrap() + 1;
+    }
+    assert_eq!(seen, (0..30).collect::<Vec<_>>());
+    assert_eq!(
+        h.produce("t", 0, batch(1, 1000)),
+        (0, 30),
+        "appends carry on after the cut"
+    );
+}
+
+#[test]
+fn recovery_truncates_a_corrupt_tail_and_serves_no_corrupt_record() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic("t", 1, &[]);
+    for _ in 0..4 {
+        h.produce("t", 0, batch(2, 1000));
+    }
+    let tp = seedlog_core::storage::TopicPartition::new(&std::sync::Arc::from("t"), 0);
+    let id = h.disk.segment_ids(&tp)[0].clone();
+    let len = h.disk.segment(&id).unwrap().len();
+    h.disk.segment_bytes_mut(&id).unwrap()[len - 5] ^= 0x40; // flip a bit in the last batch
+    h.restart(false);
+    assert_eq!(h.list_offset("t", 0, -1), (0, 6));
+    assert_eq!(h.fetch("t", 0, 0, 1 << 20).2, vec![0, 1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn a_bit_flip_in_a_sealed_segment_is_refused_at_read_time() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic("t", 1, &[("segment.bytes", "200")]);
+    for _ in 0..6 {
+        h.produce("t", 0, batch(2, 1000));
+    }
+    let tp = seedlog_core::storage::TopicPartition::new(&std::sync::Arc::from("t"), 0);
+    let first = h.disk.segment_ids(&tp)[0].clone();
+    h.disk.segment_bytes_mut(&first).unwrap()[70] ^= 1;
+    h.restart(false);
+    let (err, _, offsets) = h.fetch("t", 0, 0, 1 << 20);
+    assert_eq!(err, ResponseError::KafkaStorageError.code());
+    assert!(offsets.is_empty());
+}
+
+#[test]
+fn topic_config_survives_restart_and_invalid_config_is_refused() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic("t", 2, &[("retention.ms", "1234")]);
+    h.restart(false);
+    assert_eq!(h.broker.topic_names().collect::<Vec<_>>(), vec!["t"]);
+    let topic = CreatableTopic::default()
+        .with_name(topic_name("u"))
+        .with_num_partitions(1)
+        .with_replication_factor(1)
+        .with_configs(vec![CreatableTopicConfig::default()
+            .with_name(s("retention.ms"))
+            .with_value(Some(s("soon")))]);
+    let ResponseKind::CreateTopics(r) = h.call(
+        ApiKey::CreateTopics,
+        7,
+        RequestKind::CreateTopics(CreateTopicsRequest::default().with_topics(vec![topic])),
+    ) else {
+        panic!()
+    };
+    assert_eq!(r.topics[0].error_code, ResponseError::InvalidConfig.code());
+    let topic = CreatableTopic::default()
+        .with_name(topic_name("t"))
+        .with_num_partitions(1)
+        .with_replication_factor(1);
+    let ResponseKind::CreateTopics(r) = h.call(
+        ApiKey::CreateTopics,
+        7,
+        RequestKind::CreateTopics(CreateTopicsRequest::default().with_topics(vec![topic])),
+    ) else {
+        panic!()
+    };
+    assert_eq!(
+        r.topics[0].error_code,
+        ResponseError::TopicAlreadyExists.code()
+    );
+}
