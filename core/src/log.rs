@@ -127,7 +127,7 @@ pub fn decode_segment_index(base_offset: i64, bytes: &[u8], file_size: u64) -> O
         return None;
     }
     let entries_bytes = body.len() - 4 - (INDEX_FOOTER_BYTES - 4);
-    if entries_bytes % INDEX_ENTRY_BYTES != 0 {
+    if !entries_bytes.is_multiple_of(INDEX_ENTRY_BYTES) {
         return None;
     }
     let mut cursor = &body[4..];
@@ -166,6 +166,17 @@ pub struct ReadPlan {
     pub len: usize,
     /// Committed bytes available from `position` to the end of that segment's readable part.
     pub available: u64,
+}
+
+/// Where a log ended at some moment: what a completed sync makes committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommitPoint {
+    /// Offset after the last record.
+    pub offset: i64,
+    /// Base offset of the segment that held the end.
+    pub segment_base: i64,
+    /// Byte length of that segment at the time.
+    pub position: u64,
 }
 
 /// A fetch or list-offsets position that the log does not hold.
@@ -259,21 +270,24 @@ impl PartitionLog {
         self.segment_id(self.active().base_offset)
     }
 
-    /// Where the log ends now, as a commit point: (offset, segment base, byte position).
-    pub fn end_point(&self) -> (i64, i64, u64) {
+    /// Where the log ends now.
+    pub fn end_point(&self) -> CommitPoint {
         let active = self.active();
-        (active.next_offset, active.base_offset, active.size)
+        CommitPoint {
+            offset: active.next_offset,
+            segment_base: active.base_offset,
+            position: active.size,
+        }
     }
 
     /// Marks everything up to `point` (from [`Self::end_point`]) as committed.
     /// Returns true if the high watermark moved.
-    pub fn commit(&mut self, point: (i64, i64, u64)) -> bool {
-        let (offset, base, position) = point;
-        if offset <= self.high_watermark {
+    pub fn commit(&mut self, point: CommitPoint) -> bool {
+        if point.offset <= self.high_watermark {
             return false;
         }
-        self.high_watermark = offset;
-        self.committed_end = (base, position);
+        self.high_watermark = point.offset;
+        self.committed_end = (point.segment_base, point.position);
         true
     }
 
@@ -524,8 +538,7 @@ mod tests {
     fn reads_stop_at_the_high_watermark() {
         let (mut log, _) = PartitionLog::new(tp());
         log.append(3, 100, 10, 0, 4096);
-        let point = log.end_point();
-        log.commit(point);
+        log.commit(log.end_point());
         log.append(2, 80, 11, 0, 4096);
         assert_eq!(log.log_end_offset(), 5);
         assert_eq!(log.high_watermark(), 3);
@@ -548,8 +561,7 @@ mod tests {
             log.maybe_roll(100, 0, &config, &mut out);
             log.append(1, 100, 0, 0, 4096);
         }
-        let point = log.end_point();
-        log.commit(point);
+        log.commit(log.end_point());
         assert_eq!(
             log.segments().count(),
             5,

@@ -166,7 +166,7 @@ pub fn recover_partition(
             continue;
         }
         let trusted = (i < last)
-            .then(|| file.index.as_ref())
+            .then_some(file.index.as_ref())
             .flatten()
             .and_then(|index| crate::log::decode_segment_index(file.base_offset, index, file.len));
         let segment = match trusted {

@@ -24,7 +24,7 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 use tracing::{debug, warn};
 
 use crate::config::{BrokerConfig, FlushPolicy};
-use crate::log::{PartitionLog, Segment};
+use crate::log::{CommitPoint, PartitionLog, Segment};
 use crate::storage::{SegmentId, StorageCompletion, StorageOp, TopicPartition, TopicRecord};
 use crate::topic::Topic;
 
@@ -84,7 +84,7 @@ struct Connection {
 #[derive(Debug)]
 struct InFlightSync {
     token: u64,
-    commits: Vec<(TopicPartition, [u8; 16], (i64, i64, u64))>,
+    commits: Vec<(TopicPartition, [u8; 16], CommitPoint)>,
 }
 
 /// A single broker's state.

@@ -39,7 +39,7 @@ impl Broker {
             let mut topic_response =
                 TopicProduceResponse::default().with_name(topic_data.name.clone());
             for partition_data in topic_data.partition_data {
-                let result = if !matches!(acks, -1 | 0 | 1) {
+                let result = if !(-1..=1).contains(&acks) {
                     Err(ResponseError::InvalidRequiredAcks)
                 } else {
                     self.append(
