@@ -693,3 +693,97 @@ fn topic_config_survives_restart_and_invalid_config_is_refused() {
         ResponseError::TopicAlreadyExists.code()
     );
 }
+
+/// Every advertised version of every API gets a decodable answer, not a closed connection:
+/// response fields that an old version lacks must not be set.
+#[test]
+fn every_advertised_version_answers() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic("t", 1, &[]);
+    h.produce("t", 0, batch(2, 1000));
+    let ResponseKind::ApiVersions(versions) = h.call(
+        ApiKey::ApiVersions,
+        3,
+        RequestKind::ApiVersions(Default::default()),
+    ) else {
+        panic!()
+    };
+    for api in &versions.api_keys {
+        let key = ApiKey::try_from(api.api_key).unwrap();
+        for version in api.min_version..=api.max_version {
+            let request = match key {
+                ApiKey::Produce => RequestKind::Produce(
+                    ProduceRequest::default().with_acks(1).with_topic_data(vec![
+                        TopicProduceData::default()
+                            .with_name(topic_name("t"))
+                            .with_partition_data(vec![PartitionProduceData::default()
+                                .with_index(0)
+                                .with_records(Some(batch(1, 1000)))]),
+                    ]),
+                ),
+                ApiKey::Fetch => RequestKind::Fetch(
+                    FetchRequest::default()
+                        .with_replica_id(BrokerId(-1))
+                        .with_max_bytes(1 << 20)
+                        .with_topics(vec![FetchTopic::default()
+                            .with_topic(topic_name("t"))
+                            .with_partitions(vec![
+                                FetchPartition::default().with_partition_max_bytes(1 << 20)
+                            ])]),
+                ),
+                ApiKey::ListOffsets => RequestKind::ListOffsets(
+                    ListOffsetsRequest::default()
+                        .with_replica_id(BrokerId(-1))
+                        .with_topics(vec![ListOffsetsTopic::default()
+                            .with_name(topic_name("t"))
+                            .with_partitions(vec![
+                                ListOffsetsPartition::default().with_timestamp(-1)
+                            ])]),
+                ),
+                ApiKey::Metadata => {
+                    RequestKind::Metadata(MetadataRequest::default().with_topics(Some(vec![
+                        MetadataRequestTopic::default().with_name(Some(topic_name("t"))),
+                    ])))
+                }
+                ApiKey::ApiVersions => RequestKind::ApiVersions(Default::default()),
+                ApiKey::CreateTopics => RequestKind::CreateTopics(
+                    CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+                        .with_name(topic_name(&format!("c{version}")))
+                        .with_num_partitions(1)
+                        .with_replication_factor(1)]),
+                ),
+                ApiKey::DeleteTopics if version < 6 => RequestKind::DeleteTopics(
+                    delete_topics_request::DeleteTopicsRequest::default()
+                        .with_topic_names(vec![topic_name(&format!("c{}", 7 - version))]),
+                ),
+                ApiKey::DeleteTopics => RequestKind::DeleteTopics(
+                    delete_topics_request::DeleteTopicsRequest::default()
+                        .with_topics(vec![delete_topics_request::DeleteTopicState::default()
+                            .with_name(Some(topic_name("nope")))]),
+                ),
+                ApiKey::DescribeConfigs => RequestKind::DescribeConfigs(
+                    describe_configs_request::DescribeConfigsRequest::default().with_resources(
+                        vec![describe_configs_request::DescribeConfigsResource::default()
+                            .with_resource_type(2)
+                            .with_resource_name(s("t"))],
+                    ),
+                ),
+                ApiKey::CreatePartitions => RequestKind::CreatePartitions(
+                    create_partitions_request::CreatePartitionsRequest::default().with_topics(
+                        vec![create_partitions_request::CreatePartitionsTopic::default()
+                            .with_name(topic_name("t"))
+                            .with_count(2 + version as i32)],
+                    ),
+                ),
+                other => panic!("advertised {other:?} without a case here"),
+            };
+            h.send(1, key, version, request);
+            assert!(
+                h.closed.is_empty(),
+                "{key:?} v{version} closed the connection"
+            );
+            let reply = h.reply(1);
+            assert!(reply.is_some(), "{key:?} v{version} got no reply");
+        }
+    }
+}

@@ -1,1 +1,56 @@
-fn main() {}
+//! `seedlog`: a Kafka-compatible event log broker in one small binary.
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use seedlog_node::config::RunArgs;
+
+#[derive(Parser)]
+#[command(
+    name = "seedlog",
+    version,
+    about = "A Kafka-compatible event log broker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Settings for the broker when no subcommand is given.
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a broker (the default).
+    Run(RunArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Run(args)) => args,
+        None => cli.run,
+    };
+    let result = args.resolve().and_then(|config| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(seedlog_node::server::serve(
+            config,
+            seedlog_node::shutdown_signal(),
+        ))
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("seedlog: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

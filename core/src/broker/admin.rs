@@ -195,7 +195,12 @@ impl Broker {
         id
     }
 
-    pub(super) fn create_topics(&mut self, now: i64, request: CreateTopicsRequest) -> ResponseKind {
+    pub(super) fn create_topics(
+        &mut self,
+        now: i64,
+        version: i16,
+        request: CreateTopicsRequest,
+    ) -> ResponseKind {
         let mut response = CreateTopicsResponse::default();
         for creatable in request.topics {
             let mut result = CreatableTopicResult::default()
@@ -210,7 +215,8 @@ impl Broker {
                 Ok((partitions, overrides, config)) => {
                     result.num_partitions = partitions;
                     result.replication_factor = 1;
-                    result.configs = Some(
+                    // v5 added the effective configs to the response.
+                    result.configs = (version >= 5).then(|| {
                         TOPIC_CONFIG_KEYS
                             .iter()
                             .filter_map(|key| {
@@ -223,8 +229,8 @@ impl Broker {
                                         .with_config_source(source),
                                 )
                             })
-                            .collect(),
-                    );
+                            .collect()
+                    });
                     if !request.validate_only {
                         info!(topic = %creatable.name.0, partitions, "creating topic");
                         let id = self.create_topic(

@@ -223,7 +223,7 @@ impl Broker {
                     }
                     (Some(_), _) => out.error_code = ResponseError::InvalidRequest.code(),
                 }
-                if out.error_code == 0 {
+                if out.error_code == 0 && reply_to.version >= 4 {
                     out.leader_epoch = 0;
                 }
                 topic_response.partitions.push(out);

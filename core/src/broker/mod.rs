@@ -305,7 +305,7 @@ impl Broker {
         let response = match request {
             RequestKind::ApiVersions(_) => Some(admin::api_versions_response(false)),
             RequestKind::Metadata(r) => Some(self.metadata(now, r)),
-            RequestKind::CreateTopics(r) => Some(self.create_topics(now, r)),
+            RequestKind::CreateTopics(r) => Some(self.create_topics(now, reply_to.version, r)),
             RequestKind::DeleteTopics(r) => Some(self.delete_topics(r)),
             RequestKind::CreatePartitions(r) => Some(self.create_partitions(r)),
             RequestKind::DescribeConfigs(r) => Some(self.describe_configs(r)),

@@ -1,0 +1,238 @@
+//! The `seedlog` broker's settings: command-line flags, `SEEDLOG_*` environment variables and
+//! an optional TOML file, in that order of precedence, over safe defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use seedlog_core::config::{BrokerConfig, FlushPolicy, TopicConfig};
+use serde::Deserialize;
+
+/// Where partition data lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StorageKind {
+    /// Segment files on disk and small state in sled (the default).
+    Disk,
+    /// Everything in memory, nothing durable: for measuring the protocol path only.
+    Memory,
+}
+
+/// When appended data is fsynced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlushMode {
+    /// fsync before data counts as committed, grouped across requests (the default).
+    GroupCommit,
+    /// Never fsync: fast, and a crash loses recent writes.
+    Never,
+}
+
+/// Settings for `seedlog run`. Every flag can also come from `SEEDLOG_<NAME>` or the file.
+#[derive(Args, Debug, Default, Clone)]
+pub struct RunArgs {
+    /// TOML file with any of the settings below (flags and env override it).
+    #[arg(long, env = "SEEDLOG_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address the Kafka listener binds [default: 127.0.0.1:9092].
+    #[arg(long, env = "SEEDLOG_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// host:port that clients are told to connect to [default: the listen address].
+    #[arg(long, env = "SEEDLOG_ADVERTISED")]
+    pub advertised: Option<String>,
+    /// Directory for partition data and broker state [default: ./seedlog-data].
+    #[arg(long, env = "SEEDLOG_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// This broker's id (Kafka's node.id) [default: 1].
+    #[arg(long, env = "SEEDLOG_BROKER_ID")]
+    pub broker_id: Option<i32>,
+    /// Partitions of auto-created topics (num.partitions) [default: 1].
+    #[arg(long, env = "SEEDLOG_NUM_PARTITIONS")]
+    pub num_partitions: Option<i32>,
+    /// Create unknown topics on first Metadata request (auto.create.topics.enable) [default: true].
+    #[arg(long, env = "SEEDLOG_AUTO_CREATE_TOPICS")]
+    pub auto_create_topics: Option<bool>,
+    /// Default retention.ms (-1: keep forever) [default: 604800000, 7 days].
+    #[arg(long, env = "SEEDLOG_LOG_RETENTION_MS", allow_negative_numbers = true)]
+    pub log_retention_ms: Option<i64>,
+    /// Default retention.bytes per partition (-1: no limit) [default: -1].
+    #[arg(
+        long,
+        env = "SEEDLOG_LOG_RETENTION_BYTES",
+        allow_negative_numbers = true
+    )]
+    pub log_retention_bytes: Option<i64>,
+    /// Default segment.bytes [default: 1073741824].
+    #[arg(long, env = "SEEDLOG_LOG_SEGMENT_BYTES")]
+    pub log_segment_bytes: Option<u64>,
+    /// Default segment.ms [default: 604800000].
+    #[arg(long, env = "SEEDLOG_LOG_SEGMENT_MS")]
+    pub log_segment_ms: Option<i64>,
+    /// Largest record batch accepted (message.max.bytes) [default: 1048588].
+    #[arg(long, env = "SEEDLOG_MESSAGE_MAX_BYTES")]
+    pub message_max_bytes: Option<usize>,
+    /// How often retention runs (log.retention.check.interval.ms) [default: 300000].
+    #[arg(long, env = "SEEDLOG_RETENTION_CHECK_INTERVAL_MS")]
+    pub retention_check_interval_ms: Option<i64>,
+    /// Largest request frame accepted (socket.request.max.bytes) [default: 104857600].
+    #[arg(long, env = "SEEDLOG_SOCKET_REQUEST_MAX_BYTES")]
+    pub socket_request_max_bytes: Option<usize>,
+    /// Where partition data lives [default: disk].
+    #[arg(long, env = "SEEDLOG_STORAGE", value_enum)]
+    pub storage: Option<StorageKind>,
+    /// When appended data is fsynced [default: group-commit].
+    #[arg(long, env = "SEEDLOG_FLUSH", value_enum)]
+    pub flush: Option<FlushMode>,
+}
+
+/// The same settings as read from a TOML file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    advertised: Option<String>,
+    data_dir: Option<PathBuf>,
+    broker_id: Option<i32>,
+    num_partitions: Option<i32>,
+    auto_create_topics: Option<bool>,
+    log_retention_ms: Option<i64>,
+    log_retention_bytes: Option<i64>,
+    log_segment_bytes: Option<u64>,
+    log_segment_ms: Option<i64>,
+    message_max_bytes: Option<usize>,
+    retention_check_interval_ms: Option<i64>,
+    socket_request_max_bytes: Option<usize>,
+    storage: Option<StorageKind>,
+    flush: Option<FlushMode>,
+}
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Listener address.
+    pub listen: SocketAddr,
+    /// Advertised host:port, if not the bound address.
+    pub advertised: Option<(String, u16)>,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Storage backend.
+    pub storage: StorageKind,
+    /// Largest request frame.
+    pub socket_request_max_bytes: usize,
+    /// What core decides with.
+    pub broker: BrokerConfig,
+}
+
+impl RunArgs {
+    /// Merges flags/env over the file over defaults, and checks the result.
+    pub fn resolve(self) -> anyhow::Result<NodeConfig> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        macro_rules! pick {
+            ($field:ident, $default:expr) => {
+                self.$field.or(file.$field).unwrap_or($default)
+            };
+        }
+        let defaults = TopicConfig::default();
+        let listen = pick!(listen, "127.0.0.1:9092".parse().expect("valid address"));
+        let advertised = match self.advertised.or(file.advertised) {
+            None => None,
+            Some(a) => Some(parse_host_port(&a)?),
+        };
+        let flush = match pick!(flush, FlushMode::GroupCommit) {
+            FlushMode::GroupCommit => FlushPolicy::GroupCommit,
+            FlushMode::Never => FlushPolicy::Never,
+        };
+        let topic_defaults = TopicConfig {
+            retention_ms: pick!(log_retention_ms, defaults.retention_ms),
+            retention_bytes: pick!(log_retention_bytes, defaults.retention_bytes),
+            segment_bytes: pick!(log_segment_bytes, defaults.segment_bytes),
+            segment_ms: pick!(log_segment_ms, defaults.segment_ms),
+            max_message_bytes: pick!(message_max_bytes, defaults.max_message_bytes),
+            timestamp_type: defaults.timestamp_type,
+        };
+        let mut broker = BrokerConfig {
+            broker_id: pick!(broker_id, 1),
+            default_partitions: pick!(num_partitions, 1),
+            auto_create_topics: pick!(auto_create_topics, true),
+            topic_defaults,
+            flush,
+            ..BrokerConfig::default()
+        };
+        broker.retention_check_interval_ms = pick!(
+            retention_check_interval_ms,
+            broker.retention_check_interval_ms
+        );
+        if broker.default_partitions < 1 {
+            bail!("num_partitions must be at least 1");
+        }
+        if broker.topic_defaults.segment_bytes < 1024 {
+            bail!("log_segment_bytes must be at least 1024");
+        }
+        if broker.retention_check_interval_ms < 1 || broker.topic_defaults.segment_ms < 1 {
+            bail!("intervals must be positive");
+        }
+        Ok(NodeConfig {
+            listen,
+            advertised,
+            data_dir: pick!(data_dir, PathBuf::from("seedlog-data")),
+            storage: pick!(storage, StorageKind::Disk),
+            socket_request_max_bytes: pick!(socket_request_max_bytes, 100 * 1024 * 1024),
+            broker,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+fn parse_host_port(s: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .with_context(|| format!("advertised {s:?} is not host:port"))?;
+    let port = port
+        .parse()
+        .with_context(|| format!("advertised port in {s:?}"))?;
+    Ok((host.trim_matches(['[', ']']).to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("seedlog-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("seedlog.toml");
+        std::fs::write(
+            &path,
+            "broker_id = 7\nnum_partitions = 3\nlisten = \"127.0.0.1:19092\"\n",
+        )
+        .unwrap();
+        let args = RunArgs {
+            config: Some(path.clone()),
+            num_partitions: Some(5),
+            ..RunArgs::default()
+        };
+        let config = args.resolve().unwrap();
+        assert_eq!(config.broker.broker_id, 7);
+        assert_eq!(config.broker.default_partitions, 5);
+        assert_eq!(config.listen.port(), 19092);
+        assert_eq!(config.data_dir, PathBuf::from("seedlog-data"));
+        std::fs::write(&path, "brokerid = 7\n").unwrap();
+        let err = RunArgs {
+            config: Some(path),
+            ..RunArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+    }
+}

@@ -1,0 +1,272 @@
+//! The driver: one loop that feeds the broker core its inputs and carries out its outputs.
+//!
+//! Connection tasks only frame bytes: a reader turns the socket into request frames, a writer
+//! turns response frames into bytes on the socket. Everything else happens in [`Driver::run`],
+//! in one place, in the order core asks for.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use bytes::{Bytes, BytesMut};
+use seedlog_core::storage::StorageCompletion;
+use seedlog_core::{Broker, ConnectionId, Output};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+use crate::storage::Storage;
+
+/// Requests queued from all connections before readers wait (back-pressure).
+const EVENT_QUEUE: usize = 1024;
+
+/// What the connection tasks and the fsync thread tell the driver.
+pub enum Event {
+    /// A complete request frame, size prefix removed.
+    Request { conn: ConnectionId, frame: Bytes },
+    /// The connection is gone (EOF, error, or an unreadable frame).
+    Disconnected { conn: ConnectionId },
+}
+
+/// The broker's wall clock, in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+struct ConnectionHandle {
+    responses: mpsc::UnboundedSender<Bytes>,
+    reader: JoinHandle<()>,
+}
+
+/// Owns the broker core and its storage and runs them.
+pub struct Driver {
+    broker: Broker,
+    storage: Box<dyn Storage>,
+    connections: BTreeMap<ConnectionId, ConnectionHandle>,
+    /// Completions ready now (reads), fed back before the next event.
+    ready: Vec<StorageCompletion>,
+}
+
+impl Driver {
+    /// A driver for `broker` over `storage`.
+    pub fn new(broker: Broker, storage: Box<dyn Storage>) -> Self {
+        Driver {
+            broker,
+            storage,
+            connections: BTreeMap::new(),
+            ready: Vec::new(),
+        }
+    }
+
+    /// Serves `listener` until `shutdown` resolves, then drains and flushes.
+    pub async fn run(
+        mut self,
+        listener: TcpListener,
+        mut syncs: mpsc::UnboundedReceiver<Result<StorageCompletion, String>>,
+        shutdown: impl std::future::Future<Output = ()>,
+        socket_request_max_bytes: usize,
+    ) -> anyhow::Result<()> {
+        let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
+        let mut next_conn: ConnectionId = 1;
+        tokio::pin!(shutdown);
+        loop {
+            let timeout = self.broker.poll_timeout().unwrap_or(i64::MAX);
+            let sleep_ms = timeout.saturating_sub(now_ms()).clamp(0, 60_000) as u64;
+            tokio::select! {
+                biased;
+                sync = syncs.recv() => {
+                    let completion = sync.context("the fsync thread stopped")?
+                        .map_err(|e| anyhow::anyhow!(e))
+                        .context("stopping: the disk failed a sync")?;
+                    self.broker.handle_storage(now_ms(), completion);
+                }
+                Some(event) = events.recv() => match event {
+                    Event::Request { conn, frame } => self.broker.handle_request(now_ms(), conn, frame),
+                    Event::Disconnected { conn } => {
+                        self.connections.remove(&conn);
+                        self.broker.handle_disconnect(conn);
+                    }
+                },
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let conn = next_conn;
+                        next_conn += 1;
+                        self.connect(conn, stream, peer, events_tx.clone(), socket_request_max_bytes);
+                    }
+                    Err(e) => warn!(error = %e, "accept failed"),
+                },
+                _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {
+                    self.broker.handle_timeout(now_ms());
+                }
+                _ = &mut shutdown => break,
+            }
+            self.carry_out()?;
+        }
+        info!("shutting down: finishing in-flight writes");
+        drop(listener);
+        for handle in self.connections.values() {
+            handle.reader.abort();
+        }
+        while !self.broker.is_quiescent() {
+            let completion = syncs.recv().await.context("the fsync thread stopped")?;
+            let completion = completion.map_err(|e| anyhow::anyhow!(e))?;
+            self.broker.handle_storage(now_ms(), completion);
+            self.carry_out()?;
+        }
+        self.storage.close()?;
+        // Let writers flush the last responses.
+        self.connections.clear();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        info!("shutdown complete");
+        Ok(())
+    }
+
+    /// Carries out every output core has queued, feeding back immediate completions.
+    fn carry_out(&mut self) -> anyhow::Result<()> {
+        loop {
+            while let Some(output) = self.broker.poll_output() {
+                match output {
+                    Output::Send { conn, frame } => {
+                        if let Some(handle) = self.connections.get(&conn) {
+                            // A send error means the writer already quit; the reader reports it.
+                            let _ = handle.responses.send(frame);
+                        }
+                    }
+                    Output::Close(conn) => {
+                        if let Some(handle) = self.connections.remove(&conn) {
+                            handle.reader.abort();
+                        }
+                    }
+                    Output::Storage(op) => {
+                        if let Some(completion) = self.storage.execute(op)? {
+                            self.ready.push(completion);
+                        }
+                    }
+                }
+            }
+            if self.ready.is_empty() {
+                return Ok(());
+            }
+            let now = now_ms();
+            for completion in std::mem::take(&mut self.ready) {
+                self.broker.handle_storage(now, completion);
+            }
+        }
+    }
+
+    fn connect(
+        &mut self,
+        conn: ConnectionId,
+        stream: TcpStream,
+        peer: SocketAddr,
+        events: mpsc::Sender<Event>,
+        max_frame: usize,
+    ) {
+        debug!(conn, %peer, "connected");
+        let _ = stream.set_nodelay(true);
+        let (read_half, write_half) = tokio::io::split(stream);
+        let (responses, outgoing) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(read_requests(conn, read_half, events, max_frame));
+        tokio::spawn(write_responses(conn, write_half, outgoing));
+        self.connections
+            .insert(conn, ConnectionHandle { responses, reader });
+    }
+}
+
+async fn read_requests(
+    conn: ConnectionId,
+    mut socket: ReadHalf<TcpStream>,
+    events: mpsc::Sender<Event>,
+    max_frame: usize,
+) {
+    loop {
+        let size = match socket.read_i32().await {
+            Ok(size) => size,
+            Err(_) => break, // EOF or reset: the client is gone.
+        };
+        if size < 0 || size as usize > max_frame {
+            warn!(
+                conn,
+                size, max_frame, "closing connection: request frame size out of bounds"
+            );
+            break;
+        }
+        let mut frame = BytesMut::zeroed(size as usize);
+        if socket.read_exact(&mut frame).await.is_err() {
+            break;
+        }
+        if events
+            .send(Event::Request {
+                conn,
+                frame: frame.freeze(),
+            })
+            .await
+            .is_err()
+        {
+            return; // The driver stopped.
+        }
+    }
+    let _ = events.send(Event::Disconnected { conn }).await;
+}
+
+async fn write_responses(
+    conn: ConnectionId,
+    mut socket: WriteHalf<TcpStream>,
+    mut outgoing: mpsc::UnboundedReceiver<Bytes>,
+) {
+    while let Some(frame) = outgoing.recv().await {
+        if let Err(e) = socket.write_all(&frame).await {
+            debug!(conn, error = %e, "write failed");
+            return;
+        }
+    }
+    // The driver dropped the sender: flush and close our side.
+    let _ = socket.shutdown().await;
+}
+
+/// Binds the listener, recovers storage and serves until `shutdown`.
+pub async fn serve(
+    config: crate::config::NodeConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the Kafka listener on {}", config.listen))?;
+    let bound = listener.local_addr()?;
+    let mut broker_config = config.broker.clone();
+    let (host, port) = config
+        .advertised
+        .clone()
+        .unwrap_or((bound.ip().to_string(), bound.port()));
+    broker_config.advertised_host = host;
+    broker_config.advertised_port = i32::from(port);
+
+    let (sync_tx, syncs) = mpsc::unbounded_channel();
+    let report: crate::storage::SyncReport = Box::new(move |result| {
+        let _ = sync_tx.send(result);
+    });
+    let mut storage: Box<dyn Storage> = match config.storage {
+        crate::config::StorageKind::Disk => Box::new(crate::storage::FileStorage::open(
+            &config.data_dir,
+            config.socket_request_max_bytes,
+            report,
+        )?),
+        crate::config::StorageKind::Memory => Box::new(crate::storage::MemoryStorage::default()),
+    };
+    let recovered = storage.recover(broker_config.index_interval_bytes)?;
+    let seed = now_ms() as u64 ^ u64::from(std::process::id()) << 32;
+    let broker = Broker::new(broker_config, recovered, seed, now_ms());
+    info!(listen = %bound, data_dir = %config.data_dir.display(), storage = ?config.storage, "seedlog broker ready");
+    let result = Driver::new(broker, storage)
+        .run(listener, syncs, shutdown, config.socket_request_max_bytes)
+        .await;
+    if let Err(e) = &result {
+        error!(error = %format!("{e:#}"), "broker stopped");
+    }
+    result
+}

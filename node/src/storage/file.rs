@@ -1,0 +1,445 @@
+//! Partition data in segment files, topic definitions in sled.
+//!
+//! Layout under the data directory:
+//! ```text
+//! meta/                          sled: topic definitions, cluster id
+//! <topic>-<partition>/
+//!     00000000000000000000.log   record batches as received, offsets stamped
+//!     00000000000000000000.index sparse offset/time index, written when the segment is sealed
+//! ```
+//! fsyncs run on one background thread so the driver keeps serving while the disk works;
+//! each sync covers every file written since the previous one (group commit).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use bytes::{Bytes, BytesMut};
+use seedlog_core::recovery::{recover_partition, FoundSegment, SegmentScanner};
+use seedlog_core::storage::{SegmentId, StorageCompletion, StorageOp, TopicPartition, TopicRecord};
+use seedlog_core::RecoveredTopic;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::{Storage, SyncReport};
+
+/// Bytes read per step when scanning a segment at startup.
+const SCAN_CHUNK_BYTES: usize = 1 << 20;
+
+/// A topic definition as stored in sled.
+#[derive(Serialize, Deserialize)]
+struct StoredTopic {
+    id: String,
+    partitions: i32,
+    configs: BTreeMap<String, String>,
+}
+
+/// One fsync batch handed to the sync thread.
+struct SyncJob {
+    token: u64,
+    files: Vec<Arc<File>>,
+    dirs: Vec<PathBuf>,
+}
+
+/// Segment files on the local file system.
+pub struct FileStorage {
+    root: PathBuf,
+    meta: sled::Db,
+    topics: sled::Tree,
+    /// Open segment files.
+    files: BTreeMap<SegmentId, Arc<File>>,
+    /// Directories whose entries changed since the last sync.
+    dirty_dirs: BTreeSet<PathBuf>,
+    sync_jobs: mpsc::Sender<SyncJob>,
+    max_batch_bytes: usize,
+}
+
+impl FileStorage {
+    /// Opens (or creates) the data directory. Finished syncs are reported through `report`.
+    pub fn open(root: &Path, max_batch_bytes: usize, report: SyncReport) -> anyhow::Result<Self> {
+        fs::create_dir_all(root)
+            .with_context(|| format!("creating data dir {}", root.display()))?;
+        let meta = sled::open(root.join("meta")).context("opening broker state (sled)")?;
+        let topics = meta.open_tree("topics").context("opening topics tree")?;
+        let (sync_jobs, jobs) = mpsc::channel::<SyncJob>();
+        std::thread::Builder::new()
+            .name("seedlog-fsync".into())
+            .spawn(move || run_syncs(jobs, report))
+            .context("starting the fsync thread")?;
+        Ok(FileStorage {
+            root: root.to_path_buf(),
+            meta,
+            topics,
+            files: BTreeMap::new(),
+            dirty_dirs: BTreeSet::new(),
+            sync_jobs,
+            max_batch_bytes,
+        })
+    }
+
+    fn partition_dir(&self, tp: &TopicPartition) -> PathBuf {
+        self.root.join(format!("{}-{}", tp.topic, tp.partition))
+    }
+
+    fn segment_path(&self, id: &SegmentId, extension: &str) -> PathBuf {
+        self.partition_dir(&id.partition)
+            .join(format!("{:020}.{extension}", id.base_offset))
+    }
+
+    fn open_segment(&mut self, id: &SegmentId, create: bool) -> anyhow::Result<Arc<File>> {
+        if let Some(file) = self.files.get(id) {
+            return Ok(file.clone());
+        }
+        let dir = self.partition_dir(&id.partition);
+        if create && !dir.exists() {
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            self.dirty_dirs.insert(self.root.clone());
+        }
+        let path = self.segment_path(id, "log");
+        let existed = path.exists();
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(create)
+            .open(&path)
+            .with_context(|| format!("opening segment {}", path.display()))?;
+        if !existed {
+            self.dirty_dirs.insert(dir);
+        }
+        let file = Arc::new(file);
+        self.files.insert(id.clone(), file.clone());
+        Ok(file)
+    }
+
+    fn load_topics(&self) -> anyhow::Result<Vec<(String, TopicRecord)>> {
+        let mut out = Vec::new();
+        for entry in self.topics.iter() {
+            let (key, value) = entry.context("reading topic definitions")?;
+            let name = String::from_utf8(key.to_vec()).context("topic name in broker state")?;
+            let text = std::str::from_utf8(&value).context("topic definition encoding")?;
+            let stored: StoredTopic =
+                toml::from_str(text).with_context(|| format!("topic definition of {name}"))?;
+            let id = decode_hex_id(&stored.id).with_context(|| format!("topic id of {name}"))?;
+            out.push((
+                name,
+                TopicRecord {
+                    id,
+                    partitions: stored.partitions,
+                    configs: stored.configs,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Removes partition directories that no stored topic owns (a crash mid-delete).
+    fn remove_orphans(&self, topics: &[(String, TopicRecord)]) -> anyhow::Result<()> {
+        for entry in fs::read_dir(&self.root).context("listing data dir")? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((topic, partition)) = name.rsplit_once('-') else {
+                continue;
+            };
+            let Ok(partition) = partition.parse::<i32>() else {
+                continue;
+            };
+            let owned = topics
+                .iter()
+                .any(|(t, r)| t == topic && partition < r.partitions);
+            if !owned && entry.file_type()?.is_dir() {
+                warn!(dir = %name, "removing partition directory of a deleted topic");
+                fs::remove_dir_all(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn recover_one(
+        &mut self,
+        tp: &TopicPartition,
+        index_interval: u32,
+    ) -> anyhow::Result<Vec<seedlog_core::log::Segment>> {
+        let dir = self.partition_dir(tp);
+        let mut found = Vec::new();
+        if dir.exists() {
+            for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+                let path = entry?.path();
+                let Some(base_offset) = segment_base(&path, "log") else {
+                    continue;
+                };
+                let len = fs::metadata(&path)?.len();
+                let index = match fs::read(path.with_extension("index")) {
+                    Ok(bytes) => Some(Bytes::from(bytes)),
+                    Err(e) if e.kind() == ErrorKind::NotFound => None,
+                    Err(e) => return Err(e).context("reading segment index"),
+                };
+                found.push(FoundSegment {
+                    base_offset,
+                    len,
+                    index,
+                });
+            }
+        }
+        let max_batch = self.max_batch_bytes;
+        let mut scan_error = None;
+        let plan = recover_partition(found, |f| {
+            let path = dir.join(format!("{:020}.log", f.base_offset));
+            scan_file(&path, f.base_offset, index_interval, max_batch).unwrap_or_else(|e| {
+                scan_error = Some(e);
+                SegmentScanner::new(f.base_offset, index_interval, max_batch).finish(0)
+            })
+        });
+        if let Some(e) = scan_error {
+            return Err(e);
+        }
+        for (base_offset, len) in &plan.truncate {
+            let id = SegmentId {
+                partition: tp.clone(),
+                base_offset: *base_offset,
+            };
+            let file = self.open_segment(&id, false)?;
+            file.set_len(*len).context("truncating a damaged segment")?;
+            file.sync_all().context("syncing a truncated segment")?;
+            let _ = fs::remove_file(self.segment_path(&id, "index"));
+        }
+        for base_offset in &plan.delete {
+            let id = SegmentId {
+                partition: tp.clone(),
+                base_offset: *base_offset,
+            };
+            warn!(partition = %tp, base_offset, "deleting a segment that no longer follows on");
+            self.delete_segment(&id)?;
+        }
+        for segment in &plan.segments {
+            let id = SegmentId {
+                partition: tp.clone(),
+                base_offset: segment.base_offset,
+            };
+            self.open_segment(&id, true)?;
+        }
+        Ok(plan.segments)
+    }
+
+    fn delete_segment(&mut self, id: &SegmentId) -> anyhow::Result<()> {
+        self.files.remove(id);
+        for extension in ["log", "index"] {
+            match fs::remove_file(self.segment_path(id, extension)) {
+                Err(e) if e.kind() != ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("deleting segment {id:?}"))
+                }
+                _ => {}
+            }
+        }
+        self.dirty_dirs.insert(self.partition_dir(&id.partition));
+        Ok(())
+    }
+}
+
+impl Storage for FileStorage {
+    fn recover(&mut self, index_interval: u32) -> anyhow::Result<Vec<RecoveredTopic>> {
+        let topics = self.load_topics()?;
+        self.remove_orphans(&topics)?;
+        let mut recovered = Vec::new();
+        for (name, record) in topics {
+            let topic: Arc<str> = Arc::from(name.as_str());
+            let mut partitions = Vec::new();
+            for index in 0..record.partitions {
+                partitions
+                    .push(self.recover_one(&TopicPartition::new(&topic, index), index_interval)?);
+            }
+            let segments: usize = partitions.iter().map(Vec::len).sum();
+            info!(topic = %name, partitions = record.partitions, segments, "recovered topic");
+            recovered.push(RecoveredTopic {
+                name,
+                record,
+                partitions,
+            });
+        }
+        sync_dirs(std::mem::take(&mut self.dirty_dirs))?;
+        Ok(recovered)
+    }
+
+    fn execute(&mut self, op: StorageOp) -> anyhow::Result<Option<StorageCompletion>> {
+        match op {
+            StorageOp::CreateSegment(id) => {
+                self.open_segment(&id, true)?;
+            }
+            StorageOp::Append { segment, data } => {
+                let mut file = &*self.open_segment(&segment, true)?;
+                file.write_all(&data)
+                    .with_context(|| format!("appending to {segment:?}"))?;
+            }
+            StorageOp::SealSegment { segment, index } => {
+                let path = self.segment_path(&segment, "index");
+                fs::write(&path, &index).with_context(|| format!("writing {}", path.display()))?;
+            }
+            StorageOp::Sync { token, segments } => {
+                let files = segments
+                    .iter()
+                    .filter_map(|id| self.files.get(id).cloned())
+                    .collect();
+                let dirs = std::mem::take(&mut self.dirty_dirs).into_iter().collect();
+                self.sync_jobs
+                    .send(SyncJob { token, files, dirs })
+                    .map_err(|_| anyhow::anyhow!("the fsync thread is gone"))?;
+            }
+            StorageOp::Read {
+                token,
+                segment,
+                position,
+                len,
+            } => {
+                let result = self
+                    .open_segment(&segment, false)
+                    .and_then(|file| read_at(&file, position, len));
+                return Ok(Some(StorageCompletion::Read {
+                    token,
+                    result: result.map_err(|e| format!("{e:#}")),
+                }));
+            }
+            StorageOp::DeleteSegment(id) => self.delete_segment(&id)?,
+            StorageOp::DeletePartition(tp) => {
+                self.files.retain(|id, _| id.partition != tp);
+                let dir = self.partition_dir(&tp);
+                match fs::remove_dir_all(&dir) {
+                    Err(e) if e.kind() != ErrorKind::NotFound => {
+                        return Err(e).with_context(|| format!("deleting {}", dir.display()))
+                    }
+                    _ => {}
+                }
+                self.dirty_dirs.insert(self.root.clone());
+            }
+            StorageOp::SaveTopic { name, record } => {
+                let stored = StoredTopic {
+                    id: encode_hex_id(&record.id),
+                    partitions: record.partitions,
+                    configs: record.configs,
+                };
+                let text = toml::to_string(&stored).context("encoding a topic definition")?;
+                self.topics
+                    .insert(name.as_bytes(), text.as_bytes())
+                    .context("saving a topic")?;
+                self.meta.flush().context("flushing broker state")?;
+            }
+            StorageOp::RemoveTopic(name) => {
+                self.topics
+                    .remove(name.as_bytes())
+                    .context("removing a topic")?;
+                self.meta.flush().context("flushing broker state")?;
+            }
+        }
+        Ok(None)
+    }
+
+    fn close(&mut self) -> anyhow::Result<()> {
+        for (id, file) in &self.files {
+            file.sync_all()
+                .with_context(|| format!("syncing {id:?} at shutdown"))?;
+        }
+        sync_dirs(std::mem::take(&mut self.dirty_dirs))?;
+        self.meta
+            .flush()
+            .context("flushing broker state at shutdown")?;
+        Ok(())
+    }
+}
+
+fn run_syncs(jobs: mpsc::Receiver<SyncJob>, report: SyncReport) {
+    while let Ok(job) = jobs.recv() {
+        let result = job
+            .files
+            .iter()
+            .try_for_each(|f| f.sync_data())
+            .map_err(anyhow::Error::from)
+            .and_then(|()| sync_dirs(job.dirs));
+        report(match result {
+            Ok(()) => Ok(StorageCompletion::Synced { token: job.token }),
+            Err(e) => Err(format!("fsync failed: {e:#}")),
+        });
+    }
+}
+
+fn sync_dirs(dirs: impl IntoIterator<Item = PathBuf>) -> anyhow::Result<()> {
+    for dir in dirs {
+        match File::open(&dir) {
+            Ok(d) => d
+                .sync_all()
+                .with_context(|| format!("syncing directory {}", dir.display()))?,
+            // Deleted since it was marked: nothing left to make durable.
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("opening directory {}", dir.display()))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_at(file: &File, position: u64, len: usize) -> anyhow::Result<Bytes> {
+    let mut buf = BytesMut::zeroed(len);
+    let mut filled = 0;
+    while filled < len {
+        let n = file.read_at(&mut buf[filled..], position + filled as u64)?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    buf.truncate(filled);
+    Ok(buf.freeze())
+}
+
+/// Scans one segment file in chunks; see [`SegmentScanner`].
+fn scan_file(
+    path: &Path,
+    base_offset: i64,
+    index_interval: u32,
+    max_batch: usize,
+) -> anyhow::Result<seedlog_core::recovery::ScanResult> {
+    let file =
+        File::open(path).with_context(|| format!("opening {} for recovery", path.display()))?;
+    let len = file.metadata()?.len();
+    let mut scanner = SegmentScanner::new(base_offset, index_interval, max_batch);
+    let mut pending: Vec<u8> = Vec::new();
+    let mut read_pos = 0u64;
+    while read_pos < len && !scanner.is_stopped() {
+        let want = SCAN_CHUNK_BYTES.min((len - read_pos) as usize);
+        let start = pending.len();
+        pending.resize(start + want, 0);
+        file.read_exact_at(&mut pending[start..], read_pos)
+            .with_context(|| format!("reading {}", path.display()))?;
+        read_pos += want as u64;
+        let used = scanner.feed(&pending);
+        pending.drain(..used);
+    }
+    let leftover = len - scanner.position();
+    Ok(scanner.finish(leftover))
+}
+
+fn segment_base(path: &Path, extension: &str) -> Option<i64> {
+    if path.extension()? != extension {
+        return None;
+    }
+    path.file_stem()?.to_str()?.parse().ok()
+}
+
+fn encode_hex_id(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_hex_id(s: &str) -> anyhow::Result<[u8; 16]> {
+    if s.len() != 32 || !s.is_ascii() {
+        bail!("topic id {s:?} is not 32 hex digits");
+    }
+    let mut id = [0u8; 16];
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)
+            .with_context(|| format!("topic id {s:?}"))?;
+    }
+    Ok(id)
+}
