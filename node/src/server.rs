@@ -184,11 +184,8 @@ async fn read_requests(
     events: mpsc::Sender<Event>,
     max_frame: usize,
 ) {
-    loop {
-        let size = match socket.read_i32().await {
-            Ok(size) => size,
-            Err(_) => break, // EOF or reset: the client is gone.
-        };
+    // EOF or reset ends the loop: the client is gone.
+    while let Ok(size) = socket.read_i32().await {
         if size < 0 || size as usize > max_frame {
             warn!(
                 conn,

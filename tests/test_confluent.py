@@ -1,0 +1,129 @@
+"""confluent-kafka (librdkafka, bundled in the wheel) against seedlog."""
+
+import time
+
+import pytest
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
+
+
+def admin(broker):
+    return AdminClient({"bootstrap.servers": broker.bootstrap})
+
+
+def create(broker, name, partitions=1, config=None):
+    client = admin(broker)  # must outlive the future
+    client.create_topics([NewTopic(name, partitions, 1, config=config or {})])[name].result(timeout=10)
+
+
+def produce_all(broker, topic, records, **conf):
+    """Produces (partition, key, value) records; returns {value: (partition, offset)}."""
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all", "linger.ms": 5, **conf})
+    acked, errors = {}, []
+
+    def on_delivery(err, msg):
+        if err is not None:
+            errors.append(err)
+        else:
+            acked[msg.value()] = (msg.partition(), msg.offset())
+
+    for partition, key, value in records:
+        producer.produce(topic, value=value, key=key, partition=partition, on_delivery=on_delivery)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+    assert not errors, errors
+    return acked
+
+
+def read_partition(broker, topic, partition, start, count):
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "reader",
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, partition, start)])
+    out, deadline = [], time.time() + 30
+    while len(out) < count and time.time() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is None:
+            continue
+        assert msg.error() is None, msg.error()
+        out.append(msg)
+    consumer.close()
+    return out
+
+
+def test_acks_all_records_read_back_by_partition_and_offset(broker):
+    create(broker, "orders", partitions=3)
+    records = [(i % 3, f"k{i}".encode(), f"order-{i}".encode()) for i in range(3000)]
+    acked = produce_all(broker, "orders", records)
+    assert len(acked) == 3000
+    for partition in range(3):
+        msgs = read_partition(broker, "orders", partition, 0, 1000)
+        assert [m.offset() for m in msgs] == list(range(1000))
+        for m in msgs:
+            assert acked[m.value()] == (partition, m.offset())
+    # From the middle of the log, by offset.
+    msgs = read_partition(broker, "orders", 1, 500, 3)
+    assert [m.offset() for m in msgs] == [500, 501, 502]
+
+
+def test_watermarks_and_offsets_for_times(broker):
+    create(broker, "times")
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
+    base = 1_700_000_000_000
+    for i in range(10):
+        producer.produce("times", value=b"v%d" % i, timestamp=base + i * 1000)
+    producer.flush(10)
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "t"})
+    assert consumer.get_watermark_offsets(TopicPartition("times", 0), timeout=10) == (0, 10)
+    found = consumer.offsets_for_times([TopicPartition("times", 0, base + 4500)], timeout=10)
+    assert found[0].offset == 5
+    consumer.close()
+
+
+def test_admin_create_describe_grow_and_delete(broker):
+    create(broker, "cfg", partitions=2, config={"retention.ms": "3600000", "segment.bytes": "1048576"})
+    a = admin(broker)
+    res = ConfigResource(ConfigResource.Type.TOPIC, "cfg")
+    configs = a.describe_configs([res])[res].result(timeout=10)
+    assert configs["retention.ms"].value == "3600000"
+    assert configs["segment.bytes"].value == "1048576"
+    assert configs["retention.bytes"].value == "-1"
+
+    a.create_partitions([NewPartitions("cfg", 4)])["cfg"].result(timeout=10)
+    md = a.list_topics(timeout=10)
+    assert len(md.topics["cfg"].partitions) == 4
+
+    with pytest.raises(KafkaException) as err:
+        a.create_topics([NewTopic("cfg", 1, 1)])["cfg"].result(timeout=10)
+    assert "TOPIC_ALREADY_EXISTS" in str(err.value)
+
+    a.delete_topics(["cfg"])["cfg"].result(timeout=10)
+    assert "cfg" not in a.list_topics(timeout=10).topics
+
+
+def test_replication_factor_beyond_one_broker_is_refused(broker):
+    client = admin(broker)
+    with pytest.raises(KafkaException) as err:
+        client.create_topics([NewTopic("rf3", 1, 3)])["rf3"].result(timeout=10)
+    assert "INVALID_REPLICATION_FACTOR" in str(err.value)
+
+
+def test_oversize_batch_gets_message_too_large(broker):
+    create(broker, "small", config={"max.message.bytes": "10000"})
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all",
+                         "message.max.bytes": 1_000_000})
+    errors = []
+    producer.produce("small", value=b"x" * 50_000, on_delivery=lambda err, msg: errors.append(err))
+    producer.flush(10)
+    assert errors and errors[0] is not None and errors[0].name() == "MSG_SIZE_TOO_LARGE", errors
+
+
+def test_log_append_time_topic(broker):
+    create(broker, "lat", config={"message.timestamp.type": "LogAppendTime"})
+    before = int(time.time() * 1000)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
+    producer.produce("lat", value=b"v", timestamp=1000)
+    producer.flush(10)
+    (msg,) = read_partition(broker, "lat", 0, 0, 1)
+    kind, ts = msg.timestamp()
+    assert kind == 2  # TIMESTAMP_LOG_APPEND_TIME
+    assert ts >= before - 1000
