@@ -432,7 +432,9 @@ fn malformed_frames_close_the_connection_only() {
     // Produce v3 whose topic array claims 2^31-1 entries in a few bytes: must be a decode
     // error, not an allocation that aborts the process (see vendor/README.md).
     let mut huge = vec![0, 0, 0, 3, 0, 0, 0, 1, 0xff, 0xff];
-    huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0, 0, 3, 0xe8, 0x7f, 0xff, 0xff, 0xff]);
+    huge.extend_from_slice(&[
+        0xff, 0xff, 0xff, 0xff, 0, 0, 3, 0xe8, 0x7f, 0xff, 0xff, 0xff,
+    ]);
     h.broker.handle_request(h.now, 8, Bytes::from(huge));
     h.drive();
     assert_eq!(h.closed, vec![5, 6, 7, 8]);
