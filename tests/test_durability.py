@@ -35,7 +35,7 @@ def test_sigkill_loses_no_acknowledged_record(broker):
     rng = random.Random(7)
     for round_ in range(4):
         producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all",
-                             "linger.ms": 1, "message.timeout.ms": 5000, "retries": 0})
+                             "linger.ms": 1, "message.timeout.ms": 2000, "retries": 0})
 
         def on_delivery(err, msg):
             if err is None:
@@ -60,7 +60,7 @@ def test_sigkill_loses_no_acknowledged_record(broker):
         broker.kill()  # mid-stream, with writes in flight
         stop.set()
         t.join()
-        producer.flush(6)
+        producer.flush(3)
         broker.start()
     assert len(acked) > 1000, f"only {len(acked)} records acknowledged"
     seen = consume_everything(broker.bootstrap, "durable", 2)
