@@ -11,6 +11,7 @@
 
 pub mod batch;
 pub mod broker;
+pub mod canary;
 pub mod config;
 pub mod log;
 pub mod memdisk;

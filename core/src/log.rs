@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::canary::{is_planted, Canary};
 use crate::config::TopicConfig;
 use crate::storage::{SegmentId, StorageOp, TopicPartition};
 
@@ -350,10 +351,15 @@ impl PartitionLog {
         offset: i64,
         max_bytes: usize,
     ) -> Result<Option<ReadPlan>, OffsetOutOfRange> {
-        if offset < self.log_start_offset || offset > self.high_watermark {
+        let visible_end = if is_planted(Canary::ReadAboveHighWatermark) {
+            self.log_end_offset()
+        } else {
+            self.high_watermark
+        };
+        if offset < self.log_start_offset || offset > visible_end {
             return Err(OffsetOutOfRange);
         }
-        if offset == self.high_watermark {
+        if offset == visible_end {
             return Ok(None);
         }
         // The segment holding `offset`: the last one that starts at or before it. An empty
@@ -372,7 +378,9 @@ impl PartitionLog {
             })
             .ok_or(OffsetOutOfRange)?;
         let position = u64::from(segment.position_for(offset));
-        let readable_end = if segment.base_offset == self.committed_end.0 {
+        let readable_end = if segment.base_offset == self.committed_end.0
+            && !is_planted(Canary::ReadAboveHighWatermark)
+        {
             self.committed_end.1
         } else {
             segment.size

@@ -6,6 +6,7 @@ pub mod server;
 pub mod storage;
 
 /// Resolves on SIGINT or SIGTERM.
+#[cfg(not(madsim))]
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {

@@ -11,6 +11,7 @@ use tracing::debug;
 
 use super::{Broker, ReplyTo};
 use crate::batch::{self, BatchError};
+use crate::canary::{is_planted, Canary};
 use crate::config::TimestampType;
 use crate::storage::{StorageOp, TopicPartition};
 
@@ -70,7 +71,8 @@ impl Broker {
         match (acks, sync_token) {
             (0, _) => self.respond(reply_to, None),
             (-1, Some(sync_token))
-                if self.config.flush == crate::config::FlushPolicy::GroupCommit =>
+                if self.config.flush == crate::config::FlushPolicy::GroupCommit
+                    && !is_planted(Canary::AckBeforeFsync) =>
             {
                 self.pending_produces.push_back(PendingProduce {
                     reply_to,

@@ -26,7 +26,7 @@ use seedlog_core::RecoveredTopic;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::{Storage, SyncReport};
+use super::{Storage, SyncFailure, SyncReport};
 
 /// Bytes read per step when scanning a segment at startup.
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
@@ -359,7 +359,10 @@ fn run_syncs(jobs: mpsc::Receiver<SyncJob>, report: SyncReport) {
             .and_then(|()| sync_dirs(job.dirs));
         report(match result {
             Ok(()) => Ok(StorageCompletion::Synced { token: job.token }),
-            Err(e) => Err(format!("fsync failed: {e:#}")),
+            Err(e) => Err(SyncFailure {
+                token: job.token,
+                error: format!("fsync failed: {e:#}"),
+            }),
         });
     }
 }

@@ -11,7 +11,16 @@ use seedlog_core::storage::{StorageCompletion, StorageOp};
 use seedlog_core::RecoveredTopic;
 
 /// How a finished sync is reported back to the driver; `Err` means the node must stop.
-pub type SyncReport = Box<dyn Fn(Result<StorageCompletion, String>) + Send + Sync>;
+pub type SyncReport = Box<dyn Fn(Result<StorageCompletion, SyncFailure>) + Send + Sync>;
+
+/// A sync that did not make its data durable.
+#[derive(Debug, Clone)]
+pub struct SyncFailure {
+    /// Token of the failed [`StorageOp::Sync`].
+    pub token: u64,
+    /// What the disk said.
+    pub error: String,
+}
 
 /// A place to keep partition data and the broker's small state.
 pub trait Storage: Send {

@@ -1,0 +1,79 @@
+//! Canary bugs: known bugs that the simulator can plant to prove its checkers catch them.
+//!
+//! They exist only in simulation builds (`--cfg madsim`); in every other build
+//! [`is_planted`] is a constant `false` and the planted branches compile away.
+
+/// A bug that can be planted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Canary {
+    /// Answer acks=all produces before the fsync that makes them durable.
+    AckBeforeFsync,
+    /// Accept batches with a bad CRC when recovering a segment at startup.
+    SkipRecoveryCrc,
+    /// Serve fetches up to the log end instead of the high watermark.
+    ReadAboveHighWatermark,
+    /// Treat a failed fsync as a successful one and carry on.
+    IgnoreFsyncError,
+}
+
+impl Canary {
+    /// Every canary, in a stable order.
+    pub const ALL: [Canary; 4] = [
+        Canary::AckBeforeFsync,
+        Canary::SkipRecoveryCrc,
+        Canary::ReadAboveHighWatermark,
+        Canary::IgnoreFsyncError,
+    ];
+
+    /// The name used on the simulator's command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Canary::AckBeforeFsync => "ack-before-fsync",
+            Canary::SkipRecoveryCrc => "skip-recovery-crc",
+            Canary::ReadAboveHighWatermark => "read-above-hw",
+            Canary::IgnoreFsyncError => "ignore-fsync-error",
+        }
+    }
+
+    /// What the planted bug does.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Canary::AckBeforeFsync => "acks=all answers before the fsync",
+            Canary::SkipRecoveryCrc => "recovery keeps batches whose CRC is wrong",
+            Canary::ReadAboveHighWatermark => "fetch serves uncommitted data",
+            Canary::IgnoreFsyncError => "a failed fsync is reported as done",
+        }
+    }
+
+    /// Looks a canary up by its name.
+    pub fn from_name(name: &str) -> Option<Canary> {
+        Canary::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    #[cfg(madsim)]
+    fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+}
+
+#[cfg(madsim)]
+static PLANTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Plants a canary for the rest of this process (simulation builds only).
+#[cfg(madsim)]
+pub fn plant(canary: Canary) {
+    PLANTED.fetch_or(canary.bit(), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// True if `canary` is planted.
+#[cfg(madsim)]
+pub fn is_planted(canary: Canary) -> bool {
+    PLANTED.load(std::sync::atomic::Ordering::Relaxed) & canary.bit() != 0
+}
+
+/// True if `canary` is planted: never, outside the simulator.
+#[cfg(not(madsim))]
+#[inline(always)]
+pub const fn is_planted(_canary: Canary) -> bool {
+    false
+}
