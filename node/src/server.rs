@@ -178,32 +178,22 @@ impl Driver {
 /// A finished sync, or the error that must stop the node: after a failed fsync the state of
 /// the file is unknown, and carrying on could acknowledge data that is already gone.
 fn sync_outcome(
-    sync: Option<Result<StorageCompletion, String>>,
+    sync: Option<Result<StorageCompletion, SyncFailure>>,
 ) -> anyhow::Result<StorageCompletion> {
+    use seedlog_core::canary::{is_planted, Canary};
     match sync {
         None => anyhow::bail!("the storage stopped reporting syncs"),
         Some(Ok(completion)) => Ok(completion),
-        Some(Err(e)) => match ignored_sync_failure(&e) {
-            Some(completion) => Ok(completion),
-            None => Err(anyhow::anyhow!(e).context("stopping: the disk failed a sync")),
-        },
+        Some(Err(failure)) if is_planted(Canary::IgnoreFsyncError) => {
+            warn!(error = %failure.error, "canary: ignoring a failed fsync");
+            Ok(StorageCompletion::Synced {
+                token: failure.token,
+            })
+        }
+        Some(Err(failure)) => {
+            Err(anyhow::anyhow!(failure.error).context("stopping: the disk failed a sync"))
+        }
     }
-}
-
-/// The canary that swallows fsync failures (simulation builds only).
-fn ignored_sync_failure(error: &str) -> Option<StorageCompletion> {
-    use seedlog_core::canary::{is_planted, Canary};
-    if !is_planted(Canary::IgnoreFsyncError) {
-        return None;
-    }
-    // The simulator's disk reports failures as "fsync failed (token N)".
-    let token = error
-        .rsplit_once("token ")?
-        .1
-        .trim_end_matches(')')
-        .parse()
-        .ok()?;
-    Some(StorageCompletion::Synced { token })
 }
 
 async fn read_requests(
