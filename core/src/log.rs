@@ -81,13 +81,13 @@ impl Segment {
         self.max_timestamp = self.max_timestamp.max(max_ts);
     }
 
-    /// Position of the last indexed batch at or before `offset`.
-    fn position_for(&self, offset: i64) -> u32 {
+    /// The last index entry at or before `offset`, as (offset, position).
+    fn entry_for(&self, offset: i64) -> (i64, u32) {
         let i = self.index.partition_point(|e| e.offset <= offset);
         if i == 0 {
-            0
+            (self.base_offset, 0)
         } else {
-            self.index[i - 1].position
+            (self.index[i - 1].offset, self.index[i - 1].position)
         }
     }
 }
@@ -163,6 +163,9 @@ pub struct ReadPlan {
     pub segment: SegmentId,
     /// Start position (a batch boundary at or before the fetch offset).
     pub position: u64,
+    /// Base offset of the batch at `position`: lets a reader check that what it read is the
+    /// batch it expected (the base offset is outside the CRC).
+    pub first_offset: i64,
     /// Bytes to read.
     pub len: usize,
     /// Committed bytes available from `position` to the end of that segment's readable part.
@@ -377,7 +380,8 @@ impl PartitionLog {
                     .find(|s| s.size > 0)
             })
             .ok_or(OffsetOutOfRange)?;
-        let position = u64::from(segment.position_for(offset));
+        let (first_offset, position) = segment.entry_for(offset);
+        let position = u64::from(position);
         let readable_end = if segment.base_offset == self.committed_end.0
             && !is_planted(Canary::ReadAboveHighWatermark)
         {
@@ -390,6 +394,7 @@ impl PartitionLog {
         Ok(Some(ReadPlan {
             segment: self.segment_id(segment.base_offset),
             position,
+            first_offset,
             len,
             available,
         }))
@@ -401,7 +406,7 @@ impl PartitionLog {
         let mut total = 0u64;
         for segment in self.segments.values().filter(|s| s.next_offset > offset) {
             let start = if segment.base_offset <= offset {
-                u64::from(segment.position_for(offset))
+                u64::from(segment.entry_for(offset).1)
             } else {
                 0
             };
@@ -446,6 +451,7 @@ impl PartitionLog {
             return Some(ReadPlan {
                 segment: self.segment_id(segment.base_offset),
                 position,
+                first_offset: segment.index[i].offset,
                 len,
                 available: len as u64,
             });

@@ -91,9 +91,26 @@ impl MemDisk {
 
     /// Drops every byte not yet synced, as a power failure would.
     pub fn crash(&mut self) {
-        for file in self.segments.values_mut() {
-            file.data.truncate(file.synced_len);
+        self.crash_with(|_, _| 0);
+    }
+
+    /// A power failure that keeps part of each file's unsynced tail: `keep(segment,
+    /// unsynced_len)` says how many of those bytes survive (a torn write keeps a prefix).
+    pub fn crash_with(&mut self, mut keep: impl FnMut(&SegmentId, usize) -> usize) {
+        for (id, file) in self.segments.iter_mut() {
+            let unsynced = file.data.len() - file.synced_len;
+            let kept = keep(id, unsynced).min(unsynced);
+            file.data.truncate(file.synced_len + kept);
+            file.synced_len = file.data.len();
         }
+    }
+
+    /// Every segment with its length and how much of it is synced.
+    pub fn segment_lengths(&self) -> Vec<(SegmentId, usize, usize)> {
+        self.segments
+            .iter()
+            .map(|(id, f)| (id.clone(), f.data.len(), f.synced_len))
+            .collect()
     }
 
     /// Mutable bytes of a segment file, to plant corruption in tests.

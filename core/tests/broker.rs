@@ -795,3 +795,18 @@ fn every_advertised_version_answers() {
         }
     }
 }
+
+#[test]
+fn a_damaged_base_offset_outside_the_crc_is_caught_at_read_time() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic("t", 1, &[("segment.bytes", "200")]);
+    for _ in 0..6 {
+        h.produce("t", 0, batch(2, 1000));
+    }
+    let tp = seedlog_core::storage::TopicPartition::new(&std::sync::Arc::from("t"), 0);
+    let first = h.disk.segment_ids(&tp)[0].clone();
+    h.disk.segment_bytes_mut(&first).unwrap()[7] ^= 4; // base offset of the first batch
+    let (err, _, offsets) = h.fetch("t", 0, 0, 1 << 20);
+    assert_eq!(err, ResponseError::KafkaStorageError.code());
+    assert!(offsets.is_empty());
+}

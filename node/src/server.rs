@@ -294,7 +294,9 @@ pub async fn serve_with(
     broker_config.advertised_host = host;
     broker_config.advertised_port = i32::from(port);
     let recovered = storage.recover(broker_config.index_interval_bytes)?;
-    let seed = now_ms() as u64 ^ u64::from(std::process::id()) << 32;
+    // Ids only need to differ between brokers and restarts: the start time and the broker id
+    // do that, and keep simulated runs deterministic.
+    let seed = now_ms() as u64 ^ (broker_config.broker_id as u64) << 48;
     let broker = Broker::new(broker_config, recovered, seed, now_ms());
     info!(listen = %bound, data_dir = %config.data_dir.display(), storage = ?config.storage, "seedlog broker ready");
     let result = Driver::new(broker, storage)

@@ -1,1 +1,3 @@
-fn main() {}
+fn main() {
+    let _ = seedlog_node::server::now_ms();
+}

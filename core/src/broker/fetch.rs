@@ -345,17 +345,25 @@ fn fill_fetch_slot(
     };
     let (mut start, mut end) = (0usize, 0usize);
     let mut rest = &bytes[..];
+    // Each batch must start where the last one ended: the base offset is outside the CRC.
+    let mut expected_offset = slot.plan.first_offset;
+    let mut skipped_to = slot.plan.first_offset;
     let corrupt = loop {
         match BatchView::split_first(rest) {
             Ok((view, tail)) => {
+                if view.base_offset() != expected_offset || view.last_offset_delta() < 0 {
+                    break true;
+                }
                 let after = bytes.len() - tail.len();
                 if view.last_offset() < slot.target {
                     start = after;
+                    skipped_to = view.next_offset();
                 } else if view.crc_ok() {
                     end = after;
                 } else {
                     break true;
                 }
+                expected_offset = view.next_offset();
                 rest = tail;
             }
             // A whole frame that is not a v2 batch is as corrupt as a bad CRC.
@@ -385,9 +393,15 @@ fn fill_fetch_slot(
         return None;
     }
     let len = (needed.max(slot.plan.len) as u64).min(remaining) as usize;
+    let first_offset = if start == 0 {
+        slot.plan.first_offset
+    } else {
+        skipped_to
+    };
     slot.plan = ReadPlan {
         segment: slot.plan.segment.clone(),
         position: slot.plan.position + start as u64,
+        first_offset,
         len,
         available: remaining,
     };

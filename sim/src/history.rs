@@ -1,0 +1,284 @@
+//! What the clients saw, and the checkers that judge it (the oracle).
+//!
+//! Workloads report every outcome here as it happens. Facts are kept per partition offset:
+//! a record acknowledged with acks=all, or read by any consumer (reads only ever show
+//! committed data), is a fact, and two facts about one offset must agree. At the end a full
+//! read of every partition must still hold every acknowledged record.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+/// A partition, as the simulator names it.
+pub type Partition = (String, i32);
+
+/// One broken promise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Which check found it.
+    pub check: &'static str,
+    /// What was seen.
+    pub detail: String,
+}
+
+/// The checks, in report order.
+pub const CHECKS: [&str; 6] = [
+    "acked-writes-durable",
+    "offsets-agree",
+    "reads-in-order",
+    "hw-monotonic",
+    "no-corrupt-reads",
+    "liveness",
+];
+
+/// Counters for the summary.
+#[derive(Debug, Default, Clone)]
+pub struct Counts {
+    /// Produce requests sent.
+    pub produce_requests: u64,
+    /// Records acknowledged with acks=all.
+    pub acked_durable: u64,
+    /// Records acknowledged with acks=1.
+    pub acked_leader: u64,
+    /// Records whose produce timed out or lost its connection.
+    pub indeterminate: u64,
+    /// Records refused with an error code.
+    pub refused: u64,
+    /// Records read by consumers.
+    pub reads: u64,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, u64>,
+}
+
+/// Everything the run observed.
+#[derive(Default)]
+pub struct History {
+    facts: BTreeMap<Partition, BTreeMap<i64, (String, &'static str)>>,
+    durable_acks: BTreeMap<Partition, BTreeMap<i64, String>>,
+    /// Per partition, the lowest offset whose batch the disk corrupted: losses at or after
+    /// it are excused (a single copy cannot survive a flipped bit), wrong data never is.
+    damaged: BTreeMap<Partition, i64>,
+    last_hw: BTreeMap<(u32, Partition), i64>,
+    violations: Vec<Violation>,
+    /// Counters for the report.
+    pub counts: Counts,
+    trace: DefaultHasher,
+    events: u64,
+    /// Every event as a line, kept only when asked for (to write a trace file).
+    pub log: Option<Vec<String>>,
+}
+
+impl History {
+    /// An empty history; `keep_log` keeps every event as text as well as hashing it.
+    pub fn new(keep_log: bool) -> History {
+        History { log: keep_log.then(Vec::new), ..History::default() }
+    }
+
+    /// Adds an event to the trace (its hash is the run's fingerprint).
+    pub fn trace(&mut self, at_ms: u64, event: impl std::fmt::Debug) {
+        let line = format!("{at_ms} {event:?}");
+        line.hash(&mut self.trace);
+        self.events += 1;
+        if let Some(log) = &mut self.log {
+            log.push(line);
+        }
+    }
+
+    /// The fingerprint of everything traced so far.
+    pub fn trace_hash(&self) -> u64 {
+        self.trace.finish()
+    }
+
+    /// Number of traced events.
+    pub fn event_count(&self) -> u64 {
+        self.events
+    }
+
+    fn violate(&mut self, check: &'static str, detail: String) {
+        if self.violations.len() < 100 {
+            self.violations.push(Violation { check, detail });
+        }
+    }
+
+    /// Records a fact about an offset and checks it against earlier facts.
+    fn fact(&mut self, partition: &Partition, offset: i64, value: &str, source: &'static str) {
+        let facts = self.facts.entry(partition.clone()).or_default();
+        match facts.get(&offset) {
+            Some((known, known_source)) if known != value => {
+                let detail = format!(
+                    "{}-{} offset {offset}: {known_source} saw {known:?}, {source} saw {value:?}",
+                    partition.0, partition.1
+                );
+                self.violate("offsets-agree", detail);
+            }
+            Some(_) => {}
+            None => {
+                facts.insert(offset, (value.to_string(), source));
+            }
+        }
+    }
+
+    /// A produce was acknowledged: `values` took offsets from `base_offset` on.
+    pub fn acked(&mut self, at_ms: u64, partition: &Partition, base_offset: i64, values: &[String], durable: bool) {
+        self.trace(at_ms, ("acked", partition, base_offset, values.len(), durable));
+        for (i, value) in values.iter().enumerate() {
+            let offset = base_offset + i as i64;
+            if durable {
+                self.fact(partition, offset, value, "acks=all");
+                self.durable_acks.entry(partition.clone()).or_default().insert(offset, value.clone());
+            }
+        }
+        if durable {
+            self.counts.acked_durable += values.len() as u64;
+        } else {
+            self.counts.acked_leader += values.len() as u64;
+        }
+    }
+
+    /// A produce failed with an error code (nothing was written).
+    pub fn refused(&mut self, at_ms: u64, partition: &Partition, records: usize, error: i16) {
+        self.trace(at_ms, ("refused", partition, records, error));
+        self.counts.refused += records as u64;
+    }
+
+    /// A produce got no answer: its records may or may not be in the log.
+    pub fn indeterminate(&mut self, at_ms: u64, partition: &Partition, records: usize) {
+        self.trace(at_ms, ("indeterminate", partition, records));
+        self.counts.indeterminate += records as u64;
+    }
+
+    /// A consumer read `value` at `offset`; `expected` is the offset it asked for next.
+    pub fn read(&mut self, at_ms: u64, client: u32, partition: &Partition, expected: i64, offset: i64, value: &str) {
+        self.trace(at_ms, ("read", client, partition, offset));
+        self.counts.reads += 1;
+        if offset != expected {
+            let what = if offset > expected { "skipped to" } else { "went back to" };
+            self.violate(
+                "reads-in-order",
+                format!("consumer {client} on {}-{} expected offset {expected}, {what} {offset}", partition.0, partition.1),
+            );
+        }
+        self.fact(partition, offset, value, "a read");
+    }
+
+    /// A consumer saw the high watermark `hw`.
+    pub fn high_watermark(&mut self, at_ms: u64, client: u32, partition: &Partition, hw: i64) {
+        let last = self.last_hw.entry((client, partition.clone())).or_insert(hw);
+        if hw < *last {
+            let detail = format!("consumer {client} on {}-{}: high watermark went from {last} to {hw}", partition.0, partition.1);
+            *last = hw;
+            self.trace(at_ms, ("hw-regressed", client, partition, hw));
+            self.violate("hw-monotonic", detail);
+        } else {
+            *last = hw;
+        }
+    }
+
+    /// A fetch returned bytes that do not decode as valid batches.
+    pub fn corrupt_read(&mut self, at_ms: u64, client: u32, partition: &Partition, offset: i64, error: &str) {
+        self.trace(at_ms, ("corrupt-read", client, partition, offset));
+        self.violate(
+            "no-corrupt-reads",
+            format!("consumer {client} on {}-{} at offset {offset}: {error}", partition.0, partition.1),
+        );
+    }
+
+    /// A fault was injected.
+    pub fn fault(&mut self, at_ms: u64, kind: &'static str, detail: impl std::fmt::Debug) {
+        self.trace(at_ms, ("fault", kind, detail));
+        *self.counts.faults.entry(kind).or_default() += 1;
+    }
+
+    /// The disk corrupted the batch holding `offset` on `partition`.
+    pub fn damaged(&mut self, partition: &Partition, offset: i64) {
+        let entry = self.damaged.entry(partition.clone()).or_insert(offset);
+        *entry = (*entry).min(offset);
+    }
+
+    /// The first corrupted offset of a partition, if any.
+    pub fn damaged_from(&self, partition: &Partition) -> Option<i64> {
+        self.damaged.get(partition).copied()
+    }
+
+    /// The cluster did not recover in time after the faults healed.
+    pub fn liveness_failed(&mut self, detail: String) {
+        self.violate("liveness", detail);
+    }
+
+    /// Checks the final, complete read of a partition: `log` maps offsets to values.
+    pub fn check_final(&mut self, partition: &Partition, log: &BTreeMap<i64, String>) {
+        for (offset, value) in log {
+            self.fact(partition, *offset, value, "the final read");
+        }
+        let offsets: BTreeSet<i64> = log.keys().copied().collect();
+        if let (Some(first), Some(last)) = (offsets.first(), offsets.last()) {
+            let damaged = self.damaged_from(partition);
+            let gaps = (*first..=*last).filter(|o| !offsets.contains(o) && damaged.is_none_or(|d| *o < d)).count();
+            if gaps > 0 {
+                self.violate("offsets-agree", format!("{}-{}: {gaps} holes between offsets {first} and {last}", partition.0, partition.1));
+            }
+        }
+        let excused_from = self.damaged_from(partition).unwrap_or(i64::MAX);
+        let acked = self.durable_acks.get(partition).cloned().unwrap_or_default();
+        let lost: Vec<i64> = acked.keys().copied().filter(|o| *o < excused_from && !log.contains_key(o)).collect();
+        if let Some(first) = lost.first() {
+            self.violate(
+                "acked-writes-durable",
+                format!("{}-{}: {} acknowledged records missing, first at offset {first}", partition.0, partition.1, lost.len()),
+            );
+        }
+    }
+
+    /// Every violation found, in the order found.
+    pub fn violations(&self) -> &[Violation] {
+        &self.violations
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> Partition {
+        ("t".to_string(), 0)
+    }
+
+    #[test]
+    fn a_lost_acknowledged_record_is_caught_unless_the_disk_was_damaged() {
+        let mut h = History::new(false);
+        h.acked(0, &p(), 0, &["a".into(), "b".into()], true);
+        h.check_final(&p(), &BTreeMap::from([(0, "a".to_string())]));
+        assert_eq!(h.violations()[0].check, "acked-writes-durable");
+
+        let mut h = History::new(false);
+        h.acked(0, &p(), 0, &["a".into(), "b".into()], true);
+        h.damaged(&p(), 1);
+        h.check_final(&p(), &BTreeMap::from([(0, "a".to_string())]));
+        assert!(h.violations().is_empty());
+    }
+
+    #[test]
+    fn two_readers_disagreeing_on_an_offset_is_caught() {
+        let mut h = History::new(false);
+        h.read(0, 1, &p(), 0, 0, "a");
+        h.read(0, 2, &p(), 0, 0, "b");
+        assert_eq!(h.violations()[0].check, "offsets-agree");
+    }
+
+    #[test]
+    fn skips_and_watermark_regressions_are_caught() {
+        let mut h = History::new(false);
+        h.read(0, 1, &p(), 3, 5, "x");
+        h.high_watermark(0, 1, &p(), 10);
+        h.high_watermark(0, 1, &p(), 9);
+        let checks: Vec<_> = h.violations().iter().map(|v| v.check).collect();
+        assert_eq!(checks, vec!["reads-in-order", "hw-monotonic"]);
+    }
+
+    #[test]
+    fn acks_one_records_are_not_promises() {
+        let mut h = History::new(false);
+        h.acked(0, &p(), 0, &["weak".into()], false);
+        h.check_final(&p(), &BTreeMap::from([(0, "other".to_string())]));
+        assert!(h.violations().is_empty());
+    }
+}

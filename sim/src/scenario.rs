@@ -1,0 +1,260 @@
+//! Scenario files: what cluster, which topics, what workload, which faults, how long.
+//!
+//! A scenario gives ranges; the seed picks the values inside them ([`Plan::derive`]), so one
+//! scenario covers many configurations and one seed pins exactly one.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use serde::Deserialize;
+
+/// An inclusive range a seed picks from.
+pub type Range = [f64; 2];
+
+/// A scenario as written in `scenarios/*.toml`.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name, used in reports.
+    pub name: String,
+    /// What the scenario is for.
+    #[serde(default)]
+    pub description: String,
+    /// Number of brokers.
+    #[serde(default = "one")]
+    pub brokers: u32,
+    /// Simulated seconds of workload under faults.
+    pub duration_s: f64,
+    /// Simulated seconds allowed for recovery after the faults heal.
+    #[serde(default = "liveness_default")]
+    pub liveness_s: f64,
+    /// Topics to create, by name.
+    pub topics: BTreeMap<String, TopicSpec>,
+    /// Clients.
+    pub workload: Workload,
+    /// Faults and their rates.
+    #[serde(default)]
+    pub faults: Faults,
+    /// Let the seed switch each fault on or off (swarm testing).
+    #[serde(default)]
+    pub swarm: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+fn liveness_default() -> f64 {
+    30.0
+}
+
+/// One topic.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSpec {
+    /// Partition count.
+    pub partitions: i32,
+    /// Kafka-named topic configs.
+    #[serde(default)]
+    pub configs: BTreeMap<String, String>,
+}
+
+/// The clients of a run.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// Producers using acks=all.
+    #[serde(default)]
+    pub producers_acks_all: u32,
+    /// Producers using acks=1.
+    #[serde(default)]
+    pub producers_acks_one: u32,
+    /// Records per produced batch.
+    #[serde(default = "batch_default")]
+    pub batch_records: Range,
+    /// Milliseconds a producer waits between requests.
+    #[serde(default = "think_default")]
+    pub think_ms: Range,
+    /// Consumers reading every partition by offset.
+    #[serde(default)]
+    pub consumers: u32,
+}
+
+fn batch_default() -> Range {
+    [1.0, 5.0]
+}
+fn think_default() -> Range {
+    [1.0, 20.0]
+}
+
+/// A fault that strikes now and then: gaps between strikes and how long each lasts.
+#[derive(Deserialize, Debug, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct Recurring {
+    /// Seconds between strikes.
+    pub every_s: Range,
+    /// Seconds each strike lasts (downtime, partition length, pause length).
+    #[serde(default = "instant")]
+    pub for_s: Range,
+}
+
+fn instant() -> Range {
+    [0.0, 0.0]
+}
+
+/// The fault model of a scenario, written down as data.
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    /// Kill a broker; its disk loses what was not synced.
+    pub crash: Option<Recurring>,
+    /// On a crash, chance that an unsynced tail is torn (a prefix kept) rather than lost whole.
+    #[serde(default)]
+    pub torn_write_chance: f64,
+    /// Flip one bit in synced data.
+    pub bit_flip: Option<Recurring>,
+    /// The next fsync fails with EIO: the broker must stop.
+    pub fsync_error: Option<Recurring>,
+    /// The disk is full: appends fail with ENOSPC and the broker stops.
+    pub disk_full: Option<Recurring>,
+    /// fsync latency in milliseconds, all run long.
+    pub slow_disk_ms: Option<Range>,
+    /// Cut every broker off from the clients.
+    pub partition: Option<Recurring>,
+    /// Freeze a broker (a GC pause, a stalled VM).
+    pub pause: Option<Recurring>,
+    /// Chance that a network packet is lost.
+    pub packet_loss: Option<Range>,
+    /// One-way network latency in milliseconds.
+    pub latency_ms: Option<Range>,
+}
+
+impl Scenario {
+    /// Reads a scenario file.
+    pub fn load(path: &Path) -> anyhow::Result<Scenario> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing scenario {}", path.display()))
+    }
+}
+
+/// A deterministic random source for one run, derived from the seed.
+pub struct Dice(ChaCha8Rng);
+
+impl Dice {
+    /// Dice for `seed`, on an independent `stream` (so workload and faults never share draws).
+    pub fn new(seed: u64, stream: u64) -> Dice {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(stream);
+        Dice(rng)
+    }
+    /// A float in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.0.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// A float in the inclusive range.
+    pub fn pick(&mut self, range: Range) -> f64 {
+        range[0] + (range[1] - range[0]) * self.unit()
+    }
+    /// An integer in `[low, high]`.
+    pub fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.0.next_u64() % (high - low + 1)
+    }
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        self.unit() < p
+    }
+    /// Raw 64 bits.
+    pub fn next(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+}
+
+/// Everything a seed decides about a run, fixed before it starts and printed first.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The scenario it came from.
+    pub scenario: Scenario,
+    /// The seed.
+    pub seed: u64,
+    /// Faults in force for this seed (swarm drops some).
+    pub faults: Faults,
+    /// Packet loss rate for this run.
+    pub packet_loss: f64,
+    /// Latency range for this run, milliseconds.
+    pub latency_ms: Option<Range>,
+}
+
+impl Plan {
+    /// Draws this seed's configuration from the scenario.
+    pub fn derive(scenario: &Scenario, seed: u64) -> Plan {
+        let mut dice = Dice::new(seed, 0);
+        let mut faults = scenario.faults.clone();
+        if scenario.swarm {
+            // Swarm testing: each fault family is on or off by coin flip, so that some seeds
+            // explore one fault deeply and others their interactions.
+            let mut keep = |on: bool| on && dice.chance(0.5);
+            if !keep(faults.crash.is_some()) { faults.crash = None }
+            if !keep(faults.bit_flip.is_some()) { faults.bit_flip = None }
+            if !keep(faults.fsync_error.is_some()) { faults.fsync_error = None }
+            if !keep(faults.disk_full.is_some()) { faults.disk_full = None }
+            if !keep(faults.slow_disk_ms.is_some()) { faults.slow_disk_ms = None }
+            if !keep(faults.partition.is_some()) { faults.partition = None }
+            if !keep(faults.pause.is_some()) { faults.pause = None }
+            if !keep(faults.packet_loss.is_some()) { faults.packet_loss = None }
+            if !keep(faults.latency_ms.is_some()) { faults.latency_ms = None }
+        }
+        let packet_loss = faults.packet_loss.map_or(0.0, |r| dice.pick(r));
+        let latency_ms = faults.latency_ms.map(|r| {
+            let a = dice.pick(r);
+            let b = dice.pick(r);
+            [a.min(b), a.max(b)]
+        });
+        Plan { scenario: scenario.clone(), seed, faults, packet_loss, latency_ms }
+    }
+
+    /// One line per derived parameter, for the start of a run's output.
+    pub fn describe(&self) -> Vec<String> {
+        let s = &self.scenario;
+        let f = &self.faults;
+        let topics: Vec<String> = s.topics.iter().map(|(n, t)| format!("{n}:{}", t.partitions)).collect();
+        let recurring = |name: &str, r: &Option<Recurring>| {
+            r.map(|r| format!("{name} every {:.1}-{:.1}s for {:.1}-{:.1}s", r.every_s[0], r.every_s[1], r.for_s[0], r.for_s[1]))
+        };
+        let mut faults: Vec<String> = [
+            recurring("crash", &f.crash),
+            recurring("bit-flip", &f.bit_flip),
+            recurring("fsync-eio", &f.fsync_error),
+            recurring("disk-full", &f.disk_full),
+            recurring("partition", &f.partition),
+            recurring("pause", &f.pause),
+            f.slow_disk_ms.map(|r| format!("slow-disk {:.0}-{:.0}ms", r[0], r[1])),
+            (self.packet_loss > 0.0).then(|| format!("packet-loss {:.3}", self.packet_loss)),
+            self.latency_ms.map(|r| format!("latency {:.1}-{:.1}ms", r[0], r[1])),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if f.crash.is_some() && f.torn_write_chance > 0.0 {
+            faults.push(format!("torn-write chance {:.2}", f.torn_write_chance));
+        }
+        if faults.is_empty() {
+            faults.push("none".into());
+        }
+        vec![
+            format!("brokers={} topics={} duration={}s liveness<={}s", s.brokers, topics.join(","), s.duration_s, s.liveness_s),
+            format!(
+                "producers acks=all:{} acks=1:{} batch={:.0}-{:.0} think={:.0}-{:.0}ms consumers={}",
+                s.workload.producers_acks_all,
+                s.workload.producers_acks_one,
+                s.workload.batch_records[0],
+                s.workload.batch_records[1],
+                s.workload.think_ms[0],
+                s.workload.think_ms[1],
+                s.workload.consumers
+            ),
+            format!("faults: {}", faults.join(", ")),
+        ]
+    }
+}
