@@ -235,7 +235,13 @@ async fn write_responses(
     mut outgoing: mpsc::UnboundedReceiver<Bytes>,
 ) {
     while let Some(frame) = outgoing.recv().await {
-        if let Err(e) = socket.write_all(&frame).await {
+        // Write every response already queued, then flush once: a no-op for tokio's
+        // TcpStream, but the simulator's stream sends only on flush.
+        let mut result = socket.write_all(&frame).await;
+        while let (Ok(()), Ok(frame)) = (&result, outgoing.try_recv()) {
+            result = socket.write_all(&frame).await;
+        }
+        if let Err(e) = result.and(socket.flush().await) {
             debug!(conn, error = %e, "write failed");
             return;
         }

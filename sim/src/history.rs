@@ -70,7 +70,10 @@ pub struct History {
 impl History {
     /// An empty history; `keep_log` keeps every event as text as well as hashing it.
     pub fn new(keep_log: bool) -> History {
-        History { log: keep_log.then(Vec::new), ..History::default() }
+        History {
+            log: keep_log.then(Vec::new),
+            ..History::default()
+        }
     }
 
     /// Adds an event to the trace (its hash is the run's fingerprint).
@@ -118,13 +121,26 @@ impl History {
     }
 
     /// A produce was acknowledged: `values` took offsets from `base_offset` on.
-    pub fn acked(&mut self, at_ms: u64, partition: &Partition, base_offset: i64, values: &[String], durable: bool) {
-        self.trace(at_ms, ("acked", partition, base_offset, values.len(), durable));
+    pub fn acked(
+        &mut self,
+        at_ms: u64,
+        partition: &Partition,
+        base_offset: i64,
+        values: &[String],
+        durable: bool,
+    ) {
+        self.trace(
+            at_ms,
+            ("acked", partition, base_offset, values.len(), durable),
+        );
         for (i, value) in values.iter().enumerate() {
             let offset = base_offset + i as i64;
             if durable {
                 self.fact(partition, offset, value, "acks=all");
-                self.durable_acks.entry(partition.clone()).or_default().insert(offset, value.clone());
+                self.durable_acks
+                    .entry(partition.clone())
+                    .or_default()
+                    .insert(offset, value.clone());
             }
         }
         if durable {
@@ -147,14 +163,29 @@ impl History {
     }
 
     /// A consumer read `value` at `offset`; `expected` is the offset it asked for next.
-    pub fn read(&mut self, at_ms: u64, client: u32, partition: &Partition, expected: i64, offset: i64, value: &str) {
+    pub fn read(
+        &mut self,
+        at_ms: u64,
+        client: u32,
+        partition: &Partition,
+        expected: i64,
+        offset: i64,
+        value: &str,
+    ) {
         self.trace(at_ms, ("read", client, partition, offset));
         self.counts.reads += 1;
         if offset != expected {
-            let what = if offset > expected { "skipped to" } else { "went back to" };
+            let what = if offset > expected {
+                "skipped to"
+            } else {
+                "went back to"
+            };
             self.violate(
                 "reads-in-order",
-                format!("consumer {client} on {}-{} expected offset {expected}, {what} {offset}", partition.0, partition.1),
+                format!(
+                    "consumer {client} on {}-{} expected offset {expected}, {what} {offset}",
+                    partition.0, partition.1
+                ),
             );
         }
         self.fact(partition, offset, value, "a read");
@@ -162,9 +193,15 @@ impl History {
 
     /// A consumer saw the high watermark `hw`.
     pub fn high_watermark(&mut self, at_ms: u64, client: u32, partition: &Partition, hw: i64) {
-        let last = self.last_hw.entry((client, partition.clone())).or_insert(hw);
+        let last = self
+            .last_hw
+            .entry((client, partition.clone()))
+            .or_insert(hw);
         if hw < *last {
-            let detail = format!("consumer {client} on {}-{}: high watermark went from {last} to {hw}", partition.0, partition.1);
+            let detail = format!(
+                "consumer {client} on {}-{}: high watermark went from {last} to {hw}",
+                partition.0, partition.1
+            );
             *last = hw;
             self.trace(at_ms, ("hw-regressed", client, partition, hw));
             self.violate("hw-monotonic", detail);
@@ -174,11 +211,21 @@ impl History {
     }
 
     /// A fetch returned bytes that do not decode as valid batches.
-    pub fn corrupt_read(&mut self, at_ms: u64, client: u32, partition: &Partition, offset: i64, error: &str) {
+    pub fn corrupt_read(
+        &mut self,
+        at_ms: u64,
+        client: u32,
+        partition: &Partition,
+        offset: i64,
+        error: &str,
+    ) {
         self.trace(at_ms, ("corrupt-read", client, partition, offset));
         self.violate(
             "no-corrupt-reads",
-            format!("consumer {client} on {}-{} at offset {offset}: {error}", partition.0, partition.1),
+            format!(
+                "consumer {client} on {}-{} at offset {offset}: {error}",
+                partition.0, partition.1
+            ),
         );
     }
 
@@ -212,18 +259,39 @@ impl History {
         let offsets: BTreeSet<i64> = log.keys().copied().collect();
         if let (Some(first), Some(last)) = (offsets.first(), offsets.last()) {
             let damaged = self.damaged_from(partition);
-            let gaps = (*first..=*last).filter(|o| !offsets.contains(o) && damaged.is_none_or(|d| *o < d)).count();
+            let gaps = (*first..=*last)
+                .filter(|o| !offsets.contains(o) && damaged.is_none_or(|d| *o < d))
+                .count();
             if gaps > 0 {
-                self.violate("offsets-agree", format!("{}-{}: {gaps} holes between offsets {first} and {last}", partition.0, partition.1));
+                self.violate(
+                    "offsets-agree",
+                    format!(
+                        "{}-{}: {gaps} holes between offsets {first} and {last}",
+                        partition.0, partition.1
+                    ),
+                );
             }
         }
         let excused_from = self.damaged_from(partition).unwrap_or(i64::MAX);
-        let acked = self.durable_acks.get(partition).cloned().unwrap_or_default();
-        let lost: Vec<i64> = acked.keys().copied().filter(|o| *o < excused_from && !log.contains_key(o)).collect();
+        let acked = self
+            .durable_acks
+            .get(partition)
+            .cloned()
+            .unwrap_or_default();
+        let lost: Vec<i64> = acked
+            .keys()
+            .copied()
+            .filter(|o| *o < excused_from && !log.contains_key(o))
+            .collect();
         if let Some(first) = lost.first() {
             self.violate(
                 "acked-writes-durable",
-                format!("{}-{}: {} acknowledged records missing, first at offset {first}", partition.0, partition.1, lost.len()),
+                format!(
+                    "{}-{}: {} acknowledged records missing, first at offset {first}",
+                    partition.0,
+                    partition.1,
+                    lost.len()
+                ),
             );
         }
     }

@@ -134,7 +134,8 @@ pub struct Faults {
 impl Scenario {
     /// Reads a scenario file.
     pub fn load(path: &Path) -> anyhow::Result<Scenario> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing scenario {}", path.display()))
     }
 }
@@ -195,15 +196,33 @@ impl Plan {
             // Swarm testing: each fault family is on or off by coin flip, so that some seeds
             // explore one fault deeply and others their interactions.
             let mut keep = |on: bool| on && dice.chance(0.5);
-            if !keep(faults.crash.is_some()) { faults.crash = None }
-            if !keep(faults.bit_flip.is_some()) { faults.bit_flip = None }
-            if !keep(faults.fsync_error.is_some()) { faults.fsync_error = None }
-            if !keep(faults.disk_full.is_some()) { faults.disk_full = None }
-            if !keep(faults.slow_disk_ms.is_some()) { faults.slow_disk_ms = None }
-            if !keep(faults.partition.is_some()) { faults.partition = None }
-            if !keep(faults.pause.is_some()) { faults.pause = None }
-            if !keep(faults.packet_loss.is_some()) { faults.packet_loss = None }
-            if !keep(faults.latency_ms.is_some()) { faults.latency_ms = None }
+            if !keep(faults.crash.is_some()) {
+                faults.crash = None
+            }
+            if !keep(faults.bit_flip.is_some()) {
+                faults.bit_flip = None
+            }
+            if !keep(faults.fsync_error.is_some()) {
+                faults.fsync_error = None
+            }
+            if !keep(faults.disk_full.is_some()) {
+                faults.disk_full = None
+            }
+            if !keep(faults.slow_disk_ms.is_some()) {
+                faults.slow_disk_ms = None
+            }
+            if !keep(faults.partition.is_some()) {
+                faults.partition = None
+            }
+            if !keep(faults.pause.is_some()) {
+                faults.pause = None
+            }
+            if !keep(faults.packet_loss.is_some()) {
+                faults.packet_loss = None
+            }
+            if !keep(faults.latency_ms.is_some()) {
+                faults.latency_ms = None
+            }
         }
         let packet_loss = faults.packet_loss.map_or(0.0, |r| dice.pick(r));
         let latency_ms = faults.latency_ms.map(|r| {
@@ -211,16 +230,31 @@ impl Plan {
             let b = dice.pick(r);
             [a.min(b), a.max(b)]
         });
-        Plan { scenario: scenario.clone(), seed, faults, packet_loss, latency_ms }
+        Plan {
+            scenario: scenario.clone(),
+            seed,
+            faults,
+            packet_loss,
+            latency_ms,
+        }
     }
 
     /// One line per derived parameter, for the start of a run's output.
     pub fn describe(&self) -> Vec<String> {
         let s = &self.scenario;
         let f = &self.faults;
-        let topics: Vec<String> = s.topics.iter().map(|(n, t)| format!("{n}:{}", t.partitions)).collect();
+        let topics: Vec<String> = s
+            .topics
+            .iter()
+            .map(|(n, t)| format!("{n}:{}", t.partitions))
+            .collect();
         let recurring = |name: &str, r: &Option<Recurring>| {
-            r.map(|r| format!("{name} every {:.1}-{:.1}s for {:.1}-{:.1}s", r.every_s[0], r.every_s[1], r.for_s[0], r.for_s[1]))
+            r.map(|r| {
+                format!(
+                    "{name} every {:.1}-{:.1}s for {:.1}-{:.1}s",
+                    r.every_s[0], r.every_s[1], r.for_s[0], r.for_s[1]
+                )
+            })
         };
         let mut faults: Vec<String> = [
             recurring("crash", &f.crash),
@@ -229,9 +263,11 @@ impl Plan {
             recurring("disk-full", &f.disk_full),
             recurring("partition", &f.partition),
             recurring("pause", &f.pause),
-            f.slow_disk_ms.map(|r| format!("slow-disk {:.0}-{:.0}ms", r[0], r[1])),
+            f.slow_disk_ms
+                .map(|r| format!("slow-disk {:.0}-{:.0}ms", r[0], r[1])),
             (self.packet_loss > 0.0).then(|| format!("packet-loss {:.3}", self.packet_loss)),
-            self.latency_ms.map(|r| format!("latency {:.1}-{:.1}ms", r[0], r[1])),
+            self.latency_ms
+                .map(|r| format!("latency {:.1}-{:.1}ms", r[0], r[1])),
         ]
         .into_iter()
         .flatten()

@@ -1,0 +1,105 @@
+//! The simulated brokers: real `seedlog` node code on madsim nodes, each with a disk that
+//! outlives its process.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use madsim::runtime::{Handle, NodeHandle};
+use seedlog_core::config::BrokerConfig;
+use seedlog_node::config::{NodeConfig, StorageKind};
+use seedlog_node::server::{serve_with, sync_channel};
+
+use crate::disk::{SimDisk, SimStorage};
+use crate::scenario::Dice;
+
+/// The Kafka port every simulated broker listens on.
+pub const KAFKA_PORT: u16 = 9092;
+
+/// One simulated broker.
+pub struct Broker {
+    /// Its madsim node.
+    pub node: NodeHandle,
+    /// Its disk.
+    pub disk: Arc<Mutex<SimDisk>>,
+    /// True while the broker process runs (false once it stopped by itself).
+    pub alive: Arc<AtomicBool>,
+    /// True while the simulator holds it down on purpose (crashed, not yet restarted).
+    pub down: bool,
+    /// Where clients reach it.
+    pub addr: SocketAddr,
+}
+
+impl Broker {
+    /// Starts broker `index` (0-based) with a fresh disk.
+    pub fn start(index: u32, seed: u64) -> Broker {
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, index as u8 + 1));
+        let addr = SocketAddr::new(ip, KAFKA_PORT);
+        let disk = Arc::new(Mutex::new(SimDisk::new(Dice::new(
+            seed,
+            500 + u64::from(index),
+        ))));
+        let alive = Arc::new(AtomicBool::new(false));
+        let config = node_config(index, addr);
+        let (init_disk, init_alive) = (disk.clone(), alive.clone());
+        let node = Handle::current()
+            .create_node()
+            .name(format!("broker-{}", index + 1))
+            .ip(ip)
+            .init(move || {
+                let (disk, alive, config) = (init_disk.clone(), init_alive.clone(), config.clone());
+                async move {
+                    alive.store(true, Ordering::SeqCst);
+                    let (report, syncs) = sync_channel();
+                    let storage = Box::new(SimStorage::new(disk, report));
+                    let result = serve_with(config, storage, syncs, std::future::pending()).await;
+                    tracing::info!(?result, "broker process ended");
+                    alive.store(false, Ordering::SeqCst);
+                }
+            })
+            .build();
+        Broker {
+            node,
+            disk,
+            alive,
+            down: false,
+            addr,
+        }
+    }
+
+    /// True if the broker stopped by itself (EIO, ENOSPC) and was not restarted yet.
+    pub fn stopped_by_itself(&self) -> bool {
+        !self.down && !self.alive.load(Ordering::SeqCst)
+    }
+
+    /// Kills the process; the disk keeps what a power loss leaves.
+    pub fn crash(&mut self, torn_chance: f64) -> (u64, u64) {
+        Handle::current().kill(self.node.id());
+        self.down = true;
+        self.alive.store(false, Ordering::SeqCst);
+        self.disk.lock().expect("disk lock").power_loss(torn_chance)
+    }
+
+    /// Starts the process again on the same disk.
+    pub fn restart(&mut self) {
+        self.down = false;
+        Handle::current().restart(self.node.id());
+    }
+}
+
+fn node_config(index: u32, addr: SocketAddr) -> NodeConfig {
+    let broker = BrokerConfig {
+        broker_id: index as i32 + 1,
+        retention_check_interval_ms: 1000,
+        ..BrokerConfig::default()
+    };
+    NodeConfig {
+        listen: addr,
+        advertised: None,
+        data_dir: PathBuf::from(format!("sim-disk-{}", index + 1)),
+        storage: StorageKind::Disk,
+        socket_request_max_bytes: 100 << 20,
+        broker,
+    }
+}

@@ -1,0 +1,173 @@
+//! The fault injector: one task per fault family, each striking at random gaps drawn from
+//! the plan, until the workload phase ends. [`heal`] then undoes whatever is still in force.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use madsim::net::NetSim;
+use madsim::runtime::Handle;
+
+use crate::cluster::Broker;
+use crate::scenario::{Dice, Recurring};
+use crate::workload::Ctx;
+
+/// The brokers, shared by the injectors and the supervisor.
+pub type Brokers = Arc<Mutex<Vec<Broker>>>;
+
+async fn sleep_s(seconds: f64) {
+    tokio::time::sleep(Duration::from_secs_f64(seconds.max(0.0))).await;
+}
+
+/// Starts an injector task per fault family in the plan, and the supervisor that restarts
+/// brokers that stopped by themselves. Abort the returned tasks before [`heal`].
+pub fn start(ctx: &Ctx, brokers: &Brokers) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let f = ctx.plan.faults.clone();
+    let recurring = [
+        ("crash", f.crash),
+        ("bit-flip", f.bit_flip),
+        ("fsync-eio", f.fsync_error),
+        ("disk-full", f.disk_full),
+        ("partition", f.partition),
+        ("pause", f.pause),
+    ];
+    for (stream, (kind, schedule)) in recurring.into_iter().enumerate() {
+        if let Some(schedule) = schedule {
+            let dice = Dice::new(ctx.plan.seed, 2000 + stream as u64);
+            tasks.push(tokio::spawn(injector(
+                ctx.clone(),
+                brokers.clone(),
+                kind,
+                schedule,
+                dice,
+            )));
+        }
+    }
+    tasks.push(tokio::spawn(supervisor(ctx.clone(), brokers.clone())));
+    tasks
+}
+
+async fn injector(
+    ctx: Ctx,
+    brokers: Brokers,
+    kind: &'static str,
+    schedule: Recurring,
+    mut dice: Dice,
+) {
+    loop {
+        sleep_s(dice.pick(schedule.every_s)).await;
+        if ctx.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let index = {
+            let brokers = brokers.lock().expect("brokers lock");
+            let up: Vec<usize> = (0..brokers.len()).filter(|i| !brokers[*i].down).collect();
+            if up.is_empty() {
+                continue;
+            }
+            up[dice.between(0, up.len() as u64 - 1) as usize]
+        };
+        let duration = dice.pick(schedule.for_s);
+        strike(&ctx, &brokers, kind, index, duration).await;
+    }
+}
+
+async fn strike(ctx: &Ctx, brokers: &Brokers, kind: &'static str, index: usize, duration: f64) {
+    let now = ctx.now_ms();
+    let node = brokers.lock().expect("brokers lock")[index].node.id();
+    match kind {
+        "crash" => {
+            let (lost, torn) = brokers.lock().expect("brokers lock")[index]
+                .crash(ctx.plan.faults.torn_write_chance);
+            ctx.history().fault(now, kind, (index, lost, torn));
+            sleep_s(duration).await;
+            brokers.lock().expect("brokers lock")[index].restart();
+        }
+        "bit-flip" => {
+            let flipped = brokers.lock().expect("brokers lock")[index]
+                .disk
+                .lock()
+                .expect("disk lock")
+                .flip_bit();
+            if let Some((partition, offset)) = flipped {
+                let mut history = ctx.history();
+                history.damaged(&partition, offset);
+                history.fault(now, kind, (index, partition, offset));
+            }
+        }
+        "fsync-eio" => {
+            brokers.lock().expect("brokers lock")[index]
+                .disk
+                .lock()
+                .expect("disk lock")
+                .faults
+                .fail_next_sync = true;
+            ctx.history().fault(now, kind, index);
+        }
+        "disk-full" => {
+            let disk = brokers.lock().expect("brokers lock")[index].disk.clone();
+            disk.lock().expect("disk lock").faults.full = true;
+            ctx.history().fault(now, kind, index);
+            sleep_s(duration).await;
+            disk.lock().expect("disk lock").faults.full = false;
+        }
+        "partition" => {
+            NetSim::current().clog_node(node);
+            ctx.history().fault(now, kind, index);
+            sleep_s(duration).await;
+            NetSim::current().unclog_node(node);
+        }
+        "pause" => {
+            Handle::current().pause(node);
+            ctx.history().fault(now, kind, index);
+            sleep_s(duration).await;
+            Handle::current().resume(node);
+        }
+        other => unreachable!("unknown fault kind {other}"),
+    }
+}
+
+/// Restarts brokers that stopped by themselves, as a process supervisor would: their disk
+/// is in whatever state the failed write or fsync left, which is a power loss at worst.
+async fn supervisor(ctx: Ctx, brokers: Brokers) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut brokers = brokers.lock().expect("brokers lock");
+        for (index, broker) in brokers.iter_mut().enumerate() {
+            if broker.stopped_by_itself() {
+                let (lost, torn) = broker
+                    .disk
+                    .lock()
+                    .expect("disk lock")
+                    .power_loss(ctx.plan.faults.torn_write_chance);
+                ctx.history()
+                    .fault(ctx.now_ms(), "self-stop-restart", (index, lost, torn));
+                broker.restart();
+            }
+        }
+    }
+}
+
+/// Ends every fault still in force: links unclogged, nodes resumed, brokers running, disks
+/// healthy, the network clean.
+pub fn heal(brokers: &Brokers) {
+    let net = NetSim::current();
+    net.update_config(|c| {
+        c.packet_loss_rate = 0.0;
+        c.send_latency = Duration::from_millis(1)..Duration::from_millis(2);
+    });
+    for broker in brokers.lock().expect("brokers lock").iter_mut() {
+        net.unclog_node(broker.node.id());
+        Handle::current().resume(broker.node.id());
+        {
+            let mut disk = broker.disk.lock().expect("disk lock");
+            disk.faults.full = false;
+            disk.faults.fail_next_sync = false;
+            disk.faults.sync_latency_ms = None;
+        }
+        if broker.down {
+            broker.restart();
+        }
+    }
+}

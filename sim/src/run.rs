@@ -1,0 +1,151 @@
+//! One simulated run: start the cluster and clients, inject faults, heal, require recovery,
+//! read everything back, and judge.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use madsim::net::NetSim;
+use madsim::runtime::{Handle, Runtime};
+use tokio::time::Instant;
+
+use crate::cluster::Broker;
+use crate::faults::{self, Brokers};
+use crate::history::History;
+use crate::report::Report;
+use crate::scenario::Plan;
+use crate::workload::{self, Ctx};
+
+/// Options that do not change what a run does, only what it shows.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Show {
+    /// Print a progress line every few simulated seconds.
+    pub progress: bool,
+    /// Keep every event as text (for `--trace-out`).
+    pub keep_trace: bool,
+}
+
+/// Runs `plan` in a fresh madsim runtime seeded with its seed.
+pub fn run(plan: &Plan, show: Show) -> Report {
+    let wall = std::time::Instant::now();
+    let runtime = Runtime::with_seed_and_config(plan.seed, madsim::Config::default());
+    let plan = Arc::new(plan.clone());
+    let mut report = runtime.block_on(simulate(plan, show));
+    report.wall_ms = wall.elapsed().as_millis() as u64;
+    report
+}
+
+async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
+    let history = Arc::new(Mutex::new(History::new(show.keep_trace)));
+    NetSim::current().update_config(|c| {
+        c.packet_loss_rate = plan.packet_loss;
+        if let Some([low, high]) = plan.latency_ms {
+            c.send_latency = Duration::from_secs_f64(low / 1000.0)
+                ..Duration::from_secs_f64(high.max(low + 0.001) / 1000.0);
+        }
+    });
+    let brokers: Brokers = Arc::new(Mutex::new(
+        (0..plan.scenario.brokers)
+            .map(|i| Broker::start(i, plan.seed))
+            .collect(),
+    ));
+    let broker_addr = brokers.lock().expect("brokers lock")[0].addr;
+    if let Some(range) = plan.faults.slow_disk_ms {
+        for broker in brokers.lock().expect("brokers lock").iter() {
+            broker
+                .disk
+                .lock()
+                .expect("disk lock")
+                .faults
+                .sync_latency_ms = Some(range);
+        }
+    }
+    let ctx = Ctx {
+        plan: plan.clone(),
+        broker: broker_addr,
+        history: history.clone(),
+        stop: Arc::new(AtomicBool::new(false)),
+        start: Instant::now(),
+    };
+    let clients = Handle::current()
+        .create_node()
+        .name("clients")
+        .ip("10.0.1.1".parse().expect("ip"))
+        .build();
+
+    let setup = ctx.clone();
+    clients
+        .spawn(async move { workload::create_topics(&setup).await })
+        .await
+        .expect("topic creation task");
+    let mut tasks = Vec::new();
+    let w = &plan.scenario.workload;
+    let producers = (0..w.producers_acks_all)
+        .map(|i| (i, -1))
+        .chain((0..w.producers_acks_one).map(|i| (w.producers_acks_all + i, 1)));
+    for (id, acks) in producers {
+        tasks.push(clients.spawn(workload::producer(ctx.clone(), id, acks)));
+    }
+    for id in 0..w.consumers {
+        tasks.push(clients.spawn(workload::consumer(ctx.clone(), id)));
+    }
+    let injectors = faults::start(&ctx, &brokers);
+
+    let workload_end = ctx.start + Duration::from_secs_f64(plan.scenario.duration_s);
+    while Instant::now() < workload_end {
+        tokio::time::sleep(Duration::from_secs(5).min(workload_end - Instant::now())).await;
+        if show.progress {
+            let h = history.lock().expect("history lock");
+            let c = &h.counts;
+            let faults: u64 = c.faults.values().sum();
+            eprintln!(
+                "  [sim {:>5.1}s] acked {} (+{} acks=1) reads {} faults {} violations {}",
+                ctx.now_ms() as f64 / 1000.0,
+                c.acked_durable,
+                c.acked_leader,
+                c.reads,
+                faults,
+                h.violations().len()
+            );
+        }
+    }
+
+    // Heal, then give the cluster its bounded time to recover.
+    ctx.stop.store(true, Ordering::Relaxed);
+    for task in injectors {
+        task.abort();
+    }
+    faults::heal(&brokers);
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    }
+    let liveness_deadline = Instant::now() + Duration::from_secs_f64(plan.scenario.liveness_s);
+    let probe_ctx = ctx.clone();
+    let recovered = clients
+        .spawn(async move { workload::liveness_probe(&probe_ctx, liveness_deadline).await })
+        .await
+        .expect("probe task");
+    let recovered_ms = match recovered {
+        Ok(ms) => {
+            let read_ctx = ctx.clone();
+            let final_read = clients
+                .spawn(async move { workload::final_read(&read_ctx).await })
+                .await
+                .expect("final read task");
+            if let Err(e) = final_read {
+                history
+                    .lock()
+                    .expect("history lock")
+                    .liveness_failed(format!("final read: {e}"));
+            }
+            Some(ms)
+        }
+        Err(e) => {
+            history.lock().expect("history lock").liveness_failed(e);
+            None
+        }
+    };
+    let sim_ms = ctx.now_ms();
+    let history = std::mem::take(&mut *history.lock().expect("history lock"));
+    Report::new(&plan, history, sim_ms, recovered_ms)
+}
