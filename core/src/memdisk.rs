@@ -94,15 +94,25 @@ impl MemDisk {
         self.crash_with(|_, _| 0);
     }
 
-    /// A power failure that keeps part of each file's unsynced tail: `keep(segment,
-    /// unsynced_len)` says how many of those bytes survive (a torn write keeps a prefix).
-    pub fn crash_with(&mut self, mut keep: impl FnMut(&SegmentId, usize) -> usize) {
+    /// A power failure that keeps part of each file's unsynced tail: `keep(segment, tail)`
+    /// sees the unsynced bytes (and may scribble on them, as a torn write does) and says how
+    /// many of them survive.
+    pub fn crash_with(&mut self, mut keep: impl FnMut(&SegmentId, &mut [u8]) -> usize) {
         for (id, file) in self.segments.iter_mut() {
-            let unsynced = file.data.len() - file.synced_len;
-            let kept = keep(id, unsynced).min(unsynced);
-            file.data.truncate(file.synced_len + kept);
+            let synced = file.synced_len;
+            let unsynced = file.data.len() - synced;
+            let kept = keep(id, &mut file.data[synced..]).min(unsynced);
+            file.data.truncate(synced + kept);
             file.synced_len = file.data.len();
         }
+    }
+
+    /// The bytes of a segment written since its last sync (an fsync that failed may have
+    /// lost them while the file keeps its length).
+    pub fn unsynced_tail_mut(&mut self, id: &SegmentId) -> Option<&mut [u8]> {
+        let file = self.segments.get_mut(id)?;
+        let synced = file.synced_len;
+        Some(&mut file.data[synced..])
     }
 
     /// Every segment with its length and how much of it is synced.

@@ -196,6 +196,16 @@ fn sync_outcome(
     }
 }
 
+impl Drop for Driver {
+    /// However the driver ends, its connections end with it: readers stop, and writers stop
+    /// once their response channels close.
+    fn drop(&mut self) {
+        for handle in self.connections.values() {
+            handle.reader.abort();
+        }
+    }
+}
+
 async fn read_requests(
     conn: ConnectionId,
     mut socket: ReadHalf<TcpStream>,

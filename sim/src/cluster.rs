@@ -84,6 +84,8 @@ impl Broker {
     /// Starts the process again on the same disk.
     pub fn restart(&mut self) {
         self.down = false;
+        // madsim's restart alone keeps the old sockets bound; a kill releases them.
+        Handle::current().kill(self.node.id());
         Handle::current().restart(self.node.id());
     }
 }

@@ -49,25 +49,39 @@ impl SimDisk {
     }
 
     /// Power loss: each file loses its unsynced tail, or with `torn_chance` keeps a random
-    /// prefix of it (a torn write). Returns (bytes lost, files torn).
+    /// prefix of it, half the time with a zeroed stretch inside (blocks allocated but never
+    /// written). Returns (bytes lost, files torn).
     pub fn power_loss(&mut self, torn_chance: f64) -> (u64, u64) {
         let (mut lost, mut torn) = (0u64, 0u64);
         let dice = &mut self.dice;
-        self.disk.crash_with(|_, unsynced| {
-            let keep = if unsynced > 0 && dice.chance(torn_chance) {
-                torn += 1;
-                dice.between(0, unsynced as u64 - 1) as usize
-            } else {
-                0
-            };
+        self.disk.crash_with(|_, tail| {
+            let unsynced = tail.len();
+            if unsynced == 0 || !dice.chance(torn_chance) {
+                lost += unsynced as u64;
+                return 0;
+            }
+            torn += 1;
+            let keep = dice.between(1, unsynced as u64) as usize;
+            if dice.chance(0.5) {
+                let start = dice.between(0, keep as u64 - 1) as usize;
+                let end = dice.between(start as u64 + 1, keep as u64) as usize;
+                tail[start..end].fill(0);
+            }
             lost += (unsynced - keep) as u64;
             keep
         });
-        self.faults = DiskFaults {
-            sync_latency_ms: self.faults.sync_latency_ms,
-            ..DiskFaults::default()
-        };
+        self.faults = DiskFaults { sync_latency_ms: self.faults.sync_latency_ms, ..DiskFaults::default() };
         (lost, torn)
+    }
+
+    /// A failed fsync: like Linux after EIO, the dirty pages of the synced files may be gone
+    /// while the files keep their length; here they read back as zeros.
+    pub fn lose_unsynced(&mut self, segments: &[seedlog_core::storage::SegmentId]) {
+        for id in segments {
+            if let Some(tail) = self.disk.unsynced_tail_mut(id) {
+                tail.fill(0);
+            }
+        }
     }
 
     /// Flips one bit in synced data; returns the partition and the base offset of the batch

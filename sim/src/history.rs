@@ -104,8 +104,13 @@ impl History {
 
     /// Records a fact about an offset and checks it against earlier facts.
     fn fact(&mut self, partition: &Partition, offset: i64, value: &str, source: &'static str) {
+        let excused = self.damaged_from(partition).is_some_and(|d| offset >= d);
         let facts = self.facts.entry(partition.clone()).or_default();
         match facts.get(&offset) {
+            // Past a corrupted batch, recovery cut the log and the offsets were reused.
+            Some((known, _)) if known != value && excused => {
+                facts.insert(offset, (value.to_string(), source));
+            }
             Some((known, known_source)) if known != value => {
                 let detail = format!(
                     "{}-{} offset {offset}: {known_source} saw {known:?}, {source} saw {value:?}",
@@ -193,11 +198,10 @@ impl History {
 
     /// A consumer saw the high watermark `hw`.
     pub fn high_watermark(&mut self, at_ms: u64, client: u32, partition: &Partition, hw: i64) {
-        let last = self
-            .last_hw
-            .entry((client, partition.clone()))
-            .or_insert(hw);
-        if hw < *last {
+        // Past a corrupted batch, recovery cut the log: the watermark may fall back to it.
+        let excused = self.damaged_from(partition).is_some_and(|d| hw >= d);
+        let last = self.last_hw.entry((client, partition.clone())).or_insert(hw);
+        if hw < *last && !excused {
             let detail = format!(
                 "consumer {client} on {}-{}: high watermark went from {last} to {hw}",
                 partition.0, partition.1
