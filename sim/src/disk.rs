@@ -49,8 +49,8 @@ impl SimDisk {
     }
 
     /// Power loss: each file loses its unsynced tail, or with `torn_chance` keeps a random
-    /// prefix of it, half the time with a zeroed stretch inside (blocks allocated but never
-    /// written). Returns (bytes lost, files torn).
+    /// prefix of it, half the time with a few zeroed bytes inside (a write that reached the
+    /// file's length but not all of its data). Returns (bytes lost, files torn).
     pub fn power_loss(&mut self, torn_chance: f64) -> (u64, u64) {
         let (mut lost, mut torn) = (0u64, 0u64);
         let dice = &mut self.dice;
@@ -63,14 +63,18 @@ impl SimDisk {
             torn += 1;
             let keep = dice.between(1, unsynced as u64) as usize;
             if dice.chance(0.5) {
+                // A few bytes that never reached the platter, inside what did.
                 let start = dice.between(0, keep as u64 - 1) as usize;
-                let end = dice.between(start as u64 + 1, keep as u64) as usize;
+                let end = (start + dice.between(1, 8) as usize).min(keep);
                 tail[start..end].fill(0);
             }
             lost += (unsynced - keep) as u64;
             keep
         });
-        self.faults = DiskFaults { sync_latency_ms: self.faults.sync_latency_ms, ..DiskFaults::default() };
+        self.faults = DiskFaults {
+            sync_latency_ms: self.faults.sync_latency_ms,
+            ..DiskFaults::default()
+        };
         (lost, torn)
     }
 
@@ -183,6 +187,7 @@ mod storage {
                             tokio::time::sleep(Duration::from_millis(latency)).await;
                         }
                         if fail {
+                            shared.lock().expect("disk lock").lose_unsynced(&segments);
                             report(Err(SyncFailure {
                                 token,
                                 error: "fsync failed: EIO".into(),

@@ -200,7 +200,10 @@ impl History {
     pub fn high_watermark(&mut self, at_ms: u64, client: u32, partition: &Partition, hw: i64) {
         // Past a corrupted batch, recovery cut the log: the watermark may fall back to it.
         let excused = self.damaged_from(partition).is_some_and(|d| hw >= d);
-        let last = self.last_hw.entry((client, partition.clone())).or_insert(hw);
+        let last = self
+            .last_hw
+            .entry((client, partition.clone()))
+            .or_insert(hw);
         if hw < *last && !excused {
             let detail = format!(
                 "consumer {client} on {}-{}: high watermark went from {last} to {hw}",
