@@ -195,12 +195,10 @@ fn run_one(
     if check_determinism {
         match guarded(&plan, Show::default()) {
             Ok(again) if again.trace_hash == report.trace_hash => {
-                if !quiet {
-                    println!(
-                        "determinism       ok (trace hash {:016x} twice)",
-                        report.trace_hash
-                    );
-                }
+                println!(
+                    "determinism       ok (trace hash {:016x} twice)",
+                    report.trace_hash
+                );
             }
             Ok(again) => {
                 println!(
