@@ -810,3 +810,21 @@ fn a_damaged_base_offset_outside_the_crc_is_caught_at_read_time() {
     assert_eq!(err, ResponseError::KafkaStorageError.code());
     assert!(offsets.is_empty());
 }
+
+/// Found by the simulator (bit-flip, seeds 22 and 27): a flipped bit in a stored batch
+/// length made the batch claim more bytes than the log held, and the fetch re-read the same
+/// range forever inside one driver step.
+#[test]
+fn a_batch_length_past_the_log_end_is_refused_not_reread_forever() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic("t", 1, &[]);
+    for _ in 0..3 {
+        h.produce("t", 0, batch(2, 1000));
+    }
+    let tp = seedlog_core::storage::TopicPartition::new(&std::sync::Arc::from("t"), 0);
+    let id = h.disk.segment_ids(&tp)[0].clone();
+    h.disk.segment_bytes_mut(&id).unwrap()[9] ^= 0x40; // batch length of the first batch
+    let (err, _, offsets) = h.fetch("t", 0, 0, 1 << 20);
+    assert_eq!(err, ResponseError::KafkaStorageError.code());
+    assert!(offsets.is_empty());
+}

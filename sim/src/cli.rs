@@ -125,22 +125,31 @@ fn reproduce_line(scenario: &Path, seed: u64, canaries: &[String]) -> String {
     line
 }
 
-/// Runs a plan, turning a panic anywhere in the simulation into `Err`.
+/// Wall-clock seconds a run may take before it counts as hung: a busy loop inside a node
+/// freezes simulated time, so only the real clock can notice it.
+const WALL_LIMIT_SECS: u64 = 120;
+
+/// Runs a plan, turning a panic anywhere in the simulation, or a hang, into `Err`.
 fn guarded(plan: &Plan, show: Show) -> Result<Report, String> {
     let plan = plan.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
     // A fresh thread per run: madsim keeps per-thread runtime state.
     std::thread::spawn(move || {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run::run(&plan, show)))
-    })
-    .join()
-    .map_err(|_| "the run thread died".to_string())?
-    .map_err(|payload| {
-        payload
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run::run(&plan, show)));
+        let _ = tx.send(outcome);
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(WALL_LIMIT_SECS)) {
+        Err(_) => Err(format!(
+            "hung: no result after {WALL_LIMIT_SECS} s of wall time"
+        )),
+        Ok(Ok(report)) => Ok(report),
+        Ok(Err(payload)) => Err(payload
             .downcast_ref::<String>()
             .cloned()
             .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "panic".into())
-    })
+            .unwrap_or_else(|| "panic".into())),
+    }
 }
 
 fn run_one(
@@ -166,6 +175,9 @@ fn run_one(
     let plan = Plan::derive(&scenario, seed);
     if !quiet {
         println!("seedlog-sim  scenario={}  seed={seed}", scenario.name);
+        if !scenario.description.is_empty() {
+            println!("  {}", scenario.description);
+        }
         for line in plan.describe() {
             println!("  {line}");
         }
@@ -186,9 +198,10 @@ fn run_one(
                     panic.replace('\n', " ")
                 );
             }
-            eprintln!("seedlog-sim: the simulation panicked: {panic}");
+            eprintln!("seedlog-sim: the simulation failed: {panic}");
             eprintln!("reproduce: {}", reproduce_line(path, seed, canaries));
-            return EXIT_CRASH;
+            // A hung run's thread is still spinning: leave without waiting for it.
+            std::process::exit(EXIT_CRASH);
         }
     };
     let mut code = report.exit_code();

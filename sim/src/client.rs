@@ -60,25 +60,6 @@ impl Client {
         }
     }
 
-    /// Sends a request that gets no response (acks=0).
-    pub async fn send_only(
-        &mut self,
-        api: ApiKey,
-        version: i16,
-        request: RequestKind,
-    ) -> Result<(), CallError> {
-        let frame = self.frame(api, version, &request)?;
-        let stream = self.connected().await?;
-        stream
-            .write_all(&frame)
-            .await
-            .map_err(|e| CallError::Lost(e.to_string()))?;
-        stream
-            .flush()
-            .await
-            .map_err(|e| CallError::Lost(e.to_string()))
-    }
-
     fn frame(
         &mut self,
         api: ApiKey,

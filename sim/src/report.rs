@@ -3,7 +3,6 @@
 use std::fmt::Write as _;
 
 use crate::history::{Counts, History, Violation, CHECKS};
-use crate::scenario::Plan;
 
 /// Exit code of a run that passed.
 pub const EXIT_PASS: i32 = 0;
@@ -16,10 +15,6 @@ pub const EXIT_CRASH: i32 = 3;
 
 /// What a run found.
 pub struct Report {
-    /// Scenario name.
-    pub scenario: String,
-    /// The seed.
-    pub seed: u64,
     /// Simulated milliseconds.
     pub sim_ms: u64,
     /// Wall-clock milliseconds.
@@ -40,10 +35,8 @@ pub struct Report {
 
 impl Report {
     /// Builds the report from the finished history.
-    pub fn new(plan: &Plan, history: History, sim_ms: u64, recovered_ms: Option<u64>) -> Report {
+    pub fn new(history: History, sim_ms: u64, recovered_ms: Option<u64>) -> Report {
         Report {
-            scenario: plan.scenario.name.clone(),
-            seed: plan.seed,
             sim_ms,
             wall_ms: 0,
             counts: history.counts.clone(),

@@ -147,5 +147,5 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
     };
     let sim_ms = ctx.now_ms();
     let history = std::mem::take(&mut *history.lock().expect("history lock"));
-    Report::new(&plan, history, sim_ms, recovered_ms)
+    Report::new(history, sim_ms, recovered_ms)
 }

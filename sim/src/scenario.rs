@@ -166,10 +166,6 @@ impl Dice {
     pub fn chance(&mut self, p: f64) -> bool {
         self.unit() < p
     }
-    /// Raw 64 bits.
-    pub fn next(&mut self) -> u64 {
-        self.0.next_u64()
-    }
 }
 
 /// Everything a seed decides about a run, fixed before it starts and printed first.

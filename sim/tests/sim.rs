@@ -26,7 +26,10 @@ fn run(scenario_name: &str, seed: u64, extra: &[&str]) -> (i32, String) {
         .args(extra)
         .output()
         .expect("seedlog-sim runs");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 fn all_scenarios() -> Vec<String> {
@@ -46,7 +49,10 @@ fn every_scenario_replays_bit_for_bit() {
     for name in all_scenarios() {
         for seed in [3, 11] {
             let (code, out) = run(&name, seed, &["--check-determinism"]);
-            assert!(out.contains("determinism       ok"), "{name} seed {seed}:\n{out}");
+            assert!(
+                out.contains("determinism       ok"),
+                "{name} seed {seed}:\n{out}"
+            );
             assert_eq!(code, 0, "{name} seed {seed} failed:\n{out}");
         }
     }
@@ -62,15 +68,25 @@ const CANARY_HUNTS: &[(&str, &str, u64)] = &[
 
 #[test]
 fn every_canary_is_caught_within_a_few_seeds() {
-    let listed = Command::new(SIM).arg("canaries").output().expect("seedlog-sim runs");
+    let listed = Command::new(SIM)
+        .arg("canaries")
+        .output()
+        .expect("seedlog-sim runs");
     let listed = String::from_utf8_lossy(&listed.stdout);
     for line in listed.lines() {
         let canary = line.split_whitespace().next().unwrap_or_default();
-        assert!(CANARY_HUNTS.iter().any(|(c, _, _)| *c == canary), "canary {canary} has no hunt here");
+        assert!(
+            CANARY_HUNTS.iter().any(|(c, _, _)| *c == canary),
+            "canary {canary} has no hunt here"
+        );
     }
     for (canary, scenario_name, seeds) in CANARY_HUNTS {
-        let caught = (1..=*seeds).find(|seed| run(scenario_name, *seed, &["--canary", canary]).0 != 0);
-        assert!(caught.is_some(), "canary {canary} survived {seeds} seeds of {scenario_name}");
+        let caught =
+            (1..=*seeds).find(|seed| run(scenario_name, *seed, &["--canary", canary]).0 != 0);
+        assert!(
+            caught.is_some(),
+            "canary {canary} survived {seeds} seeds of {scenario_name}"
+        );
     }
 }
 
@@ -80,7 +96,38 @@ fn pinned_seed_summaries() {
         let (code, out) = run(&name, 42, &[]);
         assert_eq!(code, 0, "{name} seed 42 failed:\n{out}");
         // Everything but the wall-clock line is a pure function of the seed.
-        let summary: String = out.lines().filter(|l| !l.starts_with("wall time")).collect::<Vec<_>>().join("\n");
+        let summary: String = out
+            .lines()
+            .filter(|l| !l.starts_with("wall time"))
+            .collect::<Vec<_>>()
+            .join("\n");
         insta::assert_snapshot!(format!("{name}-seed-42"), summary);
+    }
+}
+
+/// Seeds that once found bugs, kept as regressions.
+const REGRESSIONS: &[(&str, u64, &str)] = &[
+    (
+        "bit-flip",
+        22,
+        "a flipped batch length made fetch re-read one range forever",
+    ),
+    (
+        "bit-flip",
+        27,
+        "the same re-read livelock, another partition",
+    ),
+    (
+        "disk-full",
+        1,
+        "a broker stopped by ENOSPC left sockets bound; it could not restart",
+    ),
+];
+
+#[test]
+fn regression_seeds_pass() {
+    for (name, seed, what) in REGRESSIONS {
+        let (code, out) = run(name, *seed, &[]);
+        assert_eq!(code, 0, "{name} seed {seed} ({what}) failed again:\n{out}");
     }
 }

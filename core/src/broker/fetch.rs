@@ -385,11 +385,18 @@ fn fill_fetch_slot(
         return None;
     }
     // Nothing whole at or after the target: read on from `start`, at least one whole batch
-    // (or its header first, if not even that arrived).
+    // (or its header first, if not even that arrived). The committed bytes end on a batch
+    // boundary, so a batch that claims to run past them is corrupt; refusing it also
+    // guarantees every re-read makes progress.
     let remaining = slot.plan.available.saturating_sub(start as u64);
     let needed = frame_size(&bytes[start..]).unwrap_or(crate::batch::HEADER_BYTES);
     let short_read = bytes.len() < slot.plan.len;
     if remaining == 0 || (start == 0 && (short_read || needed <= bytes.len())) {
+        return None;
+    }
+    if needed as u64 > remaining {
+        error!(segment = ?slot.plan.segment, position = slot.plan.position + start as u64, needed, remaining, "batch runs past the committed log; not serving it");
+        data.error_code = ResponseError::KafkaStorageError.code();
         return None;
     }
     let len = (needed.max(slot.plan.len) as u64).min(remaining) as usize;
