@@ -81,6 +81,18 @@ impl Broker {
         self.disk.lock().expect("disk lock").power_loss(torn_chance)
     }
 
+    /// If the broker stopped by itself, restarts it on the disk a power loss would leave
+    /// (the failed write or fsync left it in an unknown state). Returns (bytes lost, files
+    /// torn) if it did.
+    pub fn revive_if_stopped(&mut self, torn_chance: f64) -> Option<(u64, u64)> {
+        if !self.stopped_by_itself() {
+            return None;
+        }
+        let lost = self.disk.lock().expect("disk lock").power_loss(torn_chance);
+        self.restart();
+        Some(lost)
+    }
+
     /// Starts the process again on the same disk.
     pub fn restart(&mut self) {
         self.down = false;

@@ -19,8 +19,8 @@ async fn sleep_s(seconds: f64) {
     tokio::time::sleep(Duration::from_secs_f64(seconds.max(0.0))).await;
 }
 
-/// Starts an injector task per fault family in the plan, and the supervisor that restarts
-/// brokers that stopped by themselves. Abort the returned tasks before [`heal`].
+/// Starts an injector task per fault family in the plan. Abort the returned tasks before
+/// [`heal`].
 pub fn start(ctx: &Ctx, brokers: &Brokers) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     let f = ctx.plan.faults.clone();
@@ -44,7 +44,6 @@ pub fn start(ctx: &Ctx, brokers: &Brokers) -> Vec<tokio::task::JoinHandle<()>> {
             )));
         }
     }
-    tasks.push(tokio::spawn(supervisor(ctx.clone(), brokers.clone())));
     tasks
 }
 
@@ -130,20 +129,16 @@ async fn strike(ctx: &Ctx, brokers: &Brokers, kind: &'static str, index: usize, 
 
 /// Restarts brokers that stopped by themselves, as a process supervisor would: their disk
 /// is in whatever state the failed write or fsync left, which is a power loss at worst.
-async fn supervisor(ctx: Ctx, brokers: Brokers) {
+///
+/// It is part of the environment, not a fault: it keeps running after the faults heal.
+pub async fn supervisor(ctx: Ctx, brokers: Brokers) {
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let mut brokers = brokers.lock().expect("brokers lock");
         for (index, broker) in brokers.iter_mut().enumerate() {
-            if broker.stopped_by_itself() {
-                let (lost, torn) = broker
-                    .disk
-                    .lock()
-                    .expect("disk lock")
-                    .power_loss(ctx.plan.faults.torn_write_chance);
+            if let Some(lost) = broker.revive_if_stopped(ctx.plan.faults.torn_write_chance) {
                 ctx.history()
-                    .fault(ctx.now_ms(), "self-stop-restart", (index, lost, torn));
-                broker.restart();
+                    .fault(ctx.now_ms(), "self-stop-restart", (index, lost));
             }
         }
     }
@@ -151,7 +146,7 @@ async fn supervisor(ctx: Ctx, brokers: Brokers) {
 
 /// Ends every fault still in force: links unclogged, nodes resumed, brokers running, disks
 /// healthy, the network clean.
-pub fn heal(brokers: &Brokers) {
+pub fn heal(ctx: &Ctx, brokers: &Brokers) {
     let net = NetSim::current();
     net.update_config(|c| {
         c.packet_loss_rate = 0.0;
@@ -168,6 +163,8 @@ pub fn heal(brokers: &Brokers) {
         }
         if broker.down {
             broker.restart();
+        } else if let Some(lost) = broker.revive_if_stopped(ctx.plan.faults.torn_write_chance) {
+            ctx.history().fault(ctx.now_ms(), "self-stop-restart", lost);
         }
     }
 }

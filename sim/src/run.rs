@@ -90,6 +90,7 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
         tasks.push(clients.spawn(workload::consumer(ctx.clone(), id)));
     }
     let injectors = faults::start(&ctx, &brokers);
+    tokio::spawn(faults::supervisor(ctx.clone(), brokers.clone()));
 
     let workload_end = ctx.start + Duration::from_secs_f64(plan.scenario.duration_s);
     while Instant::now() < workload_end {
@@ -115,7 +116,7 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
     for task in injectors {
         task.abort();
     }
-    faults::heal(&brokers);
+    faults::heal(&ctx, &brokers);
     for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
     }

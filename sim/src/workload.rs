@@ -347,12 +347,38 @@ async fn handle_fetch_error(
     }
 }
 
-/// After the faults heal: a produce must succeed and be readable within the deadline.
+/// The topic the liveness probe creates and writes to.
+const PROBE_TOPIC: &str = "liveness-probe";
+
+/// After the faults heal: a topic can be created, and a produce to it succeeds and reads
+/// back, within the deadline.
 /// Returns the simulated milliseconds it took, or why it failed.
 pub async fn liveness_probe(ctx: &Ctx, deadline: Instant) -> Result<u64, String> {
     let began = Instant::now();
-    let partition = ctx.partitions()[0].clone();
+    // A fresh topic: creating it is part of the proof, and no flipped bit can sit near it
+    // (on a single copy, records near a corrupt batch may be unreadable for good).
+    let partition = (PROBE_TOPIC.to_string(), 0);
     let mut client = Client::new(ctx.broker, Duration::from_secs(2));
+    let create = RequestKind::CreateTopics(CreateTopicsRequest::default().with_topics(
+        vec![CreatableTopic::default()
+            .with_name(name(PROBE_TOPIC))
+            .with_num_partitions(1)
+            .with_replication_factor(1)],
+    ));
+    loop {
+        if Instant::now() >= deadline {
+            return Err("the probe topic could not be created after the faults healed".into());
+        }
+        if let Ok(ResponseKind::CreateTopics(r)) =
+            client.call(ApiKey::CreateTopics, 7, create.clone()).await
+        {
+            let created = r.topics.first().map(|t| t.error_code);
+            if created == Some(0) || created == Some(ResponseError::TopicAlreadyExists.code()) {
+                break;
+            }
+        }
+        sleep_ms(100).await;
+    }
     let mut attempt = 0;
     let (offset, value) = loop {
         if Instant::now() >= deadline {

@@ -103,6 +103,9 @@ pub struct Broker {
     /// Token the next sync will carry; appends made now are durable once it completes.
     next_sync_token: u64,
     pending_produces: VecDeque<PendingProduce>,
+    /// Index files of sealed segments, each waiting for the sync (by token) that makes the
+    /// segment's data durable.
+    pending_seals: Vec<(u64, StorageOp)>,
     parked_fetches: Vec<ParkedFetch>,
     jobs: BTreeMap<u64, Job>,
     /// Read token -> (job id, slot in that job).
@@ -159,6 +162,7 @@ impl Broker {
             next_token: 1,
             next_sync_token: 1,
             pending_produces: VecDeque::new(),
+            pending_seals: Vec::new(),
             parked_fetches: Vec::new(),
             jobs: BTreeMap::new(),
             reads: BTreeMap::new(),
@@ -245,7 +249,10 @@ impl Broker {
 
     /// True once nothing is waiting on the disk: used for a clean shutdown.
     pub fn is_quiescent(&self) -> bool {
-        self.in_flight_sync.is_none() && self.dirty_segments.is_empty() && self.reads.is_empty()
+        self.in_flight_sync.is_none()
+            && self.dirty_segments.is_empty()
+            && self.reads.is_empty()
+            && self.pending_seals.is_empty()
     }
 
     // ---- plumbing -----------------------------------------------------------------------
@@ -414,6 +421,13 @@ impl Broker {
             warn!(token, "completion for a sync that is not in flight");
             return;
         };
+        let (durable, waiting) = std::mem::take(&mut self.pending_seals)
+            .into_iter()
+            .partition(|(t, _)| *t <= token);
+        self.pending_seals = waiting;
+        for (_, seal) in durable {
+            self.storage(seal);
+        }
         let mut advanced = BTreeSet::new();
         for (tp, topic_id, point) in sync.commits {
             let Some(topic) = self.topics.get_mut(&tp.topic).filter(|t| t.id == topic_id) else {
@@ -465,11 +479,22 @@ impl Broker {
 
     /// Emits a log's storage operations; in group-commit mode the files they write (and the
     /// directory entries of new files) join the next sync.
+    ///
+    /// A sealed segment's index file is written only after the sync that makes the segment's
+    /// last bytes durable: recovery trusts a segment whose index matches its length, so the
+    /// index must never describe bytes a power loss could still tear.
     fn emit_log_ops(&mut self, ops: Vec<StorageOp>) {
         for op in ops {
             if self.config.flush == FlushPolicy::GroupCommit {
-                if let StorageOp::Append { segment, .. } | StorageOp::CreateSegment(segment) = &op {
-                    self.dirty_segments.insert(segment.clone());
+                match &op {
+                    StorageOp::Append { segment, .. } | StorageOp::CreateSegment(segment) => {
+                        self.dirty_segments.insert(segment.clone());
+                    }
+                    StorageOp::SealSegment { .. } => {
+                        self.pending_seals.push((self.next_sync_token, op));
+                        continue;
+                    }
+                    _ => {}
                 }
             }
             self.storage(op);
