@@ -3,6 +3,8 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use clap::{Parser, Subcommand};
 use seedlog_core::canary::{self, Canary};
@@ -39,7 +41,7 @@ enum Cmd {
         /// Run the seed twice and require the same trace hash.
         #[arg(long)]
         check_determinism: bool,
-        /// Write every traced event to this file.
+        /// Write the run's events and the nodes' logs to this file, as JSON lines.
         #[arg(long)]
         trace_out: Option<PathBuf>,
         /// Print only the summary.
@@ -67,21 +69,77 @@ enum Cmd {
     Canaries,
 }
 
-pub fn main() -> i32 {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
-        )
+/// Writes to the trace file while switched on (the determinism re-run is not recorded).
+#[derive(Clone)]
+struct TraceFile {
+    file: Arc<Mutex<std::fs::File>>,
+    on: Arc<AtomicBool>,
+}
+
+impl std::io::Write for TraceFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.on.load(Ordering::Relaxed) {
+            self.file.lock().expect("trace file lock").write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.lock().expect("trace file lock").flush()
+    }
+}
+
+/// Logs go to stderr as `RUST_LOG` says (off by default); with `--trace-out`, the run's
+/// events and every node's logs at info and above also go to that file as JSON lines.
+fn init_tracing(trace_out: Option<&Path>) -> Result<Option<Arc<AtomicBool>>, String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, EnvFilter, Layer};
+    let stderr_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("off"));
+    let stderr = fmt::layer()
         .with_writer(std::io::stderr)
+        .with_filter(stderr_filter);
+    let Some(path) = trace_out else {
+        tracing_subscriber::registry().with(stderr).init();
+        return Ok(None);
+    };
+    let file =
+        std::fs::File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    let on = Arc::new(AtomicBool::new(true));
+    let writer = TraceFile {
+        file: Arc::new(Mutex::new(file)),
+        on: on.clone(),
+    };
+    let json = fmt::layer()
+        .json()
+        .with_writer(move || writer.clone())
+        .with_filter(EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(json)
         .init();
-    match Cli::parse().command {
+    Ok(Some(on))
+}
+
+pub fn main() -> i32 {
+    let command = Cli::parse().command;
+    let trace_out = match &command {
+        Cmd::Run { trace_out, .. } => trace_out.clone(),
+        _ => None,
+    };
+    let trace_switch = match init_tracing(trace_out.as_deref()) {
+        Ok(switch) => switch,
+        Err(e) => {
+            eprintln!("seedlog-sim: {e}");
+            return EXIT_CRASH;
+        }
+    };
+    match command {
         Cmd::Run {
             scenario,
             seed,
             canary,
             check_determinism,
-            trace_out,
+            trace_out: _,
             quiet,
             result_line,
         } => run_one(
@@ -89,7 +147,7 @@ pub fn main() -> i32 {
             seed,
             &canary,
             check_determinism,
-            trace_out.as_deref(),
+            trace_switch,
             quiet,
             result_line,
         ),
@@ -157,7 +215,7 @@ fn run_one(
     seed: u64,
     canaries: &[String],
     check_determinism: bool,
-    trace_out: Option<&Path>,
+    trace_switch: Option<Arc<AtomicBool>>,
     quiet: bool,
     result_line: bool,
 ) -> i32 {
@@ -187,7 +245,6 @@ fn run_one(
     }
     let show = Show {
         progress: !quiet && !result_line,
-        keep_trace: trace_out.is_some(),
     };
     let report = match guarded(&plan, show) {
         Ok(report) => report,
@@ -206,6 +263,9 @@ fn run_one(
     };
     let mut code = report.exit_code();
     if check_determinism {
+        if let Some(switch) = &trace_switch {
+            switch.store(false, Ordering::Relaxed);
+        }
         match guarded(&plan, Show::default()) {
             Ok(again) if again.trace_hash == report.trace_hash => {
                 println!(
@@ -224,11 +284,6 @@ fn run_one(
                 println!("determinism       the second run panicked: {panic}");
                 code = EXIT_CRASH;
             }
-        }
-    }
-    if let (Some(path), Some(trace)) = (trace_out, &report.trace) {
-        if let Err(e) = std::fs::write(path, trace.join("\n") + "\n") {
-            eprintln!("seedlog-sim: writing the trace to {}: {e}", path.display());
         }
     }
     if result_line {

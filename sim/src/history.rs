@@ -63,27 +63,21 @@ pub struct History {
     pub counts: Counts,
     trace: DefaultHasher,
     events: u64,
-    /// Every event as a line, kept only when asked for (to write a trace file).
-    pub log: Option<Vec<String>>,
 }
 
 impl History {
-    /// An empty history; `keep_log` keeps every event as text as well as hashing it.
-    pub fn new(keep_log: bool) -> History {
-        History {
-            log: keep_log.then(Vec::new),
-            ..History::default()
-        }
+    /// An empty history.
+    pub fn new() -> History {
+        History::default()
     }
 
-    /// Adds an event to the trace (its hash is the run's fingerprint).
+    /// Adds an event to the trace: its hash is the run's fingerprint, and it goes to the
+    /// `seedlog_sim::trace` tracing target (the `--trace-out` file).
     pub fn trace(&mut self, at_ms: u64, event: impl std::fmt::Debug) {
-        let line = format!("{at_ms} {event:?}");
-        line.hash(&mut self.trace);
+        let line = format!("{event:?}");
+        (at_ms, &line).hash(&mut self.trace);
         self.events += 1;
-        if let Some(log) = &mut self.log {
-            log.push(line);
-        }
+        tracing::info!(target: "seedlog_sim::trace", at_ms, event = %line);
     }
 
     /// The fingerprint of everything traced so far.
@@ -319,12 +313,12 @@ mod tests {
 
     #[test]
     fn a_lost_acknowledged_record_is_caught_unless_the_disk_was_damaged() {
-        let mut h = History::new(false);
+        let mut h = History::new();
         h.acked(0, &p(), 0, &["a".into(), "b".into()], true);
         h.check_final(&p(), &BTreeMap::from([(0, "a".to_string())]));
         assert_eq!(h.violations()[0].check, "acked-writes-durable");
 
-        let mut h = History::new(false);
+        let mut h = History::new();
         h.acked(0, &p(), 0, &["a".into(), "b".into()], true);
         h.damaged(&p(), 1);
         h.check_final(&p(), &BTreeMap::from([(0, "a".to_string())]));
@@ -333,7 +327,7 @@ mod tests {
 
     #[test]
     fn two_readers_disagreeing_on_an_offset_is_caught() {
-        let mut h = History::new(false);
+        let mut h = History::new();
         h.read(0, 1, &p(), 0, 0, "a");
         h.read(0, 2, &p(), 0, 0, "b");
         assert_eq!(h.violations()[0].check, "offsets-agree");
@@ -341,7 +335,7 @@ mod tests {
 
     #[test]
     fn skips_and_watermark_regressions_are_caught() {
-        let mut h = History::new(false);
+        let mut h = History::new();
         h.read(0, 1, &p(), 3, 5, "x");
         h.high_watermark(0, 1, &p(), 10);
         h.high_watermark(0, 1, &p(), 9);
@@ -351,7 +345,7 @@ mod tests {
 
     #[test]
     fn acks_one_records_are_not_promises() {
-        let mut h = History::new(false);
+        let mut h = History::new();
         h.acked(0, &p(), 0, &["weak".into()], false);
         h.check_final(&p(), &BTreeMap::from([(0, "other".to_string())]));
         assert!(h.violations().is_empty());

@@ -29,8 +29,6 @@ pub struct Report {
     pub trace_hash: u64,
     /// Number of events traced.
     pub events: u64,
-    /// The events, if kept.
-    pub trace: Option<Vec<String>>,
 }
 
 impl Report {
@@ -44,7 +42,6 @@ impl Report {
             violations: history.violations().to_vec(),
             trace_hash: history.trace_hash(),
             events: history.event_count(),
-            trace: history.log,
         }
     }
 

@@ -21,8 +21,6 @@ use crate::workload::{self, Ctx};
 pub struct Show {
     /// Print a progress line every few simulated seconds.
     pub progress: bool,
-    /// Keep every event as text (for `--trace-out`).
-    pub keep_trace: bool,
 }
 
 /// Runs `plan` in a fresh madsim runtime seeded with its seed.
@@ -36,7 +34,7 @@ pub fn run(plan: &Plan, show: Show) -> Report {
 }
 
 async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
-    let history = Arc::new(Mutex::new(History::new(show.keep_trace)));
+    let history = Arc::new(Mutex::new(History::new()));
     NetSim::current().update_config(|c| {
         c.packet_loss_rate = plan.packet_loss;
         if let Some([low, high]) = plan.latency_ms {
