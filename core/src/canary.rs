@@ -14,15 +14,18 @@ pub enum Canary {
     ReadAboveHighWatermark,
     /// Treat a failed fsync as a successful one and carry on.
     IgnoreFsyncError,
+    /// Acknowledge a CreateTopics without recording the topic durably.
+    VolatileTopics,
 }
 
 impl Canary {
     /// Every canary, in a stable order.
-    pub const ALL: [Canary; 4] = [
+    pub const ALL: [Canary; 5] = [
         Canary::AckBeforeFsync,
         Canary::SkipRecoveryCrc,
         Canary::ReadAboveHighWatermark,
         Canary::IgnoreFsyncError,
+        Canary::VolatileTopics,
     ];
 
     /// The name used on the simulator's command line.
@@ -32,6 +35,7 @@ impl Canary {
             Canary::SkipRecoveryCrc => "skip-recovery-crc",
             Canary::ReadAboveHighWatermark => "read-above-hw",
             Canary::IgnoreFsyncError => "ignore-fsync-error",
+            Canary::VolatileTopics => "volatile-topics",
         }
     }
 
@@ -42,6 +46,7 @@ impl Canary {
             Canary::SkipRecoveryCrc => "recovery keeps batches whose CRC is wrong",
             Canary::ReadAboveHighWatermark => "fetch serves uncommitted data",
             Canary::IgnoreFsyncError => "a failed fsync is reported as done",
+            Canary::VolatileTopics => "created topics are not recorded durably",
         }
     }
 

@@ -68,11 +68,18 @@ async fn injector(
             up[dice.between(0, up.len() as u64 - 1) as usize]
         };
         let duration = dice.pick(schedule.for_s);
-        strike(&ctx, &brokers, kind, index, duration).await;
+        strike(&ctx, &brokers, kind, index, duration, &mut dice).await;
     }
 }
 
-async fn strike(ctx: &Ctx, brokers: &Brokers, kind: &'static str, index: usize, duration: f64) {
+async fn strike(
+    ctx: &Ctx,
+    brokers: &Brokers,
+    kind: &'static str,
+    index: usize,
+    duration: f64,
+    dice: &mut Dice,
+) {
     let now = ctx.now_ms();
     let node = brokers.lock().expect("brokers lock")[index].node.id();
     match kind {
@@ -112,10 +119,18 @@ async fn strike(ctx: &Ctx, brokers: &Brokers, kind: &'static str, index: usize, 
             disk.lock().expect("disk lock").faults.full = false;
         }
         "partition" => {
-            NetSim::current().clog_node(node);
-            ctx.history().fault(now, kind, index);
+            // Both ways, or one way only: requests get in but answers cannot leave, or the
+            // other way round.
+            let net = NetSim::current();
+            let mode = ["both-ways", "inbound-only", "outbound-only"][dice.between(0, 2) as usize];
+            match mode {
+                "both-ways" => net.clog_node(node),
+                "inbound-only" => net.clog_node_in(node),
+                _ => net.clog_node_out(node),
+            }
+            ctx.history().fault(now, kind, (index, mode));
             sleep_s(duration).await;
-            NetSim::current().unclog_node(node);
+            net.unclog_node(node);
         }
         "pause" => {
             Handle::current().pause(node);

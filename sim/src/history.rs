@@ -21,8 +21,9 @@ pub struct Violation {
 }
 
 /// The checks, in report order.
-pub const CHECKS: [&str; 6] = [
+pub const CHECKS: [&str; 7] = [
     "acked-writes-durable",
+    "topics-durable",
     "offsets-agree",
     "reads-in-order",
     "hw-monotonic",
@@ -245,6 +246,19 @@ impl History {
     /// The first corrupted offset of a partition, if any.
     pub fn damaged_from(&self, partition: &Partition) -> Option<i64> {
         self.damaged.get(partition).copied()
+    }
+
+    /// An admin client looked up a topic whose creation with `partitions` partitions was
+    /// acknowledged (and which it has not deleted): `found` is what the broker reported.
+    pub fn topic_checked(&mut self, at_ms: u64, topic: &str, partitions: i32, found: Option<i32>) {
+        self.trace(at_ms, ("topic-checked", topic, found));
+        if found != Some(partitions) {
+            let seen = found.map_or("missing".to_string(), |n| format!("{n} partitions"));
+            self.violate(
+                "topics-durable",
+                format!("topic {topic} created with {partitions} partitions is {seen}"),
+            );
+        }
     }
 
     /// The cluster did not recover in time after the faults healed.

@@ -80,6 +80,9 @@ pub struct Workload {
     /// Consumers reading every partition by offset.
     #[serde(default)]
     pub consumers: u32,
+    /// Admin clients creating, checking and deleting scratch topics.
+    #[serde(default)]
+    pub admins: u32,
 }
 
 fn batch_default() -> Range {
@@ -277,14 +280,15 @@ impl Plan {
         vec![
             format!("brokers={} topics={} duration={}s liveness<={}s", s.brokers, topics.join(","), s.duration_s, s.liveness_s),
             format!(
-                "producers acks=all:{} acks=1:{} batch={:.0}-{:.0} think={:.0}-{:.0}ms consumers={}",
+                "producers acks=all:{} acks=1:{} batch={:.0}-{:.0} think={:.0}-{:.0}ms consumers={} admins={}",
                 s.workload.producers_acks_all,
                 s.workload.producers_acks_one,
                 s.workload.batch_records[0],
                 s.workload.batch_records[1],
                 s.workload.think_ms[0],
                 s.workload.think_ms[1],
-                s.workload.consumers
+                s.workload.consumers,
+                s.workload.admins
             ),
             format!("faults: {}", faults.join(", ")),
         ]

@@ -64,6 +64,7 @@ const CANARY_HUNTS: &[(&str, &str, u64)] = &[
     ("read-above-hw", "slow-disk", 5),
     ("skip-recovery-crc", "torn-write", 5),
     ("ignore-fsync-error", "disk-full", 5),
+    ("volatile-topics", "crash-restart", 5),
 ];
 
 #[test]

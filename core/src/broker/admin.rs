@@ -31,6 +31,7 @@ use tracing::info;
 use uuid::Uuid;
 
 use super::Broker;
+use crate::canary::{is_planted, Canary};
 use crate::config::{TopicConfig, TOPIC_CONFIG_KEYS};
 use crate::log::PartitionLog;
 use crate::storage::{StorageOp, TopicPartition};
@@ -186,10 +187,12 @@ impl Broker {
         };
         let mut ops = Vec::new();
         add_partitions(&mut topic, partitions, &mut ops);
-        self.storage(StorageOp::SaveTopic {
-            name: name.clone(),
-            record: topic.record(),
-        });
+        if !is_planted(Canary::VolatileTopics) {
+            self.storage(StorageOp::SaveTopic {
+                name: name.clone(),
+                record: topic.record(),
+            });
+        }
         self.emit_log_ops(ops);
         self.topics.insert(name, topic);
         id

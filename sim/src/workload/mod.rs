@@ -1,0 +1,239 @@
+//! Clients of the simulated cluster, one file per workload: producers, consumers, an admin
+//! client, and the checks that close a run (the liveness probe, the final read). Each reports
+//! what it saw to the [`History`]; a new workload is a new file here that takes a [`Ctx`].
+
+mod admin;
+mod consumer;
+mod producer;
+mod verify;
+
+pub use admin::admin;
+pub use consumer::consumer;
+pub use producer::producer;
+pub use verify::{final_read, liveness_probe};
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::create_topics_request::{
+    CreatableTopic, CreatableTopicConfig, CreateTopicsRequest,
+};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{
+    ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
+};
+use kafka_protocol::messages::produce_request::{
+    PartitionProduceData, ProduceRequest, TopicProduceData,
+};
+use kafka_protocol::messages::{ApiKey, BrokerId, RequestKind, ResponseKind, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::RecordBatchDecoder;
+use kafka_protocol::ResponseError;
+use seedlog_core::wire::record_batch;
+use tokio::time::Instant;
+
+use crate::client::{CallError, Client};
+use crate::history::{History, Partition};
+use crate::scenario::{Dice, Plan};
+
+/// What every client task shares.
+#[derive(Clone)]
+pub struct Ctx {
+    /// The run's plan.
+    pub plan: Arc<Plan>,
+    /// Where the broker listens.
+    pub broker: SocketAddr,
+    /// The oracle.
+    pub history: Arc<Mutex<History>>,
+    /// Set when the workload phase ends.
+    pub stop: Arc<AtomicBool>,
+    /// Simulated start of the run.
+    pub start: Instant,
+}
+
+impl Ctx {
+    /// Milliseconds of simulated time since the run began.
+    pub fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+    /// The history, locked.
+    pub fn history(&self) -> MutexGuard<'_, History> {
+        self.history.lock().expect("history lock")
+    }
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+    /// Every partition of every topic, in a stable order.
+    pub fn partitions(&self) -> Vec<Partition> {
+        let topics = &self.plan.scenario.topics;
+        topics
+            .iter()
+            .flat_map(|(name, t)| (0..t.partitions).map(move |p| (name.clone(), p)))
+            .collect()
+    }
+}
+
+fn name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Creates the scenario's topics, retrying until the broker answers.
+pub async fn create_topics(ctx: &Ctx) {
+    let mut client = Client::new(ctx.broker, Duration::from_secs(2));
+    let topics: Vec<CreatableTopic> = ctx
+        .plan
+        .scenario
+        .topics
+        .iter()
+        .map(|(topic, spec)| {
+            let configs = spec
+                .configs
+                .iter()
+                .map(|(k, v)| {
+                    CreatableTopicConfig::default()
+                        .with_name(StrBytes::from_string(k.clone()))
+                        .with_value(Some(StrBytes::from_string(v.clone())))
+                })
+                .collect();
+            CreatableTopic::default()
+                .with_name(name(topic))
+                .with_num_partitions(spec.partitions)
+                .with_replication_factor(1)
+                .with_configs(configs)
+        })
+        .collect();
+    let request = RequestKind::CreateTopics(
+        CreateTopicsRequest::default()
+            .with_topics(topics)
+            .with_timeout_ms(2000),
+    );
+    loop {
+        if let Ok(ResponseKind::CreateTopics(r)) =
+            client.call(ApiKey::CreateTopics, 7, request.clone()).await
+        {
+            let ok = r.topics.iter().all(|t| {
+                t.error_code == 0 || t.error_code == ResponseError::TopicAlreadyExists.code()
+            });
+            if ok {
+                return;
+            }
+        }
+        sleep_ms(100).await;
+    }
+}
+
+fn produce_request(partition: &Partition, acks: i16, records: Bytes) -> RequestKind {
+    RequestKind::Produce(
+        ProduceRequest::default()
+            .with_acks(acks)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(name(&partition.0))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(partition.1)
+                    .with_records(Some(records))])]),
+    )
+}
+
+fn fetch_request(positions: &BTreeMap<Partition, i64>, max_wait_ms: i32) -> RequestKind {
+    let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
+    for ((topic, partition), offset) in positions {
+        topics.entry(topic).or_default().push(
+            FetchPartition::default()
+                .with_partition(*partition)
+                .with_fetch_offset(*offset)
+                .with_partition_max_bytes(64 << 10),
+        );
+    }
+    let topics = topics
+        .into_iter()
+        .map(|(topic, partitions)| {
+            FetchTopic::default()
+                .with_topic(name(topic))
+                .with_partitions(partitions)
+        })
+        .collect();
+    RequestKind::Fetch(
+        FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(max_wait_ms)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(topics),
+    )
+}
+
+/// What one partition of a fetch response said.
+enum Fetched {
+    /// Records (offset, value) at or after the position, and the high watermark.
+    Records(Vec<(i64, String)>, i64),
+    /// The bytes did not decode: served corrupt data.
+    Corrupt(String),
+    /// An error code.
+    Error(i16),
+}
+
+fn parse_fetch(response: ResponseKind) -> BTreeMap<Partition, Fetched> {
+    let mut out = BTreeMap::new();
+    let ResponseKind::Fetch(r) = response else {
+        return out;
+    };
+    for topic in r.responses {
+        for p in topic.partitions {
+            let key = (topic.topic.0.to_string(), p.partition_index);
+            let fetched = if p.error_code != 0 {
+                Fetched::Error(p.error_code)
+            } else {
+                let mut bytes = p.records.unwrap_or_default();
+                match RecordBatchDecoder::decode_all(&mut bytes) {
+                    Err(e) => Fetched::Corrupt(e.to_string()),
+                    Ok(sets) => {
+                        let records = sets
+                            .iter()
+                            .flat_map(|s| s.records.iter())
+                            .map(|r| {
+                                (
+                                    r.offset,
+                                    String::from_utf8_lossy(r.value.as_deref().unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect();
+                        Fetched::Records(records, p.high_watermark)
+                    }
+                }
+            };
+            out.insert(key, fetched);
+        }
+    }
+    out
+}
+
+/// Looks up a partition's earliest or latest offset.
+async fn list_offset(client: &mut Client, partition: &Partition, timestamp: i64) -> Option<i64> {
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(name(&partition.0))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(partition.1)
+                .with_timestamp(timestamp)])]);
+    match client
+        .call(ApiKey::ListOffsets, 6, RequestKind::ListOffsets(request))
+        .await
+    {
+        Ok(ResponseKind::ListOffsets(r)) => {
+            let p = &r.topics[0].partitions[0];
+            (p.error_code == 0).then_some(p.offset)
+        }
+        _ => None,
+    }
+}
