@@ -134,6 +134,13 @@ impl Harness {
         self.broker = Broker::new(self.config.clone(), recovered, 7, self.now);
     }
 
+    /// Flips the bits of `mask` in byte `position` of the `nth` segment file of `t-0`.
+    fn flip(&mut self, nth: usize, position: usize, mask: u8) {
+        let tp = seedlog_core::storage::TopicPartition::new(&std::sync::Arc::from("t"), 0);
+        let id = self.disk.segment_ids(&tp)[nth].clone();
+        self.disk.segment_bytes_mut(&id).unwrap()[position] ^= mask;
+    }
+
     fn create_topic(&mut self, name: &str, partitions: i32, configs: &[(&str, &str)]) {
         let topic = CreatableTopic::default()
             .with_name(topic_name(name))
@@ -655,9 +662,7 @@ fn a_bit_flip_in_a_sealed_segment_is_refused_at_read_time() {
     for _ in 0..6 {
         h.produce("t", 0, batch(2, 1000));
     }
-    let tp = seedlog_core::storage::TopicPartition::new(&std::sync::Arc::from("t"), 0);
-    let first = h.disk.segment_ids(&tp)[0].clone();
-    h.disk.segment_bytes_mut(&first).unwrap()[70] ^= 1;
+    h.flip(0, 70, 1);
     h.restart(false);
     let (err, _, offsets) = h.fetch("t", 0, 0, 1 << 20);
     assert_eq!(err, ResponseError::KafkaStorageError.code());
@@ -803,9 +808,7 @@ fn a_damaged_base_offset_outside_the_crc_is_caught_at_read_time() {
     for _ in 0..6 {
         h.produce("t", 0, batch(2, 1000));
     }
-    let tp = seedlog_core::storage::TopicPartition::new(&std::sync::Arc::from("t"), 0);
-    let first = h.disk.segment_ids(&tp)[0].clone();
-    h.disk.segment_bytes_mut(&first).unwrap()[7] ^= 4; // base offset of the first batch
+    h.flip(0, 7, 4); // base offset of the first batch
     let (err, _, offsets) = h.fetch("t", 0, 0, 1 << 20);
     assert_eq!(err, ResponseError::KafkaStorageError.code());
     assert!(offsets.is_empty());
@@ -821,9 +824,7 @@ fn a_batch_length_past_the_log_end_is_refused_not_reread_forever() {
     for _ in 0..3 {
         h.produce("t", 0, batch(2, 1000));
     }
-    let tp = seedlog_core::storage::TopicPartition::new(&std::sync::Arc::from("t"), 0);
-    let id = h.disk.segment_ids(&tp)[0].clone();
-    h.disk.segment_bytes_mut(&id).unwrap()[9] ^= 0x40; // batch length of the first batch
+    h.flip(0, 9, 0x40); // batch length of the first batch
     let (err, _, offsets) = h.fetch("t", 0, 0, 1 << 20);
     assert_eq!(err, ResponseError::KafkaStorageError.code());
     assert!(offsets.is_empty());
