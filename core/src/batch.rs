@@ -5,7 +5,7 @@
 //! timestamp type bit and the max timestamp (inside the CRC, so it is recomputed). Nothing
 //! here decodes the records themselves beyond walking their length prefixes.
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 
 /// Bytes before the `batch_length` field ends: base offset (8) + batch length (4).
 pub const LOG_OVERHEAD: usize = 12;
@@ -295,9 +295,4 @@ pub fn validate_produce_payload(mut bytes: &[u8]) -> Result<Vec<BatchSummary>, B
         bytes = rest;
     }
     Ok(out)
-}
-
-/// Reads the big-endian i64 at the front of a buffer (used by tests and tools).
-pub fn peek_base_offset(mut bytes: &[u8]) -> Option<i64> {
-    (bytes.len() >= 8).then(|| bytes.get_i64())
 }

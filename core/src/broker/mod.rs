@@ -319,10 +319,9 @@ impl Broker {
             RequestKind::Produce(r) => return self.produce(now, reply_to, r),
             RequestKind::Fetch(r) => return self.fetch(now, reply_to, r),
             RequestKind::ListOffsets(r) => return self.list_offsets(reply_to, r),
-            other => {
+            _ => {
                 // decode_request admits only supported APIs; anything else is a bug here.
                 warn!(api = ?reply_to.api_key, "no handler; closing");
-                drop(other);
                 self.close(reply_to.conn);
                 return;
             }
@@ -503,7 +502,8 @@ impl Broker {
 }
 
 /// Encodes a response frame: size, header, body.
-fn encode_response(reply_to: ReplyTo, response: &ResponseKind) -> anyhow_free::Result<Bytes> {
+/// Codec errors come back as text: core keeps `anyhow` out of its API.
+fn encode_response(reply_to: ReplyTo, response: &ResponseKind) -> Result<Bytes, String> {
     let mut buf = BytesMut::with_capacity(64);
     buf.put_i32(0); // size, patched below
     let header = ResponseHeader::default().with_correlation_id(reply_to.correlation_id);
@@ -517,9 +517,4 @@ fn encode_response(reply_to: ReplyTo, response: &ResponseKind) -> anyhow_free::R
     let size = (buf.len() - 4) as i32;
     buf[..4].copy_from_slice(&size.to_be_bytes());
     Ok(buf.freeze())
-}
-
-/// Errors from the codec, as text: core keeps no `anyhow` in its API.
-mod anyhow_free {
-    pub type Result<T> = std::result::Result<T, String>;
 }
