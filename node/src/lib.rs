@@ -1,6 +1,7 @@
 //! seedlog-node: the `seedlog` broker process around the sans-IO core: configuration, the
 //! tokio driver and Kafka listener, and disk storage.
 
+pub mod client;
 pub mod config;
 pub mod server;
 pub mod storage;

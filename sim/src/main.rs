@@ -13,8 +13,6 @@ mod scenario;
 #[cfg(madsim)]
 mod cli;
 #[cfg(madsim)]
-mod client;
-#[cfg(madsim)]
 mod cluster;
 #[cfg(madsim)]
 mod faults;

@@ -36,9 +36,9 @@ use kafka_protocol::ResponseError;
 use seedlog_core::wire::record_batch;
 use tokio::time::Instant;
 
-use crate::client::{CallError, Client};
 use crate::history::{History, Partition};
 use crate::scenario::{Dice, Plan};
+use seedlog_node::client::{CallError, Client};
 
 /// What every client task shares.
 #[derive(Clone)]

@@ -1,5 +1,6 @@
-//! A minimal Kafka client over (simulated) TCP, for the workloads: one request at a time,
-//! every call bounded by a timeout (a clogged link holds data forever otherwise).
+//! A minimal Kafka client for seedlog's own tools (`seedlog bench`, the simulator's
+//! workloads): one request at a time per connection, every call bounded by a timeout (a
+//! clogged link holds data forever otherwise). Under the simulator its TCP is simulated.
 
 use std::net::SocketAddr;
 use std::time::Duration;
