@@ -1,6 +1,8 @@
 //! seedlog-node: the `seedlog` broker process around the sans-IO core: configuration, the
 //! tokio driver and Kafka listener, and disk storage.
 
+#[cfg(not(madsim))]
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod server;

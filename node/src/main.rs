@@ -23,6 +23,9 @@ struct Cli {
 enum Command {
     /// Run a broker (the default).
     Run(RunArgs),
+    /// Measure a Kafka-compatible broker with a load generator.
+    #[command(subcommand)]
+    Bench(seedlog_node::bench::BenchCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +38,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Run(args)) => args,
+        Some(Command::Bench(command)) => return exit(bench(command)),
         None => cli.run,
     };
     let result = args.resolve().and_then(|config| {
@@ -46,6 +50,17 @@ fn main() -> std::process::ExitCode {
             seedlog_node::shutdown_signal(),
         ))
     });
+    exit(result)
+}
+
+fn bench(command: seedlog_node::bench::BenchCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(seedlog_node::bench::run(command))
+}
+
+fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -1,0 +1,517 @@
+//! `seedlog bench`: a Kafka load generator that works against any Kafka-compatible broker.
+//!
+//! Every figure comes from a real run over TCP: records/s and MB/s from the wall clock, and
+//! latency percentiles from an HDR histogram (produce: request round trip; e2e: from the
+//! producer stamping a record to a consumer reading it).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::{BufMut, Bytes, BytesMut};
+use clap::{Args, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+use kafka_protocol::messages::produce_request::{
+    PartitionProduceData, ProduceRequest, TopicProduceData,
+};
+use kafka_protocol::messages::{ApiKey, BrokerId, RequestKind, ResponseKind, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use seedlog_core::batch::BatchView;
+use seedlog_core::wire::record_batch;
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use crate::client::Client;
+
+/// `seedlog bench` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Produce records as fast as the broker takes them.
+    Produce(ProduceArgs),
+    /// Read a topic from the start as fast as the broker serves it.
+    Consume(ConsumeArgs),
+    /// Produce at a fixed rate while consuming; report produce-to-consume latency.
+    E2e(E2eArgs),
+}
+
+/// Where and what to benchmark.
+#[derive(Args, Debug, Clone)]
+pub struct Target {
+    /// Broker address.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub bootstrap: SocketAddr,
+    /// Topic (created if missing).
+    #[arg(long, default_value = "seedlog-bench")]
+    pub topic: String,
+    /// Partitions of the topic, written round-robin.
+    #[arg(long, default_value_t = 1)]
+    pub partitions: i32,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// acks as Kafka spells them.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Acks {
+    /// No response.
+    #[value(name = "0")]
+    None,
+    /// Leader append.
+    #[value(name = "1")]
+    Leader,
+    /// Committed (fsynced on this broker).
+    #[value(name = "all")]
+    All,
+}
+
+impl Acks {
+    fn code(self) -> i16 {
+        match self {
+            Acks::None => 0,
+            Acks::Leader => 1,
+            Acks::All => -1,
+        }
+    }
+}
+
+/// `seedlog bench produce`.
+#[derive(Args, Debug, Clone)]
+pub struct ProduceArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Records to produce.
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    /// Bytes per record value.
+    #[arg(long, default_value_t = 100)]
+    record_size: usize,
+    /// Records per batch (one batch per request).
+    #[arg(long, default_value_t = 200)]
+    batch_records: usize,
+    /// acks: 1 or all (0 is not measurable by round trip).
+    #[arg(long, value_enum, default_value = "1")]
+    acks: Acks,
+    /// Connections producing at once, each with one request in flight.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+}
+
+/// `seedlog bench consume`.
+#[derive(Args, Debug, Clone)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Records to read (stops early at the end of the log).
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    /// Bytes per fetch response.
+    #[arg(long, default_value_t = 4 << 20)]
+    fetch_bytes: i32,
+}
+
+/// `seedlog bench e2e`.
+#[derive(Args, Debug, Clone)]
+pub struct E2eArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Records per second to offer.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Bytes per record value (at least 8: the send time is stamped in).
+    #[arg(long, default_value_t = 100)]
+    record_size: usize,
+    /// acks: 1 or all.
+    #[arg(long, value_enum, default_value = "1")]
+    acks: Acks,
+}
+
+/// What a run measured.
+#[derive(Serialize, Debug)]
+pub struct BenchReport {
+    /// produce, consume or e2e.
+    pub mode: &'static str,
+    /// Records moved.
+    pub records: u64,
+    /// Wall seconds.
+    pub seconds: f64,
+    /// Records per second.
+    pub records_per_sec: f64,
+    /// Megabytes (10^6) of record values per second.
+    pub mb_per_sec: f64,
+    /// Latency percentiles in milliseconds: p50, p99, p99.9, max.
+    pub latency_ms: Option<[f64; 4]>,
+    /// What the latency measures.
+    pub latency_of: &'static str,
+    /// Requests that failed.
+    pub errors: u64,
+}
+
+impl BenchReport {
+    fn print(&self, json: bool) {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string(self).expect("a report serializes")
+            );
+            return;
+        }
+        println!(
+            "{}: {} records in {:.2} s = {:.0} records/s, {:.1} MB/s, {} errors",
+            self.mode,
+            self.records,
+            self.seconds,
+            self.records_per_sec,
+            self.mb_per_sec,
+            self.errors
+        );
+        if let Some([p50, p99, p999, max]) = self.latency_ms {
+            println!(
+                "latency ({}): p50 {p50:.3} ms, p99 {p99:.3} ms, p99.9 {p999:.3} ms, max {max:.3} ms",
+                self.latency_of
+            );
+        }
+    }
+}
+
+/// Runs a bench subcommand and prints its report.
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    let (report, json) = match command {
+        BenchCommand::Produce(a) => (produce(&a).await?, a.target.json),
+        BenchCommand::Consume(a) => (consume(&a).await?, a.target.json),
+        BenchCommand::E2e(a) => (e2e(&a).await?, a.target.json),
+    };
+    report.print(json);
+    Ok(())
+}
+
+fn topic_name(topic: &str) -> TopicName {
+    TopicName(StrBytes::from_string(topic.to_string()))
+}
+
+fn client(target: &Target) -> Client {
+    Client::new(target.bootstrap, Duration::from_secs(30))
+}
+
+async fn ensure_topic(target: &Target) -> anyhow::Result<()> {
+    let request = CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+        .with_name(topic_name(&target.topic))
+        .with_num_partitions(target.partitions)
+        .with_replication_factor(-1)]);
+    let response = client(target)
+        .call(ApiKey::CreateTopics, 5, RequestKind::CreateTopics(request))
+        .await
+        .map_err(|e| anyhow::anyhow!("CreateTopics: {e:?}"))?;
+    let ResponseKind::CreateTopics(r) = response else {
+        bail!("unexpected CreateTopics answer")
+    };
+    let code = r.topics.first().map_or(-1, |t| t.error_code);
+    if code != 0 && code != ResponseError::TopicAlreadyExists.code() {
+        bail!("creating topic {}: error {code}", target.topic);
+    }
+    Ok(())
+}
+
+fn produce_request(topic: &str, partition: i32, acks: Acks, batch: Bytes) -> RequestKind {
+    RequestKind::Produce(
+        ProduceRequest::default()
+            .with_acks(acks.code())
+            .with_timeout_ms(30_000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(topic_name(topic))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(partition)
+                    .with_records(Some(batch))])]),
+    )
+}
+
+fn percentiles(h: &Histogram<u64>) -> [f64; 4] {
+    let ms = |us: u64| us as f64 / 1000.0;
+    [
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.value_at_quantile(0.999)),
+        ms(h.max()),
+    ]
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+async fn produce(args: &ProduceArgs) -> anyhow::Result<BenchReport> {
+    if matches!(args.acks, Acks::None) {
+        bail!("acks=0 has no round trip to time; use 1 or all");
+    }
+    ensure_topic(&args.target).await?;
+    let value = vec![b'x'; args.record_size];
+    let batch =
+        record_batch((0..args.batch_records).map(|_| (None, &value[..], crate::server::now_ms())));
+    let requests = args.records.div_ceil(args.batch_records as u64);
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(histogram()));
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let (next, latencies, errors, batch) = (
+            next.clone(),
+            latencies.clone(),
+            errors.clone(),
+            batch.clone(),
+        );
+        let (target, acks) = (args.target.clone(), args.acks);
+        tasks.push(tokio::spawn(async move {
+            let mut client = client(&target);
+            let mut local = histogram();
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= requests {
+                    break;
+                }
+                let partition = (n % target.partitions as u64) as i32;
+                let sent = Instant::now();
+                let ok = match client
+                    .call(
+                        ApiKey::Produce,
+                        9,
+                        produce_request(&target.topic, partition, acks, batch.clone()),
+                    )
+                    .await
+                {
+                    Ok(ResponseKind::Produce(r)) => {
+                        r.responses[0].partition_responses[0].error_code == 0
+                    }
+                    _ => false,
+                };
+                if !ok {
+                    errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                let _ = local.record(sent.elapsed().as_micros() as u64);
+            }
+            latencies.lock().await.add(&local).expect("same bounds");
+        }));
+    }
+    for task in tasks {
+        task.await.context("a producer task failed")?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let records = requests * args.batch_records as u64;
+    let latency = percentiles(&*latencies.lock().await);
+    Ok(BenchReport {
+        mode: "produce",
+        records,
+        seconds,
+        records_per_sec: records as f64 / seconds,
+        mb_per_sec: (records * args.record_size as u64) as f64 / seconds / 1e6,
+        latency_ms: Some(latency),
+        latency_of: "produce request round trip",
+        errors: errors.load(std::sync::atomic::Ordering::Relaxed),
+    })
+}
+
+fn fetch_request(topic: &str, positions: &[i64], max_bytes: i32, max_wait_ms: i32) -> RequestKind {
+    let partitions = positions
+        .iter()
+        .enumerate()
+        .map(|(p, offset)| {
+            FetchPartition::default()
+                .with_partition(p as i32)
+                .with_fetch_offset(*offset)
+                .with_partition_max_bytes(max_bytes)
+        })
+        .collect();
+    RequestKind::Fetch(
+        FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(max_wait_ms)
+            .with_min_bytes(1)
+            .with_max_bytes(max_bytes)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(topic_name(topic))
+                .with_partitions(partitions)]),
+    )
+}
+
+/// Walks fetched batches by their headers; calls `each` with every whole batch at or after
+/// the position, and moves the position past it.
+fn walk_batches(bytes: &[u8], position: &mut i64, mut each: impl FnMut(&BatchView<'_>)) {
+    for batch in seedlog_core::batch::complete_batches(bytes) {
+        if batch.last_offset() >= *position {
+            each(&batch);
+            *position = batch.next_offset();
+        }
+    }
+}
+
+async fn consume(args: &ConsumeArgs) -> anyhow::Result<BenchReport> {
+    let mut client = client(&args.target);
+    let mut positions = vec![0i64; args.target.partitions as usize];
+    let (mut records, mut bytes, mut errors) = (0u64, 0u64, 0u64);
+    let started = Instant::now();
+    while records < args.records {
+        let request = fetch_request(&args.target.topic, &positions, args.fetch_bytes, 500);
+        let Ok(ResponseKind::Fetch(r)) = client.call(ApiKey::Fetch, 12, request).await else {
+            errors += 1;
+            continue;
+        };
+        let mut progressed = false;
+        for p in r.responses.iter().flat_map(|t| &t.partitions) {
+            let Some(position) = positions.get_mut(p.partition_index as usize) else {
+                continue;
+            };
+            if p.error_code != 0 {
+                errors += 1;
+                continue;
+            }
+            let data = p.records.clone().unwrap_or_default();
+            walk_batches(&data, position, |batch| {
+                records += batch.record_count() as u64;
+                bytes += batch.bytes().len() as u64;
+                progressed = true;
+            });
+        }
+        if !progressed {
+            break; // the end of the log
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(BenchReport {
+        mode: "consume",
+        records,
+        seconds,
+        records_per_sec: records as f64 / seconds,
+        mb_per_sec: bytes as f64 / seconds / 1e6,
+        latency_ms: None,
+        latency_of: "none",
+        errors,
+    })
+}
+
+async fn e2e(args: &E2eArgs) -> anyhow::Result<BenchReport> {
+    if args.record_size < 8 {
+        bail!("--record-size must be at least 8: each record carries its send time");
+    }
+    ensure_topic(&args.target).await?;
+    // Start the consumer at the current end of every partition.
+    let mut positions = Vec::new();
+    for partition in 0..args.target.partitions {
+        positions.push(latest_offset(&args.target, partition).await?);
+    }
+    let epoch = Instant::now();
+    let deadline = Duration::from_secs(args.seconds);
+    let total = args.rate * args.seconds;
+    let consumer_target = args.target.clone();
+    let consumer = tokio::spawn(async move {
+        let mut client = client(&consumer_target);
+        let mut h = histogram();
+        let mut seen = 0u64;
+        while seen < total && epoch.elapsed() < deadline + Duration::from_secs(10) {
+            let request = fetch_request(&consumer_target.topic, &positions, 1 << 20, 100);
+            let Ok(ResponseKind::Fetch(r)) = client.call(ApiKey::Fetch, 12, request).await else {
+                continue;
+            };
+            let now = epoch.elapsed().as_micros() as u64;
+            for p in r.responses.iter().flat_map(|t| &t.partitions) {
+                let Some(position) = positions.get_mut(p.partition_index as usize) else {
+                    continue;
+                };
+                let data = p.records.clone().unwrap_or_default();
+                let mut decode = data.clone();
+                let Ok(sets) = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut decode)
+                else {
+                    continue;
+                };
+                let from = *position;
+                for record in sets
+                    .iter()
+                    .flat_map(|s| &s.records)
+                    .filter(|r| r.offset >= from)
+                {
+                    let sent = record
+                        .value
+                        .as_ref()
+                        .and_then(|v| v.get(..8))
+                        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
+                    if let Some(sent) = sent {
+                        let _ = h.record(now.saturating_sub(sent).max(1));
+                    }
+                    *position = record.offset + 1;
+                    seen += 1;
+                }
+            }
+        }
+        (h, seen)
+    });
+    // One batch per millisecond tick keeps the offered load smooth at any rate.
+    let mut producer = client(&args.target);
+    let mut sent = 0u64;
+    let mut errors = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    while sent < total {
+        tick.tick().await;
+        let due = (args.rate as u128 * epoch.elapsed().as_micros() / 1_000_000) as u64;
+        let count = due.min(total).saturating_sub(sent);
+        if count == 0 {
+            continue;
+        }
+        let stamp = epoch.elapsed().as_micros() as u64;
+        let mut value = BytesMut::with_capacity(args.record_size);
+        value.put_u64(stamp);
+        value.resize(args.record_size, b'x');
+        let batch = record_batch((0..count).map(|_| (None, &value[..], crate::server::now_ms())));
+        let partition = (sent % args.target.partitions as u64) as i32;
+        match producer
+            .call(
+                ApiKey::Produce,
+                9,
+                produce_request(&args.target.topic, partition, args.acks, batch),
+            )
+            .await
+        {
+            Ok(ResponseKind::Produce(r))
+                if r.responses[0].partition_responses[0].error_code == 0 => {}
+            _ => errors += 1,
+        }
+        sent += count;
+    }
+    let seconds = epoch.elapsed().as_secs_f64();
+    let (latencies, seen) = consumer.await.context("the consumer task failed")?;
+    Ok(BenchReport {
+        mode: "e2e",
+        records: seen,
+        seconds,
+        records_per_sec: seen as f64 / seconds,
+        mb_per_sec: (seen * args.record_size as u64) as f64 / seconds / 1e6,
+        latency_ms: Some(percentiles(&latencies)),
+        latency_of: "produce to consume",
+        errors: errors + total.saturating_sub(seen),
+    })
+}
+
+async fn latest_offset(target: &Target, partition: i32) -> anyhow::Result<i64> {
+    use kafka_protocol::messages::list_offsets_request::{
+        ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
+    };
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(topic_name(&target.topic))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(partition)
+                .with_timestamp(-1)])]);
+    match client(target)
+        .call(ApiKey::ListOffsets, 6, RequestKind::ListOffsets(request))
+        .await
+    {
+        Ok(ResponseKind::ListOffsets(r)) => Ok(r.topics[0].partitions[0].offset),
+        other => bail!("ListOffsets failed: {other:?}"),
+    }
+}
