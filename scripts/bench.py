@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""The reproducible benchmark: runs every figure BENCHMARKS.md reports, on this machine.
+
+    cargo build --release -p seedlog-node && python3 scripts/bench.py [--quick] [--out FILE]
+
+It starts its own brokers on loopback (fresh data dirs under a temp dir), drives them with
+`seedlog bench` and with librdkafka (confluent-kafka), and reads broker RSS and CPU time from
+/proc. It prints a Markdown report (and writes it to --out). Figures are from single runs on
+a shared machine: compare them as orders of magnitude and ratios, not to the last digit.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def binary():
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    path = Path(os.environ.get("SEEDLOG_BIN", target / "release" / "seedlog"))
+    if not path.exists():
+        sys.exit(f"no {path}: run `cargo build --release -p seedlog-node` first")
+    return str(path)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    def __init__(self, workdir, *flags):
+        self.port = free_port()
+        self.dir = Path(workdir) / f"broker-{self.port}"
+        self.proc = subprocess.Popen(
+            [binary(), "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.dir), *flags],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("broker did not start")
+
+    @property
+    def bootstrap(self):
+        return f"127.0.0.1:{self.port}"
+
+    def cpu_seconds(self):
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+    def rss_mb(self):
+        pages = int(Path(f"/proc/{self.proc.pid}/statm").read_text().split()[1])
+        return pages * PAGE / 1e6
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def bench(broker, *args):
+    out = subprocess.run([binary(), "bench", *args, "--bootstrap", broker.bootstrap, "--json"],
+                         capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr)
+    return json.loads(out.stdout)
+
+
+def disk_rates(workdir):
+    """Raw disk: 4 KiB writes each followed by fdatasync, and buffered sequential writes."""
+    path = Path(workdir) / "disk-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    block = b"x" * 4096
+    start = time.perf_counter()
+    n = 0
+    while time.perf_counter() - start < 2:
+        os.write(fd, block)
+        os.fdatasync(fd)
+        n += 1
+    syncs = n / (time.perf_counter() - start)
+    chunk = b"y" * (1 << 20)
+    start = time.perf_counter()
+    for _ in range(256):
+        os.write(fd, chunk)
+    os.fsync(fd)
+    write_mb = 256 * (1 << 20) / 1e6 / (time.perf_counter() - start)
+    os.close(fd)
+    path.unlink()
+    return syncs, write_mb
+
+
+def librdkafka_produce(broker, records, size, acks):
+    """confluent-kafka as the load generator: records/s as librdkafka sees them."""
+    from confluent_kafka import Producer
+    p = Producer({"bootstrap.servers": broker.bootstrap, "acks": acks, "linger.ms": 5,
+                  "batch.num.messages": 10000, "queue.buffering.max.messages": 1000000,
+                  "compression.type": "none"})
+    value = b"x" * size
+    start = time.perf_counter()
+    for _ in range(records):
+        while True:
+            try:
+                p.produce("rdkafka", value)
+                break
+            except BufferError:
+                p.poll(0.001)
+    p.flush(120)
+    return records / (time.perf_counter() - start)
+
+
+def row(name, r):
+    lat = r.get("latency_ms")
+    lat_text = " / ".join(f"{x:.2f}" for x in lat) if lat else "-"
+    return f"| {name} | {r['records_per_sec']:,.0f} | {r['mb_per_sec']:.1f} | {lat_text} |"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer records, for a smoke run")
+    ap.add_argument("--out", help="also write the report here")
+    args = ap.parse_args()
+    n = 200_000 if args.quick else 2_000_000
+    workdir = tempfile.mkdtemp(prefix="seedlog-bench-")
+    lines = []
+    say = lines.append
+    try:
+        say(f"Machine: {platform.machine()}, {os.cpu_count()} cores, "
+            f"{os.sysconf('SC_PHYS_PAGES') * PAGE / 2**30:.0f} GiB, {platform.system()} {platform.release()}")
+        syncs, write_mb = disk_rates(workdir)
+        say(f"Disk: {syncs:,.0f} fdatasync/s of 4 KiB writes; {write_mb:,.0f} MB/s buffered sequential write")
+        say("")
+        say("| run | records/s | MB/s | latency ms p50 / p99 / p99.9 / max |")
+        say("|---|---|---|---|")
+
+        ceiling = Broker(workdir, "--storage", "memory", "--flush", "never")
+        peak = bench(ceiling, "produce", "--records", str(n), "--acks", "1", "--topic", "c")
+        say(row("ceiling: memory, no fsync, 1 partition, 100 B, acks=1", peak))
+        ceiling.stop()
+
+        results = {}
+        for partitions in (1, 6):
+            for size in (100, 1000):
+                for acks in ("1", "all"):
+                    b = Broker(workdir)
+                    records = n if size == 100 else n // 5
+                    r = bench(b, "produce", "--records", str(records), "--record-size", str(size),
+                              "--acks", acks, "--partitions", str(partitions), "--topic", "t")
+                    results[(partitions, size, acks)] = r
+                    say(row(f"disk: {partitions} partition(s), {size} B, acks={acks}", r))
+                    if (partitions, size, acks) == (1, 100, "1"):
+                        c = bench(b, "consume", "--records", str(records), "--topic", "t")
+                        say(row("consume from disk: 1 partition, 100 B", c))
+                    b.stop()
+
+        b = Broker(workdir)
+        idle_rss = b.rss_mb()
+        cpu0 = b.cpu_seconds()
+        r = bench(b, "produce", "--records", str(n), "--acks", "all", "--topic", "cost")
+        produce_cpu = b.cpu_seconds() - cpu0
+        load_rss = b.rss_mb()
+        cpu0 = b.cpu_seconds()
+        bench(b, "consume", "--records", str(n), "--topic", "cost")
+        consume_cpu = b.cpu_seconds() - cpu0
+        half = int(results[(1, 100, "1")]["records_per_sec"] / 2)
+        e2e = bench(b, "e2e", "--rate", str(half), "--seconds", "5" if args.quick else "10", "--topic", "e2e")
+        say(row(f"end to end at half of peak ({half:,} records/s offered), acks=1", e2e))
+        rd = librdkafka_produce(b, n // 4, 100, "1")
+        say(f"| librdkafka (confluent-kafka) produce, 100 B, acks=1 | {rd:,.0f} | {rd * 100 / 1e6:.1f} | - |")
+        b.stop()
+        say("")
+        say(f"Broker RSS: {idle_rss:.1f} MB idle, {load_rss:.1f} MB after {n:,} records produced.")
+        say(f"Broker CPU: {produce_cpu / n * 1e6:.2f} s per million 100 B records produced with acks=all; "
+            f"{consume_cpu / n * 1e6:.2f} s per million consumed.")
+        single = results[(1, 100, "1")]["records_per_sec"]
+        say(f"Single node acks=1 is {single / peak['records_per_sec']:.0%} of the in-memory ceiling.")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    report = "\n".join(lines)
+    print(report)
+    if args.out:
+        Path(args.out).write_text(report + "\n")
+
+
+if __name__ == "__main__":
+    main()
