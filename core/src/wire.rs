@@ -81,3 +81,69 @@ pub fn record_batch<'a>(
     RecordBatchEncoder::encode(&mut buf, &records, &options).expect("encoding an in-memory batch");
     buf.freeze()
 }
+
+/// A topic name as the protocol types want it.
+pub fn topic_name(topic: &str) -> kafka_protocol::messages::TopicName {
+    kafka_protocol::messages::TopicName(StrBytes::from_string(topic.to_string()))
+}
+
+/// A Produce request carrying one batch for one partition.
+pub fn produce_request(
+    topic: &str,
+    partition: i32,
+    acks: i16,
+    timeout_ms: i32,
+    records: Bytes,
+) -> RequestKind {
+    use kafka_protocol::messages::produce_request::{
+        PartitionProduceData, ProduceRequest, TopicProduceData,
+    };
+    let data = PartitionProduceData::default()
+        .with_index(partition)
+        .with_records(Some(records));
+    let topic = TopicProduceData::default()
+        .with_name(topic_name(topic))
+        .with_partition_data(vec![data]);
+    RequestKind::Produce(
+        ProduceRequest::default()
+            .with_acks(acks)
+            .with_timeout_ms(timeout_ms)
+            .with_topic_data(vec![topic]),
+    )
+}
+
+/// A consumer's Fetch request for `(topic, partition, offset)` positions, each allowed
+/// `partition_max_bytes`, the whole response `max_bytes`.
+pub fn fetch_request<'a>(
+    positions: impl IntoIterator<Item = (&'a str, i32, i64)>,
+    max_wait_ms: i32,
+    max_bytes: i32,
+    partition_max_bytes: i32,
+) -> RequestKind {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+    let mut topics: std::collections::BTreeMap<&str, Vec<FetchPartition>> = Default::default();
+    for (topic, partition, offset) in positions {
+        topics.entry(topic).or_default().push(
+            FetchPartition::default()
+                .with_partition(partition)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(partition_max_bytes),
+        );
+    }
+    let topics = topics
+        .into_iter()
+        .map(|(topic, partitions)| {
+            FetchTopic::default()
+                .with_topic(topic_name(topic))
+                .with_partitions(partitions)
+        })
+        .collect();
+    RequestKind::Fetch(
+        FetchRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_max_wait_ms(max_wait_ms)
+            .with_min_bytes(1)
+            .with_max_bytes(max_bytes)
+            .with_topics(topics),
+    )
+}

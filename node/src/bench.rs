@@ -9,19 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use clap::{Args, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
-use kafka_protocol::messages::produce_request::{
-    PartitionProduceData, ProduceRequest, TopicProduceData,
-};
 use kafka_protocol::messages::{ApiKey, BrokerId, RequestKind, ResponseKind, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use seedlog_core::batch::BatchView;
-use seedlog_core::wire::record_batch;
+use seedlog_core::wire::{fetch_request, produce_request, record_batch};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
@@ -219,19 +215,6 @@ async fn ensure_topic(target: &Target) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn produce_request(topic: &str, partition: i32, acks: Acks, batch: Bytes) -> RequestKind {
-    RequestKind::Produce(
-        ProduceRequest::default()
-            .with_acks(acks.code())
-            .with_timeout_ms(30_000)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(topic_name(topic))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(partition)
-                    .with_records(Some(batch))])]),
-    )
-}
-
 fn percentiles(h: &Histogram<u64>) -> [f64; 4] {
     let ms = |us: u64| us as f64 / 1000.0;
     [
@@ -282,7 +265,13 @@ async fn produce(args: &ProduceArgs) -> anyhow::Result<BenchReport> {
                     .call(
                         ApiKey::Produce,
                         9,
-                        produce_request(&target.topic, partition, acks, batch.clone()),
+                        produce_request(
+                            &target.topic,
+                            partition,
+                            acks.code(),
+                            30_000,
+                            batch.clone(),
+                        ),
                     )
                     .await
                 {
@@ -317,27 +306,13 @@ async fn produce(args: &ProduceArgs) -> anyhow::Result<BenchReport> {
     })
 }
 
-fn fetch_request(topic: &str, positions: &[i64], max_bytes: i32, max_wait_ms: i32) -> RequestKind {
-    let partitions = positions
+/// A Fetch of every partition of `topic` from `positions` (indexed by partition).
+fn fetch(topic: &str, positions: &[i64], max_bytes: i32, max_wait_ms: i32) -> RequestKind {
+    let positions = positions
         .iter()
         .enumerate()
-        .map(|(p, offset)| {
-            FetchPartition::default()
-                .with_partition(p as i32)
-                .with_fetch_offset(*offset)
-                .with_partition_max_bytes(max_bytes)
-        })
-        .collect();
-    RequestKind::Fetch(
-        FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(max_wait_ms)
-            .with_min_bytes(1)
-            .with_max_bytes(max_bytes)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(topic_name(topic))
-                .with_partitions(partitions)]),
-    )
+        .map(|(p, offset)| (topic, p as i32, *offset));
+    fetch_request(positions, max_wait_ms, max_bytes, max_bytes)
 }
 
 /// Walks fetched batches by their headers; calls `each` with every whole batch at or after
@@ -357,7 +332,7 @@ async fn consume(args: &ConsumeArgs) -> anyhow::Result<BenchReport> {
     let (mut records, mut bytes, mut errors) = (0u64, 0u64, 0u64);
     let started = Instant::now();
     while records < args.records {
-        let request = fetch_request(&args.target.topic, &positions, args.fetch_bytes, 500);
+        let request = fetch(&args.target.topic, &positions, args.fetch_bytes, 500);
         let Ok(ResponseKind::Fetch(r)) = client.call(ApiKey::Fetch, 12, request).await else {
             errors += 1;
             continue;
@@ -414,7 +389,7 @@ async fn e2e(args: &E2eArgs) -> anyhow::Result<BenchReport> {
         let mut h = histogram();
         let mut seen = 0u64;
         while seen < total && epoch.elapsed() < deadline + Duration::from_secs(10) {
-            let request = fetch_request(&consumer_target.topic, &positions, 1 << 20, 100);
+            let request = fetch(&consumer_target.topic, &positions, 1 << 20, 100);
             let Ok(ResponseKind::Fetch(r)) = client.call(ApiKey::Fetch, 12, request).await else {
                 continue;
             };
@@ -472,7 +447,13 @@ async fn e2e(args: &E2eArgs) -> anyhow::Result<BenchReport> {
             .call(
                 ApiKey::Produce,
                 9,
-                produce_request(&args.target.topic, partition, args.acks, batch),
+                produce_request(
+                    &args.target.topic,
+                    partition,
+                    args.acks.code(),
+                    30_000,
+                    batch,
+                ),
             )
             .await
         {

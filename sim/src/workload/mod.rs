@@ -22,12 +22,8 @@ use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::{
     CreatableTopic, CreatableTopicConfig, CreateTopicsRequest,
 };
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{
     ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
-};
-use kafka_protocol::messages::produce_request::{
-    PartitionProduceData, ProduceRequest, TopicProduceData,
 };
 use kafka_protocol::messages::{ApiKey, BrokerId, RequestKind, ResponseKind, TopicName};
 use kafka_protocol::protocol::StrBytes;
@@ -131,44 +127,14 @@ pub async fn create_topics(ctx: &Ctx) {
 }
 
 fn produce_request(partition: &Partition, acks: i16, records: Bytes) -> RequestKind {
-    RequestKind::Produce(
-        ProduceRequest::default()
-            .with_acks(acks)
-            .with_timeout_ms(5000)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(name(&partition.0))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(partition.1)
-                    .with_records(Some(records))])]),
-    )
+    seedlog_core::wire::produce_request(&partition.0, partition.1, acks, 5000, records)
 }
 
 fn fetch_request(positions: &BTreeMap<Partition, i64>, max_wait_ms: i32) -> RequestKind {
-    let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
-    for ((topic, partition), offset) in positions {
-        topics.entry(topic).or_default().push(
-            FetchPartition::default()
-                .with_partition(*partition)
-                .with_fetch_offset(*offset)
-                .with_partition_max_bytes(64 << 10),
-        );
-    }
-    let topics = topics
-        .into_iter()
-        .map(|(topic, partitions)| {
-            FetchTopic::default()
-                .with_topic(name(topic))
-                .with_partitions(partitions)
-        })
-        .collect();
-    RequestKind::Fetch(
-        FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(max_wait_ms)
-            .with_min_bytes(1)
-            .with_max_bytes(1 << 20)
-            .with_topics(topics),
-    )
+    let positions = positions
+        .iter()
+        .map(|((topic, partition), offset)| (topic.as_str(), *partition, *offset));
+    seedlog_core::wire::fetch_request(positions, max_wait_ms, 1 << 20, 64 << 10)
 }
 
 /// What one partition of a fetch response said.
