@@ -175,15 +175,8 @@ impl Harness {
         partition: i32,
         records: Bytes,
     ) {
-        let request = ProduceRequest::default()
-            .with_acks(acks)
-            .with_timeout_ms(5000)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(topic_name(topic))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(partition)
-                    .with_records(Some(records))])]);
-        self.send(conn, ApiKey::Produce, 9, RequestKind::Produce(request));
+        let request = seedlog_core::wire::produce_request(topic, partition, acks, 5000, records);
+        self.send(conn, ApiKey::Produce, 9, request);
     }
 
     /// Produces and returns (error code, base offset).
@@ -205,17 +198,10 @@ impl Harness {
         max_wait_ms: i32,
         max_bytes: i32,
     ) {
-        let request = FetchRequest::default()
-            .with_max_wait_ms(max_wait_ms)
-            .with_min_bytes(1)
-            .with_max_bytes(max_bytes)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(topic_name(topic))
-                .with_partitions(vec![FetchPartition::default()
-                    .with_partition(partition)
-                    .with_fetch_offset(offset)
-                    .with_partition_max_bytes(max_bytes)])]);
-        self.send(conn, ApiKey::Fetch, 12, RequestKind::Fetch(request));
+        let positions = [(topic, partition, offset)];
+        let request =
+            seedlog_core::wire::fetch_request(positions, max_wait_ms, max_bytes, max_bytes);
+        self.send(conn, ApiKey::Fetch, 12, request);
     }
 
     /// Fetches without waiting; returns (error, high watermark, record offsets seen).

@@ -29,11 +29,14 @@ pub enum FlushMode {
     Never,
 }
 
-/// Settings for `seedlog run`. Every flag can also come from `SEEDLOG_<NAME>` or the file.
-#[derive(Args, Debug, Default, Clone)]
+/// Settings for `seedlog run`. Every flag can also come from `SEEDLOG_<NAME>` or, under the
+/// same name with underscores, from the TOML file.
+#[derive(Args, Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
 pub struct RunArgs {
     /// TOML file with any of the settings below (flags and env override it).
     #[arg(long, env = "SEEDLOG_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Address the Kafka listener binds [default: 127.0.0.1:9092].
     #[arg(long, env = "SEEDLOG_LISTEN")]
@@ -86,27 +89,6 @@ pub struct RunArgs {
     pub flush: Option<FlushMode>,
 }
 
-/// The same settings as read from a TOML file.
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<SocketAddr>,
-    advertised: Option<String>,
-    data_dir: Option<PathBuf>,
-    broker_id: Option<i32>,
-    num_partitions: Option<i32>,
-    auto_create_topics: Option<bool>,
-    log_retention_ms: Option<i64>,
-    log_retention_bytes: Option<i64>,
-    log_segment_bytes: Option<u64>,
-    log_segment_ms: Option<i64>,
-    message_max_bytes: Option<usize>,
-    retention_check_interval_ms: Option<i64>,
-    socket_request_max_bytes: Option<usize>,
-    storage: Option<StorageKind>,
-    flush: Option<FlushMode>,
-}
-
 /// Everything a node needs to start.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -129,7 +111,7 @@ impl RunArgs {
     pub fn resolve(self) -> anyhow::Result<NodeConfig> {
         let file = match &self.config {
             Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+            None => RunArgs::default(),
         };
         macro_rules! pick {
             ($field:ident, $default:expr) => {
@@ -186,7 +168,7 @@ impl RunArgs {
     }
 }
 
-fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+fn read_file(path: &Path) -> anyhow::Result<RunArgs> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))

@@ -87,7 +87,7 @@ fn str_bytes(s: &str) -> StrBytes {
 }
 
 impl Broker {
-    pub(super) fn metadata(&mut self, now: i64, request: MetadataRequest) -> ResponseKind {
+    pub(super) fn metadata(&mut self, request: MetadataRequest) -> ResponseKind {
         let me = BrokerId(self.config.broker_id);
         let broker = MetadataResponseBroker::default()
             .with_node_id(me)
@@ -129,7 +129,7 @@ impl Broker {
                 let partitions = self.config.default_partitions;
                 let config = self.config.topic_defaults.clone();
                 info!(topic = %name, partitions, "auto-creating topic");
-                self.create_topic(now, &name, partitions, BTreeMap::new(), config);
+                self.create_topic(&name, partitions, BTreeMap::new(), config);
             }
             let topic = match self.topics.get(name.as_str()) {
                 Some(topic) => self.metadata_topic(topic),
@@ -170,7 +170,6 @@ impl Broker {
     /// Creates a topic that does not exist yet and records it durably.
     fn create_topic(
         &mut self,
-        _now: i64,
         name: &str,
         partitions: i32,
         overrides: BTreeMap<String, String>,
@@ -200,7 +199,6 @@ impl Broker {
 
     pub(super) fn create_topics(
         &mut self,
-        now: i64,
         version: i16,
         request: CreateTopicsRequest,
     ) -> ResponseKind {
@@ -236,13 +234,8 @@ impl Broker {
                     });
                     if !request.validate_only {
                         info!(topic = %creatable.name.0, partitions, "creating topic");
-                        let id = self.create_topic(
-                            now,
-                            &creatable.name.0,
-                            partitions,
-                            overrides,
-                            config,
-                        );
+                        let id =
+                            self.create_topic(&creatable.name.0, partitions, overrides, config);
                         result.topic_id = Uuid::from_bytes(id);
                     }
                 }

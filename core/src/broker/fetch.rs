@@ -102,7 +102,7 @@ impl Broker {
         available >= request.min_bytes as u64
     }
 
-    pub(super) fn wake_parked_fetches(&mut self, _now: i64, advanced: &BTreeSet<TopicPartition>) {
+    pub(super) fn wake_parked_fetches(&mut self, advanced: &BTreeSet<TopicPartition>) {
         let touched = |f: &ParkedFetch| {
             f.request.topics.iter().any(|t| {
                 t.partitions.iter().any(|p| {
@@ -266,7 +266,7 @@ impl Broker {
         });
     }
 
-    pub(super) fn on_read(&mut self, _now: i64, token: u64, result: Result<Bytes, String>) {
+    pub(super) fn on_read(&mut self, token: u64, result: Result<Bytes, String>) {
         let Some((job_id, slot_index)) = self.reads.remove(&token) else {
             warn!(token, "completion for an unknown read");
             return;

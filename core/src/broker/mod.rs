@@ -203,16 +203,17 @@ impl Broker {
                 self.close(conn);
             }
         }
-        self.after_input(now);
+        self.after_input();
     }
 
     /// A storage operation finished.
-    pub fn handle_storage(&mut self, now: i64, completion: StorageCompletion) {
+    // Every input takes `now` (see the module doc); storage completions need no time yet.
+    pub fn handle_storage(&mut self, _now: i64, completion: StorageCompletion) {
         match completion {
-            StorageCompletion::Synced { token } => self.on_synced(now, token),
-            StorageCompletion::Read { token, result } => self.on_read(now, token, result),
+            StorageCompletion::Synced { token } => self.on_synced(token),
+            StorageCompletion::Read { token, result } => self.on_read(token, result),
         }
-        self.after_input(now);
+        self.after_input();
     }
 
     /// The client on `conn` disconnected; forget its pending responses.
@@ -228,7 +229,7 @@ impl Broker {
             self.next_retention_check = now + self.config.retention_check_interval_ms;
             self.enforce_retention(now);
         }
-        self.after_input(now);
+        self.after_input();
     }
 
     // ---- outputs ------------------------------------------------------------------------
@@ -311,8 +312,8 @@ impl Broker {
     fn dispatch(&mut self, now: i64, reply_to: ReplyTo, request: RequestKind) {
         let response = match request {
             RequestKind::ApiVersions(_) => Some(admin::api_versions_response(false)),
-            RequestKind::Metadata(r) => Some(self.metadata(now, r)),
-            RequestKind::CreateTopics(r) => Some(self.create_topics(now, reply_to.version, r)),
+            RequestKind::Metadata(r) => Some(self.metadata(r)),
+            RequestKind::CreateTopics(r) => Some(self.create_topics(reply_to.version, r)),
             RequestKind::DeleteTopics(r) => Some(self.delete_topics(r)),
             RequestKind::CreatePartitions(r) => Some(self.create_partitions(r)),
             RequestKind::DescribeConfigs(r) => Some(self.describe_configs(r)),
@@ -386,7 +387,7 @@ impl Broker {
     }
 
     /// Work that follows every input: start a group-commit sync if data is waiting.
-    fn after_input(&mut self, _now: i64) {
+    fn after_input(&mut self) {
         if self.config.flush == FlushPolicy::GroupCommit {
             self.maybe_start_sync();
         }
@@ -415,7 +416,7 @@ impl Broker {
         self.storage(StorageOp::Sync { token, segments });
     }
 
-    fn on_synced(&mut self, now: i64, token: u64) {
+    fn on_synced(&mut self, token: u64) {
         let Some(sync) = self.in_flight_sync.take_if(|s| s.token == token) else {
             warn!(token, "completion for a sync that is not in flight");
             return;
@@ -440,13 +441,13 @@ impl Broker {
         }
         self.complete_produces(token);
         if !advanced.is_empty() {
-            self.wake_parked_fetches(now, &advanced);
+            self.wake_parked_fetches(&advanced);
         }
     }
 
     /// Marks an append as made: in group-commit mode it becomes visible at the next sync,
     /// otherwise at once. Returns the sync token that makes it durable.
-    fn note_append(&mut self, now: i64, tp: &TopicPartition) -> u64 {
+    fn note_append(&mut self, tp: &TopicPartition) -> u64 {
         match self.config.flush {
             FlushPolicy::GroupCommit => {
                 self.dirty_partitions.insert(tp.clone());
@@ -458,7 +459,7 @@ impl Broker {
                     .and_then(|t| t.partition_mut(tp.partition))
                     .expect("appended partition exists");
                 if log.commit(log.end_point()) {
-                    self.wake_parked_fetches(now, &BTreeSet::from([tp.clone()]));
+                    self.wake_parked_fetches(&BTreeSet::from([tp.clone()]));
                 }
             }
         }

@@ -151,7 +151,7 @@ impl Broker {
         let log_start_offset = log.log_start_offset();
         let tp = TopicPartition::new(&topic.name, partition);
         self.emit_log_ops(ops);
-        let sync_token = self.note_append(now, &tp);
+        let sync_token = self.note_append(&tp);
         Ok(Appended {
             base_offset,
             log_append_time,
