@@ -13,6 +13,7 @@ pub mod batch;
 pub mod broker;
 pub mod canary;
 pub mod config;
+pub mod consensus;
 pub mod log;
 pub mod memdisk;
 pub mod recovery;

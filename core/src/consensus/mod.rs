@@ -1,0 +1,417 @@
+//! One Raft group, driven sans-IO: raft-rs's `RawNode` over an in-memory log.
+//!
+//! # Driving a `RaftGroup`
+//! Inputs: [`RaftGroup::tick`] every tick of the owner's clock, [`RaftGroup::step`] for each
+//! message from a peer, [`RaftGroup::propose`] for a new entry. After inputs, call
+//! [`RaftGroup::drive`]: it handles raft-rs's `Ready` in the order raft-rs documents and
+//! returns [`Effects`]. The owner must make `Effects::persist` durable *before* any of
+//! `Effects::messages` leaves the node (votes and acknowledgements promise durable state),
+//! then install `Effects::snapshot` and apply `Effects::committed` in order.
+//!
+//! Randomness: raft-rs draws election timeouts from the OS, which the simulator cannot
+//! replay. Whenever raft-rs may have drawn one (a change of term, role or leader), the group
+//! overwrites it, before any tick can use it, with a draw from its own seeded RNG.
+
+pub mod memlog;
+
+use raft::eraftpb::{ConfState, Entry, Message, Snapshot};
+use raft::{RawNode, StateRole, Storage};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+pub use memlog::{MemLog, RaftPersist};
+
+/// How a group is set up.
+#[derive(Clone, Debug)]
+pub struct GroupConfig {
+    /// This replica's id (the node id).
+    pub id: u64,
+    /// Ticks without a leader before a follower campaigns (the minimum; jitter adds up to
+    /// as many again).
+    pub election_ticks: usize,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Index the owner's state machine has already applied.
+    pub applied: u64,
+    /// Seeds the election-timeout jitter.
+    pub seed: u64,
+}
+
+/// What one [`RaftGroup::drive`] produced; see the module doc for the order.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Durable state to write first.
+    pub persist: RaftPersist,
+    /// Messages to peers, to send once `persist` is durable.
+    pub messages: Vec<Message>,
+    /// A snapshot the state machine must load (before `committed`).
+    pub snapshot: Option<Snapshot>,
+    /// Committed entries to apply, in order.
+    pub committed: Vec<Entry>,
+}
+
+impl Effects {
+    /// True if the drive produced nothing.
+    pub fn is_empty(&self) -> bool {
+        self.persist.is_empty()
+            && self.messages.is_empty()
+            && self.snapshot.is_none()
+            && self.committed.is_empty()
+    }
+}
+
+/// Why a proposal was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProposeError {
+    /// This replica is not the leader (the leader's id, if known).
+    NotLeader(Option<u64>),
+    /// raft-rs refused it (for example, a leader transfer is under way).
+    Dropped,
+}
+
+/// One Raft group's replica on this node.
+pub struct RaftGroup {
+    node: RawNode<MemLog>,
+    rng: ChaCha8Rng,
+    election_ticks: usize,
+    /// (term, role, leader) when the election timeout was last drawn.
+    drawn_for: (u64, StateRole, u64),
+}
+
+impl RaftGroup {
+    /// A replica over `log` (fresh from [`MemLog::bootstrap`] or recovered).
+    pub fn new(config: &GroupConfig, log: MemLog) -> Result<Self, String> {
+        let raft_config = raft::Config {
+            id: config.id,
+            election_tick: config.election_ticks,
+            // raft-rs draws from this range with the OS's randomness; the group overwrites
+            // each draw before it is used (see `redraw_election_timeout`).
+            min_election_tick: config.election_ticks,
+            max_election_tick: config.election_ticks * 2,
+            heartbeat_tick: config.heartbeat_ticks,
+            applied: config.applied,
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            ..Default::default()
+        };
+        raft_config.validate().map_err(|e| e.to_string())?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let node = RawNode::new(&raft_config, log, &logger).map_err(|e| e.to_string())?;
+        let mut group = RaftGroup {
+            node,
+            rng: ChaCha8Rng::seed_from_u64(config.seed ^ config.id.rotate_left(32)),
+            election_ticks: config.election_ticks,
+            drawn_for: (u64::MAX, StateRole::Follower, 0),
+        };
+        group.redraw_election_timeout();
+        Ok(group)
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> u64 {
+        self.node.raft.id
+    }
+
+    /// The current leader's id, if known.
+    pub fn leader(&self) -> Option<u64> {
+        Some(self.node.raft.leader_id).filter(|&id| id != raft::INVALID_ID)
+    }
+
+    /// True if this replica leads the group.
+    pub fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.node.raft.term
+    }
+
+    /// The commit index.
+    pub fn committed_index(&self) -> u64 {
+        self.node.raft.raft_log.committed
+    }
+
+    /// The current voters and learners.
+    pub fn conf_state(&self) -> ConfState {
+        self.node.raft.prs().conf().to_conf_state()
+    }
+
+    /// The in-memory log.
+    pub fn log(&self) -> &MemLog {
+        self.node.store()
+    }
+
+    /// One tick of the owner's clock.
+    pub fn tick(&mut self) {
+        self.node.tick();
+        self.redraw_election_timeout();
+    }
+
+    /// A message from a peer. Malformed or stale messages are ignored (raft-rs logs them).
+    pub fn step(&mut self, message: Message) {
+        if let Err(e) = self.node.step(message) {
+            tracing::debug!(error = %e, "raft step refused a message");
+        }
+        self.redraw_election_timeout();
+    }
+
+    /// Proposes `data` as a new entry.
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<(), ProposeError> {
+        if !self.is_leader() {
+            return Err(ProposeError::NotLeader(self.leader()));
+        }
+        self.node
+            .propose(Vec::new(), data)
+            .map_err(|_| ProposeError::Dropped)
+    }
+
+    /// Asks the leadership to move to `to` (a graceful handover).
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.node.transfer_leader(to);
+    }
+
+    /// Starts an election now (used to elect a single-voter group without waiting).
+    pub fn campaign(&mut self) {
+        let _ = self.node.campaign();
+        self.redraw_election_timeout();
+    }
+
+    /// Replaces the log prefix up to `applied` with a snapshot of the state machine.
+    /// Returns the change to persist.
+    pub fn compact(&mut self, applied: u64, data: Vec<u8>) -> Option<RaftPersist> {
+        let term = self.node.store().term(applied).ok()?;
+        let mut snapshot = Snapshot {
+            data,
+            ..Default::default()
+        };
+        snapshot.mut_metadata().index = applied;
+        snapshot.mut_metadata().term = term;
+        *snapshot.mut_metadata().mut_conf_state() = self.conf_state();
+        let change = RaftPersist {
+            snapshot: Some(snapshot),
+            ..Default::default()
+        };
+        self.node.mut_store().apply(&change);
+        Some(change)
+    }
+
+    /// Handles everything raft-rs has ready; see the module doc for what to do with it.
+    pub fn drive(&mut self) -> Effects {
+        let mut effects = Effects::default();
+        // Each round persists what the previous one made ready; raft-rs settles in a few.
+        for _ in 0..8 {
+            if !self.node.has_ready() {
+                break;
+            }
+            let mut ready = self.node.ready();
+            effects.messages.extend(ready.take_messages());
+            if !ready.snapshot().is_empty() {
+                let snapshot = ready.snapshot().clone();
+                self.store(
+                    &mut effects.persist,
+                    RaftPersist {
+                        snapshot: Some(snapshot.clone()),
+                        ..Default::default()
+                    },
+                );
+                effects.snapshot = Some(snapshot);
+                // A snapshot replaces whatever was waiting to be applied before it.
+                effects.committed.clear();
+            }
+            effects.committed.extend(ready.take_committed_entries());
+            let entries = ready.take_entries();
+            let hard_state = ready.hs().cloned();
+            self.store(
+                &mut effects.persist,
+                RaftPersist {
+                    entries,
+                    hard_state,
+                    snapshot: None,
+                },
+            );
+            effects.messages.extend(ready.take_persisted_messages());
+            let mut light = self.node.advance(ready);
+            if let Some(commit) = light.commit_index() {
+                let mut hard_state = self.node.store().hard_state().clone();
+                hard_state.commit = commit;
+                self.store(
+                    &mut effects.persist,
+                    RaftPersist {
+                        hard_state: Some(hard_state),
+                        ..Default::default()
+                    },
+                );
+            }
+            effects.messages.extend(light.take_messages());
+            effects.committed.extend(light.take_committed_entries());
+            self.node.advance_apply();
+        }
+        self.redraw_election_timeout();
+        effects
+    }
+
+    /// Writes `change` to the in-memory log and folds it into `into`.
+    fn store(&mut self, into: &mut RaftPersist, change: RaftPersist) {
+        if change.is_empty() {
+            return;
+        }
+        self.node.mut_store().apply(&change);
+        if let Some(snapshot) = change.snapshot {
+            // A snapshot supersedes entries written before it in this batch.
+            into.entries.clear();
+            into.snapshot = Some(snapshot);
+        }
+        if let Some(first) = change.entries.first() {
+            into.entries.retain(|e| e.index < first.index);
+            into.entries.extend(change.entries);
+        }
+        if change.hard_state.is_some() {
+            into.hard_state = change.hard_state;
+        }
+    }
+
+    /// Draws a new election timeout whenever raft-rs would have drawn one.
+    fn redraw_election_timeout(&mut self) {
+        let raft = &self.node.raft;
+        let now = (raft.term, raft.state, raft.leader_id);
+        if now == self.drawn_for {
+            return;
+        }
+        self.drawn_for = now;
+        let jitter = (self.rng.next_u64() % self.election_ticks as u64) as usize;
+        self.node
+            .raft
+            .set_randomized_election_timeout(self.election_ticks + jitter);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Three replicas stepped in-process; messages are delivered until none are left.
+    struct Trio {
+        groups: BTreeMap<u64, RaftGroup>,
+        applied: BTreeMap<u64, Vec<Vec<u8>>>,
+        down: Option<u64>,
+    }
+
+    impl Trio {
+        fn new(seed: u64) -> Self {
+            let groups = (1..=3)
+                .map(|id| {
+                    let config = GroupConfig {
+                        id,
+                        election_ticks: 10,
+                        heartbeat_ticks: 2,
+                        applied: 0,
+                        seed,
+                    };
+                    (
+                        id,
+                        RaftGroup::new(&config, MemLog::bootstrap(&[1, 2, 3])).unwrap(),
+                    )
+                })
+                .collect();
+            Trio {
+                groups,
+                applied: BTreeMap::new(),
+                down: None,
+            }
+        }
+
+        fn settle(&mut self) {
+            for _ in 0..100 {
+                let mut inflight = Vec::new();
+                for (id, group) in &mut self.groups {
+                    let effects = group.drive();
+                    for entry in effects.committed {
+                        if !entry.data.is_empty() {
+                            self.applied.entry(*id).or_default().push(entry.data);
+                        }
+                    }
+                    inflight.extend(effects.messages);
+                }
+                if inflight.is_empty() {
+                    return;
+                }
+                for m in inflight {
+                    if Some(m.to) != self.down && Some(m.from) != self.down {
+                        self.groups.get_mut(&m.to).unwrap().step(m);
+                    }
+                }
+            }
+        }
+
+        fn tick_all(&mut self, ticks: usize) {
+            for _ in 0..ticks {
+                for (id, group) in &mut self.groups {
+                    if Some(*id) != self.down {
+                        group.tick();
+                    }
+                }
+                self.settle();
+            }
+        }
+
+        fn leader(&self) -> Option<u64> {
+            self.groups
+                .iter()
+                .find(|(id, g)| g.is_leader() && Some(**id) != self.down)
+                .map(|(id, _)| *id)
+        }
+    }
+
+    #[test]
+    fn three_replicas_elect_one_leader_and_commit_everywhere() {
+        let mut trio = Trio::new(7);
+        trio.tick_all(40);
+        let leader = trio.leader().expect("a leader within 40 ticks");
+        let leaders = trio.groups.values().filter(|g| g.is_leader()).count();
+        assert_eq!(leaders, 1);
+        trio.groups
+            .get_mut(&leader)
+            .unwrap()
+            .propose(b"hello".to_vec())
+            .unwrap();
+        trio.settle();
+        for id in 1..=3 {
+            assert_eq!(trio.applied[&id], vec![b"hello".to_vec()], "replica {id}");
+        }
+        let follower = (1..=3).find(|&id| id != leader).unwrap();
+        assert_eq!(
+            trio.groups.get_mut(&follower).unwrap().propose(vec![1]),
+            Err(ProposeError::NotLeader(Some(leader)))
+        );
+    }
+
+    #[test]
+    fn a_new_leader_takes_over_when_the_old_one_is_cut_off() {
+        let mut trio = Trio::new(11);
+        trio.tick_all(40);
+        let first = trio.leader().unwrap();
+        trio.down = Some(first);
+        trio.tick_all(60);
+        let second = trio.leader().expect("a new leader");
+        assert_ne!(first, second);
+        let term = trio.groups[&second].term();
+        assert!(term > trio.groups[&first].term());
+    }
+
+    #[test]
+    fn election_timeouts_come_from_the_seed() {
+        let timeouts = |seed| {
+            let trio = Trio::new(seed);
+            trio.groups
+                .values()
+                .map(|g| g.node.raft.randomized_election_timeout())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(timeouts(3), timeouts(3));
+        assert!((1..20).any(|s| timeouts(s) != timeouts(3)));
+    }
+}
