@@ -12,6 +12,7 @@
 pub mod batch;
 pub mod broker;
 pub mod canary;
+pub mod cluster;
 pub mod config;
 pub mod consensus;
 pub mod log;

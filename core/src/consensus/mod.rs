@@ -63,8 +63,8 @@ impl Effects {
 /// Why a proposal was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProposeError {
-    /// This replica is not the leader (the leader's id, if known).
-    NotLeader(Option<u64>),
+    /// No leader is known to take it.
+    NoLeader,
     /// raft-rs refused it (for example, a leader transfer is under way).
     Dropped,
 }
@@ -158,10 +158,11 @@ impl RaftGroup {
         self.redraw_election_timeout();
     }
 
-    /// Proposes `data` as a new entry.
+    /// Proposes `data` as a new entry. A follower forwards it to the leader; it may still be
+    /// lost on the way, so the proposer must watch for it to be applied, with a deadline.
     pub fn propose(&mut self, data: Vec<u8>) -> Result<(), ProposeError> {
-        if !self.is_leader() {
-            return Err(ProposeError::NotLeader(self.leader()));
+        if self.leader().is_none() {
+            return Err(ProposeError::NoLeader);
         }
         self.node
             .propose(Vec::new(), data)
@@ -383,9 +384,16 @@ mod tests {
             assert_eq!(trio.applied[&id], vec![b"hello".to_vec()], "replica {id}");
         }
         let follower = (1..=3).find(|&id| id != leader).unwrap();
+        trio.groups
+            .get_mut(&follower)
+            .unwrap()
+            .propose(b"forwarded".to_vec())
+            .unwrap();
+        trio.settle();
         assert_eq!(
-            trio.groups.get_mut(&follower).unwrap().propose(vec![1]),
-            Err(ProposeError::NotLeader(Some(leader)))
+            trio.applied[&leader].len(),
+            2,
+            "a follower's proposal reaches the leader"
         );
     }
 

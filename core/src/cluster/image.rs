@@ -1,0 +1,242 @@
+//! The cluster metadata as applied from the metadata log: brokers, topics, replicas.
+//!
+//! Every broker applies the same records in the same order, so every broker's image is the
+//! same at the same log index. Applying never fails as a whole: a record that no longer
+//! makes sense (a topic created twice by two racing proposals) reports a per-topic error to
+//! its proposer and changes nothing.
+
+use std::collections::BTreeMap;
+
+use prost::Message;
+
+use super::records::{
+    BrokerRegistration, Change, ImageRecord, MetadataRecord, PartitionAddition, Replicas,
+    TopicCreation, TopicRef,
+};
+
+/// One topic in the image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicImage {
+    /// KIP-516 id.
+    pub id: [u8; 16],
+    /// Kafka-named config overrides.
+    pub configs: BTreeMap<String, String>,
+    /// Replicas of each partition, by index; the first is the preferred leader.
+    pub replicas: Vec<Vec<i32>>,
+}
+
+/// Why a change did not apply to one topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A topic of that name exists.
+    AlreadyExists,
+    /// No topic of that name and id.
+    Unknown,
+}
+
+/// The outcome of applying one record, for the proposer's client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Nothing a client waits for.
+    Quiet,
+    /// Per topic: created, or why not.
+    Topics(Vec<(String, Result<(), Refusal>)>),
+}
+
+/// Brokers and topics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetadataImage {
+    /// Registered brokers by id.
+    pub brokers: BTreeMap<i32, BrokerRegistration>,
+    /// Topics by name.
+    pub topics: BTreeMap<String, TopicImage>,
+}
+
+impl MetadataImage {
+    /// Applies one record.
+    pub fn apply(&mut self, record: &MetadataRecord) -> Applied {
+        match &record.change {
+            None => Applied::Quiet,
+            Some(Change::RegisterBroker(b)) => {
+                self.brokers.insert(b.id, b.clone());
+                Applied::Quiet
+            }
+            Some(Change::CreateTopics(c)) => Applied::Topics(
+                c.topics
+                    .iter()
+                    .map(|t| (t.name.clone(), self.create_topic(t)))
+                    .collect(),
+            ),
+            Some(Change::DeleteTopics(d)) => Applied::Topics(
+                d.topics
+                    .iter()
+                    .map(|t| (t.name.clone(), self.delete_topic(t)))
+                    .collect(),
+            ),
+            Some(Change::AddPartitions(a)) => {
+                let name = a.topic.as_ref().map_or(String::new(), |t| t.name.clone());
+                Applied::Topics(vec![(name, self.add_partitions(a))])
+            }
+        }
+    }
+
+    /// The topic named `name` if its id is `id`.
+    pub fn topic(&self, name: &str, id: &[u8]) -> Option<&TopicImage> {
+        self.topics.get(name).filter(|t| t.id[..] == *id)
+    }
+
+    fn create_topic(&mut self, t: &TopicCreation) -> Result<(), Refusal> {
+        if self.topics.contains_key(&t.name) {
+            return Err(Refusal::AlreadyExists);
+        }
+        let mut id = [0u8; 16];
+        let n = t.id.len().min(16);
+        id[..n].copy_from_slice(&t.id[..n]);
+        let replicas = t.partitions.iter().map(|r| r.brokers.clone()).collect();
+        self.topics.insert(
+            t.name.clone(),
+            TopicImage {
+                id,
+                configs: t.configs.clone(),
+                replicas,
+            },
+        );
+        Ok(())
+    }
+
+    fn delete_topic(&mut self, t: &TopicRef) -> Result<(), Refusal> {
+        self.topic(&t.name, &t.id).ok_or(Refusal::Unknown)?;
+        self.topics.remove(&t.name);
+        Ok(())
+    }
+
+    fn add_partitions(&mut self, a: &PartitionAddition) -> Result<(), Refusal> {
+        let t = a.topic.as_ref().ok_or(Refusal::Unknown)?;
+        let topic = self
+            .topics
+            .get_mut(&t.name)
+            .filter(|topic| topic.id[..] == *t.id)
+            .ok_or(Refusal::Unknown)?;
+        topic
+            .replicas
+            .extend(a.partitions.iter().map(|r| r.brokers.clone()));
+        Ok(())
+    }
+
+    /// The image as snapshot bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        ImageRecord {
+            brokers: self.brokers.values().cloned().collect(),
+            topics: self
+                .topics
+                .iter()
+                .map(|(name, t)| TopicCreation {
+                    name: name.clone(),
+                    id: t.id.to_vec(),
+                    configs: t.configs.clone(),
+                    partitions: t
+                        .replicas
+                        .iter()
+                        .map(|r| Replicas { brokers: r.clone() })
+                        .collect(),
+                })
+                .collect(),
+        }
+        .encode_to_vec()
+    }
+
+    /// An image from snapshot bytes (empty bytes: the empty image).
+    pub fn decode(bytes: &[u8]) -> Result<Self, prost::DecodeError> {
+        let record = ImageRecord::decode(bytes)?;
+        let mut image = MetadataImage::default();
+        for b in record.brokers {
+            image.brokers.insert(b.id, b);
+        }
+        for t in &record.topics {
+            let _ = image.create_topic(t);
+        }
+        Ok(image)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::records::{TopicCreations, TopicDeletions};
+
+    fn create(name: &str, id: u8, partitions: usize) -> MetadataRecord {
+        MetadataRecord {
+            origin: None,
+            change: Some(Change::CreateTopics(TopicCreations {
+                topics: vec![TopicCreation {
+                    name: name.into(),
+                    id: vec![id; 16],
+                    configs: BTreeMap::from([("retention.ms".into(), "1000".into())]),
+                    partitions: vec![
+                        Replicas {
+                            brokers: vec![1, 2]
+                        };
+                        partitions
+                    ],
+                }],
+            })),
+        }
+    }
+
+    #[test]
+    fn a_second_create_of_one_name_is_refused_and_changes_nothing() {
+        let mut image = MetadataImage::default();
+        assert_eq!(
+            image.apply(&create("t", 1, 2)),
+            Applied::Topics(vec![("t".into(), Ok(()))])
+        );
+        assert_eq!(
+            image.apply(&create("t", 2, 5)),
+            Applied::Topics(vec![("t".into(), Err(Refusal::AlreadyExists))])
+        );
+        assert_eq!(image.topics["t"].replicas.len(), 2);
+        assert_eq!(image.topics["t"].id, [1; 16]);
+    }
+
+    #[test]
+    fn deletes_name_the_id_so_a_recreated_topic_survives_a_stale_delete() {
+        let mut image = MetadataImage::default();
+        image.apply(&create("t", 1, 1));
+        let delete = |id| MetadataRecord {
+            origin: None,
+            change: Some(Change::DeleteTopics(TopicDeletions {
+                topics: vec![TopicRef {
+                    name: "t".into(),
+                    id: vec![id; 16],
+                }],
+            })),
+        };
+        assert_eq!(
+            image.apply(&delete(9)),
+            Applied::Topics(vec![("t".into(), Err(Refusal::Unknown))])
+        );
+        assert!(image.topics.contains_key("t"));
+        image.apply(&delete(1));
+        assert!(image.topics.is_empty());
+    }
+
+    #[test]
+    fn an_image_survives_its_snapshot_encoding() {
+        let mut image = MetadataImage::default();
+        image.apply(&create("a", 1, 3));
+        image.apply(&MetadataRecord {
+            origin: None,
+            change: Some(Change::RegisterBroker(BrokerRegistration {
+                id: 2,
+                host: "h".into(),
+                port: 9093,
+                rack: "r1".into(),
+            })),
+        });
+        assert_eq!(MetadataImage::decode(&image.encode()).unwrap(), image);
+        assert_eq!(
+            MetadataImage::decode(&[]).unwrap(),
+            MetadataImage::default()
+        );
+    }
+}

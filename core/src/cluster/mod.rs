@@ -1,0 +1,297 @@
+//! The cluster's metadata quorum: one Raft group whose log holds brokers and topics.
+//!
+//! Every broker runs a [`Controller`]; the voters (`controller.quorum.voters`) elect a
+//! leader, the active controller. Any broker may propose a change (a follower forwards it to
+//! the leader); every broker applies the committed log to its [`MetadataImage`] and so
+//! learns the same topics and replicas in the same order.
+//!
+//! # Driving a `Controller`
+//! Inputs: [`Controller::handle_timeout`] at [`Controller::poll_timeout`],
+//! [`Controller::step`] for each Raft message of the metadata group, and
+//! [`Controller::propose`] for a change. Then call [`Controller::drive`] and carry out the
+//! returned [`Drive`] in order: persist, send, then act on what was applied.
+
+pub mod image;
+pub mod records;
+
+use prost::Message as _;
+use raft::eraftpb::{EntryType, Message};
+use tracing::{debug, info, warn};
+
+use crate::consensus::{GroupConfig, MemLog, ProposeError, RaftGroup, RaftPersist};
+use image::{Applied, MetadataImage};
+use records::{BrokerRegistration, Change, MetadataRecord, Origin};
+
+/// How the metadata quorum runs.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// Broker ids of the voters; a single node with no configuration votes alone.
+    pub voters: Vec<i32>,
+    /// `broker.rack`, empty if none.
+    pub rack: String,
+    /// Milliseconds per Raft tick.
+    pub tick_ms: i64,
+    /// Ticks without a leader before a voter campaigns.
+    pub election_ticks: usize,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Applied entries between metadata snapshots.
+    pub snapshot_entries: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            voters: Vec::new(),
+            rack: String::new(),
+            tick_ms: 100,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            snapshot_entries: 1000,
+        }
+    }
+}
+
+/// Raft ids cannot be zero and Kafka broker ids can: Raft sees each broker as id + 1.
+pub fn raft_id(broker: i32) -> u64 {
+    broker as u64 + 1
+}
+
+/// The broker id behind a Raft id.
+pub fn broker_of(raft_id: u64) -> i32 {
+    raft_id.saturating_sub(1) as i32
+}
+
+/// What one [`Controller::drive`] asks of the owner, in order.
+#[derive(Debug, Default)]
+pub struct Drive {
+    /// Durable state to write before anything below.
+    pub persist: RaftPersist,
+    /// Raft messages for other brokers.
+    pub messages: Vec<(i32, Message)>,
+    /// The image was replaced wholesale by a snapshot from the leader.
+    pub image_replaced: bool,
+    /// Records applied to the image, with their outcome, in log order.
+    pub applied: Vec<(MetadataRecord, Applied)>,
+}
+
+/// This broker's member of the metadata quorum and its applied image.
+pub struct Controller {
+    me: i32,
+    registration: BrokerRegistration,
+    group: RaftGroup,
+    image: MetadataImage,
+    applied: u64,
+    snapshot_entries: u64,
+    tick_ms: i64,
+    next_tick: i64,
+    /// When this broker last proposed its own registration, so it does not flood the log.
+    registered_at: Option<i64>,
+}
+
+impl Controller {
+    /// Starts the quorum member from its recovered durable state (`None`: a new node).
+    /// Returns the controller and the image it recovered.
+    pub fn new(
+        config: &ClusterConfig,
+        registration: BrokerRegistration,
+        recovered: Option<RaftPersist>,
+        seed: u64,
+        now: i64,
+    ) -> Result<Self, String> {
+        let me = registration.id;
+        let voters: Vec<u64> = if config.voters.is_empty() {
+            vec![raft_id(me)]
+        } else {
+            config.voters.iter().map(|&v| raft_id(v)).collect()
+        };
+        let log = match recovered {
+            Some(state) => MemLog::recovered(state),
+            None => MemLog::bootstrap(&voters),
+        };
+        let snapshot = log.snapshot_ref();
+        let mut image = MetadataImage::decode(&snapshot.data)
+            .map_err(|e| format!("metadata snapshot unreadable: {e}"))?;
+        let mut applied = snapshot.get_metadata().index;
+        let commit = log.hard_state().commit;
+        for entry in log.held_entries(applied + 1, commit + 1) {
+            if let Some(record) = decode_entry(entry) {
+                image.apply(&record);
+            }
+            applied = entry.index;
+        }
+        let group_config = GroupConfig {
+            id: raft_id(me),
+            election_ticks: config.election_ticks,
+            heartbeat_ticks: config.heartbeat_ticks,
+            applied,
+            seed,
+        };
+        let mut group = RaftGroup::new(&group_config, log)?;
+        if voters == [raft_id(me)] {
+            // A quorum of one needs no election timeout to know who leads.
+            group.campaign();
+        }
+        info!(
+            broker = me,
+            ?voters,
+            applied,
+            topics = image.topics.len(),
+            "metadata quorum member started"
+        );
+        Ok(Controller {
+            me,
+            registration,
+            group,
+            image,
+            applied,
+            snapshot_entries: config.snapshot_entries.max(1),
+            tick_ms: config.tick_ms.max(1),
+            next_tick: now,
+            registered_at: None,
+        })
+    }
+
+    /// The applied metadata.
+    pub fn image(&self) -> &MetadataImage {
+        &self.image
+    }
+
+    /// The active controller's broker id, if known.
+    pub fn leader(&self) -> Option<i32> {
+        self.group.leader().map(broker_of)
+    }
+
+    /// True if this broker is the active controller.
+    pub fn is_leader(&self) -> bool {
+        self.group.is_leader()
+    }
+
+    /// The metadata quorum's current term.
+    pub fn term(&self) -> u64 {
+        self.group.term()
+    }
+
+    /// Index of the last applied record.
+    pub fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    /// When [`Self::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> i64 {
+        self.next_tick
+    }
+
+    /// Time passed: ticks Raft and re-announces this broker if the image lacks it.
+    pub fn handle_timeout(&mut self, now: i64) {
+        while self.next_tick <= now {
+            self.group.tick();
+            self.next_tick += self.tick_ms;
+        }
+        if self.next_tick < now {
+            self.next_tick = now + self.tick_ms;
+        }
+        let current = self.image.brokers.get(&self.me) == Some(&self.registration);
+        let due = self
+            .registered_at
+            .is_none_or(|at| now - at >= self.tick_ms * 10);
+        if !current && due && self.group.leader().is_some() {
+            self.registered_at = Some(now);
+            let change = Change::RegisterBroker(self.registration.clone());
+            let _ = self.propose(change, 0);
+        }
+    }
+
+    /// A Raft message of the metadata group.
+    pub fn step(&mut self, message: Message) {
+        self.group.step(message);
+    }
+
+    /// Proposes a change; `token` comes back with the applied record (0: nobody waits).
+    pub fn propose(&mut self, change: Change, token: u64) -> Result<(), ProposeError> {
+        let record = MetadataRecord {
+            origin: Some(Origin {
+                broker: self.me,
+                token,
+            }),
+            change: Some(change),
+        };
+        self.group.propose(record.encode_to_vec())
+    }
+
+    /// Handles what Raft has ready and applies committed records.
+    pub fn drive(&mut self) -> Drive {
+        let effects = self.group.drive();
+        let mut drive = Drive {
+            persist: effects.persist,
+            messages: effects
+                .messages
+                .into_iter()
+                .map(|m| (broker_of(m.to), m))
+                .collect(),
+            ..Drive::default()
+        };
+        if let Some(snapshot) = effects.snapshot {
+            match MetadataImage::decode(&snapshot.data) {
+                Ok(image) => {
+                    self.image = image;
+                    self.applied = snapshot.get_metadata().index;
+                    drive.image_replaced = true;
+                    info!(
+                        index = self.applied,
+                        "metadata image loaded from the leader's snapshot"
+                    );
+                }
+                Err(e) => warn!(error = %e, "ignoring an unreadable metadata snapshot"),
+            }
+        }
+        for entry in effects.committed {
+            if entry.index <= self.applied {
+                continue;
+            }
+            self.applied = entry.index;
+            if entry.get_entry_type() != EntryType::EntryNormal {
+                warn!(
+                    index = entry.index,
+                    "membership changes are not supported yet; skipped"
+                );
+                continue;
+            }
+            if let Some(record) = decode_entry(&entry) {
+                let outcome = self.image.apply(&record);
+                debug!(index = entry.index, ?outcome, "metadata record applied");
+                drive.applied.push((record, outcome));
+            }
+        }
+        self.maybe_snapshot(&mut drive.persist);
+        drive
+    }
+
+    /// Folds the applied prefix into a snapshot once it is long enough.
+    fn maybe_snapshot(&mut self, persist: &mut RaftPersist) {
+        let first = self.group.log().snapshot_ref().get_metadata().index;
+        if self.applied - first < self.snapshot_entries {
+            return;
+        }
+        if let Some(change) = self.group.compact(self.applied, self.image.encode()) {
+            debug!(index = self.applied, "metadata snapshot taken");
+            persist.entries.retain(|e| e.index > self.applied);
+            persist.snapshot = change.snapshot;
+        }
+    }
+}
+
+/// The record an entry carries; empty entries (a new leader's first) carry none.
+fn decode_entry(entry: &raft::eraftpb::Entry) -> Option<MetadataRecord> {
+    if entry.data.is_empty() || entry.get_entry_type() != EntryType::EntryNormal {
+        return None;
+    }
+    match MetadataRecord::decode(&entry.data[..]) {
+        Ok(record) => Some(record),
+        Err(e) => {
+            // Every replica skips the same entry, so images still agree.
+            warn!(index = entry.index, error = %e, "skipping an undecodable metadata record");
+            None
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The metadata log's records and the peer wire format, as prost messages.
+//!
+//! No `.proto` file: the structs are the schema. Tags are never reused; a field that goes
+//! away keeps its tag retired.
+
+use std::collections::BTreeMap;
+
+/// One entry of the metadata log.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MetadataRecord {
+    /// Who proposed it and which of its requests waits for it; echoed so the proposer can
+    /// answer its client when the record is applied.
+    #[prost(message, optional, tag = "1")]
+    pub origin: Option<Origin>,
+    /// What changes.
+    #[prost(oneof = "Change", tags = "2, 3, 4, 5")]
+    pub change: Option<Change>,
+}
+
+/// The proposer of a record.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct Origin {
+    /// Broker id of the proposer.
+    #[prost(int32, tag = "1")]
+    pub broker: i32,
+    /// The proposer's token for the waiting request.
+    #[prost(uint64, tag = "2")]
+    pub token: u64,
+}
+
+/// The kinds of metadata change.
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum Change {
+    /// A broker announces (or re-announces) where clients reach it.
+    #[prost(message, tag = "2")]
+    RegisterBroker(BrokerRegistration),
+    /// New topics.
+    #[prost(message, tag = "3")]
+    CreateTopics(TopicCreations),
+    /// Topics removed.
+    #[prost(message, tag = "4")]
+    DeleteTopics(TopicDeletions),
+    /// Partitions added to an existing topic.
+    #[prost(message, tag = "5")]
+    AddPartitions(PartitionAddition),
+}
+
+/// A broker and its client listener.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct BrokerRegistration {
+    /// `node.id`.
+    #[prost(int32, tag = "1")]
+    pub id: i32,
+    /// Advertised host.
+    #[prost(string, tag = "2")]
+    pub host: String,
+    /// Advertised port.
+    #[prost(int32, tag = "3")]
+    pub port: i32,
+    /// `broker.rack`, empty if none.
+    #[prost(string, tag = "4")]
+    pub rack: String,
+}
+
+/// Topics to create, all or nothing per topic.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TopicCreations {
+    /// One per topic.
+    #[prost(message, repeated, tag = "1")]
+    pub topics: Vec<TopicCreation>,
+}
+
+/// One topic's definition.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TopicCreation {
+    /// Name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// KIP-516 id (16 bytes).
+    #[prost(bytes = "vec", tag = "2")]
+    pub id: Vec<u8>,
+    /// Kafka-named config overrides.
+    #[prost(btree_map = "string, string", tag = "3")]
+    pub configs: BTreeMap<String, String>,
+    /// Replicas of each partition, by partition index.
+    #[prost(message, repeated, tag = "4")]
+    pub partitions: Vec<Replicas>,
+}
+
+/// The brokers holding one partition; the first is the preferred leader.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Replicas {
+    /// Broker ids.
+    #[prost(int32, repeated, tag = "1")]
+    pub brokers: Vec<i32>,
+}
+
+/// Topics to delete, by name and id (a recreated topic of the same name is left alone).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TopicDeletions {
+    /// One per topic.
+    #[prost(message, repeated, tag = "1")]
+    pub topics: Vec<TopicRef>,
+}
+
+/// A topic named together with its id.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct TopicRef {
+    /// Name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// KIP-516 id.
+    #[prost(bytes = "vec", tag = "2")]
+    pub id: Vec<u8>,
+}
+
+/// Partitions appended to a topic.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PartitionAddition {
+    /// The topic.
+    #[prost(message, optional, tag = "1")]
+    pub topic: Option<TopicRef>,
+    /// Replicas of each new partition, in index order after the existing ones.
+    #[prost(message, repeated, tag = "2")]
+    pub partitions: Vec<Replicas>,
+}
+
+/// The whole applied metadata, as stored in a snapshot.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ImageRecord {
+    /// Registered brokers.
+    #[prost(message, repeated, tag = "1")]
+    pub brokers: Vec<BrokerRegistration>,
+    /// Topics.
+    #[prost(message, repeated, tag = "2")]
+    pub topics: Vec<TopicCreation>,
+}
+
+/// What one broker sends another in one frame: Raft messages of any groups.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PeerFrame {
+    /// Sender's broker id.
+    #[prost(int32, tag = "1")]
+    pub from: i32,
+    /// The messages, in order.
+    #[prost(message, repeated, tag = "2")]
+    pub messages: Vec<GroupMessage>,
+}
+
+/// One Raft message and the group it belongs to.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GroupMessage {
+    /// The group; `None` is the metadata quorum.
+    #[prost(message, optional, tag = "1")]
+    pub partition: Option<TopicRef>,
+    /// Partition index when `partition` is set.
+    #[prost(int32, tag = "2")]
+    pub index: i32,
+    /// The raft-rs message.
+    #[prost(message, optional, tag = "3")]
+    pub message: Option<raft::eraftpb::Message>,
+}
