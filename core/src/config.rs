@@ -158,6 +158,8 @@ pub struct BrokerConfig {
     pub index_interval_bytes: u32,
     /// Largest Fetch response we build, whatever the client asks.
     pub fetch_max_bytes: i32,
+    /// The metadata quorum and this broker's place in the cluster.
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 impl Default for BrokerConfig {
@@ -174,6 +176,7 @@ impl Default for BrokerConfig {
             retention_check_interval_ms: 5 * 60 * 1000,
             index_interval_bytes: 4096,
             fetch_max_bytes: 55 * 1024 * 1024,
+            cluster: crate::cluster::ClusterConfig::default(),
         }
     }
 }

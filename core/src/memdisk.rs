@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::consensus::MemLog;
 use crate::storage::{SegmentId, StorageCompletion, StorageOp, TopicPartition, TopicRecord};
 
 #[derive(Debug, Default, Clone)]
@@ -23,6 +24,8 @@ pub struct MemDisk {
     segments: BTreeMap<SegmentId, File>,
     indexes: BTreeMap<SegmentId, Bytes>,
     topics: BTreeMap<Arc<str>, TopicRecord>,
+    /// The metadata quorum's Raft state; written synchronously, so never lost.
+    quorum: Option<MemLog>,
 }
 
 impl MemDisk {
@@ -84,6 +87,11 @@ impl MemDisk {
             }
             StorageOp::RemoveTopic(name) => {
                 self.topics.remove(&name);
+            }
+            StorageOp::SaveQuorum(change) => {
+                self.quorum
+                    .get_or_insert_with(MemLog::default)
+                    .apply(&change);
             }
         }
         None
@@ -160,7 +168,7 @@ impl MemDisk {
         &mut self,
         index_interval: u32,
         max_batch_bytes: usize,
-    ) -> Vec<crate::RecoveredTopic> {
+    ) -> crate::broker::Recovered {
         use crate::recovery::{recover_partition, scan_segment, FoundSegment};
         let topics: Vec<_> = self
             .topics
@@ -224,6 +232,9 @@ impl MemDisk {
                 partitions,
             });
         }
-        recovered
+        crate::broker::Recovered {
+            topics: recovered,
+            quorum: self.quorum.as_ref().map(MemLog::as_persist),
+        }
     }
 }

@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::consensus::RaftPersist;
+
 /// One partition of one topic.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TopicPartition {
@@ -56,7 +58,7 @@ pub struct TopicRecord {
 }
 
 /// A disk operation, to be carried out in the order emitted.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum StorageOp {
     /// Create an empty segment file (and its partition directory if needed).
     CreateSegment(SegmentId),
@@ -107,6 +109,10 @@ pub enum StorageOp {
     },
     /// Durably forget a topic.
     RemoveTopic(Arc<str>),
+    /// Write a change to the metadata quorum's Raft state (see [`RaftPersist`]). It must be
+    /// durable when the driver moves on to the next output: later outputs (votes, answers to
+    /// clients) promise it.
+    SaveQuorum(RaftPersist),
 }
 
 /// The answer to a [`StorageOp`] that has one.

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use crate::config::TopicConfig;
 use crate::log::PartitionLog;
+use kafka_protocol::ResponseError;
+
 use crate::storage::TopicRecord;
 
 /// The longest topic name Kafka accepts.
@@ -21,7 +23,8 @@ pub fn is_valid_topic_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
-/// A topic held by this broker.
+/// A topic as this broker knows it: its definition from the cluster metadata and the logs
+/// of the partitions this broker holds.
 #[derive(Debug)]
 pub struct Topic {
     /// Name, shared with every partition id.
@@ -32,32 +35,55 @@ pub struct Topic {
     pub overrides: BTreeMap<String, String>,
     /// Broker defaults with the overrides applied.
     pub config: TopicConfig,
-    /// One log per partition, by index.
-    pub partitions: Vec<PartitionLog>,
+    /// Replicas of each partition, by index; the first is the preferred leader.
+    pub replicas: Vec<Vec<i32>>,
+    /// Logs of the partitions held here, by index.
+    pub logs: BTreeMap<i32, PartitionLog>,
 }
 
 impl Topic {
-    /// The durable definition of this topic.
+    /// The durable local record of this topic.
     pub fn record(&self) -> TopicRecord {
         TopicRecord {
             id: self.id,
-            partitions: self.partitions.len() as i32,
+            partitions: self.partition_count(),
             configs: self.overrides.clone(),
         }
     }
 
-    /// The log of partition `index`, if it exists.
+    /// Number of partitions in the cluster (held here or not).
+    pub fn partition_count(&self) -> i32 {
+        self.replicas.len() as i32
+    }
+
+    /// The log of partition `index`, if this broker holds it.
     pub fn partition(&self, index: i32) -> Option<&PartitionLog> {
-        usize::try_from(index)
-            .ok()
-            .and_then(|i| self.partitions.get(i))
+        self.logs.get(&index)
     }
 
     /// The log of partition `index`, mutably.
     pub fn partition_mut(&mut self, index: i32) -> Option<&mut PartitionLog> {
-        usize::try_from(index)
-            .ok()
-            .and_then(|i| self.partitions.get_mut(i))
+        self.logs.get_mut(&index)
+    }
+
+    /// The log of partition `index`, or the error a client gets for it: the partition does
+    /// not exist, or another broker serves it.
+    pub fn log_for_client(&self, index: i32) -> Result<&PartitionLog, ResponseError> {
+        self.partition(index).ok_or_else(|| self.missing(index))
+    }
+
+    /// [`Self::log_for_client`], mutably.
+    pub fn log_for_client_mut(&mut self, index: i32) -> Result<&mut PartitionLog, ResponseError> {
+        let missing = self.missing(index);
+        self.partition_mut(index).ok_or(missing)
+    }
+
+    fn missing(&self, index: i32) -> ResponseError {
+        if index >= 0 && index < self.partition_count() {
+            ResponseError::NotLeaderOrFollower
+        } else {
+            ResponseError::UnknownTopicOrPartition
+        }
     }
 }
 

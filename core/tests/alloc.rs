@@ -12,7 +12,7 @@ use seedlog_core::memdisk::MemDisk;
 use seedlog_core::wire::{
     encode_request, fetch_request, produce_request, record_batch, topic_name,
 };
-use seedlog_core::{Broker, Output};
+use seedlog_core::{Broker, Output, Recovered};
 
 /// Counts every allocation made by this test binary.
 struct Counting;
@@ -52,7 +52,8 @@ fn request(api: ApiKey, version: i16, body: RequestKind) -> Bytes {
 
 /// Allocations made by the broker to produce, then fetch, one batch of `records` records.
 fn allocations_for(records: usize) -> (u64, u64) {
-    let mut broker = Broker::new(BrokerConfig::default(), Vec::new(), 1, NOW);
+    let mut broker =
+        Broker::new(BrokerConfig::default(), Recovered::default(), 1, NOW).expect("starts");
     let mut disk = MemDisk::new();
     let create = CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
         .with_name(topic_name("t"))

@@ -22,7 +22,7 @@ use seedlog_core::config::BrokerConfig;
 use seedlog_core::memdisk::MemDisk;
 use seedlog_core::storage::{StorageCompletion, StorageOp};
 use seedlog_core::wire::{decode_response, encode_request, record_batch};
-use seedlog_core::{Broker, Output};
+use seedlog_core::{Broker, Output, Recovered};
 
 /// Steps a broker until idle, carrying out its storage operations on a `MemDisk`.
 struct Harness {
@@ -45,7 +45,7 @@ impl Harness {
     fn new(config: BrokerConfig) -> Self {
         let now = 1_700_000_000_000;
         Harness {
-            broker: Broker::new(config.clone(), Vec::new(), 7, now),
+            broker: Broker::new(config.clone(), Recovered::default(), 7, now).expect("starts"),
             disk: MemDisk::new(),
             config,
             now,
@@ -68,6 +68,7 @@ impl Harness {
                     self.inbox.entry(conn).or_default().push_back(frame)
                 }
                 Output::Close(conn) => self.closed.push(conn),
+                Output::Peer { to, .. } => panic!("a single broker sent a peer frame to {to}"),
                 Output::Storage(op @ StorageOp::Sync { .. }) if self.hold_syncs => {
                     self.held.push(op)
                 }
@@ -131,7 +132,7 @@ impl Harness {
         self.inbox.clear();
         self.asked.clear();
         let recovered = self.disk.recover(self.config.index_interval_bytes, 2 << 20);
-        self.broker = Broker::new(self.config.clone(), recovered, 7, self.now);
+        self.broker = Broker::new(self.config.clone(), recovered, 7, self.now).expect("restarts");
     }
 
     /// Flips the bits of `mask` in byte `position` of the `nth` segment file of `t-0`.

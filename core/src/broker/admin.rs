@@ -1,10 +1,11 @@
 //! ApiVersions, Metadata and the admin APIs: topics, partitions and configs.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
-use kafka_protocol::messages::create_partitions_request::CreatePartitionsRequest;
+use kafka_protocol::messages::create_partitions_request::{
+    CreatePartitionsRequest, CreatePartitionsTopic,
+};
 use kafka_protocol::messages::create_partitions_response::{
     CreatePartitionsResponse, CreatePartitionsTopicResult,
 };
@@ -27,14 +28,16 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{ApiKey, BrokerId, ResponseKind, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use tracing::info;
+use tracing::{info, warn};
 use uuid::Uuid;
 
-use super::Broker;
-use crate::canary::{is_planted, Canary};
+use super::quorum::Waiting;
+use super::{Broker, ReplyTo};
+use crate::cluster::records::{
+    Change, PartitionAddition, PartitionAdditions, Replicas, TopicCreation, TopicCreations,
+    TopicDeletions, TopicRef,
+};
 use crate::config::{TopicConfig, TOPIC_CONFIG_KEYS};
-use crate::log::PartitionLog;
-use crate::storage::{StorageOp, TopicPartition};
 use crate::topic::{is_valid_topic_name, Topic};
 
 /// The APIs this broker serves and the versions of each, as advertised in ApiVersions.
@@ -86,17 +89,75 @@ fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }
 
+/// Replication factor the cluster can give a partition today: each partition has one
+/// replica until partition replication lands (issue 4's Raft per partition).
+const REPLICATION_FACTOR_MAX: usize = 1;
+
+/// How long an auto-creating Metadata request waits for its topics.
+const AUTO_CREATE_WAIT_MS: i64 = 5_000;
+
 impl Broker {
-    pub(super) fn metadata(&mut self, request: MetadataRequest) -> ResponseKind {
-        let me = BrokerId(self.config.broker_id);
-        let broker = MetadataResponseBroker::default()
-            .with_node_id(me)
-            .with_host(str_bytes(&self.config.advertised_host))
-            .with_port(self.config.advertised_port);
+    pub(super) fn metadata(&mut self, now: i64, reply_to: ReplyTo, request: MetadataRequest) {
+        let auto_create = request.allow_auto_topic_creation && self.config.auto_create_topics;
+        let missing: Vec<String> = request
+            .topics
+            .iter()
+            .flatten()
+            .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+            .filter(|n| is_valid_topic_name(n) && !self.topics.contains_key(n.as_str()))
+            .collect();
+        if !auto_create || missing.is_empty() {
+            let response = self.metadata_response(request);
+            return self.respond(reply_to, Some(response));
+        }
+        let mut topics = Vec::new();
+        for name in &missing {
+            let partitions = self.config.default_partitions;
+            match self.place(partitions, 1) {
+                Ok(replicas) => {
+                    info!(topic = %name, partitions, "auto-creating topic");
+                    topics.push(self.topic_creation(name, BTreeMap::new(), replicas));
+                }
+                Err((_, message)) => warn!(topic = %name, %message, "cannot auto-create topic"),
+            }
+        }
+        if topics.is_empty() {
+            let response = self.metadata_response(request);
+            return self.respond(reply_to, Some(response));
+        }
+        let change = Change::CreateTopics(TopicCreations { topics });
+        let waiting = Waiting::Metadata(request);
+        self.propose_for(now, reply_to, change, waiting, AUTO_CREATE_WAIT_MS);
+    }
+
+    /// The Metadata answer from what this broker knows now.
+    pub(super) fn metadata_response(&self, request: MetadataRequest) -> ResponseKind {
+        let image = self.controller.image();
+        let mut brokers: Vec<MetadataResponseBroker> = image
+            .brokers
+            .values()
+            .map(|b| {
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(b.id))
+                    .with_host(str_bytes(&b.host))
+                    .with_port(b.port)
+                    .with_rack((!b.rack.is_empty()).then(|| str_bytes(&b.rack)))
+            })
+            .collect();
+        if !image.brokers.contains_key(&self.config.broker_id) {
+            // Not registered yet: clients must still be able to reach the broker they asked.
+            brokers.push(
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(self.config.broker_id))
+                    .with_host(str_bytes(&self.config.advertised_host))
+                    .with_port(self.config.advertised_port),
+            );
+        }
+        let controller = self.controller.leader().unwrap_or(-1);
         let mut response = MetadataResponse::default()
-            .with_brokers(vec![broker])
+            .with_brokers(brokers)
             .with_cluster_id(Some(str_bytes(&self.config.cluster_id)))
-            .with_controller_id(me);
+            .with_controller_id(BrokerId(controller));
         // v0 sends an empty list for "all topics"; later versions send null.
         let wanted: Option<Vec<_>> = request.topics.filter(|t| !t.is_empty());
         let Some(wanted) = wanted else {
@@ -124,20 +185,16 @@ impl Broker {
                 response.topics.push(t);
                 continue;
             };
-            if !self.topics.contains_key(name.as_str()) && auto_create && is_valid_topic_name(&name)
-            {
-                let partitions = self.config.default_partitions;
-                let config = self.config.topic_defaults.clone();
-                info!(topic = %name, partitions, "auto-creating topic");
-                self.create_topic(&name, partitions, BTreeMap::new(), config);
-            }
             let topic = match self.topics.get(name.as_str()) {
                 Some(topic) => self.metadata_topic(topic),
                 None => {
-                    let error = if is_valid_topic_name(&name) {
-                        ResponseError::UnknownTopicOrPartition
-                    } else {
+                    let error = if !is_valid_topic_name(&name) {
                         ResponseError::InvalidTopicException
+                    } else if auto_create {
+                        // Being created (or the creation timed out): the client retries.
+                        ResponseError::LeaderNotAvailable
+                    } else {
+                        ResponseError::UnknownTopicOrPartition
                     };
                     MetadataResponseTopic::default()
                         .with_name(Some(TopicName(str_bytes(&name))))
@@ -150,15 +207,18 @@ impl Broker {
     }
 
     fn metadata_topic(&self, topic: &Topic) -> MetadataResponseTopic {
-        let me = BrokerId(self.config.broker_id);
-        let partitions = (0..topic.partitions.len() as i32)
-            .map(|i| {
+        let partitions = topic
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(i, replicas)| {
+                let replicas: Vec<BrokerId> = replicas.iter().map(|&b| BrokerId(b)).collect();
                 MetadataResponsePartition::default()
-                    .with_partition_index(i)
-                    .with_leader_id(me)
+                    .with_partition_index(i as i32)
+                    .with_leader_id(replicas.first().copied().unwrap_or(BrokerId(-1)))
                     .with_leader_epoch(0)
-                    .with_replica_nodes(vec![me])
-                    .with_isr_nodes(vec![me])
+                    .with_isr_nodes(replicas.clone())
+                    .with_replica_nodes(replicas)
             })
             .collect();
         MetadataResponseTopic::default()
@@ -167,42 +227,71 @@ impl Broker {
             .with_partitions(partitions)
     }
 
-    /// Creates a topic that does not exist yet and records it durably.
-    fn create_topic(
+    /// A new topic's definition with a fresh id.
+    fn topic_creation(
         &mut self,
         name: &str,
-        partitions: i32,
-        overrides: BTreeMap<String, String>,
-        config: TopicConfig,
-    ) -> [u8; 16] {
-        let name: Arc<str> = Arc::from(name);
-        let id = self.new_topic_id();
-        let mut topic = Topic {
-            name: name.clone(),
-            id,
-            overrides,
-            config,
-            partitions: Vec::new(),
-        };
-        let mut ops = Vec::new();
-        add_partitions(&mut topic, partitions, &mut ops);
-        if !is_planted(Canary::VolatileTopics) {
-            self.storage(StorageOp::SaveTopic {
-                name: name.clone(),
-                record: topic.record(),
-            });
+        configs: BTreeMap<String, String>,
+        replicas: Vec<Vec<i32>>,
+    ) -> TopicCreation {
+        TopicCreation {
+            name: name.to_string(),
+            id: self.new_topic_id().to_vec(),
+            configs,
+            partitions: replicas
+                .into_iter()
+                .map(|brokers| Replicas { brokers })
+                .collect(),
         }
-        self.emit_log_ops(ops);
-        self.topics.insert(name, topic);
-        id
+    }
+
+    /// Brokers clients can be placed on: the registered ones, and this one.
+    fn placeable_brokers(&self) -> Vec<i32> {
+        let mut brokers: Vec<i32> = self.controller.image().brokers.keys().copied().collect();
+        if !brokers.contains(&self.config.broker_id) {
+            brokers.push(self.config.broker_id);
+            brokers.sort_unstable();
+        }
+        brokers
+    }
+
+    /// Places `partitions` new partitions of `replication` replicas each: round robin over
+    /// the brokers from a fresh starting point, so topics do not all lead on one broker.
+    #[allow(clippy::type_complexity)]
+    fn place(
+        &mut self,
+        partitions: i32,
+        replication: usize,
+    ) -> Result<Vec<Vec<i32>>, (ResponseError, String)> {
+        let brokers = self.placeable_brokers();
+        if replication > REPLICATION_FACTOR_MAX || replication > brokers.len() {
+            return Err((
+                ResponseError::InvalidReplicationFactor,
+                format!(
+                    "replication factor {replication} is larger than the {} this cluster can give",
+                    REPLICATION_FACTOR_MAX.min(brokers.len())
+                ),
+            ));
+        }
+        self.id_counter += 1;
+        let start = (self.id_seed ^ self.id_counter) as usize;
+        Ok((0..partitions as usize)
+            .map(|p| {
+                (0..replication)
+                    .map(|r| brokers[(start + p + r) % brokers.len()])
+                    .collect()
+            })
+            .collect())
     }
 
     pub(super) fn create_topics(
         &mut self,
-        version: i16,
+        now: i64,
+        reply_to: ReplyTo,
         request: CreateTopicsRequest,
-    ) -> ResponseKind {
+    ) {
         let mut response = CreateTopicsResponse::default();
+        let mut creations = Vec::new();
         for creatable in request.topics {
             let mut result = CreatableTopicResult::default()
                 .with_name(creatable.name.clone())
@@ -213,11 +302,11 @@ impl Broker {
                     result.error_code = error.code();
                     result.error_message = Some(str_bytes(&message));
                 }
-                Ok((partitions, overrides, config)) => {
-                    result.num_partitions = partitions;
-                    result.replication_factor = 1;
+                Ok((replicas, overrides, config)) => {
+                    result.num_partitions = replicas.len() as i32;
+                    result.replication_factor = replicas.first().map_or(0, |r| r.len() as i16);
                     // v5 added the effective configs to the response.
-                    result.configs = (version >= 5).then(|| {
+                    result.configs = (reply_to.version >= 5).then(|| {
                         TOPIC_CONFIG_KEYS
                             .iter()
                             .filter_map(|key| {
@@ -233,24 +322,36 @@ impl Broker {
                             .collect()
                     });
                     if !request.validate_only {
-                        info!(topic = %creatable.name.0, partitions, "creating topic");
-                        let id =
-                            self.create_topic(&creatable.name.0, partitions, overrides, config);
-                        result.topic_id = Uuid::from_bytes(id);
+                        info!(topic = %creatable.name.0, partitions = replicas.len(), "creating topic");
+                        let creation = self.topic_creation(&creatable.name.0, overrides, replicas);
+                        result.topic_id = Uuid::from_slice(&creation.id).unwrap_or_default();
+                        creations.push(creation);
                     }
                 }
             }
             response.topics.push(result);
         }
-        ResponseKind::CreateTopics(response)
+        if creations.is_empty() {
+            return self.respond(reply_to, Some(ResponseKind::CreateTopics(response)));
+        }
+        let change = Change::CreateTopics(TopicCreations { topics: creations });
+        let waiting = Waiting::CreateTopics(response);
+        self.propose_for(
+            now,
+            reply_to,
+            change,
+            waiting,
+            i64::from(request.timeout_ms),
+        );
     }
 
-    /// Checks a CreateTopics entry; returns its partition count, overrides and config.
+    /// Checks a CreateTopics entry; returns its replicas, overrides and config.
     #[allow(clippy::type_complexity)]
     fn check_creatable(
-        &self,
+        &mut self,
         t: &CreatableTopic,
-    ) -> Result<(i32, BTreeMap<String, String>, TopicConfig), (ResponseError, String)> {
+    ) -> Result<(Vec<Vec<i32>>, BTreeMap<String, String>, TopicConfig), (ResponseError, String)>
+    {
         let name = &*t.name.0;
         if !is_valid_topic_name(name) {
             return Err((
@@ -264,34 +365,6 @@ impl Broker {
                 format!("topic {name} already exists"),
             ));
         }
-        let partitions = if t.assignments.is_empty() {
-            if t.replication_factor != -1 && t.replication_factor != 1 {
-                return Err((
-                    ResponseError::InvalidReplicationFactor,
-                    format!(
-                        "replication factor {} is larger than the 1 available broker",
-                        t.replication_factor
-                    ),
-                ));
-            }
-            match t.num_partitions {
-                -1 => self.config.default_partitions,
-                n if n >= 1 => n,
-                n => return Err((ResponseError::InvalidPartitions, format!("{n} partitions"))),
-            }
-        } else {
-            let me = BrokerId(self.config.broker_id);
-            let mut indexes: Vec<i32> = t.assignments.iter().map(|a| a.partition_index).collect();
-            indexes.sort_unstable();
-            let dense = indexes.iter().enumerate().all(|(i, p)| *p == i as i32);
-            if !dense || t.assignments.iter().any(|a| a.broker_ids != [me]) {
-                return Err((
-                    ResponseError::InvalidReplicaAssignment,
-                    "replicas must be [this broker]".into(),
-                ));
-            }
-            t.assignments.len() as i32
-        };
         let mut overrides = BTreeMap::new();
         for c in &t.configs {
             let Some(value) = &c.value else { continue };
@@ -302,95 +375,199 @@ impl Broker {
             .topic_defaults
             .with_overrides(&overrides)
             .map_err(|e| (ResponseError::InvalidConfig, e.0))?;
-        Ok((partitions, overrides, config))
+        let replicas = if t.assignments.is_empty() {
+            let partitions = match t.num_partitions {
+                -1 => self.config.default_partitions,
+                n if n >= 1 => n,
+                n => return Err((ResponseError::InvalidPartitions, format!("{n} partitions"))),
+            };
+            let replication = match t.replication_factor {
+                -1 => 1,
+                n if n >= 1 => n as usize,
+                n => {
+                    return Err((
+                        ResponseError::InvalidReplicationFactor,
+                        format!("replication factor {n}"),
+                    ))
+                }
+            };
+            self.place(partitions, replication)?
+        } else {
+            let mut indexes: Vec<i32> = t.assignments.iter().map(|a| a.partition_index).collect();
+            indexes.sort_unstable();
+            if !indexes.iter().enumerate().all(|(i, p)| *p == i as i32) {
+                return Err((
+                    ResponseError::InvalidReplicaAssignment,
+                    "partition indexes must be 0..n".into(),
+                ));
+            }
+            let mut assignments: Vec<_> = t.assignments.iter().collect();
+            assignments.sort_by_key(|a| a.partition_index);
+            let replicas: Vec<Vec<i32>> = assignments
+                .iter()
+                .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+                .collect();
+            self.check_assignment(&replicas)?;
+            replicas
+        };
+        Ok((replicas, overrides, config))
     }
 
-    pub(super) fn delete_topics(&mut self, request: DeleteTopicsRequest) -> ResponseKind {
+    /// Checks replica lists given by a client.
+    fn check_assignment(&self, replicas: &[Vec<i32>]) -> Result<(), (ResponseError, String)> {
+        let brokers = self.placeable_brokers();
+        for r in replicas {
+            let mut unique = r.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            if r.is_empty()
+                || unique.len() != r.len()
+                || r.len() > REPLICATION_FACTOR_MAX
+                || r.iter().any(|b| !brokers.contains(b))
+            {
+                return Err((
+                    ResponseError::InvalidReplicaAssignment,
+                    format!(
+                        "replicas {r:?}: want {REPLICATION_FACTOR_MAX} distinct brokers of {brokers:?}"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn delete_topics(
+        &mut self,
+        now: i64,
+        reply_to: ReplyTo,
+        request: DeleteTopicsRequest,
+    ) {
         let by_name = request
             .topic_names
             .into_iter()
             .map(|n| (Some(n), Uuid::nil()));
         let by_state = request.topics.into_iter().map(|t| (t.name, t.topic_id));
         let mut response = DeleteTopicsResponse::default();
+        let mut deletions = Vec::new();
         for (name, id) in by_name.chain(by_state) {
             let found = match &name {
-                Some(n) => self.topics.get(&*n.0).map(|t| t.name.clone()),
-                None => self
-                    .topics
-                    .values()
-                    .find(|t| Uuid::from_bytes(t.id) == id)
-                    .map(|t| t.name.clone()),
+                Some(n) => self.topics.get(&*n.0),
+                None => self.topics.values().find(|t| Uuid::from_bytes(t.id) == id),
             };
             let mut result = DeletableTopicResult::default()
                 .with_name(name.clone())
                 .with_topic_id(id);
             match found {
                 None => result.error_code = ResponseError::UnknownTopicOrPartition.code(),
-                Some(found) => {
-                    let topic = self.topics.remove(&found).expect("found above");
-                    info!(topic = %found, "deleting topic");
-                    result.name = Some(TopicName(str_bytes(&found)));
+                Some(topic) => {
+                    info!(topic = %topic.name, "deleting topic");
+                    result.name = Some(TopicName(str_bytes(&topic.name)));
                     result.topic_id = Uuid::from_bytes(topic.id);
-                    self.storage(StorageOp::RemoveTopic(found.clone()));
-                    for i in 0..topic.partitions.len() as i32 {
-                        self.storage(StorageOp::DeletePartition(TopicPartition::new(&found, i)));
-                    }
-                    self.dirty_segments.retain(|s| s.partition.topic != found);
-                    self.dirty_partitions.retain(|p| p.topic != found);
+                    deletions.push(TopicRef {
+                        name: topic.name.to_string(),
+                        id: topic.id.to_vec(),
+                    });
                 }
             }
             response.responses.push(result);
         }
-        ResponseKind::DeleteTopics(response)
+        if deletions.is_empty() {
+            return self.respond(reply_to, Some(ResponseKind::DeleteTopics(response)));
+        }
+        let change = Change::DeleteTopics(TopicDeletions { topics: deletions });
+        let waiting = Waiting::DeleteTopics(response);
+        self.propose_for(
+            now,
+            reply_to,
+            change,
+            waiting,
+            i64::from(request.timeout_ms),
+        );
     }
 
-    pub(super) fn create_partitions(&mut self, request: CreatePartitionsRequest) -> ResponseKind {
+    pub(super) fn create_partitions(
+        &mut self,
+        now: i64,
+        reply_to: ReplyTo,
+        request: CreatePartitionsRequest,
+    ) {
         let mut response = CreatePartitionsResponse::default();
+        let mut additions = Vec::new();
         for t in request.topics {
             let mut result = CreatePartitionsTopicResult::default().with_name(t.name.clone());
-            let me = BrokerId(self.config.broker_id);
-            let error = match self.topics.get(&*t.name.0) {
-                None => Some((
-                    ResponseError::UnknownTopicOrPartition,
-                    "no such topic".to_string(),
-                )),
-                Some(topic) if t.count <= topic.partitions.len() as i32 => Some((
-                    ResponseError::InvalidPartitions,
-                    format!(
-                        "topic has {} partitions; the count can only grow",
-                        topic.partitions.len()
-                    ),
-                )),
-                Some(_)
-                    if t.assignments
-                        .as_ref()
-                        .is_some_and(|a| a.iter().any(|a| a.broker_ids != [me])) =>
-                {
-                    Some((
-                        ResponseError::InvalidReplicaAssignment,
-                        "replicas must be [this broker]".into(),
-                    ))
+            match self.check_partition_growth(&t) {
+                Err((error, message)) => {
+                    result.error_code = error.code();
+                    result.error_message = Some(str_bytes(&message));
                 }
-                Some(_) => None,
-            };
-            if let Some((error, message)) = error {
-                result.error_code = error.code();
-                result.error_message = Some(str_bytes(&message));
-            } else if !request.validate_only {
-                let topic = self.topics.get_mut(&*t.name.0).expect("checked above");
-                let mut ops = Vec::new();
-                add_partitions(topic, t.count - topic.partitions.len() as i32, &mut ops);
-                let save = StorageOp::SaveTopic {
-                    name: topic.name.clone(),
-                    record: topic.record(),
-                };
-                info!(topic = %topic.name, count = t.count, "adding partitions");
-                self.storage(save);
-                self.emit_log_ops(ops);
+                Ok(addition) => {
+                    info!(topic = %t.name.0, count = t.count, "adding partitions");
+                    additions.push(addition);
+                }
             }
             response.results.push(result);
         }
-        ResponseKind::CreatePartitions(response)
+        if additions.is_empty() || request.validate_only {
+            return self.respond(reply_to, Some(ResponseKind::CreatePartitions(response)));
+        }
+        let change = Change::AddPartitions(PartitionAdditions { topics: additions });
+        let waiting = Waiting::CreatePartitions(response);
+        self.propose_for(
+            now,
+            reply_to,
+            change,
+            waiting,
+            i64::from(request.timeout_ms),
+        );
+    }
+
+    fn check_partition_growth(
+        &mut self,
+        t: &CreatePartitionsTopic,
+    ) -> Result<PartitionAddition, (ResponseError, String)> {
+        let topic = self.topics.get(&*t.name.0).ok_or((
+            ResponseError::UnknownTopicOrPartition,
+            "no such topic".to_string(),
+        ))?;
+        let (current, id) = (topic.partition_count(), topic.id);
+        let replication = topic.replicas.first().map_or(1, Vec::len);
+        if t.count <= current {
+            return Err((
+                ResponseError::InvalidPartitions,
+                format!("topic has {current} partitions; the count can only grow"),
+            ));
+        }
+        let replicas = match &t.assignments {
+            Some(assignments) => {
+                let replicas: Vec<Vec<i32>> = assignments
+                    .iter()
+                    .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+                    .collect();
+                if replicas.len() as i32 != t.count - current {
+                    return Err((
+                        ResponseError::InvalidReplicaAssignment,
+                        format!(
+                            "{} assignments for {} new partitions",
+                            replicas.len(),
+                            t.count - current
+                        ),
+                    ));
+                }
+                self.check_assignment(&replicas)?;
+                replicas
+            }
+            None => self.place(t.count - current, replication)?,
+        };
+        Ok(PartitionAddition {
+            topic: Some(TopicRef {
+                name: t.name.0.to_string(),
+                id: id.to_vec(),
+            }),
+            partitions: replicas
+                .into_iter()
+                .map(|brokers| Replicas { brokers })
+                .collect(),
+        })
     }
 
     pub(super) fn describe_configs(&self, request: DescribeConfigsRequest) -> ResponseKind {
@@ -464,15 +641,5 @@ impl Broker {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v, STATIC))
         .collect()
-    }
-}
-
-/// Adds `count` empty partitions to `topic`.
-fn add_partitions(topic: &mut Topic, count: i32, ops: &mut Vec<StorageOp>) {
-    for _ in 0..count {
-        let index = topic.partitions.len() as i32;
-        let (log, op) = PartitionLog::new(TopicPartition::new(&topic.name, index));
-        topic.partitions.push(log);
-        ops.push(op);
     }
 }

@@ -153,13 +153,9 @@ impl Broker {
                     .with_partition_index(p.partition)
                     .with_aborted_transactions(aborted.clone())
                     .with_records(Some(Bytes::new()));
-                let log = self
-                    .topics
-                    .get(&*topic.topic.0)
-                    .and_then(|t| t.partition(p.partition));
-                match log {
-                    None => data.error_code = ResponseError::UnknownTopicOrPartition.code(),
-                    Some(log) => {
+                match self.log_for_client(&topic.topic.0, p.partition) {
+                    Err(error) => data.error_code = error.code(),
+                    Ok(log) => {
                         data.high_watermark = log.high_watermark();
                         data.last_stable_offset = log.high_watermark();
                         data.log_start_offset = log.log_start_offset();
@@ -203,15 +199,14 @@ impl Broker {
                     .with_partition_index(p.partition_index)
                     .with_timestamp(-1)
                     .with_offset(-1);
-                let log = self
-                    .topics
-                    .get(&*topic.name.0)
-                    .and_then(|t| t.partition(p.partition_index));
-                match (log, p.timestamp) {
-                    (None, _) => out.error_code = ResponseError::UnknownTopicOrPartition.code(),
-                    (Some(log), EARLIEST) => out.offset = log.log_start_offset(),
-                    (Some(log), LATEST) => out.offset = log.high_watermark(),
-                    (Some(log), ts) if ts >= 0 => {
+                match (
+                    self.log_for_client(&topic.name.0, p.partition_index),
+                    p.timestamp,
+                ) {
+                    (Err(error), _) => out.error_code = error.code(),
+                    (Ok(log), EARLIEST) => out.offset = log.log_start_offset(),
+                    (Ok(log), LATEST) => out.offset = log.high_watermark(),
+                    (Ok(log), ts) if ts >= 0 => {
                         if let Some(plan) = log.plan_timestamp_read(ts) {
                             slots.push(ReadSlot {
                                 topic_index,
@@ -221,7 +216,7 @@ impl Broker {
                             });
                         }
                     }
-                    (Some(_), _) => out.error_code = ResponseError::InvalidRequest.code(),
+                    (Ok(_), _) => out.error_code = ResponseError::InvalidRequest.code(),
                 }
                 if out.error_code == 0 && reply_to.version >= 4 {
                     out.leader_epoch = 0;

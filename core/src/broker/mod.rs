@@ -14,6 +14,7 @@
 mod admin;
 mod fetch;
 mod produce;
+mod quorum;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -21,9 +22,13 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};
+use kafka_protocol::ResponseError;
 use tracing::{debug, warn};
 
+use crate::cluster::records::BrokerRegistration;
+use crate::cluster::Controller;
 use crate::config::{BrokerConfig, FlushPolicy};
+use crate::consensus::RaftPersist;
 use crate::log::{CommitPoint, PartitionLog, Segment};
 use crate::storage::{SegmentId, StorageCompletion, StorageOp, TopicPartition, TopicRecord};
 use crate::topic::Topic;
@@ -35,7 +40,7 @@ use produce::PendingProduce;
 pub type ConnectionId = u64;
 
 /// Something the driver must do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// Write a complete response frame (size prefix included) to a connection.
     Send {
@@ -48,7 +53,27 @@ pub enum Output {
     Close(ConnectionId),
     /// Perform a disk operation.
     Storage(StorageOp),
+    /// Send a frame (size prefix not included) to another broker. Peer messages may be
+    /// dropped when the peer cannot be reached: Raft retries what matters.
+    Peer {
+        /// Destination broker id.
+        to: i32,
+        /// An encoded [`crate::cluster::records::PeerFrame`].
+        frame: Bytes,
+    },
 }
+
+/// Everything found on disk at startup.
+#[derive(Debug, Clone, Default)]
+pub struct Recovered {
+    /// Topics with partition data here.
+    pub topics: Vec<RecoveredTopic>,
+    /// The metadata quorum's Raft state, if this node has been started before.
+    pub quorum: Option<RaftPersist>,
+}
+
+/// A recovered topic's id and its partitions' segments, by partition index.
+type RecoveredLogs = ([u8; 16], BTreeMap<i32, Vec<Segment>>);
 
 /// A topic as found on disk at startup.
 #[derive(Debug, Clone)]
@@ -115,45 +140,48 @@ pub struct Broker {
     /// State for topic ids: a counter mixed with the broker id, so ids never repeat.
     id_counter: u64,
     id_seed: u64,
+    /// This broker's member of the metadata quorum.
+    controller: Controller,
+    /// Admin requests waiting for their metadata record, by proposal token.
+    pending_admin: BTreeMap<u64, quorum::PendingAdmin>,
+    /// Partition data found at startup, until the metadata says which topics it belongs to.
+    recovered_logs: BTreeMap<Arc<str>, RecoveredLogs>,
 }
 
 impl Broker {
-    /// A broker with the given config and the topics recovered from disk.
-    /// `seed` makes generated ids deterministic (the simulator passes its seed).
-    pub fn new(config: BrokerConfig, recovered: Vec<RecoveredTopic>, seed: u64, now: i64) -> Self {
-        let mut topics = BTreeMap::new();
-        for t in recovered {
-            let name: Arc<str> = Arc::from(t.name.as_str());
-            let config_for_topic = match config.topic_defaults.with_overrides(&t.record.configs) {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(topic = %name, error = %e.0, "stored topic config invalid; using defaults");
-                    config.topic_defaults.clone()
-                }
-            };
-            let partitions = t
-                .partitions
-                .into_iter()
-                .enumerate()
-                .map(|(i, segments)| {
-                    PartitionLog::recovered(TopicPartition::new(&name, i as i32), segments)
-                })
-                .collect();
-            topics.insert(
-                name.clone(),
-                Topic {
-                    name,
-                    id: t.record.id,
-                    overrides: t.record.configs,
-                    config: config_for_topic,
-                    partitions,
-                },
-            );
-        }
+    /// A broker with the given config and what was recovered from disk.
+    /// `seed` makes generated ids and election timeouts deterministic (the simulator passes
+    /// its seed). Fails if the recovered quorum state cannot be used.
+    pub fn new(
+        config: BrokerConfig,
+        recovered: Recovered,
+        seed: u64,
+        now: i64,
+    ) -> Result<Self, String> {
+        let registration = BrokerRegistration {
+            id: config.broker_id,
+            host: config.advertised_host.clone(),
+            port: config.advertised_port,
+            rack: config.cluster.rack.clone(),
+        };
+        let controller =
+            Controller::new(&config.cluster, registration, recovered.quorum, seed, now)?;
+        let recovered_logs = recovered
+            .topics
+            .into_iter()
+            .map(|t| {
+                let parts = t
+                    .partitions
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, s)| (i as i32, s));
+                (Arc::from(t.name.as_str()), (t.record.id, parts.collect()))
+            })
+            .collect();
         let next_retention_check = now + config.retention_check_interval_ms;
-        Broker {
+        let mut broker = Broker {
             config,
-            topics,
+            topics: BTreeMap::new(),
             connections: BTreeMap::new(),
             outputs: VecDeque::new(),
             dirty_segments: BTreeSet::new(),
@@ -170,7 +198,26 @@ impl Broker {
             next_retention_check,
             id_counter: 0,
             id_seed: seed,
+            controller,
+            pending_admin: BTreeMap::new(),
+            recovered_logs,
+        };
+        let names: Vec<String> = broker.controller.image().topics.keys().cloned().collect();
+        for name in names {
+            broker.reconcile_topic(&name);
         }
+        // Data of topics the metadata no longer has (deleted while this broker was away).
+        for (name, (_, partitions)) in std::mem::take(&mut broker.recovered_logs) {
+            warn!(topic = %name, "deleting local data of a topic the cluster no longer has");
+            broker.storage(StorageOp::RemoveTopic(name.clone()));
+            for index in partitions.into_keys() {
+                broker.storage(StorageOp::DeletePartition(TopicPartition::new(
+                    &name, index,
+                )));
+            }
+        }
+        broker.after_input();
+        Ok(broker)
     }
 
     /// The broker's configuration.
@@ -181,6 +228,14 @@ impl Broker {
     /// The log of one partition, for inspection (tests, admin tools).
     pub fn log(&self, topic: &str, partition: i32) -> Option<&PartitionLog> {
         self.topics.get(topic)?.partition(partition)
+    }
+
+    /// The log of a partition a client asked for, or the error to answer with.
+    fn log_for_client(&self, topic: &str, partition: i32) -> Result<&PartitionLog, ResponseError> {
+        self.topics
+            .get(topic)
+            .ok_or(ResponseError::UnknownTopicOrPartition)?
+            .log_for_client(partition)
     }
 
     /// Names of all topics, sorted.
@@ -225,6 +280,10 @@ impl Broker {
     /// Time passed; call at or after [`Self::poll_timeout`].
     pub fn handle_timeout(&mut self, now: i64) {
         self.expire_parked_fetches(now);
+        self.expire_pending_admin(now);
+        if now >= self.controller.poll_timeout() {
+            self.controller.handle_timeout(now);
+        }
         if now >= self.next_retention_check {
             self.next_retention_check = now + self.config.retention_check_interval_ms;
             self.enforce_retention(now);
@@ -242,10 +301,12 @@ impl Broker {
 
     /// When [`Self::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<i64> {
-        let fetch = self.parked_fetches.iter().map(|f| f.deadline).min();
-        Some(fetch.map_or(self.next_retention_check, |f| {
-            f.min(self.next_retention_check)
-        }))
+        let fetches = self.parked_fetches.iter().map(|f| f.deadline);
+        let admin = self.pending_admin.values().map(|p| p.deadline);
+        fetches
+            .chain(admin)
+            .chain([self.next_retention_check, self.controller.poll_timeout()])
+            .min()
     }
 
     /// True once nothing is waiting on the disk: used for a clean shutdown.
@@ -312,10 +373,10 @@ impl Broker {
     fn dispatch(&mut self, now: i64, reply_to: ReplyTo, request: RequestKind) {
         let response = match request {
             RequestKind::ApiVersions(_) => Some(admin::api_versions_response(false)),
-            RequestKind::Metadata(r) => Some(self.metadata(r)),
-            RequestKind::CreateTopics(r) => Some(self.create_topics(reply_to.version, r)),
-            RequestKind::DeleteTopics(r) => Some(self.delete_topics(r)),
-            RequestKind::CreatePartitions(r) => Some(self.create_partitions(r)),
+            RequestKind::Metadata(r) => return self.metadata(now, reply_to, r),
+            RequestKind::CreateTopics(r) => return self.create_topics(now, reply_to, r),
+            RequestKind::DeleteTopics(r) => return self.delete_topics(now, reply_to, r),
+            RequestKind::CreatePartitions(r) => return self.create_partitions(now, reply_to, r),
             RequestKind::DescribeConfigs(r) => Some(self.describe_configs(r)),
             RequestKind::Produce(r) => return self.produce(now, reply_to, r),
             RequestKind::Fetch(r) => return self.fetch(now, reply_to, r),
@@ -386,8 +447,10 @@ impl Broker {
         out
     }
 
-    /// Work that follows every input: start a group-commit sync if data is waiting.
+    /// Work that follows every input: drive the metadata quorum, then start a group-commit
+    /// sync if data is waiting.
     fn after_input(&mut self) {
+        self.drive_quorum();
         if self.config.flush == FlushPolicy::GroupCommit {
             self.maybe_start_sync();
         }
@@ -469,7 +532,7 @@ impl Broker {
     fn enforce_retention(&mut self, now: i64) {
         let mut ops = Vec::new();
         for topic in self.topics.values_mut() {
-            for log in &mut topic.partitions {
+            for log in topic.logs.values_mut() {
                 log.maybe_roll(0, now, &topic.config, &mut ops);
                 log.enforce_retention(now, &topic.config, &mut ops);
             }

@@ -108,9 +108,7 @@ impl Broker {
             .get_mut(topic)
             .ok_or(ResponseError::UnknownTopicOrPartition)?;
         let config = topic.config.clone();
-        let log = topic
-            .partition_mut(partition)
-            .ok_or(ResponseError::UnknownTopicOrPartition)?;
+        let log = topic.log_for_client_mut(partition)?;
         let records = records.ok_or(ResponseError::InvalidRecord)?;
         let summaries = batch::validate_produce_payload(&records).map_err(batch_error_code)?;
         if summaries.iter().any(|s| s.size > config.max_message_bytes) {

@@ -73,10 +73,15 @@ impl MetadataImage {
                     .map(|t| (t.name.clone(), self.delete_topic(t)))
                     .collect(),
             ),
-            Some(Change::AddPartitions(a)) => {
-                let name = a.topic.as_ref().map_or(String::new(), |t| t.name.clone());
-                Applied::Topics(vec![(name, self.add_partitions(a))])
-            }
+            Some(Change::AddPartitions(a)) => Applied::Topics(
+                a.topics
+                    .iter()
+                    .map(|t| {
+                        let name = t.topic.as_ref().map_or(String::new(), |t| t.name.clone());
+                        (name, self.add_partitions(t))
+                    })
+                    .collect(),
+            ),
         }
     }
 

@@ -87,6 +87,8 @@ pub struct Controller {
     next_tick: i64,
     /// When this broker last proposed its own registration, so it does not flood the log.
     registered_at: Option<i64>,
+    /// A new node's initial state (its voter set), written with the first drive.
+    bootstrap: Option<RaftPersist>,
 }
 
 impl Controller {
@@ -105,9 +107,13 @@ impl Controller {
         } else {
             config.voters.iter().map(|&v| raft_id(v)).collect()
         };
-        let log = match recovered {
-            Some(state) => MemLog::recovered(state),
-            None => MemLog::bootstrap(&voters),
+        let (log, bootstrap) = match recovered {
+            Some(state) => (MemLog::recovered(state), None),
+            None => {
+                let log = MemLog::bootstrap(&voters);
+                let initial = log.as_persist();
+                (log, Some(initial))
+            }
         };
         let snapshot = log.snapshot_ref();
         let mut image = MetadataImage::decode(&snapshot.data)
@@ -149,6 +155,7 @@ impl Controller {
             tick_ms: config.tick_ms.max(1),
             next_tick: now,
             registered_at: None,
+            bootstrap,
         })
     }
 
@@ -221,7 +228,13 @@ impl Controller {
 
     /// Handles what Raft has ready and applies committed records.
     pub fn drive(&mut self) -> Drive {
-        let effects = self.group.drive();
+        let mut effects = self.group.drive();
+        if let Some(mut initial) = self.bootstrap.take() {
+            // The voter set goes first: everything else builds on it.
+            initial.hard_state = effects.persist.hard_state.take().or(initial.hard_state);
+            initial.entries = std::mem::take(&mut effects.persist.entries);
+            effects.persist = initial;
+        }
         let mut drive = Drive {
             persist: effects.persist,
             messages: effects

@@ -40,9 +40,9 @@ pub enum Change {
     /// Topics removed.
     #[prost(message, tag = "4")]
     DeleteTopics(TopicDeletions),
-    /// Partitions added to an existing topic.
+    /// Partitions added to existing topics.
     #[prost(message, tag = "5")]
-    AddPartitions(PartitionAddition),
+    AddPartitions(PartitionAdditions),
 }
 
 /// A broker and its client listener.
@@ -112,6 +112,14 @@ pub struct TopicRef {
     /// KIP-516 id.
     #[prost(bytes = "vec", tag = "2")]
     pub id: Vec<u8>,
+}
+
+/// Partitions appended to topics.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PartitionAdditions {
+    /// One per topic.
+    #[prost(message, repeated, tag = "1")]
+    pub topics: Vec<PartitionAddition>,
 }
 
 /// Partitions appended to a topic.

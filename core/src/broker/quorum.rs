@@ -1,0 +1,317 @@
+//! The broker's side of the metadata quorum: peer messages in, the controller driven,
+//! applied records turned into local partitions and into answers for waiting admin requests.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsResponse;
+use kafka_protocol::messages::create_topics_response::CreateTopicsResponse;
+use kafka_protocol::messages::delete_topics_response::DeleteTopicsResponse;
+use kafka_protocol::messages::metadata_request::MetadataRequest;
+use kafka_protocol::messages::ResponseKind;
+use kafka_protocol::ResponseError;
+use prost::Message as _;
+use tracing::{info, warn};
+
+use super::{Broker, Output, ReplyTo};
+use crate::canary::{is_planted, Canary};
+use crate::cluster::image::{Applied, Refusal};
+use crate::cluster::records::{Change, GroupMessage, PeerFrame};
+use crate::log::{PartitionLog, Segment};
+use crate::storage::{StorageOp, TopicPartition};
+use crate::topic::Topic;
+
+/// An admin request waiting for its metadata record to be applied.
+pub(super) struct PendingAdmin {
+    pub reply_to: ReplyTo,
+    pub deadline: i64,
+    pub waiting: Waiting,
+}
+
+/// What the waiting request answers once its record is applied (or its deadline passes).
+pub(super) enum Waiting {
+    /// Metadata that auto-creates topics: answered afresh once they exist.
+    Metadata(MetadataRequest),
+    /// Prepared answers; per-topic refusals at apply time are filled in.
+    CreateTopics(CreateTopicsResponse),
+    DeleteTopics(DeleteTopicsResponse),
+    CreatePartitions(CreatePartitionsResponse),
+}
+
+impl Broker {
+    /// A frame from another broker (size prefix removed). An unreadable frame is dropped:
+    /// Raft tolerates lost messages, and a peer is not a client to answer.
+    pub fn handle_peer(&mut self, now: i64, frame: Bytes) {
+        match PeerFrame::decode(frame) {
+            Ok(frame) => {
+                for GroupMessage {
+                    partition, message, ..
+                } in frame.messages
+                {
+                    match (partition, message) {
+                        (None, Some(message)) => self.controller.step(message),
+                        _ => warn!(from = frame.from, "peer message for an unknown group"),
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "dropping an unreadable peer frame"),
+        }
+        let _ = now; // Peer messages carry no time; Raft's clock is its ticks.
+        self.after_input();
+    }
+
+    /// Drives the metadata quorum: persist, send, then apply what committed.
+    pub(super) fn drive_quorum(&mut self) {
+        let drive = self.controller.drive();
+        // The volatile-topics canary forgets the quorum's state, and so every topic, on restart.
+        if !drive.persist.is_empty() && !is_planted(Canary::VolatileTopics) {
+            self.storage(StorageOp::SaveQuorum(drive.persist));
+        }
+        let mut by_peer: BTreeMap<i32, Vec<GroupMessage>> = BTreeMap::new();
+        for (to, message) in drive.messages {
+            by_peer.entry(to).or_default().push(GroupMessage {
+                partition: None,
+                index: 0,
+                message: Some(message),
+            });
+        }
+        for (to, messages) in by_peer {
+            let frame = PeerFrame {
+                from: self.config.broker_id,
+                messages,
+            };
+            self.outputs.push_back(Output::Peer {
+                to,
+                frame: Bytes::from(frame.encode_to_vec()),
+            });
+        }
+        if drive.image_replaced {
+            let names: Vec<String> = self
+                .controller
+                .image()
+                .topics
+                .keys()
+                .cloned()
+                .chain(self.topics.keys().map(|k| k.to_string()))
+                .collect();
+            for name in names {
+                self.reconcile_topic(&name);
+            }
+        }
+        for (record, outcome) in drive.applied {
+            if let Applied::Topics(results) = &outcome {
+                for (name, result) in results {
+                    if result.is_ok() {
+                        self.reconcile_topic(name);
+                    }
+                }
+            }
+            let mine = record
+                .origin
+                .filter(|o| o.broker == self.config.broker_id && o.token != 0);
+            if let Some(origin) = mine {
+                if let Some(pending) = self.pending_admin.remove(&origin.token) {
+                    self.answer_admin(pending, Some(&outcome));
+                }
+            }
+            if let Some(Change::RegisterBroker(b)) = &record.change {
+                info!(broker = b.id, host = %b.host, port = b.port, "broker registered");
+            }
+        }
+    }
+
+    /// Proposes `change` for the request `reply_to`, which waits for it with `waiting`.
+    /// If no controller is known the request is answered now with `NOT_CONTROLLER`.
+    pub(super) fn propose_for(
+        &mut self,
+        now: i64,
+        reply_to: ReplyTo,
+        change: Change,
+        waiting: Waiting,
+        timeout_ms: i64,
+    ) {
+        let token = self.token();
+        let pending = PendingAdmin {
+            reply_to,
+            deadline: now + timeout_ms.clamp(1, 60_000),
+            waiting,
+        };
+        match self.controller.propose(change, token) {
+            Ok(()) => {
+                self.pending_admin.insert(token, pending);
+            }
+            Err(e) => {
+                warn!(error = ?e, "metadata change not proposed");
+                self.answer_admin_error(pending, ResponseError::NotController);
+            }
+        }
+    }
+
+    /// Answers admin requests whose records were not applied in time.
+    pub(super) fn expire_pending_admin(&mut self, now: i64) {
+        let expired: Vec<u64> = self
+            .pending_admin
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(token, _)| *token)
+            .collect();
+        for token in expired {
+            let pending = self.pending_admin.remove(&token).expect("listed above");
+            self.answer_admin_error(pending, ResponseError::RequestTimedOut);
+        }
+    }
+
+    fn answer_admin_error(&mut self, mut pending: PendingAdmin, error: ResponseError) {
+        let code = error.code();
+        match &mut pending.waiting {
+            Waiting::Metadata(_) => {}
+            Waiting::CreateTopics(r) => {
+                for t in r.topics.iter_mut().filter(|t| t.error_code == 0) {
+                    t.error_code = code;
+                }
+            }
+            Waiting::DeleteTopics(r) => {
+                for t in r.responses.iter_mut().filter(|t| t.error_code == 0) {
+                    t.error_code = code;
+                }
+            }
+            Waiting::CreatePartitions(r) => {
+                for t in r.results.iter_mut().filter(|t| t.error_code == 0) {
+                    t.error_code = code;
+                }
+            }
+        }
+        self.answer_admin(pending, None);
+    }
+
+    /// Sends the answer of a waiting admin request, with the refusals of `outcome`.
+    fn answer_admin(&mut self, pending: PendingAdmin, outcome: Option<&Applied>) {
+        let refusal = |name: &str| match outcome {
+            Some(Applied::Topics(results)) => results
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, r)| r.err())
+                .map(|r| match r {
+                    Refusal::AlreadyExists => ResponseError::TopicAlreadyExists.code(),
+                    Refusal::Unknown => ResponseError::UnknownTopicOrPartition.code(),
+                }),
+            _ => None,
+        };
+        let response = match pending.waiting {
+            Waiting::Metadata(request) => self.metadata_response(request),
+            Waiting::CreateTopics(mut r) => {
+                for t in &mut r.topics {
+                    if let Some(code) = refusal(&t.name.0) {
+                        t.error_code = code;
+                    }
+                }
+                ResponseKind::CreateTopics(r)
+            }
+            Waiting::DeleteTopics(mut r) => {
+                for t in &mut r.responses {
+                    if let Some(code) = t.name.as_ref().and_then(|n| refusal(&n.0)) {
+                        t.error_code = code;
+                    }
+                }
+                ResponseKind::DeleteTopics(r)
+            }
+            Waiting::CreatePartitions(mut r) => {
+                for t in &mut r.results {
+                    if let Some(code) = refusal(&t.name.0) {
+                        t.error_code = code;
+                    }
+                }
+                ResponseKind::CreatePartitions(r)
+            }
+        };
+        self.respond(pending.reply_to, Some(response));
+    }
+
+    /// Makes the local state of topic `name` match the image: creates its partitions held
+    /// here, grows them, or deletes the topic.
+    pub(super) fn reconcile_topic(&mut self, name: &str) {
+        let wanted = self.controller.image().topics.get(name).cloned();
+        let local_id = self.topics.get(name).map(|t| t.id);
+        match (wanted, local_id) {
+            (None, None) => {}
+            (None, Some(_)) => self.drop_local_topic(name),
+            (Some(image), Some(id)) if id != image.id => {
+                self.drop_local_topic(name);
+                self.reconcile_topic(name);
+            }
+            (Some(image), _) => {
+                let me = self.config.broker_id;
+                let name: Arc<str> = match self.topics.get_key_value(name) {
+                    Some((k, _)) => k.clone(),
+                    None => Arc::from(name),
+                };
+                let mut ops = Vec::new();
+                let mut recovered = self.recovered_logs.remove(&*name);
+                let fresh = !self.topics.contains_key(&name);
+                let topic = self.topics.entry(name.clone()).or_insert_with(|| Topic {
+                    name: name.clone(),
+                    id: image.id,
+                    overrides: image.configs.clone(),
+                    config: self
+                        .config
+                        .topic_defaults
+                        .with_overrides(&image.configs)
+                        .unwrap_or_else(|e| {
+                            warn!(topic = %name, error = %e.0, "topic config invalid; using defaults");
+                            self.config.topic_defaults.clone()
+                        }),
+                    replicas: Vec::new(),
+                    logs: BTreeMap::new(),
+                });
+                let grew = topic.replicas.len() != image.replicas.len();
+                topic.replicas = image.replicas.clone();
+                for (index, replicas) in image.replicas.iter().enumerate() {
+                    let index = index as i32;
+                    if !replicas.contains(&me) || topic.logs.contains_key(&index) {
+                        continue;
+                    }
+                    let tp = TopicPartition::new(&name, index);
+                    let segments = recovered
+                        .as_mut()
+                        .filter(|(id, _)| *id == image.id)
+                        .and_then(|(_, parts)| parts.remove(&index))
+                        .filter(|segments: &Vec<Segment>| !segments.is_empty());
+                    let log = match segments {
+                        Some(segments) => PartitionLog::recovered(tp, segments),
+                        None => {
+                            let (log, op) = PartitionLog::new(tp);
+                            ops.push(op);
+                            log
+                        }
+                    };
+                    topic.logs.insert(index, log);
+                }
+                if fresh || grew {
+                    let save = StorageOp::SaveTopic {
+                        name: name.clone(),
+                        record: topic.record(),
+                    };
+                    self.storage(save);
+                }
+                if fresh {
+                    info!(topic = %name, partitions = image.replicas.len(), "topic created");
+                }
+                self.emit_log_ops(ops);
+            }
+        }
+    }
+
+    fn drop_local_topic(&mut self, name: &str) {
+        let Some((name, topic)) = self.topics.remove_entry(name) else {
+            return;
+        };
+        info!(topic = %name, "topic deleted");
+        self.storage(StorageOp::RemoveTopic(name.clone()));
+        for i in 0..topic.partition_count() {
+            self.storage(StorageOp::DeletePartition(TopicPartition::new(&name, i)));
+        }
+        self.dirty_segments.retain(|s| s.partition.topic != name);
+        self.dirty_partitions.retain(|p| p.topic != name);
+    }
+}
