@@ -1,6 +1,7 @@
 //! The `seedlog` broker's settings: command-line flags, `SEEDLOG_*` environment variables and
 //! an optional TOML file, in that order of precedence, over safe defaults.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -87,6 +88,16 @@ pub struct RunArgs {
     /// When appended data is fsynced [default: group-commit].
     #[arg(long, env = "SEEDLOG_FLUSH", value_enum)]
     pub flush: Option<FlushMode>,
+    /// The metadata quorum's voters as `id@host:port` of their peer listeners, comma
+    /// separated (KRaft's controller.quorum.voters) [default: this broker alone].
+    #[arg(long, env = "SEEDLOG_CONTROLLER_QUORUM_VOTERS")]
+    pub controller_quorum_voters: Option<String>,
+    /// Address the peer listener binds [default: this broker's entry in the voters].
+    #[arg(long, env = "SEEDLOG_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+    /// This broker's rack (broker.rack), used to spread replicas [default: none].
+    #[arg(long, env = "SEEDLOG_RACK")]
+    pub rack: Option<String>,
 }
 
 /// Everything a node needs to start.
@@ -102,6 +113,10 @@ pub struct NodeConfig {
     pub storage: StorageKind,
     /// Largest request frame.
     pub socket_request_max_bytes: usize,
+    /// Peer listener address, if this broker is part of a cluster.
+    pub peer_listen: Option<SocketAddr>,
+    /// Peer listener addresses of the other brokers, by id.
+    pub peers: BTreeMap<i32, String>,
     /// What core decides with.
     pub broker: BrokerConfig,
 }
@@ -148,6 +163,32 @@ impl RunArgs {
             retention_check_interval_ms,
             broker.retention_check_interval_ms
         );
+        let voters = match self
+            .controller_quorum_voters
+            .or(file.controller_quorum_voters)
+        {
+            Some(text) => parse_voters(&text)?,
+            None => BTreeMap::new(),
+        };
+        let me = broker.broker_id;
+        if broker.broker_id < 0 {
+            bail!("broker_id must not be negative");
+        }
+        if !voters.is_empty() && !voters.contains_key(&me) {
+            bail!("broker {me} is not among the controller quorum voters (joining as a non-voter is not supported yet)");
+        }
+        let peer_listen = match self.peer_listen.or(file.peer_listen) {
+            Some(addr) => Some(addr),
+            None => match voters.get(&me) {
+                Some(addr) => Some(addr.parse().with_context(|| {
+                    format!("voter address {addr:?} is not ip:port; set peer_listen")
+                })?),
+                None => None,
+            },
+        };
+        broker.cluster.voters = voters.keys().copied().collect();
+        broker.cluster.rack = self.rack.or(file.rack).unwrap_or_default();
+        let peers = voters.into_iter().filter(|(id, _)| *id != me).collect();
         if broker.default_partitions < 1 {
             bail!("num_partitions must be at least 1");
         }
@@ -163,6 +204,8 @@ impl RunArgs {
             data_dir: pick!(data_dir, PathBuf::from("seedlog-data")),
             storage: pick!(storage, StorageKind::Disk),
             socket_request_max_bytes: pick!(socket_request_max_bytes, 100 * 1024 * 1024),
+            peer_listen,
+            peers,
             broker,
         })
     }
@@ -172,6 +215,27 @@ fn read_file(path: &Path) -> anyhow::Result<RunArgs> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+/// Parses `1@host:9093,2@host:9094`.
+fn parse_voters(text: &str) -> anyhow::Result<BTreeMap<i32, String>> {
+    let mut voters = BTreeMap::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, addr) = entry
+            .split_once('@')
+            .with_context(|| format!("voter {entry:?} is not id@host:port"))?;
+        let id: i32 = id
+            .parse()
+            .with_context(|| format!("voter id in {entry:?}"))?;
+        parse_host_port(addr)?;
+        if voters.insert(id, addr.to_string()).is_some() {
+            bail!("voter {id} is listed twice");
+        }
+    }
+    if voters.is_empty() {
+        bail!("controller_quorum_voters lists no voter");
+    }
+    Ok(voters)
 }
 
 fn parse_host_port(s: &str) -> anyhow::Result<(String, u16)> {

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod peer;
 pub mod server;
 pub mod storage;
 

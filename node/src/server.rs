@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
+use crate::peer::Peers;
 use crate::storage::{Storage, SyncFailure};
 
 /// Requests queued from all connections before readers wait (back-pressure).
@@ -29,6 +30,8 @@ pub enum Event {
     Request { conn: ConnectionId, frame: Bytes },
     /// The connection is gone (EOF, error, or an unreadable frame).
     Disconnected { conn: ConnectionId },
+    /// A frame from another broker.
+    Peer(Bytes),
 }
 
 /// The broker's wall clock, in milliseconds since the Unix epoch.
@@ -50,16 +53,22 @@ pub struct Driver {
     connections: BTreeMap<ConnectionId, ConnectionHandle>,
     /// Completions ready now (reads), fed back before the next event.
     ready: Vec<StorageCompletion>,
+    /// Connections to the other brokers.
+    peers: Peers,
+    /// Tasks that live as long as the driver (the peer listener).
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Driver {
-    /// A driver for `broker` over `storage`.
-    pub fn new(broker: Broker, storage: Box<dyn Storage>) -> Self {
+    /// A driver for `broker` over `storage`, talking to `peers`.
+    pub fn new(broker: Broker, storage: Box<dyn Storage>, peers: Peers) -> Self {
         Driver {
             broker,
             storage,
             connections: BTreeMap::new(),
             ready: Vec::new(),
+            peers,
+            tasks: Vec::new(),
         }
     }
 
@@ -67,11 +76,16 @@ impl Driver {
     pub async fn run(
         mut self,
         listener: TcpListener,
+        peer_listener: Option<TcpListener>,
         mut syncs: SyncReceiver,
         shutdown: impl std::future::Future<Output = ()>,
         socket_request_max_bytes: usize,
     ) -> anyhow::Result<()> {
         let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
+        if let Some(peer_listener) = peer_listener {
+            let accept = crate::peer::accept_peers(peer_listener, events_tx.clone());
+            self.tasks.push(tokio::spawn(accept));
+        }
         let mut next_conn: ConnectionId = 1;
         tokio::pin!(shutdown);
         loop {
@@ -89,6 +103,7 @@ impl Driver {
                         self.connections.remove(&conn);
                         self.broker.handle_disconnect(conn);
                     }
+                    Event::Peer(frame) => self.broker.handle_peer(now_ms(), frame),
                 },
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
@@ -144,6 +159,7 @@ impl Driver {
                             self.ready.push(completion);
                         }
                     }
+                    Output::Peer { to, frame } => self.peers.send(to, frame),
                 }
             }
             if self.ready.is_empty() {
@@ -202,6 +218,9 @@ impl Drop for Driver {
     fn drop(&mut self) {
         for handle in self.connections.values() {
             handle.reader.abort();
+        }
+        for task in &self.tasks {
+            task.abort();
         }
     }
 }
@@ -309,14 +328,30 @@ pub async fn serve_with(
         .unwrap_or((bound.ip().to_string(), bound.port()));
     broker_config.advertised_host = host;
     broker_config.advertised_port = i32::from(port);
+    let peer_listener = match config.peer_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the peer listener on {addr}"))?,
+        ),
+        None => None,
+    };
     let recovered = storage.recover(broker_config.index_interval_bytes)?;
     // Ids only need to differ between brokers and restarts: the start time and the broker id
     // do that, and keep simulated runs deterministic.
     let seed = now_ms() as u64 ^ (broker_config.broker_id as u64) << 48;
-    let broker = Broker::new(broker_config, recovered, seed, now_ms());
-    info!(listen = %bound, data_dir = %config.data_dir.display(), storage = ?config.storage, "seedlog broker ready");
-    let result = Driver::new(broker, storage)
-        .run(listener, syncs, shutdown, config.socket_request_max_bytes)
+    let broker = Broker::new(broker_config, recovered, seed, now_ms())
+        .map_err(|e| anyhow::anyhow!(e).context("starting the broker from its stored state"))?;
+    info!(listen = %bound, peer_listen = ?config.peer_listen, data_dir = %config.data_dir.display(), storage = ?config.storage, "seedlog broker ready");
+    let peers = Peers::start(&config.peers);
+    let result = Driver::new(broker, storage, peers)
+        .run(
+            listener,
+            peer_listener,
+            syncs,
+            shutdown,
+            config.socket_request_max_bytes,
+        )
         .await;
     if let Err(e) = &result {
         error!(error = %format!("{e:#}"), "broker stopped");

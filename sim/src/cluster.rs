@@ -1,6 +1,7 @@
 //! The simulated brokers: real `seedlog` node code on madsim nodes, each with a disk that
 //! outlives its process.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +18,14 @@ use crate::scenario::Dice;
 /// The Kafka port every simulated broker listens on.
 pub const KAFKA_PORT: u16 = 9092;
 
+/// The peer (Raft) port every simulated broker listens on.
+pub const PEER_PORT: u16 = 9093;
+
+/// The address of broker `index` (0-based): 10.0.0.(index + 1).
+fn broker_ip(index: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, index as u8 + 1))
+}
+
 /// One simulated broker.
 pub struct Broker {
     /// Its madsim node.
@@ -32,16 +41,16 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts broker `index` (0-based) with a fresh disk.
-    pub fn start(index: u32, seed: u64) -> Broker {
-        let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, index as u8 + 1));
+    /// Starts broker `index` (0-based) of a cluster of `size` with a fresh disk.
+    pub fn start(index: u32, size: u32, seed: u64) -> Broker {
+        let ip = broker_ip(index);
         let addr = SocketAddr::new(ip, KAFKA_PORT);
         let disk = Arc::new(Mutex::new(SimDisk::new(Dice::new(
             seed,
             500 + u64::from(index),
         ))));
         let alive = Arc::new(AtomicBool::new(false));
-        let config = node_config(index, addr);
+        let config = node_config(index, size, addr);
         let (init_disk, init_alive) = (disk.clone(), alive.clone());
         let node = Handle::current()
             .create_node()
@@ -102,18 +111,35 @@ impl Broker {
     }
 }
 
-fn node_config(index: u32, addr: SocketAddr) -> NodeConfig {
-    let broker = BrokerConfig {
-        broker_id: index as i32 + 1,
+/// Broker ids are 1..=size; every broker of a cluster votes in the metadata quorum.
+fn node_config(index: u32, size: u32, addr: SocketAddr) -> NodeConfig {
+    let me = index as i32 + 1;
+    let mut broker = BrokerConfig {
+        broker_id: me,
         retention_check_interval_ms: 1000,
         ..BrokerConfig::default()
     };
+    let voters: BTreeMap<i32, String> = if size > 1 {
+        (0..size)
+            .map(|i| {
+                (
+                    i as i32 + 1,
+                    SocketAddr::new(broker_ip(i), PEER_PORT).to_string(),
+                )
+            })
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
+    broker.cluster.voters = voters.keys().copied().collect();
     NodeConfig {
         listen: addr,
         advertised: None,
         data_dir: PathBuf::from(format!("sim-disk-{}", index + 1)),
         storage: StorageKind::Disk,
         socket_request_max_bytes: 100 << 20,
+        peer_listen: (size > 1).then(|| SocketAddr::new(broker_ip(index), PEER_PORT)),
+        peers: voters.into_iter().filter(|(id, _)| *id != me).collect(),
         broker,
     }
 }

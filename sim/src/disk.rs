@@ -139,7 +139,7 @@ mod storage {
 
     use anyhow::bail;
     use seedlog_core::storage::{StorageCompletion, StorageOp};
-    use seedlog_core::RecoveredTopic;
+    use seedlog_core::Recovered;
     use seedlog_node::storage::{Storage, SyncFailure, SyncReport};
 
     use super::SimDisk;
@@ -161,7 +161,7 @@ mod storage {
     }
 
     impl Storage for SimStorage {
-        fn recover(&mut self, index_interval: u32) -> anyhow::Result<Vec<RecoveredTopic>> {
+        fn recover(&mut self, index_interval: u32) -> anyhow::Result<Recovered> {
             Ok(self
                 .disk
                 .lock()

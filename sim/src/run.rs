@@ -44,7 +44,7 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
     });
     let brokers: Brokers = Arc::new(Mutex::new(
         (0..plan.scenario.brokers)
-            .map(|i| Broker::start(i, plan.seed))
+            .map(|i| Broker::start(i, plan.scenario.brokers, plan.seed))
             .collect(),
     ));
     let broker_addr = brokers.lock().expect("brokers lock")[0].addr;

@@ -20,6 +20,7 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 pub use memlog::{MemLog, RaftPersist};
+pub use raft::eraftpb;
 
 /// How a group is set up.
 #[derive(Clone, Debug)]

@@ -2,7 +2,7 @@
 //!
 //! Layout under the data directory:
 //! ```text
-//! meta/                          sled: topic definitions, cluster id
+//! meta/                          sled: topic definitions, the metadata quorum's Raft state
 //! <topic>-<partition>/
 //!     00000000000000000000.log   record batches as received, offsets stamped
 //!     00000000000000000000.index sparse offset/time index, written when the segment is sealed
@@ -20,13 +20,23 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
+use prost::Message as _;
+use seedlog_core::consensus::eraftpb::{Entry, HardState, Snapshot};
+use seedlog_core::consensus::RaftPersist;
 use seedlog_core::recovery::{recover_partition, FoundSegment, SegmentScanner};
 use seedlog_core::storage::{SegmentId, StorageCompletion, StorageOp, TopicPartition, TopicRecord};
-use seedlog_core::RecoveredTopic;
+use seedlog_core::{Recovered, RecoveredTopic};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::{Storage, SyncFailure, SyncReport};
+
+/// Key of a quorum log entry: ordered by index.
+fn entry_key(index: u64) -> [u8; 9] {
+    let mut key = [b'e'; 9];
+    key[1..].copy_from_slice(&index.to_be_bytes());
+    key
+}
 
 /// Bytes read per step when scanning a segment at startup.
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
@@ -51,6 +61,8 @@ pub struct FileStorage {
     root: PathBuf,
     meta: sled::Db,
     topics: sled::Tree,
+    /// The metadata quorum's Raft state: `hard_state`, `snapshot`, and `e` + index entries.
+    quorum: sled::Tree,
     /// Open segment files.
     files: BTreeMap<SegmentId, Arc<File>>,
     /// Directories whose entries changed since the last sync.
@@ -66,6 +78,7 @@ impl FileStorage {
             .with_context(|| format!("creating data dir {}", root.display()))?;
         let meta = sled::open(root.join("meta")).context("opening broker state (sled)")?;
         let topics = meta.open_tree("topics").context("opening topics tree")?;
+        let quorum = meta.open_tree("quorum").context("opening quorum tree")?;
         let (sync_jobs, jobs) = mpsc::channel::<SyncJob>();
         std::thread::Builder::new()
             .name("seedlog-fsync".into())
@@ -75,6 +88,7 @@ impl FileStorage {
             root: root.to_path_buf(),
             meta,
             topics,
+            quorum,
             files: BTreeMap::new(),
             dirty_dirs: BTreeSet::new(),
             sync_jobs,
@@ -135,6 +149,61 @@ impl FileStorage {
             ));
         }
         Ok(out)
+    }
+
+    /// Writes a change to the quorum's Raft state atomically and durably.
+    fn save_quorum(&mut self, change: &RaftPersist) -> anyhow::Result<()> {
+        let mut batch = sled::Batch::default();
+        if let Some(snapshot) = &change.snapshot {
+            batch.insert(&b"snapshot"[..], snapshot.encode_to_vec());
+            let covered = entry_key(snapshot.get_metadata().index);
+            for key in self.quorum.range(entry_key(0)..=covered).keys() {
+                batch.remove(key.context("reading quorum entries")?);
+            }
+        }
+        if let Some(first) = change.entries.first() {
+            let replaced = entry_key(first.index)..=entry_key(u64::MAX);
+            for key in self.quorum.range(replaced).keys() {
+                batch.remove(key.context("reading quorum entries")?);
+            }
+            for entry in &change.entries {
+                batch.insert(&entry_key(entry.index)[..], entry.encode_to_vec());
+            }
+        }
+        if let Some(hard_state) = &change.hard_state {
+            batch.insert(&b"hard_state"[..], hard_state.encode_to_vec());
+        }
+        self.quorum
+            .apply_batch(batch)
+            .context("saving the metadata quorum state")?;
+        self.meta.flush().context("flushing broker state")?;
+        Ok(())
+    }
+
+    /// The quorum's Raft state, if this node has one.
+    fn load_quorum(&self) -> anyhow::Result<Option<RaftPersist>> {
+        if self.quorum.is_empty() {
+            return Ok(None);
+        }
+        let get = |key: &[u8]| self.quorum.get(key).context("reading quorum state");
+        let mut state = RaftPersist::default();
+        if let Some(bytes) = get(b"hard_state")? {
+            state.hard_state = Some(HardState::decode(&bytes[..]).context("quorum hard state")?);
+        }
+        if let Some(bytes) = get(b"snapshot")? {
+            state.snapshot = Some(Snapshot::decode(&bytes[..]).context("quorum snapshot")?);
+        }
+        for value in self
+            .quorum
+            .range(entry_key(0)..=entry_key(u64::MAX))
+            .values()
+        {
+            let bytes = value.context("reading quorum entries")?;
+            state
+                .entries
+                .push(Entry::decode(&bytes[..]).context("quorum log entry")?);
+        }
+        Ok(Some(state))
     }
 
     /// Removes partition directories that no stored topic owns (a crash mid-delete).
@@ -241,7 +310,7 @@ impl FileStorage {
 }
 
 impl Storage for FileStorage {
-    fn recover(&mut self, index_interval: u32) -> anyhow::Result<Vec<RecoveredTopic>> {
+    fn recover(&mut self, index_interval: u32) -> anyhow::Result<Recovered> {
         let topics = self.load_topics()?;
         self.remove_orphans(&topics)?;
         let mut recovered = Vec::new();
@@ -261,7 +330,10 @@ impl Storage for FileStorage {
             });
         }
         sync_dirs(std::mem::take(&mut self.dirty_dirs))?;
-        Ok(recovered)
+        Ok(Recovered {
+            topics: recovered,
+            quorum: self.load_quorum()?,
+        })
     }
 
     fn execute(&mut self, op: StorageOp) -> anyhow::Result<Option<StorageCompletion>> {
@@ -332,6 +404,7 @@ impl Storage for FileStorage {
                     .context("removing a topic")?;
                 self.meta.flush().context("flushing broker state")?;
             }
+            StorageOp::SaveQuorum(change) => self.save_quorum(&change)?,
         }
         Ok(None)
     }

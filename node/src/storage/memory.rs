@@ -2,7 +2,7 @@
 
 use seedlog_core::memdisk::MemDisk;
 use seedlog_core::storage::{StorageCompletion, StorageOp};
-use seedlog_core::RecoveredTopic;
+use seedlog_core::Recovered;
 
 use super::Storage;
 
@@ -13,8 +13,8 @@ pub struct MemoryStorage {
 }
 
 impl Storage for MemoryStorage {
-    fn recover(&mut self, _index_interval: u32) -> anyhow::Result<Vec<RecoveredTopic>> {
-        Ok(Vec::new())
+    fn recover(&mut self, _index_interval: u32) -> anyhow::Result<Recovered> {
+        Ok(Recovered::default())
     }
 
     fn execute(&mut self, op: StorageOp) -> anyhow::Result<Option<StorageCompletion>> {

@@ -8,7 +8,7 @@ pub use file::FileStorage;
 pub use memory::MemoryStorage;
 
 use seedlog_core::storage::{StorageCompletion, StorageOp};
-use seedlog_core::RecoveredTopic;
+use seedlog_core::Recovered;
 
 /// How a finished sync is reported back to the driver; `Err` means the node must stop.
 pub type SyncReport = Box<dyn Fn(Result<StorageCompletion, SyncFailure>) + Send + Sync>;
@@ -25,7 +25,7 @@ pub struct SyncFailure {
 /// A place to keep partition data and the broker's small state.
 pub trait Storage: Send {
     /// Loads everything on disk, repairing what a crash left (torn or corrupt tails).
-    fn recover(&mut self, index_interval: u32) -> anyhow::Result<Vec<RecoveredTopic>>;
+    fn recover(&mut self, index_interval: u32) -> anyhow::Result<Recovered>;
 
     /// Carries out one operation. Completions that are ready at once are returned; syncs
     /// may instead complete later through the [`SyncReport`] given at construction.
