@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a broker (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Measure a Kafka-compatible broker with a load generator.
     #[command(subcommand)]
     Bench(seedlog_node::bench::BenchCommand),
@@ -37,7 +37,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let args = match cli.command {
-        Some(Command::Run(args)) => args,
+        Some(Command::Run(args)) => *args,
         Some(Command::Bench(command)) => return exit(bench(command)),
         None => cli.run,
     };
