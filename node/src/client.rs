@@ -2,10 +2,12 @@
 //! workloads): one request at a time per connection, every call bounded by a timeout (a
 //! clogged link holds data forever otherwise). Under the simulator its TCP is simulated.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::metadata_request::MetadataRequest;
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use seedlog_core::wire::{decode_response, encode_request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -110,5 +112,166 @@ impl Client {
             )));
         }
         Ok(response)
+    }
+}
+
+/// A client of a whole cluster: learns partition leaders from Metadata and sends each
+/// partition's requests to its leader. Leaders are re-learned after any error that says the
+/// map is stale (the caller reports it with [`ClusterClient::forget_leader`]).
+pub struct ClusterClient {
+    bootstrap: Vec<SocketAddr>,
+    brokers: BTreeMap<i32, SocketAddr>,
+    leaders: BTreeMap<(String, i32), i32>,
+    clients: BTreeMap<SocketAddr, Client>,
+    timeout: Duration,
+    /// Rotates requests that any broker can answer across the brokers.
+    next_any: usize,
+    last_any: Option<SocketAddr>,
+}
+
+impl ClusterClient {
+    /// A client that starts from `bootstrap` addresses.
+    pub fn new(bootstrap: Vec<SocketAddr>, timeout: Duration) -> Self {
+        ClusterClient {
+            bootstrap,
+            brokers: BTreeMap::new(),
+            leaders: BTreeMap::new(),
+            clients: BTreeMap::new(),
+            timeout,
+            next_any: 0,
+            last_any: None,
+        }
+    }
+
+    /// Sends a request any broker can answer, to the next broker in turn.
+    pub async fn call_any(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        request: RequestKind,
+    ) -> Result<ResponseKind, CallError> {
+        let mut candidates: Vec<SocketAddr> = self.brokers.values().copied().collect();
+        for addr in &self.bootstrap {
+            if !candidates.contains(addr) {
+                candidates.push(*addr);
+            }
+        }
+        self.next_any = self.next_any.wrapping_add(1);
+        let addr = candidates[self.next_any % candidates.len()];
+        self.last_any = Some(addr);
+        self.client(addr).call(api, version, request).await
+    }
+
+    /// The broker [`Self::call_any`] last sent to.
+    pub fn last_any(&self) -> Option<SocketAddr> {
+        self.last_any
+    }
+
+    /// Sends a request to the broker at `addr`.
+    pub async fn call_addr(
+        &mut self,
+        addr: SocketAddr,
+        api: ApiKey,
+        version: i16,
+        request: RequestKind,
+    ) -> Result<ResponseKind, CallError> {
+        self.client(addr).call(api, version, request).await
+    }
+
+    /// Sends a request to the leader of `topic`/`partition`, learning it first if needed.
+    pub async fn call_leader(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        api: ApiKey,
+        version: i16,
+        request: RequestKind,
+    ) -> Result<ResponseKind, CallError> {
+        let key = (topic.to_string(), partition);
+        if !self.leaders.contains_key(&key) {
+            self.refresh().await?;
+        }
+        let addr = self
+            .leaders
+            .get(&key)
+            .and_then(|id| self.brokers.get(id))
+            .copied()
+            .ok_or_else(|| {
+                CallError::Connect(format!("no leader known for {topic}-{partition}"))
+            })?;
+        let result = self.client(addr).call(api, version, request).await;
+        if result.is_err() {
+            self.leaders.remove(&key);
+        }
+        result
+    }
+
+    /// The leader of each partition, as far as known (refreshing once if any is unknown).
+    pub async fn leaders(&mut self, partitions: &[(String, i32)]) -> BTreeMap<(String, i32), i32> {
+        if partitions.iter().any(|p| !self.leaders.contains_key(p)) {
+            let _ = self.refresh().await;
+        }
+        partitions
+            .iter()
+            .filter_map(|p| Some((p.clone(), *self.leaders.get(p)?)))
+            .collect()
+    }
+
+    /// Sends a request to broker `id`.
+    pub async fn call_broker(
+        &mut self,
+        id: i32,
+        api: ApiKey,
+        version: i16,
+        request: RequestKind,
+    ) -> Result<ResponseKind, CallError> {
+        let addr = *self
+            .brokers
+            .get(&id)
+            .ok_or_else(|| CallError::Connect(format!("broker {id} unknown")))?;
+        let result = self.client(addr).call(api, version, request).await;
+        if result.is_err() {
+            self.leaders.retain(|_, leader| *leader != id);
+        }
+        result
+    }
+
+    /// Forgets the leader of a partition (after NOT_LEADER_OR_FOLLOWER and the like).
+    pub fn forget_leader(&mut self, topic: &str, partition: i32) {
+        self.leaders.remove(&(topic.to_string(), partition));
+    }
+
+    /// Learns brokers and leaders from one broker's Metadata.
+    pub async fn refresh(&mut self) -> Result<(), CallError> {
+        let request = RequestKind::Metadata(MetadataRequest::default().with_topics(None));
+        let ResponseKind::Metadata(metadata) = self.call_any(ApiKey::Metadata, 12, request).await?
+        else {
+            return Err(CallError::Lost("not a Metadata response".into()));
+        };
+        for broker in &metadata.brokers {
+            if let Ok(ip) = broker.host.parse::<std::net::IpAddr>() {
+                let addr = SocketAddr::new(ip, broker.port as u16);
+                self.brokers.insert(broker.node_id.0, addr);
+            }
+        }
+        for topic in &metadata.topics {
+            let Some(name) = &topic.name else { continue };
+            for p in &topic.partitions {
+                let key = (name.0.to_string(), p.partition_index);
+                if p.error_code == 0 && p.leader_id.0 >= 0 {
+                    self.leaders.insert(key, p.leader_id.0);
+                } else {
+                    self.leaders.remove(&key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn client(&mut self, addr: SocketAddr) -> &mut Client {
+        let timeout = self.timeout;
+        self.clients
+            .entry(addr)
+            .or_insert_with(|| Client::new(addr, timeout))
     }
 }

@@ -47,7 +47,12 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
             .map(|i| Broker::start(i, plan.scenario.brokers, plan.seed))
             .collect(),
     ));
-    let broker_addr = brokers.lock().expect("brokers lock")[0].addr;
+    let broker_addrs = brokers
+        .lock()
+        .expect("brokers lock")
+        .iter()
+        .map(|b| b.addr)
+        .collect();
     if let Some(range) = plan.faults.slow_disk_ms {
         for broker in brokers.lock().expect("brokers lock").iter() {
             broker
@@ -60,7 +65,7 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
     }
     let ctx = Ctx {
         plan: plan.clone(),
-        broker: broker_addr,
+        brokers: broker_addrs,
         history: history.clone(),
         stop: Arc::new(AtomicBool::new(false)),
         start: Instant::now(),

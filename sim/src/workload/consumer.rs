@@ -4,21 +4,34 @@ use super::*;
 
 /// Reads every partition in offset order, checking each record against the history.
 pub async fn consumer(ctx: Ctx, id: u32) {
-    let mut client = Client::new(ctx.broker, Duration::from_secs(3));
-    let mut positions: BTreeMap<Partition, i64> =
-        ctx.partitions().into_iter().map(|p| (p, 0)).collect();
+    let mut client = ctx.client(Duration::from_secs(3));
+    let all = ctx.partitions();
+    let mut positions: BTreeMap<Partition, i64> = all.iter().map(|p| (p.clone(), 0)).collect();
     while !ctx.stopped() {
-        let response = match client
-            .call(ApiKey::Fetch, 12, fetch_request(&positions, 100))
-            .await
-        {
-            Ok(r) => r,
-            Err(_) => {
-                sleep_ms(100).await;
-                continue;
+        // One fetch per leader, as real consumers do.
+        let leaders = client.leaders(&all).await;
+        let mut by_leader: BTreeMap<i32, BTreeMap<Partition, i64>> = BTreeMap::new();
+        for (partition, leader) in &leaders {
+            by_leader
+                .entry(*leader)
+                .or_default()
+                .insert(partition.clone(), positions[partition]);
+        }
+        if by_leader.is_empty() {
+            sleep_ms(100).await;
+            continue;
+        }
+        // Long polls run one after another: share one poll's wait among them.
+        let max_wait_ms = 100 / by_leader.len() as i32;
+        let mut fetched_all = BTreeMap::new();
+        for (leader, wanted) in by_leader {
+            let request = fetch_request(&wanted, max_wait_ms);
+            match client.call_broker(leader, ApiKey::Fetch, 12, request).await {
+                Ok(response) => fetched_all.extend(parse_fetch(response)),
+                Err(_) => sleep_ms(100).await,
             }
-        };
-        for (partition, fetched) in parse_fetch(response) {
+        }
+        for (partition, fetched) in fetched_all {
             let now = ctx.now_ms();
             let position = positions.get_mut(&partition).expect("asked for it");
             match fetched {
@@ -37,6 +50,9 @@ pub async fn consumer(ctx: Ctx, id: u32) {
                     *position += 1;
                 }
                 Fetched::Error(code) => {
+                    if is_stale_leader(code) {
+                        client.forget_leader(&partition.0, partition.1);
+                    }
                     handle_fetch_error(&ctx, &mut client, id, &partition, position, code).await
                 }
             }
@@ -46,7 +62,7 @@ pub async fn consumer(ctx: Ctx, id: u32) {
 
 async fn handle_fetch_error(
     ctx: &Ctx,
-    client: &mut Client,
+    client: &mut ClusterClient,
     id: u32,
     partition: &Partition,
     position: &mut i64,

@@ -34,15 +34,15 @@ use tokio::time::Instant;
 
 use crate::history::{History, Partition};
 use crate::scenario::{Dice, Plan};
-use seedlog_node::client::{CallError, Client};
+use seedlog_node::client::{CallError, ClusterClient};
 
 /// What every client task shares.
 #[derive(Clone)]
 pub struct Ctx {
     /// The run's plan.
     pub plan: Arc<Plan>,
-    /// Where the broker listens.
-    pub broker: SocketAddr,
+    /// Where the brokers listen (clients bootstrap from these).
+    pub brokers: Vec<SocketAddr>,
     /// The oracle.
     pub history: Arc<Mutex<History>>,
     /// Set when the workload phase ends.
@@ -59,6 +59,10 @@ impl Ctx {
     /// The history, locked.
     pub fn history(&self) -> MutexGuard<'_, History> {
         self.history.lock().expect("history lock")
+    }
+    /// A client of the simulated cluster.
+    pub fn client(&self, timeout: Duration) -> ClusterClient {
+        ClusterClient::new(self.brokers.clone(), timeout)
     }
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
@@ -83,7 +87,7 @@ async fn sleep_ms(ms: u64) {
 
 /// Creates the scenario's topics, retrying until the broker answers.
 pub async fn create_topics(ctx: &Ctx) {
-    let mut client = Client::new(ctx.broker, Duration::from_secs(2));
+    let mut client = ctx.client(Duration::from_secs(2));
     let topics: Vec<CreatableTopic> = ctx
         .plan
         .scenario
@@ -112,8 +116,9 @@ pub async fn create_topics(ctx: &Ctx) {
             .with_timeout_ms(2000),
     );
     loop {
-        if let Ok(ResponseKind::CreateTopics(r)) =
-            client.call(ApiKey::CreateTopics, 7, request.clone()).await
+        if let Ok(ResponseKind::CreateTopics(r)) = client
+            .call_any(ApiKey::CreateTopics, 7, request.clone())
+            .await
         {
             let ok = r.topics.iter().all(|t| {
                 t.error_code == 0 || t.error_code == ResponseError::TopicAlreadyExists.code()
@@ -124,6 +129,30 @@ pub async fn create_topics(ctx: &Ctx) {
         }
         sleep_ms(100).await;
     }
+}
+
+/// True for the error codes that mean "ask someone else": the leader map is stale.
+fn is_stale_leader(code: i16) -> bool {
+    [
+        ResponseError::NotLeaderOrFollower,
+        ResponseError::LeaderNotAvailable,
+        ResponseError::UnknownTopicOrPartition,
+    ]
+    .iter()
+    .any(|e| e.code() == code)
+}
+
+/// Sends a request about one partition to its leader.
+async fn call_partition(
+    client: &mut ClusterClient,
+    partition: &Partition,
+    api: ApiKey,
+    version: i16,
+    request: RequestKind,
+) -> Result<ResponseKind, CallError> {
+    client
+        .call_leader(&partition.0, partition.1, api, version, request)
+        .await
 }
 
 fn produce_request(partition: &Partition, acks: i16, records: Bytes) -> RequestKind {
@@ -184,7 +213,11 @@ fn parse_fetch(response: ResponseKind) -> BTreeMap<Partition, Fetched> {
 }
 
 /// Looks up a partition's earliest or latest offset.
-async fn list_offset(client: &mut Client, partition: &Partition, timestamp: i64) -> Option<i64> {
+async fn list_offset(
+    client: &mut ClusterClient,
+    partition: &Partition,
+    timestamp: i64,
+) -> Option<i64> {
     let request = ListOffsetsRequest::default()
         .with_replica_id(BrokerId(-1))
         .with_topics(vec![ListOffsetsTopic::default()
@@ -192,12 +225,16 @@ async fn list_offset(client: &mut Client, partition: &Partition, timestamp: i64)
             .with_partitions(vec![ListOffsetsPartition::default()
                 .with_partition_index(partition.1)
                 .with_timestamp(timestamp)])]);
+    let request = RequestKind::ListOffsets(request);
     match client
-        .call(ApiKey::ListOffsets, 6, RequestKind::ListOffsets(request))
+        .call_leader(&partition.0, partition.1, ApiKey::ListOffsets, 6, request)
         .await
     {
         Ok(ResponseKind::ListOffsets(r)) => {
             let p = &r.topics[0].partitions[0];
+            if is_stale_leader(p.error_code) {
+                client.forget_leader(&partition.0, partition.1);
+            }
             (p.error_code == 0).then_some(p.offset)
         }
         _ => None,

@@ -5,7 +5,7 @@ use super::*;
 /// Produces batches of unique values to random partitions until the workload stops.
 pub async fn producer(ctx: Ctx, id: u32, acks: i16) {
     let mut dice = Dice::new(ctx.plan.seed, 1000 + u64::from(id));
-    let mut client = Client::new(ctx.broker, Duration::from_secs(5));
+    let mut client = ctx.client(Duration::from_secs(5));
     let partitions = ctx.partitions();
     let workload = &ctx.plan.scenario.workload;
     let mut seq = 0u64;
@@ -21,9 +21,8 @@ pub async fn producer(ctx: Ctx, id: u32, acks: i16) {
         let timestamp = seedlog_node::server::now_ms();
         let batch = record_batch(values.iter().map(|v| (None, v.as_bytes(), timestamp)));
         ctx.history().counts.produce_requests += 1;
-        let outcome = client
-            .call(ApiKey::Produce, 9, produce_request(partition, acks, batch))
-            .await;
+        let request = produce_request(partition, acks, batch);
+        let outcome = call_partition(&mut client, partition, ApiKey::Produce, 9, request).await;
         let now = ctx.now_ms();
         match outcome {
             Ok(ResponseKind::Produce(r)) => {
@@ -32,6 +31,9 @@ pub async fn producer(ctx: Ctx, id: u32, acks: i16) {
                     ctx.history()
                         .acked(now, partition, p.base_offset, &values, acks == -1);
                 } else {
+                    if is_stale_leader(p.error_code) {
+                        client.forget_leader(&partition.0, partition.1);
+                    }
                     ctx.history().refused(now, partition, count, p.error_code);
                 }
             }

@@ -13,7 +13,7 @@ pub async fn liveness_probe(ctx: &Ctx, deadline: Instant) -> Result<u64, String>
     // A fresh topic: creating it is part of the proof, and no flipped bit can sit near it
     // (on a single copy, records near a corrupt batch may be unreadable for good).
     let partition = (PROBE_TOPIC.to_string(), 0);
-    let mut client = Client::new(ctx.broker, Duration::from_secs(2));
+    let mut client = ctx.client(Duration::from_secs(2));
     let create = RequestKind::CreateTopics(CreateTopicsRequest::default().with_topics(
         vec![CreatableTopic::default()
             .with_name(name(PROBE_TOPIC))
@@ -24,8 +24,9 @@ pub async fn liveness_probe(ctx: &Ctx, deadline: Instant) -> Result<u64, String>
         if Instant::now() >= deadline {
             return Err("the probe topic could not be created after the faults healed".into());
         }
-        if let Ok(ResponseKind::CreateTopics(r)) =
-            client.call(ApiKey::CreateTopics, 7, create.clone()).await
+        if let Ok(ResponseKind::CreateTopics(r)) = client
+            .call_any(ApiKey::CreateTopics, 7, create.clone())
+            .await
         {
             let created = r.topics.first().map(|t| t.error_code);
             if created == Some(0) || created == Some(ResponseError::TopicAlreadyExists.code()) {
@@ -42,11 +43,14 @@ pub async fn liveness_probe(ctx: &Ctx, deadline: Instant) -> Result<u64, String>
         attempt += 1;
         let value = format!("liveness-{attempt}");
         let batch = record_batch([(None, value.as_bytes(), seedlog_node::server::now_ms())]);
-        if let Ok(ResponseKind::Produce(r)) = client
-            .call(ApiKey::Produce, 9, produce_request(&partition, -1, batch))
-            .await
+        let request = produce_request(&partition, -1, batch);
+        if let Ok(ResponseKind::Produce(r)) =
+            call_partition(&mut client, &partition, ApiKey::Produce, 9, request).await
         {
             let p = &r.responses[0].partition_responses[0];
+            if is_stale_leader(p.error_code) {
+                client.forget_leader(&partition.0, partition.1);
+            }
             if p.error_code == 0 {
                 ctx.history().acked(
                     ctx.now_ms(),
@@ -67,9 +71,9 @@ pub async fn liveness_probe(ctx: &Ctx, deadline: Instant) -> Result<u64, String>
                 "the record acknowledged at offset {offset} could not be read back"
             ));
         }
-        if let Ok(response) = client
-            .call(ApiKey::Fetch, 12, fetch_request(&positions, 100))
-            .await
+        let request = fetch_request(&positions, 100);
+        if let Ok(response) =
+            call_partition(&mut client, &partition, ApiKey::Fetch, 12, request).await
         {
             if let Some(Fetched::Records(records, _)) = parse_fetch(response).remove(&partition) {
                 if records.iter().any(|(o, v)| *o == offset && *v == value) {
@@ -84,7 +88,7 @@ pub async fn liveness_probe(ctx: &Ctx, deadline: Instant) -> Result<u64, String>
 /// Reads every partition from its start to its high watermark and hands the result to the
 /// final checks.
 pub async fn final_read(ctx: &Ctx) -> Result<(), String> {
-    let mut client = Client::new(ctx.broker, Duration::from_secs(2));
+    let mut client = ctx.client(Duration::from_secs(2));
     for partition in ctx.partitions() {
         let earliest = list_offset(&mut client, &partition, -2)
             .await
@@ -97,8 +101,8 @@ pub async fn final_read(ctx: &Ctx) -> Result<(), String> {
         let mut stalls = 0;
         while position < latest {
             let positions = BTreeMap::from([(partition.clone(), position)]);
-            let response = client
-                .call(ApiKey::Fetch, 12, fetch_request(&positions, 0))
+            let request = fetch_request(&positions, 0);
+            let response = call_partition(&mut client, &partition, ApiKey::Fetch, 12, request)
                 .await
                 .map_err(|e| format!("{e:?}"))?;
             match parse_fetch(response).remove(&partition) {
