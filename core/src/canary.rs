@@ -16,16 +16,19 @@ pub enum Canary {
     IgnoreFsyncError,
     /// Acknowledge a CreateTopics without recording the topic durably.
     VolatileTopics,
+    /// Grant a vote to a second candidate in a term already voted in.
+    VoteTwice,
 }
 
 impl Canary {
     /// Every canary, in a stable order.
-    pub const ALL: [Canary; 5] = [
+    pub const ALL: [Canary; 6] = [
         Canary::AckBeforeFsync,
         Canary::SkipRecoveryCrc,
         Canary::ReadAboveHighWatermark,
         Canary::IgnoreFsyncError,
         Canary::VolatileTopics,
+        Canary::VoteTwice,
     ];
 
     /// The name used on the simulator's command line.
@@ -36,6 +39,7 @@ impl Canary {
             Canary::ReadAboveHighWatermark => "read-above-hw",
             Canary::IgnoreFsyncError => "ignore-fsync-error",
             Canary::VolatileTopics => "volatile-topics",
+            Canary::VoteTwice => "vote-twice",
         }
     }
 
@@ -47,6 +51,7 @@ impl Canary {
             Canary::ReadAboveHighWatermark => "fetch serves uncommitted data",
             Canary::IgnoreFsyncError => "a failed fsync is reported as done",
             Canary::VolatileTopics => "created topics are not recorded durably",
+            Canary::VoteTwice => "a replica votes for two candidates in one term",
         }
     }
 

@@ -22,4 +22,4 @@ pub mod storage;
 pub mod topic;
 pub mod wire;
 
-pub use broker::{Broker, ConnectionId, Output, Recovered, RecoveredTopic};
+pub use broker::{Broker, ConnectionId, Observation, Output, Recovered, RecoveredTopic};

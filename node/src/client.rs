@@ -188,7 +188,12 @@ impl ClusterClient {
         request: RequestKind,
     ) -> Result<ResponseKind, CallError> {
         let key = (topic.to_string(), partition);
-        if !self.leaders.contains_key(&key) {
+        let known = |c: &Self| {
+            c.leaders
+                .get(&key)
+                .is_some_and(|id| c.brokers.contains_key(id))
+        };
+        if !known(self) {
             self.refresh().await?;
         }
         let addr = self
@@ -208,12 +213,18 @@ impl ClusterClient {
 
     /// The leader of each partition, as far as known (refreshing once if any is unknown).
     pub async fn leaders(&mut self, partitions: &[(String, i32)]) -> BTreeMap<(String, i32), i32> {
-        if partitions.iter().any(|p| !self.leaders.contains_key(p)) {
+        let known = |p| {
+            self.leaders
+                .get(p)
+                .is_some_and(|id| self.brokers.contains_key(id))
+        };
+        if !partitions.iter().all(known) {
             let _ = self.refresh().await;
         }
         partitions
             .iter()
             .filter_map(|p| Some((p.clone(), *self.leaders.get(p)?)))
+            .filter(|(_, id)| self.brokers.contains_key(id))
             .collect()
     }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
 use seedlog_core::storage::StorageCompletion;
-use seedlog_core::{Broker, ConnectionId, Output};
+use seedlog_core::{Broker, ConnectionId, Observation, Output};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -57,7 +57,12 @@ pub struct Driver {
     peers: Peers,
     /// Tasks that live as long as the driver (the peer listener).
     tasks: Vec<JoinHandle<()>>,
+    /// Who hears the broker's observations (the simulator's checkers).
+    observer: Option<Observer>,
 }
+
+/// Receives what a broker reports about itself, with the broker's id.
+pub type Observer = std::sync::Arc<dyn Fn(i32, &Observation) + Send + Sync>;
 
 impl Driver {
     /// A driver for `broker` over `storage`, talking to `peers`.
@@ -69,7 +74,14 @@ impl Driver {
             ready: Vec::new(),
             peers,
             tasks: Vec::new(),
+            observer: None,
         }
+    }
+
+    /// Reports the broker's observations to `observer`.
+    pub fn with_observer(mut self, observer: Option<Observer>) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// Serves `listener` until `shutdown` resolves, then drains and flushes.
@@ -160,6 +172,11 @@ impl Driver {
                         }
                     }
                     Output::Peer { to, frame } => self.peers.send(to, frame),
+                    Output::Observed(observation) => {
+                        if let Some(observer) = &self.observer {
+                            observer(self.broker.config().broker_id, &observation);
+                        }
+                    }
                 }
             }
             if self.ready.is_empty() {
@@ -306,7 +323,7 @@ pub async fn serve(
         )?),
         crate::config::StorageKind::Memory => Box::new(crate::storage::MemoryStorage::default()),
     };
-    serve_with(config, storage, syncs, shutdown).await
+    serve_with(config, storage, syncs, shutdown, None).await
 }
 
 /// Serves with a given storage (the simulator passes its disk model here). `syncs` must
@@ -316,6 +333,7 @@ pub async fn serve_with(
     mut storage: Box<dyn Storage>,
     syncs: SyncReceiver,
     shutdown: impl std::future::Future<Output = ()>,
+    observer: Option<Observer>,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
@@ -345,6 +363,7 @@ pub async fn serve_with(
     info!(listen = %bound, peer_listen = ?config.peer_listen, data_dir = %config.data_dir.display(), storage = ?config.storage, "seedlog broker ready");
     let peers = Peers::start(&config.peers);
     let result = Driver::new(broker, storage, peers)
+        .with_observer(observer)
         .run(
             listener,
             peer_listener,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use madsim::runtime::{Handle, NodeHandle};
 use seedlog_core::config::BrokerConfig;
 use seedlog_node::config::{NodeConfig, StorageKind};
-use seedlog_node::server::{serve_with, sync_channel};
+use seedlog_node::server::{serve_with, sync_channel, Observer};
 
 use crate::disk::{SimDisk, SimStorage};
 use crate::scenario::Dice;
@@ -41,8 +41,9 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts broker `index` (0-based) of a cluster of `size` with a fresh disk.
-    pub fn start(index: u32, size: u32, seed: u64) -> Broker {
+    /// Starts broker `index` (0-based) of a cluster of `size` with a fresh disk; what it
+    /// reports about itself goes to `observer`.
+    pub fn start(index: u32, size: u32, seed: u64, observer: Observer) -> Broker {
         let ip = broker_ip(index);
         let addr = SocketAddr::new(ip, KAFKA_PORT);
         let disk = Arc::new(Mutex::new(SimDisk::new(Dice::new(
@@ -58,11 +59,13 @@ impl Broker {
             .ip(ip)
             .init(move || {
                 let (disk, alive, config) = (init_disk.clone(), init_alive.clone(), config.clone());
+                let observer = observer.clone();
                 async move {
                     alive.store(true, Ordering::SeqCst);
                     let (report, syncs) = sync_channel();
                     let storage = Box::new(SimStorage::new(disk, report));
-                    let result = serve_with(config, storage, syncs, std::future::pending()).await;
+                    let shutdown = std::future::pending();
+                    let result = serve_with(config, storage, syncs, shutdown, Some(observer)).await;
                     tracing::info!(?result, "broker process ended");
                     alive.store(false, Ordering::SeqCst);
                 }

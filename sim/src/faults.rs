@@ -9,7 +9,7 @@ use madsim::net::NetSim;
 use madsim::runtime::Handle;
 
 use crate::cluster::Broker;
-use crate::scenario::{Dice, Recurring};
+use crate::scenario::{Dice, Recurring, Target};
 use crate::workload::Ctx;
 
 /// The brokers, shared by the injectors and the supervisor.
@@ -65,7 +65,14 @@ async fn injector(
             if up.is_empty() {
                 continue;
             }
-            up[dice.between(0, up.len() as u64 - 1) as usize]
+            let controller = match schedule.target {
+                Target::Controller => ctx.history().current_leader("metadata"),
+                Target::Any => None,
+            };
+            match controller.map(|id| (id - 1) as usize) {
+                Some(index) if up.contains(&index) => index,
+                _ => up[dice.between(0, up.len() as u64 - 1) as usize],
+            }
         };
         let duration = dice.pick(schedule.for_s);
         strike(&ctx, &brokers, kind, index, duration, &mut dice).await;

@@ -21,13 +21,14 @@ pub struct Violation {
 }
 
 /// The checks, in report order.
-pub const CHECKS: [&str; 7] = [
+pub const CHECKS: [&str; 8] = [
     "acked-writes-durable",
     "topics-durable",
     "offsets-agree",
     "reads-in-order",
     "hw-monotonic",
     "no-corrupt-reads",
+    "one-leader-per-term",
     "liveness",
 ];
 
@@ -59,6 +60,8 @@ pub struct History {
     /// it are excused (a single copy cannot survive a flipped bit), wrong data never is.
     damaged: BTreeMap<Partition, i64>,
     last_hw: BTreeMap<(u32, Partition), i64>,
+    /// (Raft group, term) -> the broker that said it leads it.
+    leaders: BTreeMap<(String, u64), i32>,
     violations: Vec<Violation>,
     /// Counters for the report.
     pub counts: Counts,
@@ -118,6 +121,30 @@ impl History {
                 facts.insert(offset, (value.to_string(), source));
             }
         }
+    }
+
+    /// A broker reported that it became the leader of `group` in `term`.
+    pub fn elected(&mut self, at_ms: u64, broker: i32, group: &str, term: u64) {
+        self.trace(at_ms, ("elected", broker, group, term));
+        match self.leaders.get(&(group.to_string(), term)) {
+            Some(&first) if first != broker => {
+                let detail = format!("{group} term {term}: brokers {first} and {broker} both lead");
+                self.violate("one-leader-per-term", detail);
+            }
+            Some(_) => {}
+            None => {
+                self.leaders.insert((group.to_string(), term), broker);
+            }
+        }
+    }
+
+    /// The broker that reported leading `group` in the highest term seen.
+    pub fn current_leader(&self, group: &str) -> Option<i32> {
+        self.leaders
+            .iter()
+            .filter(|((g, _), _)| g == group)
+            .max_by_key(|((_, term), _)| *term)
+            .map(|(_, broker)| *broker)
     }
 
     /// A produce was acknowledged: `values` took offsets from `base_offset` on.

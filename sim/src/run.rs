@@ -15,6 +15,8 @@ use crate::history::History;
 use crate::report::Report;
 use crate::scenario::Plan;
 use crate::workload::{self, Ctx};
+use seedlog_core::Observation;
+use seedlog_node::server::Observer;
 
 /// Options that do not change what a run does, only what it shows.
 #[derive(Clone, Copy, Debug, Default)]
@@ -42,9 +44,20 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
                 ..Duration::from_secs_f64(high.max(low + 0.001) / 1000.0);
         }
     });
+    let observed = history.clone();
+    let start = Instant::now();
+    let observer: Observer = Arc::new(move |broker, observation| match observation {
+        Observation::Elected { group, term } => {
+            let at_ms = start.elapsed().as_millis() as u64;
+            observed
+                .lock()
+                .expect("history lock")
+                .elected(at_ms, broker, group, *term);
+        }
+    });
     let brokers: Brokers = Arc::new(Mutex::new(
         (0..plan.scenario.brokers)
-            .map(|i| Broker::start(i, plan.scenario.brokers, plan.seed))
+            .map(|i| Broker::start(i, plan.scenario.brokers, plan.seed, observer.clone()))
             .collect(),
     ));
     let broker_addrs = brokers
@@ -68,7 +81,7 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
         brokers: broker_addrs,
         history: history.clone(),
         stop: Arc::new(AtomicBool::new(false)),
-        start: Instant::now(),
+        start,
     };
     let clients = Handle::current()
         .create_node()

@@ -101,6 +101,21 @@ pub struct Recurring {
     /// Seconds each strike lasts (downtime, partition length, pause length).
     #[serde(default = "instant")]
     pub for_s: Range,
+    /// Which broker it strikes.
+    #[serde(default)]
+    pub target: Target,
+}
+
+/// The broker a fault strikes.
+#[derive(Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// Any running broker, at random.
+    #[default]
+    Any,
+    /// The active controller (the metadata quorum's leader), when one is known and up;
+    /// otherwise any running broker.
+    Controller,
 }
 
 fn instant() -> Range {

@@ -245,14 +245,9 @@ impl Broker {
         }
     }
 
-    /// Brokers clients can be placed on: the registered ones, and this one.
+    /// Brokers replicas can be placed on: the registered ones (clients can reach them).
     fn placeable_brokers(&self) -> Vec<i32> {
-        let mut brokers: Vec<i32> = self.controller.image().brokers.keys().copied().collect();
-        if !brokers.contains(&self.config.broker_id) {
-            brokers.push(self.config.broker_id);
-            brokers.sort_unstable();
-        }
-        brokers
+        self.controller.image().brokers.keys().copied().collect()
     }
 
     /// Places `partitions` new partitions of `replication` replicas each: round robin over
@@ -264,6 +259,12 @@ impl Broker {
         replication: usize,
     ) -> Result<Vec<Vec<i32>>, (ResponseError, String)> {
         let brokers = self.placeable_brokers();
+        if brokers.is_empty() {
+            return Err((
+                ResponseError::InvalidReplicationFactor,
+                "no broker has registered with the controller yet; retry".into(),
+            ));
+        }
         if replication > REPLICATION_FACTOR_MAX || replication > brokers.len() {
             return Err((
                 ResponseError::InvalidReplicationFactor,

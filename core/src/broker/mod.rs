@@ -53,6 +53,9 @@ pub enum Output {
     Close(ConnectionId),
     /// Perform a disk operation.
     Storage(StorageOp),
+    /// Something an outside observer (the simulator's checkers, logs) may want to know;
+    /// nothing to carry out.
+    Observed(Observation),
     /// Send a frame (size prefix not included) to another broker. Peer messages may be
     /// dropped when the peer cannot be reached: Raft retries what matters.
     Peer {
@@ -60,6 +63,18 @@ pub enum Output {
         to: i32,
         /// An encoded [`crate::cluster::records::PeerFrame`].
         frame: Bytes,
+    },
+}
+
+/// A fact a broker reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation {
+    /// This broker became the leader of a Raft group in a term.
+    Elected {
+        /// The group: `metadata` for the quorum, else `topic-partition`.
+        group: String,
+        /// The term.
+        term: u64,
     },
 }
 

@@ -14,7 +14,7 @@ use kafka_protocol::ResponseError;
 use prost::Message as _;
 use tracing::{info, warn};
 
-use super::{Broker, Output, ReplyTo};
+use super::{Broker, Observation, Output, ReplyTo};
 use crate::canary::{is_planted, Canary};
 use crate::cluster::image::{Applied, Refusal};
 use crate::cluster::records::{Change, GroupMessage, PeerFrame};
@@ -67,6 +67,13 @@ impl Broker {
         // The volatile-topics canary forgets the quorum's state, and so every topic, on restart.
         if !drive.persist.is_empty() && !is_planted(Canary::VolatileTopics) {
             self.storage(StorageOp::SaveQuorum(drive.persist));
+        }
+        if let Some(term) = drive.elected {
+            self.outputs
+                .push_back(Output::Observed(Observation::Elected {
+                    group: "metadata".into(),
+                    term,
+                }));
         }
         let mut by_peer: BTreeMap<i32, Vec<GroupMessage>> = BTreeMap::new();
         for (to, message) in drive.messages {

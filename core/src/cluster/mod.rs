@@ -73,6 +73,8 @@ pub struct Drive {
     pub image_replaced: bool,
     /// Records applied to the image, with their outcome, in log order.
     pub applied: Vec<(MetadataRecord, Applied)>,
+    /// The term this broker just became the active controller in.
+    pub elected: Option<u64>,
 }
 
 /// This broker's member of the metadata quorum and its applied image.
@@ -89,6 +91,8 @@ pub struct Controller {
     registered_at: Option<i64>,
     /// A new node's initial state (its voter set), written with the first drive.
     bootstrap: Option<RaftPersist>,
+    /// The last term this broker led the quorum in, to report each election once.
+    led_term: u64,
 }
 
 impl Controller {
@@ -135,7 +139,8 @@ impl Controller {
         };
         let mut group = RaftGroup::new(&group_config, log)?;
         if voters == [raft_id(me)] {
-            // A quorum of one needs no election timeout to know who leads.
+            // A quorum of one needs no election timeout to know who leads, and registers
+            // this broker before any client can ask for a topic.
             group.campaign();
         }
         info!(
@@ -145,7 +150,7 @@ impl Controller {
             topics = image.topics.len(),
             "metadata quorum member started"
         );
-        Ok(Controller {
+        let mut controller = Controller {
             me,
             registration,
             group,
@@ -156,7 +161,10 @@ impl Controller {
             next_tick: now,
             registered_at: None,
             bootstrap,
-        })
+            led_term: 0,
+        };
+        controller.handle_timeout(now);
+        Ok(controller)
     }
 
     /// The applied metadata.
@@ -277,6 +285,15 @@ impl Controller {
             }
         }
         self.maybe_snapshot(&mut drive.persist);
+        if self.group.is_leader() && self.group.term() != self.led_term {
+            self.led_term = self.group.term();
+            drive.elected = Some(self.led_term);
+            info!(
+                broker = self.me,
+                term = self.led_term,
+                "became the active controller"
+            );
+        }
         drive
     }
 

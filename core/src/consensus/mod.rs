@@ -153,6 +153,14 @@ impl RaftGroup {
 
     /// A message from a peer. Malformed or stale messages are ignored (raft-rs logs them).
     pub fn step(&mut self, message: Message) {
+        use crate::canary::{is_planted, Canary};
+        if is_planted(Canary::VoteTwice)
+            && message.get_msg_type() == raft::eraftpb::MessageType::MsgRequestVote
+            && message.term == self.node.raft.term
+        {
+            // The planted bug: forget whom this term's vote went to.
+            self.node.raft.vote = raft::INVALID_ID;
+        }
         if let Err(e) = self.node.step(message) {
             tracing::debug!(error = %e, "raft step refused a message");
         }

@@ -5,8 +5,8 @@ use super::*;
 /// The topic the liveness probe creates and writes to.
 const PROBE_TOPIC: &str = "liveness-probe";
 
-/// After the faults heal: a topic can be created, and a produce to it succeeds and reads
-/// back, within the deadline.
+/// After the faults heal: a topic can be created, a produce to it succeeds and reads back,
+/// and every partition of the scenario's topics takes a write, within the deadline.
 /// Returns the simulated milliseconds it took, or why it failed.
 pub async fn liveness_probe(ctx: &Ctx, deadline: Instant) -> Result<u64, String> {
     let began = Instant::now();
@@ -64,6 +64,34 @@ pub async fn liveness_probe(ctx: &Ctx, deadline: Instant) -> Result<u64, String>
         }
         sleep_ms(100).await;
     };
+    // Every partition of the scenario's topics takes a write again, not only a fresh one.
+    for partition in ctx.partitions() {
+        let value = format!("liveness-{}-{}", partition.0, partition.1);
+        loop {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{partition:?} took no write after the faults healed"
+                ));
+            }
+            let batch = record_batch([(None, value.as_bytes(), seedlog_node::server::now_ms())]);
+            let request = produce_request(&partition, -1, batch);
+            if let Ok(ResponseKind::Produce(r)) =
+                call_partition(&mut client, &partition, ApiKey::Produce, 9, request).await
+            {
+                let p = &r.responses[0].partition_responses[0];
+                if p.error_code == 0 {
+                    let values = std::slice::from_ref(&value);
+                    ctx.history()
+                        .acked(ctx.now_ms(), &partition, p.base_offset, values, true);
+                    break;
+                }
+                if is_stale_leader(p.error_code) {
+                    client.forget_leader(&partition.0, partition.1);
+                }
+            }
+            sleep_ms(100).await;
+        }
+    }
     let positions = BTreeMap::from([(partition.clone(), offset)]);
     loop {
         if Instant::now() >= deadline {
