@@ -65,7 +65,7 @@ const CANARY_HUNTS: &[(&str, &str, u64)] = &[
     ("skip-recovery-crc", "torn-write", 5),
     ("ignore-fsync-error", "disk-full", 5),
     ("volatile-topics", "crash-restart", 5),
-    ("vote-twice", "cluster3-controller-crash", 5),
+    ("vote-twice", "cluster3-elections", 5),
 ];
 
 #[test]
