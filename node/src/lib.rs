@@ -5,6 +5,8 @@
 pub mod bench;
 pub mod client;
 pub mod config;
+#[cfg(not(madsim))]
+pub mod dev_cluster;
 pub mod peer;
 pub mod server;
 pub mod storage;

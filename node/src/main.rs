@@ -26,6 +26,8 @@ enum Command {
     /// Measure a Kafka-compatible broker with a load generator.
     #[command(subcommand)]
     Bench(seedlog_node::bench::BenchCommand),
+    /// Run a local cluster of separate broker processes (clients on 127.0.0.1:9092, 9093, ...).
+    DevCluster(seedlog_node::dev_cluster::DevClusterArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +41,7 @@ fn main() -> std::process::ExitCode {
     let args = match cli.command {
         Some(Command::Run(args)) => *args,
         Some(Command::Bench(command)) => return exit(bench(command)),
+        Some(Command::DevCluster(args)) => return exit(dev_cluster(args)),
         None => cli.run,
     };
     let result = args.resolve().and_then(|config| {
@@ -58,6 +61,13 @@ fn bench(command: seedlog_node::bench::BenchCommand) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(seedlog_node::bench::run(command))
+}
+
+fn dev_cluster(args: seedlog_node::dev_cluster::DevClusterArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(seedlog_node::dev_cluster::run(args))
 }
 
 fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {

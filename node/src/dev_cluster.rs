@@ -1,0 +1,98 @@
+//! `seedlog dev-cluster`: a local cluster of separate `seedlog` processes, for trying
+//! failover on one machine. Broker `i` (1-based) serves clients on 127.0.0.1:(9091 + i)
+//! and its peers on 127.0.0.1:(9191 + i); its data and log live under `DIR/node-i`.
+//! Ctrl-C (or SIGTERM) stops every broker cleanly; a broker killed by hand is reported and
+//! the others keep running, as in a real cluster.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use tracing::{info, warn};
+
+/// Settings for `seedlog dev-cluster`.
+#[derive(Args, Debug, Clone)]
+pub struct DevClusterArgs {
+    /// Number of brokers, each a voter of the metadata quorum.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u16,
+    /// Directory for every broker's data and log.
+    #[arg(long, default_value = "seedlog-dev-cluster")]
+    pub dir: PathBuf,
+    /// Client port of broker 1; broker i listens on this + i - 1.
+    #[arg(long, default_value_t = 9092)]
+    pub base_port: u16,
+}
+
+/// Starts the brokers and waits for Ctrl-C.
+pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
+    if !(1..=9).contains(&args.nodes) {
+        bail!("--nodes must be between 1 and 9");
+    }
+    let exe = std::env::current_exe().context("locating the seedlog binary")?;
+    let peer_port = |i: u16| args.base_port + 100 + i - 1;
+    let voters: Vec<String> = (1..=args.nodes)
+        .map(|i| format!("{i}@127.0.0.1:{}", peer_port(i)))
+        .collect();
+    let voters = voters.join(",");
+    let mut children: Vec<(u16, Child)> = Vec::new();
+    for i in 1..=args.nodes {
+        let dir = args.dir.join(format!("node-{i}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let log = std::fs::File::create(dir.join("seedlog.log")).context("creating a log file")?;
+        let child = Command::new(&exe)
+            .arg("run")
+            .args(["--broker-id", &i.to_string()])
+            .args(["--listen", &format!("127.0.0.1:{}", args.base_port + i - 1)])
+            .args(["--data-dir", &dir.join("data").to_string_lossy()])
+            .args(["--controller-quorum-voters", &voters])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting broker {i}"))?;
+        children.push((i, child));
+    }
+    let listeners: Vec<String> = (1..=args.nodes)
+        .map(|i| format!("127.0.0.1:{}", args.base_port + i - 1))
+        .collect();
+    info!(
+        bootstrap = %listeners.join(","),
+        dir = %args.dir.display(),
+        "dev cluster running; logs in DIR/node-N/seedlog.log; Ctrl-C stops it"
+    );
+    let signal = crate::shutdown_signal();
+    tokio::pin!(signal);
+    let mut exited = std::collections::BTreeSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        for (i, child) in &mut children {
+            if let Ok(Some(status)) = child.try_wait() {
+                if exited.insert(*i) {
+                    warn!(broker = *i, %status, "broker exited; the others keep running");
+                }
+            }
+        }
+    }
+    info!("stopping the dev cluster");
+    for (_, child) in &mut children {
+        if let Ok(None) = child.try_wait() {
+            // SAFETY: kill(2) on a pid we spawned and have not reaped; no memory is touched.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
+    for (i, child) in &mut children {
+        let status = child
+            .wait()
+            .with_context(|| format!("waiting for broker {i}"))?;
+        info!(broker = *i, %status, "broker stopped");
+    }
+    Ok(())
+}
