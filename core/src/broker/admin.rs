@@ -133,7 +133,8 @@ impl Broker {
     /// The Metadata answer from what this broker knows now.
     pub(super) fn metadata_response(&self, request: MetadataRequest) -> ResponseKind {
         let image = self.controller.image();
-        let mut brokers: Vec<MetadataResponseBroker> = image
+        // Only registered brokers: a broker appears once the quorum knows it, as in KRaft.
+        let brokers: Vec<MetadataResponseBroker> = image
             .brokers
             .values()
             .map(|b| {
@@ -144,15 +145,6 @@ impl Broker {
                     .with_rack((!b.rack.is_empty()).then(|| str_bytes(&b.rack)))
             })
             .collect();
-        if !image.brokers.contains_key(&self.config.broker_id) {
-            // Not registered yet: clients must still be able to reach the broker they asked.
-            brokers.push(
-                MetadataResponseBroker::default()
-                    .with_node_id(BrokerId(self.config.broker_id))
-                    .with_host(str_bytes(&self.config.advertised_host))
-                    .with_port(self.config.advertised_port),
-            );
-        }
         let controller = self.controller.leader().unwrap_or(-1);
         let mut response = MetadataResponse::default()
             .with_brokers(brokers)

@@ -1,0 +1,126 @@
+"""A cluster of three real `seedlog` processes on loopback: the metadata quorum elects a
+controller, topics spread over the brokers, clients follow partition leaders, and the
+cluster keeps creating topics when the controller is killed."""
+
+import time
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from conftest import Broker, free_port
+
+
+@pytest.fixture
+def cluster(workdir):
+    peer_ports = {i: free_port() for i in (1, 2, 3)}
+    voters = ",".join(f"{i}@127.0.0.1:{p}" for i, p in peer_ports.items())
+    brokers = {
+        i: Broker(workdir / f"node{i}", ["--broker-id", str(i), "--controller-quorum-voters", voters])
+        for i in (1, 2, 3)
+    }
+    for b in brokers.values():
+        b.start()
+    yield brokers
+    for b in brokers.values():
+        if b.alive():
+            b.kill()
+
+
+def bootstrap(brokers, *ids):
+    return ",".join(brokers[i].bootstrap for i in ids or brokers)
+
+
+def wait_for(what, check, timeout=20.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def cluster_metadata(admin):
+    try:
+        md = admin.list_topics(timeout=5)
+    except Exception as e:  # a broker that has not registered yet answers with no brokers
+        print("metadata:", e)
+        return None
+    return md if len(md.brokers) == 3 and md.controller_id > 0 else None
+
+
+def create(admin, name, partitions):
+    def attempt():
+        try:
+            admin.create_topics([NewTopic(name, partitions, 1)])[name].result(10)
+            return True
+        except Exception as e:  # retried: no controller yet, or one just died
+            print("create", name, "failed:", e)
+            return False
+
+    wait_for(f"topic {name}", attempt, timeout=30)
+
+
+def test_three_brokers_share_topics_and_clients_follow_leaders(cluster):
+    admin = AdminClient({"bootstrap.servers": bootstrap(cluster, 1)})
+    md = wait_for("three registered brokers and a controller", lambda: cluster_metadata(admin))
+    assert sorted(md.brokers) == [1, 2, 3]
+    create(admin, "spread", 6)
+    leaders = {p.id: p.leader for p in admin.list_topics("spread", timeout=5).topics["spread"].partitions.values()}
+    assert sorted(leaders) == list(range(6))
+    assert set(leaders.values()) == {1, 2, 3}, f"partitions all on a few brokers: {leaders}"
+
+    producer = Producer({"bootstrap.servers": bootstrap(cluster, 2), "acks": "all", "linger.ms": 5})
+    acked = {}
+
+    def on_delivery(err, msg):
+        assert err is None, err
+        acked[msg.value()] = (msg.partition(), msg.offset())
+
+    for i in range(3000):
+        producer.produce("spread", value=b"v%d" % i, partition=i % 6, on_delivery=on_delivery)
+    assert producer.flush(30) == 0
+    assert len(acked) == 3000
+
+    consumer = Consumer({"bootstrap.servers": bootstrap(cluster, 3), "group.id": "e2e", "enable.auto.commit": False})
+    consumer.assign([TopicPartition("spread", p, 0) for p in range(6)])
+    seen = {}
+    deadline = time.time() + 30
+    while len(seen) < 3000 and time.time() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is not None and not msg.error():
+            seen[msg.value()] = (msg.partition(), msg.offset())
+    consumer.close()
+    assert seen == acked
+
+
+def test_killing_the_controller_elects_another_and_loses_no_topic(cluster):
+    admin = AdminClient({"bootstrap.servers": bootstrap(cluster)})
+    md = wait_for("a controller", lambda: cluster_metadata(admin))
+    create(admin, "before", 3)
+    first = md.controller_id
+    cluster[first].kill()
+    survivors = [i for i in cluster if i != first]
+    admin = AdminClient({"bootstrap.servers": bootstrap(cluster, *survivors)})
+
+    def new_controller():
+        md = cluster_metadata(admin)
+        return md.controller_id if md and md.controller_id in survivors else None
+
+    second = wait_for("a new controller", new_controller)
+    assert second != first
+    create(admin, "after", 2)
+
+    # The killed broker comes back, catches up on what it missed, and knows both topics.
+    cluster[first].start()
+    rejoined = AdminClient({"bootstrap.servers": cluster[first].bootstrap})
+
+    def knows_both():
+        md = cluster_metadata(rejoined)
+        if md is None:
+            return False
+        topics = md.topics
+        return "before" in topics and "after" in topics and len(topics["after"].partitions) == 2
+
+    wait_for("the restarted broker to learn the new topic", knows_both)
