@@ -135,6 +135,8 @@ fn node_config(index: u32, size: u32, addr: SocketAddr) -> NodeConfig {
         BTreeMap::new()
     };
     broker.cluster.voters = voters.keys().copied().collect();
+    // Snapshot the metadata often, so runs exercise compaction and snapshot installs.
+    broker.cluster.snapshot_entries = 16;
     NodeConfig {
         listen: addr,
         advertised: None,

@@ -1,0 +1,273 @@
+//! Several brokers stepped in-process over in-memory disks, their peer frames delivered by
+//! the harness (or dropped across a cut): the metadata quorum as a story.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
+use kafka_protocol::messages::delete_topics_request::DeleteTopicsRequest;
+use kafka_protocol::messages::metadata_request::MetadataRequest;
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+use seedlog_core::config::BrokerConfig;
+use seedlog_core::memdisk::MemDisk;
+use seedlog_core::wire::{decode_response, encode_request, topic_name};
+use seedlog_core::{Broker, Observation, Output, Recovered};
+
+const START: i64 = 1_700_000_000_000;
+
+struct Node {
+    broker: Broker,
+    disk: MemDisk,
+    config: BrokerConfig,
+    inbox: VecDeque<Bytes>,
+}
+
+/// A cluster of brokers 1..=n, all voters.
+struct Cluster {
+    nodes: BTreeMap<i32, Node>,
+    now: i64,
+    /// Brokers whose peer traffic is dropped both ways.
+    cut: BTreeSet<i32>,
+    /// (broker, term) of every election won.
+    elections: Vec<(i32, u64)>,
+}
+
+impl Cluster {
+    fn new(n: i32, snapshot_entries: u64) -> Self {
+        let mut nodes = BTreeMap::new();
+        for id in 1..=n {
+            let mut config = BrokerConfig {
+                broker_id: id,
+                advertised_port: 9091 + id,
+                ..BrokerConfig::default()
+            };
+            config.cluster.voters = (1..=n).collect();
+            config.cluster.snapshot_entries = snapshot_entries;
+            let broker = Broker::new(config.clone(), Recovered::default(), id as u64, START)
+                .expect("starts");
+            let node = Node {
+                broker,
+                disk: MemDisk::new(),
+                config,
+                inbox: VecDeque::new(),
+            };
+            nodes.insert(id, node);
+        }
+        Cluster {
+            nodes,
+            now: START,
+            cut: BTreeSet::new(),
+            elections: Vec::new(),
+        }
+    }
+
+    /// Carries out every output until no broker has any left.
+    fn settle(&mut self) {
+        for _ in 0..1000 {
+            let mut frames = Vec::new();
+            for (&id, node) in &mut self.nodes {
+                while let Some(output) = node.broker.poll_output() {
+                    match output {
+                        Output::Send { frame, .. } => node.inbox.push_back(frame),
+                        Output::Storage(op) => {
+                            if let Some(c) = node.disk.execute(op) {
+                                node.broker.handle_storage(self.now, c);
+                            }
+                        }
+                        Output::Peer { to, frame } => frames.push((id, to, frame)),
+                        Output::Observed(Observation::Elected { term, .. }) => {
+                            self.elections.push((id, term))
+                        }
+                        Output::Close(_) => {}
+                    }
+                }
+            }
+            if frames.is_empty() {
+                return;
+            }
+            for (from, to, frame) in frames {
+                if self.cut.contains(&from) || self.cut.contains(&to) {
+                    continue;
+                }
+                if let Some(node) = self.nodes.get_mut(&to) {
+                    node.broker.handle_peer(self.now, frame);
+                }
+            }
+        }
+        panic!("the cluster did not settle");
+    }
+
+    /// Lets `ms` of time pass in 50 ms steps.
+    fn advance(&mut self, ms: i64) {
+        let end = self.now + ms;
+        while self.now < end {
+            self.now += 50;
+            for node in self.nodes.values_mut() {
+                if node.broker.poll_timeout().is_some_and(|t| t <= self.now) {
+                    node.broker.handle_timeout(self.now);
+                }
+            }
+            self.settle();
+        }
+    }
+
+    fn call(&mut self, id: i32, api: ApiKey, version: i16, request: RequestKind) -> ResponseKind {
+        let frame = encode_request(api, version, 1, &request)
+            .unwrap()
+            .slice(4..);
+        self.nodes
+            .get_mut(&id)
+            .unwrap()
+            .broker
+            .handle_request(self.now, 1, frame);
+        for _ in 0..200 {
+            self.settle();
+            if let Some(frame) = self.nodes.get_mut(&id).unwrap().inbox.pop_front() {
+                return decode_response(api, version, frame).unwrap().1;
+            }
+            self.advance(50);
+        }
+        panic!("broker {id} never answered {api:?}");
+    }
+
+    fn create_topic(&mut self, via: i32, name: &str, partitions: i32) -> i16 {
+        let request = CreateTopicsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(topic_name(name))
+                .with_num_partitions(partitions)
+                .with_replication_factor(1)]);
+        match self.call(
+            via,
+            ApiKey::CreateTopics,
+            7,
+            RequestKind::CreateTopics(request),
+        ) {
+            ResponseKind::CreateTopics(r) => r.topics[0].error_code,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn delete_topic(&mut self, via: i32, name: &str) -> i16 {
+        let request = DeleteTopicsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topic_names(vec![topic_name(name)]);
+        match self.call(
+            via,
+            ApiKey::DeleteTopics,
+            5,
+            RequestKind::DeleteTopics(request),
+        ) {
+            ResponseKind::DeleteTopics(r) => r.responses[0].error_code,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// (topic names, broker ids, controller) as broker `id` reports them.
+    fn metadata(&mut self, id: i32) -> (Vec<String>, Vec<i32>, i32) {
+        let request = RequestKind::Metadata(MetadataRequest::default().with_topics(None));
+        let ResponseKind::Metadata(m) = self.call(id, ApiKey::Metadata, 12, request) else {
+            panic!("not metadata");
+        };
+        let mut topics: Vec<String> = m
+            .topics
+            .iter()
+            .filter_map(|t| t.name.as_ref())
+            .map(|n| n.0.to_string())
+            .collect();
+        topics.sort();
+        let brokers = m.brokers.iter().map(|b| b.node_id.0).collect();
+        (topics, brokers, m.controller_id.0)
+    }
+
+    fn controller(&mut self) -> i32 {
+        let (_, _, controller) = self.metadata(1);
+        controller
+    }
+
+    /// Restarts broker `id` from its disk.
+    fn restart(&mut self, id: i32) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        let recovered = node.disk.recover(node.config.index_interval_bytes, 1 << 20);
+        node.broker = Broker::new(node.config.clone(), recovered, id as u64 + 100, self.now)
+            .expect("restarts");
+        node.inbox.clear();
+        self.settle();
+    }
+}
+
+#[test]
+fn three_brokers_elect_one_controller_and_every_broker_applies_every_topic() {
+    let mut cluster = Cluster::new(3, 1000);
+    cluster.advance(5_000);
+    let controller = cluster.controller();
+    assert!((1..=3).contains(&controller), "controller {controller}");
+    let terms: BTreeSet<u64> = cluster.elections.iter().map(|(_, t)| *t).collect();
+    assert_eq!(
+        terms.len(),
+        cluster.elections.len(),
+        "two leaders in one term: {:?}",
+        cluster.elections
+    );
+
+    // Created through a follower: forwarded to the controller, answered once applied.
+    let follower = (1..=3).find(|&id| id != controller).unwrap();
+    assert_eq!(cluster.create_topic(follower, "orders", 6), 0);
+    assert_eq!(
+        cluster.create_topic(follower, "orders", 6),
+        36,
+        "TOPIC_ALREADY_EXISTS"
+    );
+    cluster.advance(500);
+    for id in 1..=3 {
+        let (topics, brokers, _) = cluster.metadata(id);
+        assert_eq!(topics, ["orders"], "broker {id}");
+        assert_eq!(brokers, [1, 2, 3], "broker {id}");
+    }
+}
+
+#[test]
+fn a_cut_off_controller_is_replaced_and_catches_up_from_a_snapshot() {
+    let mut cluster = Cluster::new(3, 5);
+    cluster.advance(5_000);
+    let first = cluster.controller();
+    cluster.cut.insert(first);
+    cluster.advance(5_000);
+    let via = (1..=3).find(|&id| id != first).unwrap();
+    let second = cluster.metadata(via).2;
+    assert_ne!(
+        second, first,
+        "a new controller among the connected brokers"
+    );
+    // Enough records for several snapshots while the old controller cannot hear them.
+    for i in 0..20 {
+        assert_eq!(cluster.create_topic(via, &format!("t{i}"), 1), 0);
+    }
+    for i in 0..10 {
+        assert_eq!(cluster.delete_topic(via, &format!("t{i}")), 0);
+    }
+    cluster.cut.clear();
+    cluster.advance(5_000);
+    let want: Vec<String> = {
+        let mut v: Vec<String> = (10..20).map(|i| format!("t{i}")).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        cluster.metadata(first).0,
+        want,
+        "the old controller caught up"
+    );
+
+    // And a restart rebuilds the same image from the snapshot and log on its disk.
+    cluster.restart(first);
+    assert_eq!(cluster.metadata(first).0, want);
+    let mut terms = BTreeMap::new();
+    for (broker, term) in &cluster.elections {
+        assert_eq!(
+            *terms.entry(*term).or_insert(*broker),
+            *broker,
+            "two leaders in term {term}"
+        );
+    }
+}
