@@ -124,3 +124,20 @@ def test_killing_the_controller_elects_another_and_loses_no_topic(cluster):
         return "before" in topics and "after" in topics and len(topics["after"].partitions) == 2
 
     wait_for("the restarted broker to learn the new topic", knows_both)
+
+
+def test_sigterm_hands_the_controller_role_over_and_exits_cleanly(cluster):
+    admin = AdminClient({"bootstrap.servers": bootstrap(cluster)})
+    first = wait_for("a controller", lambda: cluster_metadata(admin)).controller_id
+    started = time.time()
+    assert cluster[first].stop() == 0
+    assert time.time() - started < 6, "the handover took longer than its deadline"
+    survivors = [i for i in cluster if i != first]
+    admin = AdminClient({"bootstrap.servers": bootstrap(cluster, *survivors)})
+
+    def new_controller():
+        md = cluster_metadata(admin)
+        return md.controller_id if md and md.controller_id in survivors else None
+
+    wait_for("the successor controller", new_controller, timeout=10)
+    create(admin, "after-handover", 1)

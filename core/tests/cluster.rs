@@ -271,3 +271,25 @@ fn a_cut_off_controller_is_replaced_and_catches_up_from_a_snapshot() {
         );
     }
 }
+
+#[test]
+fn a_stopping_controller_hands_over_before_any_election_timeout() {
+    let mut cluster = Cluster::new(3, 1000);
+    cluster.advance(5_000);
+    let first = cluster.controller();
+    let elections = cluster.elections.len();
+    cluster
+        .nodes
+        .get_mut(&first)
+        .unwrap()
+        .broker
+        .begin_shutdown();
+    cluster.settle();
+    // Well under the 1 s minimum election timeout: a handover, not an election after silence.
+    cluster.advance(300);
+    assert!(cluster.nodes[&first].broker.has_handed_over());
+    let (next, term) = *cluster.elections.last().unwrap();
+    assert_eq!(cluster.elections.len(), elections + 1);
+    assert_ne!(next, first);
+    assert_eq!(cluster.metadata(next).2, next, "{next} leads term {term}");
+}

@@ -21,6 +21,9 @@ use tracing::{debug, error, info, warn};
 use crate::peer::Peers;
 use crate::storage::{Storage, SyncFailure};
 
+/// How long a stopping broker waits for another to take over its roles.
+const HANDOVER_MS: i64 = 5_000;
+
 /// Requests queued from all connections before readers wait (back-pressure).
 const EVENT_QUEUE: usize = 1024;
 
@@ -100,6 +103,8 @@ impl Driver {
         }
         let mut next_conn: ConnectionId = 1;
         tokio::pin!(shutdown);
+        // Set when the shutdown signal came: the broker hands its roles over, then stops.
+        let mut stop_by: Option<i64> = None;
         loop {
             let timeout = self.broker.poll_timeout().unwrap_or(i64::MAX);
             let sleep_ms = timeout.saturating_sub(now_ms()).clamp(0, 60_000) as u64;
@@ -128,9 +133,17 @@ impl Driver {
                 _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {
                     self.broker.handle_timeout(now_ms());
                 }
-                _ = &mut shutdown => break,
+                _ = &mut shutdown, if stop_by.is_none() => {
+                    info!("shutdown requested: handing roles over to other brokers");
+                    stop_by = Some(now_ms() + HANDOVER_MS);
+                    self.broker.begin_shutdown();
+                }
             }
             self.carry_out()?;
+            if stop_by.is_some_and(|deadline| self.broker.has_handed_over() || now_ms() >= deadline)
+            {
+                break;
+            }
         }
         info!("shutting down: finishing in-flight writes");
         drop(listener);

@@ -324,6 +324,19 @@ impl Broker {
             .min()
     }
 
+    /// Starts a controlled shutdown: roles this broker leads are handed to others, so the
+    /// cluster does not wait out an election timeout. Keep driving the broker until
+    /// [`Self::has_handed_over`] (or a deadline), then stop.
+    pub fn begin_shutdown(&mut self) {
+        self.controller.hand_over();
+        self.after_input();
+    }
+
+    /// True once this broker leads nothing another broker could take over.
+    pub fn has_handed_over(&self) -> bool {
+        !self.controller.is_leader() || self.config.cluster.voters.len() <= 1
+    }
+
     /// True once nothing is waiting on the disk: used for a clean shutdown.
     pub fn is_quiescent(&self) -> bool {
         self.in_flight_sync.is_none()

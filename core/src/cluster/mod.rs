@@ -187,6 +187,16 @@ impl Controller {
         self.group.term()
     }
 
+    /// Hands the active controller's role to another voter (before a clean shutdown).
+    pub fn hand_over(&mut self) {
+        if let Some(successor) = self.group.hand_over() {
+            info!(
+                to = broker_of(successor),
+                "handing the controller role over"
+            );
+        }
+    }
+
     /// Index of the last applied record.
     pub fn applied_index(&self) -> u64 {
         self.applied

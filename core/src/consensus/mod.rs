@@ -178,9 +178,24 @@ impl RaftGroup {
             .map_err(|_| ProposeError::Dropped)
     }
 
-    /// Asks the leadership to move to `to` (a graceful handover).
-    pub fn transfer_leader(&mut self, to: u64) {
-        self.node.transfer_leader(to);
+    /// If this replica leads, asks the most caught-up voter to take over (a graceful
+    /// handover before shutting down). Returns the chosen successor.
+    pub fn hand_over(&mut self) -> Option<u64> {
+        if !self.is_leader() {
+            return None;
+        }
+        let me = self.id();
+        let voters = self.node.raft.prs().conf().voters().ids();
+        let successor = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != me && voters.contains(**id))
+            .max_by_key(|(id, p)| (p.matched, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id)?;
+        self.node.transfer_leader(successor);
+        Some(successor)
     }
 
     /// Starts an election now (used to elect a single-voter group without waiting).
