@@ -180,6 +180,23 @@ impl Cluster {
         (topics, brokers, m.controller_id.0)
     }
 
+    /// Replicas of each partition of `topic`, as broker `id` reports them.
+    fn replicas(&mut self, id: i32, topic: &str) -> Vec<Vec<i32>> {
+        let request = RequestKind::Metadata(MetadataRequest::default().with_topics(None));
+        let ResponseKind::Metadata(m) = self.call(id, ApiKey::Metadata, 12, request) else {
+            panic!("not metadata");
+        };
+        let t = m
+            .topics
+            .iter()
+            .find(|t| t.name.as_ref().is_some_and(|n| *n.0 == *topic));
+        t.expect("topic listed")
+            .partitions
+            .iter()
+            .map(|p| p.replica_nodes.iter().map(|b| b.0).collect())
+            .collect()
+    }
+
     fn controller(&mut self) -> i32 {
         let (_, _, controller) = self.metadata(1);
         controller
@@ -292,4 +309,33 @@ fn a_stopping_controller_hands_over_before_any_election_timeout() {
     assert_eq!(cluster.elections.len(), elections + 1);
     assert_ne!(next, first);
     assert_eq!(cluster.metadata(next).2, next, "{next} leads term {term}");
+}
+
+#[test]
+fn a_silent_broker_is_fenced_and_comes_back_when_it_answers_again() {
+    let mut cluster = Cluster::new(3, 1000);
+    cluster.advance(5_000);
+    let controller = cluster.controller();
+    let silent = (1..=3).find(|&id| id != controller).unwrap();
+    let witness = (1..=3)
+        .find(|&id| id != controller && id != silent)
+        .unwrap();
+    cluster.cut.insert(silent);
+    cluster.advance(8_000);
+    let (_, brokers, _) = cluster.metadata(witness);
+    assert!(
+        !brokers.contains(&silent),
+        "fenced broker {silent} still listed: {brokers:?}"
+    );
+    // Nothing new lands on a fenced broker.
+    assert_eq!(cluster.create_topic(witness, "after-fence", 8), 0);
+    let placed = cluster.replicas(witness, "after-fence");
+    assert!(
+        placed.iter().all(|r| !r.contains(&silent)),
+        "placed on {silent}: {placed:?}"
+    );
+    cluster.cut.clear();
+    cluster.advance(3_000);
+    let (_, brokers, _) = cluster.metadata(witness);
+    assert_eq!(brokers, [1, 2, 3], "the broker re-registered once it could");
 }

@@ -3,17 +3,21 @@
 //! Each broker dials every other broker it must talk to and sends on that one connection;
 //! it receives on the connections others dial to it. A frame is a 4-byte big-endian length
 //! and an encoded `PeerFrame` that batches every message for that peer from one step of the
-//! core. Delivery is best effort: a full queue or a broken connection drops frames, and Raft
+//! core; the receiver answers each frame with one byte on the same connection, so a sender
+//! notices a half-open connection (writes accepted, nothing delivered) and redials.
+//! Delivery is best effort: a full queue or a broken connection drops frames, and Raft
 //! resends what matters. Nothing here blocks the driver.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::server::Event;
@@ -26,6 +30,17 @@ pub const PEER_FRAME_MAX: usize = 64 << 20;
 
 /// How long a connection attempt may take; a partitioned peer must not stall its queue.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long one batch of writes may take. A cut link can hold an open stream's data
+/// forever; after this the connection is dropped and dialled again.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long sent frames may go unacknowledged before the connection is redialled.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long an inbound connection may stay silent. Leaders heartbeat several times a
+/// second, so a silent connection is a dead one (its peer dials a new one).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Outgoing connections, one task per peer.
 pub struct Peers {
@@ -71,7 +86,7 @@ async fn send_to_peer(id: i32, addr: String, mut frames: mpsc::Receiver<Bytes>) 
     let mut backoff = Duration::from_millis(50);
     while let Some(first) = frames.recv().await {
         let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await;
-        let mut stream = match connected {
+        let stream = match connected {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 debug!(peer = id, %addr, error = %e, "peer unreachable");
@@ -86,23 +101,60 @@ async fn send_to_peer(id: i32, addr: String, mut frames: mpsc::Receiver<Bytes>) 
         };
         backoff = Duration::from_millis(50);
         let _ = stream.set_nodelay(true);
+        let (acks, mut writer) = tokio::io::split(stream);
+        let acked = Arc::new(Mutex::new(Instant::now()));
+        let ack_reader = tokio::spawn(read_acks(acks, acked.clone()));
         let mut next = Some(first);
+        // When the oldest write not yet followed by an ack went out.
+        let mut unacked_since: Option<Instant> = None;
         while let Some(frame) = next.take() {
-            let mut result = write_frame(&mut stream, &frame).await;
-            while let (Ok(()), Ok(frame)) = (&result, frames.try_recv()) {
-                result = write_frame(&mut stream, &frame).await;
+            let last_ack = *acked.lock().expect("ack clock");
+            match unacked_since {
+                Some(since) if last_ack >= since => unacked_since = None,
+                Some(since) if since.elapsed() > ACK_TIMEOUT => {
+                    // A half-open connection (a cut link, a peer that restarted) accepts
+                    // writes and delivers nothing: only the missing acks tell.
+                    debug!(peer = id, "peer stopped acknowledging; reconnecting");
+                    break;
+                }
+                _ => {}
             }
-            // The simulator's stream sends only on flush.
-            if let Err(e) = result.and(stream.flush().await) {
-                debug!(peer = id, error = %e, "peer connection lost");
-                break;
+            let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+                let mut result = write_frame(&mut writer, &frame).await;
+                while let (Ok(()), Ok(frame)) = (&result, frames.try_recv()) {
+                    result = write_frame(&mut writer, &frame).await;
+                }
+                // The simulator's stream sends only on flush.
+                result.and(writer.flush().await)
+            })
+            .await;
+            match written {
+                Ok(Ok(())) => {
+                    unacked_since.get_or_insert_with(Instant::now);
+                }
+                Ok(Err(e)) => {
+                    debug!(peer = id, error = %e, "peer connection lost");
+                    break;
+                }
+                Err(_) => {
+                    debug!(peer = id, "peer write stalled; reconnecting");
+                    break;
+                }
             }
             next = frames.recv().await;
         }
+        ack_reader.abort();
     }
 }
 
-async fn write_frame(stream: &mut TcpStream, frame: &[u8]) -> std::io::Result<()> {
+/// Notes the time of every ack byte the peer sends back on our connection.
+async fn read_acks(mut acks: ReadHalf<TcpStream>, acked: Arc<Mutex<Instant>>) {
+    while acks.read_u8().await.is_ok() {
+        *acked.lock().expect("ack clock") = Instant::now();
+    }
+}
+
+async fn write_frame(stream: &mut WriteHalf<TcpStream>, frame: &[u8]) -> std::io::Result<()> {
     stream
         .write_all(&(frame.len() as u32).to_be_bytes())
         .await?;
@@ -122,17 +174,22 @@ pub async fn accept_peers(listener: TcpListener, events: mpsc::Sender<Event>) {
     }
 }
 
-async fn read_peer(mut stream: TcpStream, events: mpsc::Sender<Event>) {
-    while let Ok(size) = stream.read_u32().await {
+async fn read_peer(stream: TcpStream, events: mpsc::Sender<Event>) {
+    let (mut frames, mut acks) = tokio::io::split(stream);
+    while let Ok(Ok(size)) = tokio::time::timeout(IDLE_TIMEOUT, frames.read_u32()).await {
         if size as usize > PEER_FRAME_MAX {
             warn!(size, "closing peer connection: frame too large");
             return;
         }
         let mut frame = BytesMut::zeroed(size as usize);
-        if stream.read_exact(&mut frame).await.is_err() {
+        if frames.read_exact(&mut frame).await.is_err() {
             return;
         }
         if events.send(Event::Peer(frame.freeze())).await.is_err() {
+            return;
+        }
+        // One byte back per frame: the sender's proof that the connection still carries.
+        if acks.write_u8(0).await.is_err() || acks.flush().await.is_err() {
             return;
         }
     }

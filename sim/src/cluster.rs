@@ -137,6 +137,8 @@ fn node_config(index: u32, size: u32, addr: SocketAddr) -> NodeConfig {
     broker.cluster.voters = voters.keys().copied().collect();
     // Snapshot the metadata often, so runs exercise compaction and snapshot installs.
     broker.cluster.snapshot_entries = 16;
+    // Fence silent brokers quickly, so crashes and partitions exercise fencing and return.
+    broker.cluster.session_timeout_ms = 2000;
     NodeConfig {
         listen: addr,
         advertised: None,

@@ -135,8 +135,7 @@ impl Broker {
         let image = self.controller.image();
         // Only registered brokers: a broker appears once the quorum knows it, as in KRaft.
         let brokers: Vec<MetadataResponseBroker> = image
-            .brokers
-            .values()
+            .live_brokers()
             .map(|b| {
                 MetadataResponseBroker::default()
                     .with_node_id(BrokerId(b.id))
@@ -199,18 +198,31 @@ impl Broker {
     }
 
     fn metadata_topic(&self, topic: &Topic) -> MetadataResponseTopic {
+        let image = self.controller.image();
+        let live = |b: &i32| image.brokers.get(b).is_some_and(|r| !r.fenced);
         let partitions = topic
             .replicas
             .iter()
             .enumerate()
             .map(|(i, replicas)| {
-                let replicas: Vec<BrokerId> = replicas.iter().map(|&b| BrokerId(b)).collect();
+                let in_sync: Vec<BrokerId> = replicas
+                    .iter()
+                    .filter(|b| live(b))
+                    .map(|&b| BrokerId(b))
+                    .collect();
+                // One replica per partition today: it leads while its broker is not fenced.
+                let leader = replicas.first().filter(|b| live(b));
+                let error = match leader {
+                    Some(_) => 0,
+                    None => ResponseError::LeaderNotAvailable.code(),
+                };
                 MetadataResponsePartition::default()
+                    .with_error_code(error)
                     .with_partition_index(i as i32)
-                    .with_leader_id(replicas.first().copied().unwrap_or(BrokerId(-1)))
+                    .with_leader_id(BrokerId(leader.copied().unwrap_or(-1)))
                     .with_leader_epoch(0)
-                    .with_isr_nodes(replicas.clone())
-                    .with_replica_nodes(replicas)
+                    .with_isr_nodes(in_sync)
+                    .with_replica_nodes(replicas.iter().map(|&b| BrokerId(b)).collect())
             })
             .collect();
         MetadataResponseTopic::default()
@@ -239,7 +251,11 @@ impl Broker {
 
     /// Brokers replicas can be placed on: the registered ones (clients can reach them).
     fn placeable_brokers(&self) -> Vec<i32> {
-        self.controller.image().brokers.keys().copied().collect()
+        self.controller
+            .image()
+            .live_brokers()
+            .map(|b| b.id)
+            .collect()
     }
 
     /// Places `partitions` new partitions of `replication` replicas each: round robin over

@@ -178,6 +178,7 @@ impl Broker {
             host: config.advertised_host.clone(),
             port: config.advertised_port,
             rack: config.cluster.rack.clone(),
+            fenced: false,
         };
         let controller =
             Controller::new(&config.cluster, registration, recovered.quorum, seed, now)?;

@@ -45,6 +45,7 @@ impl Broker {
     pub fn handle_peer(&mut self, now: i64, frame: Bytes) {
         match PeerFrame::decode(frame) {
             Ok(frame) => {
+                self.controller.heard_from(frame.from, now);
                 for GroupMessage {
                     partition, message, ..
                 } in frame.messages
@@ -57,7 +58,6 @@ impl Broker {
             }
             Err(e) => warn!(error = %e, "dropping an unreadable peer frame"),
         }
-        let _ = now; // Peer messages carry no time; Raft's clock is its ticks.
         self.after_input();
     }
 
@@ -122,8 +122,14 @@ impl Broker {
                     self.answer_admin(pending, Some(&outcome));
                 }
             }
-            if let Some(Change::RegisterBroker(b)) = &record.change {
-                info!(broker = b.id, host = %b.host, port = b.port, "broker registered");
+            match &record.change {
+                Some(Change::RegisterBroker(b)) => {
+                    info!(broker = b.id, host = %b.host, port = b.port, "broker registered")
+                }
+                Some(Change::FenceBroker(f)) => {
+                    info!(broker = f.id, fenced = f.fenced, "broker fenced")
+                }
+                _ => {}
             }
         }
     }

@@ -61,6 +61,12 @@ impl MetadataImage {
                 self.brokers.insert(b.id, b.clone());
                 Applied::Quiet
             }
+            Some(Change::FenceBroker(f)) => {
+                if let Some(b) = self.brokers.get_mut(&f.id) {
+                    b.fenced = f.fenced;
+                }
+                Applied::Quiet
+            }
             Some(Change::CreateTopics(c)) => Applied::Topics(
                 c.topics
                     .iter()
@@ -83,6 +89,11 @@ impl MetadataImage {
                     .collect(),
             ),
         }
+    }
+
+    /// Registered brokers that are not fenced, by id.
+    pub fn live_brokers(&self) -> impl Iterator<Item = &BrokerRegistration> {
+        self.brokers.values().filter(|b| !b.fenced)
     }
 
     /// The topic named `name` if its id is `id`.
@@ -236,6 +247,7 @@ mod tests {
                 host: "h".into(),
                 port: 9093,
                 rack: "r1".into(),
+                fenced: true,
             })),
         });
         assert_eq!(MetadataImage::decode(&image.encode()).unwrap(), image);

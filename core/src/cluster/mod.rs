@@ -14,13 +14,15 @@
 pub mod image;
 pub mod records;
 
+use std::collections::BTreeMap;
+
 use prost::Message as _;
 use raft::eraftpb::{EntryType, Message};
 use tracing::{debug, info, warn};
 
 use crate::consensus::{GroupConfig, MemLog, ProposeError, RaftGroup, RaftPersist};
 use image::{Applied, MetadataImage};
-use records::{BrokerRegistration, Change, MetadataRecord, Origin};
+use records::{BrokerFence, BrokerRegistration, Change, MetadataRecord, Origin};
 
 /// How the metadata quorum runs.
 #[derive(Clone, Debug)]
@@ -37,6 +39,9 @@ pub struct ClusterConfig {
     pub heartbeat_ticks: usize,
     /// Applied entries between metadata snapshots.
     pub snapshot_entries: u64,
+    /// Milliseconds without a message from a broker before the controller fences it
+    /// (Kafka's broker.session.timeout.ms).
+    pub session_timeout_ms: i64,
 }
 
 impl Default for ClusterConfig {
@@ -48,6 +53,7 @@ impl Default for ClusterConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,
             snapshot_entries: 1000,
+            session_timeout_ms: 6000,
         }
     }
 }
@@ -93,6 +99,11 @@ pub struct Controller {
     bootstrap: Option<RaftPersist>,
     /// The last term this broker led the quorum in, to report each election once.
     led_term: u64,
+    /// When each broker was last heard from (as active controller: the fencing clock).
+    last_heard: BTreeMap<i32, i64>,
+    /// When this broker last proposed to fence each broker, so it does not flood the log.
+    fence_proposed: BTreeMap<i32, i64>,
+    session_timeout_ms: i64,
 }
 
 impl Controller {
@@ -162,6 +173,9 @@ impl Controller {
             registered_at: None,
             bootstrap,
             led_term: 0,
+            last_heard: BTreeMap::new(),
+            fence_proposed: BTreeMap::new(),
+            session_timeout_ms: config.session_timeout_ms.max(1),
         };
         controller.handle_timeout(now);
         Ok(controller)
@@ -224,6 +238,41 @@ impl Controller {
             self.registered_at = Some(now);
             let change = Change::RegisterBroker(self.registration.clone());
             let _ = self.propose(change, 0);
+        }
+        if self.group.is_leader() {
+            self.fence_silent_brokers(now);
+        }
+    }
+
+    /// Any message from `broker` shows it is alive.
+    pub fn heard_from(&mut self, broker: i32, now: i64) {
+        self.last_heard.insert(broker, now);
+    }
+
+    /// As active controller: fences registered brokers that have gone silent. A fenced
+    /// broker is unfenced by its own next registration, which it makes once it can reach
+    /// the controller again.
+    fn fence_silent_brokers(&mut self, now: i64) {
+        let silent: Vec<i32> = self
+            .image
+            .live_brokers()
+            .map(|b| b.id)
+            .filter(|&id| id != self.me)
+            .filter(|id| {
+                // A new controller gives everyone a full session before judging them.
+                let heard = *self.last_heard.entry(*id).or_insert(now);
+                now - heard >= self.session_timeout_ms
+            })
+            .filter(|id| {
+                self.fence_proposed
+                    .get(id)
+                    .is_none_or(|at| now - at >= self.tick_ms * 10)
+            })
+            .collect();
+        for id in silent {
+            info!(broker = id, "fencing a broker that stopped answering");
+            self.fence_proposed.insert(id, now);
+            let _ = self.propose(Change::FenceBroker(BrokerFence { id, fenced: true }), 0);
         }
     }
 
@@ -297,6 +346,7 @@ impl Controller {
         self.maybe_snapshot(&mut drive.persist);
         if self.group.is_leader() && self.group.term() != self.led_term {
             self.led_term = self.group.term();
+            self.last_heard.clear();
             drive.elected = Some(self.led_term);
             info!(
                 broker = self.me,

@@ -13,7 +13,7 @@ pub struct MetadataRecord {
     #[prost(message, optional, tag = "1")]
     pub origin: Option<Origin>,
     /// What changes.
-    #[prost(oneof = "Change", tags = "2, 3, 4, 5")]
+    #[prost(oneof = "Change", tags = "2, 3, 4, 5, 6")]
     pub change: Option<Change>,
 }
 
@@ -43,6 +43,20 @@ pub enum Change {
     /// Partitions added to existing topics.
     #[prost(message, tag = "5")]
     AddPartitions(PartitionAdditions),
+    /// A broker stopped answering (fenced) or came back (unfenced).
+    #[prost(message, tag = "6")]
+    FenceBroker(BrokerFence),
+}
+
+/// The controller's verdict on a broker's liveness.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct BrokerFence {
+    /// Broker id.
+    #[prost(int32, tag = "1")]
+    pub id: i32,
+    /// True: clients must not be sent to it, and nothing new is placed on it.
+    #[prost(bool, tag = "2")]
+    pub fenced: bool,
 }
 
 /// A broker and its client listener.
@@ -60,6 +74,9 @@ pub struct BrokerRegistration {
     /// `broker.rack`, empty if none.
     #[prost(string, tag = "4")]
     pub rack: String,
+    /// Set by the controller while the broker does not answer; a new registration clears it.
+    #[prost(bool, tag = "5")]
+    pub fenced: bool,
 }
 
 /// Topics to create, all or nothing per topic.

@@ -118,10 +118,11 @@ pub async fn liveness_probe(ctx: &Ctx, deadline: Instant) -> Result<u64, String>
 pub async fn final_read(ctx: &Ctx) -> Result<(), String> {
     let mut client = ctx.client(Duration::from_secs(2));
     for partition in ctx.partitions() {
-        let earliest = list_offset(&mut client, &partition, -2)
+        // A broker that came back at the heal may still be fenced for a moment: retry.
+        let earliest = list_offset_retrying(&mut client, &partition, -2)
             .await
             .ok_or("ListOffsets(earliest) failed")?;
-        let latest = list_offset(&mut client, &partition, -1)
+        let latest = list_offset_retrying(&mut client, &partition, -1)
             .await
             .ok_or("ListOffsets(latest) failed")?;
         let mut log = BTreeMap::new();
@@ -177,4 +178,19 @@ pub async fn final_read(ctx: &Ctx) -> Result<(), String> {
         ctx.history().check_final(&partition, &log);
     }
     Ok(())
+}
+
+/// [`list_offset`], retried for up to ten simulated seconds.
+async fn list_offset_retrying(
+    client: &mut ClusterClient,
+    partition: &Partition,
+    timestamp: i64,
+) -> Option<i64> {
+    for _ in 0..100 {
+        if let Some(offset) = list_offset(client, partition, timestamp).await {
+            return Some(offset);
+        }
+        sleep_ms(100).await;
+    }
+    None
 }
