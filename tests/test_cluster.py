@@ -11,14 +11,21 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from conftest import Broker, free_port
 
 
+class Brokers(dict):
+    """Brokers by id, and the voter list they were started with."""
+
+    voters = ""
+
+
 @pytest.fixture
 def cluster(workdir):
     peer_ports = {i: free_port() for i in (1, 2, 3)}
     voters = ",".join(f"{i}@127.0.0.1:{p}" for i, p in peer_ports.items())
-    brokers = {
-        i: Broker(workdir / f"node{i}", ["--broker-id", str(i), "--controller-quorum-voters", voters])
+    brokers = Brokers(
+        (i, Broker(workdir / f"node{i}", ["--broker-id", str(i), "--controller-quorum-voters", voters]))
         for i in (1, 2, 3)
-    }
+    )
+    brokers.voters = voters
     for b in brokers.values():
         b.start()
     yield brokers
@@ -41,13 +48,13 @@ def wait_for(what, check, timeout=20.0):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def cluster_metadata(admin):
+def cluster_metadata(admin, brokers=3):
     try:
         md = admin.list_topics(timeout=5)
     except Exception as e:  # a broker that has not registered yet answers with no brokers
         print("metadata:", e)
         return None
-    return md if len(md.brokers) == 3 and md.controller_id > 0 else None
+    return md if len(md.brokers) == brokers and md.controller_id > 0 else None
 
 
 def create(admin, name, partitions):
@@ -141,3 +148,26 @@ def test_sigterm_hands_the_controller_role_over_and_exits_cleanly(cluster):
 
     wait_for("the successor controller", new_controller, timeout=10)
     create(admin, "after-handover", 1)
+
+
+def test_a_fourth_broker_joins_the_running_cluster(cluster, workdir):
+    admin = AdminClient({"bootstrap.servers": bootstrap(cluster)})
+    wait_for("a controller", lambda: cluster_metadata(admin))
+    create(admin, "old", 2)
+    newcomer = Broker(
+        workdir / "node4",
+        ["--broker-id", "4", "--controller-quorum-voters", cluster.voters,
+         "--peer-listen", f"127.0.0.1:{free_port()}"],
+    )
+    cluster[4] = newcomer.start()
+    joined = AdminClient({"bootstrap.servers": newcomer.bootstrap})
+    md = wait_for("four brokers, seen from the newcomer", lambda: cluster_metadata(joined, brokers=4))
+    assert "old" in md.topics
+    create(joined, "new", 12)
+    leaders = {p.leader for p in joined.list_topics("new", timeout=5).topics["new"].partitions.values()}
+    assert 4 in leaders, f"no partition placed on the newcomer: {leaders}"
+
+    producer = Producer({"bootstrap.servers": newcomer.bootstrap, "acks": "all"})
+    for p in range(12):
+        producer.produce("new", value=b"hello-%d" % p, partition=p)
+    assert producer.flush(30) == 0

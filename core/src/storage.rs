@@ -112,7 +112,7 @@ pub enum StorageOp {
     /// Write a change to the metadata quorum's Raft state (see [`RaftPersist`]). It must be
     /// durable when the driver moves on to the next output: later outputs (votes, answers to
     /// clients) promise it.
-    SaveQuorum(RaftPersist),
+    SaveQuorum(Box<RaftPersist>),
 }
 
 /// The answer to a [`StorageOp`] that has one.

@@ -61,6 +61,34 @@ impl Cluster {
         }
     }
 
+    /// Starts broker `id` outside the voters: it must join the quorum as a learner.
+    fn add_broker(&mut self, id: i32) {
+        let voters = self
+            .nodes
+            .values()
+            .next()
+            .unwrap()
+            .config
+            .cluster
+            .voters
+            .clone();
+        let mut config = BrokerConfig {
+            broker_id: id,
+            advertised_port: 9091 + id,
+            ..BrokerConfig::default()
+        };
+        config.cluster.voters = voters;
+        let broker =
+            Broker::new(config.clone(), Recovered::default(), id as u64, self.now).expect("starts");
+        let node = Node {
+            broker,
+            disk: MemDisk::new(),
+            config,
+            inbox: VecDeque::new(),
+        };
+        self.nodes.insert(id, node);
+    }
+
     /// Carries out every output until no broker has any left.
     fn settle(&mut self) {
         for _ in 0..1000 {
@@ -78,7 +106,7 @@ impl Cluster {
                         Output::Observed(Observation::Elected { term, .. }) => {
                             self.elections.push((id, term))
                         }
-                        Output::Close(_) => {}
+                        Output::Close(_) | Output::PeerAddress { .. } => {}
                     }
                 }
             }
@@ -338,4 +366,35 @@ fn a_silent_broker_is_fenced_and_comes_back_when_it_answers_again() {
     cluster.advance(3_000);
     let (_, brokers, _) = cluster.metadata(witness);
     assert_eq!(brokers, [1, 2, 3], "the broker re-registered once it could");
+}
+
+#[test]
+fn a_new_broker_joins_a_running_cluster_and_takes_new_partitions() {
+    let mut cluster = Cluster::new(3, 5);
+    cluster.advance(5_000);
+    for i in 0..12 {
+        assert_eq!(cluster.create_topic(1, &format!("early{i}"), 1), 0);
+    }
+    cluster.add_broker(4);
+    cluster.advance(5_000);
+    let (topics, brokers, _) = cluster.metadata(4);
+    assert_eq!(brokers, [1, 2, 3, 4]);
+    assert_eq!(
+        topics.len(),
+        12,
+        "the newcomer learned the existing topics: {topics:?}"
+    );
+    assert_eq!(cluster.create_topic(4, "spread", 12), 0);
+    let placed = cluster.replicas(1, "spread");
+    assert!(
+        placed.iter().any(|r| r.contains(&4)),
+        "nothing placed on the newcomer: {placed:?}"
+    );
+
+    // A learner does not vote: the three voters still elect without it, and it stays a
+    // member across a restart.
+    cluster.restart(4);
+    cluster.advance(3_000);
+    assert_eq!(cluster.metadata(4).0.len(), 13);
+    assert!(cluster.elections.iter().all(|(broker, _)| *broker != 4));
 }

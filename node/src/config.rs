@@ -95,6 +95,10 @@ pub struct RunArgs {
     /// Address the peer listener binds [default: this broker's entry in the voters].
     #[arg(long, env = "SEEDLOG_PEER_LISTEN")]
     pub peer_listen: Option<SocketAddr>,
+    /// host:port other brokers dial to reach this broker's peer listener [default: its
+    /// voter entry, or the peer listen address].
+    #[arg(long, env = "SEEDLOG_PEER_ADVERTISED")]
+    pub peer_advertised: Option<String>,
     /// This broker's rack (broker.rack), used to spread replicas [default: none].
     #[arg(long, env = "SEEDLOG_RACK")]
     pub rack: Option<String>,
@@ -174,10 +178,11 @@ impl RunArgs {
         if broker.broker_id < 0 {
             bail!("broker_id must not be negative");
         }
-        if !voters.is_empty() && !voters.contains_key(&me) {
-            bail!("broker {me} is not among the controller quorum voters (joining as a non-voter is not supported yet)");
+        let peer_listen_given = self.peer_listen.or(file.peer_listen);
+        if !voters.is_empty() && !voters.contains_key(&me) && peer_listen_given.is_none() {
+            bail!("broker {me} is not a voter: it joins the cluster as a learner and needs peer_listen");
         }
-        let peer_listen = match self.peer_listen.or(file.peer_listen) {
+        let peer_listen = match peer_listen_given {
             Some(addr) => Some(addr),
             None => match voters.get(&me) {
                 Some(addr) => Some(addr.parse().with_context(|| {
@@ -185,6 +190,19 @@ impl RunArgs {
                 })?),
                 None => None,
             },
+        };
+        broker.cluster.peer_address = match (
+            self.peer_advertised.or(file.peer_advertised),
+            voters.get(&me),
+            peer_listen,
+        ) {
+            (Some(addr), _, _) => {
+                parse_host_port(&addr)?;
+                addr
+            }
+            (None, Some(addr), _) => addr.clone(),
+            (None, None, Some(listen)) => listen.to_string(),
+            (None, None, None) => String::new(),
         };
         broker.cluster.voters = voters.keys().copied().collect();
         broker.cluster.rack = self.rack.or(file.rack).unwrap_or_default();

@@ -51,14 +51,22 @@ pub struct Peers {
 impl Peers {
     /// Starts a sender per peer (`id -> host:port` of its peer listener).
     pub fn start(peers: &BTreeMap<i32, String>) -> Self {
-        let mut senders = BTreeMap::new();
-        let mut tasks = Vec::new();
+        let mut started = Peers {
+            senders: BTreeMap::new(),
+            tasks: Vec::new(),
+        };
         for (&id, addr) in peers {
-            let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            senders.insert(id, tx);
-            tasks.push(tokio::spawn(send_to_peer(id, addr.clone(), rx)));
+            started.add(id, addr.clone());
         }
-        Peers { senders, tasks }
+        started
+    }
+
+    /// Dials `id` at `addr` from now on (a broker that joined after start, or moved).
+    pub fn add(&mut self, id: i32, addr: String) {
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        // Replacing the sender ends the old task once its queue drains.
+        self.senders.insert(id, tx);
+        self.tasks.push(tokio::spawn(send_to_peer(id, addr, rx)));
     }
 
     /// Queues a frame for `to`; dropped if the peer is unknown or its queue is full.

@@ -62,6 +62,8 @@ pub struct Driver {
     tasks: Vec<JoinHandle<()>>,
     /// Who hears the broker's observations (the simulator's checkers).
     observer: Option<Observer>,
+    /// Peer addresses being dialled, by broker.
+    peer_addresses: BTreeMap<i32, String>,
 }
 
 /// Receives what a broker reports about itself, with the broker's id.
@@ -69,7 +71,12 @@ pub type Observer = std::sync::Arc<dyn Fn(i32, &Observation) + Send + Sync>;
 
 impl Driver {
     /// A driver for `broker` over `storage`, talking to `peers`.
-    pub fn new(broker: Broker, storage: Box<dyn Storage>, peers: Peers) -> Self {
+    pub fn new(
+        broker: Broker,
+        storage: Box<dyn Storage>,
+        peers: Peers,
+        peer_addresses: BTreeMap<i32, String>,
+    ) -> Self {
         Driver {
             broker,
             storage,
@@ -78,6 +85,7 @@ impl Driver {
             peers,
             tasks: Vec::new(),
             observer: None,
+            peer_addresses,
         }
     }
 
@@ -185,6 +193,13 @@ impl Driver {
                         }
                     }
                     Output::Peer { to, frame } => self.peers.send(to, frame),
+                    Output::PeerAddress { broker, address } => {
+                        if self.peer_addresses.get(&broker) != Some(&address) {
+                            info!(broker, %address, "dialling a peer");
+                            self.peer_addresses.insert(broker, address.clone());
+                            self.peers.add(broker, address);
+                        }
+                    }
                     Output::Observed(observation) => {
                         if let Some(observer) = &self.observer {
                             observer(self.broker.config().broker_id, &observation);
@@ -375,7 +390,7 @@ pub async fn serve_with(
         .map_err(|e| anyhow::anyhow!(e).context("starting the broker from its stored state"))?;
     info!(listen = %bound, peer_listen = ?config.peer_listen, data_dir = %config.data_dir.display(), storage = ?config.storage, "seedlog broker ready");
     let peers = Peers::start(&config.peers);
-    let result = Driver::new(broker, storage, peers)
+    let result = Driver::new(broker, storage, peers, config.peers.clone())
         .with_observer(observer)
         .run(
             listener,

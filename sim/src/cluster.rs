@@ -41,9 +41,9 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts broker `index` (0-based) of a cluster of `size` with a fresh disk; what it
-    /// reports about itself goes to `observer`.
-    pub fn start(index: u32, size: u32, seed: u64, observer: Observer) -> Broker {
+    /// Starts broker `index` (0-based) of a cluster of `size` (the first `voters` vote) with
+    /// a fresh disk; what it reports about itself goes to `observer`.
+    pub fn start(index: u32, size: u32, voters: u32, seed: u64, observer: Observer) -> Broker {
         let ip = broker_ip(index);
         let addr = SocketAddr::new(ip, KAFKA_PORT);
         let disk = Arc::new(Mutex::new(SimDisk::new(Dice::new(
@@ -51,7 +51,7 @@ impl Broker {
             500 + u64::from(index),
         ))));
         let alive = Arc::new(AtomicBool::new(false));
-        let config = node_config(index, size, addr);
+        let config = node_config(index, size, voters, addr);
         let (init_disk, init_alive) = (disk.clone(), alive.clone());
         let node = Handle::current()
             .create_node()
@@ -114,8 +114,9 @@ impl Broker {
     }
 }
 
-/// Broker ids are 1..=size; every broker of a cluster votes in the metadata quorum.
-fn node_config(index: u32, size: u32, addr: SocketAddr) -> NodeConfig {
+/// Broker ids are 1..=size; the first `voters` of them vote in the metadata quorum and the
+/// rest join it as learners.
+fn node_config(index: u32, size: u32, voters: u32, addr: SocketAddr) -> NodeConfig {
     let me = index as i32 + 1;
     let mut broker = BrokerConfig {
         broker_id: me,
@@ -123,7 +124,7 @@ fn node_config(index: u32, size: u32, addr: SocketAddr) -> NodeConfig {
         ..BrokerConfig::default()
     };
     let voters: BTreeMap<i32, String> = if size > 1 {
-        (0..size)
+        (0..voters.clamp(1, size))
             .map(|i| {
                 (
                     i as i32 + 1,
@@ -135,6 +136,7 @@ fn node_config(index: u32, size: u32, addr: SocketAddr) -> NodeConfig {
         BTreeMap::new()
     };
     broker.cluster.voters = voters.keys().copied().collect();
+    broker.cluster.peer_address = SocketAddr::new(broker_ip(index), PEER_PORT).to_string();
     // Snapshot the metadata often, so runs exercise compaction and snapshot installs.
     broker.cluster.snapshot_entries = 16;
     // Fence silent brokers quickly, so crashes and partitions exercise fencing and return.

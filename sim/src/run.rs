@@ -57,7 +57,11 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
     });
     let brokers: Brokers = Arc::new(Mutex::new(
         (0..plan.scenario.brokers)
-            .map(|i| Broker::start(i, plan.scenario.brokers, plan.seed, observer.clone()))
+            .map(|i| {
+                let s = &plan.scenario;
+                let voters = s.voters.unwrap_or(s.brokers);
+                Broker::start(i, s.brokers, voters, plan.seed, observer.clone())
+            })
             .collect(),
     ));
     let broker_addrs = brokers

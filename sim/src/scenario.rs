@@ -26,6 +26,10 @@ pub struct Scenario {
     /// Number of brokers.
     #[serde(default = "one")]
     pub brokers: u32,
+    /// Brokers that vote in the metadata quorum (the first ones); the others join it as
+    /// learners. Default: all.
+    #[serde(default)]
+    pub voters: Option<u32>,
     /// Simulated seconds of workload under faults.
     pub duration_s: f64,
     /// Simulated seconds allowed for recovery after the faults heal.

@@ -56,6 +56,13 @@ pub enum Output {
     /// Something an outside observer (the simulator's checkers, logs) may want to know;
     /// nothing to carry out.
     Observed(Observation),
+    /// Another broker's peer listener is at `address` (`host:port`): dial it from now on.
+    PeerAddress {
+        /// The broker.
+        broker: i32,
+        /// Where its peer listener is.
+        address: String,
+    },
     /// Send a frame (size prefix not included) to another broker. Peer messages may be
     /// dropped when the peer cannot be reached: Raft retries what matters.
     Peer {
@@ -159,6 +166,8 @@ pub struct Broker {
     controller: Controller,
     /// Admin requests waiting for their metadata record, by proposal token.
     pending_admin: BTreeMap<u64, quorum::PendingAdmin>,
+    /// Peer addresses already handed to the driver, by broker.
+    peer_addresses: BTreeMap<i32, String>,
     /// Partition data found at startup, until the metadata says which topics it belongs to.
     recovered_logs: BTreeMap<Arc<str>, RecoveredLogs>,
 }
@@ -179,6 +188,7 @@ impl Broker {
             port: config.advertised_port,
             rack: config.cluster.rack.clone(),
             fenced: false,
+            peer_address: config.cluster.peer_address.clone(),
         };
         let controller =
             Controller::new(&config.cluster, registration, recovered.quorum, seed, now)?;
@@ -216,6 +226,7 @@ impl Broker {
             id_seed: seed,
             controller,
             pending_admin: BTreeMap::new(),
+            peer_addresses: BTreeMap::new(),
             recovered_logs,
         };
         let names: Vec<String> = broker.controller.image().topics.keys().cloned().collect();

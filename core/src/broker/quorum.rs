@@ -46,6 +46,9 @@ impl Broker {
         match PeerFrame::decode(frame) {
             Ok(frame) => {
                 self.controller.heard_from(frame.from, now);
+                if let Some(registration) = frame.join {
+                    self.controller.handle_join(registration);
+                }
                 for GroupMessage {
                     partition, message, ..
                 } in frame.messages
@@ -66,7 +69,20 @@ impl Broker {
         let drive = self.controller.drive();
         // The volatile-topics canary forgets the quorum's state, and so every topic, on restart.
         if !drive.persist.is_empty() && !is_planted(Canary::VolatileTopics) {
-            self.storage(StorageOp::SaveQuorum(drive.persist));
+            self.storage(StorageOp::SaveQuorum(Box::new(drive.persist)));
+        }
+        if let Some(registration) = drive.join {
+            for &voter in drive.voters.iter().filter(|&&v| v != self.config.broker_id) {
+                let frame = PeerFrame {
+                    from: self.config.broker_id,
+                    messages: Vec::new(),
+                    join: Some(registration.clone()),
+                };
+                self.outputs.push_back(Output::Peer {
+                    to: voter,
+                    frame: Bytes::from(frame.encode_to_vec()),
+                });
+            }
         }
         if let Some(term) = drive.elected {
             self.outputs
@@ -87,6 +103,7 @@ impl Broker {
             let frame = PeerFrame {
                 from: self.config.broker_id,
                 messages,
+                join: None,
             };
             self.outputs.push_back(Output::Peer {
                 to,
@@ -131,6 +148,27 @@ impl Broker {
                 }
                 _ => {}
             }
+        }
+        self.announce_peer_addresses();
+    }
+
+    /// Tells the driver where registered brokers' peer listeners are (brokers that joined
+    /// after start are not in the static voter list).
+    fn announce_peer_addresses(&mut self) {
+        let me = self.config.broker_id;
+        let changed: Vec<(i32, String)> = self
+            .controller
+            .image()
+            .brokers
+            .values()
+            .filter(|b| b.id != me && !b.peer_address.is_empty())
+            .filter(|b| self.peer_addresses.get(&b.id) != Some(&b.peer_address))
+            .map(|b| (b.id, b.peer_address.clone()))
+            .collect();
+        for (broker, address) in changed {
+            self.peer_addresses.insert(broker, address.clone());
+            self.outputs
+                .push_back(Output::PeerAddress { broker, address });
         }
     }
 

@@ -248,6 +248,7 @@ mod tests {
                 port: 9093,
                 rack: "r1".into(),
                 fenced: true,
+                peer_address: "h:9093".into(),
             })),
         });
         assert_eq!(MetadataImage::decode(&image.encode()).unwrap(), image);

@@ -17,7 +17,7 @@ pub mod records;
 use std::collections::BTreeMap;
 
 use prost::Message as _;
-use raft::eraftpb::{EntryType, Message};
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, EntryType, Message};
 use tracing::{debug, info, warn};
 
 use crate::consensus::{GroupConfig, MemLog, ProposeError, RaftGroup, RaftPersist};
@@ -27,8 +27,11 @@ use records::{BrokerFence, BrokerRegistration, Change, MetadataRecord, Origin};
 /// How the metadata quorum runs.
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
-    /// Broker ids of the voters; a single node with no configuration votes alone.
+    /// Broker ids of the voters; a single node with no configuration votes alone. A broker
+    /// not among them joins the quorum as a learner.
     pub voters: Vec<i32>,
+    /// Where other brokers reach this broker's peer listener (`host:port`), if anywhere.
+    pub peer_address: String,
     /// `broker.rack`, empty if none.
     pub rack: String,
     /// Milliseconds per Raft tick.
@@ -48,6 +51,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             voters: Vec::new(),
+            peer_address: String::new(),
             rack: String::new(),
             tick_ms: 100,
             election_ticks: 10,
@@ -81,6 +85,10 @@ pub struct Drive {
     pub applied: Vec<(MetadataRecord, Applied)>,
     /// The term this broker just became the active controller in.
     pub elected: Option<u64>,
+    /// Ask the voters to let this broker join: it is not a member of the quorum yet.
+    pub join: Option<BrokerRegistration>,
+    /// The voters, to send `join` to.
+    pub voters: Vec<i32>,
 }
 
 /// This broker's member of the metadata quorum and its applied image.
@@ -104,6 +112,11 @@ pub struct Controller {
     /// When this broker last proposed to fence each broker, so it does not flood the log.
     fence_proposed: BTreeMap<i32, i64>,
     session_timeout_ms: i64,
+    voters: Vec<i32>,
+    /// Set when a join request is due (this broker is outside the quorum).
+    join_due: bool,
+    /// When this broker last asked to join.
+    join_asked_at: Option<i64>,
 }
 
 impl Controller {
@@ -176,6 +189,9 @@ impl Controller {
             last_heard: BTreeMap::new(),
             fence_proposed: BTreeMap::new(),
             session_timeout_ms: config.session_timeout_ms.max(1),
+            voters: voters.iter().map(|&v| broker_of(v)).collect(),
+            join_due: false,
+            join_asked_at: None,
         };
         controller.handle_timeout(now);
         Ok(controller)
@@ -242,6 +258,47 @@ impl Controller {
         if self.group.is_leader() {
             self.fence_silent_brokers(now);
         }
+        let outside = !self.is_member(self.me);
+        if outside
+            && self
+                .join_asked_at
+                .is_none_or(|at| now - at >= self.tick_ms * 10)
+        {
+            self.join_asked_at = Some(now);
+            self.join_due = true;
+        }
+    }
+
+    /// True if `broker` votes in or learns from the quorum.
+    fn is_member(&self, broker: i32) -> bool {
+        let conf = self.group.conf_state();
+        let id = raft_id(broker);
+        conf.voters.contains(&id) || conf.learners.contains(&id)
+    }
+
+    /// A broker outside the quorum asks to join. The active controller adds it as a learner
+    /// (it receives the metadata log but does not vote) and records its registration.
+    pub fn handle_join(&mut self, registration: BrokerRegistration) {
+        if !self.group.is_leader() || registration.id == self.me {
+            return;
+        }
+        if !self.is_member(registration.id) {
+            let mut change = ConfChangeV2::default();
+            let mut single = ConfChangeSingle::default();
+            single.set_change_type(ConfChangeType::AddLearnerNode);
+            single.node_id = raft_id(registration.id);
+            change.changes.push(single);
+            match self.group.propose_conf_change(change) {
+                Ok(()) => info!(
+                    broker = registration.id,
+                    "adding a broker to the quorum as a learner"
+                ),
+                Err(e) => debug!(broker = registration.id, error = ?e, "join deferred"),
+            }
+        }
+        if self.image.brokers.get(&registration.id) != Some(&registration) {
+            let _ = self.propose(Change::RegisterBroker(registration), 0);
+        }
     }
 
     /// Any message from `broker` shows it is alive.
@@ -303,6 +360,8 @@ impl Controller {
             effects.persist = initial;
         }
         let mut drive = Drive {
+            join: std::mem::take(&mut self.join_due).then(|| self.registration.clone()),
+            voters: self.voters.clone(),
             persist: effects.persist,
             messages: effects
                 .messages
@@ -325,16 +384,30 @@ impl Controller {
                 Err(e) => warn!(error = %e, "ignoring an unreadable metadata snapshot"),
             }
         }
+        let mut membership_changed = false;
         for entry in effects.committed {
             if entry.index <= self.applied {
                 continue;
             }
             self.applied = entry.index;
+            if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+                match ConfChangeV2::decode(&entry.data[..]) {
+                    Ok(change) => {
+                        if let Some(persist) = self.group.apply_conf_change(&change) {
+                            drive.persist.conf_state = persist.conf_state;
+                            // A joining broker may need a snapshot, and one taken before
+                            // the change would not name it: take a fresh one.
+                            membership_changed = true;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(index = entry.index, error = %e, "undecodable membership change")
+                    }
+                }
+                continue;
+            }
             if entry.get_entry_type() != EntryType::EntryNormal {
-                warn!(
-                    index = entry.index,
-                    "membership changes are not supported yet; skipped"
-                );
+                warn!(index = entry.index, "unexpected entry type; skipped");
                 continue;
             }
             if let Some(record) = decode_entry(&entry) {
@@ -343,7 +416,7 @@ impl Controller {
                 drive.applied.push((record, outcome));
             }
         }
-        self.maybe_snapshot(&mut drive.persist);
+        self.maybe_snapshot(&mut drive.persist, membership_changed);
         if self.group.is_leader() && self.group.term() != self.led_term {
             self.led_term = self.group.term();
             self.last_heard.clear();
@@ -358,9 +431,9 @@ impl Controller {
     }
 
     /// Folds the applied prefix into a snapshot once it is long enough.
-    fn maybe_snapshot(&mut self, persist: &mut RaftPersist) {
+    fn maybe_snapshot(&mut self, persist: &mut RaftPersist, force: bool) {
         let first = self.group.log().snapshot_ref().get_metadata().index;
-        if self.applied - first < self.snapshot_entries {
+        if self.applied == first || (!force && self.applied - first < self.snapshot_entries) {
             return;
         }
         if let Some(change) = self.group.compact(self.applied, self.image.encode()) {

@@ -77,6 +77,9 @@ pub struct BrokerRegistration {
     /// Set by the controller while the broker does not answer; a new registration clears it.
     #[prost(bool, tag = "5")]
     pub fenced: bool,
+    /// Where other brokers reach its peer listener (`host:port`), empty if not given.
+    #[prost(string, tag = "6")]
+    pub peer_address: String,
 }
 
 /// Topics to create, all or nothing per topic.
@@ -170,6 +173,9 @@ pub struct PeerFrame {
     /// The messages, in order.
     #[prost(message, repeated, tag = "2")]
     pub messages: Vec<GroupMessage>,
+    /// A broker outside the quorum asking to join it (as a learner of the metadata log).
+    #[prost(message, optional, tag = "3")]
+    pub join: Option<BrokerRegistration>,
 }
 
 /// One Raft message and the group it belongs to.

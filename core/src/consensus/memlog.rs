@@ -16,12 +16,17 @@ pub struct RaftPersist {
     pub snapshot: Option<Snapshot>,
     /// Entries to append; any stored entry at or after the first one's index is replaced.
     pub entries: Vec<Entry>,
+    /// The membership after an applied configuration change.
+    pub conf_state: Option<ConfState>,
 }
 
 impl RaftPersist {
     /// True if there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.hard_state.is_none() && self.snapshot.is_none() && self.entries.is_empty()
+        self.hard_state.is_none()
+            && self.snapshot.is_none()
+            && self.entries.is_empty()
+            && self.conf_state.is_none()
     }
 }
 
@@ -33,6 +38,8 @@ pub struct MemLog {
     snapshot: Snapshot,
     /// Entries after the snapshot: `entries[i].index == snapshot index + 1 + i`.
     entries: Vec<Entry>,
+    /// Current membership: the snapshot's, or a later applied configuration change.
+    conf_state: ConfState,
 }
 
 impl MemLog {
@@ -40,6 +47,7 @@ impl MemLog {
     pub fn bootstrap(voters: &[u64]) -> Self {
         let mut log = MemLog::default();
         log.snapshot.mut_metadata().mut_conf_state().voters = voters.to_vec();
+        log.conf_state = log.snapshot.get_metadata().get_conf_state().clone();
         log
     }
 
@@ -62,6 +70,9 @@ impl MemLog {
         }
         if let Some(hard_state) = &change.hard_state {
             self.hard_state = hard_state.clone();
+        }
+        if let Some(conf_state) = &change.conf_state {
+            self.conf_state = conf_state.clone();
         }
     }
 
@@ -89,7 +100,13 @@ impl MemLog {
             hard_state: Some(self.hard_state.clone()),
             snapshot: Some(self.snapshot.clone()),
             entries: self.entries.clone(),
+            conf_state: Some(self.conf_state.clone()),
         }
+    }
+
+    /// The current membership.
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
     }
 
     fn first(&self) -> u64 {
@@ -121,6 +138,7 @@ impl MemLog {
         if self.hard_state.commit < index {
             self.hard_state.commit = index;
         }
+        self.conf_state = snapshot.get_metadata().get_conf_state().clone();
         self.snapshot = snapshot;
     }
 }
@@ -129,7 +147,7 @@ impl Storage for MemLog {
     fn initial_state(&self) -> raft::Result<RaftState> {
         Ok(RaftState::new(
             self.hard_state.clone(),
-            self.snapshot.get_metadata().get_conf_state().clone(),
+            self.conf_state.clone(),
         ))
     }
 
@@ -176,11 +194,6 @@ impl Storage for MemLog {
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         Ok(self.snapshot.clone())
     }
-}
-
-/// Conf state of a snapshot-less log (used when a group starts).
-pub fn conf_state_of(log: &MemLog) -> &ConfState {
-    log.snapshot.get_metadata().get_conf_state()
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 
 pub mod memlog;
 
-use raft::eraftpb::{ConfState, Entry, Message, Snapshot};
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, Message, Snapshot};
 use raft::{RawNode, StateRole, Storage};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -198,6 +198,34 @@ impl RaftGroup {
         Some(successor)
     }
 
+    /// Proposes a membership change (adding a learner, for example).
+    pub fn propose_conf_change(&mut self, change: ConfChangeV2) -> Result<(), ProposeError> {
+        if self.leader().is_none() {
+            return Err(ProposeError::NoLeader);
+        }
+        self.node
+            .propose_conf_change(Vec::new(), change)
+            .map_err(|_| ProposeError::Dropped)
+    }
+
+    /// Applies a committed membership change; returns the change to persist.
+    pub fn apply_conf_change(&mut self, change: &ConfChangeV2) -> Option<RaftPersist> {
+        match self.node.apply_conf_change(change) {
+            Ok(conf_state) => {
+                let change = RaftPersist {
+                    conf_state: Some(conf_state),
+                    ..Default::default()
+                };
+                self.node.mut_store().apply(&change);
+                Some(change)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "membership change refused");
+                None
+            }
+        }
+    }
+
     /// Starts an election now (used to elect a single-voter group without waiting).
     pub fn campaign(&mut self) {
         let _ = self.node.campaign();
@@ -254,7 +282,7 @@ impl RaftGroup {
                 RaftPersist {
                     entries,
                     hard_state,
-                    snapshot: None,
+                    ..Default::default()
                 },
             );
             effects.messages.extend(ready.take_persisted_messages());
@@ -295,6 +323,9 @@ impl RaftGroup {
         }
         if change.hard_state.is_some() {
             into.hard_state = change.hard_state;
+        }
+        if change.conf_state.is_some() {
+            into.conf_state = change.conf_state;
         }
     }
 

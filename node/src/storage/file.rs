@@ -21,7 +21,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
 use prost::Message as _;
-use seedlog_core::consensus::eraftpb::{Entry, HardState, Snapshot};
+use seedlog_core::consensus::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use seedlog_core::consensus::RaftPersist;
 use seedlog_core::recovery::{recover_partition, FoundSegment, SegmentScanner};
 use seedlog_core::storage::{SegmentId, StorageCompletion, StorageOp, TopicPartition, TopicRecord};
@@ -61,7 +61,8 @@ pub struct FileStorage {
     root: PathBuf,
     meta: sled::Db,
     topics: sled::Tree,
-    /// The metadata quorum's Raft state: `hard_state`, `snapshot`, and `e` + index entries.
+    /// The metadata quorum's Raft state: `hard_state`, `snapshot`, `conf_state`, and
+    /// `e` + index entries.
     quorum: sled::Tree,
     /// Open segment files.
     files: BTreeMap<SegmentId, Arc<File>>,
@@ -156,6 +157,9 @@ impl FileStorage {
         let mut batch = sled::Batch::default();
         if let Some(snapshot) = &change.snapshot {
             batch.insert(&b"snapshot"[..], snapshot.encode_to_vec());
+            // The snapshot's membership, unless a later change below replaces it.
+            let conf_state = snapshot.get_metadata().get_conf_state();
+            batch.insert(&b"conf_state"[..], conf_state.encode_to_vec());
             let covered = entry_key(snapshot.get_metadata().index);
             for key in self.quorum.range(entry_key(0)..=covered).keys() {
                 batch.remove(key.context("reading quorum entries")?);
@@ -172,6 +176,9 @@ impl FileStorage {
         }
         if let Some(hard_state) = &change.hard_state {
             batch.insert(&b"hard_state"[..], hard_state.encode_to_vec());
+        }
+        if let Some(conf_state) = &change.conf_state {
+            batch.insert(&b"conf_state"[..], conf_state.encode_to_vec());
         }
         self.quorum
             .apply_batch(batch)
@@ -192,6 +199,9 @@ impl FileStorage {
         }
         if let Some(bytes) = get(b"snapshot")? {
             state.snapshot = Some(Snapshot::decode(&bytes[..]).context("quorum snapshot")?);
+        }
+        if let Some(bytes) = get(b"conf_state")? {
+            state.conf_state = Some(ConfState::decode(&bytes[..]).context("quorum membership")?);
         }
         for value in self
             .quorum
