@@ -121,11 +121,8 @@ impl Broker {
                 Err((_, message)) => warn!(topic = %name, %message, "cannot auto-create topic"),
             }
         }
-        if topics.is_empty() {
-            let response = self.metadata_response(request);
-            return self.respond(reply_to, Some(response));
-        }
-        let change = Change::CreateTopics(TopicCreations { topics });
+        let change =
+            (!topics.is_empty()).then_some(Change::CreateTopics(TopicCreations { topics }));
         let waiting = Waiting::Metadata(request);
         self.propose_for(now, reply_to, change, waiting, AUTO_CREATE_WAIT_MS);
     }
@@ -340,10 +337,8 @@ impl Broker {
             }
             response.topics.push(result);
         }
-        if creations.is_empty() {
-            return self.respond(reply_to, Some(ResponseKind::CreateTopics(response)));
-        }
-        let change = Change::CreateTopics(TopicCreations { topics: creations });
+        let change = (!creations.is_empty())
+            .then_some(Change::CreateTopics(TopicCreations { topics: creations }));
         let waiting = Waiting::CreateTopics(response);
         self.propose_for(
             now,
@@ -480,10 +475,8 @@ impl Broker {
             }
             response.responses.push(result);
         }
-        if deletions.is_empty() {
-            return self.respond(reply_to, Some(ResponseKind::DeleteTopics(response)));
-        }
-        let change = Change::DeleteTopics(TopicDeletions { topics: deletions });
+        let change = (!deletions.is_empty())
+            .then_some(Change::DeleteTopics(TopicDeletions { topics: deletions }));
         let waiting = Waiting::DeleteTopics(response);
         self.propose_for(
             now,
@@ -516,10 +509,9 @@ impl Broker {
             }
             response.results.push(result);
         }
-        if additions.is_empty() || request.validate_only {
-            return self.respond(reply_to, Some(ResponseKind::CreatePartitions(response)));
-        }
-        let change = Change::AddPartitions(PartitionAdditions { topics: additions });
+        let change = (!additions.is_empty() && !request.validate_only).then_some(
+            Change::AddPartitions(PartitionAdditions { topics: additions }),
+        );
         let waiting = Waiting::CreatePartitions(response);
         self.propose_for(
             now,

@@ -172,22 +172,26 @@ impl Broker {
         }
     }
 
-    /// Proposes `change` for the request `reply_to`, which waits for it with `waiting`.
-    /// If no controller is known the request is answered now with `NOT_CONTROLLER`.
+    /// Proposes `change` for the request `reply_to`, which waits for it with `waiting`;
+    /// with no change to make, it is answered at once. If no controller is known the
+    /// request is answered now with `NOT_CONTROLLER`.
     pub(super) fn propose_for(
         &mut self,
         now: i64,
         reply_to: ReplyTo,
-        change: Change,
+        change: Option<Change>,
         waiting: Waiting,
         timeout_ms: i64,
     ) {
-        let token = self.token();
         let pending = PendingAdmin {
             reply_to,
             deadline: now + timeout_ms.clamp(1, 60_000),
             waiting,
         };
+        let Some(change) = change else {
+            return self.answer_admin(pending, None);
+        };
+        let token = self.token();
         match self.controller.propose(change, token) {
             Ok(()) => {
                 self.pending_admin.insert(token, pending);
