@@ -3,6 +3,7 @@
 import socket
 import struct
 import subprocess
+import time
 
 
 def frame(api_key, version, correlation_id, body, client_id=b"fuzz"):
@@ -125,3 +126,29 @@ def crc32c(data):
         for _ in range(8):
             crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
     return crc ^ 0xFFFFFFFF
+
+
+def test_a_client_that_pipelines_without_reading_gets_every_answer_in_order(broker):
+    # Far more requests than the broker queues responses for: it stops reading this client
+    # until it reads, and nothing is lost or reordered.
+    count = 20000
+    s = socket.create_connection(("127.0.0.1", broker.port), timeout=10)
+    try:
+        s.sendall(b"".join(frame(18, 0, i, b"") for i in range(count)))
+        time.sleep(0.5)
+        assert api_versions_ok(broker), "the broker must keep serving others meanwhile"
+        data = b""
+        seen = []
+        while len(seen) < count:
+            chunk = s.recv(1 << 16)
+            assert chunk, f"connection closed after {len(seen)} responses"
+            data += chunk
+            while len(data) >= 4:
+                size = struct.unpack(">i", data[:4])[0]
+                if len(data) < 4 + size:
+                    break
+                seen.append(struct.unpack(">i", data[4:8])[0])
+                data = data[4 + size:]
+        assert seen == list(range(count))
+    finally:
+        s.close()

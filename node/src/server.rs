@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -23,6 +25,40 @@ use crate::storage::{Storage, SyncFailure};
 
 /// How long a stopping broker waits for another to take over its roles.
 const HANDOVER_MS: i64 = 5_000;
+
+/// Responses a connection may have queued and unwritten before its requests stop being read.
+const RESPONSE_BACKLOG_MAX: usize = 256;
+
+/// A count of one connection's queued responses, and a way for its reader to wait for it
+/// to drop.
+#[derive(Default)]
+struct Backlog {
+    queued: std::sync::atomic::AtomicUsize,
+    drained: tokio::sync::Notify,
+}
+
+impl Backlog {
+    fn add(&self) {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn remove(&self) {
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        self.drained.notify_one();
+    }
+
+    /// Stops holding the reader back (the writer is gone).
+    fn open(&self) {
+        self.queued.store(0, Ordering::Relaxed);
+        self.drained.notify_one();
+    }
+
+    async fn wait_below(&self, limit: usize) {
+        while self.queued.load(Ordering::Relaxed) >= limit {
+            self.drained.notified().await;
+        }
+    }
+}
 
 /// Requests queued from all connections before readers wait (back-pressure).
 const EVENT_QUEUE: usize = 1024;
@@ -46,6 +82,8 @@ pub fn now_ms() -> i64 {
 
 struct ConnectionHandle {
     responses: mpsc::UnboundedSender<Bytes>,
+    /// Responses queued for the writer and not yet written (see [`Backlog`]).
+    backlog: Arc<Backlog>,
     reader: JoinHandle<()>,
 }
 
@@ -179,6 +217,7 @@ impl Driver {
                     Output::Send { conn, frame } => {
                         if let Some(handle) = self.connections.get(&conn) {
                             // A send error means the writer already quit; the reader reports it.
+                            handle.backlog.add();
                             let _ = handle.responses.send(frame);
                         }
                     }
@@ -229,10 +268,21 @@ impl Driver {
         let _ = stream.set_nodelay(true);
         let (read_half, write_half) = tokio::io::split(stream);
         let (responses, outgoing) = mpsc::unbounded_channel();
-        let reader = tokio::spawn(read_requests(conn, read_half, events, max_frame));
-        tokio::spawn(write_responses(conn, write_half, outgoing));
-        self.connections
-            .insert(conn, ConnectionHandle { responses, reader });
+        let backlog = Arc::new(Backlog::default());
+        let reader = tokio::spawn(read_requests(
+            conn,
+            read_half,
+            events,
+            max_frame,
+            backlog.clone(),
+        ));
+        tokio::spawn(write_responses(conn, write_half, outgoing, backlog.clone()));
+        let handle = ConnectionHandle {
+            responses,
+            backlog,
+            reader,
+        };
+        self.connections.insert(conn, handle);
     }
 }
 
@@ -275,9 +325,16 @@ async fn read_requests(
     mut socket: ReadHalf<TcpStream>,
     events: mpsc::Sender<Event>,
     max_frame: usize,
+    backlog: Arc<Backlog>,
 ) {
     // EOF or reset ends the loop: the client is gone.
-    while let Ok(size) = socket.read_i32().await {
+    loop {
+        // A client that does not read its responses stops being read (Kafka mutes it too):
+        // its queued responses, not the broker's memory, absorb the pressure.
+        backlog.wait_below(RESPONSE_BACKLOG_MAX).await;
+        let Ok(size) = socket.read_i32().await else {
+            break;
+        };
         if size < 0 || size as usize > max_frame {
             warn!(
                 conn,
@@ -307,16 +364,21 @@ async fn write_responses(
     conn: ConnectionId,
     mut socket: WriteHalf<TcpStream>,
     mut outgoing: mpsc::UnboundedReceiver<Bytes>,
+    backlog: Arc<Backlog>,
 ) {
     while let Some(frame) = outgoing.recv().await {
         // Write every response already queued, then flush once: a no-op for tokio's
         // TcpStream, but the simulator's stream sends only on flush.
         let mut result = socket.write_all(&frame).await;
+        backlog.remove();
         while let (Ok(()), Ok(frame)) = (&result, outgoing.try_recv()) {
             result = socket.write_all(&frame).await;
+            backlog.remove();
         }
         if let Err(e) = result.and(socket.flush().await) {
             debug!(conn, error = %e, "write failed");
+            // Nothing more will be written: let the reader run on to notice the end.
+            backlog.open();
             return;
         }
     }
