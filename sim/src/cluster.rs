@@ -38,6 +38,8 @@ pub struct Broker {
     pub down: bool,
     /// Where clients reach it.
     pub addr: SocketAddr,
+    /// Wakes the running process's shutdown future: a clean stop, as SIGTERM.
+    stop: Arc<tokio::sync::Notify>,
 }
 
 impl Broker {
@@ -52,7 +54,8 @@ impl Broker {
         ))));
         let alive = Arc::new(AtomicBool::new(false));
         let config = node_config(index, size, voters, addr);
-        let (init_disk, init_alive) = (disk.clone(), alive.clone());
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let (init_disk, init_alive, init_stop) = (disk.clone(), alive.clone(), stop.clone());
         let node = Handle::current()
             .create_node()
             .name(format!("broker-{}", index + 1))
@@ -60,11 +63,12 @@ impl Broker {
             .init(move || {
                 let (disk, alive, config) = (init_disk.clone(), init_alive.clone(), config.clone());
                 let observer = observer.clone();
+                let stop = init_stop.clone();
                 async move {
                     alive.store(true, Ordering::SeqCst);
                     let (report, syncs) = sync_channel();
                     let storage = Box::new(SimStorage::new(disk, report));
-                    let shutdown = std::future::pending();
+                    let shutdown = async move { stop.notified().await };
                     let result = serve_with(config, storage, syncs, shutdown, Some(observer)).await;
                     tracing::info!(?result, "broker process ended");
                     alive.store(false, Ordering::SeqCst);
@@ -77,12 +81,21 @@ impl Broker {
             alive,
             down: false,
             addr,
+            stop,
         }
     }
 
     /// True if the broker stopped by itself (EIO, ENOSPC) and was not restarted yet.
     pub fn stopped_by_itself(&self) -> bool {
         !self.down && !self.alive.load(Ordering::SeqCst)
+    }
+
+    /// Asks the process to stop cleanly; returns the flag that drops once it has exited.
+    /// The broker counts as down (the supervisor leaves it alone) until [`Self::restart`].
+    pub fn begin_clean_stop(&mut self) -> Arc<AtomicBool> {
+        self.down = true;
+        self.stop.notify_one();
+        self.alive.clone()
     }
 
     /// Kills the process; the disk keeps what a power loss leaves.

@@ -138,6 +138,12 @@ impl History {
         }
     }
 
+    /// A broker asked to stop cleanly did not (a hung handover or drain).
+    pub fn stop_hung(&mut self, at_ms: u64, broker: usize, why: &str) {
+        self.trace(at_ms, ("stop-hung", broker));
+        self.violate("liveness", format!("broker index {broker}: {why}"));
+    }
+
     /// The broker that reported leading `group` in the highest term seen.
     pub fn current_leader(&self, group: &str) -> Option<i32> {
         self.leaders

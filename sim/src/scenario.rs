@@ -147,6 +147,9 @@ pub struct Faults {
     pub partition: Option<Recurring>,
     /// Freeze a broker (a GC pause, a stalled VM).
     pub pause: Option<Recurring>,
+    /// Stop a broker cleanly (as SIGTERM does: it hands its roles over first) and start it
+    /// again after `for_s`; not switched by swarm testing.
+    pub restart: Option<Recurring>,
     /// Chance that a network packet is lost.
     pub packet_loss: Option<Range>,
     /// One-way network latency in milliseconds.
@@ -281,6 +284,7 @@ impl Plan {
             recurring("disk-full", &f.disk_full),
             recurring("partition", &f.partition),
             recurring("pause", &f.pause),
+            recurring("restart", &f.restart),
             f.slow_disk_ms
                 .map(|r| format!("slow-disk {:.0}-{:.0}ms", r[0], r[1])),
             (self.packet_loss > 0.0).then(|| format!("packet-loss {:.3}", self.packet_loss)),
