@@ -171,3 +171,27 @@ def test_a_fourth_broker_joins_the_running_cluster(cluster, workdir):
     for p in range(12):
         producer.produce("new", value=b"hello-%d" % p, partition=p)
     assert producer.flush(30) == 0
+
+
+def test_a_dead_broker_is_fenced_and_returns_when_restarted(cluster):
+    admin = AdminClient({"bootstrap.servers": bootstrap(cluster)})
+    controller = wait_for("a controller", lambda: cluster_metadata(admin)).controller_id
+    victim = next(i for i in cluster if i != controller)
+    create(admin, "fencing", 6)
+    cluster[victim].kill()
+    survivors = [i for i in cluster if i != victim]
+    admin = AdminClient({"bootstrap.servers": bootstrap(cluster, *survivors)})
+
+    def fenced():
+        md = cluster_metadata(admin, brokers=2)
+        if md is None or victim in md.brokers:
+            return None
+        return md
+
+    md = wait_for(f"broker {victim} to be fenced", fenced, timeout=20)
+    orphans = [p for p in md.topics["fencing"].partitions.values() if p.replicas == [victim]]
+    assert orphans, "the victim held no partition of the topic"
+    assert all(p.leader == -1 for p in orphans), "a fenced broker's partitions have no leader"
+
+    cluster[victim].start()
+    wait_for(f"broker {victim} to register again", lambda: cluster_metadata(admin), timeout=20)
