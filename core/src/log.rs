@@ -510,6 +510,58 @@ impl PartitionLog {
         moved
     }
 
+    /// Cuts the log back so that `offset` is the next offset appended: every batch from
+    /// there on is dropped (a Raft follower replacing an uncommitted suffix with its
+    /// leader's). The caller knows where that batch starts: `position` in the segment whose
+    /// base offset is `segment_base`. Later segments are deleted, the cut one becomes the
+    /// active one (its index file goes: it describes bytes that are gone), and the high
+    /// watermark never stays above the new end.
+    pub fn truncate_to(
+        &mut self,
+        offset: i64,
+        segment_base: i64,
+        position: u64,
+        out: &mut Vec<StorageOp>,
+    ) -> Result<(), OffsetOutOfRange> {
+        let fits = self.segments.get(&segment_base).is_some_and(|s| {
+            s.base_offset <= offset && offset <= s.next_offset && position <= s.size
+        });
+        if !fits || offset < self.log_start_offset {
+            return Err(OffsetOutOfRange);
+        }
+        let later: Vec<i64> = self
+            .segments
+            .range(segment_base + 1..)
+            .map(|(b, _)| *b)
+            .collect();
+        for base in later {
+            self.segments.remove(&base);
+            out.push(StorageOp::DeleteSegment(self.segment_id(base)));
+        }
+        let segment = self.segments.get_mut(&segment_base).expect("checked above");
+        segment.index.retain(|e| u64::from(e.position) < position);
+        segment.max_timestamp = segment
+            .index
+            .iter()
+            .map(|e| e.max_timestamp)
+            .max()
+            .unwrap_or(-1);
+        segment.size = position;
+        segment.next_offset = offset;
+        segment.bytes_since_index = segment.index.last().map_or(position as u32, |e| {
+            (position as u32).saturating_sub(e.position)
+        });
+        out.push(StorageOp::TruncateSegment {
+            segment: self.segment_id(segment_base),
+            len: position,
+        });
+        if self.high_watermark > offset {
+            self.high_watermark = offset;
+            self.committed_end = (segment_base, position);
+        }
+        Ok(())
+    }
+
     /// The earliest broker time at which this log may need a roll for `segment.ms`.
     pub fn roll_deadline(&self, config: &TopicConfig) -> Option<i64> {
         let active = self.active();
@@ -615,5 +667,61 @@ mod tests {
             "expired active segment rolled and deleted"
         );
         assert_eq!(log.log_end_offset(), 3);
+    }
+
+    #[test]
+    fn truncation_drops_later_segments_and_reopens_the_cut_one() {
+        let (mut log, _) = PartitionLog::new(tp());
+        let config = TopicConfig {
+            segment_bytes: 250,
+            ..TopicConfig::default()
+        };
+        let mut out = Vec::new();
+        // Ten one-record batches of 100 bytes: segments at 0, 2, 4, 6, 8.
+        for ts in 0..10 {
+            log.maybe_roll(100, ts, &config, &mut out);
+            log.append(1, 100, ts, ts, 50);
+        }
+        log.commit(log.end_point());
+        out.clear();
+        // Cut before offset 5: the second batch of the segment at 4.
+        assert_eq!(log.truncate_to(5, 4, 100, &mut out), Ok(()));
+        assert_eq!(log.log_end_offset(), 5);
+        assert_eq!(
+            log.high_watermark(),
+            5,
+            "the watermark never stays past the end"
+        );
+        assert_eq!(log.segments().count(), 3);
+        let deleted: Vec<i64> = out
+            .iter()
+            .filter_map(|op| match op {
+                StorageOp::DeleteSegment(s) => Some(s.base_offset),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deleted, [6, 8]);
+        assert!(
+            matches!(out.last(), Some(StorageOp::TruncateSegment { segment, len: 100 })
+            if segment.base_offset == 4)
+        );
+        assert_eq!(log.active_segment_id().base_offset, 4);
+        assert_eq!(log.segments().last().map(|s| s.max_timestamp), Some(4));
+        // Appends carry on from the cut, and reads stop there.
+        log.append(1, 100, 20, 20, 50);
+        assert_eq!(log.log_end_offset(), 6);
+        assert_eq!(
+            log.plan_read(5, 1 << 20),
+            Ok(None),
+            "the new batch is not committed"
+        );
+        let plan = log.plan_read(4, 1 << 20).unwrap().unwrap();
+        assert_eq!(
+            (plan.segment.base_offset, plan.position, plan.len),
+            (4, 0, 100)
+        );
+        // A cut that does not name a batch edge of a held segment is refused.
+        assert_eq!(log.truncate_to(3, 4, 0, &mut out), Err(OffsetOutOfRange));
+        assert_eq!(log.truncate_to(9, 4, 100, &mut out), Err(OffsetOutOfRange));
     }
 }

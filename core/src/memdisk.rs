@@ -78,6 +78,13 @@ impl MemDisk {
                 self.segments.remove(&id);
                 self.indexes.remove(&id);
             }
+            StorageOp::TruncateSegment { segment, len } => {
+                self.indexes.remove(&segment);
+                if let Some(file) = self.segments.get_mut(&segment) {
+                    file.data.truncate(len as usize);
+                    file.synced_len = file.synced_len.min(file.data.len());
+                }
+            }
             StorageOp::DeletePartition(tp) => {
                 self.segments.retain(|id, _| id.partition != tp);
                 self.indexes.retain(|id, _| id.partition != tp);

@@ -98,6 +98,14 @@ pub enum StorageOp {
     },
     /// Delete a segment file and its index.
     DeleteSegment(SegmentId),
+    /// Cut a segment file to `len` bytes and delete its index file; it is the active segment
+    /// again. Durable with the next [`StorageOp::Sync`] that lists the segment.
+    TruncateSegment {
+        /// The segment.
+        segment: SegmentId,
+        /// Bytes kept.
+        len: u64,
+    },
     /// Delete a partition directory and all it holds.
     DeletePartition(TopicPartition),
     /// Durably record a topic's definition.

@@ -590,7 +590,9 @@ impl Broker {
         for op in ops {
             if self.config.flush == FlushPolicy::GroupCommit {
                 match &op {
-                    StorageOp::Append { segment, .. } | StorageOp::CreateSegment(segment) => {
+                    StorageOp::Append { segment, .. }
+                    | StorageOp::CreateSegment(segment)
+                    | StorageOp::TruncateSegment { segment, .. } => {
                         self.dirty_segments.insert(segment.clone());
                     }
                     StorageOp::SealSegment { .. } => {

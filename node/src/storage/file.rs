@@ -385,6 +385,17 @@ impl Storage for FileStorage {
                 }));
             }
             StorageOp::DeleteSegment(id) => self.delete_segment(&id)?,
+            StorageOp::TruncateSegment { segment, len } => {
+                let file = self.open_segment(&segment, false)?;
+                file.set_len(len)
+                    .with_context(|| format!("truncating {segment:?}"))?;
+                match fs::remove_file(self.segment_path(&segment, "index")) {
+                    Err(e) if e.kind() != ErrorKind::NotFound => {
+                        return Err(e).context("removing the index of a truncated segment")
+                    }
+                    _ => {}
+                }
+            }
             StorageOp::DeletePartition(tp) => {
                 self.files.retain(|id, _| id.partition != tp);
                 let dir = self.partition_dir(&tp);
