@@ -243,6 +243,8 @@ impl Broker {
                 )));
             }
         }
+        // A restarted broker knows its peers from the recovered image before any record.
+        broker.announce_peer_addresses();
         broker.after_input();
         Ok(broker)
     }

@@ -66,6 +66,10 @@ impl Broker {
 
     /// Drives the metadata quorum: persist, send, then apply what committed.
     pub(super) fn drive_quorum(&mut self) {
+        // Called after every input, produce and fetch included: most have nothing here.
+        if !self.controller.has_work() {
+            return;
+        }
         let drive = self.controller.drive();
         // The volatile-topics canary forgets the quorum's state, and so every topic, on restart.
         if !drive.persist.is_empty() && !is_planted(Canary::VolatileTopics) {
@@ -110,6 +114,7 @@ impl Broker {
                 frame: Bytes::from(frame.encode_to_vec()),
             });
         }
+        let image_changed = drive.image_replaced || !drive.applied.is_empty();
         if drive.image_replaced {
             let names: Vec<String> = self
                 .controller
@@ -149,12 +154,14 @@ impl Broker {
                 _ => {}
             }
         }
-        self.announce_peer_addresses();
+        if image_changed {
+            self.announce_peer_addresses();
+        }
     }
 
     /// Tells the driver where registered brokers' peer listeners are (brokers that joined
     /// after start are not in the static voter list).
-    fn announce_peer_addresses(&mut self) {
+    pub(super) fn announce_peer_addresses(&mut self) {
         let me = self.config.broker_id;
         let changed: Vec<(i32, String)> = self
             .controller

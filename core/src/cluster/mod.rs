@@ -212,11 +212,6 @@ impl Controller {
         self.group.is_leader()
     }
 
-    /// The metadata quorum's current term.
-    pub fn term(&self) -> u64 {
-        self.group.term()
-    }
-
     /// Hands the active controller's role to another voter (before a clean shutdown).
     pub fn hand_over(&mut self) {
         if let Some(successor) = self.group.hand_over() {
@@ -225,11 +220,6 @@ impl Controller {
                 "handing the controller role over"
             );
         }
-    }
-
-    /// Index of the last applied record.
-    pub fn applied_index(&self) -> u64 {
-        self.applied
     }
 
     /// When [`Self::handle_timeout`] must next be called.
@@ -243,13 +233,8 @@ impl Controller {
             self.group.tick();
             self.next_tick += self.tick_ms;
         }
-        if self.next_tick < now {
-            self.next_tick = now + self.tick_ms;
-        }
         let current = self.image.brokers.get(&self.me) == Some(&self.registration);
-        let due = self
-            .registered_at
-            .is_none_or(|at| now - at >= self.tick_ms * 10);
+        let due = retry_due(self.registered_at, now, self.tick_ms);
         if !current && due && self.group.leader().is_some() {
             self.registered_at = Some(now);
             let change = Change::RegisterBroker(self.registration.clone());
@@ -258,15 +243,16 @@ impl Controller {
         if self.group.is_leader() {
             self.fence_silent_brokers(now);
         }
-        let outside = !self.is_member(self.me);
-        if outside
-            && self
-                .join_asked_at
-                .is_none_or(|at| now - at >= self.tick_ms * 10)
-        {
+        if !self.is_member(self.me) && retry_due(self.join_asked_at, now, self.tick_ms) {
             self.join_asked_at = Some(now);
             self.join_due = true;
         }
+    }
+
+    /// True if the quorum may have something for [`Self::drive`]: Raft output, the first
+    /// write of a new node, or a join request. Nothing else changes between inputs.
+    pub fn has_work(&self) -> bool {
+        self.bootstrap.is_some() || self.join_due || self.group.has_ready()
     }
 
     /// True if `broker` votes in or learns from the quorum.
@@ -320,13 +306,11 @@ impl Controller {
                 let heard = *self.last_heard.entry(*id).or_insert(now);
                 now - heard >= self.session_timeout_ms
             })
-            .filter(|id| {
-                self.fence_proposed
-                    .get(id)
-                    .is_none_or(|at| now - at >= self.tick_ms * 10)
-            })
             .collect();
         for id in silent {
+            if !retry_due(self.fence_proposed.get(&id).copied(), now, self.tick_ms) {
+                continue;
+            }
             info!(broker = id, "fencing a broker that stopped answering");
             self.fence_proposed.insert(id, now);
             let _ = self.propose(Change::FenceBroker(BrokerFence { id, fenced: true }), 0);
@@ -442,6 +426,12 @@ impl Controller {
             persist.snapshot = change.snapshot;
         }
     }
+}
+
+/// True if a proposal last made `at` (or never) may be made again: proposals can be lost on
+/// the way to the leader, so they are repeated, but at most once every ten ticks.
+fn retry_due(at: Option<i64>, now: i64, tick_ms: i64) -> bool {
+    at.is_none_or(|at| now - at >= tick_ms * 10)
 }
 
 /// The record an entry carries; empty entries (a new leader's first) carry none.

@@ -130,9 +130,9 @@ impl RaftGroup {
         self.node.raft.term
     }
 
-    /// The commit index.
-    pub fn committed_index(&self) -> u64 {
-        self.node.raft.raft_log.committed
+    /// True if raft-rs has output for [`Self::drive`].
+    pub fn has_ready(&self) -> bool {
+        self.node.has_ready()
     }
 
     /// The current voters and learners.
