@@ -13,6 +13,7 @@ pub const LOG_OVERHEAD: usize = 12;
 pub const HEADER_BYTES: usize = 61;
 
 const BATCH_LENGTH_OFFSET: usize = 8;
+const LEADER_EPOCH_OFFSET: usize = 12;
 const MAGIC_OFFSET: usize = 16;
 const CRC_OFFSET: usize = 17;
 const ATTRIBUTES_OFFSET: usize = 21;
@@ -100,6 +101,10 @@ impl<'a> BatchView<'a> {
     /// Offset that follows this batch.
     pub fn next_offset(&self) -> i64 {
         self.last_offset() + 1
+    }
+    /// The leader epoch (Raft term) the batch was appended in.
+    pub fn leader_epoch(&self) -> i32 {
+        read_i32(self.bytes, LEADER_EPOCH_OFFSET)
     }
     /// Message format version.
     pub fn magic(&self) -> i8 {
@@ -255,6 +260,56 @@ pub fn complete_batches(bytes: &[u8]) -> impl Iterator<Item = BatchView<'_>> {
 /// Writes the leader-assigned base offset into a batch held in `buf`.
 pub fn stamp_base_offset(buf: &mut BytesMut, base_offset: i64) {
     buf[0..8].copy_from_slice(&base_offset.to_be_bytes());
+}
+
+/// Writes the leader epoch (the Raft term of the entry) into a batch held in `buf`; like the
+/// base offset it sits outside the CRC.
+pub fn stamp_leader_epoch(buf: &mut BytesMut, epoch: i32) {
+    buf[LEADER_EPOCH_OFFSET..LEADER_EPOCH_OFFSET + 4].copy_from_slice(&epoch.to_be_bytes());
+}
+
+/// The control record type of a leader change (KIP-595's `LEADER_CHANGE`).
+pub const LEADER_CHANGE_CONTROL_TYPE: i16 = 2;
+
+/// A one-record control batch marking a leader change: what a Raft leader's empty entry
+/// becomes on disk. Clients skip control batches; it takes one offset. Timestamps are -1
+/// (none), so every replica writes the same bytes and time-based retention ignores it.
+/// Base offset and leader epoch are stamped when it is appended, like any batch.
+pub fn leader_change_batch() -> BytesMut {
+    // One record: attributes, timestamp delta 0, offset delta 0, a 4-byte key
+    // (version 0, type), a null value, no headers. Varints are zig-zag encoded.
+    let key = [0, 0, 0, LEADER_CHANGE_CONTROL_TYPE as u8];
+    let mut record = vec![0u8, 0, 0, 8];
+    record.extend_from_slice(&key);
+    record.extend_from_slice(&[1, 0]);
+    let mut buf = BytesMut::with_capacity(HEADER_BYTES + 1 + record.len());
+    buf.extend_from_slice(&0i64.to_be_bytes()); // base offset
+    let length = (HEADER_BYTES - LOG_OVERHEAD + 1 + record.len()) as i32;
+    buf.extend_from_slice(&length.to_be_bytes());
+    buf.extend_from_slice(&0i32.to_be_bytes()); // leader epoch
+    buf.extend_from_slice(&[2]); // magic
+    buf.extend_from_slice(&0u32.to_be_bytes()); // crc, below
+    buf.extend_from_slice(&CONTROL_BIT.to_be_bytes());
+    buf.extend_from_slice(&0i32.to_be_bytes()); // last offset delta
+    buf.extend_from_slice(&(-1i64).to_be_bytes()); // base timestamp
+    buf.extend_from_slice(&(-1i64).to_be_bytes()); // max timestamp
+    buf.extend_from_slice(&(-1i64).to_be_bytes()); // producer id
+    buf.extend_from_slice(&(-1i16).to_be_bytes()); // producer epoch
+    buf.extend_from_slice(&(-1i32).to_be_bytes()); // base sequence
+    buf.extend_from_slice(&1i32.to_be_bytes()); // record count
+    buf.extend_from_slice(&[(record.len() as u8) << 1]);
+    buf.extend_from_slice(&record);
+    let crc = crc32c::crc32c(&buf[ATTRIBUTES_OFFSET..]);
+    buf[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+    buf
+}
+
+/// True if `view` is a leader-change control batch (see [`leader_change_batch`]).
+pub fn is_leader_change(view: &BatchView<'_>) -> bool {
+    view.is_control()
+        && view.record_count() == 1
+        && view.bytes().len() >= HEADER_BYTES + 9
+        && read_i16(view.bytes(), HEADER_BYTES + 1 + 6) == LEADER_CHANGE_CONTROL_TYPE
 }
 
 /// Marks a batch as `LogAppendTime` with `append_time` as its max timestamp, and re-seals

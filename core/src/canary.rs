@@ -18,17 +18,21 @@ pub enum Canary {
     VolatileTopics,
     /// Grant a vote to a second candidate in a term already voted in.
     VoteTwice,
+    /// Answer acks=all produces of a replicated partition on the leader's local append,
+    /// before the batch is committed on a majority.
+    AckAllOnLocalAppend,
 }
 
 impl Canary {
     /// Every canary, in a stable order.
-    pub const ALL: [Canary; 6] = [
+    pub const ALL: [Canary; 7] = [
         Canary::AckBeforeFsync,
         Canary::SkipRecoveryCrc,
         Canary::ReadAboveHighWatermark,
         Canary::IgnoreFsyncError,
         Canary::VolatileTopics,
         Canary::VoteTwice,
+        Canary::AckAllOnLocalAppend,
     ];
 
     /// The name used on the simulator's command line.
@@ -40,6 +44,7 @@ impl Canary {
             Canary::IgnoreFsyncError => "ignore-fsync-error",
             Canary::VolatileTopics => "volatile-topics",
             Canary::VoteTwice => "vote-twice",
+            Canary::AckAllOnLocalAppend => "ack-all-on-local-append",
         }
     }
 
@@ -52,6 +57,7 @@ impl Canary {
             Canary::IgnoreFsyncError => "a failed fsync is reported as done",
             Canary::VolatileTopics => "created topics are not recorded durably",
             Canary::VoteTwice => "a replica votes for two candidates in one term",
+            Canary::AckAllOnLocalAppend => "acks=all answers before the batch is committed",
         }
     }
 

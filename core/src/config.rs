@@ -36,6 +36,9 @@ pub struct TopicConfig {
     pub max_message_bytes: usize,
     /// `message.timestamp.type`.
     pub timestamp_type: TimestampType,
+    /// `min.insync.replicas`: acks=all produces are refused with NOT_ENOUGH_REPLICAS when
+    /// fewer replicas (leader included) are keeping up. Raft commits on a majority anyway.
+    pub min_insync_replicas: usize,
 }
 
 impl Default for TopicConfig {
@@ -47,6 +50,7 @@ impl Default for TopicConfig {
             segment_ms: 7 * 24 * 3600 * 1000,
             max_message_bytes: 1_048_588,
             timestamp_type: TimestampType::CreateTime,
+            min_insync_replicas: 1,
         }
     }
 }
@@ -56,6 +60,7 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "cleanup.policy",
     "max.message.bytes",
     "message.timestamp.type",
+    "min.insync.replicas",
     "retention.bytes",
     "retention.ms",
     "segment.bytes",
@@ -96,6 +101,7 @@ impl TopicConfig {
             "segment.bytes" => self.segment_bytes = int(14)? as u64,
             "segment.ms" => self.segment_ms = int(1)?,
             "max.message.bytes" => self.max_message_bytes = int(0)? as usize,
+            "min.insync.replicas" => self.min_insync_replicas = int(1)? as usize,
             "message.timestamp.type" => {
                 self.timestamp_type = match value {
                     "CreateTime" => TimestampType::CreateTime,
@@ -124,6 +130,7 @@ impl TopicConfig {
             "segment.bytes" => self.segment_bytes.to_string(),
             "segment.ms" => self.segment_ms.to_string(),
             "max.message.bytes" => self.max_message_bytes.to_string(),
+            "min.insync.replicas" => self.min_insync_replicas.to_string(),
             "message.timestamp.type" => match self.timestamp_type {
                 TimestampType::CreateTime => "CreateTime".to_string(),
                 TimestampType::LogAppendTime => "LogAppendTime".to_string(),

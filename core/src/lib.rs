@@ -18,6 +18,7 @@ pub mod consensus;
 pub mod log;
 pub mod memdisk;
 pub mod recovery;
+pub mod replica;
 pub mod storage;
 pub mod topic;
 pub mod wire;

@@ -295,6 +295,44 @@ impl PartitionLog {
         true
     }
 
+    /// Sets the high watermark to `point`, up or down: a replica starting up knows nothing
+    /// is committed beyond its log start until its leader says so.
+    pub fn reset_high_watermark(&mut self, point: CommitPoint) {
+        self.high_watermark = point.offset;
+        self.committed_end = (point.segment_base, point.position);
+    }
+
+    /// Deletes every segment and starts an empty log at `offset` (a replica that installs
+    /// its leader's log start, or one whose log cannot be trusted).
+    pub fn reset(&mut self, offset: i64, out: &mut Vec<StorageOp>) {
+        for base in std::mem::take(&mut self.segments).into_keys() {
+            out.push(StorageOp::DeleteSegment(self.segment_id(base)));
+        }
+        self.segments.insert(offset, Segment::empty(offset));
+        out.push(StorageOp::CreateSegment(self.segment_id(offset)));
+        self.log_start_offset = offset;
+        self.high_watermark = offset;
+        self.committed_end = (offset, 0);
+    }
+
+    /// Deletes the segments that end at or before `offset` (never the active one).
+    pub fn drop_before(&mut self, offset: i64, out: &mut Vec<StorageOp>) {
+        while self.segments.len() > 1 {
+            let oldest = self
+                .segments
+                .values()
+                .next()
+                .expect("more than one segment");
+            if oldest.next_offset > offset {
+                break;
+            }
+            let base = oldest.base_offset;
+            self.segments.remove(&base);
+            out.push(StorageOp::DeleteSegment(self.segment_id(base)));
+        }
+        self.log_start_offset = *self.segments.keys().next().expect("active remains");
+    }
+
     /// Rolls the active segment if the next `batch_bytes` would overflow it or it is too old.
     /// Emits the seal of the old segment and the creation of the new one.
     pub fn maybe_roll(
@@ -359,10 +397,12 @@ impl PartitionLog {
         } else {
             self.high_watermark
         };
-        if offset < self.log_start_offset || offset > visible_end {
+        // Offsets between the high watermark and the log end exist but are not readable
+        // yet (a new leader's high watermark catches up after its first commit).
+        if offset < self.log_start_offset || offset > visible_end.max(self.log_end_offset()) {
             return Err(OffsetOutOfRange);
         }
-        if offset == visible_end {
+        if offset >= visible_end {
             return Ok(None);
         }
         // The segment holding `offset`: the last one that starts at or before it. An empty
@@ -611,7 +651,11 @@ mod tests {
         let plan = log.plan_read(1, 1 << 20).unwrap().unwrap();
         assert_eq!((plan.position, plan.len), (0, 100));
         assert_eq!(log.plan_read(3, 1 << 20), Ok(None));
-        assert_eq!(log.plan_read(4, 1 << 20), Err(OffsetOutOfRange));
+        // Written but not committed: nothing to read yet, not out of range (a new leader's
+        // high watermark lags its log end until its first commit).
+        assert_eq!(log.plan_read(4, 1 << 20), Ok(None));
+        assert_eq!(log.plan_read(5, 1 << 20), Ok(None));
+        assert_eq!(log.plan_read(6, 1 << 20), Err(OffsetOutOfRange));
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct MemDisk {
     topics: BTreeMap<Arc<str>, TopicRecord>,
     /// The metadata quorum's Raft state; written synchronously, so never lost.
     quorum: Option<MemLog>,
+    /// Partition replicas' Raft state; written synchronously too.
+    replicas: BTreeMap<TopicPartition, crate::consensus::RaftPersist>,
 }
 
 impl MemDisk {
@@ -88,12 +90,16 @@ impl MemDisk {
             StorageOp::DeletePartition(tp) => {
                 self.segments.retain(|id, _| id.partition != tp);
                 self.indexes.retain(|id, _| id.partition != tp);
+                self.replicas.remove(&tp);
             }
             StorageOp::SaveTopic { name, record } => {
                 self.topics.insert(name, record);
             }
             StorageOp::RemoveTopic(name) => {
                 self.topics.remove(&name);
+            }
+            StorageOp::SaveReplica { partition, state } => {
+                self.replicas.entry(partition).or_default().merge(*state);
             }
             StorageOp::SaveQuorum(change) => {
                 self.quorum
@@ -146,6 +152,11 @@ impl MemDisk {
     /// The stored topic records.
     pub fn topics(&self) -> &BTreeMap<Arc<str>, TopicRecord> {
         &self.topics
+    }
+
+    /// [`Self::segment_ids`] by topic name and partition index.
+    pub fn segment_ids_of(&self, topic: &str, partition: i32) -> Vec<SegmentId> {
+        self.segment_ids(&TopicPartition::new(&Arc::from(topic), partition))
     }
 
     /// Segment ids of one partition, oldest first.
@@ -242,6 +253,7 @@ impl MemDisk {
         crate::broker::Recovered {
             topics: recovered,
             quorum: self.quorum.as_ref().map(MemLog::as_persist),
+            replicas: self.replicas.clone(),
         }
     }
 }

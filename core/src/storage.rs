@@ -121,6 +121,16 @@ pub enum StorageOp {
     /// durable when the driver moves on to the next output: later outputs (votes, answers to
     /// clients) promise it.
     SaveQuorum(Box<RaftPersist>),
+    /// Write a change to a partition replica's Raft state: hard state (term and vote), and
+    /// the log start as a snapshot (its data is the start offset); never entries, which are
+    /// the segments. Durable when the driver moves on, like [`StorageOp::SaveQuorum`].
+    /// [`StorageOp::DeletePartition`] forgets it.
+    SaveReplica {
+        /// The partition.
+        partition: TopicPartition,
+        /// The change.
+        state: Box<RaftPersist>,
+    },
 }
 
 /// The answer to a [`StorageOp`] that has one.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::config::TopicConfig;
 use crate::log::PartitionLog;
+use crate::replica::Replica;
 use kafka_protocol::ResponseError;
 
 use crate::storage::TopicRecord;
@@ -39,6 +40,8 @@ pub struct Topic {
     pub replicas: Vec<Vec<i32>>,
     /// Logs of the partitions held here, by index.
     pub logs: BTreeMap<i32, PartitionLog>,
+    /// Raft replicas of the replicated partitions held here (replication factor > 1).
+    pub raft: BTreeMap<i32, Replica>,
 }
 
 impl Topic {
@@ -68,13 +71,20 @@ impl Topic {
 
     /// The log of partition `index`, or the error a client gets for it: the partition does
     /// not exist, or another broker serves it.
+    /// A replicated partition is served by its leader only.
     pub fn log_for_client(&self, index: i32) -> Result<&PartitionLog, ResponseError> {
-        self.partition(index).ok_or_else(|| self.missing(index))
+        match self.raft.get(&index) {
+            Some(replica) if !replica.is_leader() => Err(ResponseError::NotLeaderOrFollower),
+            _ => self.partition(index).ok_or_else(|| self.missing(index)),
+        }
     }
 
     /// [`Self::log_for_client`], mutably.
     pub fn log_for_client_mut(&mut self, index: i32) -> Result<&mut PartitionLog, ResponseError> {
         let missing = self.missing(index);
+        if self.raft.get(&index).is_some_and(|r| !r.is_leader()) {
+            return Err(ResponseError::NotLeaderOrFollower);
+        }
         self.partition_mut(index).ok_or(missing)
     }
 

@@ -8,9 +8,12 @@ use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopi
 use kafka_protocol::messages::delete_topics_request::DeleteTopicsRequest;
 use kafka_protocol::messages::metadata_request::MetadataRequest;
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+use seedlog_core::batch::complete_batches;
 use seedlog_core::config::BrokerConfig;
 use seedlog_core::memdisk::MemDisk;
-use seedlog_core::wire::{decode_response, encode_request, topic_name};
+use seedlog_core::wire::{
+    decode_response, encode_request, fetch_request, produce_request, record_batch, topic_name,
+};
 use seedlog_core::{Broker, Observation, Output, Recovered};
 
 const START: i64 = 1_700_000_000_000;
@@ -159,12 +162,16 @@ impl Cluster {
     }
 
     fn create_topic(&mut self, via: i32, name: &str, partitions: i32) -> i16 {
+        self.create_replicated(via, name, partitions, 1)
+    }
+
+    fn create_replicated(&mut self, via: i32, name: &str, partitions: i32, rf: i16) -> i16 {
         let request = CreateTopicsRequest::default()
             .with_timeout_ms(5000)
             .with_topics(vec![CreatableTopic::default()
                 .with_name(topic_name(name))
                 .with_num_partitions(partitions)
-                .with_replication_factor(1)]);
+                .with_replication_factor(rf)]);
         match self.call(
             via,
             ApiKey::CreateTopics,
@@ -223,6 +230,59 @@ impl Cluster {
             .iter()
             .map(|p| p.replica_nodes.iter().map(|b| b.0).collect())
             .collect()
+    }
+
+    /// (leader, leader epoch) of partition 0 of `topic`, as broker `id` reports them.
+    fn leader(&mut self, id: i32, topic: &str) -> (i32, i32) {
+        let request = RequestKind::Metadata(MetadataRequest::default().with_topics(None));
+        let ResponseKind::Metadata(m) = self.call(id, ApiKey::Metadata, 12, request) else {
+            panic!("not metadata");
+        };
+        let t = m
+            .topics
+            .iter()
+            .find(|t| t.name.as_ref().is_some_and(|n| *n.0 == *topic))
+            .expect("topic listed");
+        (t.partitions[0].leader_id.0, t.partitions[0].leader_epoch)
+    }
+
+    /// Produces one batch of `n` records to partition 0 via broker `id`: (error, base offset).
+    fn produce(&mut self, id: i32, topic: &str, acks: i16, n: usize) -> (i16, i64) {
+        self.produce_sized(id, topic, acks, n, 2)
+    }
+
+    /// [`Self::produce`] with values of `size` bytes.
+    fn produce_sized(
+        &mut self,
+        id: i32,
+        topic: &str,
+        acks: i16,
+        n: usize,
+        size: usize,
+    ) -> (i16, i64) {
+        let values: Vec<Vec<u8>> = (0..n).map(|i| vec![b'a' + (i % 26) as u8; size]).collect();
+        let batch = record_batch(values.iter().map(|v| (None, &v[..], self.now)));
+        let request = produce_request(topic, 0, acks, 2000, batch);
+        let ResponseKind::Produce(r) = self.call(id, ApiKey::Produce, 9, request) else {
+            panic!("not produce");
+        };
+        let p = &r.responses[0].partition_responses[0];
+        (p.error_code, p.base_offset)
+    }
+
+    /// Data records of partition 0 readable via broker `id` from `offset`: (error, offsets).
+    fn fetch(&mut self, id: i32, topic: &str, offset: i64) -> (i16, Vec<i64>) {
+        let request = fetch_request([(topic, 0, offset)], 0, 1 << 20, 1 << 20);
+        let ResponseKind::Fetch(r) = self.call(id, ApiKey::Fetch, 12, request) else {
+            panic!("not fetch");
+        };
+        let p = &r.responses[0].partitions[0];
+        let records = p.records.clone().unwrap_or_default();
+        let offsets = complete_batches(&records)
+            .filter(|b| !b.is_control())
+            .flat_map(|b| b.base_offset()..b.next_offset())
+            .collect();
+        (p.error_code, offsets)
     }
 
     fn controller(&mut self) -> i32 {
@@ -397,4 +457,141 @@ fn a_new_broker_joins_a_running_cluster_and_takes_new_partitions() {
     cluster.advance(3_000);
     assert_eq!(cluster.metadata(4).0.len(), 13);
     assert!(cluster.elections.iter().all(|(broker, _)| *broker != 4));
+}
+
+#[test]
+fn a_replicated_partition_commits_on_a_majority_and_outlives_its_leader() {
+    let mut cluster = Cluster::new(3, 1000);
+    cluster.advance(3_000);
+    assert_eq!(cluster.create_replicated(1, "r", 1, 3), 0);
+    cluster.advance(2_000);
+    let (leader, epoch) = cluster.leader(1, "r");
+    assert!((1..=3).contains(&leader), "leader {leader}");
+    for id in 1..=3 {
+        assert_eq!(cluster.leader(id, "r"), (leader, epoch), "broker {id}");
+    }
+    assert_eq!(cluster.replicas(1, "r"), [vec![1, 2, 3]]);
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    assert_eq!(
+        cluster.produce(follower, "r", -1, 1).0,
+        6,
+        "NOT_LEADER_OR_FOLLOWER"
+    );
+
+    let mut acked = Vec::new();
+    for _ in 0..5 {
+        let (error, base) = cluster.produce(leader, "r", -1, 3);
+        assert_eq!(error, 0);
+        acked.extend(base..base + 3);
+    }
+    assert!(acked.windows(2).all(|w| w[1] == w[0] + 1), "{acked:?}");
+    cluster.advance(500);
+    let end = cluster.nodes[&leader]
+        .broker
+        .log("r", 0)
+        .unwrap()
+        .log_end_offset();
+    for id in 1..=3 {
+        let log = cluster.nodes[&id].broker.log("r", 0).unwrap();
+        assert_eq!(log.log_end_offset(), end, "broker {id} holds every batch");
+        assert_eq!(
+            log.high_watermark(),
+            end,
+            "broker {id} knows they committed"
+        );
+    }
+
+    // The leader is cut off: a write to it cannot commit; the others elect a successor
+    // that has every acknowledged record.
+    cluster.cut.insert(leader);
+    let (error, _) = cluster.produce(leader, "r", -1, 1);
+    assert_ne!(error, 0, "a leader without a majority must not acknowledge");
+    cluster.advance(3_000);
+    let survivor = (1..=3).find(|&id| id != leader).unwrap();
+    let (successor, new_epoch) = cluster.leader(survivor, "r");
+    assert!(
+        successor != leader && successor > 0,
+        "successor {successor}"
+    );
+    assert!(new_epoch > epoch);
+    let (error, base) = cluster.produce(successor, "r", -1, 2);
+    assert_eq!(error, 0);
+    acked.extend(base..base + 2);
+    let (error, offsets) = cluster.fetch(successor, "r", acked[0]);
+    assert_eq!(error, 0);
+    assert_eq!(offsets, acked, "every acknowledged record, at its offset");
+
+    // Healed, the old leader drops its unacknowledged suffix and follows.
+    cluster.cut.clear();
+    cluster.advance(3_000);
+    let end = cluster.nodes[&successor]
+        .broker
+        .log("r", 0)
+        .unwrap()
+        .log_end_offset();
+    for id in 1..=3 {
+        let log = cluster.nodes[&id].broker.log("r", 0).unwrap();
+        assert_eq!(log.log_end_offset(), end, "broker {id}");
+    }
+    for id in 1..=3 {
+        assert_eq!(cluster.leader(id, "r").0, successor, "broker {id}");
+    }
+}
+
+#[test]
+fn a_replica_back_from_a_long_absence_reloads_its_log_and_catches_up_from_disk() {
+    let mut cluster = Cluster::new(3, 1000);
+    cluster.advance(3_000);
+    assert_eq!(cluster.create_replicated(1, "r", 1, 3), 0);
+    cluster.advance(2_000);
+    let (leader, _) = cluster.leader(1, "r");
+    let absent = (1..=3).find(|&id| id != leader).unwrap();
+    cluster.produce(leader, "r", -1, 1);
+    cluster.advance(500);
+    cluster.cut.insert(absent);
+    // Well past the leader's 1 MiB cache of recent batches: the catch-up reads the disk.
+    let mut acked = 0;
+    for _ in 0..40 {
+        let (error, _) = cluster.produce_sized(leader, "r", -1, 8, 8 << 10);
+        assert_eq!(error, 0);
+        acked += 8;
+    }
+    cluster.restart(absent);
+    cluster.cut.clear();
+    cluster.advance(3_000);
+    let end = cluster.nodes[&leader]
+        .broker
+        .log("r", 0)
+        .unwrap()
+        .log_end_offset();
+    assert!(end > acked, "end {end}");
+    for id in 1..=3 {
+        let log = cluster.nodes[&id].broker.log("r", 0).unwrap();
+        assert_eq!(log.log_end_offset(), end, "broker {id}");
+        assert_eq!(log.high_watermark(), end, "broker {id}");
+    }
+    let segments = |c: &Cluster, id: i32| {
+        let disk = &c.nodes[&id].disk;
+        let tp = disk.segment_ids_of("r", 0);
+        tp.iter()
+            .map(|s| disk.segment(s).unwrap().to_vec())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        segments(&cluster, absent),
+        segments(&cluster, leader),
+        "same bytes"
+    );
+
+    // The leader restarts: it reads its log back, and a new leader has everything.
+    cluster.restart(leader);
+    cluster.advance(3_000);
+    let (now_leading, _) = cluster.leader(absent, "r");
+    assert!(now_leading > 0);
+    let (error, offsets) = cluster.fetch(now_leading, "r", 0);
+    assert_eq!(error, 0);
+    assert!(offsets.len() >= 20, "a fetch returns data from the start");
+    let (error, base) = cluster.produce(now_leading, "r", -1, 1);
+    assert_eq!(error, 0);
+    assert!(base >= end, "new writes follow everything committed");
 }

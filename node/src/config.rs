@@ -153,7 +153,7 @@ impl RunArgs {
             segment_bytes: pick!(log_segment_bytes, defaults.segment_bytes),
             segment_ms: pick!(log_segment_ms, defaults.segment_ms),
             max_message_bytes: pick!(message_max_bytes, defaults.max_message_bytes),
-            timestamp_type: defaults.timestamp_type,
+            ..defaults
         };
         let mut broker = BrokerConfig {
             broker_id: pick!(broker_id, 1),

@@ -89,9 +89,9 @@ fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }
 
-/// Replication factor the cluster can give a partition today: each partition has one
-/// replica until partition replication lands (issue 4's Raft per partition).
-const REPLICATION_FACTOR_MAX: usize = 1;
+/// Replication factor of topics created without one (auto-created, or `-1`): three copies,
+/// or as many as there are brokers in a smaller cluster.
+const DEFAULT_REPLICATION_FACTOR: usize = 3;
 
 /// How long an auto-creating Metadata request waits for its topics.
 const AUTO_CREATE_WAIT_MS: i64 = 5_000;
@@ -113,7 +113,7 @@ impl Broker {
         let mut topics = Vec::new();
         for name in &missing {
             let partitions = self.config.default_partitions;
-            match self.place(partitions, 1) {
+            match self.place(partitions, self.default_replication()) {
                 Ok(replicas) => {
                     info!(topic = %name, partitions, "auto-creating topic");
                     topics.push(self.topic_creation(name, BTreeMap::new(), replicas));
@@ -207,8 +207,8 @@ impl Broker {
                     .filter(|b| live(b))
                     .map(|&b| BrokerId(b))
                     .collect();
-                // One replica per partition today: it leads while its broker is not fenced.
-                let leader = replicas.first().filter(|b| live(b));
+                let (leader, epoch) = self.partition_leader(topic, i as i32);
+                let leader = leader.filter(|b| live(b));
                 let error = match leader {
                     Some(_) => 0,
                     None => ResponseError::LeaderNotAvailable.code(),
@@ -216,8 +216,8 @@ impl Broker {
                 MetadataResponsePartition::default()
                     .with_error_code(error)
                     .with_partition_index(i as i32)
-                    .with_leader_id(BrokerId(leader.copied().unwrap_or(-1)))
-                    .with_leader_epoch(0)
+                    .with_leader_id(BrokerId(leader.unwrap_or(-1)))
+                    .with_leader_epoch(epoch)
                     .with_isr_nodes(in_sync)
                     .with_replica_nodes(replicas.iter().map(|&b| BrokerId(b)).collect())
             })
@@ -243,7 +243,13 @@ impl Broker {
                 .into_iter()
                 .map(|brokers| Replicas { brokers })
                 .collect(),
+            leaders: Vec::new(),
         }
+    }
+
+    /// The replication factor of topics created without one.
+    fn default_replication(&self) -> usize {
+        DEFAULT_REPLICATION_FACTOR.min(self.placeable_brokers().len().max(1))
     }
 
     /// Brokers replicas can be placed on: the registered ones (clients can reach them).
@@ -270,12 +276,12 @@ impl Broker {
                 "no broker has registered with the controller yet; retry".into(),
             ));
         }
-        if replication > REPLICATION_FACTOR_MAX || replication > brokers.len() {
+        if replication > brokers.len() {
             return Err((
                 ResponseError::InvalidReplicationFactor,
                 format!(
-                    "replication factor {replication} is larger than the {} this cluster can give",
-                    REPLICATION_FACTOR_MAX.min(brokers.len())
+                    "replication factor {replication} is larger than the {} live brokers",
+                    brokers.len()
                 ),
             ));
         }
@@ -386,7 +392,7 @@ impl Broker {
                 n => return Err((ResponseError::InvalidPartitions, format!("{n} partitions"))),
             };
             let replication = match t.replication_factor {
-                -1 => 1,
+                -1 => self.default_replication(),
                 n if n >= 1 => n as usize,
                 n => {
                     return Err((
@@ -424,16 +430,10 @@ impl Broker {
             let mut unique = r.clone();
             unique.sort_unstable();
             unique.dedup();
-            if r.is_empty()
-                || unique.len() != r.len()
-                || r.len() > REPLICATION_FACTOR_MAX
-                || r.iter().any(|b| !brokers.contains(b))
-            {
+            if r.is_empty() || unique.len() != r.len() || r.iter().any(|b| !brokers.contains(b)) {
                 return Err((
                     ResponseError::InvalidReplicaAssignment,
-                    format!(
-                        "replicas {r:?}: want {REPLICATION_FACTOR_MAX} distinct brokers of {brokers:?}"
-                    ),
+                    format!("replicas {r:?}: want distinct brokers of {brokers:?}"),
                 ));
             }
         }

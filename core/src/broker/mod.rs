@@ -15,6 +15,7 @@ mod admin;
 mod fetch;
 mod produce;
 mod quorum;
+mod replication;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 use kafka_protocol::ResponseError;
 use tracing::{debug, warn};
 
-use crate::cluster::records::BrokerRegistration;
+use crate::cluster::records::{BrokerRegistration, GroupMessage};
 use crate::cluster::Controller;
 use crate::config::{BrokerConfig, FlushPolicy};
 use crate::consensus::RaftPersist;
@@ -35,6 +36,7 @@ use crate::topic::Topic;
 
 use fetch::{Job, ParkedFetch};
 use produce::PendingProduce;
+use replication::ReplicatedProduce;
 
 /// Identifies one client connection; chosen by the driver, unique while it is open.
 pub type ConnectionId = u64;
@@ -92,6 +94,8 @@ pub struct Recovered {
     pub topics: Vec<RecoveredTopic>,
     /// The metadata quorum's Raft state, if this node has been started before.
     pub quorum: Option<RaftPersist>,
+    /// Partition replicas' Raft state (hard state, log start), by partition.
+    pub replicas: BTreeMap<TopicPartition, RaftPersist>,
 }
 
 /// A recovered topic's id and its partitions' segments, by partition index.
@@ -170,6 +174,23 @@ pub struct Broker {
     peer_addresses: BTreeMap<i32, String>,
     /// Partition data found at startup, until the metadata says which topics it belongs to.
     recovered_logs: BTreeMap<Arc<str>, RecoveredLogs>,
+    /// Replicas' Raft state found at startup, until their partitions are created.
+    recovered_replicas: BTreeMap<TopicPartition, RaftPersist>,
+    /// The time of the input being handled.
+    now: i64,
+    /// Replicas with work for the next drive.
+    dirty_replicas: BTreeSet<TopicPartition>,
+    /// Read token -> the replica that asked (partition, topic id, its tag).
+    replica_reads: BTreeMap<u64, (TopicPartition, Vec<u8>, u64)>,
+    /// Replica ticks so far, and when the next is due.
+    replica_ticks: u64,
+    next_replica_tick: i64,
+    /// Raft messages of this step, by peer: sent as one frame each.
+    outbox: BTreeMap<i32, Vec<GroupMessage>>,
+    /// Produces waiting for replicated partitions.
+    replicated_produces: Vec<ReplicatedProduce>,
+    /// The last sync that completed.
+    last_synced: u64,
 }
 
 impl Broker {
@@ -228,6 +249,15 @@ impl Broker {
             pending_admin: BTreeMap::new(),
             peer_addresses: BTreeMap::new(),
             recovered_logs,
+            recovered_replicas: recovered.replicas,
+            now,
+            dirty_replicas: BTreeSet::new(),
+            replica_reads: BTreeMap::new(),
+            replica_ticks: 0,
+            next_replica_tick: now,
+            outbox: BTreeMap::new(),
+            replicated_produces: Vec::new(),
+            last_synced: 0,
         };
         let names: Vec<String> = broker.controller.image().topics.keys().cloned().collect();
         for name in names {
@@ -276,6 +306,7 @@ impl Broker {
 
     /// A complete request frame from `conn` (without its 4-byte size prefix).
     pub fn handle_request(&mut self, now: i64, conn: ConnectionId, frame: Bytes) {
+        self.now = now;
         let connection = self.connections.entry(conn).or_default();
         let seq = connection.next_seq;
         connection.next_seq += 1;
@@ -291,11 +322,15 @@ impl Broker {
     }
 
     /// A storage operation finished.
-    // Every input takes `now` (see the module doc); storage completions need no time yet.
-    pub fn handle_storage(&mut self, _now: i64, completion: StorageCompletion) {
+    pub fn handle_storage(&mut self, now: i64, completion: StorageCompletion) {
+        self.now = now;
         match completion {
             StorageCompletion::Synced { token } => self.on_synced(token),
-            StorageCompletion::Read { token, result } => self.on_read(token, result),
+            StorageCompletion::Read { token, result } => {
+                if !self.on_replica_read(token, &result) {
+                    self.on_read(token, result)
+                }
+            }
         }
         self.after_input();
     }
@@ -308,8 +343,14 @@ impl Broker {
 
     /// Time passed; call at or after [`Self::poll_timeout`].
     pub fn handle_timeout(&mut self, now: i64) {
+        self.now = now;
         self.expire_parked_fetches(now);
         self.expire_pending_admin(now);
+        self.expire_replicated_produces(now);
+        if now >= self.next_replica_tick {
+            self.next_replica_tick = now + self.config.cluster.tick_ms;
+            self.tick_replicas();
+        }
         if now >= self.controller.poll_timeout() {
             self.controller.handle_timeout(now);
         }
@@ -332,8 +373,11 @@ impl Broker {
     pub fn poll_timeout(&self) -> Option<i64> {
         let fetches = self.parked_fetches.iter().map(|f| f.deadline);
         let admin = self.pending_admin.values().map(|p| p.deadline);
+        let replicas = self.has_replicas().then_some(self.next_replica_tick);
         fetches
             .chain(admin)
+            .chain(replicas)
+            .chain(self.replicated_produce_deadline())
             .chain([self.next_retention_check, self.controller.poll_timeout()])
             .min()
     }
@@ -343,12 +387,14 @@ impl Broker {
     /// [`Self::has_handed_over`] (or a deadline), then stop.
     pub fn begin_shutdown(&mut self) {
         self.controller.hand_over();
+        self.hand_over_partitions();
         self.after_input();
     }
 
     /// True once this broker leads nothing another broker could take over.
     pub fn has_handed_over(&self) -> bool {
-        !self.controller.is_leader() || self.config.cluster.voters.len() <= 1
+        (!self.controller.is_leader() || self.config.cluster.voters.len() <= 1)
+            && !self.leads_partitions()
     }
 
     /// True once nothing is waiting on the disk: used for a clean shutdown.
@@ -493,6 +539,10 @@ impl Broker {
     /// sync if data is waiting.
     fn after_input(&mut self) {
         self.drive_quorum();
+        if !self.dirty_replicas.is_empty() {
+            self.drive_replicas();
+        }
+        self.flush_outbox();
         if self.config.flush == FlushPolicy::GroupCommit {
             self.maybe_start_sync();
         }
@@ -545,6 +595,7 @@ impl Broker {
             }
         }
         self.complete_produces(token);
+        self.replicas_synced(token);
         if !advanced.is_empty() {
             self.wake_parked_fetches(&advanced);
         }
@@ -574,9 +625,12 @@ impl Broker {
     fn enforce_retention(&mut self, now: i64) {
         let mut ops = Vec::new();
         for topic in self.topics.values_mut() {
-            for log in topic.logs.values_mut() {
-                log.maybe_roll(0, now, &topic.config, &mut ops);
-                log.enforce_retention(now, &topic.config, &mut ops);
+            for (index, log) in &mut topic.logs {
+                let mut log_ops = Vec::new();
+                log.maybe_roll(0, now, &topic.config, &mut log_ops);
+                let moved = log.enforce_retention(now, &topic.config, &mut log_ops);
+                let replica = topic.raft.get_mut(index);
+                ops.extend(Self::retention_ops(replica, log, moved, log_ops));
             }
         }
         self.emit_log_ops(ops);

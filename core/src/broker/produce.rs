@@ -1,5 +1,7 @@
 //! Produce: validate batches, stamp offsets, append, and answer per `acks`.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::produce_request::ProduceRequest;
 use kafka_protocol::messages::produce_response::{
@@ -10,9 +12,9 @@ use kafka_protocol::ResponseError;
 use tracing::debug;
 
 use super::{Broker, ReplyTo};
-use crate::batch::{self, BatchError};
+use crate::batch::{self, BatchError, BatchSummary};
 use crate::canary::{is_planted, Canary};
-use crate::config::TimestampType;
+use crate::config::{TimestampType, TopicConfig};
 use crate::storage::{StorageOp, TopicPartition};
 
 /// An acks=all produce waiting for the sync that makes its batches durable.
@@ -31,15 +33,51 @@ fn batch_error_code(e: BatchError) -> ResponseError {
     }
 }
 
+/// Validates a produce payload against the topic's limits; the batches' summaries.
+pub(super) fn check_batches(
+    records: &Bytes,
+    config: &TopicConfig,
+) -> Result<Vec<BatchSummary>, ResponseError> {
+    let summaries = batch::validate_produce_payload(records).map_err(batch_error_code)?;
+    if summaries.iter().any(|s| s.size > config.max_message_bytes) {
+        return Err(ResponseError::MessageTooLarge);
+    }
+    Ok(summaries)
+}
+
 impl Broker {
     pub(super) fn produce(&mut self, now: i64, reply_to: ReplyTo, request: ProduceRequest) {
         let acks = request.acks;
         let mut response = ProduceResponse::default();
         let mut sync_token = None;
-        for topic_data in request.topic_data {
+        let mut proposals = Vec::new();
+        for (t, topic_data) in request.topic_data.into_iter().enumerate() {
             let mut topic_response =
                 TopicProduceResponse::default().with_name(topic_data.name.clone());
-            for partition_data in topic_data.partition_data {
+            for (p, partition_data) in topic_data.partition_data.into_iter().enumerate() {
+                let replicated = self
+                    .topics
+                    .get(topic_data.name.0.as_str())
+                    .is_some_and(|topic| topic.raft.contains_key(&partition_data.index));
+                if replicated && (-1..=1).contains(&acks) {
+                    let name = &topic_data.name.0;
+                    let index = partition_data.index;
+                    let mut answer = PartitionProduceResponse::default()
+                        .with_index(index)
+                        .with_base_offset(-1);
+                    match self.propose_batches(now, name, index, partition_data.records, acks) {
+                        Ok(proposed) => {
+                            let tp = TopicPartition::new(&Arc::from(name.as_str()), index);
+                            proposals.push(((t, p), tp, proposed));
+                        }
+                        Err(error) => {
+                            debug!(topic = %name, partition = index, ?error, "produce refused");
+                            answer.error_code = error.code();
+                        }
+                    }
+                    topic_response.partition_responses.push(answer);
+                    continue;
+                }
                 let result = if !(-1..=1).contains(&acks) {
                     Err(ResponseError::InvalidRequiredAcks)
                 } else {
@@ -67,6 +105,15 @@ impl Broker {
                 topic_response.partition_responses.push(p);
             }
             response.responses.push(topic_response);
+        }
+        if !proposals.is_empty() {
+            let durable = (acks == -1
+                && self.config.flush == crate::config::FlushPolicy::GroupCommit)
+                .then_some(sync_token)
+                .flatten();
+            let timeout = request.timeout_ms;
+            return self
+                .wait_for_replication(now, reply_to, acks, timeout, durable, response, proposals);
         }
         match (acks, sync_token) {
             (0, _) => self.respond(reply_to, None),
@@ -110,10 +157,7 @@ impl Broker {
         let config = topic.config.clone();
         let log = topic.log_for_client_mut(partition)?;
         let records = records.ok_or(ResponseError::InvalidRecord)?;
-        let summaries = batch::validate_produce_payload(&records).map_err(batch_error_code)?;
-        if summaries.iter().any(|s| s.size > config.max_message_bytes) {
-            return Err(ResponseError::MessageTooLarge);
-        }
+        let summaries = check_batches(&records, &config)?;
         let log_append_time = match config.timestamp_type {
             TimestampType::LogAppendTime => now,
             TimestampType::CreateTime => -1,

@@ -43,6 +43,7 @@ impl Broker {
     /// A frame from another broker (size prefix removed). An unreadable frame is dropped:
     /// Raft tolerates lost messages, and a peer is not a client to answer.
     pub fn handle_peer(&mut self, now: i64, frame: Bytes) {
+        self.now = now;
         match PeerFrame::decode(frame) {
             Ok(frame) => {
                 self.controller.heard_from(frame.from, now);
@@ -50,12 +51,15 @@ impl Broker {
                     self.controller.handle_join(registration);
                 }
                 for GroupMessage {
-                    partition, message, ..
+                    partition,
+                    index,
+                    message,
                 } in frame.messages
                 {
                     match (partition, message) {
                         (None, Some(message)) => self.controller.step(message),
-                        _ => warn!(from = frame.from, "peer message for an unknown group"),
+                        (Some(topic), Some(message)) => self.step_replica(&topic, index, message),
+                        _ => warn!(from = frame.from, "peer message without a message"),
                     }
                 }
             }
@@ -95,23 +99,11 @@ impl Broker {
                     term,
                 }));
         }
-        let mut by_peer: BTreeMap<i32, Vec<GroupMessage>> = BTreeMap::new();
         for (to, message) in drive.messages {
-            by_peer.entry(to).or_default().push(GroupMessage {
+            self.outbox.entry(to).or_default().push(GroupMessage {
                 partition: None,
                 index: 0,
                 message: Some(message),
-            });
-        }
-        for (to, messages) in by_peer {
-            let frame = PeerFrame {
-                from: self.config.broker_id,
-                messages,
-                join: None,
-            };
-            self.outputs.push_back(Output::Peer {
-                to,
-                frame: Bytes::from(frame.encode_to_vec()),
             });
         }
         let image_changed = drive.image_replaced || !drive.applied.is_empty();
@@ -309,6 +301,7 @@ impl Broker {
                     None => Arc::from(name),
                 };
                 let mut ops = Vec::new();
+                let mut replicas_to_make = Vec::new();
                 let mut recovered = self.recovered_logs.remove(&*name);
                 let fresh = !self.topics.contains_key(&name);
                 let topic = self.topics.entry(name.clone()).or_insert_with(|| Topic {
@@ -325,6 +318,7 @@ impl Broker {
                         }),
                     replicas: Vec::new(),
                     logs: BTreeMap::new(),
+                    raft: BTreeMap::new(),
                 });
                 let grew = topic.replicas.len() != image.replicas.len();
                 topic.replicas = image.replicas.clone();
@@ -340,13 +334,16 @@ impl Broker {
                         .and_then(|(_, parts)| parts.remove(&index))
                         .filter(|segments: &Vec<Segment>| !segments.is_empty());
                     let log = match segments {
-                        Some(segments) => PartitionLog::recovered(tp, segments),
+                        Some(segments) => PartitionLog::recovered(tp.clone(), segments),
                         None => {
-                            let (log, op) = PartitionLog::new(tp);
+                            let (log, op) = PartitionLog::new(tp.clone());
                             ops.push(op);
                             log
                         }
                     };
+                    if replicas.len() > 1 {
+                        replicas_to_make.push((tp, replicas.clone()));
+                    }
                     topic.logs.insert(index, log);
                 }
                 if fresh || grew {
@@ -360,6 +357,9 @@ impl Broker {
                     info!(topic = %name, partitions = image.replicas.len(), "topic created");
                 }
                 self.emit_log_ops(ops);
+                for (tp, replicas) in replicas_to_make {
+                    self.add_replica(&tp, &replicas);
+                }
             }
         }
     }

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use prost::Message;
 
 use super::records::{
-    BrokerRegistration, Change, ImageRecord, MetadataRecord, PartitionAddition, Replicas,
-    TopicCreation, TopicRef,
+    BrokerRegistration, Change, ImageRecord, MetadataRecord, PartitionAddition, PartitionLeader,
+    Replicas, TopicCreation, TopicRef,
 };
 
 /// One topic in the image.
@@ -23,6 +23,8 @@ pub struct TopicImage {
     pub configs: BTreeMap<String, String>,
     /// Replicas of each partition, by index; the first is the preferred leader.
     pub replicas: Vec<Vec<i32>>,
+    /// Elected leaders of replicated partitions: partition -> (broker, leader epoch).
+    pub leaders: BTreeMap<i32, (i32, i32)>,
 }
 
 /// Why a change did not apply to one topic.
@@ -79,6 +81,20 @@ impl MetadataImage {
                     .map(|t| (t.name.clone(), self.delete_topic(t)))
                     .collect(),
             ),
+            Some(Change::PartitionLeader(l)) => {
+                let topic = l.topic.as_ref().and_then(|t| {
+                    self.topics
+                        .get_mut(&t.name)
+                        .filter(|topic| topic.id[..] == *t.id)
+                });
+                if let Some(topic) = topic {
+                    let known = topic.leaders.get(&l.partition).map_or(-1, |(_, e)| *e);
+                    if l.epoch >= known {
+                        topic.leaders.insert(l.partition, (l.leader, l.epoch));
+                    }
+                }
+                Applied::Quiet
+            }
             Some(Change::AddPartitions(a)) => Applied::Topics(
                 a.topics
                     .iter()
@@ -115,6 +131,11 @@ impl MetadataImage {
                 id,
                 configs: t.configs.clone(),
                 replicas,
+                leaders: t
+                    .leaders
+                    .iter()
+                    .map(|l| (l.partition, (l.leader, l.epoch)))
+                    .collect(),
             },
         );
         Ok(())
@@ -155,6 +176,16 @@ impl MetadataImage {
                         .iter()
                         .map(|r| Replicas { brokers: r.clone() })
                         .collect(),
+                    leaders: t
+                        .leaders
+                        .iter()
+                        .map(|(&partition, &(leader, epoch))| PartitionLeader {
+                            topic: None,
+                            partition,
+                            leader,
+                            epoch,
+                        })
+                        .collect(),
                 })
                 .collect(),
         }
@@ -194,6 +225,7 @@ mod tests {
                         };
                         partitions
                     ],
+                    leaders: Vec::new(),
                 }],
             })),
         }
@@ -251,6 +283,21 @@ mod tests {
                 peer_address: "h:9093".into(),
             })),
         });
+        let leader = |epoch| MetadataRecord {
+            origin: None,
+            change: Some(Change::PartitionLeader(PartitionLeader {
+                topic: Some(TopicRef {
+                    name: "a".into(),
+                    id: vec![1; 16],
+                }),
+                partition: 1,
+                leader: epoch,
+                epoch,
+            })),
+        };
+        image.apply(&leader(4));
+        image.apply(&leader(3)); // stale: an older epoch never replaces a newer one
+        assert_eq!(image.topics["a"].leaders[&1], (4, 4));
         assert_eq!(MetadataImage::decode(&image.encode()).unwrap(), image);
         assert_eq!(
             MetadataImage::decode(&[]).unwrap(),

@@ -13,7 +13,7 @@ pub struct MetadataRecord {
     #[prost(message, optional, tag = "1")]
     pub origin: Option<Origin>,
     /// What changes.
-    #[prost(oneof = "Change", tags = "2, 3, 4, 5, 6")]
+    #[prost(oneof = "Change", tags = "2, 3, 4, 5, 6, 7")]
     pub change: Option<Change>,
 }
 
@@ -46,6 +46,27 @@ pub enum Change {
     /// A broker stopped answering (fenced) or came back (unfenced).
     #[prost(message, tag = "6")]
     FenceBroker(BrokerFence),
+    /// A partition's replicas elected a leader.
+    #[prost(message, tag = "7")]
+    PartitionLeader(PartitionLeader),
+}
+
+/// Who leads a partition, and in which leader epoch (its Raft term). Proposed by the new
+/// leader so every broker can answer Metadata, replicas of the partition or not.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct PartitionLeader {
+    /// The topic (unset inside a snapshot's topic).
+    #[prost(message, optional, tag = "1")]
+    pub topic: Option<TopicRef>,
+    /// Partition index.
+    #[prost(int32, tag = "2")]
+    pub partition: i32,
+    /// Leader broker id.
+    #[prost(int32, tag = "3")]
+    pub leader: i32,
+    /// Leader epoch.
+    #[prost(int32, tag = "4")]
+    pub epoch: i32,
 }
 
 /// The controller's verdict on a broker's liveness.
@@ -105,6 +126,9 @@ pub struct TopicCreation {
     /// Replicas of each partition, by partition index.
     #[prost(message, repeated, tag = "4")]
     pub partitions: Vec<Replicas>,
+    /// Known partition leaders (in snapshots; empty at creation).
+    #[prost(message, repeated, tag = "5")]
+    pub leaders: Vec<PartitionLeader>,
 }
 
 /// The brokers holding one partition; the first is the preferred leader.

@@ -21,6 +21,20 @@ pub struct RaftPersist {
 }
 
 impl RaftPersist {
+    /// Folds a later change into this state (for state without entries: a replica's).
+    pub fn merge(&mut self, change: RaftPersist) {
+        if change.hard_state.is_some() {
+            self.hard_state = change.hard_state;
+        }
+        if let Some(snapshot) = change.snapshot {
+            self.conf_state = Some(snapshot.get_metadata().get_conf_state().clone());
+            self.snapshot = Some(snapshot);
+        }
+        if change.conf_state.is_some() {
+            self.conf_state = change.conf_state;
+        }
+    }
+
     /// True if there is nothing to write.
     pub fn is_empty(&self) -> bool {
         self.hard_state.is_none()

@@ -70,18 +70,19 @@ pub enum ProposeError {
     Dropped,
 }
 
-/// One Raft group's replica on this node.
-pub struct RaftGroup {
-    node: RawNode<MemLog>,
+/// One Raft group's replica on this node, over any raft-rs storage: [`MemLog`] for the
+/// metadata quorum, the partition's own segment log for a partition replica.
+pub struct RaftGroup<S: Storage = MemLog> {
+    node: RawNode<S>,
     rng: ChaCha8Rng,
     election_ticks: usize,
     /// (term, role, leader) when the election timeout was last drawn.
     drawn_for: (u64, StateRole, u64),
 }
 
-impl RaftGroup {
-    /// A replica over `log` (fresh from [`MemLog::bootstrap`] or recovered).
-    pub fn new(config: &GroupConfig, log: MemLog) -> Result<Self, String> {
+impl<S: Storage> RaftGroup<S> {
+    /// A replica over `log` (for the quorum: fresh from [`MemLog::bootstrap`] or recovered).
+    pub fn new(config: &GroupConfig, log: S) -> Result<Self, String> {
         let raft_config = raft::Config {
             id: config.id,
             election_tick: config.election_ticks,
@@ -140,11 +141,6 @@ impl RaftGroup {
         self.node.raft.prs().conf().to_conf_state()
     }
 
-    /// The in-memory log.
-    pub fn log(&self) -> &MemLog {
-        self.node.store()
-    }
-
     /// One tick of the owner's clock.
     pub fn tick(&mut self) {
         self.node.tick();
@@ -198,6 +194,42 @@ impl RaftGroup {
         Some(successor)
     }
 
+    /// Index of the last entry in the log (stable or not).
+    pub fn last_index(&self) -> u64 {
+        self.node.raft.raft_log.last_index()
+    }
+
+    /// Index of the last committed entry.
+    pub fn committed(&self) -> u64 {
+        self.node.raft.raft_log.committed
+    }
+
+    /// Voters that the leader heard from within the last election timeout, itself included
+    /// (raft-rs's check-quorum bookkeeping); 0 on a follower.
+    pub fn recently_active_voters(&self) -> usize {
+        if !self.is_leader() {
+            return 0;
+        }
+        let me = self.id();
+        let voters = self.node.raft.prs().conf().voters().ids();
+        self.node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, p)| voters.contains(**id) && (**id == me || p.recent_active))
+            .count()
+    }
+
+    /// The raft-rs node, for owners that handle `Ready` themselves.
+    pub fn raw(&mut self) -> &mut RawNode<S> {
+        &mut self.node
+    }
+
+    /// The raft-rs node, read-only.
+    pub fn raw_ref(&self) -> &RawNode<S> {
+        &self.node
+    }
+
     /// Proposes a membership change (adding a learner, for example).
     pub fn propose_conf_change(&mut self, change: ConfChangeV2) -> Result<(), ProposeError> {
         if self.leader().is_none() {
@@ -206,6 +238,34 @@ impl RaftGroup {
         self.node
             .propose_conf_change(Vec::new(), change)
             .map_err(|_| ProposeError::Dropped)
+    }
+
+    /// Starts an election now (used to elect a single-voter group without waiting).
+    pub fn campaign(&mut self) {
+        let _ = self.node.campaign();
+        self.redraw_election_timeout();
+    }
+
+    /// Draws a new election timeout whenever raft-rs would have drawn one. Owners that
+    /// drive raft-rs through [`Self::raw`] call it after every step they take.
+    pub fn redraw_election_timeout(&mut self) {
+        let raft = &self.node.raft;
+        let now = (raft.term, raft.state, raft.leader_id);
+        if now == self.drawn_for {
+            return;
+        }
+        self.drawn_for = now;
+        let jitter = (self.rng.next_u64() % self.election_ticks as u64) as usize;
+        self.node
+            .raft
+            .set_randomized_election_timeout(self.election_ticks + jitter);
+    }
+}
+
+impl RaftGroup<MemLog> {
+    /// The in-memory log.
+    pub fn log(&self) -> &MemLog {
+        self.node.store()
     }
 
     /// Applies a committed membership change; returns the change to persist.
@@ -224,12 +284,6 @@ impl RaftGroup {
                 None
             }
         }
-    }
-
-    /// Starts an election now (used to elect a single-voter group without waiting).
-    pub fn campaign(&mut self) {
-        let _ = self.node.campaign();
-        self.redraw_election_timeout();
     }
 
     /// Replaces the log prefix up to `applied` with a snapshot of the state machine.
@@ -327,20 +381,6 @@ impl RaftGroup {
         if change.conf_state.is_some() {
             into.conf_state = change.conf_state;
         }
-    }
-
-    /// Draws a new election timeout whenever raft-rs would have drawn one.
-    fn redraw_election_timeout(&mut self) {
-        let raft = &self.node.raft;
-        let now = (raft.term, raft.state, raft.leader_id);
-        if now == self.drawn_for {
-            return;
-        }
-        self.drawn_for = now;
-        let jitter = (self.rng.next_u64() % self.election_ticks as u64) as usize;
-        self.node
-            .raft
-            .set_randomized_election_timeout(self.election_ticks + jitter);
     }
 }
 

@@ -64,6 +64,8 @@ pub struct FileStorage {
     /// The metadata quorum's Raft state: `hard_state`, `snapshot`, `conf_state`, and
     /// `e` + index entries.
     quorum: sled::Tree,
+    /// Partition replicas' Raft state: `<topic>/<partition>/` + `hard_state` or `snapshot`.
+    replicas: sled::Tree,
     /// Open segment files.
     files: BTreeMap<SegmentId, Arc<File>>,
     /// Directories whose entries changed since the last sync.
@@ -80,6 +82,9 @@ impl FileStorage {
         let meta = sled::open(root.join("meta")).context("opening broker state (sled)")?;
         let topics = meta.open_tree("topics").context("opening topics tree")?;
         let quorum = meta.open_tree("quorum").context("opening quorum tree")?;
+        let replicas = meta
+            .open_tree("replicas")
+            .context("opening replicas tree")?;
         let (sync_jobs, jobs) = mpsc::channel::<SyncJob>();
         std::thread::Builder::new()
             .name("seedlog-fsync".into())
@@ -90,6 +95,7 @@ impl FileStorage {
             meta,
             topics,
             quorum,
+            replicas,
             files: BTreeMap::new(),
             dirty_dirs: BTreeSet::new(),
             sync_jobs,
@@ -185,6 +191,73 @@ impl FileStorage {
             .context("saving the metadata quorum state")?;
         self.meta.flush().context("flushing broker state")?;
         Ok(())
+    }
+
+    /// Writes a change to a partition replica's Raft state durably.
+    fn save_replica(&mut self, tp: &TopicPartition, change: &RaftPersist) -> anyhow::Result<()> {
+        let prefix = replica_prefix(tp);
+        let mut batch = sled::Batch::default();
+        if let Some(hard_state) = &change.hard_state {
+            batch.insert(
+                format!("{prefix}hard_state").as_bytes(),
+                hard_state.encode_to_vec(),
+            );
+        }
+        if let Some(snapshot) = &change.snapshot {
+            batch.insert(
+                format!("{prefix}snapshot").as_bytes(),
+                snapshot.encode_to_vec(),
+            );
+        }
+        self.replicas
+            .apply_batch(batch)
+            .with_context(|| format!("saving the Raft state of {tp}"))?;
+        self.meta.flush().context("flushing broker state")?;
+        Ok(())
+    }
+
+    /// Forgets a partition replica's Raft state (its partition is deleted).
+    fn remove_replica(&mut self, tp: &TopicPartition) -> anyhow::Result<()> {
+        for key in self.replicas.scan_prefix(replica_prefix(tp)).keys() {
+            self.replicas
+                .remove(key.context("reading replica state")?)
+                .context("removing replica state")?;
+        }
+        Ok(())
+    }
+
+    /// Every partition replica's Raft state.
+    fn load_replicas(&self) -> anyhow::Result<BTreeMap<TopicPartition, RaftPersist>> {
+        let mut out: BTreeMap<TopicPartition, RaftPersist> = BTreeMap::new();
+        for item in self.replicas.iter() {
+            let (key, value) = item.context("reading replica state")?;
+            let key = String::from_utf8(key.to_vec()).context("replica state key")?;
+            let mut parts = key.splitn(3, '/');
+            let (Some(topic), Some(partition), Some(field)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                warn!(%key, "ignoring an unreadable replica state key");
+                continue;
+            };
+            let partition: i32 = partition
+                .parse()
+                .with_context(|| format!("replica state key {key}"))?;
+            let state = out
+                .entry(TopicPartition::new(&Arc::from(topic), partition))
+                .or_default();
+            match field {
+                "hard_state" => {
+                    state.hard_state =
+                        Some(HardState::decode(&value[..]).context("replica hard state")?)
+                }
+                "snapshot" => {
+                    state.snapshot =
+                        Some(Snapshot::decode(&value[..]).context("replica log start")?)
+                }
+                _ => warn!(%key, "ignoring an unknown replica state field"),
+            }
+        }
+        Ok(out)
     }
 
     /// The quorum's Raft state, if this node has one.
@@ -343,6 +416,7 @@ impl Storage for FileStorage {
         Ok(Recovered {
             topics: recovered,
             quorum: self.load_quorum()?,
+            replicas: self.load_replicas()?,
         })
     }
 
@@ -397,6 +471,7 @@ impl Storage for FileStorage {
                 }
             }
             StorageOp::DeletePartition(tp) => {
+                self.remove_replica(&tp)?;
                 self.files.retain(|id, _| id.partition != tp);
                 let dir = self.partition_dir(&tp);
                 match fs::remove_dir_all(&dir) {
@@ -426,6 +501,7 @@ impl Storage for FileStorage {
                 self.meta.flush().context("flushing broker state")?;
             }
             StorageOp::SaveQuorum(change) => self.save_quorum(&change)?,
+            StorageOp::SaveReplica { partition, state } => self.save_replica(&partition, &state)?,
         }
         Ok(None)
     }
@@ -516,6 +592,11 @@ fn scan_file(
     }
     let leftover = len - scanner.position();
     Ok(scanner.finish(leftover))
+}
+
+/// The key prefix of a partition replica's Raft state.
+fn replica_prefix(tp: &TopicPartition) -> String {
+    format!("{}/{}/", tp.topic, tp.partition)
 }
 
 fn segment_base(path: &Path, extension: &str) -> Option<i64> {

@@ -1,0 +1,206 @@
+//! Start-up of a replica: read its segments back to rebuild the entry table.
+//!
+//! Every batch is one entry; its term is the leader epoch stamped when it was written. The
+//! first retained entry is the batch at the recorded start offset. What does not fit that
+//! picture is repaired, never served: a corrupt batch cuts the log there (the leader sends
+//! the rest again), and a log that does not reach back to the recorded start is emptied.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use raft::eraftpb::{ConfState, HardState};
+use tracing::warn;
+
+use super::entries::{EntryLog, EntryMeta, LogStart};
+use super::{ReadRequest, READ_CHUNK};
+use crate::batch::{self, frame_size, BatchView, LOG_OVERHEAD};
+use crate::log::{CommitPoint, PartitionLog};
+use crate::storage::{SegmentId, StorageOp, TopicPartition};
+
+/// What a loader wants next.
+pub(super) enum Step {
+    /// Issue this read.
+    Read(ReadRequest),
+    /// A read is in flight.
+    Wait,
+    /// Everything is read.
+    Done,
+}
+
+pub(super) struct Loader {
+    start: LogStart,
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// (base offset, size) of each segment, oldest first.
+    segments: Vec<(i64, u64)>,
+    segment: usize,
+    position: u64,
+    read_len: usize,
+    in_flight: Option<u64>,
+    table: VecDeque<EntryMeta>,
+    /// The offset the next entry must start at.
+    expected: i64,
+    /// The log does not line up with the recorded start: empty it.
+    misaligned: bool,
+    done: bool,
+}
+
+impl Loader {
+    pub(super) fn new(
+        start: LogStart,
+        hard_state: HardState,
+        conf_state: ConfState,
+        log: &PartitionLog,
+    ) -> Self {
+        let segments: Vec<(i64, u64)> = log.segments().map(|s| (s.base_offset, s.size)).collect();
+        let misaligned = segments
+            .first()
+            .is_some_and(|(base, _)| *base > start.offset);
+        Loader {
+            start,
+            hard_state,
+            conf_state,
+            segments,
+            segment: 0,
+            position: 0,
+            read_len: READ_CHUNK,
+            in_flight: None,
+            table: VecDeque::new(),
+            expected: start.offset,
+            misaligned,
+            done: misaligned,
+        }
+    }
+
+    pub(super) fn next(&mut self, tp: &TopicPartition, tag: u64) -> Step {
+        if self.in_flight.is_some() {
+            return Step::Wait;
+        }
+        while !self.done {
+            let Some(&(base, size)) = self.segments.get(self.segment) else {
+                break;
+            };
+            if self.position >= size {
+                self.segment += 1;
+                self.position = 0;
+                continue;
+            }
+            self.in_flight = Some(tag);
+            return Step::Read(ReadRequest {
+                tag,
+                segment: SegmentId {
+                    partition: tp.clone(),
+                    base_offset: base,
+                },
+                position: self.position,
+                len: self.read_len.min((size - self.position) as usize),
+            });
+        }
+        self.done = true;
+        Step::Done
+    }
+
+    pub(super) fn on_read(
+        &mut self,
+        tag: u64,
+        log: &mut PartitionLog,
+        result: Result<Bytes, String>,
+        ops: &mut Vec<StorageOp>,
+    ) {
+        if self.in_flight != Some(tag) {
+            return;
+        }
+        self.in_flight = None;
+        let bytes = match result {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                warn!(partition = %log.partition(), error = %e, "reading the log back failed; cutting it there");
+                return self.cut(log, ops);
+            }
+        };
+        let segment_base = self.segments[self.segment].0;
+        let mut consumed = 0;
+        self.read_len = READ_CHUNK;
+        loop {
+            let rest = &bytes[consumed..];
+            if rest.is_empty() {
+                break;
+            }
+            let size = match frame_size(rest) {
+                Some(size) if size <= rest.len() => size,
+                Some(size) if consumed == 0 && size > LOG_OVERHEAD => {
+                    self.read_len = size; // A batch larger than one chunk: read it whole.
+                    break;
+                }
+                Some(_) if consumed > 0 => break,
+                _ => return self.cut(log, ops),
+            };
+            let view = match BatchView::split_first(&rest[..size]) {
+                Ok((view, _)) if view.crc_ok() && view.last_offset_delta() >= 0 => view,
+                _ => {
+                    warn!(partition = %log.partition(), offset = self.expected, "corrupt batch in a replica's log; cutting it there");
+                    return self.cut(log, ops);
+                }
+            };
+            if view.base_offset() >= self.start.offset {
+                if view.base_offset() != self.expected {
+                    if self.table.is_empty() {
+                        self.misaligned = true;
+                        self.done = true;
+                        return;
+                    }
+                    return self.cut(log, ops);
+                }
+                self.table.push_back(EntryMeta {
+                    term: view.leader_epoch().max(0) as u64,
+                    base_offset: view.base_offset(),
+                    next_offset: view.next_offset(),
+                    segment_base,
+                    position: self.position,
+                    size: size as u32,
+                    control: batch::is_leader_change(&view),
+                });
+                self.expected = view.next_offset();
+            }
+            self.position += size as u64;
+            consumed += size;
+        }
+    }
+
+    /// Drops everything from the current read position on.
+    fn cut(&mut self, log: &mut PartitionLog, ops: &mut Vec<StorageOp>) {
+        self.done = true;
+        let segment_base = self.segments[self.segment].0;
+        if self.expected < self.start.offset
+            || log
+                .truncate_to(self.expected, segment_base, self.position, ops)
+                .is_err()
+        {
+            self.misaligned = true;
+        }
+    }
+
+    /// The entry table, and the operations that bring the log in line with it.
+    pub(super) fn finish(self, log: &mut PartitionLog) -> (EntryLog, Vec<StorageOp>) {
+        let mut ops = Vec::new();
+        let mut table = self.table;
+        if self.misaligned {
+            warn!(partition = %log.partition(), start = self.start.offset, "replica log does not line up with its recorded start; emptying it");
+            log.reset(self.start.offset, &mut ops);
+            table.clear();
+        } else {
+            log.drop_before(self.start.offset, &mut ops);
+        }
+        let point = match table.front() {
+            Some(first) => CommitPoint {
+                offset: first.base_offset,
+                segment_base: first.segment_base,
+                position: first.position,
+            },
+            None => log.end_point(),
+        };
+        log.reset_high_watermark(point);
+        let entry_log = EntryLog::new(self.hard_state, self.conf_state, self.start, table);
+        (entry_log, ops)
+    }
+}

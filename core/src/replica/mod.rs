@@ -1,0 +1,673 @@
+//! A partition replica: one Raft group whose log *is* the partition's segment log
+//! (docs/replication.md).
+//!
+//! # Driving a `Replica`
+//! The broker owns the partition's [`PartitionLog`] and lends it to every call. Inputs:
+//! [`Replica::tick`], [`Replica::step`] (a peer's message), [`Replica::propose`] (a produce
+//! on the leader), [`Replica::on_read`] (a read it asked for finished) and
+//! [`Replica::on_synced`] (a group-commit sync finished). After inputs call
+//! [`Replica::drive`] and carry out its [`ReplicaOutput`]: the storage operations in order
+//! (they include `SaveReplica`, durable when executed), then the messages, then the reads.
+//!
+//! One entry is one stored batch, stamped with its offset and the entry's term as leader
+//! epoch when it is written, on every replica alike: identical logs give identical offsets.
+//! Persistence is asynchronous (raft-rs's `advance_append_async`): appended bytes join the
+//! broker's group commit, and what promises them (a follower's acknowledgement, the
+//! leader's own vote towards commit) waits for that sync. The commit index becomes the
+//! high watermark.
+//!
+//! Start-up: a replica with recovered segments first reads them all back (a [`Loader`]) to
+//! rebuild its entry table, then joins its group.
+
+pub mod entries;
+mod load;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::{Bytes, BytesMut};
+use raft::eraftpb::{ConfState, HardState, Message};
+use tracing::{debug, warn};
+
+use crate::batch::{self, BatchView};
+use crate::config::TopicConfig;
+use crate::consensus::{GroupConfig, ProposeError, RaftGroup, RaftPersist};
+use crate::log::{CommitPoint, PartitionLog};
+use crate::storage::{SegmentId, StorageOp, TopicPartition};
+
+pub use entries::{EntryLog, EntryMeta, LogStart};
+use load::Loader;
+
+/// Largest read issued for a lagging follower or at start-up.
+const READ_CHUNK: usize = 1 << 20;
+
+/// How a replica is set up.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    /// This broker.
+    pub broker: i32,
+    /// The partition's replicas (broker ids).
+    pub replicas: Vec<i32>,
+    /// Ticks before a follower campaigns.
+    pub election_ticks: usize,
+    /// Ticks between heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Seeds election-timeout jitter.
+    pub seed: u64,
+}
+
+/// A read the replica needs; the broker issues it and hands the bytes to
+/// [`Replica::on_read`] with the same `tag`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadRequest {
+    /// Echoed back.
+    pub tag: u64,
+    /// Where.
+    pub segment: SegmentId,
+    /// Byte position.
+    pub position: u64,
+    /// Bytes.
+    pub len: usize,
+}
+
+/// What one [`Replica::drive`] asks the broker to do.
+#[derive(Debug, Default)]
+pub struct ReplicaOutput {
+    /// Storage operations, in order.
+    pub ops: Vec<StorageOp>,
+    /// Raft messages to other replicas (`to` is broker id + 1).
+    pub messages: Vec<Message>,
+    /// Reads to issue.
+    pub reads: Vec<ReadRequest>,
+    /// This replica became leader in this term.
+    pub elected: Option<u64>,
+    /// The high watermark moved.
+    pub advanced: bool,
+}
+
+/// Readies whose entries wait for a sync before raft-rs may count them as persisted.
+#[derive(Debug)]
+struct Unpersisted {
+    /// Sync token that makes them durable; `None`: durable already.
+    token: Option<u64>,
+    number: u64,
+    messages: Vec<Message>,
+}
+
+enum State {
+    Loading(Box<Loader>),
+    Running(Box<RaftGroup<EntryLog>>),
+}
+
+/// One partition's replica on this broker.
+pub struct Replica {
+    tp: TopicPartition,
+    config: ReplicaConfig,
+    state: State,
+    /// Durable (term, vote) last written.
+    persisted_vote: (u64, u64),
+    unpersisted: VecDeque<Unpersisted>,
+    /// Reads for lagging followers in flight, by first index: raft-rs contexts waiting.
+    fetching: BTreeMap<u64, Vec<raft::GetEntriesContext>>,
+    next_tag: u64,
+    /// (term, leader?) last reported, to report each election once.
+    reported: (u64, bool),
+    /// Output accumulated by inputs between drives.
+    pending: ReplicaOutput,
+}
+
+/// Raft ids are broker ids + 1 (raft-rs reserves 0).
+pub fn raft_id(broker: i32) -> u64 {
+    (broker as u64).wrapping_add(1)
+}
+
+/// The broker id of a Raft id.
+pub fn broker_of(raft_id: u64) -> i32 {
+    raft_id.wrapping_sub(1) as i32
+}
+
+impl Replica {
+    /// A replica of `log`. `persisted` is its durable Raft state, if it had one. A log with
+    /// data is read back before the replica takes part in its group.
+    pub fn new(
+        tp: TopicPartition,
+        config: ReplicaConfig,
+        persisted: Option<RaftPersist>,
+        log: &mut PartitionLog,
+    ) -> Self {
+        let persisted = persisted.unwrap_or_default();
+        let hard_state = persisted.hard_state.unwrap_or_default();
+        let start = persisted
+            .snapshot
+            .as_ref()
+            .and_then(LogStart::from_snapshot)
+            .unwrap_or_default();
+        let conf_state = persisted
+            .conf_state
+            .or_else(|| {
+                persisted
+                    .snapshot
+                    .map(|s| s.get_metadata().get_conf_state().clone())
+            })
+            .filter(|c| !c.voters.is_empty())
+            .unwrap_or_else(|| ConfState {
+                voters: config.replicas.iter().map(|&b| raft_id(b)).collect(),
+                ..Default::default()
+            });
+        let persisted_vote = (hard_state.term, hard_state.vote);
+        let mut replica = Replica {
+            tp,
+            config,
+            state: State::Loading(Box::new(Loader::new(start, hard_state, conf_state, log))),
+            persisted_vote,
+            unpersisted: VecDeque::new(),
+            fetching: BTreeMap::new(),
+            next_tag: 1,
+            reported: (0, false),
+            pending: ReplicaOutput::default(),
+        };
+        replica.continue_loading(log);
+        replica
+    }
+
+    /// The partition.
+    pub fn partition(&self) -> &TopicPartition {
+        &self.tp
+    }
+
+    fn group(&self) -> Option<&RaftGroup<EntryLog>> {
+        match &self.state {
+            State::Running(group) => Some(group),
+            State::Loading(_) => None,
+        }
+    }
+
+    /// True once the replica takes part in its group.
+    pub fn is_running(&self) -> bool {
+        self.group().is_some()
+    }
+
+    /// True if this replica leads its partition.
+    pub fn is_leader(&self) -> bool {
+        self.group().is_some_and(|g| g.is_leader())
+    }
+
+    /// The leader's broker id, if known.
+    pub fn leader(&self) -> Option<i32> {
+        self.group()?.leader().map(broker_of)
+    }
+
+    /// The current term: the partition's leader epoch.
+    pub fn term(&self) -> u64 {
+        self.group().map_or(0, |g| g.term())
+    }
+
+    /// Voters the leader heard from recently (itself included); 0 unless leader.
+    pub fn in_sync_replicas(&self) -> usize {
+        self.group().map_or(0, |g| g.recently_active_voters())
+    }
+
+    /// The entry table, once running.
+    pub fn entries(&self) -> Option<&EntryLog> {
+        self.group().map(|g| g.raw_ref().store())
+    }
+
+    /// True if [`Self::drive`] has something to do.
+    pub fn has_work(&self) -> bool {
+        match &self.state {
+            State::Running(group) => group.has_ready() || !self.pending.is_empty(),
+            State::Loading(_) => !self.pending.is_empty(),
+        }
+    }
+
+    /// One tick of the broker's clock.
+    pub fn tick(&mut self) {
+        if let State::Running(group) = &mut self.state {
+            group.tick();
+        }
+    }
+
+    /// Starts an election now (the preferred replica of a new partition).
+    pub fn campaign(&mut self) {
+        if let State::Running(group) = &mut self.state {
+            group.campaign();
+        }
+    }
+
+    /// A message from another replica. Dropped while loading (Raft resends).
+    pub fn step(&mut self, message: Message) {
+        if let State::Running(group) = &mut self.state {
+            group.step(message);
+        }
+    }
+
+    /// Proposes one batch (validated by the caller). Only the leader accepts: clients are
+    /// sent to it. Returns the entry's (index, term) to wait on.
+    pub fn propose(&mut self, batch: Vec<u8>) -> Result<(u64, u64), ProposeError> {
+        let State::Running(group) = &mut self.state else {
+            return Err(ProposeError::NoLeader);
+        };
+        if !group.is_leader() {
+            return Err(ProposeError::NoLeader);
+        }
+        group.propose(batch)?;
+        Ok((group.last_index(), group.term()))
+    }
+
+    /// Where the entry `index` stands: `Some(true)` committed in `term`, `Some(false)`
+    /// lost (replaced, or leadership moved before it committed), `None` still waiting.
+    pub fn outcome(&self, index: u64, term: u64) -> Option<bool> {
+        let group = self.group()?;
+        let log = group.raw_ref().store();
+        let held_term = log.meta(index).map(|m| m.term);
+        if group.committed() >= index && index <= log.last() {
+            return Some(held_term == Some(term));
+        }
+        if group.term() != term || !group.is_leader() {
+            return Some(false);
+        }
+        None
+    }
+
+    /// Offsets of the appended entries `first..=last`, once both are written here.
+    pub fn offsets(&self, first: u64, last: u64) -> Option<(i64, i64)> {
+        let log = self.entries()?;
+        Some((log.meta(first)?.base_offset, log.meta(last)?.next_offset))
+    }
+
+    /// If this replica leads, hands leadership to the most caught-up other voter.
+    pub fn hand_over(&mut self) -> bool {
+        match &mut self.state {
+            State::Running(group) => group.hand_over().is_some(),
+            State::Loading(_) => false,
+        }
+    }
+
+    /// Moves the retained log's start to `offset` after retention deleted segments before
+    /// it; returns the state to save *before* those segments are deleted.
+    pub fn compact_to_offset(&mut self, offset: i64) -> Option<StorageOp> {
+        let State::Running(group) = &mut self.state else {
+            return None;
+        };
+        let log = group.raw().mut_store();
+        let index = log
+            .iter_from(0)
+            .take_while(|(_, m)| m.next_offset <= offset)
+            .map(|(i, _)| i)
+            .last()?;
+        log.compact_to(index);
+        let snapshot = log.start().to_snapshot(log.conf_state());
+        Some(self.save(RaftPersist {
+            snapshot: Some(snapshot),
+            ..Default::default()
+        }))
+    }
+
+    /// A sync finished: readies waiting for it count as persisted now.
+    pub fn on_synced(&mut self, token: u64) {
+        if let State::Running(group) = &mut self.state {
+            release(
+                group,
+                &mut self.unpersisted,
+                &mut self.pending.messages,
+                Some(token),
+            );
+        }
+    }
+
+    /// A read this replica asked for finished.
+    pub fn on_read(&mut self, tag: u64, log: &mut PartitionLog, result: Result<Bytes, String>) {
+        if let State::Loading(loader) = &mut self.state {
+            loader.on_read(tag, log, result, &mut self.pending.ops);
+            return self.continue_loading(log);
+        }
+        let State::Running(group) = &mut self.state else {
+            return;
+        };
+        let Some(contexts) = self.fetching.remove(&tag) else {
+            return;
+        };
+        let bytes = match result {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                warn!(partition = %self.tp, error = %e, "reading entries for a follower failed");
+                return;
+            }
+        };
+        let low = tag;
+        let store = group.raw().mut_store();
+        for (index, view) in (low..).zip(batch::complete_batches(&bytes)) {
+            match store.meta(index) {
+                Some(meta)
+                    if meta.base_offset == view.base_offset()
+                        && meta.size as usize == view.bytes().len() =>
+                {
+                    if !meta.control {
+                        store.add_fetched(index, view.bytes().to_vec());
+                    }
+                }
+                _ => break, // Truncated or compacted meanwhile; raft-rs asks again.
+            }
+        }
+        for context in contexts {
+            group.raw().on_entries_fetched(context);
+        }
+        group.raw().mut_store().clear_fetched();
+    }
+
+    /// Handles everything raft-rs has ready; see the module doc.
+    pub fn drive(
+        &mut self,
+        log: &mut PartitionLog,
+        topic: &TopicConfig,
+        index_interval: u32,
+        now: i64,
+        sync_token: Option<u64>,
+    ) -> ReplicaOutput {
+        if let State::Running(group) = &mut self.state {
+            for _ in 0..8 {
+                if !group.has_ready() {
+                    break;
+                }
+                let mut ready = group.raw().ready();
+                self.pending.messages.extend(ready.take_messages());
+                if !ready.snapshot().is_empty() {
+                    let snapshot = ready.snapshot().clone();
+                    install_snapshot(&self.tp, group, log, snapshot, &mut self.pending.ops);
+                }
+                let entries = ready.take_entries();
+                let wrote = !entries.is_empty();
+                if wrote {
+                    write_entries(
+                        group,
+                        log,
+                        entries,
+                        topic,
+                        index_interval,
+                        now,
+                        &mut self.pending.ops,
+                    );
+                }
+                if let Some(hs) = ready.hs() {
+                    group.raw().mut_store().set_hard_state(hs.clone());
+                    if (hs.term, hs.vote) != self.persisted_vote {
+                        self.persisted_vote = (hs.term, hs.vote);
+                        let save = RaftPersist {
+                            hard_state: Some(HardState {
+                                commit: 0,
+                                ..hs.clone()
+                            }),
+                            ..Default::default()
+                        };
+                        let op = StorageOp::SaveReplica {
+                            partition: self.tp.clone(),
+                            state: Box::new(save),
+                        };
+                        self.pending.ops.push(op);
+                    }
+                }
+                let _ = ready.take_committed_entries();
+                self.unpersisted.push_back(Unpersisted {
+                    token: if wrote { sync_token } else { None },
+                    number: ready.number(),
+                    messages: ready.take_persisted_messages(),
+                });
+                group.raw().advance_append_async(ready);
+                group.raw().advance_apply();
+                release(
+                    group,
+                    &mut self.unpersisted,
+                    &mut self.pending.messages,
+                    None,
+                );
+            }
+            group.redraw_election_timeout();
+            let store = group.raw_ref().store();
+            let committed = group.committed().min(store.last());
+            if let Some(meta) = store.meta(committed) {
+                let point = CommitPoint {
+                    offset: meta.next_offset,
+                    segment_base: meta.segment_base,
+                    position: meta.position + u64::from(meta.size),
+                };
+                self.pending.advanced |= log.commit(point);
+            }
+            if group.is_leader() && self.reported != (group.term(), true) {
+                self.pending.elected = Some(group.term());
+            }
+            self.reported = (group.term(), group.is_leader());
+            self.plan_fetches();
+        }
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Turns raft-rs's misses into reads, one per distinct first index.
+    fn plan_fetches(&mut self) {
+        let State::Running(group) = &mut self.state else {
+            return;
+        };
+        let misses = group.raw().mut_store().take_misses();
+        let store = group.raw_ref().store();
+        for miss in misses {
+            if let Some(waiting) = self.fetching.get_mut(&miss.low) {
+                if waiting.len() < 8 {
+                    waiting.push(miss.context);
+                }
+                continue;
+            }
+            let Some(first) = store.meta(miss.low) else {
+                continue;
+            };
+            let mut len = 0usize;
+            for (_, meta) in store.iter_from(miss.low) {
+                if meta.segment_base != first.segment_base
+                    || (len > 0 && len + meta.size as usize > READ_CHUNK)
+                {
+                    break;
+                }
+                len += meta.size as usize;
+            }
+            self.pending.reads.push(ReadRequest {
+                tag: miss.low,
+                segment: SegmentId {
+                    partition: self.tp.clone(),
+                    base_offset: first.segment_base,
+                },
+                position: first.position,
+                len,
+            });
+            self.fetching.insert(miss.low, vec![miss.context]);
+        }
+    }
+
+    fn continue_loading(&mut self, log: &mut PartitionLog) {
+        let State::Loading(loader) = &mut self.state else {
+            return;
+        };
+        match loader.next(&self.tp, self.next_tag) {
+            load::Step::Read(read) => {
+                self.next_tag += 1;
+                self.pending.reads.push(read);
+                return;
+            }
+            load::Step::Wait => return,
+            load::Step::Done => {}
+        }
+        let placeholder = State::Loading(Box::new(Loader::new(
+            LogStart::default(),
+            HardState::default(),
+            ConfState::default(),
+            log,
+        )));
+        let State::Loading(loader) = std::mem::replace(&mut self.state, placeholder) else {
+            unreachable!("checked above");
+        };
+        let (entry_log, fixes) = loader.finish(log);
+        self.pending.ops.extend(fixes);
+        let group_config = GroupConfig {
+            id: raft_id(self.config.broker),
+            election_ticks: self.config.election_ticks,
+            heartbeat_ticks: self.config.heartbeat_ticks,
+            applied: entry_log.start().index,
+            seed: self.config.seed ^ hash_partition(&self.tp),
+        };
+        match RaftGroup::new(&group_config, entry_log) {
+            Ok(group) => {
+                debug!(partition = %self.tp, "replica running");
+                self.state = State::Running(Box::new(group));
+            }
+            Err(e) => warn!(partition = %self.tp, error = %e, "replica cannot start its group"),
+        }
+    }
+
+    fn save(&self, state: RaftPersist) -> StorageOp {
+        StorageOp::SaveReplica {
+            partition: self.tp.clone(),
+            state: Box::new(state),
+        }
+    }
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("partition", &self.tp)
+            .field("running", &self.is_running())
+            .field("leader", &self.leader())
+            .field("term", &self.term())
+            .finish()
+    }
+}
+
+impl ReplicaOutput {
+    fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+            && self.messages.is_empty()
+            && self.reads.is_empty()
+            && self.elected.is_none()
+            && !self.advanced
+    }
+}
+
+/// Releases the persisted messages of readies made durable by `synced`, in order.
+fn release(
+    group: &mut RaftGroup<EntryLog>,
+    unpersisted: &mut VecDeque<Unpersisted>,
+    out: &mut Vec<Message>,
+    synced: Option<u64>,
+) {
+    while let Some(front) = unpersisted.front() {
+        let durable = match (front.token, synced) {
+            (None, _) => true,
+            (Some(t), Some(s)) => t <= s,
+            (Some(_), None) => false,
+        };
+        if !durable {
+            break;
+        }
+        let done = unpersisted.pop_front().expect("front exists");
+        group.raw().on_persist_ready(done.number);
+        out.extend(done.messages);
+    }
+}
+
+/// A stable hash of a partition id, so each partition's elections draw differently.
+fn hash_partition(tp: &TopicPartition) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in tp.topic.bytes().chain(tp.partition.to_be_bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Appends raft-rs's entries to the log as batches, replacing any suffix they overwrite.
+fn write_entries(
+    group: &mut RaftGroup<EntryLog>,
+    log: &mut PartitionLog,
+    entries: Vec<raft::eraftpb::Entry>,
+    topic: &TopicConfig,
+    index_interval: u32,
+    now: i64,
+    ops: &mut Vec<StorageOp>,
+) {
+    let store = group.raw().mut_store();
+    let first = entries[0].index;
+    if first <= store.last() {
+        if let Some(meta) = store.meta(first).copied() {
+            if log
+                .truncate_to(meta.base_offset, meta.segment_base, meta.position, ops)
+                .is_err()
+            {
+                warn!(partition = %log.partition(), index = first, "cannot truncate the log for a replaced suffix");
+            }
+        }
+        store.truncate_from(first);
+    }
+    for entry in entries {
+        let mut bytes = if entry.data.is_empty() {
+            batch::leader_change_batch()
+        } else {
+            BytesMut::from(&entry.data[..])
+        };
+        let (delta, max_timestamp, control) = match BatchView::split_first(&bytes) {
+            Ok((view, [])) => (
+                view.last_offset_delta().max(0),
+                view.max_timestamp(),
+                batch::is_leader_change(&view),
+            ),
+            _ => {
+                // The leader validated it; bytes that do not parse mean a bug upstream.
+                // Every replica receives the same bytes, so all write the same marker.
+                warn!(partition = %log.partition(), index = entry.index, "entry is not one batch; storing a marker");
+                bytes = batch::leader_change_batch();
+                (0, -1, true)
+            }
+        };
+        let base_offset = log.log_end_offset();
+        batch::stamp_base_offset(&mut bytes, base_offset);
+        batch::stamp_leader_epoch(&mut bytes, entry.term as i32);
+        let size = bytes.len() as u32;
+        log.maybe_roll(u64::from(size), now, topic, ops);
+        let at = log.end_point();
+        log.append(delta + 1, size, max_timestamp, now, index_interval);
+        let meta = EntryMeta {
+            term: entry.term,
+            base_offset,
+            next_offset: base_offset + i64::from(delta) + 1,
+            segment_base: at.segment_base,
+            position: at.position,
+            size,
+            control,
+        };
+        ops.push(StorageOp::Append {
+            segment: log.active_segment_id(),
+            data: bytes.freeze(),
+        });
+        store.push(meta, if control { Vec::new() } else { entry.data });
+    }
+}
+
+/// A follower too far behind takes the leader's log start: its log restarts empty there.
+fn install_snapshot(
+    tp: &TopicPartition,
+    group: &mut RaftGroup<EntryLog>,
+    log: &mut PartitionLog,
+    snapshot: raft::eraftpb::Snapshot,
+    ops: &mut Vec<StorageOp>,
+) {
+    let Some(start) = LogStart::from_snapshot(&snapshot) else {
+        warn!(partition = %tp, "snapshot without a start offset; ignored");
+        return;
+    };
+    // Old segments go before the new start is recorded: a crash in between leaves an empty
+    // log, which start-up reconciles with the older recorded start.
+    log.reset(start.offset, ops);
+    let conf_state = snapshot.get_metadata().get_conf_state().clone();
+    group.raw().mut_store().reset(start, conf_state);
+    ops.push(StorageOp::SaveReplica {
+        partition: tp.clone(),
+        state: Box::new(RaftPersist {
+            snapshot: Some(snapshot),
+            ..Default::default()
+        }),
+    });
+}
