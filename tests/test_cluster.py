@@ -57,10 +57,10 @@ def cluster_metadata(admin, brokers=3):
     return md if len(md.brokers) == brokers and md.controller_id > 0 else None
 
 
-def create(admin, name, partitions):
+def create(admin, name, partitions, replication=1):
     def attempt():
         try:
-            admin.create_topics([NewTopic(name, partitions, 1)])[name].result(10)
+            admin.create_topics([NewTopic(name, partitions, replication)])[name].result(10)
             return True
         except Exception as e:  # retried: no controller yet, or one just died
             print("create", name, "failed:", e)
@@ -195,3 +195,75 @@ def test_a_dead_broker_is_fenced_and_returns_when_restarted(cluster):
 
     cluster[victim].start()
     wait_for(f"broker {victim} to register again", lambda: cluster_metadata(admin), timeout=20)
+
+
+def partition_leader(admin, topic, partition=0):
+    try:
+        md = admin.list_topics(topic, timeout=5)
+    except Exception as e:
+        print("metadata:", e)
+        return None
+    p = md.topics[topic].partitions.get(partition)
+    return p.leader if p is not None and p.leader > 0 and not p.error else None
+
+
+def test_acks_all_survives_killing_the_partition_leader_again_and_again(cluster):
+    admin = AdminClient({"bootstrap.servers": bootstrap(cluster)})
+    wait_for("a controller", lambda: cluster_metadata(admin))
+    create(admin, "replicated", 1, replication=3)
+    md = admin.list_topics("replicated", timeout=5).topics["replicated"].partitions[0]
+    assert sorted(md.replicas) == [1, 2, 3]
+    producer = Producer({
+        "bootstrap.servers": bootstrap(cluster),
+        "acks": "all",
+        "linger.ms": 2,
+        "message.timeout.ms": 60000,
+        "topic.metadata.refresh.interval.ms": 1000,
+    })
+    acked, failed = {}, []
+
+    def on_delivery(err, msg):
+        if err is not None:
+            failed.append(err)
+        else:
+            acked[msg.value()] = msg.offset()
+
+    sent = 0
+
+    def send(n):
+        nonlocal sent
+        for _ in range(n):
+            producer.produce("replicated", value=b"m%06d" % sent, partition=0, on_delivery=on_delivery)
+            sent += 1
+            producer.poll(0)
+            time.sleep(0.0005)
+
+    victims = []
+    for _ in range(3):
+        send(500)
+        leader = wait_for("a partition leader", lambda: partition_leader(admin, "replicated"), timeout=30)
+        victims.append(leader)
+        cluster[leader].kill()
+        successor = lambda: (lambda l: l if l not in (None, leader) else None)(partition_leader(admin, "replicated"))
+        wait_for("a new partition leader", successor, timeout=30)
+        send(500)  # while the old leader is dead
+        cluster[leader].start()
+        time.sleep(1)
+    assert producer.flush(90) == 0
+    assert not failed, failed[:5]
+    assert len(acked) == sent, f"{len(acked)} of {sent} acknowledged"
+    print("killed leaders", victims)
+
+    # Every acknowledged record is there, exactly at its acknowledged offset.
+    consumer = Consumer({"bootstrap.servers": bootstrap(cluster), "group.id": "check", "enable.auto.commit": False})
+    consumer.assign([TopicPartition("replicated", 0, 0)])
+    at = {}
+    deadline = time.time() + 60
+    last = max(acked.values())
+    while time.time() < deadline and (not at or max(at) < last):
+        msg = consumer.poll(0.5)
+        if msg is not None and not msg.error():
+            at[msg.offset()] = msg.value()
+    consumer.close()
+    missing = [(v, o) for v, o in acked.items() if at.get(o) != v]
+    assert not missing, f"{len(missing)} acknowledged records not at their offsets: {missing[:5]}"

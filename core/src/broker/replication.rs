@@ -171,15 +171,18 @@ impl Broker {
             .image()
             .topic(&topic.name, &topic.id)
             .and_then(|t| t.leaders.get(&index).copied());
-        let local = topic
-            .raft
-            .get(&index)
-            .and_then(|r| Some((r.leader()?, r.term() as i32)));
-        match (local, image) {
-            (Some(l), Some(i)) if i.1 > l.1 => (Some(i.0), i.1),
-            (Some(l), _) => (Some(l.0), l.1),
-            (None, Some(i)) => (Some(i.0), i.1),
-            (None, None) => (None, 0),
+        let me = self.config.broker_id;
+        let Some(replica) = topic.raft.get(&index) else {
+            return image.map_or((None, 0), |(l, e)| (Some(l), e));
+        };
+        let term = replica.term() as i32;
+        match (replica.leader(), image) {
+            (_, Some((l, e))) if e > term && l != me => (Some(l), e),
+            (Some(l), _) => (Some(l), term),
+            // This replica does not know the leader yet (it may be starting): the metadata's
+            // word counts only if it names another broker.
+            (None, Some((l, e))) if l != me => (Some(l), e),
+            (None, _) => (None, term),
         }
     }
 
