@@ -21,11 +21,14 @@ pub enum Canary {
     /// Answer acks=all produces of a replicated partition on the leader's local append,
     /// before the batch is committed on a majority.
     AckAllOnLocalAppend,
+    /// A follower replacing a conflicting suffix forgets it in its entry table but leaves
+    /// the batches in its log.
+    KeepConflictingSuffix,
 }
 
 impl Canary {
     /// Every canary, in a stable order.
-    pub const ALL: [Canary; 7] = [
+    pub const ALL: [Canary; 8] = [
         Canary::AckBeforeFsync,
         Canary::SkipRecoveryCrc,
         Canary::ReadAboveHighWatermark,
@@ -33,6 +36,7 @@ impl Canary {
         Canary::VolatileTopics,
         Canary::VoteTwice,
         Canary::AckAllOnLocalAppend,
+        Canary::KeepConflictingSuffix,
     ];
 
     /// The name used on the simulator's command line.
@@ -45,6 +49,7 @@ impl Canary {
             Canary::VolatileTopics => "volatile-topics",
             Canary::VoteTwice => "vote-twice",
             Canary::AckAllOnLocalAppend => "ack-all-on-local-append",
+            Canary::KeepConflictingSuffix => "keep-conflicting-suffix",
         }
     }
 
@@ -58,6 +63,7 @@ impl Canary {
             Canary::VolatileTopics => "created topics are not recorded durably",
             Canary::VoteTwice => "a replica votes for two candidates in one term",
             Canary::AckAllOnLocalAppend => "acks=all answers before the batch is committed",
+            Canary::KeepConflictingSuffix => "a follower keeps batches its leader replaced",
         }
     }
 

@@ -71,10 +71,11 @@ impl Topic {
 
     /// The log of partition `index`, or the error a client gets for it: the partition does
     /// not exist, or another broker serves it.
-    /// A replicated partition is served by its leader only.
+    /// A replicated partition is served by its leader only, once its high watermark is
+    /// current (see [`Replica::is_serving`]).
     pub fn log_for_client(&self, index: i32) -> Result<&PartitionLog, ResponseError> {
         match self.raft.get(&index) {
-            Some(replica) if !replica.is_leader() => Err(ResponseError::NotLeaderOrFollower),
+            Some(replica) if !replica.is_serving() => Err(ResponseError::NotLeaderOrFollower),
             _ => self.partition(index).ok_or_else(|| self.missing(index)),
         }
     }

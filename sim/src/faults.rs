@@ -68,6 +68,13 @@ async fn injector(
             }
             let controller = match schedule.target {
                 Target::Controller => ctx.history().current_leader("metadata"),
+                Target::PartitionLeader => {
+                    let partitions = ctx.partitions();
+                    let pick = dice.between(0, partitions.len().max(1) as u64 - 1) as usize;
+                    partitions.get(pick).and_then(|(topic, index)| {
+                        ctx.history().current_leader(&format!("{topic}-{index}"))
+                    })
+                }
                 Target::Any => None,
             };
             match controller.map(|id| (id - 1) as usize) {

@@ -21,7 +21,7 @@ pub struct Violation {
 }
 
 /// The checks, in report order.
-pub const CHECKS: [&str; 8] = [
+pub const CHECKS: [&str; 9] = [
     "acked-writes-durable",
     "topics-durable",
     "offsets-agree",
@@ -29,6 +29,7 @@ pub const CHECKS: [&str; 8] = [
     "hw-monotonic",
     "no-corrupt-reads",
     "one-leader-per-term",
+    "replicas-agree",
     "liveness",
 ];
 
@@ -292,6 +293,11 @@ impl History {
                 format!("topic {topic} created with {partitions} partitions is {seen}"),
             );
         }
+    }
+
+    /// Two replicas of a partition hold different batches at one offset.
+    pub fn replicas_disagree(&mut self, detail: String) {
+        self.violate("replicas-agree", detail);
     }
 
     /// The cluster did not recover in time after the faults healed.

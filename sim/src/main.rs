@@ -11,6 +11,8 @@ mod report;
 mod scenario;
 
 #[cfg(madsim)]
+mod agreement;
+#[cfg(madsim)]
 mod cli;
 #[cfg(madsim)]
 mod cluster;

@@ -162,6 +162,7 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
                     .expect("history lock")
                     .liveness_failed(format!("final read: {e}"));
             }
+            crate::agreement::check(&ctx, &brokers).await;
             Some(ms)
         }
         Err(e) => {

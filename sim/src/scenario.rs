@@ -60,6 +60,9 @@ fn liveness_default() -> f64 {
 pub struct TopicSpec {
     /// Partition count.
     pub partitions: i32,
+    /// Replicas per partition (Raft groups when more than one).
+    #[serde(default = "one")]
+    pub replication: u32,
     /// Kafka-named topic configs.
     #[serde(default)]
     pub configs: BTreeMap<String, String>,
@@ -120,6 +123,9 @@ pub enum Target {
     /// The active controller (the metadata quorum's leader), when one is known and up;
     /// otherwise any running broker.
     Controller,
+    /// The leader of a scenario partition (chosen by the seed), when one is known and up;
+    /// otherwise any running broker.
+    PartitionLeader,
 }
 
 fn instant() -> Range {

@@ -66,6 +66,8 @@ const CANARY_HUNTS: &[(&str, &str, u64)] = &[
     ("ignore-fsync-error", "disk-full", 5),
     ("volatile-topics", "crash-restart", 5),
     ("vote-twice", "cluster3-elections", 5),
+    ("ack-all-on-local-append", "cluster3-replicated", 5),
+    ("keep-conflicting-suffix", "cluster3-replicated", 5),
 ];
 
 #[test]
@@ -109,6 +111,14 @@ fn pinned_seed_summaries() {
 
 /// Seeds that once found bugs, kept as regressions.
 const REGRESSIONS: &[(&str, u64)] = &[
+    // A restarted replica that became leader served a high watermark below one a consumer
+    // had seen, until its first commit (leaders now serve only after committing in their
+    // own term).
+    ("cluster3-replicated", 63),
+    ("cluster3-replicated", 101),
+    // A leader whose copy of a batch was damaged re-read it for a follower forever, and a
+    // flipped length sent start-up reading one range forever.
+    ("cluster5-swarm", 54),
     // A flipped batch length made a fetch re-read one range forever.
     ("bit-flip", 22),
     ("bit-flip", 27),

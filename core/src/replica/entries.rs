@@ -322,6 +322,12 @@ impl Storage for EntryLog {
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if self.start.index == 0 {
+            // Nothing was ever compacted: a follower can always be sent entries instead.
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
         Ok(self.start.to_snapshot(&self.conf_state))
     }
 }

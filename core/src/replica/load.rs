@@ -42,6 +42,8 @@ pub(super) struct Loader {
     expected: i64,
     /// The log does not line up with the recorded start: empty it.
     misaligned: bool,
+    /// Entries were cut: the replica may have lost some it acknowledged.
+    lost: bool,
     done: bool,
 }
 
@@ -68,6 +70,7 @@ impl Loader {
             table: VecDeque::new(),
             expected: start.offset,
             misaligned,
+            lost: false,
             done: misaligned,
         }
     }
@@ -118,7 +121,7 @@ impl Loader {
                 return self.cut(log, ops);
             }
         };
-        let segment_base = self.segments[self.segment].0;
+        let (segment_base, segment_size) = self.segments[self.segment];
         let mut consumed = 0;
         self.read_len = READ_CHUNK;
         loop {
@@ -128,7 +131,11 @@ impl Loader {
             }
             let size = match frame_size(rest) {
                 Some(size) if size <= rest.len() => size,
-                Some(size) if consumed == 0 && size > LOG_OVERHEAD => {
+                Some(size)
+                    if consumed == 0
+                        && size > LOG_OVERHEAD
+                        && self.position + size as u64 <= segment_size =>
+                {
                     self.read_len = size; // A batch larger than one chunk: read it whole.
                     break;
                 }
@@ -136,12 +143,18 @@ impl Loader {
                 _ => return self.cut(log, ops),
             };
             let view = match BatchView::split_first(&rest[..size]) {
-                Ok((view, _)) if view.crc_ok() && view.last_offset_delta() >= 0 => view,
+                Ok((view, _)) if view.last_offset_delta() >= 0 && view.magic() == 2 => view,
                 _ => {
-                    warn!(partition = %log.partition(), offset = self.expected, "corrupt batch in a replica's log; cutting it there");
+                    warn!(partition = %log.partition(), offset = self.expected, "unreadable batch in a replica's log; cutting it there");
                     return self.cut(log, ops);
                 }
             };
+            if !view.crc_ok() {
+                // Its frame still says where it is and which entry it was; keep the entry
+                // (Raft's view of this log stays whole). Readers detect the damaged bytes
+                // by their CRC, as with any single damaged copy.
+                warn!(partition = %log.partition(), offset = view.base_offset(), "batch with a bad CRC in a replica's log");
+            }
             if view.base_offset() >= self.start.offset {
                 if view.base_offset() != self.expected {
                     if self.table.is_empty() {
@@ -170,6 +183,7 @@ impl Loader {
     /// Drops everything from the current read position on.
     fn cut(&mut self, log: &mut PartitionLog, ops: &mut Vec<StorageOp>) {
         self.done = true;
+        self.lost = true;
         let segment_base = self.segments[self.segment].0;
         if self.expected < self.start.offset
             || log
@@ -180,8 +194,9 @@ impl Loader {
         }
     }
 
-    /// The entry table, and the operations that bring the log in line with it.
-    pub(super) fn finish(self, log: &mut PartitionLog) -> (EntryLog, Vec<StorageOp>) {
+    /// The entry table, the operations that bring the log in line with it, and whether
+    /// entries were lost on the way.
+    pub(super) fn finish(self, log: &mut PartitionLog) -> (EntryLog, Vec<StorageOp>, bool) {
         let mut ops = Vec::new();
         let mut table = self.table;
         if self.misaligned {
@@ -201,6 +216,7 @@ impl Loader {
         };
         log.reset_high_watermark(point);
         let entry_log = EntryLog::new(self.hard_state, self.conf_state, self.start, table);
-        (entry_log, ops)
+        let lost = self.lost || self.misaligned;
+        (entry_log, ops, lost)
     }
 }

@@ -25,10 +25,11 @@ mod load;
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::{Bytes, BytesMut};
-use raft::eraftpb::{ConfState, HardState, Message};
-use tracing::{debug, warn};
+use raft::eraftpb::{ConfState, HardState, Message, MessageType};
+use tracing::{debug, info, warn};
 
 use crate::batch::{self, BatchView};
+use crate::canary::{is_planted, Canary};
 use crate::config::TopicConfig;
 use crate::consensus::{GroupConfig, ProposeError, RaftGroup, RaftPersist};
 use crate::log::{CommitPoint, PartitionLog};
@@ -111,6 +112,9 @@ pub struct Replica {
     next_tag: u64,
     /// (term, leader?) last reported, to report each election once.
     reported: (u64, bool),
+    /// Start-up cut entries from a corrupt log: this replica may lack entries it had
+    /// acknowledged, so it does not vote or campaign until it has caught up again.
+    damaged: bool,
     /// Output accumulated by inputs between drives.
     pending: ReplicaOutput,
 }
@@ -163,6 +167,7 @@ impl Replica {
             fetching: BTreeMap::new(),
             next_tag: 1,
             reported: (0, false),
+            damaged: false,
             pending: ReplicaOutput::default(),
         };
         replica.continue_loading(log);
@@ -189,6 +194,16 @@ impl Replica {
     /// True if this replica leads its partition.
     pub fn is_leader(&self) -> bool {
         self.group().is_some_and(|g| g.is_leader())
+    }
+
+    /// True if this replica leads and may serve reads: it has committed an entry of its own
+    /// term, so its high watermark covers everything any earlier leader committed (until
+    /// then it could report a high watermark below one a consumer has already seen).
+    pub fn is_serving(&self) -> bool {
+        self.group().is_some_and(|g| {
+            let log = g.raw_ref().store();
+            g.is_leader() && log.meta(g.committed()).is_some_and(|m| m.term == g.term())
+        })
     }
 
     /// The leader's broker id, if known.
@@ -219,10 +234,13 @@ impl Replica {
         }
     }
 
-    /// One tick of the broker's clock.
+    /// One tick of the broker's clock. A damaged replica does not tick: a follower's ticks
+    /// only lead to campaigns, and it must not stand until repaired.
     pub fn tick(&mut self) {
         if let State::Running(group) = &mut self.state {
-            group.tick();
+            if !self.damaged || group.is_leader() {
+                group.tick();
+            }
         }
     }
 
@@ -234,9 +252,43 @@ impl Replica {
     }
 
     /// A message from another replica. Dropped while loading (Raft resends).
-    pub fn step(&mut self, message: Message) {
-        if let State::Running(group) = &mut self.state {
-            group.step(message);
+    ///
+    /// Two repairs for a replica that lost entries it had acknowledged (a corrupt log cut at
+    /// start-up), which raft-rs assumes never happens: the leader lowers its view of what
+    /// that follower holds when the follower says so, and the follower neither takes a
+    /// commit index beyond its log nor votes until it has caught up with its leader.
+    pub fn step(&mut self, mut message: Message) {
+        let State::Running(group) = &mut self.state else {
+            return;
+        };
+        let last = group.last_index();
+        match message.get_msg_type() {
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote if self.damaged => {
+                return; // It may have lost entries a majority needs: no vote until repaired.
+            }
+            MessageType::MsgHeartbeat if message.commit > last => message.commit = last,
+            MessageType::MsgAppendResponse if message.reject => {
+                if let Some(pr) = group.raw().raft.mut_prs().get_mut(message.from) {
+                    if message.reject_hint < pr.matched {
+                        warn!(partition = %self.tp, follower = broker_of(message.from), held = message.reject_hint, acknowledged = pr.matched, "a follower lost entries it had acknowledged; resending them");
+                        pr.matched = message.reject_hint;
+                        pr.become_probe();
+                    }
+                }
+            }
+            _ => {}
+        }
+        let leader_commit = matches!(
+            message.get_msg_type(),
+            MessageType::MsgHeartbeat | MessageType::MsgAppend
+        )
+        .then_some(message.commit);
+        group.step(message);
+        if let Some(commit) = leader_commit.filter(|_| self.damaged) {
+            if group.last_index() >= commit && group.committed() >= commit {
+                info!(partition = %self.tp, "replica repaired: it holds every committed entry again");
+                self.damaged = false;
+            }
         }
     }
 
@@ -333,20 +385,30 @@ impl Replica {
                 return;
             }
         };
+        // Slice by the entry table, not by parsing: the table knows each batch's extent,
+        // and a damaged copy on this disk is still sent (the follower re-stamps offset and
+        // epoch; a damaged payload stays detectable by its CRC, as for any damaged copy).
         let low = tag;
         let store = group.raw().mut_store();
-        for (index, view) in (low..).zip(batch::complete_batches(&bytes)) {
-            match store.meta(index) {
-                Some(meta)
-                    if meta.base_offset == view.base_offset()
-                        && meta.size as usize == view.bytes().len() =>
-                {
-                    if !meta.control {
-                        store.add_fetched(index, view.bytes().to_vec());
-                    }
-                }
-                _ => break, // Truncated or compacted meanwhile; raft-rs asks again.
+        let mut at = 0usize;
+        for index in low.. {
+            let Some(meta) = store.meta(index).copied() else {
+                break;
+            };
+            let end = at + meta.size as usize;
+            if end > bytes.len() {
+                break;
             }
+            if !meta.control {
+                store.add_fetched(index, bytes[at..end].to_vec());
+            }
+            at = end;
+        }
+        if at == 0 {
+            // Nothing usable (the file is shorter than the table says): asking raft-rs to
+            // retry now would read the same again; its next heartbeat round asks anew.
+            warn!(partition = %self.tp, index = low, "read for a follower came back short");
+            return;
         }
         for context in contexts {
             group.raw().on_entries_fetched(context);
@@ -501,7 +563,8 @@ impl Replica {
         let State::Loading(loader) = std::mem::replace(&mut self.state, placeholder) else {
             unreachable!("checked above");
         };
-        let (entry_log, fixes) = loader.finish(log);
+        let (entry_log, fixes, damaged) = loader.finish(log);
+        self.damaged = damaged;
         self.pending.ops.extend(fixes);
         let group_config = GroupConfig {
             id: raft_id(self.config.broker),
@@ -592,7 +655,11 @@ fn write_entries(
     let store = group.raw().mut_store();
     let first = entries[0].index;
     if first <= store.last() {
-        if let Some(meta) = store.meta(first).copied() {
+        let meta = store
+            .meta(first)
+            .copied()
+            .filter(|_| !is_planted(Canary::KeepConflictingSuffix));
+        if let Some(meta) = meta {
             if log
                 .truncate_to(meta.base_offset, meta.segment_base, meta.position, ops)
                 .is_err()

@@ -106,7 +106,7 @@ pub async fn create_topics(ctx: &Ctx) {
             CreatableTopic::default()
                 .with_name(name(topic))
                 .with_num_partitions(spec.partitions)
-                .with_replication_factor(1)
+                .with_replication_factor(spec.replication as i16)
                 .with_configs(configs)
         })
         .collect();
@@ -167,6 +167,9 @@ fn fetch_request(positions: &BTreeMap<Partition, i64>, max_wait_ms: i32) -> Requ
 }
 
 /// What one partition of a fetch response said.
+/// The value a consumer reports for a control record.
+pub const CONTROL_VALUE: &str = "<control>";
+
 enum Fetched {
     /// Records (offset, value) at or after the position, and the high watermark.
     Records(Vec<(i64, String)>, i64),
@@ -195,11 +198,15 @@ fn parse_fetch(response: ResponseKind) -> BTreeMap<Partition, Fetched> {
                             .iter()
                             .flat_map(|s| s.records.iter())
                             .map(|r| {
-                                (
-                                    r.offset,
+                                // A leader-change marker of a replicated partition: it takes
+                                // an offset, so it is read like a record with a known value.
+                                let value = if r.control {
+                                    CONTROL_VALUE.to_string()
+                                } else {
                                     String::from_utf8_lossy(r.value.as_deref().unwrap_or_default())
-                                        .into_owned(),
-                                )
+                                        .into_owned()
+                                };
+                                (r.offset, value)
                             })
                             .collect();
                         Fetched::Records(records, p.high_watermark)
