@@ -595,3 +595,48 @@ fn a_replica_back_from_a_long_absence_reloads_its_log_and_catches_up_from_disk()
     assert_eq!(error, 0);
     assert!(base >= end, "new writes follow everything committed");
 }
+
+#[test]
+fn a_follower_that_lost_acknowledged_batches_to_corruption_is_repaired_not_crashed() {
+    let mut cluster = Cluster::new(3, 1000);
+    cluster.advance(3_000);
+    assert_eq!(cluster.create_replicated(1, "r", 1, 3), 0);
+    cluster.advance(2_000);
+    let (leader, _) = cluster.leader(1, "r");
+    for _ in 0..10 {
+        assert_eq!(cluster.produce(leader, "r", -1, 4).0, 0);
+    }
+    cluster.advance(500);
+    let end = cluster.nodes[&leader].broker.log("r", 0).unwrap().log_end_offset();
+    // A follower's disk mangles the length of its third batch: start-up must cut the log
+    // there, losing batches it had acknowledged.
+    let victim = (1..=3).find(|&id| id != leader).unwrap();
+    {
+        let disk = &mut cluster.nodes.get_mut(&victim).unwrap().disk;
+        let id = disk.segment_ids_of("r", 0)[0].clone();
+        let bytes = disk.segment_bytes_mut(&id).unwrap();
+        let mut at = 0;
+        for _ in 0..2 {
+            let len = u32::from_be_bytes(bytes[at + 8..at + 12].try_into().unwrap());
+            at += 12 + len as usize;
+        }
+        bytes[at + 8] ^= 0x40;
+    }
+    cluster.restart(victim);
+    let cut = cluster.nodes[&victim].broker.log("r", 0).unwrap().log_end_offset();
+    assert!(cut < end, "the log was cut ({cut} of {end})");
+    cluster.advance(3_000);
+    for id in 1..=3 {
+        let log = cluster.nodes[&id].broker.log("r", 0).unwrap();
+        assert_eq!(log.log_end_offset(), end, "broker {id} holds every batch again");
+    }
+    // Repaired, it serves as leader with everything: the old leader steps away.
+    cluster.cut.insert(leader);
+    cluster.advance(3_000);
+    let survivor = (1..=3).find(|&id| id != leader).unwrap();
+    let (now_leading, _) = cluster.leader(survivor, "r");
+    assert_ne!(now_leading, leader);
+    let (error, offsets) = cluster.fetch(now_leading, "r", 0);
+    assert_eq!(error, 0);
+    assert_eq!(offsets.len(), 40, "every acknowledged record: {offsets:?}");
+}

@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 use raft::eraftpb::{ConfState, HardState, Message, MessageType};
+use raft::Storage as _;
 use tracing::{debug, info, warn};
 
 use crate::batch::{self, BatchView};
@@ -266,7 +267,24 @@ impl Replica {
             MessageType::MsgRequestVote | MessageType::MsgRequestPreVote if self.damaged => {
                 return; // It may have lost entries a majority needs: no vote until repaired.
             }
-            MessageType::MsgHeartbeat if message.commit > last => message.commit = last,
+            MessageType::MsgHeartbeat if message.commit > last => {
+                // The leader counts entries this replica no longer holds. Heartbeats do not
+                // draw a rejection by themselves, so answer with one: the leader's own
+                // repair (below, on its side) then resends from what is really here.
+                message.commit = last;
+                let mut reject = Message {
+                    to: message.from,
+                    from: message.to,
+                    term: message.term,
+                    index: last,
+                    reject: true,
+                    reject_hint: last,
+                    log_term: group.raw_ref().store().term(last).unwrap_or(0),
+                    ..Default::default()
+                };
+                reject.set_msg_type(MessageType::MsgAppendResponse);
+                self.pending.messages.push(reject);
+            }
             MessageType::MsgAppendResponse if message.reject => {
                 if let Some(pr) = group.raw().raft.mut_prs().get_mut(message.from) {
                     if message.reject_hint < pr.matched {
