@@ -285,6 +285,29 @@ impl Cluster {
         (p.error_code, offsets)
     }
 
+    /// OffsetForLeaderEpoch for partition 0: (error, epoch, end offset).
+    fn epoch_end(&mut self, id: i32, topic: &str, epoch: i32, current: i32) -> (i16, i32, i64) {
+        use kafka_protocol::messages::offset_for_leader_epoch_request::{
+            OffsetForLeaderEpochRequest, OffsetForLeaderPartition, OffsetForLeaderTopic,
+        };
+        let request = OffsetForLeaderEpochRequest::default().with_topics(vec![
+            OffsetForLeaderTopic::default()
+                .with_topic(topic_name(topic))
+                .with_partitions(vec![OffsetForLeaderPartition::default()
+                    .with_partition(0)
+                    .with_current_leader_epoch(current)
+                    .with_leader_epoch(epoch)]),
+        ]);
+        let request = RequestKind::OffsetForLeaderEpoch(request);
+        let ResponseKind::OffsetForLeaderEpoch(r) =
+            self.call(id, ApiKey::OffsetForLeaderEpoch, 4, request)
+        else {
+            panic!("not offset-for-leader-epoch");
+        };
+        let p = &r.topics[0].partitions[0];
+        (p.error_code, p.leader_epoch, p.end_offset)
+    }
+
     fn controller(&mut self) -> i32 {
         let (_, _, controller) = self.metadata(1);
         controller
@@ -521,6 +544,22 @@ fn a_replicated_partition_commits_on_a_majority_and_outlives_its_leader() {
     assert_eq!(error, 0);
     assert_eq!(offsets, acked, "every acknowledged record, at its offset");
 
+    // KIP-320: the old epoch ended where the successor's began (its leader-change marker
+    // sits just before its first batch); a client still on the old epoch is fenced.
+    let old_end = acked[14] + 1;
+    assert_eq!(
+        cluster.epoch_end(successor, "r", epoch, new_epoch),
+        (0, epoch, old_end)
+    );
+    let (error, held, end) = cluster.epoch_end(successor, "r", new_epoch, new_epoch);
+    assert_eq!((error, held), (0, new_epoch));
+    assert_eq!(end, acked[16] + 1, "the latest epoch ends at the log end");
+    assert_eq!(
+        cluster.epoch_end(successor, "r", epoch, epoch).0,
+        74,
+        "FENCED_LEADER_EPOCH"
+    );
+
     // Healed, the old leader drops its unacknowledged suffix and follows.
     cluster.cut.clear();
     cluster.advance(3_000);
@@ -607,7 +646,11 @@ fn a_follower_that_lost_acknowledged_batches_to_corruption_is_repaired_not_crash
         assert_eq!(cluster.produce(leader, "r", -1, 4).0, 0);
     }
     cluster.advance(500);
-    let end = cluster.nodes[&leader].broker.log("r", 0).unwrap().log_end_offset();
+    let end = cluster.nodes[&leader]
+        .broker
+        .log("r", 0)
+        .unwrap()
+        .log_end_offset();
     // A follower's disk mangles the length of its third batch: start-up must cut the log
     // there, losing batches it had acknowledged.
     let victim = (1..=3).find(|&id| id != leader).unwrap();
@@ -623,12 +666,20 @@ fn a_follower_that_lost_acknowledged_batches_to_corruption_is_repaired_not_crash
         bytes[at + 8] ^= 0x40;
     }
     cluster.restart(victim);
-    let cut = cluster.nodes[&victim].broker.log("r", 0).unwrap().log_end_offset();
+    let cut = cluster.nodes[&victim]
+        .broker
+        .log("r", 0)
+        .unwrap()
+        .log_end_offset();
     assert!(cut < end, "the log was cut ({cut} of {end})");
     cluster.advance(3_000);
     for id in 1..=3 {
         let log = cluster.nodes[&id].broker.log("r", 0).unwrap();
-        assert_eq!(log.log_end_offset(), end, "broker {id} holds every batch again");
+        assert_eq!(
+            log.log_end_offset(),
+            end,
+            "broker {id} holds every batch again"
+        );
     }
     // Repaired, it serves as leader with everything: the old leader steps away.
     cluster.cut.insert(leader);

@@ -219,7 +219,7 @@ impl Broker {
                     (Ok(_), _) => out.error_code = ResponseError::InvalidRequest.code(),
                 }
                 if out.error_code == 0 && reply_to.version >= 4 {
-                    out.leader_epoch = 0;
+                    out.leader_epoch = self.leader_epoch(&topic.name.0, p.partition_index);
                 }
                 topic_response.partitions.push(out);
             }

@@ -469,6 +469,7 @@ impl Broker {
             RequestKind::Produce(r) => return self.produce(now, reply_to, r),
             RequestKind::Fetch(r) => return self.fetch(now, reply_to, r),
             RequestKind::ListOffsets(r) => return self.list_offsets(reply_to, r),
+            RequestKind::OffsetForLeaderEpoch(r) => Some(self.offset_for_leader_epoch(r)),
             _ => {
                 // decode_request admits only supported APIs; anything else is a bug here.
                 warn!(api = ?reply_to.api_key, "no handler; closing");

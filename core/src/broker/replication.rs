@@ -4,6 +4,12 @@
 use std::collections::BTreeSet;
 
 use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderEpochRequest, OffsetForLeaderPartition,
+};
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderEpochResponse, OffsetForLeaderTopicResult,
+};
 use kafka_protocol::messages::produce_response::ProduceResponse;
 use kafka_protocol::messages::ResponseKind;
 use kafka_protocol::ResponseError;
@@ -478,6 +484,76 @@ impl Broker {
     fn answer_replicated(&mut self, produce: ReplicatedProduce) {
         let response = (produce.acks != 0).then_some(ResponseKind::Produce(produce.response));
         self.respond(produce.reply_to, response);
+    }
+
+    /// This broker's leader epoch of a partition (0 for unreplicated partitions).
+    pub(super) fn leader_epoch(&self, topic: &str, partition: i32) -> i32 {
+        self.topics
+            .get(topic)
+            .and_then(|t| t.raft.get(&partition))
+            .map_or(0, |r| r.term() as i32)
+    }
+
+    /// OffsetForLeaderEpoch (KIP-320): where each asked-for leader epoch ended, so a client
+    /// that read from an older leader can tell whether its position was truncated away.
+    pub(super) fn offset_for_leader_epoch(
+        &self,
+        request: OffsetForLeaderEpochRequest,
+    ) -> ResponseKind {
+        let mut response = OffsetForLeaderEpochResponse::default();
+        for t in request.topics {
+            let topic = self.topics.get(t.topic.0.as_str());
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let mut out = EpochEndOffset::default()
+                        .with_partition(p.partition)
+                        .with_leader_epoch(-1)
+                        .with_end_offset(-1);
+                    match topic.map(|t| self.epoch_end(t, p)) {
+                        Some(Ok((epoch, end))) => {
+                            out.leader_epoch = epoch;
+                            out.end_offset = end;
+                        }
+                        Some(Err(error)) => out.error_code = error.code(),
+                        None => out.error_code = ResponseError::UnknownTopicOrPartition.code(),
+                    }
+                    out
+                })
+                .collect();
+            response.topics.push(
+                OffsetForLeaderTopicResult::default()
+                    .with_topic(t.topic)
+                    .with_partitions(partitions),
+            );
+        }
+        ResponseKind::OffsetForLeaderEpoch(response)
+    }
+
+    fn epoch_end(
+        &self,
+        topic: &Topic,
+        p: &OffsetForLeaderPartition,
+    ) -> Result<(i32, i64), ResponseError> {
+        let log = topic.log_for_client(p.partition)?;
+        let Some(replica) = topic.raft.get(&p.partition) else {
+            // One replica: every batch is in epoch 0.
+            return Ok((0, log.log_end_offset()));
+        };
+        let term = replica.term() as i32;
+        if p.current_leader_epoch >= 0 && p.current_leader_epoch < term {
+            return Err(ResponseError::FencedLeaderEpoch);
+        }
+        if p.current_leader_epoch > term {
+            return Err(ResponseError::UnknownLeaderEpoch);
+        }
+        let entries = replica
+            .entries()
+            .ok_or(ResponseError::NotLeaderOrFollower)?;
+        Ok(entries
+            .epoch_end(p.leader_epoch.max(0) as u64)
+            .map_or((-1, -1), |(epoch, end)| (epoch as i32, end)))
     }
 
     /// Sends the Raft messages gathered in this step: one frame per peer, every group's

@@ -165,6 +165,20 @@ impl EntryLog {
             .map(move |(i, m)| (first + i as u64, m))
     }
 
+    /// KIP-320's answer for `epoch`: the largest epoch held that is at most `epoch`, and the
+    /// offset where the next epoch starts (the log end for the latest); `None` if the log
+    /// holds nothing that old.
+    pub fn epoch_end(&self, epoch: u64) -> Option<(u64, i64)> {
+        let mut held = None;
+        for meta in &self.table {
+            if meta.term > epoch {
+                return held.map(|term| (term, meta.base_offset));
+            }
+            held = Some(meta.term);
+        }
+        Some((held.unwrap_or(self.start.term), self.end_offset()))
+    }
+
     /// Forgets entries from `index` on (a follower replacing an uncommitted suffix).
     pub fn truncate_from(&mut self, index: u64) {
         let keep = index.saturating_sub(self.start.index + 1) as usize;
