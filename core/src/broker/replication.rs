@@ -30,6 +30,10 @@ use crate::topic::Topic;
 /// Replica ticks between checks that the metadata names each partition's leader.
 const LEADER_RECORD_CHECK_TICKS: u64 = 10;
 
+/// Replica ticks between preferred-leader checks: a leader that is not its partition's
+/// first replica hands over to it once that replica is live and caught up.
+const PREFERRED_LEADER_CHECK_TICKS: u64 = 30;
+
 /// A produce with batches proposed to replicated partitions, waiting for them.
 pub(super) struct ReplicatedProduce {
     reply_to: ReplyTo,
@@ -128,6 +132,8 @@ impl Broker {
     pub(super) fn tick_replicas(&mut self) {
         self.replica_ticks += 1;
         let check = self.replica_ticks.is_multiple_of(LEADER_RECORD_CHECK_TICKS);
+        let balance = self.replica_ticks.is_multiple_of(PREFERRED_LEADER_CHECK_TICKS);
+        let image = self.controller.image();
         let mut records = Vec::new();
         for topic in self.topics.values_mut() {
             for (&index, replica) in &mut topic.raft {
@@ -136,6 +142,13 @@ impl Broker {
                     .insert(TopicPartition::new(&topic.name, index));
                 if check && replica.is_leader() {
                     records.push((topic.name.clone(), topic.id, index, replica.term()));
+                }
+                let preferred = topic.replicas.get(index as usize).and_then(|r| r.first());
+                let live = |b: &&i32| image.brokers.get(*b).is_some_and(|r| !r.fenced);
+                if let Some(&preferred) = preferred.filter(|b| balance && live(b)) {
+                    if replica.transfer_to(preferred) {
+                        debug!(topic = %topic.name, index, preferred, "handing leadership back to the preferred replica");
+                    }
                 }
             }
         }

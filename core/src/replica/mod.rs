@@ -352,6 +352,28 @@ impl Replica {
         }
     }
 
+    /// If this replica leads and `broker`'s replica holds everything this one does, hands
+    /// leadership to it (preferred-leader balancing). Returns true if a transfer began.
+    pub fn transfer_to(&mut self, broker: i32) -> bool {
+        let State::Running(group) = &mut self.state else {
+            return false;
+        };
+        if !group.is_leader() || broker == self.config.broker {
+            return false;
+        }
+        let last = group.last_index();
+        let caught_up = group
+            .raw_ref()
+            .raft
+            .prs()
+            .get(raft_id(broker))
+            .is_some_and(|pr| pr.matched >= last && pr.recent_active);
+        if caught_up {
+            group.raw().transfer_leader(raft_id(broker));
+        }
+        caught_up
+    }
+
     /// Moves the retained log's start to `offset` after retention deleted segments before
     /// it; returns the state to save *before* those segments are deleted.
     pub fn compact_to_offset(&mut self, offset: i64) -> Option<StorageOp> {
