@@ -122,6 +122,33 @@ def librdkafka_produce(broker, records, size, acks):
     return records / (time.perf_counter() - start)
 
 
+def three_nodes(workdir):
+    """Three brokers on loopback, one metadata quorum: returns them once all three are
+    registered, leader first for a topic `r3` of one partition replicated three ways."""
+    from confluent_kafka.admin import AdminClient
+    peers = [free_port() for _ in range(3)]
+    voters = ",".join(f"{i + 1}@127.0.0.1:{p}" for i, p in enumerate(peers))
+    brokers = [Broker(workdir, "--broker-id", str(i + 1), "--controller-quorum-voters", voters)
+               for i in range(3)]
+    admin = AdminClient({"bootstrap.servers": ",".join(b.bootstrap for b in brokers)})
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if len(admin.list_topics(timeout=5).brokers) == 3:
+                break
+        except Exception:
+            pass
+        time.sleep(0.2)
+    bench(brokers[0], "produce", "--records", "1", "--acks", "all", "--topic", "r3")
+    while time.time() < deadline:
+        p = admin.list_topics("r3", timeout=5).topics["r3"].partitions.get(0)
+        if p is not None and p.leader > 0 and not p.error and len(p.replicas) == 3:
+            leader = brokers[p.leader - 1]  # broker ids are 1, 2, 3 in start order
+            return [leader] + [b for b in brokers if b is not leader]
+        time.sleep(0.2)
+    raise RuntimeError("no leader for r3")
+
+
 def row(name, r):
     lat = r.get("latency_ms")
     lat_text = " / ".join(f"{x:.2f}" for x in lat) if lat else "-"
@@ -166,6 +193,12 @@ def main():
                         say(row("consume from disk: 1 partition, 100 B", c))
                     b.stop()
 
+        cluster = three_nodes(workdir)
+        r3 = bench(cluster[0], "produce", "--records", str(n), "--acks", "all", "--topic", "r3")
+        say(row("3 nodes, replication factor 3: 1 partition, 100 B, acks=all", r3))
+        for node in cluster:
+            node.stop()
+
         b = Broker(workdir)
         idle_rss = b.rss_mb()
         cpu0 = b.cpu_seconds()
@@ -187,6 +220,7 @@ def main():
             f"{consume_cpu / n * 1e6:.2f} s per million consumed.")
         single = results[(1, 100, "1")]["records_per_sec"]
         say(f"Single node acks=1 is {single / peak['records_per_sec']:.0%} of the in-memory ceiling.")
+        say(f"3 nodes acks=all is {r3['records_per_sec'] / single:.0%} of single node acks=1.")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report = "\n".join(lines)

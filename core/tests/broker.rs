@@ -776,6 +776,18 @@ fn every_advertised_version_answers() {
                             .with_count(2 + version as i32)],
                     ),
                 ),
+                ApiKey::OffsetForLeaderEpoch => RequestKind::OffsetForLeaderEpoch(
+                    offset_for_leader_epoch_request::OffsetForLeaderEpochRequest::default()
+                        .with_topics(vec![
+                        offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                            .with_topic(topic_name("t"))
+                            .with_partitions(vec![
+                                offset_for_leader_epoch_request::OffsetForLeaderPartition::default(
+                                )
+                                .with_leader_epoch(0),
+                            ]),
+                    ]),
+                ),
                 other => panic!("advertised {other:?} without a case here"),
             };
             h.send(1, key, version, request);

@@ -122,6 +122,9 @@ pub struct ClusterClient {
     bootstrap: Vec<SocketAddr>,
     brokers: BTreeMap<i32, SocketAddr>,
     leaders: BTreeMap<(String, i32), i32>,
+    /// The newest leader epoch seen per partition: Metadata naming an older epoch is stale
+    /// and ignored (KIP-320), and fetches carry it so a deposed leader refuses them.
+    epochs: BTreeMap<(String, i32), i32>,
     clients: BTreeMap<SocketAddr, Client>,
     timeout: Duration,
     /// Rotates requests that any broker can answer across the brokers.
@@ -136,6 +139,7 @@ impl ClusterClient {
             bootstrap,
             brokers: BTreeMap::new(),
             leaders: BTreeMap::new(),
+            epochs: BTreeMap::new(),
             clients: BTreeMap::new(),
             timeout,
             next_any: 0,
@@ -247,6 +251,14 @@ impl ClusterClient {
         result
     }
 
+    /// The newest leader epoch seen for a partition, -1 if none.
+    pub fn leader_epoch(&self, topic: &str, partition: i32) -> i32 {
+        self.epochs
+            .get(&(topic.to_string(), partition))
+            .copied()
+            .unwrap_or(-1)
+    }
+
     /// Forgets the leader of a partition (after NOT_LEADER_OR_FOLLOWER and the like).
     pub fn forget_leader(&mut self, topic: &str, partition: i32) {
         self.leaders.remove(&(topic.to_string(), partition));
@@ -269,6 +281,11 @@ impl ClusterClient {
             let Some(name) = &topic.name else { continue };
             for p in &topic.partitions {
                 let key = (name.0.to_string(), p.partition_index);
+                let known = self.epochs.get(&key).copied().unwrap_or(-1);
+                if p.leader_epoch < known {
+                    continue; // This broker has not heard of the newer leader yet.
+                }
+                self.epochs.insert(key.clone(), p.leader_epoch);
                 if p.error_code == 0 && p.leader_id.0 >= 0 {
                     self.leaders.insert(key, p.leader_id.0);
                 } else {

@@ -85,10 +85,7 @@ impl Broker {
         let mut available = 0u64;
         for topic in &request.topics {
             for p in &topic.partitions {
-                let Some(log) = self
-                    .topics
-                    .get(&*topic.topic.0)
-                    .and_then(|t| t.partition(p.partition))
+                let Ok(log) = self.serving_log(&topic.topic.0, p.partition, p.current_leader_epoch)
                 else {
                     return true; // Errors are answered at once.
                 };
@@ -153,7 +150,7 @@ impl Broker {
                     .with_partition_index(p.partition)
                     .with_aborted_transactions(aborted.clone())
                     .with_records(Some(Bytes::new()));
-                match self.log_for_client(&topic.topic.0, p.partition) {
+                match self.serving_log(&topic.topic.0, p.partition, p.current_leader_epoch) {
                     Err(error) => data.error_code = error.code(),
                     Ok(log) => {
                         data.high_watermark = log.high_watermark();
@@ -200,7 +197,7 @@ impl Broker {
                     .with_timestamp(-1)
                     .with_offset(-1);
                 match (
-                    self.log_for_client(&topic.name.0, p.partition_index),
+                    self.serving_log(&topic.name.0, p.partition_index, p.current_leader_epoch),
                     p.timestamp,
                 ) {
                     (Err(error), _) => out.error_code = error.code(),

@@ -132,7 +132,9 @@ impl Broker {
     pub(super) fn tick_replicas(&mut self) {
         self.replica_ticks += 1;
         let check = self.replica_ticks.is_multiple_of(LEADER_RECORD_CHECK_TICKS);
-        let balance = self.replica_ticks.is_multiple_of(PREFERRED_LEADER_CHECK_TICKS);
+        let balance = self
+            .replica_ticks
+            .is_multiple_of(PREFERRED_LEADER_CHECK_TICKS);
         let image = self.controller.image();
         let mut records = Vec::new();
         for topic in self.topics.values_mut() {
@@ -497,6 +499,28 @@ impl Broker {
     fn answer_replicated(&mut self, produce: ReplicatedProduce) {
         let response = (produce.acks != 0).then_some(ResponseKind::Produce(produce.response));
         self.respond(produce.reply_to, response);
+    }
+
+    /// The log a client may read, checking the leader epoch it believes current (KIP-320):
+    /// an older one is FENCED_LEADER_EPOCH, a newer one (this broker is a deposed leader that
+    /// has not heard yet) UNKNOWN_LEADER_EPOCH; -1 skips the check.
+    pub(super) fn serving_log(
+        &self,
+        topic: &str,
+        partition: i32,
+        current_epoch: i32,
+    ) -> Result<&PartitionLog, ResponseError> {
+        let log = self.log_for_client(topic, partition)?;
+        if current_epoch >= 0 {
+            let epoch = self.leader_epoch(topic, partition);
+            if current_epoch < epoch {
+                return Err(ResponseError::FencedLeaderEpoch);
+            }
+            if current_epoch > epoch {
+                return Err(ResponseError::UnknownLeaderEpoch);
+            }
+        }
+        Ok(log)
     }
 
     /// This broker's leader epoch of a partition (0 for unreplicated partitions).

@@ -25,7 +25,7 @@ pub async fn consumer(ctx: Ctx, id: u32) {
         let max_wait_ms = 100 / by_leader.len() as i32;
         let mut fetched_all = BTreeMap::new();
         for (leader, wanted) in by_leader {
-            let request = fetch_request(&wanted, max_wait_ms);
+            let request = fetch_request(&client, &wanted, max_wait_ms);
             match client.call_broker(leader, ApiKey::Fetch, 12, request).await {
                 Ok(response) => fetched_all.extend(parse_fetch(response)),
                 Err(_) => sleep_ms(100).await,

@@ -137,6 +137,8 @@ fn is_stale_leader(code: i16) -> bool {
         ResponseError::NotLeaderOrFollower,
         ResponseError::LeaderNotAvailable,
         ResponseError::UnknownTopicOrPartition,
+        ResponseError::FencedLeaderEpoch,
+        ResponseError::UnknownLeaderEpoch,
     ]
     .iter()
     .any(|e| e.code() == code)
@@ -159,11 +161,25 @@ fn produce_request(partition: &Partition, acks: i16, records: Bytes) -> RequestK
     seedlog_core::wire::produce_request(&partition.0, partition.1, acks, 5000, records)
 }
 
-fn fetch_request(positions: &BTreeMap<Partition, i64>, max_wait_ms: i32) -> RequestKind {
-    let positions = positions
+/// A Fetch from `positions`, each partition carrying the newest leader epoch `client` has
+/// seen, so a deposed leader that has not noticed refuses it (KIP-320).
+fn fetch_request(
+    client: &ClusterClient,
+    positions: &BTreeMap<Partition, i64>,
+    max_wait_ms: i32,
+) -> RequestKind {
+    let list = positions
         .iter()
         .map(|((topic, partition), offset)| (topic.as_str(), *partition, *offset));
-    seedlog_core::wire::fetch_request(positions, max_wait_ms, 1 << 20, 64 << 10)
+    let mut request = seedlog_core::wire::fetch_request(list, max_wait_ms, 1 << 20, 64 << 10);
+    if let RequestKind::Fetch(fetch) = &mut request {
+        for topic in &mut fetch.topics {
+            for p in &mut topic.partitions {
+                p.current_leader_epoch = client.leader_epoch(&topic.topic.0, p.partition);
+            }
+        }
+    }
+    request
 }
 
 /// What one partition of a fetch response said.

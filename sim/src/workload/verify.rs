@@ -99,7 +99,7 @@ pub async fn liveness_probe(ctx: &Ctx, deadline: Instant) -> Result<u64, String>
                 "the record acknowledged at offset {offset} could not be read back"
             ));
         }
-        let request = fetch_request(&positions, 100);
+        let request = fetch_request(&client, &positions, 100);
         if let Ok(response) =
             call_partition(&mut client, &partition, ApiKey::Fetch, 12, request).await
         {
@@ -109,6 +109,7 @@ pub async fn liveness_probe(ctx: &Ctx, deadline: Instant) -> Result<u64, String>
                 }
             }
         }
+        client.forget_leader(&partition.0, partition.1);
         sleep_ms(50).await;
     }
 }
@@ -130,7 +131,7 @@ pub async fn final_read(ctx: &Ctx) -> Result<(), String> {
         let mut stalls = 0;
         while position < latest {
             let positions = BTreeMap::from([(partition.clone(), position)]);
-            let request = fetch_request(&positions, 0);
+            let request = fetch_request(&client, &positions, 0);
             let response = call_partition(&mut client, &partition, ApiKey::Fetch, 12, request)
                 .await
                 .map_err(|e| format!("{e:?}"))?;
@@ -161,8 +162,11 @@ pub async fn final_read(ctx: &Ctx) -> Result<(), String> {
                     position += 1;
                 }
                 other => {
+                    // A leader may be changing hands (a preferred-leader transfer, say):
+                    // learn the leader afresh and allow it a few seconds.
+                    client.forget_leader(&partition.0, partition.1);
                     stalls += 1;
-                    if stalls > 50 {
+                    if stalls > 250 {
                         let what = match other {
                             Some(Fetched::Error(code)) => format!("error {code}"),
                             _ => "nothing".to_string(),
