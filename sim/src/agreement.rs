@@ -39,7 +39,8 @@ fn compare(ctx: &Ctx, brokers: &Brokers) -> Vec<String> {
             continue;
         }
         let tp = TopicPartition::new(&topic.as_str().into(), index);
-        // A flipped bit on one copy is that copy's damage, not a disagreement of Raft's.
+        // A flipped bit on one copy is that copy's damage, not a disagreement of Raft's; a
+        // flip in a base offset can make it look smaller, hence the larger of the two below.
         let damaged = ctx
             .history()
             .damaged_from(&(topic.clone(), index))
@@ -80,7 +81,7 @@ fn compare(ctx: &Ctx, brokers: &Brokers) -> Vec<String> {
             let diverged = log
                 .iter()
                 .zip(&longest[from..])
-                .position(|(a, b)| a != b && a.0.min(b.0) < damaged);
+                .position(|(a, b)| a != b && a.0.max(b.0) < damaged);
             if let Some(at) = diverged {
                 let (mine, theirs) = (log[at], longest[from + at]);
                 out.push(format!(
