@@ -271,20 +271,39 @@ pub fn stamp_leader_epoch(buf: &mut BytesMut, epoch: i32) {
 /// The control record type of a leader change (KIP-595's `LEADER_CHANGE`).
 pub const LEADER_CHANGE_CONTROL_TYPE: i16 = 2;
 
+/// The control record type of a partition's Raft membership change (KRaft's `KRAFT_VOTERS`
+/// number; the value is seedlog's own: a raft-rs `ConfChangeV2`).
+pub const MEMBERSHIP_CONTROL_TYPE: i16 = 6;
+
 /// A one-record control batch marking a leader change: what a Raft leader's empty entry
-/// becomes on disk. Clients skip control batches; it takes one offset. Timestamps are -1
-/// (none), so every replica writes the same bytes and time-based retention ignores it.
-/// Base offset and leader epoch are stamped when it is appended, like any batch.
+/// becomes on disk. Clients skip control batches; it takes one offset.
 pub fn leader_change_batch() -> BytesMut {
+    control_batch(LEADER_CHANGE_CONTROL_TYPE, None)
+}
+
+/// A one-record control batch of `control_type` with `value`. Timestamps are -1 (none), so
+/// every replica writes the same bytes and time-based retention ignores it. Base offset and
+/// leader epoch are stamped when it is appended, like any batch.
+pub fn control_batch(control_type: i16, value: Option<&[u8]>) -> BytesMut {
     // One record: attributes, timestamp delta 0, offset delta 0, a 4-byte key
-    // (version 0, type), a null value, no headers. Varints are zig-zag encoded.
-    let key = [0, 0, 0, LEADER_CHANGE_CONTROL_TYPE as u8];
-    let mut record = vec![0u8, 0, 0, 8];
-    record.extend_from_slice(&key);
-    record.extend_from_slice(&[1, 0]);
-    let mut buf = BytesMut::with_capacity(HEADER_BYTES + 1 + record.len());
+    // (version 0, type), the value, no headers. Varints are zig-zag encoded.
+    let mut record = vec![0u8, 0, 0];
+    put_varint(&mut record, 4);
+    record.extend_from_slice(&0i16.to_be_bytes());
+    record.extend_from_slice(&control_type.to_be_bytes());
+    match value {
+        Some(value) => {
+            put_varint(&mut record, value.len() as i64);
+            record.extend_from_slice(value);
+        }
+        None => put_varint(&mut record, -1),
+    }
+    put_varint(&mut record, 0);
+    let mut length_prefix = Vec::new();
+    put_varint(&mut length_prefix, record.len() as i64);
+    let mut buf = BytesMut::with_capacity(HEADER_BYTES + length_prefix.len() + record.len());
     buf.extend_from_slice(&0i64.to_be_bytes()); // base offset
-    let length = (HEADER_BYTES - LOG_OVERHEAD + 1 + record.len()) as i32;
+    let length = (HEADER_BYTES - LOG_OVERHEAD + length_prefix.len() + record.len()) as i32;
     buf.extend_from_slice(&length.to_be_bytes());
     buf.extend_from_slice(&0i32.to_be_bytes()); // leader epoch
     buf.extend_from_slice(&[2]); // magic
@@ -297,19 +316,49 @@ pub fn leader_change_batch() -> BytesMut {
     buf.extend_from_slice(&(-1i16).to_be_bytes()); // producer epoch
     buf.extend_from_slice(&(-1i32).to_be_bytes()); // base sequence
     buf.extend_from_slice(&1i32.to_be_bytes()); // record count
-    buf.extend_from_slice(&[(record.len() as u8) << 1]);
+    buf.extend_from_slice(&length_prefix);
     buf.extend_from_slice(&record);
     let crc = crc32c::crc32c(&buf[ATTRIBUTES_OFFSET..]);
     buf[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
     buf
 }
 
+/// The type and value of a one-record control batch (see [`control_batch`]).
+pub fn control_record<'a>(view: &BatchView<'a>) -> Option<(i16, Option<&'a [u8]>)> {
+    if !view.is_control() || view.record_count() != 1 {
+        return None;
+    }
+    let bytes = view.bytes().get(HEADER_BYTES..)?;
+    let (_, used) = read_varint(bytes)?;
+    let mut at = used + 3; // attributes, timestamp delta 0, offset delta 0
+    let (key_len, used) = read_varint(bytes.get(at..)?)?;
+    at += used;
+    if key_len != 4 {
+        return None;
+    }
+    let control_type = read_i16(bytes, at + 2);
+    at += 4;
+    let (value_len, used) = read_varint(bytes.get(at..)?)?;
+    at += used;
+    let value = match usize::try_from(value_len) {
+        Ok(len) => Some(bytes.get(at..at.checked_add(len)?)?),
+        Err(_) => None,
+    };
+    Some((control_type, value))
+}
+
 /// True if `view` is a leader-change control batch (see [`leader_change_batch`]).
 pub fn is_leader_change(view: &BatchView<'_>) -> bool {
-    view.is_control()
-        && view.record_count() == 1
-        && view.bytes().len() >= HEADER_BYTES + 9
-        && read_i16(view.bytes(), HEADER_BYTES + 1 + 6) == LEADER_CHANGE_CONTROL_TYPE
+    control_record(view).is_some_and(|(t, _)| t == LEADER_CHANGE_CONTROL_TYPE)
+}
+
+fn put_varint(out: &mut Vec<u8>, value: i64) {
+    let mut raw = ((value << 1) ^ (value >> 63)) as u64;
+    while raw >= 0x80 {
+        out.push((raw as u8) | 0x80);
+        raw >>= 7;
+    }
+    out.push(raw as u8);
 }
 
 /// Marks a batch as `LogAppendTime` with `append_time` as its max timestamp, and re-seals

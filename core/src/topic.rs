@@ -38,6 +38,8 @@ pub struct Topic {
     pub config: TopicConfig,
     /// Replicas of each partition, by index; the first is the preferred leader.
     pub replicas: Vec<Vec<i32>>,
+    /// Reassignments under way: partition -> the replicas it moves to.
+    pub targets: BTreeMap<i32, Vec<i32>>,
     /// Logs of the partitions held here, by index.
     pub logs: BTreeMap<i32, PartitionLog>,
     /// Raft replicas of the replicated partitions held here (replication factor > 1).

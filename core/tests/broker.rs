@@ -788,6 +788,19 @@ fn every_advertised_version_answers() {
                             ]),
                     ]),
                 ),
+                ApiKey::AlterPartitionReassignments => RequestKind::AlterPartitionReassignments(
+                    alter_partition_reassignments_request::AlterPartitionReassignmentsRequest::default()
+                        .with_topics(vec![
+                            alter_partition_reassignments_request::ReassignableTopic::default()
+                                .with_name(topic_name("t"))
+                                .with_partitions(vec![
+                                    alter_partition_reassignments_request::ReassignablePartition::default(),
+                                ]),
+                        ]),
+                ),
+                ApiKey::ListPartitionReassignments => RequestKind::ListPartitionReassignments(
+                    Default::default(),
+                ),
                 other => panic!("advertised {other:?} without a case here"),
             };
             h.send(1, key, version, request);

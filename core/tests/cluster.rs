@@ -308,6 +308,51 @@ impl Cluster {
         (p.error_code, p.leader_epoch, p.end_offset)
     }
 
+    /// AlterPartitionReassignments of partition 0 via broker `id`: the partition's error.
+    fn reassign(&mut self, id: i32, topic: &str, replicas: Option<Vec<i32>>) -> i16 {
+        use kafka_protocol::messages::alter_partition_reassignments_request::{
+            AlterPartitionReassignmentsRequest, ReassignablePartition, ReassignableTopic,
+        };
+        let replicas = replicas.map(|r| {
+            r.into_iter()
+                .map(kafka_protocol::messages::BrokerId)
+                .collect()
+        });
+        let request = AlterPartitionReassignmentsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topics(vec![ReassignableTopic::default()
+                .with_name(topic_name(topic))
+                .with_partitions(vec![ReassignablePartition::default()
+                    .with_partition_index(0)
+                    .with_replicas(replicas)])]);
+        let request = RequestKind::AlterPartitionReassignments(request);
+        let ResponseKind::AlterPartitionReassignments(r) =
+            self.call(id, ApiKey::AlterPartitionReassignments, 0, request)
+        else {
+            panic!("not alter-partition-reassignments");
+        };
+        r.responses[0].partitions[0].error_code
+    }
+
+    /// Partitions being moved, as broker `id` lists them: (topic, partition, adding).
+    fn moving(&mut self, id: i32) -> Vec<(String, i32, Vec<i32>)> {
+        let request = RequestKind::ListPartitionReassignments(Default::default());
+        let ResponseKind::ListPartitionReassignments(r) =
+            self.call(id, ApiKey::ListPartitionReassignments, 0, request)
+        else {
+            panic!("not list-partition-reassignments");
+        };
+        r.topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions.iter().map(|p| {
+                    let adding = p.adding_replicas.iter().map(|b| b.0).collect();
+                    (t.name.0.to_string(), p.partition_index, adding)
+                })
+            })
+            .collect()
+    }
+
     fn controller(&mut self) -> i32 {
         let (_, _, controller) = self.metadata(1);
         controller
@@ -691,4 +736,82 @@ fn a_follower_that_lost_acknowledged_batches_to_corruption_is_repaired_not_crash
     let (error, offsets) = cluster.fetch(now_leading, "r", 0);
     assert_eq!(error, 0);
     assert_eq!(offsets.len(), 40, "every acknowledged record: {offsets:?}");
+}
+
+#[test]
+fn a_partition_moves_to_a_new_broker_without_losing_a_record() {
+    let mut cluster = Cluster::new(3, 1000);
+    cluster.advance(3_000);
+    assert_eq!(cluster.create_replicated(1, "r", 1, 3), 0);
+    cluster.advance(2_000);
+    let (leader, _) = cluster.leader(1, "r");
+    let mut acked = Vec::new();
+    for _ in 0..5 {
+        let (error, base) = cluster.produce(leader, "r", -1, 3);
+        assert_eq!(error, 0);
+        acked.extend(base..base + 3);
+    }
+    cluster.add_broker(4);
+    cluster.advance(3_000);
+    assert_eq!(
+        cluster.reassign(2, "r", Some(vec![2, 2, 4])),
+        39,
+        "INVALID_REPLICA_ASSIGNMENT"
+    );
+    assert_eq!(
+        cluster.reassign(2, "r", None),
+        85,
+        "NO_REASSIGNMENT_IN_PROGRESS"
+    );
+    // Broker 1, the leader and preferred replica, leaves; broker 4 joins.
+    assert_eq!(cluster.reassign(2, "r", Some(vec![2, 3, 4])), 0);
+    assert_eq!(cluster.moving(3), [("r".to_string(), 0, vec![4])]);
+    cluster.advance(15_000);
+    assert!(cluster.moving(3).is_empty(), "the move finished");
+    for id in 1..=4 {
+        assert_eq!(cluster.replicas(id, "r"), [vec![2, 3, 4]], "broker {id}");
+    }
+    assert!(
+        cluster.nodes[&1].broker.log("r", 0).is_none(),
+        "broker 1 dropped its copy"
+    );
+    let end = cluster.nodes[&2]
+        .broker
+        .log("r", 0)
+        .unwrap()
+        .log_end_offset();
+    assert_eq!(
+        cluster.nodes[&4]
+            .broker
+            .log("r", 0)
+            .unwrap()
+            .log_end_offset(),
+        end,
+        "broker 4 holds the whole log"
+    );
+    let (leader, _) = cluster.leader(4, "r");
+    assert!([2, 3, 4].contains(&leader), "leader {leader}");
+    let (error, base) = cluster.produce(leader, "r", -1, 2);
+    assert_eq!(error, 0);
+    acked.extend(base..base + 2);
+    let (error, offsets) = cluster.fetch(leader, "r", acked[0]);
+    assert_eq!(error, 0);
+    assert_eq!(offsets, acked, "every acknowledged record, at its offset");
+    // The group now is 2, 3 and 4: losing broker 1 changes nothing, losing two of them
+    // stops commits.
+    cluster.cut.insert(1);
+    assert_eq!(cluster.produce(leader, "r", -1, 1).0, 0);
+    // The new membership is durable: every member restarted, the group still commits.
+    for id in [2, 3, 4] {
+        cluster.restart(id);
+    }
+    cluster.advance(5_000);
+    let (leader, _) = cluster.leader(4, "r");
+    assert!([2, 3, 4].contains(&leader), "leader {leader}");
+    let (error, base) = cluster.produce(leader, "r", -1, 1);
+    assert_eq!(error, 0);
+    acked.push(base);
+    let (error, offsets) = cluster.fetch(leader, "r", acked[0]);
+    assert_eq!(error, 0);
+    assert!(acked.iter().all(|o| offsets.contains(o)), "{offsets:?}");
 }

@@ -54,6 +54,8 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::AlterPartitionReassignments, 0, 0),
+    (ApiKey::ListPartitionReassignments, 0, 0),
 ];
 
 /// The version range served for `key`, if the API is served at all.
@@ -203,6 +205,11 @@ impl Broker {
             .iter()
             .enumerate()
             .map(|(i, replicas)| {
+                // During a move, the brokers it moves to are replicas too (as in Kafka).
+                let mut all = replicas.clone();
+                if let Some(target) = topic.targets.get(&(i as i32)) {
+                    all.extend(target.iter().filter(|b| !replicas.contains(b)));
+                }
                 let in_sync: Vec<BrokerId> = replicas
                     .iter()
                     .filter(|b| live(b))
@@ -220,7 +227,7 @@ impl Broker {
                     .with_leader_id(BrokerId(leader.unwrap_or(-1)))
                     .with_leader_epoch(epoch)
                     .with_isr_nodes(in_sync)
-                    .with_replica_nodes(replicas.iter().map(|&b| BrokerId(b)).collect())
+                    .with_replica_nodes(all.iter().map(|&b| BrokerId(b)).collect())
             })
             .collect();
         MetadataResponseTopic::default()
@@ -245,6 +252,7 @@ impl Broker {
                 .map(|brokers| Replicas { brokers })
                 .collect(),
             leaders: Vec::new(),
+            targets: Vec::new(),
         }
     }
 

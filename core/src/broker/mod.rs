@@ -15,6 +15,7 @@ mod admin;
 mod fetch;
 mod produce;
 mod quorum;
+mod reassign;
 mod replication;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -470,6 +471,12 @@ impl Broker {
             RequestKind::Fetch(r) => return self.fetch(now, reply_to, r),
             RequestKind::ListOffsets(r) => return self.list_offsets(reply_to, r),
             RequestKind::OffsetForLeaderEpoch(r) => Some(self.offset_for_leader_epoch(r)),
+            RequestKind::AlterPartitionReassignments(r) => {
+                return self.alter_partition_reassignments(now, reply_to, r)
+            }
+            RequestKind::ListPartitionReassignments(r) => {
+                Some(self.list_partition_reassignments(r))
+            }
             _ => {
                 // decode_request admits only supported APIs; anything else is a bug here.
                 warn!(api = ?reply_to.api_key, "no handler; closing");
@@ -655,6 +662,12 @@ impl Broker {
                     StorageOp::SealSegment { .. } => {
                         self.pending_seals.push((self.next_sync_token, op));
                         continue;
+                    }
+                    StorageOp::DeletePartition(tp) => {
+                        self.dirty_segments.retain(|s| s.partition != *tp);
+                        self.pending_seals.retain(|(_, seal)| {
+                            !matches!(seal, StorageOp::SealSegment { segment, .. } if segment.partition == *tp)
+                        });
                     }
                     _ => {}
                 }

@@ -1,10 +1,11 @@
 //! The broker's side of the metadata quorum: peer messages in, the controller driven,
 //! applied records turned into local partitions and into answers for waiting admin requests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use kafka_protocol::messages::alter_partition_reassignments_response::AlterPartitionReassignmentsResponse;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsResponse;
 use kafka_protocol::messages::create_topics_response::CreateTopicsResponse;
 use kafka_protocol::messages::delete_topics_response::DeleteTopicsResponse;
@@ -37,6 +38,7 @@ pub(super) enum Waiting {
     CreateTopics(CreateTopicsResponse),
     DeleteTopics(DeleteTopicsResponse),
     CreatePartitions(CreatePartitionsResponse),
+    Reassign(AlterPartitionReassignmentsResponse),
 }
 
 impl Broker {
@@ -137,6 +139,21 @@ impl Broker {
                 }
             }
             match &record.change {
+                Some(Change::Reassign(r)) => {
+                    let names: BTreeSet<String> = r
+                        .partitions
+                        .iter()
+                        .filter_map(|p| p.topic.as_ref().map(|t| t.name.clone()))
+                        .collect();
+                    for name in names {
+                        self.reconcile_topic(&name);
+                    }
+                }
+                Some(Change::Reassigned(p)) => {
+                    if let Some(t) = &p.topic {
+                        self.reconcile_topic(&t.name);
+                    }
+                }
                 Some(Change::RegisterBroker(b)) => {
                     info!(broker = b.id, host = %b.host, port = b.port, "broker registered")
                 }
@@ -235,6 +252,12 @@ impl Broker {
                     t.error_code = code;
                 }
             }
+            Waiting::Reassign(r) => {
+                let partitions = r.responses.iter_mut().flat_map(|t| &mut t.partitions);
+                for p in partitions.filter(|p| p.error_code == 0) {
+                    p.error_code = code;
+                }
+            }
         }
         self.answer_admin(pending, None);
     }
@@ -278,6 +301,7 @@ impl Broker {
                 }
                 ResponseKind::CreatePartitions(r)
             }
+            Waiting::Reassign(r) => ResponseKind::AlterPartitionReassignments(r),
         };
         self.respond(pending.reply_to, Some(response));
     }
@@ -317,14 +341,25 @@ impl Broker {
                             self.config.topic_defaults.clone()
                         }),
                     replicas: Vec::new(),
+                    targets: BTreeMap::new(),
                     logs: BTreeMap::new(),
                     raft: BTreeMap::new(),
                 });
                 let grew = topic.replicas.len() != image.replicas.len();
                 topic.replicas = image.replicas.clone();
+                topic.targets = image.targets.clone();
+                let mut moved_away = Vec::new();
                 for (index, replicas) in image.replicas.iter().enumerate() {
                     let index = index as i32;
-                    if !replicas.contains(&me) || topic.logs.contains_key(&index) {
+                    let target = image.targets.get(&index);
+                    let hosted = replicas.contains(&me) || target.is_some_and(|t| t.contains(&me));
+                    if !hosted {
+                        if topic.logs.contains_key(&index) {
+                            moved_away.push(index);
+                        }
+                        continue;
+                    }
+                    if topic.logs.contains_key(&index) {
                         continue;
                     }
                     let tp = TopicPartition::new(&name, index);
@@ -342,9 +377,20 @@ impl Broker {
                         }
                     };
                     if replicas.len() > 1 {
-                        replicas_to_make.push((tp, replicas.clone()));
+                        // A broker a reassignment adds starts as a learner of the voters.
+                        let learner = !replicas.contains(&me);
+                        replicas_to_make.push((tp, replicas.clone(), learner));
                     }
                     topic.logs.insert(index, log);
+                }
+                // Reassigned elsewhere (the move finished): this copy goes.
+                for index in moved_away {
+                    info!(topic = %name, partition = index, "partition moved to other brokers; deleting the local copy");
+                    topic.logs.remove(&index);
+                    topic.raft.remove(&index);
+                    ops.push(StorageOp::DeletePartition(TopicPartition::new(
+                        &name, index,
+                    )));
                 }
                 if fresh || grew {
                     let save = StorageOp::SaveTopic {
@@ -357,8 +403,8 @@ impl Broker {
                     info!(topic = %name, partitions = image.replicas.len(), "topic created");
                 }
                 self.emit_log_ops(ops);
-                for (tp, replicas) in replicas_to_make {
-                    self.add_replica(&tp, &replicas);
+                for (tp, replicas, learner) in replicas_to_make {
+                    self.add_replica(&tp, &replicas, learner);
                 }
             }
         }

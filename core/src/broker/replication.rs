@@ -19,11 +19,13 @@ use tracing::{debug, info};
 use super::{Broker, Observation, Output, ReplyTo};
 use crate::batch;
 use crate::canary::{is_planted, Canary};
-use crate::cluster::records::{Change, GroupMessage, PartitionLeader, PeerFrame, TopicRef};
+use crate::cluster::records::{
+    Change, GroupMessage, PartitionLeader, PartitionReplicaSet, PeerFrame, TopicRef,
+};
 use crate::config::{FlushPolicy, TimestampType};
 use crate::consensus::RaftPersist;
 use crate::log::PartitionLog;
-use crate::replica::{broker_of, Replica, ReplicaConfig};
+use crate::replica::{broker_of, ReassignStep, Replica, ReplicaConfig};
 use crate::storage::{StorageOp, TopicPartition};
 use crate::topic::Topic;
 
@@ -69,7 +71,7 @@ pub(super) struct Proposed {
 
 impl Broker {
     /// Starts this broker's replica of a partition that has more than one (its log exists).
-    pub(super) fn add_replica(&mut self, tp: &TopicPartition, replicas: &[i32]) {
+    pub(super) fn add_replica(&mut self, tp: &TopicPartition, replicas: &[i32], learner: bool) {
         let persisted: Option<RaftPersist> = self.recovered_replicas.remove(tp);
         let empty = self
             .topics
@@ -80,6 +82,7 @@ impl Broker {
         let config = ReplicaConfig {
             broker: self.config.broker_id,
             replicas: replicas.to_vec(),
+            learner,
             election_ticks: self.config.cluster.election_ticks,
             heartbeat_ticks: self.config.cluster.heartbeat_ticks,
             seed: self.id_seed,
@@ -91,7 +94,7 @@ impl Broker {
             return;
         };
         let mut replica = Replica::new(tp.clone(), config, persisted, log);
-        if fresh && replicas.first() == Some(&self.config.broker_id) {
+        if fresh && !learner && replicas.first() == Some(&self.config.broker_id) {
             // The preferred leader of a new partition stands at once, so leadership starts
             // spread the way placement spread the first replicas.
             replica.campaign();
@@ -137,6 +140,7 @@ impl Broker {
             .is_multiple_of(PREFERRED_LEADER_CHECK_TICKS);
         let image = self.controller.image();
         let mut records = Vec::new();
+        let mut moved = Vec::new();
         for topic in self.topics.values_mut() {
             for (&index, replica) in &mut topic.raft {
                 replica.tick();
@@ -145,6 +149,12 @@ impl Broker {
                 if check && replica.is_leader() {
                     records.push((topic.name.clone(), topic.id, index, replica.term()));
                 }
+                if let Some(target) = topic.targets.get(&index) {
+                    if check && replica.reassign_step(target) == ReassignStep::Done {
+                        moved.push((topic.name.clone(), topic.id, index, target.clone()));
+                    }
+                    continue; // No preferred-leader moves while the replicas change.
+                }
                 let preferred = topic.replicas.get(index as usize).and_then(|r| r.first());
                 let live = |b: &&i32| image.brokers.get(*b).is_some_and(|r| !r.fenced);
                 if let Some(&preferred) = preferred.filter(|b| balance && live(b)) {
@@ -152,6 +162,20 @@ impl Broker {
                         debug!(topic = %topic.name, index, preferred, "handing leadership back to the preferred replica");
                     }
                 }
+            }
+        }
+        for (name, id, index, replicas) in moved {
+            info!(topic = %name, partition = index, ?replicas, "partition moved");
+            let change = Change::Reassigned(PartitionReplicaSet {
+                topic: Some(TopicRef {
+                    name: name.to_string(),
+                    id: id.to_vec(),
+                }),
+                partition: index,
+                replicas,
+            });
+            if let Err(e) = self.controller.propose(change, 0) {
+                debug!(topic = %name, partition = index, error = ?e, "move not recorded yet; retried");
             }
         }
         for (name, id, index, term) in records {

@@ -11,7 +11,7 @@ use prost::Message;
 
 use super::records::{
     BrokerRegistration, Change, ImageRecord, MetadataRecord, PartitionAddition, PartitionLeader,
-    Replicas, TopicCreation, TopicRef,
+    PartitionReplicaSet, Replicas, TopicCreation, TopicRef,
 };
 
 /// One topic in the image.
@@ -25,6 +25,8 @@ pub struct TopicImage {
     pub replicas: Vec<Vec<i32>>,
     /// Elected leaders of replicated partitions: partition -> (broker, leader epoch).
     pub leaders: BTreeMap<i32, (i32, i32)>,
+    /// Reassignments under way: partition -> the replicas it is moving to.
+    pub targets: BTreeMap<i32, Vec<i32>>,
 }
 
 /// Why a change did not apply to one topic.
@@ -95,6 +97,29 @@ impl MetadataImage {
                 }
                 Applied::Quiet
             }
+            Some(Change::Reassign(r)) => {
+                for p in &r.partitions {
+                    if let Some((topic, index)) = self.partition_mut(p) {
+                        if topic.replicas[index] == p.replicas {
+                            topic.targets.remove(&p.partition);
+                        } else {
+                            topic.targets.insert(p.partition, p.replicas.clone());
+                        }
+                    }
+                }
+                Applied::Quiet
+            }
+            Some(Change::Reassigned(p)) => {
+                if let Some((topic, index)) = self.partition_mut(p) {
+                    // Only the reassignment under way finishes: a late record of an older
+                    // one (since cancelled or replaced) changes nothing.
+                    if topic.targets.get(&p.partition) == Some(&p.replicas) {
+                        topic.targets.remove(&p.partition);
+                        topic.replicas[index] = p.replicas.clone();
+                    }
+                }
+                Applied::Quiet
+            }
             Some(Change::AddPartitions(a)) => Applied::Topics(
                 a.topics
                     .iter()
@@ -117,6 +142,19 @@ impl MetadataImage {
         self.topics.get(name).filter(|t| t.id[..] == *id)
     }
 
+    /// The topic and partition index a record names, if both exist.
+    fn partition_mut(&mut self, p: &PartitionReplicaSet) -> Option<(&mut TopicImage, usize)> {
+        let t = p.topic.as_ref()?;
+        let topic = self
+            .topics
+            .get_mut(&t.name)
+            .filter(|topic| topic.id[..] == *t.id)?;
+        let index = usize::try_from(p.partition)
+            .ok()
+            .filter(|i| *i < topic.replicas.len())?;
+        Some((topic, index))
+    }
+
     fn create_topic(&mut self, t: &TopicCreation) -> Result<(), Refusal> {
         if self.topics.contains_key(&t.name) {
             return Err(Refusal::AlreadyExists);
@@ -135,6 +173,11 @@ impl MetadataImage {
                     .leaders
                     .iter()
                     .map(|l| (l.partition, (l.leader, l.epoch)))
+                    .collect(),
+                targets: t
+                    .targets
+                    .iter()
+                    .map(|p| (p.partition, p.replicas.clone()))
                     .collect(),
             },
         );
@@ -186,6 +229,15 @@ impl MetadataImage {
                             epoch,
                         })
                         .collect(),
+                    targets: t
+                        .targets
+                        .iter()
+                        .map(|(&partition, replicas)| PartitionReplicaSet {
+                            topic: None,
+                            partition,
+                            replicas: replicas.clone(),
+                        })
+                        .collect(),
                 })
                 .collect(),
         }
@@ -226,6 +278,7 @@ mod tests {
                         partitions
                     ],
                     leaders: Vec::new(),
+                    targets: Vec::new(),
                 }],
             })),
         }
@@ -298,6 +351,32 @@ mod tests {
         image.apply(&leader(4));
         image.apply(&leader(3)); // stale: an older epoch never replaces a newer one
         assert_eq!(image.topics["a"].leaders[&1], (4, 4));
+        let set = |replicas: Vec<i32>| PartitionReplicaSet {
+            topic: Some(TopicRef {
+                name: "a".into(),
+                id: vec![1; 16],
+            }),
+            partition: 2,
+            replicas,
+        };
+        let reassign = |replicas| MetadataRecord {
+            origin: None,
+            change: Some(Change::Reassign(super::super::records::Reassignments {
+                partitions: vec![set(replicas)],
+            })),
+        };
+        let reassigned = |replicas| MetadataRecord {
+            origin: None,
+            change: Some(Change::Reassigned(set(replicas))),
+        };
+        image.apply(&reassign(vec![2, 3]));
+        image.apply(&reassigned(vec![3, 4])); // not the target under way: ignored
+        assert_eq!(image.topics["a"].replicas[2], [1, 2]);
+        assert_eq!(image.topics["a"].targets[&2], [2, 3]);
+        assert_eq!(MetadataImage::decode(&image.encode()).unwrap(), image);
+        image.apply(&reassigned(vec![2, 3]));
+        assert_eq!(image.topics["a"].replicas[2], [2, 3]);
+        assert!(image.topics["a"].targets.is_empty());
         assert_eq!(MetadataImage::decode(&image.encode()).unwrap(), image);
         assert_eq!(
             MetadataImage::decode(&[]).unwrap(),

@@ -13,7 +13,7 @@ pub struct MetadataRecord {
     #[prost(message, optional, tag = "1")]
     pub origin: Option<Origin>,
     /// What changes.
-    #[prost(oneof = "Change", tags = "2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "Change", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
     pub change: Option<Change>,
 }
 
@@ -49,6 +49,35 @@ pub enum Change {
     /// A partition's replicas elected a leader.
     #[prost(message, tag = "7")]
     PartitionLeader(PartitionLeader),
+    /// Partitions' replicas are to move (AlterPartitionReassignments); a target equal to the
+    /// current replicas cancels.
+    #[prost(message, tag = "8")]
+    Reassign(Reassignments),
+    /// A partition's leader finished moving it: its replicas are now the target.
+    #[prost(message, tag = "9")]
+    Reassigned(PartitionReplicaSet),
+}
+
+/// Partitions to move.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Reassignments {
+    /// One per partition.
+    #[prost(message, repeated, tag = "1")]
+    pub partitions: Vec<PartitionReplicaSet>,
+}
+
+/// A partition and a set of replicas for it.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct PartitionReplicaSet {
+    /// The topic (unset inside a snapshot's topic).
+    #[prost(message, optional, tag = "1")]
+    pub topic: Option<TopicRef>,
+    /// Partition index.
+    #[prost(int32, tag = "2")]
+    pub partition: i32,
+    /// Broker ids; the first is the preferred leader.
+    #[prost(int32, repeated, tag = "3")]
+    pub replicas: Vec<i32>,
 }
 
 /// Who leads a partition, and in which leader epoch (its Raft term). Proposed by the new
@@ -129,6 +158,9 @@ pub struct TopicCreation {
     /// Known partition leaders (in snapshots; empty at creation).
     #[prost(message, repeated, tag = "5")]
     pub leaders: Vec<PartitionLeader>,
+    /// Reassignments under way: each partition's target (in snapshots).
+    #[prost(message, repeated, tag = "6")]
+    pub targets: Vec<PartitionReplicaSet>,
 }
 
 /// The brokers holding one partition; the first is the preferred leader.

@@ -204,19 +204,23 @@ impl<S: Storage> RaftGroup<S> {
         self.node.raft.raft_log.committed
     }
 
-    /// Voters that the leader heard from within the last election timeout, itself included
-    /// (raft-rs's check-quorum bookkeeping); 0 on a follower.
-    pub fn recently_active_voters(&self) -> usize {
+    /// Voters in sync with the leader, itself included: heard from within the current
+    /// election timeout (raft-rs's check-quorum bookkeeping, cleared at each timeout) or
+    /// holding everything committed; 0 on a follower.
+    pub fn in_sync_voters(&self) -> usize {
         if !self.is_leader() {
             return 0;
         }
         let me = self.id();
+        let committed = self.committed();
         let voters = self.node.raft.prs().conf().voters().ids();
         self.node
             .raft
             .prs()
             .iter()
-            .filter(|(id, p)| voters.contains(**id) && (**id == me || p.recent_active))
+            .filter(|(id, p)| {
+                voters.contains(**id) && (**id == me || p.recent_active || p.matched >= committed)
+            })
             .count()
     }
 

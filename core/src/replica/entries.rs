@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
 /// Bytes of recent entry data a replica keeps for resending (per partition).
@@ -30,8 +30,19 @@ pub struct EntryMeta {
     pub position: u64,
     /// Bytes on disk.
     pub size: u32,
-    /// A leader-change control batch: raft-rs's empty entry.
-    pub control: bool,
+    /// What the batch holds.
+    pub kind: EntryKind,
+}
+
+/// The kinds of entry, each stored as a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// Records a producer sent.
+    Data,
+    /// A leader-change control batch: raft-rs's empty entry at the start of a term.
+    LeaderChange,
+    /// A membership change (control batch whose value is a raft-rs `ConfChangeV2`).
+    Membership,
 }
 
 /// Where the retained log starts: the Raft snapshot point (everything up to `index` is
@@ -93,23 +104,29 @@ pub struct EntryLog {
     cache_bytes: usize,
     /// Data read from disk for a lagging follower; dropped once handed to raft-rs.
     fetched: BTreeMap<u64, Vec<u8>>,
+    /// The encoded changes of membership entries, always in memory (they are few, and
+    /// raft-rs needs them to apply and to resend).
+    memberships: BTreeMap<u64, Vec<u8>>,
     /// Ranges raft-rs asked for that were not in memory (filled from `&self` calls).
     misses: RefCell<Vec<Miss>>,
 }
 
 impl EntryLog {
-    /// A log holding `table` after `start`, with the durable Raft state.
+    /// A log holding `table` after `start` (with the changes of its membership entries, by
+    /// index), with the durable Raft state.
     pub fn new(
         hard_state: HardState,
         conf_state: ConfState,
         start: LogStart,
         table: VecDeque<EntryMeta>,
+        memberships: BTreeMap<u64, Vec<u8>>,
     ) -> Self {
         let mut log = EntryLog {
             hard_state,
             conf_state,
             start,
             table,
+            memberships,
             ..Default::default()
         };
         // The commit index is not persisted for partitions (the leader re-advances it), and
@@ -186,12 +203,22 @@ impl EntryLog {
         for (_, data) in self.cache.split_off(&index) {
             self.cache_bytes -= data.len();
         }
+        self.memberships.split_off(&index);
     }
 
-    /// Appends an entry written to the log; `data` is cached for resending.
+    /// Appends an entry written to the log; `data` is cached for resending (and kept, for
+    /// a membership change).
     pub fn push(&mut self, meta: EntryMeta, data: Vec<u8>) {
         self.table.push_back(meta);
         let index = self.last();
+        match meta.kind {
+            EntryKind::Membership => {
+                self.memberships.insert(index, data);
+                return;
+            }
+            EntryKind::LeaderChange => return,
+            EntryKind::Data => {}
+        }
         if !data.is_empty() {
             self.cache_bytes += data.len();
             self.cache.insert(index, data);
@@ -211,7 +238,13 @@ impl EntryLog {
         self.table.clear();
         self.cache.clear();
         self.cache_bytes = 0;
+        self.memberships.clear();
         self.hard_state.commit = self.hard_state.commit.max(start.index);
+    }
+
+    /// Records the membership after an applied change.
+    pub fn set_conf_state(&mut self, conf_state: ConfState) {
+        self.conf_state = conf_state;
     }
 
     /// Drops entries up to and including `index` (retention deleted their segments).
@@ -228,6 +261,7 @@ impl EntryLog {
             if let Some(data) = self.cache.remove(&self.start.index) {
                 self.cache_bytes -= data.len();
             }
+            self.memberships.remove(&self.start.index);
         }
     }
 
@@ -287,8 +321,12 @@ impl Storage for EntryLog {
         let mut size = 0u64;
         for index in low..high {
             let meta = self.meta(index).expect("bounds checked above");
-            let data = if meta.control {
+            let mut entry_type = EntryType::EntryNormal;
+            let data = if meta.kind == EntryKind::LeaderChange {
                 Vec::new()
+            } else if meta.kind == EntryKind::Membership {
+                entry_type = EntryType::EntryConfChangeV2;
+                self.memberships.get(&index).cloned().unwrap_or_default()
             } else if let Some(data) = self.data(index) {
                 data.clone()
             } else if !context.can_async() {
@@ -305,12 +343,14 @@ impl Storage for EntryLog {
             if !out.is_empty() && size > max_size {
                 break;
             }
-            out.push(Entry {
+            let mut entry = Entry {
                 index,
                 term: meta.term,
                 data,
                 ..Default::default()
-            });
+            };
+            entry.set_entry_type(entry_type);
+            out.push(entry);
         }
         Ok(out)
     }

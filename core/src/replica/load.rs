@@ -5,13 +5,13 @@
 //! picture is repaired, never served: a corrupt batch cuts the log there (the leader sends
 //! the rest again), and a log that does not reach back to the recorded start is emptied.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use raft::eraftpb::{ConfState, HardState};
 use tracing::warn;
 
-use super::entries::{EntryLog, EntryMeta, LogStart};
+use super::entries::{EntryKind, EntryLog, EntryMeta, LogStart};
 use super::{ReadRequest, READ_CHUNK};
 use crate::batch::{self, frame_size, BatchView, LOG_OVERHEAD};
 use crate::log::{CommitPoint, PartitionLog};
@@ -38,6 +38,8 @@ pub(super) struct Loader {
     read_len: usize,
     in_flight: Option<u64>,
     table: VecDeque<EntryMeta>,
+    /// Changes of the membership entries read, by index.
+    memberships: BTreeMap<u64, Vec<u8>>,
     /// The offset the next entry must start at.
     expected: i64,
     /// The log does not line up with the recorded start: empty it.
@@ -68,6 +70,7 @@ impl Loader {
             read_len: READ_CHUNK,
             in_flight: None,
             table: VecDeque::new(),
+            memberships: BTreeMap::new(),
             expected: start.offset,
             misaligned,
             lost: false,
@@ -171,7 +174,16 @@ impl Loader {
                     segment_base,
                     position: self.position,
                     size: size as u32,
-                    control: batch::is_leader_change(&view),
+                    kind: match batch::control_record(&view) {
+                        Some((batch::LEADER_CHANGE_CONTROL_TYPE, _)) => EntryKind::LeaderChange,
+                        Some((batch::MEMBERSHIP_CONTROL_TYPE, value)) => {
+                            let index = self.start.index + self.table.len() as u64 + 1;
+                            self.memberships
+                                .insert(index, value.unwrap_or_default().to_vec());
+                            EntryKind::Membership
+                        }
+                        _ => EntryKind::Data,
+                    },
                 });
                 self.expected = view.next_offset();
             }
@@ -199,10 +211,12 @@ impl Loader {
     pub(super) fn finish(self, log: &mut PartitionLog) -> (EntryLog, Vec<StorageOp>, bool) {
         let mut ops = Vec::new();
         let mut table = self.table;
+        let mut memberships = self.memberships;
         if self.misaligned {
             warn!(partition = %log.partition(), start = self.start.offset, "replica log does not line up with its recorded start; emptying it");
             log.reset(self.start.offset, &mut ops);
             table.clear();
+            memberships.clear();
         } else {
             log.drop_before(self.start.offset, &mut ops);
         }
@@ -215,7 +229,13 @@ impl Loader {
             None => log.end_point(),
         };
         log.reset_high_watermark(point);
-        let entry_log = EntryLog::new(self.hard_state, self.conf_state, self.start, table);
+        let entry_log = EntryLog::new(
+            self.hard_state,
+            self.conf_state,
+            self.start,
+            table,
+            memberships,
+        );
         let lost = self.lost || self.misaligned;
         (entry_log, ops, lost)
     }

@@ -25,7 +25,7 @@ mod load;
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::{Bytes, BytesMut};
-use raft::eraftpb::{ConfState, HardState, Message, MessageType};
+use raft::eraftpb::{ConfState, EntryType, HardState, Message, MessageType};
 use raft::Storage as _;
 use tracing::{debug, info, warn};
 
@@ -36,7 +36,7 @@ use crate::consensus::{GroupConfig, ProposeError, RaftGroup, RaftPersist};
 use crate::log::{CommitPoint, PartitionLog};
 use crate::storage::{SegmentId, StorageOp, TopicPartition};
 
-pub use entries::{EntryLog, EntryMeta, LogStart};
+pub use entries::{EntryKind, EntryLog, EntryMeta, LogStart};
 use load::Loader;
 
 /// Largest read issued for a lagging follower or at start-up.
@@ -47,8 +47,10 @@ const READ_CHUNK: usize = 1 << 20;
 pub struct ReplicaConfig {
     /// This broker.
     pub broker: i32,
-    /// The partition's replicas (broker ids).
+    /// The partition's replicas (broker ids): the voters of a new group.
     pub replicas: Vec<i32>,
+    /// This broker joins a running group as a learner (a reassignment adds it).
+    pub learner: bool,
     /// Ticks before a follower campaigns.
     pub election_ticks: usize,
     /// Ticks between heartbeats.
@@ -84,6 +86,15 @@ pub struct ReplicaOutput {
     pub elected: Option<u64>,
     /// The high watermark moved.
     pub advanced: bool,
+}
+
+/// Where a reassignment stands, seen from the partition leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReassignStep {
+    /// A change is under way (or this replica does not lead): ask again later.
+    Waiting,
+    /// The group's members are the target: the metadata may record the move.
+    Done,
 }
 
 /// Readies whose entries wait for a sync before raft-rs may count them as persisted.
@@ -156,6 +167,11 @@ impl Replica {
             .filter(|c| !c.voters.is_empty())
             .unwrap_or_else(|| ConfState {
                 voters: config.replicas.iter().map(|&b| raft_id(b)).collect(),
+                learners: if config.learner {
+                    vec![raft_id(config.broker)]
+                } else {
+                    Vec::new()
+                },
                 ..Default::default()
             });
         let persisted_vote = (hard_state.term, hard_state.vote);
@@ -217,9 +233,9 @@ impl Replica {
         self.group().map_or(0, |g| g.term())
     }
 
-    /// Voters the leader heard from recently (itself included); 0 unless leader.
+    /// Voters in sync with the leader (itself included); 0 unless leader.
     pub fn in_sync_replicas(&self) -> usize {
-        self.group().map_or(0, |g| g.recently_active_voters())
+        self.group().map_or(0, |g| g.in_sync_voters())
     }
 
     /// The entry table, once running.
@@ -367,11 +383,88 @@ impl Replica {
             .raft
             .prs()
             .get(raft_id(broker))
-            .is_some_and(|pr| pr.matched >= last && pr.recent_active);
+            .is_some_and(|pr| pr.matched >= last);
         if caught_up {
             group.raw().transfer_leader(raft_id(broker));
         }
         caught_up
+    }
+
+    /// On the leader, takes the next step of moving this partition to `target`: one
+    /// membership change at a time, each a simple Raft change (no joint consensus): add the
+    /// missing replicas as learners, promote each once it has caught up, hand leadership to
+    /// a target replica if this one is leaving, then remove the replicas not in the target.
+    pub fn reassign_step(&mut self, target: &[i32]) -> ReassignStep {
+        use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+        let State::Running(group) = &mut self.state else {
+            return ReassignStep::Waiting;
+        };
+        if !group.is_leader() {
+            return ReassignStep::Waiting;
+        }
+        let raft = &group.raw_ref().raft;
+        let conf = group.conf_state();
+        let changing = raft.has_pending_conf() || !conf.voters_outgoing.is_empty();
+        if changing {
+            return ReassignStep::Waiting;
+        }
+        let voters: Vec<i32> = conf.voters.iter().map(|&id| broker_of(id)).collect();
+        let learners: Vec<i32> = conf.learners.iter().map(|&id| broker_of(id)).collect();
+        let last = group.last_index();
+        // Caught up: holds every entry. (raft-rs's `recent_active` is cleared at every
+        // election timeout, the very moment these checks run, so it cannot tell.)
+        let caught_up = |broker: i32| {
+            raft.prs()
+                .get(raft_id(broker))
+                .is_some_and(|pr| pr.matched >= last)
+        };
+        let change = |kind: ConfChangeType, broker: i32| {
+            let mut single = ConfChangeSingle {
+                node_id: raft_id(broker),
+                ..Default::default()
+            };
+            single.set_change_type(kind);
+            ConfChangeV2 {
+                changes: vec![single],
+                ..Default::default()
+            }
+        };
+        let next = if let Some(&b) = target
+            .iter()
+            .find(|b| !voters.contains(b) && !learners.contains(b))
+        {
+            Some(change(ConfChangeType::AddLearnerNode, b))
+        } else if let Some(&b) = target.iter().find(|b| learners.contains(b)) {
+            if !caught_up(b) {
+                return ReassignStep::Waiting;
+            }
+            Some(change(ConfChangeType::AddNode, b))
+        } else if !target.contains(&self.config.broker) {
+            let successor = target.iter().copied().find(|&b| caught_up(b));
+            return match successor {
+                Some(b) => {
+                    group.raw().transfer_leader(raft_id(b));
+                    ReassignStep::Waiting
+                }
+                None => ReassignStep::Waiting,
+            };
+        } else {
+            voters
+                .iter()
+                .chain(&learners)
+                .find(|b| !target.contains(b))
+                .map(|&b| change(ConfChangeType::RemoveNode, b))
+        };
+        match next {
+            Some(cc) => {
+                info!(partition = %self.tp, change = ?cc.changes, "moving partition replicas");
+                if let Err(e) = group.propose_conf_change(cc) {
+                    debug!(partition = %self.tp, error = ?e, "membership change not proposed");
+                }
+                ReassignStep::Waiting
+            }
+            None => ReassignStep::Done,
+        }
     }
 
     /// Moves the retained log's start to `offset` after retention deleted segments before
@@ -439,7 +532,7 @@ impl Replica {
             if end > bytes.len() {
                 break;
             }
-            if !meta.control {
+            if meta.kind == EntryKind::Data {
                 store.add_fetched(index, bytes[at..end].to_vec());
             }
             at = end;
@@ -507,7 +600,11 @@ impl Replica {
                         self.pending.ops.push(op);
                     }
                 }
-                let _ = ready.take_committed_entries();
+                for entry in ready.take_committed_entries() {
+                    if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+                        apply_membership(&self.tp, group, &entry, &mut self.pending.ops);
+                    }
+                }
                 self.unpersisted.push_back(Unpersisted {
                     token: if wrote { sync_token } else { None },
                     number: ready.number(),
@@ -710,23 +807,30 @@ fn write_entries(
         store.truncate_from(first);
     }
     for entry in entries {
-        let mut bytes = if entry.data.is_empty() {
+        let membership = entry.get_entry_type() != EntryType::EntryNormal;
+        let mut bytes = if membership {
+            batch::control_batch(batch::MEMBERSHIP_CONTROL_TYPE, Some(&entry.data))
+        } else if entry.data.is_empty() {
             batch::leader_change_batch()
         } else {
             BytesMut::from(&entry.data[..])
         };
-        let (delta, max_timestamp, control) = match BatchView::split_first(&bytes) {
+        let (delta, max_timestamp, kind) = match BatchView::split_first(&bytes) {
             Ok((view, [])) => (
                 view.last_offset_delta().max(0),
                 view.max_timestamp(),
-                batch::is_leader_change(&view),
+                match (membership, batch::is_leader_change(&view)) {
+                    (true, _) => EntryKind::Membership,
+                    (false, true) => EntryKind::LeaderChange,
+                    (false, false) => EntryKind::Data,
+                },
             ),
             _ => {
                 // The leader validated it; bytes that do not parse mean a bug upstream.
                 // Every replica receives the same bytes, so all write the same marker.
                 warn!(partition = %log.partition(), index = entry.index, "entry is not one batch; storing a marker");
                 bytes = batch::leader_change_batch();
-                (0, -1, true)
+                (0, -1, EntryKind::LeaderChange)
             }
         };
         let base_offset = log.log_end_offset();
@@ -743,13 +847,44 @@ fn write_entries(
             segment_base: at.segment_base,
             position: at.position,
             size,
-            control,
+            kind,
         };
         ops.push(StorageOp::Append {
             segment: log.active_segment_id(),
             data: bytes.freeze(),
         });
-        store.push(meta, if control { Vec::new() } else { entry.data });
+        store.push(meta, entry.data);
+    }
+}
+
+/// Applies a committed membership change to the group; records the new membership.
+fn apply_membership(
+    tp: &TopicPartition,
+    group: &mut RaftGroup<EntryLog>,
+    entry: &raft::eraftpb::Entry,
+    ops: &mut Vec<StorageOp>,
+) {
+    use prost::Message as _;
+    let change = match raft::eraftpb::ConfChangeV2::decode(&entry.data[..]) {
+        Ok(change) => change,
+        Err(e) => {
+            warn!(partition = %tp, index = entry.index, error = %e, "unreadable membership change");
+            return;
+        }
+    };
+    match group.raw().apply_conf_change(&change) {
+        Ok(conf_state) => {
+            info!(partition = %tp, voters = ?conf_state.voters, learners = ?conf_state.learners, "partition membership changed");
+            group.raw().mut_store().set_conf_state(conf_state.clone());
+            ops.push(StorageOp::SaveReplica {
+                partition: tp.clone(),
+                state: Box::new(RaftPersist {
+                    conf_state: Some(conf_state),
+                    ..Default::default()
+                }),
+            });
+        }
+        Err(e) => warn!(partition = %tp, error = %e, "membership change refused"),
     }
 }
 
