@@ -267,3 +267,76 @@ def test_acks_all_survives_killing_the_partition_leader_again_and_again(cluster)
     consumer.close()
     missing = [(v, o) for v, o in acked.items() if at.get(o) != v]
     assert not missing, f"{len(missing)} acknowledged records not at their offsets: {missing[:5]}"
+
+
+def test_a_partition_moves_to_a_fourth_broker_while_producers_write(cluster, workdir):
+    """kafka-python's AlterPartitionReassignments moves a replication-factor-3 partition off
+    its leader and onto a broker that joined later; no acknowledged record is lost."""
+    from kafka import KafkaAdminClient
+    from kafka import TopicPartition as KafkaPartition
+
+    admin = AdminClient({"bootstrap.servers": bootstrap(cluster)})
+    wait_for("a controller", lambda: cluster_metadata(admin))
+    create(admin, "moving", 1, replication=3)
+    leader = wait_for("a partition leader", lambda: partition_leader(admin, "moving"), timeout=30)
+    producer = Producer({"bootstrap.servers": bootstrap(cluster), "acks": "all", "linger.ms": 2})
+    acked, failed = {}, []
+
+    def on_delivery(err, msg):
+        if err is not None:
+            failed.append(err)
+        else:
+            acked[msg.value()] = msg.offset()
+
+    sent = 0
+
+    def send(n):
+        nonlocal sent
+        for _ in range(n):
+            producer.produce("moving", value=b"m%06d" % sent, partition=0, on_delivery=on_delivery)
+            sent += 1
+            producer.poll(0)
+        producer.flush(60)
+
+    send(500)
+    newcomer = Broker(
+        workdir / "node4",
+        ["--broker-id", "4", "--controller-quorum-voters", cluster.voters,
+         "--peer-listen", f"127.0.0.1:{free_port()}"],
+    )
+    cluster[4] = newcomer.start()
+    wait_for("four brokers", lambda: cluster_metadata(admin, brokers=4))
+
+    kafka_admin = KafkaAdminClient(bootstrap_servers=bootstrap(cluster))
+    partition = KafkaPartition("moving", 0)
+    target = [b for b in (1, 2, 3) if b != leader] + [4]
+    assert kafka_admin.alter_partition_reassignments({partition: target}) == {partition: None}
+    send(500)  # while the partition moves
+
+    def moved():
+        if kafka_admin.list_partition_reassignments():
+            return None
+        replicas = admin.list_topics("moving", timeout=5).topics["moving"].partitions[0].replicas
+        return sorted(replicas) == sorted(target)
+
+    wait_for("the move to finish", moved, timeout=60)
+    kafka_admin.close()
+    assert (workdir / "node4" / "moving-0").is_dir(), "the newcomer holds a copy"
+    wait_for("the old leader to drop its copy",
+             lambda: not (workdir / f"node{leader}" / "moving-0").exists(), timeout=30)
+    send(500)
+    assert not failed, failed[:5]
+    assert len(acked) == sent
+
+    consumer = Consumer({"bootstrap.servers": bootstrap(cluster), "group.id": "check", "enable.auto.commit": False})
+    consumer.assign([TopicPartition("moving", 0, 0)])
+    at = {}
+    deadline = time.time() + 60
+    last = max(acked.values())
+    while time.time() < deadline and (not at or max(at) < last):
+        msg = consumer.poll(0.5)
+        if msg is not None and not msg.error():
+            at[msg.offset()] = msg.value()
+    consumer.close()
+    missing = [(v, o) for v, o in acked.items() if at.get(o) != v]
+    assert not missing, f"{len(missing)} acknowledged records not at their offsets: {missing[:5]}"
