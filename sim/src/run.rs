@@ -112,6 +112,9 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
     for id in 0..w.admins {
         tasks.push(clients.spawn(workload::admin(ctx.clone(), id)));
     }
+    for id in 0..w.movers {
+        tasks.push(clients.spawn(workload::mover(ctx.clone(), id)));
+    }
     let injectors = faults::start(&ctx, &brokers);
     tokio::spawn(faults::supervisor(ctx.clone(), brokers.clone()));
 

@@ -90,6 +90,9 @@ pub struct Workload {
     /// Admin clients creating, checking and deleting scratch topics.
     #[serde(default)]
     pub admins: u32,
+    /// Admin clients moving replicated partitions to other brokers now and then.
+    #[serde(default)]
+    pub movers: u32,
 }
 
 fn batch_default() -> Range {
@@ -309,7 +312,7 @@ impl Plan {
         vec![
             format!("brokers={} topics={} duration={}s liveness<={}s", s.brokers, topics.join(","), s.duration_s, s.liveness_s),
             format!(
-                "producers acks=all:{} acks=1:{} batch={:.0}-{:.0} think={:.0}-{:.0}ms consumers={} admins={}",
+                "producers acks=all:{} acks=1:{} batch={:.0}-{:.0} think={:.0}-{:.0}ms consumers={} admins={}{}",
                 s.workload.producers_acks_all,
                 s.workload.producers_acks_one,
                 s.workload.batch_records[0],
@@ -317,7 +320,11 @@ impl Plan {
                 s.workload.think_ms[0],
                 s.workload.think_ms[1],
                 s.workload.consumers,
-                s.workload.admins
+                s.workload.admins,
+                match s.workload.movers {
+                    0 => String::new(),
+                    n => format!(" movers={n}"),
+                }
             ),
             format!("faults: {}", faults.join(", ")),
         ]

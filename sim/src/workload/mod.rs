@@ -4,11 +4,13 @@
 
 mod admin;
 mod consumer;
+mod mover;
 mod producer;
 mod verify;
 
 pub use admin::admin;
 pub use consumer::consumer;
+pub use mover::mover;
 pub use producer::producer;
 pub use verify::{final_read, liveness_probe};
 
