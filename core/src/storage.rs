@@ -122,8 +122,8 @@ pub enum StorageOp {
     /// clients) promise it.
     SaveQuorum(Box<RaftPersist>),
     /// Write a change to a partition replica's Raft state: hard state (term and vote), and
-    /// the log start as a snapshot (its data is the start offset); never entries, which are
-    /// the segments. Durable when the driver moves on, like [`StorageOp::SaveQuorum`].
+    /// the log start and membership as a snapshot (its data is the start offset and the
+    /// membership's index); never entries, which are the segments. Durable when the driver moves on, like [`StorageOp::SaveQuorum`].
     /// [`StorageOp::DeletePartition`] forgets it.
     SaveReplica {
         /// The partition.

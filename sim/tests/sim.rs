@@ -125,6 +125,12 @@ const REGRESSIONS: &[(&str, u64)] = &[
     ("cluster5-learners", 280),
     ("cluster5-swarm", 279),
     ("cluster5-learners", 238),
+    // Moves: a broker dropped its copy while still a member of the group (the target had
+    // changed under a move), stalling commits; fresh replicas added by moves formed a
+    // majority of the group's first membership and started a second history.
+    ("cluster5-moves", 237),
+    ("cluster5-moves", 389),
+    ("cluster5-moves", 216),
     // A flipped batch length made a fetch re-read one range forever.
     ("bit-flip", 22),
     ("bit-flip", 27),

@@ -249,7 +249,10 @@ impl Broker {
             configs,
             partitions: replicas
                 .into_iter()
-                .map(|brokers| Replicas { brokers })
+                .map(|brokers| Replicas {
+                    brokers,
+                    origin: Vec::new(),
+                })
                 .collect(),
             leaders: Vec::new(),
             targets: Vec::new(),
@@ -575,7 +578,10 @@ impl Broker {
             }),
             partitions: replicas
                 .into_iter()
-                .map(|brokers| Replicas { brokers })
+                .map(|brokers| Replicas {
+                    brokers,
+                    origin: Vec::new(),
+                })
                 .collect(),
         })
     }

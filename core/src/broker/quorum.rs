@@ -352,7 +352,16 @@ impl Broker {
                 for (index, replicas) in image.replicas.iter().enumerate() {
                     let index = index as i32;
                     let target = image.targets.get(&index);
-                    let hosted = replicas.contains(&me) || target.is_some_and(|t| t.contains(&me));
+                    let held = topic.logs.contains_key(&index)
+                        || recovered.as_ref().is_some_and(|(id, parts)| {
+                            *id == image.id && parts.contains_key(&index)
+                        });
+                    // While a move is under way this broker may still be in the partition's
+                    // Raft group whatever the target says: a copy goes only once the move
+                    // is recorded as done (the leader removes members before that).
+                    let hosted = replicas.contains(&me)
+                        || target.is_some_and(|t| t.contains(&me))
+                        || (target.is_some() && held);
                     if !hosted {
                         if topic.logs.contains_key(&index) {
                             moved_away.push(index);
@@ -377,9 +386,10 @@ impl Broker {
                         }
                     };
                     if replicas.len() > 1 {
-                        // A broker a reassignment adds starts as a learner of the voters.
-                        let learner = !replicas.contains(&me);
-                        replicas_to_make.push((tp, replicas.clone(), learner));
+                        // A replica starts from its group's first membership and replays
+                        // the changes since (a broker a move adds joins as their learner).
+                        let origin = image.origins.get(index as usize).unwrap_or(replicas);
+                        replicas_to_make.push((tp, origin.clone()));
                     }
                     topic.logs.insert(index, log);
                 }
@@ -403,8 +413,8 @@ impl Broker {
                     info!(topic = %name, partitions = image.replicas.len(), "topic created");
                 }
                 self.emit_log_ops(ops);
-                for (tp, replicas, learner) in replicas_to_make {
-                    self.add_replica(&tp, &replicas, learner);
+                for (tp, origin) in replicas_to_make {
+                    self.add_replica(&tp, &origin);
                 }
             }
         }

@@ -71,18 +71,18 @@ pub(super) struct Proposed {
 
 impl Broker {
     /// Starts this broker's replica of a partition that has more than one (its log exists).
-    pub(super) fn add_replica(&mut self, tp: &TopicPartition, replicas: &[i32], learner: bool) {
+    pub(super) fn add_replica(&mut self, tp: &TopicPartition, replicas: &[i32]) {
         let persisted: Option<RaftPersist> = self.recovered_replicas.remove(tp);
         let empty = self
             .topics
             .get(&tp.topic)
             .and_then(|t| t.partition(tp.partition))
             .is_some_and(|log| log.log_end_offset() == 0);
-        let fresh = persisted.is_none() && empty;
+        let stateful = persisted.is_some();
+        let fresh = !stateful && empty;
         let config = ReplicaConfig {
             broker: self.config.broker_id,
             replicas: replicas.to_vec(),
-            learner,
             election_ticks: self.config.cluster.election_ticks,
             heartbeat_ticks: self.config.cluster.heartbeat_ticks,
             seed: self.id_seed,
@@ -94,7 +94,18 @@ impl Broker {
             return;
         };
         let mut replica = Replica::new(tp.clone(), config, persisted, log);
-        if fresh && !learner && replicas.first() == Some(&self.config.broker_id) {
+        // A founding member of a new partition: the replicas are still the first ones and
+        // nothing is moving. Any other replica without Raft state joins a group that has a
+        // history, and waits for its leader.
+        let founding = topic
+            .replicas
+            .get(tp.partition as usize)
+            .is_some_and(|c| c == replicas)
+            && !topic.targets.contains_key(&tp.partition);
+        if !stateful && !founding {
+            replica.join_existing_group();
+        }
+        if fresh && founding && replicas.first() == Some(&self.config.broker_id) {
             // The preferred leader of a new partition stands at once, so leadership starts
             // spread the way placement spread the first replicas.
             replica.campaign();

@@ -27,6 +27,9 @@ pub struct TopicImage {
     pub leaders: BTreeMap<i32, (i32, i32)>,
     /// Reassignments under way: partition -> the replicas it is moving to.
     pub targets: BTreeMap<i32, Vec<i32>>,
+    /// Replicas each partition was created with: the first membership of its Raft group,
+    /// which a replica that joins later starts from before replaying the changes.
+    pub origins: Vec<Vec<i32>>,
 }
 
 /// Why a change did not apply to one topic.
@@ -100,9 +103,10 @@ impl MetadataImage {
             Some(Change::Reassign(r)) => {
                 for p in &r.partitions {
                     if let Some((topic, index)) = self.partition_mut(p) {
-                        if topic.replicas[index] == p.replicas {
-                            topic.targets.remove(&p.partition);
-                        } else {
+                        // A move back to the current replicas (a cancel) stays a target
+                        // until the leader has undone whatever the move had begun.
+                        let idle = !topic.targets.contains_key(&p.partition);
+                        if !(idle && topic.replicas[index] == p.replicas) {
                             topic.targets.insert(p.partition, p.replicas.clone());
                         }
                     }
@@ -163,6 +167,14 @@ impl MetadataImage {
         let n = t.id.len().min(16);
         id[..n].copy_from_slice(&t.id[..n]);
         let replicas = t.partitions.iter().map(|r| r.brokers.clone()).collect();
+        let origins = t
+            .partitions
+            .iter()
+            .map(|r| match r.origin.is_empty() {
+                true => r.brokers.clone(),
+                false => r.origin.clone(),
+            })
+            .collect();
         self.topics.insert(
             t.name.clone(),
             TopicImage {
@@ -179,6 +191,7 @@ impl MetadataImage {
                     .iter()
                     .map(|p| (p.partition, p.replicas.clone()))
                     .collect(),
+                origins,
             },
         );
         Ok(())
@@ -200,6 +213,9 @@ impl MetadataImage {
         topic
             .replicas
             .extend(a.partitions.iter().map(|r| r.brokers.clone()));
+        topic
+            .origins
+            .extend(a.partitions.iter().map(|r| r.brokers.clone()));
         Ok(())
     }
 
@@ -217,7 +233,11 @@ impl MetadataImage {
                     partitions: t
                         .replicas
                         .iter()
-                        .map(|r| Replicas { brokers: r.clone() })
+                        .zip(&t.origins)
+                        .map(|(r, o)| Replicas {
+                            brokers: r.clone(),
+                            origin: if o == r { Vec::new() } else { o.clone() },
+                        })
                         .collect(),
                     leaders: t
                         .leaders
@@ -273,7 +293,8 @@ mod tests {
                     configs: BTreeMap::from([("retention.ms".into(), "1000".into())]),
                     partitions: vec![
                         Replicas {
-                            brokers: vec![1, 2]
+                            brokers: vec![1, 2],
+                            origin: Vec::new(),
                         };
                         partitions
                     ],

@@ -169,6 +169,10 @@ pub struct Replicas {
     /// Broker ids.
     #[prost(int32, repeated, tag = "1")]
     pub brokers: Vec<i32>,
+    /// The replicas the partition was created with, when moves have changed them (in
+    /// snapshots; empty means `brokers`): its Raft group's first membership.
+    #[prost(int32, repeated, tag = "2")]
+    pub origin: Vec<i32>,
 }
 
 /// Topics to delete, by name and id (a recreated topic of the same name is left alone).

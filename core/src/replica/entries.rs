@@ -55,14 +55,20 @@ pub struct LogStart {
     pub term: u64,
     /// Offset of the first retained entry.
     pub offset: i64,
+    /// Index of the last membership change reflected in the recorded membership: a
+    /// committed change at or below it is not applied again (after a restart, or after
+    /// installing a leader's start, which carries the leader's current membership).
+    pub conf_index: u64,
 }
 
 impl LogStart {
-    /// The snapshot that describes this start to raft-rs and to persistence: its data is
-    /// the start offset.
+    /// The snapshot that describes this start to raft-rs and to persistence, with the
+    /// current membership: its data is the start offset and the membership's index.
     pub fn to_snapshot(self, conf_state: &ConfState) -> Snapshot {
+        let mut data = self.offset.to_be_bytes().to_vec();
+        data.extend_from_slice(&self.conf_index.to_be_bytes());
         let mut snapshot = Snapshot {
-            data: self.offset.to_be_bytes().to_vec(),
+            data,
             ..Default::default()
         };
         snapshot.mut_metadata().index = self.index;
@@ -74,10 +80,16 @@ impl LogStart {
     /// Reads a start back from a snapshot; `None` if its data is not an offset.
     pub fn from_snapshot(snapshot: &Snapshot) -> Option<LogStart> {
         let offset = i64::from_be_bytes(snapshot.data.get(..8)?.try_into().ok()?);
+        let conf_index = snapshot
+            .data
+            .get(8..16)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_be_bytes);
         Some(LogStart {
             index: snapshot.get_metadata().index,
             term: snapshot.get_metadata().term,
             offset,
+            conf_index,
         })
     }
 }
@@ -242,9 +254,10 @@ impl EntryLog {
         self.hard_state.commit = self.hard_state.commit.max(start.index);
     }
 
-    /// Records the membership after an applied change.
-    pub fn set_conf_state(&mut self, conf_state: ConfState) {
+    /// Records the membership after applying the change at `index`.
+    pub fn set_membership(&mut self, conf_state: ConfState, index: u64) {
         self.conf_state = conf_state;
+        self.start.conf_index = index;
     }
 
     /// Drops entries up to and including `index` (retention deleted their segments).
@@ -257,6 +270,7 @@ impl EntryLog {
                 index: self.start.index + 1,
                 term: meta.term,
                 offset: meta.next_offset,
+                conf_index: self.start.conf_index,
             };
             if let Some(data) = self.cache.remove(&self.start.index) {
                 self.cache_bytes -= data.len();

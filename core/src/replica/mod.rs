@@ -47,10 +47,9 @@ const READ_CHUNK: usize = 1 << 20;
 pub struct ReplicaConfig {
     /// This broker.
     pub broker: i32,
-    /// The partition's replicas (broker ids): the voters of a new group.
+    /// The partition's first replicas (broker ids): the voters the group started with.
+    /// Later membership changes are entries of its log.
     pub replicas: Vec<i32>,
-    /// This broker joins a running group as a learner (a reassignment adds it).
-    pub learner: bool,
     /// Ticks before a follower campaigns.
     pub election_ticks: usize,
     /// Ticks between heartbeats.
@@ -124,9 +123,12 @@ pub struct Replica {
     next_tag: u64,
     /// (term, leader?) last reported, to report each election once.
     reported: (u64, bool),
-    /// Start-up cut entries from a corrupt log: this replica may lack entries it had
-    /// acknowledged, so it does not vote or campaign until it has caught up again.
-    damaged: bool,
+    /// This replica may lack entries its group counts on — start-up cut a corrupt log, or
+    /// it joins a group that already has a history — so it does not vote or campaign until
+    /// it has caught up with a leader. (Without this, fresh replicas added by moves could
+    /// form a majority of the group's first membership among themselves and start a second
+    /// history: simulator, cluster5-moves seed 216.)
+    catching_up: bool,
     /// Output accumulated by inputs between drives.
     pending: ReplicaOutput,
 }
@@ -157,21 +159,14 @@ impl Replica {
             .as_ref()
             .and_then(LogStart::from_snapshot)
             .unwrap_or_default();
+        // The membership recorded with the log start, else the group's first membership
+        // (a new replica replays every later change from the log, like its peers did).
         let conf_state = persisted
-            .conf_state
-            .or_else(|| {
-                persisted
-                    .snapshot
-                    .map(|s| s.get_metadata().get_conf_state().clone())
-            })
+            .snapshot
+            .map(|s| s.get_metadata().get_conf_state().clone())
             .filter(|c| !c.voters.is_empty())
             .unwrap_or_else(|| ConfState {
                 voters: config.replicas.iter().map(|&b| raft_id(b)).collect(),
-                learners: if config.learner {
-                    vec![raft_id(config.broker)]
-                } else {
-                    Vec::new()
-                },
                 ..Default::default()
             });
         let persisted_vote = (hard_state.term, hard_state.vote);
@@ -184,7 +179,7 @@ impl Replica {
             fetching: BTreeMap::new(),
             next_tag: 1,
             reported: (0, false),
-            damaged: false,
+            catching_up: false,
             pending: ReplicaOutput::default(),
         };
         replica.continue_loading(log);
@@ -251,14 +246,20 @@ impl Replica {
         }
     }
 
-    /// One tick of the broker's clock. A damaged replica does not tick: a follower's ticks
-    /// only lead to campaigns, and it must not stand until repaired.
+    /// One tick of the broker's clock. A replica catching up does not tick: a follower's
+    /// ticks only lead to campaigns, and it must not stand until caught up.
     pub fn tick(&mut self) {
         if let State::Running(group) = &mut self.state {
-            if !self.damaged || group.is_leader() {
+            if !self.catching_up || group.is_leader() {
                 group.tick();
             }
         }
+    }
+
+    /// Marks a new replica of a group that already has a history: it waits for a leader
+    /// instead of standing for election (see `catching_up`).
+    pub fn join_existing_group(&mut self) {
+        self.catching_up = true;
     }
 
     /// Starts an election now (the preferred replica of a new partition).
@@ -280,7 +281,7 @@ impl Replica {
         };
         let last = group.last_index();
         match message.get_msg_type() {
-            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote if self.damaged => {
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote if self.catching_up => {
                 return; // It may have lost entries a majority needs: no vote until repaired.
             }
             MessageType::MsgHeartbeat if message.commit > last => {
@@ -318,10 +319,10 @@ impl Replica {
         )
         .then_some(message.commit);
         group.step(message);
-        if let Some(commit) = leader_commit.filter(|_| self.damaged) {
+        if let Some(commit) = leader_commit.filter(|_| self.catching_up) {
             if group.last_index() >= commit && group.committed() >= commit {
-                info!(partition = %self.tp, "replica repaired: it holds every committed entry again");
-                self.damaged = false;
+                info!(partition = %self.tp, "replica caught up: it holds every committed entry");
+                self.catching_up = false;
             }
         }
     }
@@ -700,8 +701,8 @@ impl Replica {
         let State::Loading(loader) = std::mem::replace(&mut self.state, placeholder) else {
             unreachable!("checked above");
         };
-        let (entry_log, fixes, damaged) = loader.finish(log);
-        self.damaged = damaged;
+        let (entry_log, fixes, lost) = loader.finish(log);
+        self.catching_up |= lost;
         self.pending.ops.extend(fixes);
         let group_config = GroupConfig {
             id: raft_id(self.config.broker),
@@ -857,7 +858,8 @@ fn write_entries(
     }
 }
 
-/// Applies a committed membership change to the group; records the new membership.
+/// Applies a committed membership change to the group and records the new membership with
+/// the log start (durably). A change the recorded membership already reflects is skipped.
 fn apply_membership(
     tp: &TopicPartition,
     group: &mut RaftGroup<EntryLog>,
@@ -865,6 +867,9 @@ fn apply_membership(
     ops: &mut Vec<StorageOp>,
 ) {
     use prost::Message as _;
+    if entry.index <= group.raw_ref().store().start().conf_index {
+        return;
+    }
     let change = match raft::eraftpb::ConfChangeV2::decode(&entry.data[..]) {
         Ok(change) => change,
         Err(e) => {
@@ -875,11 +880,12 @@ fn apply_membership(
     match group.raw().apply_conf_change(&change) {
         Ok(conf_state) => {
             info!(partition = %tp, voters = ?conf_state.voters, learners = ?conf_state.learners, "partition membership changed");
-            group.raw().mut_store().set_conf_state(conf_state.clone());
+            let store = group.raw().mut_store();
+            store.set_membership(conf_state, entry.index);
             ops.push(StorageOp::SaveReplica {
                 partition: tp.clone(),
                 state: Box::new(RaftPersist {
-                    conf_state: Some(conf_state),
+                    snapshot: Some(store.start().to_snapshot(store.conf_state())),
                     ..Default::default()
                 }),
             });

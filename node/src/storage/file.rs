@@ -64,8 +64,8 @@ pub struct FileStorage {
     /// The metadata quorum's Raft state: `hard_state`, `snapshot`, `conf_state`, and
     /// `e` + index entries.
     quorum: sled::Tree,
-    /// Partition replicas' Raft state: `<topic>/<partition>/` + `hard_state`, `snapshot` or
-    /// `conf_state`.
+    /// Partition replicas' Raft state: `<topic>/<partition>/` + `hard_state` or `snapshot`
+    /// (the log start and the membership).
     replicas: sled::Tree,
     /// Open segment files.
     files: BTreeMap<SegmentId, Arc<File>>,
