@@ -815,3 +815,45 @@ fn a_partition_moves_to_a_new_broker_without_losing_a_record() {
     assert_eq!(error, 0);
     assert!(acked.iter().all(|o| offsets.contains(o)), "{offsets:?}");
 }
+
+#[test]
+fn heartbeats_of_many_partitions_travel_in_one_frame_per_peer() {
+    use prost::Message as _;
+    use seedlog_core::cluster::records::PeerFrame;
+    let mut cluster = Cluster::new(3, 1000);
+    cluster.advance(3_000);
+    assert_eq!(cluster.create_replicated(1, "many", 30, 3), 0);
+    cluster.advance(3_000);
+    // Two ticks of broker 1's clock: every group it leads heartbeats its followers.
+    let node = cluster.nodes.get_mut(&1).unwrap();
+    let mut frames: BTreeMap<i32, Vec<PeerFrame>> = BTreeMap::new();
+    for _ in 0..2 {
+        cluster.now += 100;
+        node.broker.handle_timeout(cluster.now);
+        while let Some(output) = node.broker.poll_output() {
+            if let Output::Peer { to, frame } = output {
+                frames
+                    .entry(to)
+                    .or_default()
+                    .push(PeerFrame::decode(frame).unwrap());
+            }
+        }
+    }
+    let held = (0..30)
+        .filter(|&p| node.broker.log("many", p).is_some())
+        .count();
+    assert_eq!(held, 30, "every broker holds every partition");
+    for (to, frames) in &frames {
+        assert!(
+            frames.len() <= 2,
+            "one frame per peer per tick, got {} to {to}",
+            frames.len()
+        );
+        let groups: usize = frames.iter().map(|f| f.messages.len()).sum();
+        assert!(
+            groups >= 5,
+            "heartbeats of many groups share the frames to {to}: {groups}"
+        );
+    }
+    assert_eq!(frames.len(), 2, "frames went to both peers");
+}
