@@ -857,3 +857,31 @@ fn heartbeats_of_many_partitions_travel_in_one_frame_per_peer() {
     }
     assert_eq!(frames.len(), 2, "frames went to both peers");
 }
+
+#[test]
+fn a_stopping_broker_hands_its_partitions_over_before_any_election_timeout() {
+    let mut cluster = Cluster::new(3, 1000);
+    cluster.advance(3_000);
+    assert_eq!(cluster.create_replicated(1, "r", 1, 3), 0);
+    cluster.advance(2_000);
+    let (leader, epoch) = cluster.leader(1, "r");
+    assert_eq!(cluster.produce(leader, "r", -1, 3).0, 0);
+    cluster
+        .nodes
+        .get_mut(&leader)
+        .unwrap()
+        .broker
+        .begin_shutdown();
+    cluster.settle();
+    // Well under the 1 s minimum election timeout: a handover, not an election after silence.
+    cluster.advance(300);
+    assert!(
+        !cluster.nodes[&leader].broker.leads_any_partition(),
+        "the stopping broker leads nothing"
+    );
+    let other = (1..=3).find(|&id| id != leader).unwrap();
+    let (next, next_epoch) = cluster.leader(other, "r");
+    assert_ne!(next, leader);
+    assert!(next_epoch > epoch);
+    assert_eq!(cluster.produce(next, "r", -1, 2).0, 0);
+}

@@ -395,7 +395,7 @@ impl Broker {
     /// True once this broker leads nothing another broker could take over.
     pub fn has_handed_over(&self) -> bool {
         (!self.controller.is_leader() || self.config.cluster.voters.len() <= 1)
-            && !self.leads_partitions()
+            && !self.leads_any_partition()
     }
 
     /// True once nothing is waiting on the disk: used for a clean shutdown.

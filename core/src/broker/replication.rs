@@ -359,7 +359,7 @@ impl Broker {
     }
 
     /// True if this broker leads a replicated partition.
-    pub(super) fn leads_partitions(&self) -> bool {
+    pub fn leads_any_partition(&self) -> bool {
         self.topics
             .values()
             .any(|t| t.raft.values().any(Replica::is_leader))
