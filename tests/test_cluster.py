@@ -207,36 +207,62 @@ def partition_leader(admin, topic, partition=0):
     return p.leader if p is not None and p.leader > 0 and not p.error else None
 
 
+class AckedProducer:
+    """An acks=all producer of numbered records to partition 0 of `topic` that keeps the
+    offset each acknowledged record got, and the delivery errors."""
+
+    def __init__(self, brokers, topic, config=None):
+        self.topic = topic
+        self.producer = Producer({"bootstrap.servers": brokers, "acks": "all", "linger.ms": 2, **(config or {})})
+        self.acked, self.failed, self.sent = {}, [], 0
+
+    def _on_delivery(self, err, msg):
+        if err is not None:
+            self.failed.append(err)
+        else:
+            self.acked[msg.value()] = msg.offset()
+
+    def send(self, n, pause=0.0, flush=False):
+        for _ in range(n):
+            self.producer.produce(self.topic, value=b"m%06d" % self.sent, partition=0, on_delivery=self._on_delivery)
+            self.sent += 1
+            self.producer.poll(0)
+            if pause:
+                time.sleep(pause)
+        if flush:
+            self.producer.flush(60)
+
+    def flush(self, timeout):
+        return self.producer.flush(timeout)
+
+
+def assert_at_their_offsets(cluster, topic, acked):
+    """Every acknowledged record is in partition 0 of `topic`, exactly at its offset."""
+    consumer = Consumer({"bootstrap.servers": bootstrap(cluster), "group.id": "check", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    at = {}
+    deadline = time.time() + 60
+    last = max(acked.values())
+    while time.time() < deadline and (not at or max(at) < last):
+        msg = consumer.poll(0.5)
+        if msg is not None and not msg.error():
+            at[msg.offset()] = msg.value()
+    consumer.close()
+    missing = [(v, o) for v, o in acked.items() if at.get(o) != v]
+    assert not missing, f"{len(missing)} acknowledged records not at their offsets: {missing[:5]}"
+
+
 def test_acks_all_survives_killing_the_partition_leader_again_and_again(cluster):
     admin = AdminClient({"bootstrap.servers": bootstrap(cluster)})
     wait_for("a controller", lambda: cluster_metadata(admin))
     create(admin, "replicated", 1, replication=3)
     md = admin.list_topics("replicated", timeout=5).topics["replicated"].partitions[0]
     assert sorted(md.replicas) == [1, 2, 3]
-    producer = Producer({
-        "bootstrap.servers": bootstrap(cluster),
-        "acks": "all",
-        "linger.ms": 2,
+    producer = AckedProducer(bootstrap(cluster), "replicated", {
         "message.timeout.ms": 60000,
         "topic.metadata.refresh.interval.ms": 1000,
     })
-    acked, failed = {}, []
-
-    def on_delivery(err, msg):
-        if err is not None:
-            failed.append(err)
-        else:
-            acked[msg.value()] = msg.offset()
-
-    sent = 0
-
-    def send(n):
-        nonlocal sent
-        for _ in range(n):
-            producer.produce("replicated", value=b"m%06d" % sent, partition=0, on_delivery=on_delivery)
-            sent += 1
-            producer.poll(0)
-            time.sleep(0.0005)
+    send = lambda n: producer.send(n, pause=0.0005)
 
     victims = []
     for _ in range(3):
@@ -250,23 +276,10 @@ def test_acks_all_survives_killing_the_partition_leader_again_and_again(cluster)
         cluster[leader].start()
         time.sleep(1)
     assert producer.flush(90) == 0
-    assert not failed, failed[:5]
-    assert len(acked) == sent, f"{len(acked)} of {sent} acknowledged"
+    assert not producer.failed, producer.failed[:5]
+    assert len(producer.acked) == producer.sent, f"{len(producer.acked)} of {producer.sent} acknowledged"
     print("killed leaders", victims)
-
-    # Every acknowledged record is there, exactly at its acknowledged offset.
-    consumer = Consumer({"bootstrap.servers": bootstrap(cluster), "group.id": "check", "enable.auto.commit": False})
-    consumer.assign([TopicPartition("replicated", 0, 0)])
-    at = {}
-    deadline = time.time() + 60
-    last = max(acked.values())
-    while time.time() < deadline and (not at or max(at) < last):
-        msg = consumer.poll(0.5)
-        if msg is not None and not msg.error():
-            at[msg.offset()] = msg.value()
-    consumer.close()
-    missing = [(v, o) for v, o in acked.items() if at.get(o) != v]
-    assert not missing, f"{len(missing)} acknowledged records not at their offsets: {missing[:5]}"
+    assert_at_their_offsets(cluster, "replicated", producer.acked)
 
 
 def test_a_partition_moves_to_a_fourth_broker_while_producers_write(cluster, workdir):
@@ -279,24 +292,8 @@ def test_a_partition_moves_to_a_fourth_broker_while_producers_write(cluster, wor
     wait_for("a controller", lambda: cluster_metadata(admin))
     create(admin, "moving", 1, replication=3)
     leader = wait_for("a partition leader", lambda: partition_leader(admin, "moving"), timeout=30)
-    producer = Producer({"bootstrap.servers": bootstrap(cluster), "acks": "all", "linger.ms": 2})
-    acked, failed = {}, []
-
-    def on_delivery(err, msg):
-        if err is not None:
-            failed.append(err)
-        else:
-            acked[msg.value()] = msg.offset()
-
-    sent = 0
-
-    def send(n):
-        nonlocal sent
-        for _ in range(n):
-            producer.produce("moving", value=b"m%06d" % sent, partition=0, on_delivery=on_delivery)
-            sent += 1
-            producer.poll(0)
-        producer.flush(60)
+    producer = AckedProducer(bootstrap(cluster), "moving")
+    send = lambda n: producer.send(n, flush=True)
 
     send(500)
     newcomer = Broker(
@@ -325,18 +322,6 @@ def test_a_partition_moves_to_a_fourth_broker_while_producers_write(cluster, wor
     wait_for("the old leader to drop its copy",
              lambda: not (workdir / f"node{leader}" / "moving-0").exists(), timeout=30)
     send(500)
-    assert not failed, failed[:5]
-    assert len(acked) == sent
-
-    consumer = Consumer({"bootstrap.servers": bootstrap(cluster), "group.id": "check", "enable.auto.commit": False})
-    consumer.assign([TopicPartition("moving", 0, 0)])
-    at = {}
-    deadline = time.time() + 60
-    last = max(acked.values())
-    while time.time() < deadline and (not at or max(at) < last):
-        msg = consumer.poll(0.5)
-        if msg is not None and not msg.error():
-            at[msg.offset()] = msg.value()
-    consumer.close()
-    missing = [(v, o) for v, o in acked.items() if at.get(o) != v]
-    assert not missing, f"{len(missing)} acknowledged records not at their offsets: {missing[:5]}"
+    assert not producer.failed, producer.failed[:5]
+    assert len(producer.acked) == producer.sent
+    assert_at_their_offsets(cluster, "moving", producer.acked)

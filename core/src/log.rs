@@ -317,20 +317,35 @@ impl PartitionLog {
 
     /// Deletes the segments that end at or before `offset` (never the active one).
     pub fn drop_before(&mut self, offset: i64, out: &mut Vec<StorageOp>) {
+        self.drop_oldest_while(|oldest| oldest.next_offset <= offset, out);
+    }
+
+    /// Deletes segments from the front while `expired` says so, never the active one, and
+    /// moves the log start past them. Returns true if any went.
+    fn drop_oldest_while(
+        &mut self,
+        mut expired: impl FnMut(&Segment) -> bool,
+        out: &mut Vec<StorageOp>,
+    ) -> bool {
+        let mut moved = false;
         while self.segments.len() > 1 {
             let oldest = self
                 .segments
                 .values()
                 .next()
                 .expect("more than one segment");
-            if oldest.next_offset > offset {
+            if !expired(oldest) {
                 break;
             }
             let base = oldest.base_offset;
             self.segments.remove(&base);
             out.push(StorageOp::DeleteSegment(self.segment_id(base)));
+            moved = true;
         }
-        self.log_start_offset = *self.segments.keys().next().expect("active remains");
+        if moved {
+            self.log_start_offset = *self.segments.keys().next().expect("active remains");
+        }
+        moved
     }
 
     /// Rolls the active segment if the next `batch_bytes` would overflow it or it is too old.
@@ -517,37 +532,23 @@ impl PartitionLog {
             self.roll(out);
         }
         let mut size = self.size_bytes();
-        let mut moved = false;
-        while self.segments.len() > 1 {
-            let oldest = self
-                .segments
-                .values()
-                .next()
-                .expect("more than one segment");
-            let expired_by_time = config.retention_ms >= 0
-                && oldest.max_timestamp >= 0
-                && now.saturating_sub(oldest.max_timestamp) > config.retention_ms;
-            let over_size = config.retention_bytes >= 0
-                && size.saturating_sub(oldest.size) >= config.retention_bytes as u64;
-            let committed = oldest.next_offset <= self.high_watermark;
-            if !(committed && (expired_by_time || over_size || oldest.size == 0)) {
-                break;
-            }
-            let base = oldest.base_offset;
-            size -= oldest.size;
-            self.segments.remove(&base);
-            out.push(StorageOp::DeleteSegment(self.segment_id(base)));
-            moved = true;
-        }
-        if moved {
-            self.log_start_offset = self
-                .segments
-                .keys()
-                .next()
-                .copied()
-                .expect("active remains");
-        }
-        moved
+        let high_watermark = self.high_watermark;
+        self.drop_oldest_while(
+            |oldest| {
+                let expired_by_time = config.retention_ms >= 0
+                    && oldest.max_timestamp >= 0
+                    && now.saturating_sub(oldest.max_timestamp) > config.retention_ms;
+                let over_size = config.retention_bytes >= 0
+                    && size.saturating_sub(oldest.size) >= config.retention_bytes as u64;
+                let committed = oldest.next_offset <= high_watermark;
+                let drop = committed && (expired_by_time || over_size || oldest.size == 0);
+                if drop {
+                    size -= oldest.size;
+                }
+                drop
+            },
+            out,
+        )
     }
 
     /// Cuts the log back so that `offset` is the next offset appended: every batch from

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicsRequest;
 use kafka_protocol::messages::metadata_request::MetadataRequest;
+use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use seedlog_core::batch::complete_batches;
 use seedlog_core::config::BrokerConfig;
@@ -217,15 +218,7 @@ impl Cluster {
 
     /// Replicas of each partition of `topic`, as broker `id` reports them.
     fn replicas(&mut self, id: i32, topic: &str) -> Vec<Vec<i32>> {
-        let request = RequestKind::Metadata(MetadataRequest::default().with_topics(None));
-        let ResponseKind::Metadata(m) = self.call(id, ApiKey::Metadata, 12, request) else {
-            panic!("not metadata");
-        };
-        let t = m
-            .topics
-            .iter()
-            .find(|t| t.name.as_ref().is_some_and(|n| *n.0 == *topic));
-        t.expect("topic listed")
+        self.topic_metadata(id, topic)
             .partitions
             .iter()
             .map(|p| p.replica_nodes.iter().map(|b| b.0).collect())
@@ -234,16 +227,20 @@ impl Cluster {
 
     /// (leader, leader epoch) of partition 0 of `topic`, as broker `id` reports them.
     fn leader(&mut self, id: i32, topic: &str) -> (i32, i32) {
+        let t = self.topic_metadata(id, topic);
+        (t.partitions[0].leader_id.0, t.partitions[0].leader_epoch)
+    }
+
+    /// What broker `id`'s Metadata says of `topic` (which must be listed).
+    fn topic_metadata(&mut self, id: i32, topic: &str) -> MetadataResponseTopic {
         let request = RequestKind::Metadata(MetadataRequest::default().with_topics(None));
         let ResponseKind::Metadata(m) = self.call(id, ApiKey::Metadata, 12, request) else {
             panic!("not metadata");
         };
-        let t = m
-            .topics
-            .iter()
+        m.topics
+            .into_iter()
             .find(|t| t.name.as_ref().is_some_and(|n| *n.0 == *topic))
-            .expect("topic listed");
-        (t.partitions[0].leader_id.0, t.partitions[0].leader_epoch)
+            .expect("topic listed")
     }
 
     /// Produces one batch of `n` records to partition 0 via broker `id`: (error, base offset).
@@ -367,6 +364,17 @@ impl Cluster {
         node.inbox.clear();
         self.settle();
     }
+}
+
+/// Three brokers with a one-partition topic `r` replicated on all of them and its leader
+/// elected: (cluster, leader, leader epoch).
+fn replicated_trio() -> (Cluster, i32, i32) {
+    let mut cluster = Cluster::new(3, 1000);
+    cluster.advance(3_000);
+    assert_eq!(cluster.create_replicated(1, "r", 1, 3), 0);
+    cluster.advance(2_000);
+    let (leader, epoch) = cluster.leader(1, "r");
+    (cluster, leader, epoch)
 }
 
 #[test]
@@ -529,11 +537,7 @@ fn a_new_broker_joins_a_running_cluster_and_takes_new_partitions() {
 
 #[test]
 fn a_replicated_partition_commits_on_a_majority_and_outlives_its_leader() {
-    let mut cluster = Cluster::new(3, 1000);
-    cluster.advance(3_000);
-    assert_eq!(cluster.create_replicated(1, "r", 1, 3), 0);
-    cluster.advance(2_000);
-    let (leader, epoch) = cluster.leader(1, "r");
+    let (mut cluster, leader, epoch) = replicated_trio();
     assert!((1..=3).contains(&leader), "leader {leader}");
     for id in 1..=3 {
         assert_eq!(cluster.leader(id, "r"), (leader, epoch), "broker {id}");
@@ -625,11 +629,7 @@ fn a_replicated_partition_commits_on_a_majority_and_outlives_its_leader() {
 
 #[test]
 fn a_replica_back_from_a_long_absence_reloads_its_log_and_catches_up_from_disk() {
-    let mut cluster = Cluster::new(3, 1000);
-    cluster.advance(3_000);
-    assert_eq!(cluster.create_replicated(1, "r", 1, 3), 0);
-    cluster.advance(2_000);
-    let (leader, _) = cluster.leader(1, "r");
+    let (mut cluster, leader, _) = replicated_trio();
     let absent = (1..=3).find(|&id| id != leader).unwrap();
     cluster.produce(leader, "r", -1, 1);
     cluster.advance(500);
@@ -683,11 +683,7 @@ fn a_replica_back_from_a_long_absence_reloads_its_log_and_catches_up_from_disk()
 
 #[test]
 fn a_follower_that_lost_acknowledged_batches_to_corruption_is_repaired_not_crashed() {
-    let mut cluster = Cluster::new(3, 1000);
-    cluster.advance(3_000);
-    assert_eq!(cluster.create_replicated(1, "r", 1, 3), 0);
-    cluster.advance(2_000);
-    let (leader, _) = cluster.leader(1, "r");
+    let (mut cluster, leader, _) = replicated_trio();
     for _ in 0..10 {
         assert_eq!(cluster.produce(leader, "r", -1, 4).0, 0);
     }
@@ -740,11 +736,7 @@ fn a_follower_that_lost_acknowledged_batches_to_corruption_is_repaired_not_crash
 
 #[test]
 fn a_partition_moves_to_a_new_broker_without_losing_a_record() {
-    let mut cluster = Cluster::new(3, 1000);
-    cluster.advance(3_000);
-    assert_eq!(cluster.create_replicated(1, "r", 1, 3), 0);
-    cluster.advance(2_000);
-    let (leader, _) = cluster.leader(1, "r");
+    let (mut cluster, leader, _) = replicated_trio();
     let mut acked = Vec::new();
     for _ in 0..5 {
         let (error, base) = cluster.produce(leader, "r", -1, 3);
@@ -860,11 +852,7 @@ fn heartbeats_of_many_partitions_travel_in_one_frame_per_peer() {
 
 #[test]
 fn a_stopping_broker_hands_its_partitions_over_before_any_election_timeout() {
-    let mut cluster = Cluster::new(3, 1000);
-    cluster.advance(3_000);
-    assert_eq!(cluster.create_replicated(1, "r", 1, 3), 0);
-    cluster.advance(2_000);
-    let (leader, epoch) = cluster.leader(1, "r");
+    let (mut cluster, leader, epoch) = replicated_trio();
     assert_eq!(cluster.produce(leader, "r", -1, 3).0, 0);
     cluster
         .nodes

@@ -168,14 +168,6 @@ impl EntryLog {
         self.table.get(usize::try_from(i).ok()?)
     }
 
-    /// Offset after the entry at `index` (the start offset for the snapshot point).
-    pub fn end_offset_at(&self, index: u64) -> Option<i64> {
-        if index == self.start.index {
-            return Some(self.start.offset);
-        }
-        self.meta(index).map(|m| m.next_offset)
-    }
-
     /// The offset the next entry starts at.
     pub fn end_offset(&self) -> i64 {
         self.table
@@ -282,11 +274,6 @@ impl EntryLog {
     /// Records a new hard state (as raft-rs reported it).
     pub fn set_hard_state(&mut self, hard_state: HardState) {
         self.hard_state = hard_state;
-    }
-
-    /// The hard state last set.
-    pub fn hard_state(&self) -> &HardState {
-        &self.hard_state
     }
 
     /// Data read from disk for entry `index`, until [`Self::clear_fetched`].

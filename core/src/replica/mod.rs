@@ -186,11 +186,6 @@ impl Replica {
         replica
     }
 
-    /// The partition.
-    pub fn partition(&self) -> &TopicPartition {
-        &self.tp
-    }
-
     fn group(&self) -> Option<&RaftGroup<EntryLog>> {
         match &self.state {
             State::Running(group) => Some(group),
