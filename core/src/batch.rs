@@ -247,6 +247,55 @@ impl Iterator for RecordIter<'_> {
     }
 }
 
+/// One record's offset, key and value, borrowed from its batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyValue<'a> {
+    /// Absolute offset.
+    pub offset: i64,
+    /// The key; `None` if null.
+    pub key: Option<&'a [u8]>,
+    /// The value; `None` if null (a tombstone).
+    pub value: Option<&'a [u8]>,
+}
+
+impl<'a> BatchView<'a> {
+    /// The keys and values of an uncompressed batch's records; `None` for compressed
+    /// batches. Iteration stops at the first record that does not parse.
+    pub fn key_values(&self) -> Option<impl Iterator<Item = KeyValue<'a>>> {
+        let mut rest = self.bytes.get(HEADER_BYTES..)?;
+        let base_offset = self.base_offset();
+        let compressed = self.is_compressed();
+        (!compressed).then(|| {
+            std::iter::from_fn(move || {
+                let (len, used) = read_varint(rest)?;
+                let body = rest.get(used..used.checked_add(usize::try_from(len).ok()?)?)?;
+                rest = &rest[used + body.len()..];
+                // attributes (i8), timestamp delta, offset delta, key, value.
+                let mut at = 1 + read_varint(body.get(1..)?)?.1;
+                let (offset_delta, used) = read_varint(body.get(at..)?)?;
+                at += used;
+                let mut field = || -> Option<Option<&'a [u8]>> {
+                    let (len, used) = read_varint(body.get(at..)?)?;
+                    at += used;
+                    let Ok(len) = usize::try_from(len) else {
+                        return Some(None);
+                    };
+                    let bytes = body.get(at..at.checked_add(len)?)?;
+                    at += len;
+                    Some(Some(bytes))
+                };
+                let key = field()?;
+                let value = field()?;
+                Some(KeyValue {
+                    offset: base_offset + offset_delta,
+                    key,
+                    value,
+                })
+            })
+        })
+    }
+}
+
 /// Iterates the complete batches at the front of `bytes`, stopping at the first incomplete one.
 pub fn complete_batches(bytes: &[u8]) -> impl Iterator<Item = BatchView<'_>> {
     let mut rest = bytes;
@@ -285,39 +334,60 @@ pub fn leader_change_batch() -> BytesMut {
 /// every replica writes the same bytes and time-based retention ignores it. Base offset and
 /// leader epoch are stamped when it is appended, like any batch.
 pub fn control_batch(control_type: i16, value: Option<&[u8]>) -> BytesMut {
-    // One record: attributes, timestamp delta 0, offset delta 0, a 4-byte key
-    // (version 0, type), the value, no headers. Varints are zig-zag encoded.
-    let mut record = vec![0u8, 0, 0];
-    put_varint(&mut record, 4);
-    record.extend_from_slice(&0i16.to_be_bytes());
-    record.extend_from_slice(&control_type.to_be_bytes());
-    match value {
-        Some(value) => {
-            put_varint(&mut record, value.len() as i64);
-            record.extend_from_slice(value);
+    // The key of a control record: version 0, then the type.
+    let mut key = [0u8; 4];
+    key[2..].copy_from_slice(&control_type.to_be_bytes());
+    build_batch(CONTROL_BIT, -1, &[(Some(&key), value)])
+}
+
+/// A record's key and value, each possibly null.
+pub type KeyAndValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// An uncompressed batch of `(key, value)` records, all stamped `timestamp`: how the broker
+/// writes records of its own (the consumer groups' offsets and metadata).
+pub fn data_batch(timestamp: i64, records: &[KeyAndValue<'_>]) -> BytesMut {
+    build_batch(0, timestamp, records)
+}
+
+fn build_batch(attributes: i16, timestamp: i64, records: &[KeyAndValue<'_>]) -> BytesMut {
+    let mut body = Vec::new();
+    let mut record = Vec::new();
+    for (delta, (key, value)) in records.iter().enumerate() {
+        // attributes, timestamp delta 0, offset delta, key, value, no headers; varints are
+        // zig-zag encoded and a length of -1 means null.
+        record.clear();
+        record.extend_from_slice(&[0u8, 0]);
+        put_varint(&mut record, delta as i64);
+        for field in [key, value] {
+            match field {
+                Some(bytes) => {
+                    put_varint(&mut record, bytes.len() as i64);
+                    record.extend_from_slice(bytes);
+                }
+                None => put_varint(&mut record, -1),
+            }
         }
-        None => put_varint(&mut record, -1),
+        put_varint(&mut record, 0);
+        put_varint(&mut body, record.len() as i64);
+        body.extend_from_slice(&record);
     }
-    put_varint(&mut record, 0);
-    let mut length_prefix = Vec::new();
-    put_varint(&mut length_prefix, record.len() as i64);
-    let mut buf = BytesMut::with_capacity(HEADER_BYTES + length_prefix.len() + record.len());
+    let count = records.len() as i32;
+    let mut buf = BytesMut::with_capacity(HEADER_BYTES + body.len());
     buf.extend_from_slice(&0i64.to_be_bytes()); // base offset
-    let length = (HEADER_BYTES - LOG_OVERHEAD + length_prefix.len() + record.len()) as i32;
+    let length = (HEADER_BYTES - LOG_OVERHEAD + body.len()) as i32;
     buf.extend_from_slice(&length.to_be_bytes());
     buf.extend_from_slice(&0i32.to_be_bytes()); // leader epoch
     buf.extend_from_slice(&[2]); // magic
     buf.extend_from_slice(&0u32.to_be_bytes()); // crc, below
-    buf.extend_from_slice(&CONTROL_BIT.to_be_bytes());
-    buf.extend_from_slice(&0i32.to_be_bytes()); // last offset delta
-    buf.extend_from_slice(&(-1i64).to_be_bytes()); // base timestamp
-    buf.extend_from_slice(&(-1i64).to_be_bytes()); // max timestamp
+    buf.extend_from_slice(&attributes.to_be_bytes());
+    buf.extend_from_slice(&(count - 1).to_be_bytes()); // last offset delta
+    buf.extend_from_slice(&timestamp.to_be_bytes()); // base timestamp
+    buf.extend_from_slice(&timestamp.to_be_bytes()); // max timestamp
     buf.extend_from_slice(&(-1i64).to_be_bytes()); // producer id
     buf.extend_from_slice(&(-1i16).to_be_bytes()); // producer epoch
     buf.extend_from_slice(&(-1i32).to_be_bytes()); // base sequence
-    buf.extend_from_slice(&1i32.to_be_bytes()); // record count
-    buf.extend_from_slice(&length_prefix);
-    buf.extend_from_slice(&record);
+    buf.extend_from_slice(&count.to_be_bytes());
+    buf.extend_from_slice(&body);
     let crc = crc32c::crc32c(&buf[ATTRIBUTES_OFFSET..]);
     buf[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
     buf

@@ -167,6 +167,8 @@ pub struct BrokerConfig {
     pub fetch_max_bytes: i32,
     /// The metadata quorum and this broker's place in the cluster.
     pub cluster: crate::cluster::ClusterConfig,
+    /// Consumer group coordination.
+    pub groups: crate::group::GroupConfig,
 }
 
 impl Default for BrokerConfig {
@@ -184,6 +186,7 @@ impl Default for BrokerConfig {
             index_interval_bytes: 4096,
             fetch_max_bytes: 55 * 1024 * 1024,
             cluster: crate::cluster::ClusterConfig::default(),
+            groups: crate::group::GroupConfig::default(),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod canary;
 pub mod cluster;
 pub mod config;
 pub mod consensus;
+pub mod group;
 pub mod log;
 pub mod memdisk;
 pub mod recovery;

@@ -102,6 +102,22 @@ pub struct RunArgs {
     /// This broker's rack (broker.rack), used to spread replicas [default: none].
     #[arg(long, env = "SEEDLOG_RACK")]
     pub rack: Option<String>,
+    /// Partitions of __consumer_offsets, fixed when it is first created
+    /// (offsets.topic.num.partitions) [default: 8].
+    #[arg(long, env = "SEEDLOG_OFFSETS_TOPIC_NUM_PARTITIONS")]
+    pub offsets_topic_num_partitions: Option<i32>,
+    /// How long the first rebalance of an empty group waits for more members
+    /// (group.initial.rebalance.delay.ms) [default: 3000].
+    #[arg(long, env = "SEEDLOG_GROUP_INITIAL_REBALANCE_DELAY_MS")]
+    pub group_initial_rebalance_delay_ms: Option<i64>,
+    /// Smallest session.timeout.ms a consumer may ask for (group.min.session.timeout.ms)
+    /// [default: 6000].
+    #[arg(long, env = "SEEDLOG_GROUP_MIN_SESSION_TIMEOUT_MS")]
+    pub group_min_session_timeout_ms: Option<i64>,
+    /// How long the committed offsets of an empty group are kept
+    /// (offsets.retention.minutes) [default: 10080, 7 days].
+    #[arg(long, env = "SEEDLOG_OFFSETS_RETENTION_MINUTES")]
+    pub offsets_retention_minutes: Option<i64>,
 }
 
 /// Everything a node needs to start.
@@ -167,6 +183,25 @@ impl RunArgs {
             retention_check_interval_ms,
             broker.retention_check_interval_ms
         );
+        let groups = &mut broker.groups;
+        groups.offsets_partitions = pick!(offsets_topic_num_partitions, groups.offsets_partitions);
+        groups.initial_rebalance_delay_ms = pick!(
+            group_initial_rebalance_delay_ms,
+            groups.initial_rebalance_delay_ms
+        );
+        groups.min_session_timeout_ms =
+            pick!(group_min_session_timeout_ms, groups.min_session_timeout_ms);
+        groups.offsets_retention_ms = pick!(
+            offsets_retention_minutes,
+            groups.offsets_retention_ms / 60_000
+        )
+        .saturating_mul(60_000);
+        if groups.offsets_partitions < 1 || groups.offsets_partitions > 1000 {
+            bail!("offsets_topic_num_partitions must be between 1 and 1000");
+        }
+        if groups.initial_rebalance_delay_ms < 0 || groups.min_session_timeout_ms < 1 {
+            bail!("group timeouts must not be negative");
+        }
         let voters = match self
             .controller_quorum_voters
             .or(file.controller_quorum_voters)

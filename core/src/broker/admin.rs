@@ -56,6 +56,18 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::AlterPartitionReassignments, 0, 0),
     (ApiKey::ListPartitionReassignments, 0, 0),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    // v9 of OffsetCommit and OffsetFetch belong to KIP-848's new group protocol.
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 /// The version range served for `key`, if the API is served at all.
@@ -88,7 +100,7 @@ pub(super) fn api_versions_response(unsupported_version: bool) -> ResponseKind {
     )
 }
 
-fn str_bytes(s: &str) -> StrBytes {
+pub(super) fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }
 
@@ -233,11 +245,12 @@ impl Broker {
         MetadataResponseTopic::default()
             .with_name(Some(TopicName(str_bytes(&topic.name))))
             .with_topic_id(Uuid::from_bytes(topic.id))
+            .with_is_internal(&*topic.name == crate::group::OFFSETS_TOPIC)
             .with_partitions(partitions)
     }
 
     /// A new topic's definition with a fresh id.
-    fn topic_creation(
+    pub(super) fn topic_creation(
         &mut self,
         name: &str,
         configs: BTreeMap<String, String>,
@@ -260,7 +273,7 @@ impl Broker {
     }
 
     /// The replication factor of topics created without one.
-    fn default_replication(&self) -> usize {
+    pub(super) fn default_replication(&self) -> usize {
         DEFAULT_REPLICATION_FACTOR.min(self.placeable_brokers().len().max(1))
     }
 
@@ -276,7 +289,7 @@ impl Broker {
     /// Places `partitions` new partitions of `replication` replicas each: round robin over
     /// the brokers from a fresh starting point, so topics do not all lead on one broker.
     #[allow(clippy::type_complexity)]
-    fn place(
+    pub(super) fn place(
         &mut self,
         partitions: i32,
         replication: usize,

@@ -13,6 +13,7 @@
 
 mod admin;
 mod fetch;
+mod groups;
 mod produce;
 mod quorum;
 mod reassign;
@@ -31,12 +32,14 @@ use crate::cluster::records::{BrokerRegistration, GroupMessage};
 use crate::cluster::Controller;
 use crate::config::{BrokerConfig, FlushPolicy};
 use crate::consensus::RaftPersist;
+use crate::group::Coordinator;
 use crate::log::{CommitPoint, PartitionLog, Segment};
 use crate::storage::{SegmentId, StorageCompletion, StorageOp, TopicPartition, TopicRecord};
 use crate::topic::Topic;
 
 use fetch::{Job, ParkedFetch};
-use produce::PendingProduce;
+use groups::GroupLoad;
+use produce::{PendingProduce, ProduceFor};
 use replication::ReplicatedProduce;
 
 /// Identifies one client connection; chosen by the driver, unique while it is open.
@@ -192,6 +195,12 @@ pub struct Broker {
     replicated_produces: Vec<ReplicatedProduce>,
     /// The last sync that completed.
     last_synced: u64,
+    /// The consumer groups this broker coordinates.
+    coordinator: Coordinator,
+    /// Group requests waiting for the coordinator's answer, by waiter handle.
+    group_waiters: BTreeMap<u64, ReplyTo>,
+    /// `__consumer_offsets` partitions being read back for the coordinator.
+    group_loads: BTreeMap<i32, GroupLoad>,
 }
 
 impl Broker {
@@ -227,6 +236,7 @@ impl Broker {
             })
             .collect();
         let next_retention_check = now + config.retention_check_interval_ms;
+        let coordinator = Coordinator::new(config.groups.clone(), seed ^ 0x6772_6f75_7073, now);
         let mut broker = Broker {
             config,
             topics: BTreeMap::new(),
@@ -259,6 +269,9 @@ impl Broker {
             outbox: BTreeMap::new(),
             replicated_produces: Vec::new(),
             last_synced: 0,
+            coordinator,
+            group_waiters: BTreeMap::new(),
+            group_loads: BTreeMap::new(),
         };
         let names: Vec<String> = broker.controller.image().topics.keys().cloned().collect();
         for name in names {
@@ -312,7 +325,9 @@ impl Broker {
         let seq = connection.next_seq;
         connection.next_seq += 1;
         match self.decode_request(conn, seq, frame) {
-            Ok(Some((reply_to, request))) => self.dispatch(now, reply_to, request),
+            Ok(Some((reply_to, request, client_id))) => {
+                self.dispatch(now, reply_to, request, &client_id)
+            }
             Ok(None) => {}
             Err(reason) => {
                 warn!(conn, %reason, "closing connection: bad request");
@@ -328,7 +343,7 @@ impl Broker {
         match completion {
             StorageCompletion::Synced { token } => self.on_synced(token),
             StorageCompletion::Read { token, result } => {
-                if !self.on_replica_read(token, &result) {
+                if !self.on_replica_read(token, &result) && !self.on_load_read(token, &result) {
                     self.on_read(token, result)
                 }
             }
@@ -355,6 +370,9 @@ impl Broker {
         if now >= self.controller.poll_timeout() {
             self.controller.handle_timeout(now);
         }
+        if now >= self.coordinator.poll_timeout() {
+            self.coordinator.tick(now);
+        }
         if now >= self.next_retention_check {
             self.next_retention_check = now + self.config.retention_check_interval_ms;
             self.enforce_retention(now);
@@ -379,7 +397,11 @@ impl Broker {
             .chain(admin)
             .chain(replicas)
             .chain(self.replicated_produce_deadline())
-            .chain([self.next_retention_check, self.controller.poll_timeout()])
+            .chain([
+                self.next_retention_check,
+                self.controller.poll_timeout(),
+                self.coordinator.poll_timeout(),
+            ])
             .min()
     }
 
@@ -413,7 +435,7 @@ impl Broker {
         conn: ConnectionId,
         seq: u64,
         mut frame: Bytes,
-    ) -> Result<Option<(ReplyTo, RequestKind)>, String> {
+    ) -> Result<Option<(ReplyTo, RequestKind, String)>, String> {
         if frame.len() < 8 {
             return Err(format!(
                 "frame of {} bytes is shorter than a request header",
@@ -451,15 +473,16 @@ impl Broker {
             return Err(format!("{api_key:?} v{version} is not supported"));
         }
         let header_version = api_key.request_header_version(version);
-        RequestHeader::decode(&mut frame, header_version)
+        let header = RequestHeader::decode(&mut frame, header_version)
             .map_err(|e| format!("bad {api_key:?} header: {e}"))?;
+        let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
         let request = RequestKind::decode(api_key, &mut frame, version)
             .map_err(|e| format!("bad {api_key:?} v{version} body: {e}"))?;
         debug!(conn, ?api_key, version, correlation_id, "request");
-        Ok(Some((reply_to, request)))
+        Ok(Some((reply_to, request, client_id)))
     }
 
-    fn dispatch(&mut self, now: i64, reply_to: ReplyTo, request: RequestKind) {
+    fn dispatch(&mut self, now: i64, reply_to: ReplyTo, request: RequestKind, client_id: &str) {
         let response = match request {
             RequestKind::ApiVersions(_) => Some(admin::api_versions_response(false)),
             RequestKind::Metadata(r) => return self.metadata(now, reply_to, r),
@@ -467,7 +490,7 @@ impl Broker {
             RequestKind::DeleteTopics(r) => return self.delete_topics(now, reply_to, r),
             RequestKind::CreatePartitions(r) => return self.create_partitions(now, reply_to, r),
             RequestKind::DescribeConfigs(r) => Some(self.describe_configs(r)),
-            RequestKind::Produce(r) => return self.produce(now, reply_to, r),
+            RequestKind::Produce(r) => return self.produce(now, ProduceFor::Client(reply_to), r),
             RequestKind::Fetch(r) => return self.fetch(now, reply_to, r),
             RequestKind::ListOffsets(r) => return self.list_offsets(reply_to, r),
             RequestKind::OffsetForLeaderEpoch(r) => Some(self.offset_for_leader_epoch(r)),
@@ -476,6 +499,19 @@ impl Broker {
             }
             RequestKind::ListPartitionReassignments(r) => {
                 Some(self.list_partition_reassignments(r))
+            }
+            RequestKind::FindCoordinator(r) => return self.find_coordinator(now, reply_to, r),
+            r @ (RequestKind::JoinGroup(_)
+            | RequestKind::SyncGroup(_)
+            | RequestKind::Heartbeat(_)
+            | RequestKind::LeaveGroup(_)
+            | RequestKind::OffsetCommit(_)
+            | RequestKind::OffsetFetch(_)
+            | RequestKind::OffsetDelete(_)
+            | RequestKind::ListGroups(_)
+            | RequestKind::DescribeGroups(_)
+            | RequestKind::DeleteGroups(_)) => {
+                return self.group_request(now, reply_to, client_id, r)
             }
             _ => {
                 // decode_request admits only supported APIs; anything else is a bug here.
@@ -547,7 +583,14 @@ impl Broker {
     /// sync if data is waiting.
     fn after_input(&mut self) {
         self.drive_quorum();
-        if !self.dirty_replicas.is_empty() {
+        // The coordinator writes through replicas, and replicas' commits answer its writes:
+        // go round until neither has work left.
+        loop {
+            self.reconcile_coordinator();
+            self.drain_coordinator(self.now);
+            if self.dirty_replicas.is_empty() {
+                break;
+            }
             self.drive_replicas();
         }
         self.flush_outbox();

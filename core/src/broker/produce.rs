@@ -15,12 +15,20 @@ use super::{Broker, ReplyTo};
 use crate::batch::{self, BatchError, BatchSummary};
 use crate::canary::{is_planted, Canary};
 use crate::config::{TimestampType, TopicConfig};
+use crate::group::OFFSETS_TOPIC;
 use crate::storage::{StorageOp, TopicPartition};
+
+/// Whom a produce answers: a client, or the group coordinator (its write `id`).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum ProduceFor {
+    Client(ReplyTo),
+    Coordinator(u64),
+}
 
 /// An acks=all produce waiting for the sync that makes its batches durable.
 #[derive(Debug)]
 pub(super) struct PendingProduce {
-    reply_to: ReplyTo,
+    reply_to: ProduceFor,
     sync_token: u64,
     response: ProduceResponse,
 }
@@ -46,7 +54,7 @@ pub(super) fn check_batches(
 }
 
 impl Broker {
-    pub(super) fn produce(&mut self, now: i64, reply_to: ReplyTo, request: ProduceRequest) {
+    pub(super) fn produce(&mut self, now: i64, reply_to: ProduceFor, request: ProduceRequest) {
         let acks = request.acks;
         let mut response = ProduceResponse::default();
         let mut sync_token = None;
@@ -55,6 +63,17 @@ impl Broker {
             let mut topic_response =
                 TopicProduceResponse::default().with_name(topic_data.name.clone());
             for (p, partition_data) in topic_data.partition_data.into_iter().enumerate() {
+                if matches!(reply_to, ProduceFor::Client(_)) && *topic_data.name.0 == *OFFSETS_TOPIC
+                {
+                    // Only the coordinator writes the groups' records (as in Kafka).
+                    topic_response.partition_responses.push(
+                        PartitionProduceResponse::default()
+                            .with_index(partition_data.index)
+                            .with_base_offset(-1)
+                            .with_error_code(ResponseError::InvalidTopicException.code()),
+                    );
+                    continue;
+                }
                 let replicated = self
                     .topics
                     .get(topic_data.name.0.as_str())
@@ -116,7 +135,7 @@ impl Broker {
                 .wait_for_replication(now, reply_to, acks, timeout, durable, response, proposals);
         }
         match (acks, sync_token) {
-            (0, _) => self.respond(reply_to, None),
+            (0, _) => self.answer_produce(reply_to, None),
             (-1, Some(sync_token))
                 if self.config.flush == crate::config::FlushPolicy::GroupCommit
                     && !is_planted(Canary::AckBeforeFsync) =>
@@ -127,7 +146,17 @@ impl Broker {
                     response,
                 })
             }
-            _ => self.respond(reply_to, Some(ResponseKind::Produce(response))),
+            _ => self.answer_produce(reply_to, Some(response)),
+        }
+    }
+
+    /// Sends a produce's answer where it goes; `None` for acks=0.
+    pub(super) fn answer_produce(&mut self, to: ProduceFor, response: Option<ProduceResponse>) {
+        match to {
+            ProduceFor::Client(reply_to) => {
+                self.respond(reply_to, response.map(ResponseKind::Produce))
+            }
+            ProduceFor::Coordinator(id) => self.coordinator_write_done(id, response),
         }
     }
 
@@ -139,7 +168,7 @@ impl Broker {
             .is_some_and(|p| p.sync_token <= token)
         {
             let p = self.pending_produces.pop_front().expect("front exists");
-            self.respond(p.reply_to, Some(ResponseKind::Produce(p.response)));
+            self.answer_produce(p.reply_to, Some(p.response));
         }
     }
 

@@ -9,6 +9,7 @@ use kafka_protocol::messages::alter_partition_reassignments_response::AlterParti
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsResponse;
 use kafka_protocol::messages::create_topics_response::CreateTopicsResponse;
 use kafka_protocol::messages::delete_topics_response::DeleteTopicsResponse;
+use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
 use kafka_protocol::messages::metadata_request::MetadataRequest;
 use kafka_protocol::messages::ResponseKind;
 use kafka_protocol::ResponseError;
@@ -39,6 +40,8 @@ pub(super) enum Waiting {
     DeleteTopics(DeleteTopicsResponse),
     CreatePartitions(CreatePartitionsResponse),
     Reassign(AlterPartitionReassignmentsResponse),
+    /// FindCoordinator that creates `__consumer_offsets`: answered afresh once it exists.
+    FindCoordinator(FindCoordinatorRequest),
 }
 
 impl Broker {
@@ -236,7 +239,7 @@ impl Broker {
     fn answer_admin_error(&mut self, mut pending: PendingAdmin, error: ResponseError) {
         let code = error.code();
         match &mut pending.waiting {
-            Waiting::Metadata(_) => {}
+            Waiting::Metadata(_) | Waiting::FindCoordinator(_) => {}
             Waiting::CreateTopics(r) => {
                 for t in r.topics.iter_mut().filter(|t| t.error_code == 0) {
                     t.error_code = code;
@@ -302,6 +305,9 @@ impl Broker {
                 ResponseKind::CreatePartitions(r)
             }
             Waiting::Reassign(r) => ResponseKind::AlterPartitionReassignments(r),
+            Waiting::FindCoordinator(request) => {
+                self.find_coordinator_response(pending.reply_to.version, &request)
+            }
         };
         self.respond(pending.reply_to, Some(response));
     }

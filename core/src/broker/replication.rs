@@ -16,7 +16,7 @@ use kafka_protocol::ResponseError;
 use prost::Message as _;
 use tracing::{debug, info};
 
-use super::{Broker, Observation, Output, ReplyTo};
+use super::{Broker, Observation, Output, ProduceFor};
 use crate::batch;
 use crate::canary::{is_planted, Canary};
 use crate::cluster::records::{
@@ -38,7 +38,7 @@ const PREFERRED_LEADER_CHECK_TICKS: u64 = 30;
 
 /// A produce with batches proposed to replicated partitions, waiting for them.
 pub(super) struct ReplicatedProduce {
-    reply_to: ReplyTo,
+    reply_to: ProduceFor,
     acks: i16,
     deadline: i64,
     /// The sync that makes the request's unreplicated appends durable, if it has any.
@@ -422,7 +422,7 @@ impl Broker {
     pub(super) fn wait_for_replication(
         &mut self,
         now: i64,
-        reply_to: ReplyTo,
+        reply_to: ProduceFor,
         acks: i16,
         timeout_ms: i32,
         sync_token: Option<u64>,
@@ -532,8 +532,8 @@ impl Broker {
     }
 
     fn answer_replicated(&mut self, produce: ReplicatedProduce) {
-        let response = (produce.acks != 0).then_some(ResponseKind::Produce(produce.response));
-        self.respond(produce.reply_to, response);
+        let response = (produce.acks != 0).then_some(produce.response);
+        self.answer_produce(produce.reply_to, response);
     }
 
     /// The log a client may read, checking the leader epoch it believes current (KIP-320):
