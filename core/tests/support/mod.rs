@@ -129,6 +129,7 @@ impl Harness {
         self.asked.clear();
         let recovered = self.disk.recover(self.config.index_interval_bytes, 2 << 20);
         self.broker = Broker::new(self.config.clone(), recovered, 7, self.now).expect("restarts");
+        self.drive();
     }
 
     /// Flips the bits of `mask` in byte `position` of the `nth` segment file of `t-0`.
