@@ -873,3 +873,145 @@ fn a_stopping_broker_hands_its_partitions_over_before_any_election_timeout() {
     assert!(next_epoch > epoch);
     assert_eq!(cluster.produce(next, "r", -1, 2).0, 0);
 }
+
+#[test]
+fn a_groups_coordinator_moves_with_its_offsets_partition_and_keeps_every_commit() {
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+    let s = |v: &str| StrBytes::from_string(v.to_string());
+    let (mut cluster, _, _) = replicated_trio();
+    let find = |cluster: &mut Cluster, via: i32| -> Option<i32> {
+        let request = find_coordinator_request::FindCoordinatorRequest::default().with_key(s("g"));
+        match cluster.call(
+            via,
+            ApiKey::FindCoordinator,
+            3,
+            RequestKind::FindCoordinator(request),
+        ) {
+            ResponseKind::FindCoordinator(r) if r.error_code == 0 => Some(r.node_id.0),
+            ResponseKind::FindCoordinator(_) => None,
+            other => panic!("{other:?}"),
+        }
+    };
+    let mut coordinator = None;
+    for _ in 0..20 {
+        coordinator = find(&mut cluster, 1);
+        if coordinator.is_some() {
+            break;
+        }
+        cluster.advance(500);
+    }
+    let coordinator = coordinator.expect("__consumer_offsets is created and led");
+    assert_eq!(
+        cluster.replicas(1, "__consumer_offsets")[0].len(),
+        3,
+        "replicated three ways"
+    );
+    // Wait out the load: the coordinator answers COORDINATOR_LOAD_IN_PROGRESS until done.
+    let join = join_group_request::JoinGroupRequest::default()
+        .with_group_id(GroupId(s("g")))
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(10_000)
+        .with_protocol_type(s("consumer"))
+        .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default(
+        )
+        .with_name(s("range"))]);
+    let joined = loop {
+        match cluster.call(
+            coordinator,
+            ApiKey::JoinGroup,
+            7,
+            RequestKind::JoinGroup(join.clone()),
+        ) {
+            ResponseKind::JoinGroup(r) if r.error_code == 0 => break r,
+            ResponseKind::JoinGroup(r) => {
+                assert_eq!(
+                    r.error_code, 14,
+                    "only a load in progress may delay the join"
+                );
+                cluster.advance(100);
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    let member = joined.member_id.clone();
+    let generation = joined.generation_id;
+    let sync = sync_group_request::SyncGroupRequest::default()
+        .with_group_id(GroupId(s("g")))
+        .with_member_id(member.clone())
+        .with_generation_id(generation)
+        .with_assignments(vec![
+            sync_group_request::SyncGroupRequestAssignment::default()
+                .with_member_id(member.clone())
+                .with_assignment(Bytes::from_static(b"r-0")),
+        ]);
+    let ResponseKind::SyncGroup(synced) = cluster.call(
+        coordinator,
+        ApiKey::SyncGroup,
+        5,
+        RequestKind::SyncGroup(sync),
+    ) else {
+        panic!()
+    };
+    assert_eq!(synced.error_code, 0);
+    let commit = offset_commit_request::OffsetCommitRequest::default()
+        .with_group_id(GroupId(s("g")))
+        .with_member_id(member.clone())
+        .with_generation_id_or_member_epoch(generation)
+        .with_topics(vec![
+            offset_commit_request::OffsetCommitRequestTopic::default()
+                .with_name(topic_name("r"))
+                .with_partitions(vec![
+                    offset_commit_request::OffsetCommitRequestPartition::default()
+                        .with_committed_offset(1234),
+                ]),
+        ]);
+    let ResponseKind::OffsetCommit(committed) = cluster.call(
+        coordinator,
+        ApiKey::OffsetCommit,
+        8,
+        RequestKind::OffsetCommit(commit),
+    ) else {
+        panic!()
+    };
+    assert_eq!(committed.topics[0].partitions[0].error_code, 0);
+
+    // The coordinator is cut off: another broker takes over its offsets partition, reads it
+    // back, and serves the group with the committed offset and the same generation.
+    cluster.cut.insert(coordinator);
+    cluster.advance(3_000);
+    let other = (1..=3).find(|&id| id != coordinator).unwrap();
+    let successor = find(&mut cluster, other).expect("a new coordinator");
+    assert_ne!(successor, coordinator);
+    cluster.advance(500);
+    let fetch = offset_fetch_request::OffsetFetchRequest::default()
+        .with_group_id(GroupId(s("g")))
+        .with_topics(Some(vec![
+            offset_fetch_request::OffsetFetchRequestTopic::default()
+                .with_name(topic_name("r"))
+                .with_partition_indexes(vec![0]),
+        ]));
+    let ResponseKind::OffsetFetch(fetched) = cluster.call(
+        successor,
+        ApiKey::OffsetFetch,
+        7,
+        RequestKind::OffsetFetch(fetch),
+    ) else {
+        panic!()
+    };
+    assert_eq!(fetched.error_code, 0);
+    assert_eq!(fetched.topics[0].partitions[0].committed_offset, 1234);
+    let heartbeat = heartbeat_request::HeartbeatRequest::default()
+        .with_group_id(GroupId(s("g")))
+        .with_member_id(member)
+        .with_generation_id(generation);
+    let ResponseKind::Heartbeat(beat) = cluster.call(
+        successor,
+        ApiKey::Heartbeat,
+        4,
+        RequestKind::Heartbeat(heartbeat),
+    ) else {
+        panic!()
+    };
+    assert_eq!(beat.error_code, 0, "the generation carried over");
+}
