@@ -8,65 +8,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import Broker, free_port
-
-
-class Brokers(dict):
-    """Brokers by id, and the voter list they were started with."""
-
-    voters = ""
-
-
-@pytest.fixture
-def cluster(workdir):
-    peer_ports = {i: free_port() for i in (1, 2, 3)}
-    voters = ",".join(f"{i}@127.0.0.1:{p}" for i, p in peer_ports.items())
-    brokers = Brokers(
-        (i, Broker(workdir / f"node{i}", ["--broker-id", str(i), "--controller-quorum-voters", voters]))
-        for i in (1, 2, 3)
-    )
-    brokers.voters = voters
-    for b in brokers.values():
-        b.start()
-    yield brokers
-    for b in brokers.values():
-        if b.alive():
-            b.kill()
-
-
-def bootstrap(brokers, *ids):
-    return ",".join(brokers[i].bootstrap for i in ids or brokers)
-
-
-def wait_for(what, check, timeout=20.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def cluster_metadata(admin, brokers=3):
-    try:
-        md = admin.list_topics(timeout=5)
-    except Exception as e:  # a broker that has not registered yet answers with no brokers
-        print("metadata:", e)
-        return None
-    return md if len(md.brokers) == brokers and md.controller_id > 0 else None
-
-
-def create(admin, name, partitions, replication=1):
-    def attempt():
-        try:
-            admin.create_topics([NewTopic(name, partitions, replication)])[name].result(10)
-            return True
-        except Exception as e:  # retried: no controller yet, or one just died
-            print("create", name, "failed:", e)
-            return False
-
-    wait_for(f"topic {name}", attempt, timeout=30)
+from conftest import Broker, bootstrap, cluster_metadata, create, free_port, wait_for
 
 
 def test_three_brokers_share_topics_and_clients_follow_leaders(cluster):

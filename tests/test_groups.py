@@ -1,0 +1,203 @@
+"""Consumer groups with real clients: confluent-kafka members in their own processes share a
+replicated topic's partitions, a killed member's partitions go to the others, the group's
+coordinator restarts without losing a committed offset; kcat's balanced consumer reads a
+topic as a group."""
+
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from conftest import GROUP_ARGS, bootstrap, cluster_metadata, create, wait_for
+
+MEMBER = Path(__file__).with_name("group_member.py")
+
+
+class Member:
+    """A group member process and what it reports."""
+
+    def __init__(self, brokers, group, topic, out, strategy="range,roundrobin"):
+        self.out = out
+        self.proc = subprocess.Popen(
+            [sys.executable, str(MEMBER), brokers, group, topic, str(out), strategy])
+
+    def lines(self):
+        return self.out.read_text().splitlines() if self.out.exists() else []
+
+    def assignment(self):
+        """Its latest assignment (a set of partitions), or None before the first."""
+        latest = [l for l in self.lines() if l.startswith("assigned")]
+        if not latest:
+            return None
+        parts = latest[-1].split(" ", 1)[1] if " " in latest[-1] else ""
+        return {int(p) for p in parts.split(",") if p}
+
+    def records(self):
+        return [tuple(map(int, l.split()[1:])) for l in self.lines() if l.startswith("record")]
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
+
+
+def produce(brokers, topic, n, start=0):
+    """n acknowledged records; returns the (partition, offset) of each."""
+    acked = []
+
+    def on_delivery(err, msg):
+        assert err is None, err
+        acked.append((msg.partition(), msg.offset()))
+
+    producer = Producer({"bootstrap.servers": brokers, "acks": "all", "linger.ms": 5})
+    for i in range(start, start + n):
+        producer.produce(topic, key=str(i).encode(), value=b"v%d" % i, on_delivery=on_delivery)
+    assert producer.flush(30) == 0
+    assert len(acked) == n
+    return acked
+
+
+def consumed(members):
+    return {r for m in members for r in m.records()}
+
+
+def assert_no_gaps(members, acked):
+    """Every acknowledged record was processed by some member (at least once)."""
+    seen = consumed(members)
+    missing = [r for r in acked if r not in seen]
+    assert not missing, f"{len(missing)} records never consumed, e.g. {missing[:5]}"
+
+
+def committed_offsets(brokers, group, topic, partitions):
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": group})
+    try:
+        found = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return {tp.partition: tp.offset for tp in found}
+    finally:
+        consumer.close()
+
+
+def coordinator_of(admin, group):
+    def ask():
+        try:
+            return admin.describe_consumer_groups([group])[group].result(10).coordinator.id
+        except Exception as e:  # no coordinator yet, or it just moved
+            print("describe:", e)
+            return None
+
+    return wait_for(f"the coordinator of {group}", ask, timeout=30)
+
+
+def test_three_members_share_six_partitions_through_a_killed_member_and_a_coordinator_restart(cluster, workdir):
+    brokers = bootstrap(cluster)
+    admin = AdminClient({"bootstrap.servers": brokers})
+    wait_for("three registered brokers and a controller", lambda: cluster_metadata(admin))
+    create(admin, "orders", 6, replication=3)
+    acked = produce(brokers, "orders", 1500)
+    members = [Member(brokers, "workers", "orders", workdir / f"member{i}.log") for i in range(3)]
+    try:
+        def shared():
+            parts = [m.assignment() for m in members]
+            if any(not p for p in parts):
+                return None
+            union = set().union(*parts)
+            disjoint = sum(len(p) for p in parts) == len(union)
+            return union == set(range(6)) and disjoint and parts
+
+        parts = wait_for("each member to own two of the six partitions", shared, timeout=40)
+        assert sorted(len(p) for p in parts) == [2, 2, 2]
+        wait_for("the first records consumed", lambda: len(consumed(members)) >= 1500, timeout=30)
+
+        # SIGKILL a member: no LeaveGroup. The others take its partitions once its session
+        # (6 s) runs out, from the offsets it committed.
+        victim = members.pop()
+        orphaned = victim.assignment()
+        victim.kill()
+        killed_at = time.time()
+        acked += produce(brokers, "orders", 1500, start=1500)
+        wait_for("the survivors to own all six partitions",
+                 lambda: set().union(*[m.assignment() or set() for m in members]) == set(range(6)),
+                 timeout=30)
+        taken_over = time.time() - killed_at
+        wait_for("every record consumed", lambda: consumed(members + [victim]) >= set(acked), timeout=40)
+        assert_no_gaps(members + [victim], acked)
+        taken = [r for r in consumed(members) if r[0] in orphaned]
+        assert taken, "the survivors read the victim's partitions"
+        print(f"partitions {orphaned} taken over {taken_over:.1f} s after the kill")
+        assert taken_over < 6 + 10, "within the session timeout and a rebalance"
+
+        # Commits catch up with the records processed; then the coordinator's broker is
+        # killed and restarted, and every committed offset is still there.
+        ends = {p: max(o for (q, o) in acked if q == p) + 1 for p in range(6)}
+        wait_for("commits up to the log ends",
+                 lambda: committed_offsets(brokers, "workers", "orders", 6) == ends, timeout=30)
+        coordinator = coordinator_of(admin, "workers")
+        cluster[coordinator].kill()
+        cluster[coordinator].start()
+        more = produce(brokers, "orders", 600, start=3000)
+        acked += more
+        wait_for("records after the restart consumed",
+                 lambda: consumed(members + [victim]) >= set(acked), timeout=60)
+        assert_no_gaps(members + [victim], acked)
+        after = committed_offsets(brokers, "workers", "orders", 6)
+        assert all(after[p] >= ends[p] for p in range(6)), f"{after} went back from {ends}"
+    finally:
+        for m in members:
+            m.stop()
+    # A clean stop commits everything: the group's committed offsets are the log ends.
+    ends = {p: max(o for (q, o) in acked if q == p) + 1 for p in range(6)}
+    assert committed_offsets(brokers, "workers", "orders", 6) == ends
+    groups = admin.list_consumer_groups().result(10).valid
+    assert "workers" in [g.group_id for g in groups]
+
+
+@pytest.mark.parametrize("strategy", ["roundrobin", "cooperative-sticky"])
+def test_every_assignor_works_because_the_broker_only_relays_it(broker_factory, workdir, strategy):
+    broker = broker_factory(*GROUP_ARGS)
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    create(admin, "relay", 4)
+    acked = produce(broker.bootstrap, "relay", 400)
+    members = [Member(broker.bootstrap, "relayers", "relay", workdir / f"{strategy}{i}.log", strategy)
+               for i in range(2)]
+    try:
+        wait_for("two members sharing four partitions", lambda: all(m.assignment() for m in members)
+                 and set().union(*[m.assignment() for m in members]) == set(range(4)), timeout=40)
+        wait_for("every record consumed", lambda: consumed(members) >= set(acked), timeout=30)
+        description = admin.describe_consumer_groups(["relayers"])["relayers"].result(10)
+        assert description.partition_assignor == strategy
+        assert len(description.members) == 2
+    finally:
+        for m in members:
+            m.stop()
+
+
+def test_kcat_balanced_consumer_reads_a_topic_as_a_group_and_resumes(broker_factory):
+    broker = broker_factory(*GROUP_ARGS)
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    create(admin, "kc", 3)
+    produce(broker.bootstrap, "kc", 90)
+
+    def kcat_group():
+        out = subprocess.run(
+            ["kcat", "-b", broker.bootstrap, "-G", "kgroup", "-X", "auto.offset.reset=earliest", "-e", "-q",
+             "-f", "%p %o\n", "kc"],
+            capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return [tuple(map(int, l.split())) for l in out.stdout.splitlines() if l.strip()]
+
+    first = kcat_group()
+    assert sorted(first) == sorted({(p, o) for p, o in first}), "no record twice"
+    assert len(first) == 90
+    produce(broker.bootstrap, "kc", 30, start=90)
+    second = kcat_group()
+    assert len(second) == 30, "a second run resumes from the group's committed offsets"
+    assert not set(first) & set(second)
