@@ -201,3 +201,50 @@ def test_kcat_balanced_consumer_reads_a_topic_as_a_group_and_resumes(broker_fact
     second = kcat_group()
     assert len(second) == 30, "a second run resumes from the group's committed offsets"
     assert not set(first) & set(second)
+
+
+def seedlog(*args):
+    from conftest import seedlog_binary
+    return subprocess.run([seedlog_binary(), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_the_groups_cli_lists_describes_with_lag_and_resets_offsets(broker_factory, workdir):
+    broker = broker_factory(*GROUP_ARGS)
+    target = ["--bootstrap-server", broker.bootstrap]
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    create(admin, "cli", 2)
+    acked = produce(broker.bootstrap, "cli", 100)
+    member = Member(broker.bootstrap, "tools", "cli", workdir / "tools.log")
+    try:
+        wait_for("the member to read everything", lambda: set(member.records()) >= set(acked), timeout=30)
+        ends = {p: max(o for (q, o) in acked if q == p) + 1 for p in range(2)}
+        wait_for("its commits", lambda: committed_offsets(broker.bootstrap, "tools", "cli", 2) == ends)
+        produce(broker.bootstrap, "cli", 10, start=100)  # lag to show, if the member sleeps
+        listed = seedlog("groups", "list", *target)
+        assert listed.returncode == 0, listed.stderr
+        assert any(l.split()[:2] == ["tools", "Stable"] for l in listed.stdout.splitlines()), listed.stdout
+        described = seedlog("groups", "describe", "tools", *target)
+        assert described.returncode == 0, described.stderr
+        rows = [l.split() for l in described.stdout.splitlines() if l.startswith("cli ")]
+        assert [r[1] for r in rows] == ["0", "1"], described.stdout
+        for topic, p, committed, end, lag, owner in rows:
+            assert int(end) - int(committed) == int(lag)
+            assert owner.startswith("rdkafka-"), "each partition's owner is shown"
+        refused = seedlog("groups", "reset-offsets", "tools", "--topic", "cli", "--to", "earliest",
+                          "--execute", *target)
+        assert refused.returncode != 0 and "active members" in refused.stderr
+    finally:
+        member.stop()
+    dry = seedlog("groups", "reset-offsets", "tools", "--topic", "cli", "--to", "5", *target)
+    assert dry.returncode == 0 and "dry run" in dry.stdout
+    assert committed_offsets(broker.bootstrap, "tools", "cli", 2) != {0: 5, 1: 5}
+    done = seedlog("groups", "reset-offsets", "tools", "--topic", "cli", "--to", "5", "--execute", *target)
+    assert done.returncode == 0, done.stderr
+    assert committed_offsets(broker.bootstrap, "tools", "cli", 2) == {0: 5, 1: 5}
+    # A member that joins now starts at offset 5 of each partition.
+    again = Member(broker.bootstrap, "tools", "cli", workdir / "again.log")
+    try:
+        wait_for("it to read from 5", lambda: len(again.records()) >= 100, timeout=30)
+        assert min(o for _, o in again.records()) == 5
+    finally:
+        again.stop()

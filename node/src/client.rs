@@ -126,6 +126,8 @@ pub struct ClusterClient {
     /// and ignored (KIP-320), and fetches carry it so a deposed leader refuses them.
     epochs: BTreeMap<(String, i32), i32>,
     clients: BTreeMap<SocketAddr, Client>,
+    /// Partition count of each topic, from the last Metadata.
+    partitions: BTreeMap<String, i32>,
     timeout: Duration,
     /// Rotates requests that any broker can answer across the brokers.
     next_any: usize,
@@ -141,6 +143,7 @@ impl ClusterClient {
             leaders: BTreeMap::new(),
             epochs: BTreeMap::new(),
             clients: BTreeMap::new(),
+            partitions: BTreeMap::new(),
             timeout,
             next_any: 0,
             last_any: None,
@@ -264,6 +267,39 @@ impl ClusterClient {
         self.leaders.remove(&(topic.to_string(), partition));
     }
 
+    /// The brokers known from the last Metadata.
+    pub fn broker_ids(&self) -> Vec<i32> {
+        self.brokers.keys().copied().collect()
+    }
+
+    /// How many partitions `topic` has, if the last Metadata named it.
+    pub fn partition_count(&self, topic: &str) -> Option<i32> {
+        self.partitions.get(topic).copied()
+    }
+
+    /// The broker coordinating consumer group `group` (FindCoordinator), or why none is.
+    pub async fn coordinator(&mut self, group: &str) -> Result<i32, String> {
+        use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
+        let request = RequestKind::FindCoordinator(FindCoordinatorRequest::default().with_key(
+            kafka_protocol::protocol::StrBytes::from_string(group.into()),
+        ));
+        let response = self
+            .call_any(ApiKey::FindCoordinator, 3, request)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let ResponseKind::FindCoordinator(found) = response else {
+            return Err("not a FindCoordinator answer".into());
+        };
+        if let Some(e) = kafka_protocol::ResponseError::try_from_code(found.error_code) {
+            return Err(e.to_string());
+        }
+        let id = found.node_id.0;
+        if !self.brokers.contains_key(&id) {
+            self.refresh().await.map_err(|e| format!("{e:?}"))?;
+        }
+        Ok(id)
+    }
+
     /// Learns brokers and leaders from one broker's Metadata.
     pub async fn refresh(&mut self) -> Result<(), CallError> {
         let request = RequestKind::Metadata(MetadataRequest::default().with_topics(None));
@@ -279,6 +315,8 @@ impl ClusterClient {
         }
         for topic in &metadata.topics {
             let Some(name) = &topic.name else { continue };
+            self.partitions
+                .insert(name.0.to_string(), topic.partitions.len() as i32);
             for p in &topic.partitions {
                 let key = (name.0.to_string(), p.partition_index);
                 let known = self.epochs.get(&key).copied().unwrap_or(-1);

@@ -7,6 +7,8 @@ pub mod client;
 pub mod config;
 #[cfg(not(madsim))]
 pub mod dev_cluster;
+#[cfg(not(madsim))]
+pub mod groups;
 pub mod peer;
 pub mod server;
 pub mod storage;

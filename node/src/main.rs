@@ -28,6 +28,9 @@ enum Command {
     Bench(seedlog_node::bench::BenchCommand),
     /// Run a local cluster of separate broker processes (clients on 127.0.0.1:9092, 9093, ...).
     DevCluster(seedlog_node::dev_cluster::DevClusterArgs),
+    /// Consumer groups: list, describe (members, offsets, lag), reset offsets.
+    #[command(subcommand)]
+    Groups(seedlog_node::groups::GroupsCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +45,7 @@ fn main() -> std::process::ExitCode {
         Some(Command::Run(args)) => *args,
         Some(Command::Bench(command)) => return exit(bench(command)),
         Some(Command::DevCluster(args)) => return exit(dev_cluster(args)),
+        Some(Command::Groups(command)) => return exit(groups(command)),
         None => cli.run,
     };
     let result = args.resolve().and_then(|config| {
@@ -64,6 +68,13 @@ fn bench(command: seedlog_node::bench::BenchCommand) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(seedlog_node::bench::run(command))
+}
+
+fn groups(command: seedlog_node::groups::GroupsCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(seedlog_node::groups::run(command))
 }
 
 fn dev_cluster(args: seedlog_node::dev_cluster::DevClusterArgs) -> anyhow::Result<()> {
