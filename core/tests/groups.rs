@@ -495,3 +495,65 @@ fn clients_cannot_write_to_the_offsets_topic_and_groups_are_listed_and_described
     assert_eq!(members, expected);
     assert_eq!(described.groups[1].group_state.as_str(), "Dead");
 }
+
+#[test]
+fn a_commit_still_being_written_makes_a_stable_offset_fetch_wait() {
+    let mut h = harness(3_000);
+    let (a, _b, generation) = stable_pair(&mut h);
+    assert_eq!(commit(&mut h, &a, generation, "t", 0, 10, ""), 0);
+    h.hold_syncs = true;
+    let request = offset_commit_request::OffsetCommitRequest::default()
+        .with_group_id(GroupId(s("g")))
+        .with_member_id(s(&a))
+        .with_generation_id_or_member_epoch(generation)
+        .with_topics(vec![
+            offset_commit_request::OffsetCommitRequestTopic::default()
+                .with_name(topic_name("t"))
+                .with_partitions(vec![
+                    offset_commit_request::OffsetCommitRequestPartition::default()
+                        .with_committed_offset(20),
+                ]),
+        ]);
+    h.send(
+        1,
+        ApiKey::OffsetCommit,
+        8,
+        RequestKind::OffsetCommit(request),
+    );
+    assert!(
+        h.reply(1).is_none(),
+        "not acknowledged before it is durable"
+    );
+    let fetch = |h: &mut Harness, stable: bool| {
+        let request = offset_fetch_request::OffsetFetchRequest::default()
+            .with_group_id(GroupId(s("g")))
+            .with_require_stable(stable)
+            .with_topics(Some(vec![
+                offset_fetch_request::OffsetFetchRequestTopic::default()
+                    .with_name(topic_name("t"))
+                    .with_partition_indexes(vec![0]),
+            ]));
+        h.send(5, ApiKey::OffsetFetch, 7, RequestKind::OffsetFetch(request));
+        let Some(ResponseKind::OffsetFetch(r)) = h.reply(5) else {
+            panic!()
+        };
+        let p = &r.topics[0].partitions[0];
+        (p.error_code, p.committed_offset)
+    };
+    assert_eq!(
+        fetch(&mut h, false),
+        (0, 10),
+        "only durable commits are shown"
+    );
+    assert_eq!(
+        fetch(&mut h, true),
+        (ResponseError::UnstableOffsetCommit.code(), -1),
+        "a member taking the partition over is told to wait"
+    );
+    h.release_syncs();
+    let Some(ResponseKind::OffsetCommit(done)) = h.reply(1) else {
+        panic!()
+    };
+    assert_eq!(done.topics[0].partitions[0].error_code, 0);
+    assert_eq!(fetch(&mut h, true), (0, 20));
+}

@@ -146,7 +146,9 @@ async fn describe(client: &mut ClusterClient, group: &str) -> anyhow::Result<()>
     println!(
         "group {group}: {} ({}), {} member(s)",
         g.group_state,
-        [g.protocol_type.as_str(), g.protocol_data.as_str()].join(" ").trim(),
+        [g.protocol_type.as_str(), g.protocol_data.as_str()]
+            .join(" ")
+            .trim(),
         g.members.len()
     );
     let owners = owners(&g);

@@ -126,6 +126,8 @@ pub struct Coordinator {
     groups: BTreeMap<String, Group>,
     writes: BTreeMap<u64, PendingWrite>,
     deletes: BTreeMap<u64, DeleteJob>,
+    /// Commits being written, per (group, topic, partition): how many.
+    pending_commits: BTreeMap<(String, String, i32), usize>,
     next_id: u64,
     id_seed: u64,
     outputs: VecDeque<CoordinatorOutput>,
@@ -143,6 +145,7 @@ impl Coordinator {
             groups: BTreeMap::new(),
             writes: BTreeMap::new(),
             deletes: BTreeMap::new(),
+            pending_commits: BTreeMap::new(),
             next_id: 1,
             id_seed: seed,
             outputs: VecDeque::new(),
@@ -554,6 +557,12 @@ impl Coordinator {
             })
             .collect();
         let partition = self.partition_of(group_id);
+        for (t, p, _) in &offsets {
+            *self
+                .pending_commits
+                .entry((group_id.to_string(), t.clone(), *p))
+                .or_default() += 1;
+        }
         let pending = PendingWrite::Commit {
             parked,
             group: group_id.to_string(),
@@ -575,9 +584,10 @@ impl Coordinator {
                         .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
                         .collect()
                 });
-                let (error, found) = self.fetch_offsets(&g.group_id, wanted);
+                let (error, found) =
+                    self.fetch_offsets(&g.group_id, wanted, request.require_stable);
                 let mut topics: Vec<OffsetFetchResponseTopics> = Vec::new();
-                for (topic, p, c) in found {
+                for (topic, p, c, unstable) in found {
                     if topics.last().is_none_or(|t| *t.name != *topic) {
                         topics.push(
                             OffsetFetchResponseTopics::default()
@@ -590,7 +600,8 @@ impl Coordinator {
                             .with_partition_index(p)
                             .with_committed_offset(offset)
                             .with_committed_leader_epoch(epoch)
-                            .with_metadata(Some(StrBytes::from_string(metadata))),
+                            .with_metadata(Some(StrBytes::from_string(metadata)))
+                            .with_error_code(unstable_code(unstable)),
                     );
                 }
                 response.groups.push(
@@ -608,8 +619,9 @@ impl Coordinator {
                 .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
                 .collect()
         });
-        let (error, found) = self.fetch_offsets(&request.group_id, wanted);
-        for (topic, p, c) in found {
+        let require_stable = request.require_stable && version >= 7;
+        let (error, found) = self.fetch_offsets(&request.group_id, wanted, require_stable);
+        for (topic, p, c, unstable) in found {
             if response.topics.last().is_none_or(|t| *t.name != *topic) {
                 response.topics.push(
                     OffsetFetchResponseTopic::default()
@@ -622,6 +634,7 @@ impl Coordinator {
                 .with_committed_offset(offset)
                 .with_committed_leader_epoch(epoch)
                 .with_metadata(Some(StrBytes::from_string(metadata)));
+            partition.error_code = unstable_code(unstable);
             if version < 2 {
                 // v1 has no group-level error code: each partition carries it.
                 partition.error_code = error.map_or(0, |e| e.code());
@@ -640,20 +653,27 @@ impl Coordinator {
     }
 
     /// The committed offsets of `group` for `wanted` partitions (all, if `None`), in
-    /// (topic, partition) order, with the group-level error, if any.
+    /// (topic, partition) order, with the group-level error, if any. With `require_stable`,
+    /// a partition whose commit is still being written is flagged unstable (and its offset
+    /// withheld): a member that takes a partition over must not start from an offset that
+    /// a commit in flight is about to move (KIP-447's answer, used for every commit here).
     #[allow(clippy::type_complexity)]
     fn fetch_offsets(
         &self,
         group: &str,
         wanted: Option<Vec<(String, Vec<i32>)>>,
-    ) -> (Option<ResponseError>, Vec<(String, i32, Option<Committed>)>) {
+        require_stable: bool,
+    ) -> (
+        Option<ResponseError>,
+        Vec<(String, i32, Option<Committed>, bool)>,
+    ) {
         let error = self.locate(group).err();
         let offsets = self
             .groups
             .get(group)
             .filter(|_| error.is_none())
             .map(|g| &g.offsets);
-        let found = match wanted {
+        let found: Vec<(String, i32, Option<Committed>)> = match wanted {
             None => offsets
                 .into_iter()
                 .flatten()
@@ -668,6 +688,15 @@ impl Coordinator {
                 })
                 .collect(),
         };
+        let found = found
+            .into_iter()
+            .map(|(t, p, c)| {
+                let key = (group.to_string(), t, p);
+                let unstable = require_stable && self.pending_commits.contains_key(&key);
+                let (_, t, p) = key;
+                (t, p, c.filter(|_| !unstable), unstable)
+            })
+            .collect();
         (error, found)
     }
 
@@ -946,6 +975,15 @@ impl Coordinator {
                 mut response,
                 offsets,
             } => {
+                for (t, p, _) in &offsets {
+                    let key = (group.clone(), t.clone(), *p);
+                    if let Some(n) = self.pending_commits.get_mut(&key) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.pending_commits.remove(&key);
+                        }
+                    }
+                }
                 match error {
                     Ok(()) => {
                         if let Some(g) = self.groups.get_mut(&group) {
@@ -1073,6 +1111,14 @@ fn set_commit_errors(
 
 fn heartbeat_error(e: ResponseError) -> ResponseKind {
     ResponseKind::Heartbeat(HeartbeatResponse::default().with_error_code(e.code()))
+}
+
+fn unstable_code(unstable: bool) -> i16 {
+    if unstable {
+        ResponseError::UnstableOffsetCommit.code()
+    } else {
+        0
+    }
 }
 
 /// Offset, leader epoch and metadata of a committed offset; -1s and "" if there is none.
