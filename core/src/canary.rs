@@ -24,11 +24,17 @@ pub enum Canary {
     /// A follower replacing a conflicting suffix forgets it in its entry table but leaves
     /// the batches in its log.
     KeepConflictingSuffix,
+    /// The group coordinator acknowledges an offset commit before its write is committed.
+    AckCommitBeforeDurable,
+    /// The group coordinator accepts offset commits from any member and generation.
+    AcceptStaleCommit,
+    /// A completed join phase keeps the old generation number.
+    ReuseGeneration,
 }
 
 impl Canary {
     /// Every canary, in a stable order.
-    pub const ALL: [Canary; 8] = [
+    pub const ALL: [Canary; 11] = [
         Canary::AckBeforeFsync,
         Canary::SkipRecoveryCrc,
         Canary::ReadAboveHighWatermark,
@@ -37,6 +43,9 @@ impl Canary {
         Canary::VoteTwice,
         Canary::AckAllOnLocalAppend,
         Canary::KeepConflictingSuffix,
+        Canary::AckCommitBeforeDurable,
+        Canary::AcceptStaleCommit,
+        Canary::ReuseGeneration,
     ];
 
     /// The name used on the simulator's command line.
@@ -50,6 +59,9 @@ impl Canary {
             Canary::VoteTwice => "vote-twice",
             Canary::AckAllOnLocalAppend => "ack-all-on-local-append",
             Canary::KeepConflictingSuffix => "keep-conflicting-suffix",
+            Canary::AckCommitBeforeDurable => "ack-commit-before-durable",
+            Canary::AcceptStaleCommit => "accept-stale-commit",
+            Canary::ReuseGeneration => "reuse-generation",
         }
     }
 
@@ -64,6 +76,11 @@ impl Canary {
             Canary::VoteTwice => "a replica votes for two candidates in one term",
             Canary::AckAllOnLocalAppend => "acks=all answers before the batch is committed",
             Canary::KeepConflictingSuffix => "a follower keeps batches its leader replaced",
+            Canary::AckCommitBeforeDurable => {
+                "an offset commit is acknowledged before it is durable"
+            }
+            Canary::AcceptStaleCommit => "offset commits from fenced members are accepted",
+            Canary::ReuseGeneration => "a rebalance does not bump the generation",
         }
     }
 

@@ -154,6 +154,11 @@ fn node_config(index: u32, size: u32, voters: u32, addr: SocketAddr) -> NodeConf
     broker.cluster.snapshot_entries = 16;
     // Fence silent brokers quickly, so crashes and partitions exercise fencing and return.
     broker.cluster.session_timeout_ms = 2000;
+    // Groups form at once and members may use short sessions, so runs see many rebalances;
+    // few offsets partitions keep the idle Raft groups cheap.
+    broker.groups.initial_rebalance_delay_ms = 200;
+    broker.groups.min_session_timeout_ms = 1000;
+    broker.groups.offsets_partitions = 4;
     NodeConfig {
         listen: addr,
         advertised: None,

@@ -8,6 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+use crate::group_facts::GroupFacts;
+
 /// A partition, as the simulator names it.
 pub type Partition = (String, i32);
 
@@ -21,7 +23,7 @@ pub struct Violation {
 }
 
 /// The checks, in report order.
-pub const CHECKS: [&str; 9] = [
+pub const CHECKS: [&str; 11] = [
     "acked-writes-durable",
     "topics-durable",
     "offsets-agree",
@@ -30,6 +32,8 @@ pub const CHECKS: [&str; 9] = [
     "no-corrupt-reads",
     "one-leader-per-term",
     "replicas-agree",
+    "group-one-owner",
+    "committed-offsets",
     "liveness",
 ];
 
@@ -64,6 +68,7 @@ pub struct History {
     /// (Raft group, term) -> the broker that said it leads it.
     leaders: BTreeMap<(String, u64), i32>,
     violations: Vec<Violation>,
+    groups: GroupFacts,
     /// Counters for the report.
     pub counts: Counts,
     trace: DefaultHasher,
@@ -348,6 +353,46 @@ impl History {
                 ),
             );
         }
+    }
+
+    /// A group member was handed `partitions` in `generation`.
+    pub fn assigned(
+        &mut self,
+        at_ms: u64,
+        generation: i32,
+        member: &str,
+        partitions: &[Partition],
+    ) {
+        self.trace(at_ms, ("assigned", generation, member, partitions));
+        if let Some(detail) = self.groups.assigned(at_ms, generation, member, partitions) {
+            self.violate("group-one-owner", detail);
+        }
+    }
+
+    /// A group member sent a commit of `offset`.
+    pub fn commit_sent(&mut self, at_ms: u64, partition: &Partition, offset: i64) {
+        self.trace(at_ms, ("commit-sent", partition, offset));
+        self.groups.commit_sent(at_ms, partition, offset);
+    }
+
+    /// A commit of `offset` was acknowledged.
+    pub fn commit_acked(&mut self, at_ms: u64, partition: &Partition, offset: i64) {
+        self.trace(at_ms, ("commit-acked", partition, offset));
+        self.groups.commit_acked(at_ms, partition, offset);
+    }
+
+    /// A group member asked for a partition's committed offset at `sent_ms` and got
+    /// `offset` at `at_ms` (-1: none).
+    pub fn offset_fetched(&mut self, sent_ms: u64, at_ms: u64, partition: &Partition, offset: i64) {
+        self.trace(at_ms, ("offset-fetched", partition, offset));
+        if let Some(detail) = self.groups.fetched(sent_ms, at_ms, partition, offset) {
+            self.violate("committed-offsets", detail);
+        }
+    }
+
+    /// The latest generation, if it gave each of `all` to one of `members`.
+    pub fn group_settled(&self, members: usize, all: &[Partition]) -> Option<i32> {
+        self.groups.settled(members, all)
     }
 
     /// Every violation found, in the order found.

@@ -6,6 +6,7 @@
 #![cfg_attr(not(madsim), allow(dead_code))]
 
 mod disk;
+mod group_facts;
 mod history;
 mod report;
 mod scenario;

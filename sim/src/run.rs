@@ -85,6 +85,7 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
         brokers: broker_addrs,
         history: history.clone(),
         stop: Arc::new(AtomicBool::new(false)),
+        groups_stop: Arc::new(AtomicBool::new(false)),
         start,
     };
     let clients = Handle::current()
@@ -115,6 +116,9 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
     for id in 0..w.movers {
         tasks.push(clients.spawn(workload::mover(ctx.clone(), id)));
     }
+    let members: Vec<_> = (0..w.group_members)
+        .map(|id| clients.spawn(workload::group_member(ctx.clone(), id)))
+        .collect();
     let injectors = faults::start(&ctx, &brokers);
     tokio::spawn(faults::supervisor(ctx.clone(), brokers.clone()));
 
@@ -152,6 +156,16 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
         .spawn(async move { workload::liveness_probe(&probe_ctx, liveness_deadline).await })
         .await
         .expect("probe task");
+    let recovered = match recovered {
+        Ok(ms) if !members.is_empty() => group_settles(&ctx, members.len(), liveness_deadline)
+            .await
+            .map(|()| ms),
+        other => other,
+    };
+    ctx.groups_stop.store(true, Ordering::Relaxed);
+    for task in members {
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    }
     let recovered_ms = match recovered {
         Ok(ms) => {
             let read_ctx = ctx.clone();
@@ -176,4 +190,32 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
     let sim_ms = ctx.now_ms();
     let history = std::mem::take(&mut *history.lock().expect("history lock"));
     Report::new(history, sim_ms, recovered_ms)
+}
+
+/// After the heal, the group settles within the liveness deadline: its latest generation
+/// hands every partition to exactly one of the members, and stays the latest for longer than
+/// a session (a member that is not really there would have been dropped by then).
+async fn group_settles(ctx: &Ctx, members: usize, deadline: Instant) -> Result<(), String> {
+    let partitions = ctx.partitions();
+    let mut since: Option<(i32, Instant)> = None;
+    loop {
+        match ctx.history().group_settled(members, &partitions) {
+            Some(g) => match since {
+                Some((s, at)) if s == g => {
+                    if at.elapsed() >= Duration::from_secs(4) {
+                        return Ok(());
+                    }
+                }
+                _ => since = Some((g, Instant::now())),
+            },
+            None => since = None,
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "group {} did not settle: no generation since the heal gave every partition to one of its {members} members",
+                workload::GROUP
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -93,6 +93,10 @@ pub struct Workload {
     /// Admin clients moving replicated partitions to other brokers now and then.
     #[serde(default)]
     pub movers: u32,
+    /// Members of one consumer group over every partition of the scenario's topics; they
+    /// crash, pause past their session and leave now and then.
+    #[serde(default)]
+    pub group_members: u32,
 }
 
 fn batch_default() -> Range {

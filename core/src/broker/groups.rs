@@ -44,8 +44,9 @@ const OFFSETS_TOPIC_CONFIGS: &[(&str, &str)] =
 pub(super) struct GroupLoad {
     /// The next offset to apply.
     next: i64,
-    /// Where the read stops: the high watermark when loading began.
-    end: i64,
+    /// Set where an unreadable batch stops the load; otherwise it reads up to the high
+    /// watermark as it stands (only the coordinator writes here, and not while loading).
+    end: Option<i64>,
     /// The read in flight.
     read: Option<(u64, ReadPlan)>,
 }
@@ -281,7 +282,7 @@ impl Broker {
             let log = self.log(OFFSETS_TOPIC, p).expect("listed from the logs");
             let load = GroupLoad {
                 next: log.log_start_offset(),
-                end: log.high_watermark(),
+                end: None,
                 read: None,
             };
             self.group_loads.insert(p, load);
@@ -294,10 +295,20 @@ impl Broker {
         let Some(load) = self.group_loads.get(&p) else {
             return;
         };
-        let (next, end) = (load.next, load.end);
-        let plan = self
-            .log(OFFSETS_TOPIC, p)
-            .map(|log| (log.log_start_offset(), log.plan_read(next, LOAD_READ_BYTES)));
+        let next = load.next;
+        let stop = load.end;
+        let plan = self.log(OFFSETS_TOPIC, p).map(|log| {
+            let end = stop
+                .unwrap_or(log.high_watermark())
+                .min(log.high_watermark());
+            (
+                end,
+                log.log_start_offset(),
+                log.plan_read(next, LOAD_READ_BYTES),
+            )
+        });
+        let end = plan.as_ref().map_or(next, |(end, _, _)| *end);
+        let plan = plan.map(|(_, start, plan)| (start, plan));
         let plan = match plan {
             Some(_) if next >= end => None,
             Some((_, Ok(plan))) => plan,
@@ -351,8 +362,9 @@ impl Broker {
             }
         };
         let before = load.next;
+        let end = load.end.unwrap_or(i64::MAX);
         for view in complete_batches(bytes) {
-            if view.base_offset() >= load.end {
+            if view.base_offset() >= end {
                 break;
             }
             if view.next_offset() > load.next {
@@ -376,7 +388,7 @@ impl Broker {
                 offset = before,
                 "unreadable batch in {OFFSETS_TOPIC}; loading stops here"
             );
-            load.end = before;
+            load.end = Some(before);
         }
         self.continue_load(p);
         true

@@ -584,14 +584,18 @@ impl Broker {
     fn after_input(&mut self) {
         self.drive_quorum();
         // The coordinator writes through replicas, and replicas' commits answer its writes:
-        // go round until neither has work left.
+        // go round until neither has work left. Replicas are driven first: a message may
+        // have moved a replica's commit point, and its log's high watermark follows only in
+        // the drive (a load must not begin below it).
         loop {
+            if !self.dirty_replicas.is_empty() {
+                self.drive_replicas();
+            }
             self.reconcile_coordinator();
             self.drain_coordinator(self.now);
             if self.dirty_replicas.is_empty() {
                 break;
             }
-            self.drive_replicas();
         }
         self.flush_outbox();
         if self.config.flush == FlushPolicy::GroupCommit {

@@ -48,6 +48,7 @@ use super::membership::{join_error, sync_error, Effect, Group, Identity, Parked,
 use super::records::{self, Committed, Key, Record};
 use super::{partition_for, GroupConfig};
 use crate::batch::{self, BatchView};
+use crate::canary::{is_planted, Canary};
 
 /// Something the driver must do for the coordinator.
 #[derive(Debug)]
@@ -557,6 +558,15 @@ impl Coordinator {
             })
             .collect();
         let partition = self.partition_of(group_id);
+        if is_planted(Canary::AckCommitBeforeDurable) {
+            if let Some(g) = self.groups.get_mut(group_id) {
+                for (t, p, c) in offsets {
+                    g.offsets.insert((t, p), c);
+                }
+            }
+            self.reply(parked.waiter, ResponseKind::OffsetCommit(response));
+            return self.write(now, partition, &records, PendingWrite::Record);
+        }
         for (t, p, _) in &offsets {
             *self
                 .pending_commits

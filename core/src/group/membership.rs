@@ -25,6 +25,7 @@ use kafka_protocol::ResponseError;
 
 use super::records::{Committed, GroupRecord, MemberRecord};
 use super::GroupConfig;
+use crate::canary::{is_planted, Canary};
 
 /// A request waiting for its answer: who to answer, and in which version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -506,7 +507,9 @@ impl Group {
         }
         self.members.retain(|_, m| m.join.is_some());
         self.delayed_join = false;
-        self.generation += 1;
+        if !is_planted(Canary::ReuseGeneration) {
+            self.generation += 1;
+        }
         self.state_since = now;
         if self.members.is_empty() {
             self.state = State::Empty;
@@ -776,7 +779,8 @@ impl Group {
         generation: i32,
         who: &Identity<'_>,
     ) -> Result<(), ResponseError> {
-        if generation < 0 && who.member_id.is_empty() && self.members.is_empty() {
+        let simple = generation < 0 && who.member_id.is_empty() && self.members.is_empty();
+        if simple || is_planted(Canary::AcceptStaleCommit) {
             return Ok(());
         }
         self.check_member(who)?;

@@ -4,12 +4,14 @@
 
 mod admin;
 mod consumer;
+mod group;
 mod mover;
 mod producer;
 mod verify;
 
 pub use admin::admin;
 pub use consumer::consumer;
+pub use group::{group_member, GROUP};
 pub use mover::mover;
 pub use producer::producer;
 pub use verify::{final_read, liveness_probe};
@@ -49,6 +51,9 @@ pub struct Ctx {
     pub history: Arc<Mutex<History>>,
     /// Set when the workload phase ends.
     pub stop: Arc<AtomicBool>,
+    /// Set when group members must stop (they outlive the workload phase: the group must
+    /// settle after the heal).
+    pub groups_stop: Arc<AtomicBool>,
     /// Simulated start of the run.
     pub start: Instant,
 }
@@ -68,6 +73,9 @@ impl Ctx {
     }
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+    fn groups_stopped(&self) -> bool {
+        self.groups_stop.load(Ordering::Relaxed)
     }
     /// Every partition of every topic, in a stable order.
     pub fn partitions(&self) -> Vec<Partition> {
