@@ -30,11 +30,13 @@ pub enum Canary {
     AcceptStaleCommit,
     /// A completed join phase keeps the old generation number.
     ReuseGeneration,
+    /// Group members that stop heartbeating, or miss a join phase, are never removed.
+    KeepDeadMembers,
 }
 
 impl Canary {
     /// Every canary, in a stable order.
-    pub const ALL: [Canary; 11] = [
+    pub const ALL: [Canary; 12] = [
         Canary::AckBeforeFsync,
         Canary::SkipRecoveryCrc,
         Canary::ReadAboveHighWatermark,
@@ -46,6 +48,7 @@ impl Canary {
         Canary::AckCommitBeforeDurable,
         Canary::AcceptStaleCommit,
         Canary::ReuseGeneration,
+        Canary::KeepDeadMembers,
     ];
 
     /// The name used on the simulator's command line.
@@ -62,6 +65,7 @@ impl Canary {
             Canary::AckCommitBeforeDurable => "ack-commit-before-durable",
             Canary::AcceptStaleCommit => "accept-stale-commit",
             Canary::ReuseGeneration => "reuse-generation",
+            Canary::KeepDeadMembers => "keep-dead-members",
         }
     }
 
@@ -81,6 +85,7 @@ impl Canary {
             }
             Canary::AcceptStaleCommit => "offset commits from fenced members are accepted",
             Canary::ReuseGeneration => "a rebalance does not bump the generation",
+            Canary::KeepDeadMembers => "dead group members are never removed",
         }
     }
 

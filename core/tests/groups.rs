@@ -557,3 +557,29 @@ fn a_commit_still_being_written_makes_a_stable_offset_fetch_wait() {
     assert_eq!(done.topics[0].partitions[0].error_code, 0);
     assert_eq!(fetch(&mut h, true), (0, 20));
 }
+
+#[test]
+fn an_empty_groups_offsets_expire_after_the_retention_and_stay_gone() {
+    let mut h = Harness::new(BrokerConfig {
+        groups: GroupConfig {
+            offsets_retention_ms: 60_000,
+            offsets_retention_check_interval_ms: 10_000,
+            ..GroupConfig::default()
+        },
+        ..BrokerConfig::default()
+    });
+    h.create_topic("t", 4, &[]);
+    let find = find_coordinator_request::FindCoordinatorRequest::default().with_key(s("g"));
+    h.call(ApiKey::FindCoordinator, 3, RequestKind::FindCoordinator(find));
+    assert_eq!(commit(&mut h, "", -1, "t", 1, 77, ""), 0);
+    for _ in 0..5 {
+        h.advance(10_000);
+    }
+    assert_eq!(committed(&mut h)[1], (77, String::new()), "kept within the retention");
+    for _ in 0..3 {
+        h.advance(10_000);
+    }
+    assert_eq!(committed(&mut h)[1], (-1, String::new()), "expired");
+    h.restart(true);
+    assert_eq!(committed(&mut h)[1], (-1, String::new()), "the expiry is durable");
+}

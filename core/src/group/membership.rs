@@ -505,7 +505,8 @@ impl Group {
         if !(all_joined && now >= self.join_not_before) && now < self.deadline {
             return;
         }
-        self.members.retain(|_, m| m.join.is_some());
+        let keep_dead = is_planted(Canary::KeepDeadMembers);
+        self.members.retain(|_, m| m.join.is_some() || keep_dead);
         self.delayed_join = false;
         if !is_planted(Canary::ReuseGeneration) {
             self.generation += 1;
@@ -797,10 +798,11 @@ impl Group {
 
     /// The next time [`Self::tick`] has work.
     pub fn next_deadline(&self) -> i64 {
+        let reaps = !is_planted(Canary::KeepDeadMembers);
         let sessions = self
             .members
             .values()
-            .filter(|m| m.join.is_none() && m.sync.is_none())
+            .filter(|m| reaps && m.join.is_none() && m.sync.is_none())
             .map(|m| m.expires);
         // Only deadlines at which `tick` has something to do: a past one would spin.
         let phase = match self.state {
@@ -808,7 +810,7 @@ impl Group {
                 self.deadline.min(self.join_not_before)
             }
             State::PreparingRebalance => self.deadline,
-            State::CompletingRebalance if !self.persisting => self.deadline,
+            State::CompletingRebalance if reaps && !self.persisting => self.deadline,
             _ => i64::MAX,
         };
         sessions.chain([phase]).min().unwrap_or(i64::MAX)
@@ -822,6 +824,7 @@ impl Group {
             .members
             .iter()
             .filter(|(_, m)| m.join.is_none() && m.sync.is_none() && m.expires <= now)
+            .filter(|_| !is_planted(Canary::KeepDeadMembers))
             .map(|(id, _)| id.clone())
             .collect();
         for id in expired {
@@ -834,6 +837,7 @@ impl Group {
                     .members
                     .iter()
                     .filter(|(_, m)| m.sync.is_none())
+                    .filter(|_| !is_planted(Canary::KeepDeadMembers))
                     .map(|(id, _)| id.clone())
                     .collect();
                 for id in silent {
