@@ -570,16 +570,28 @@ fn an_empty_groups_offsets_expire_after_the_retention_and_stay_gone() {
     });
     h.create_topic("t", 4, &[]);
     let find = find_coordinator_request::FindCoordinatorRequest::default().with_key(s("g"));
-    h.call(ApiKey::FindCoordinator, 3, RequestKind::FindCoordinator(find));
+    h.call(
+        ApiKey::FindCoordinator,
+        3,
+        RequestKind::FindCoordinator(find),
+    );
     assert_eq!(commit(&mut h, "", -1, "t", 1, 77, ""), 0);
     for _ in 0..5 {
         h.advance(10_000);
     }
-    assert_eq!(committed(&mut h)[1], (77, String::new()), "kept within the retention");
+    assert_eq!(
+        committed(&mut h)[1],
+        (77, String::new()),
+        "kept within the retention"
+    );
     for _ in 0..3 {
         h.advance(10_000);
     }
     assert_eq!(committed(&mut h)[1], (-1, String::new()), "expired");
     h.restart(true);
-    assert_eq!(committed(&mut h)[1], (-1, String::new()), "the expiry is durable");
+    assert_eq!(
+        committed(&mut h)[1],
+        (-1, String::new()),
+        "the expiry is durable"
+    );
 }

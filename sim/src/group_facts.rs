@@ -147,7 +147,7 @@ mod tests {
             None,
             "generation 2 lacks p1, p2"
         );
-        g.assigned(6, 2, "a", &[p(1), p(2)]);
+        g.assigned(6, 2, "a", &[p(0), p(1), p(2)]);
         assert_eq!(g.settled(2, &[p(0), p(1), p(2)]), None, "p0 twice");
         g.assigned(7, 3, "a", &[p(1), p(2)]);
         g.assigned(7, 3, "b", &[p(0)]);

@@ -212,7 +212,7 @@ async fn group_settles(ctx: &Ctx, members: usize, deadline: Instant) -> Result<(
         }
         if Instant::now() >= deadline {
             return Err(format!(
-                "group {} did not settle: no generation since the heal gave every partition to one of its {members} members",
+                "group {} did not settle: no generation gave every partition to one of its {members} members and held",
                 workload::GROUP
             ));
         }

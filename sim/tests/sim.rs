@@ -71,6 +71,7 @@ const CANARY_HUNTS: &[(&str, &str, u64)] = &[
     ("ack-commit-before-durable", "cluster3-groups", 5),
     ("accept-stale-commit", "groups", 5),
     ("reuse-generation", "groups", 5),
+    ("keep-dead-members", "groups", 5),
 ];
 
 #[test]
