@@ -154,11 +154,6 @@ impl Coordinator {
         }
     }
 
-    /// The settings.
-    pub fn config(&self) -> &GroupConfig {
-        &self.config
-    }
-
     /// The next thing to carry out.
     pub fn poll_output(&mut self) -> Option<CoordinatorOutput> {
         self.outputs.pop_front()
@@ -172,11 +167,6 @@ impl Coordinator {
     /// The partitions led here.
     pub fn owned_partitions(&self) -> Vec<i32> {
         self.owned.keys().copied().collect()
-    }
-
-    /// A group, if it is served here (tests, admin).
-    pub fn group(&self, id: &str) -> Option<&Group> {
-        self.groups.get(id)
     }
 
     // ---- ownership ----------------------------------------------------------------------
