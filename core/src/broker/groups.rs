@@ -358,6 +358,7 @@ impl Broker {
                 error!(partition = p, error = %e, "reading {OFFSETS_TOPIC} failed");
                 self.group_loads.remove(&p);
                 self.coordinator.unload(p);
+                self.coordinator_stale = true;
                 return true;
             }
         };

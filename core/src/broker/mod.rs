@@ -201,6 +201,9 @@ pub struct Broker {
     group_waiters: BTreeMap<u64, ReplyTo>,
     /// `__consumer_offsets` partitions being read back for the coordinator.
     group_loads: BTreeMap<i32, GroupLoad>,
+    /// Something that decides which groups this broker coordinates may have changed (a
+    /// replica of `__consumer_offsets` was driven, the metadata changed, a tick passed).
+    coordinator_stale: bool,
 }
 
 impl Broker {
@@ -272,6 +275,7 @@ impl Broker {
             coordinator,
             group_waiters: BTreeMap::new(),
             group_loads: BTreeMap::new(),
+            coordinator_stale: true,
         };
         let names: Vec<String> = broker.controller.image().topics.keys().cloned().collect();
         for name in names {
@@ -366,6 +370,7 @@ impl Broker {
         if now >= self.next_replica_tick {
             self.next_replica_tick = now + self.config.cluster.tick_ms;
             self.tick_replicas();
+            self.coordinator_stale = true;
         }
         if now >= self.controller.poll_timeout() {
             self.controller.handle_timeout(now);
@@ -591,7 +596,9 @@ impl Broker {
             if !self.dirty_replicas.is_empty() {
                 self.drive_replicas();
             }
-            self.reconcile_coordinator();
+            if std::mem::take(&mut self.coordinator_stale) {
+                self.reconcile_coordinator();
+            }
             self.drain_coordinator(self.now);
             if self.dirty_replicas.is_empty() {
                 break;

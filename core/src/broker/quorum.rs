@@ -168,6 +168,7 @@ impl Broker {
         }
         if image_changed {
             self.announce_peer_addresses();
+            self.coordinator_stale = true;
         }
     }
 

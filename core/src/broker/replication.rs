@@ -250,6 +250,9 @@ impl Broker {
         };
         let mut advanced = BTreeSet::new();
         for tp in std::mem::take(&mut self.dirty_replicas) {
+            if &*tp.topic == crate::group::OFFSETS_TOPIC {
+                self.coordinator_stale = true;
+            }
             let Some(topic) = self.topics.get_mut(&tp.topic) else {
                 continue;
             };

@@ -212,11 +212,9 @@ impl Coordinator {
                 partition,
                 value: Some(value),
             } => {
-                let g = self
-                    .groups
-                    .entry(group.clone())
-                    .or_insert_with(|| Group::new(&group, now));
-                g.offsets.insert((topic, partition), value);
+                self.group_entry(&group, now)
+                    .offsets
+                    .insert((topic, partition), value);
             }
             Record::Offset {
                 group,
@@ -232,16 +230,19 @@ impl Coordinator {
                 group,
                 value: Some(value),
             } => {
-                let g = self
-                    .groups
-                    .entry(group.clone())
-                    .or_insert_with(|| Group::new(&group, now));
-                g.restore(value, now);
+                self.group_entry(&group, now).restore(value, now);
             }
             Record::Group { group, value: None } => {
                 self.groups.remove(&group);
             }
         }
+    }
+
+    /// The group `id`, created empty if it does not exist.
+    fn group_entry(&mut self, id: &str, now: i64) -> &mut Group {
+        self.groups
+            .entry(id.to_string())
+            .or_insert_with(|| Group::new(id, now))
     }
 
     /// Partition `p` is read back to its high watermark: its groups are served from now on.
@@ -498,9 +499,7 @@ impl Coordinator {
         let simple = generation < 0 && who.member_id.is_empty();
         let checked = self.locate(group_id).and_then(|_| {
             if simple {
-                self.groups
-                    .entry(group_id.to_string())
-                    .or_insert_with(|| Group::new(group_id, now));
+                self.group_entry(group_id, now);
             }
             match self.groups.get_mut(group_id) {
                 None => Err(ResponseError::UnknownMemberId),

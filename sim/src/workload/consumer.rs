@@ -8,15 +8,7 @@ pub async fn consumer(ctx: Ctx, id: u32) {
     let all = ctx.partitions();
     let mut positions: BTreeMap<Partition, i64> = all.iter().map(|p| (p.clone(), 0)).collect();
     while !ctx.stopped() {
-        // One fetch per leader, as real consumers do.
-        let leaders = client.leaders(&all).await;
-        let mut by_leader: BTreeMap<i32, BTreeMap<Partition, i64>> = BTreeMap::new();
-        for (partition, leader) in &leaders {
-            by_leader
-                .entry(*leader)
-                .or_default()
-                .insert(partition.clone(), positions[partition]);
-        }
+        let by_leader = by_leader(&mut client, &positions).await;
         if by_leader.is_empty() {
             sleep_ms(100).await;
             continue;

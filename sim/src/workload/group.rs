@@ -379,17 +379,8 @@ impl Member {
 
     /// Fetches the assigned partitions once (one request per leader) and checks each record.
     async fn read(&mut self, positions: &mut BTreeMap<Partition, i64>) {
-        let all: Vec<Partition> = positions.keys().cloned().collect();
-        let leaders = self.client.leaders(&all).await;
-        let mut by_leader: BTreeMap<i32, BTreeMap<Partition, i64>> = BTreeMap::new();
-        for (partition, leader) in &leaders {
-            by_leader
-                .entry(*leader)
-                .or_default()
-                .insert(partition.clone(), positions[partition]);
-        }
         let reader = 1000 + self.id;
-        for (leader, wanted) in by_leader {
+        for (leader, wanted) in by_leader(&mut self.client, positions).await {
             let request = fetch_request(&self.client, &wanted, 0);
             let Ok(response) = self
                 .client

@@ -192,6 +192,24 @@ fn fetch_request(
     request
 }
 
+/// The positions of the partitions whose leader is known, grouped by leader: one fetch
+/// each, as real consumers do.
+async fn by_leader(
+    client: &mut ClusterClient,
+    positions: &BTreeMap<Partition, i64>,
+) -> BTreeMap<i32, BTreeMap<Partition, i64>> {
+    let all: Vec<Partition> = positions.keys().cloned().collect();
+    let mut grouped: BTreeMap<i32, BTreeMap<Partition, i64>> = BTreeMap::new();
+    for (partition, leader) in client.leaders(&all).await {
+        let position = positions[&partition];
+        grouped
+            .entry(leader)
+            .or_default()
+            .insert(partition, position);
+    }
+    grouped
+}
+
 /// What one partition of a fetch response said.
 /// The value a consumer reports for a control record.
 pub const CONTROL_VALUE: &str = "<control>";
