@@ -225,6 +225,7 @@ def test_the_groups_cli_lists_describes_with_lag_and_resets_offsets(broker_facto
         assert any(l.split()[:2] == ["tools", "Stable"] for l in listed.stdout.splitlines()), listed.stdout
         described = seedlog("groups", "describe", "tools", *target)
         assert described.returncode == 0, described.stderr
+        assert "at /127.0.0.1" in described.stdout, "where the member connects from"
         rows = [l.split() for l in described.stdout.splitlines() if l.startswith("cli ")]
         assert [r[1] for r in rows] == ["0", "1"], described.stdout
         for topic, p, committed, end, lag, owner in rows:

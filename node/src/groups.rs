@@ -159,8 +159,8 @@ async fn describe(client: &mut ClusterClient, group: &str) -> anyhow::Result<()>
             .map(|i| format!(" instance {i}"))
             .unwrap_or_default();
         println!(
-            "  member {} (client {}{instance})",
-            m.member_id, m.client_id
+            "  member {} (client {} at {}{instance})",
+            m.member_id, m.client_id, m.client_host
         );
     }
     let committed = committed(client, group).await?;

@@ -172,6 +172,7 @@ impl Driver {
                     Ok((stream, peer)) => {
                         let conn = next_conn;
                         next_conn += 1;
+                        self.broker.handle_connect(conn, &peer.to_string());
                         self.connect(conn, stream, peer, events_tx.clone(), socket_request_max_bytes);
                     }
                     Err(e) => warn!(error = %e, "accept failed"),

@@ -68,7 +68,10 @@ impl Broker {
         };
         let coordinator = &mut self.coordinator;
         match request {
-            RequestKind::JoinGroup(r) => coordinator.join(now, parked, client_id, &r),
+            RequestKind::JoinGroup(r) => {
+                let host = self.connections.get(&reply_to.conn).map_or("", |c| &c.host);
+                coordinator.join(now, parked, (client_id, host), &r)
+            }
             RequestKind::SyncGroup(r) => coordinator.sync(now, parked, &r),
             RequestKind::Heartbeat(r) => coordinator.heartbeat(now, parked, &r),
             RequestKind::LeaveGroup(r) => coordinator.leave(now, parked, &r),

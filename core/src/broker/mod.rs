@@ -129,6 +129,8 @@ struct ReplyTo {
 /// Responses of one connection, released in request order as Kafka requires.
 #[derive(Debug, Default)]
 struct Connection {
+    /// Where the client connects from, as Kafka shows it (`/127.0.0.1`); may be empty.
+    host: String,
     next_seq: u64,
     next_to_send: u64,
     /// Finished responses waiting for earlier ones; `None` means "no response" (acks=0).
@@ -339,6 +341,13 @@ impl Broker {
             }
         }
         self.after_input();
+    }
+
+    /// A client connected from `address` (an IP, or `ip:port`); optional, it only tells
+    /// DescribeGroups where members connect from.
+    pub fn handle_connect(&mut self, conn: ConnectionId, address: &str) {
+        let ip = address.rsplit_once(':').map_or(address, |(ip, _)| ip);
+        self.connections.entry(conn).or_default().host = format!("/{ip}");
     }
 
     /// A storage operation finished.

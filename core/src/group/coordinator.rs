@@ -303,8 +303,15 @@ impl Coordinator {
 
     // ---- the group protocol -------------------------------------------------------------
 
-    /// JoinGroup.
-    pub fn join(&mut self, now: i64, parked: Parked, client_id: &str, request: &JoinGroupRequest) {
+    /// JoinGroup from `client` (its client id and host).
+    pub fn join(
+        &mut self,
+        now: i64,
+        parked: Parked,
+        client: (&str, &str),
+        request: &JoinGroupRequest,
+    ) {
+        let client_id = client.0;
         let group_id = request.group_id.as_str();
         let member_id = request.member_id.as_str();
         let refuse = |this: &mut Self, e| {
@@ -326,7 +333,7 @@ impl Coordinator {
             now,
             &self.config,
             parked,
-            client_id,
+            client,
             request,
             || fresh,
             &mut fx,

@@ -291,14 +291,15 @@ impl Group {
             })
     }
 
-    /// JoinGroup. `new_id` makes a member id for a member that has none.
+    /// JoinGroup from a client (its id and host). `new_id` makes a member id for a member
+    /// that has none.
     #[allow(clippy::too_many_arguments)]
     pub fn join(
         &mut self,
         now: i64,
         config: &GroupConfig,
         parked: Parked,
-        client_id: &str,
+        (client_id, client_host): (&str, &str),
         request: &JoinGroupRequest,
         new_id: impl FnOnce() -> String,
         fx: &mut Vec<Effect>,
@@ -334,6 +335,7 @@ impl Group {
             m.session_timeout = request.session_timeout_ms;
             m.rebalance_timeout = rebalance_timeout;
             m.client_id = client_id.to_string();
+            m.client_host = client_host.to_string();
             m.expires = now + session;
         };
         if self.members.is_empty() {
