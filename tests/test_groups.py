@@ -249,3 +249,48 @@ def test_the_groups_cli_lists_describes_with_lag_and_resets_offsets(broker_facto
         assert min(o for _, o in again.records()) == 5
     finally:
         again.stop()
+
+
+def test_kafka_python_group_consumers_share_a_topic_and_resume(broker_factory):
+    """kafka-python's own implementation of the group protocol (other API versions than
+    librdkafka's) against the same coordinator."""
+    from kafka import KafkaConsumer
+    broker = broker_factory(*GROUP_ARGS)
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    create(admin, "kp", 4)
+    acked = produce(broker.bootstrap, "kp", 200)
+
+    def consumer():
+        return KafkaConsumer("kp", bootstrap_servers=broker.bootstrap, group_id="kp-group",
+                             auto_offset_reset="earliest", enable_auto_commit=False,
+                             session_timeout_ms=6000, heartbeat_interval_ms=500,
+                             consumer_timeout_ms=1000)
+
+    a, b = consumer(), consumer()
+    seen = {}
+    deadline = time.time() + 40
+    try:
+        while time.time() < deadline and len(seen) < len(acked):
+            for c in (a, b):
+                for tp, records in c.poll(timeout_ms=200).items():
+                    for r in records:
+                        seen[(tp.partition, r.offset)] = c
+                c.commit()
+        assert set(seen) == set(acked), f"{len(seen)} of {len(acked)} consumed"
+        owners = {p: {id(c) for (q, _), c in seen.items() if q == p} for p in range(4)}
+        assert all(len(o) == 1 for o in owners.values()), "each partition read by one member"
+        assert len({next(iter(o)) for o in owners.values()}) == 2, "both members got partitions"
+    finally:
+        a.close()
+        b.close()
+    more = produce(broker.bootstrap, "kp", 20, start=200)
+    c = consumer()
+    try:
+        again = []
+        deadline = time.time() + 30
+        while time.time() < deadline and len(again) < len(more):
+            for tp, records in c.poll(timeout_ms=200).items():
+                again.extend((tp.partition, r.offset) for r in records)
+        assert sorted(again) == sorted(more), "a new member resumes from the committed offsets"
+    finally:
+        c.close()
