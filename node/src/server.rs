@@ -63,6 +63,10 @@ impl Backlog {
 /// Requests queued from all connections before readers wait (back-pressure).
 const EVENT_QUEUE: usize = 1024;
 
+/// Events already queued that one turn of the driver takes together (see
+/// `Broker::begin_batch`): bounded, so timers and syncs still get their turn.
+const EVENT_BATCH: usize = 64;
+
 /// What the connection tasks and the fsync thread tell the driver.
 pub enum Event {
     /// A complete request frame, size prefix removed.
@@ -133,6 +137,17 @@ impl Driver {
         self
     }
 
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Request { conn, frame } => self.broker.handle_request(now_ms(), conn, frame),
+            Event::Disconnected { conn } => {
+                self.connections.remove(&conn);
+                self.broker.handle_disconnect(conn);
+            }
+            Event::Peer(frame) => self.broker.handle_peer(now_ms(), frame),
+        }
+    }
+
     /// Serves `listener` until `shutdown` resolves, then drains and flushes.
     pub async fn run(
         mut self,
@@ -160,14 +175,19 @@ impl Driver {
                     let completion = sync_outcome(sync)?;
                     self.broker.handle_storage(now_ms(), completion);
                 }
-                Some(event) = events.recv() => match event {
-                    Event::Request { conn, frame } => self.broker.handle_request(now_ms(), conn, frame),
-                    Event::Disconnected { conn } => {
-                        self.connections.remove(&conn);
-                        self.broker.handle_disconnect(conn);
+                Some(event) = events.recv() => {
+                    // What else is queued already shares this event's Raft drive, peer frames
+                    // and fsync: one append per follower and one sync for many requests.
+                    self.broker.begin_batch();
+                    self.on_event(event);
+                    for _ in 1..EVENT_BATCH {
+                        match events.try_recv() {
+                            Ok(event) => self.on_event(event),
+                            Err(_) => break,
+                        }
                     }
-                    Event::Peer(frame) => self.broker.handle_peer(now_ms(), frame),
-                },
+                    self.broker.end_batch();
+                }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let conn = next_conn;

@@ -206,6 +206,8 @@ pub struct Broker {
     /// Something that decides which groups this broker coordinates may have changed (a
     /// replica of `__consumer_offsets` was driven, the metadata changed, a tick passed).
     coordinator_stale: bool,
+    /// Inside a batch of inputs: `after_input` waits for its end.
+    batching: bool,
 }
 
 impl Broker {
@@ -278,6 +280,7 @@ impl Broker {
             group_waiters: BTreeMap::new(),
             group_loads: BTreeMap::new(),
             coordinator_stale: true,
+            batching: false,
         };
         let names: Vec<String> = broker.controller.image().topics.keys().cloned().collect();
         for name in names {
@@ -593,9 +596,27 @@ impl Broker {
         out
     }
 
+    /// Starts a batch of inputs: until [`Self::end_batch`], the work that follows each input
+    /// (driving the Raft groups, sending their messages, starting a sync) waits, so inputs
+    /// that arrived together share it: one append message per follower carries the batches
+    /// of many requests, and one fsync makes them durable. Outputs of the inputs themselves
+    /// (answers, appends) are not held back.
+    pub fn begin_batch(&mut self) {
+        self.batching = true;
+    }
+
+    /// Ends a batch of inputs (see [`Self::begin_batch`]) and does the work they wait for.
+    pub fn end_batch(&mut self) {
+        self.batching = false;
+        self.after_input();
+    }
+
     /// Work that follows every input: drive the metadata quorum, then start a group-commit
     /// sync if data is waiting.
     fn after_input(&mut self) {
+        if self.batching {
+            return;
+        }
         self.drive_quorum();
         // The coordinator writes through replicas, and replicas' commits answer its writes:
         // go round until neither has work left. Replicas are driven first: a message may
