@@ -1015,3 +1015,61 @@ fn a_groups_coordinator_moves_with_its_offsets_partition_and_keeps_every_commit(
     };
     assert_eq!(beat.error_code, 0, "the generation carried over");
 }
+
+#[test]
+fn produces_that_arrive_together_share_one_frame_per_follower() {
+    use prost::Message as _;
+    use seedlog_core::cluster::records::PeerFrame;
+    let (mut cluster, leader, _) = replicated_trio();
+    // Four produces to the leader, each its own input or all in one batch of inputs: the
+    // number of frames (and Raft messages) each follower is sent for them.
+    let send_four = |cluster: &mut Cluster, batched: bool| -> BTreeMap<i32, (usize, usize)> {
+        let now = cluster.now;
+        let node = cluster.nodes.get_mut(&leader).unwrap();
+        if batched {
+            node.broker.begin_batch();
+        }
+        for i in 0..4u8 {
+            let batch = record_batch([(None, &[b'a' + i][..], now)]);
+            let frame = encode_request(
+                ApiKey::Produce,
+                9,
+                1,
+                &produce_request("r", 0, 1, 2000, batch),
+            )
+            .unwrap()
+            .slice(4..);
+            node.broker.handle_request(now, 7, frame);
+        }
+        if batched {
+            node.broker.end_batch();
+        }
+        let mut sent: BTreeMap<i32, (usize, usize)> = BTreeMap::new();
+        while let Some(output) = node.broker.poll_output() {
+            match output {
+                Output::Peer { to, frame } => {
+                    let frame = PeerFrame::decode(frame).unwrap();
+                    let entry = sent.entry(to).or_default();
+                    entry.0 += 1;
+                    entry.1 += frame.messages.len();
+                }
+                Output::Storage(op) => {
+                    if let Some(c) = node.disk.execute(op) {
+                        node.broker.handle_storage(now, c);
+                    }
+                }
+                _ => {}
+            }
+        }
+        cluster.advance(500);
+        sent
+    };
+    let alone = send_four(&mut cluster, false);
+    let together = send_four(&mut cluster, true);
+    for follower in (1..=3).filter(|&id| id != leader) {
+        let (frames_alone, _) = alone[&follower];
+        let (frames_together, _) = together[&follower];
+        assert!(frames_alone >= 4, "a frame per request: {alone:?}");
+        assert_eq!(frames_together, 1, "one frame for the four: {together:?}");
+    }
+}

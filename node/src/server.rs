@@ -177,7 +177,7 @@ impl Driver {
                 }
                 Some(event) = events.recv() => {
                     // What else is queued already shares this event's Raft drive, peer frames
-                    // and fsync: one append per follower and one sync for many requests.
+                    // and fsync: one frame per follower and one sync for many requests.
                     self.broker.begin_batch();
                     self.on_event(event);
                     for _ in 1..EVENT_BATCH {

@@ -598,8 +598,8 @@ impl Broker {
 
     /// Starts a batch of inputs: until [`Self::end_batch`], the work that follows each input
     /// (driving the Raft groups, sending their messages, starting a sync) waits, so inputs
-    /// that arrived together share it: one append message per follower carries the batches
-    /// of many requests, and one fsync makes them durable. Outputs of the inputs themselves
+    /// that arrived together share it: one frame per follower carries the appends of many
+    /// requests, and one fsync makes them durable. Outputs of the inputs themselves
     /// (answers, appends) are not held back.
     pub fn begin_batch(&mut self) {
         self.batching = true;
