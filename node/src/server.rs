@@ -177,16 +177,30 @@ impl Driver {
                 }
                 Some(event) = events.recv() => {
                     // What else is queued already shares this event's Raft drive, peer frames
-                    // and fsync: one frame per follower and one sync for many requests.
+                    // and fsync: one frame per follower and one sync for many requests. A
+                    // disconnect ends the batch and waits until the answers queued before it
+                    // are written: a client that half-closes after its request still gets
+                    // its answer.
                     self.broker.begin_batch();
-                    self.on_event(event);
-                    for _ in 1..EVENT_BATCH {
-                        match events.try_recv() {
-                            Ok(event) => self.on_event(event),
-                            Err(_) => break,
+                    let mut next = Some(event);
+                    let mut taken = 0;
+                    let mut goodbye = None;
+                    while let Some(event) = next.take() {
+                        if matches!(event, Event::Disconnected { .. }) {
+                            goodbye = Some(event);
+                            break;
+                        }
+                        self.on_event(event);
+                        taken += 1;
+                        if taken < EVENT_BATCH {
+                            next = events.try_recv().ok();
                         }
                     }
                     self.broker.end_batch();
+                    if let Some(event) = goodbye {
+                        self.carry_out()?;
+                        self.on_event(event);
+                    }
                 }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
