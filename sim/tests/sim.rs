@@ -159,6 +159,9 @@ const REGRESSIONS: &[(&str, u64)] = &[
     // A new group coordinator read its partition back only up to a high watermark that had
     // not yet caught up with the Raft commit point: an acknowledged offset commit was lost.
     ("cluster3-groups", 3),
+    // The group-settles check once required a new generation after the heal and failed a
+    // group that had settled before it and stayed settled.
+    ("groups", 1),
 ];
 
 #[test]

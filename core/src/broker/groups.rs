@@ -52,7 +52,8 @@ pub(super) struct GroupLoad {
 }
 
 impl Broker {
-    /// A group API request: handed to the coordinator, answered through its outputs.
+    /// A group API request that may wait (for a rebalance, for a write): handed to the
+    /// coordinator, answered through its outputs.
     pub(super) fn group_request(
         &mut self,
         now: i64,
@@ -86,16 +87,6 @@ impl Broker {
                         .is_some_and(|t| (0..t.partition_count()).contains(&p))
                 };
                 coordinator.commit(now, parked, &r, exists)
-            }
-            RequestKind::ListGroups(r) => {
-                let response = coordinator.list_groups(&r);
-                self.group_waiters.remove(&waiter);
-                return self.respond(reply_to, Some(response));
-            }
-            RequestKind::DescribeGroups(r) => {
-                let response = coordinator.describe_groups(&r);
-                self.group_waiters.remove(&waiter);
-                return self.respond(reply_to, Some(response));
             }
             other => {
                 warn!(api = ?reply_to.api_key, "not a group request: {other:?}");

@@ -518,6 +518,8 @@ impl Broker {
                 Some(self.list_partition_reassignments(r))
             }
             RequestKind::FindCoordinator(r) => return self.find_coordinator(now, reply_to, r),
+            RequestKind::ListGroups(r) => Some(self.coordinator.list_groups(&r)),
+            RequestKind::DescribeGroups(r) => Some(self.coordinator.describe_groups(&r)),
             r @ (RequestKind::JoinGroup(_)
             | RequestKind::SyncGroup(_)
             | RequestKind::Heartbeat(_)
@@ -525,8 +527,6 @@ impl Broker {
             | RequestKind::OffsetCommit(_)
             | RequestKind::OffsetFetch(_)
             | RequestKind::OffsetDelete(_)
-            | RequestKind::ListGroups(_)
-            | RequestKind::DescribeGroups(_)
             | RequestKind::DeleteGroups(_)) => {
                 return self.group_request(now, reply_to, client_id, r)
             }

@@ -127,8 +127,6 @@ pub struct Coordinator {
     groups: BTreeMap<String, Group>,
     writes: BTreeMap<u64, PendingWrite>,
     deletes: BTreeMap<u64, DeleteJob>,
-    /// Commits being written, per (group, topic, partition): how many.
-    pending_commits: BTreeMap<(String, String, i32), usize>,
     next_id: u64,
     id_seed: u64,
     outputs: VecDeque<CoordinatorOutput>,
@@ -146,7 +144,6 @@ impl Coordinator {
             groups: BTreeMap::new(),
             writes: BTreeMap::new(),
             deletes: BTreeMap::new(),
-            pending_commits: BTreeMap::new(),
             next_id: 1,
             id_seed: seed,
             outputs: VecDeque::new(),
@@ -563,12 +560,6 @@ impl Coordinator {
             self.reply(parked.waiter, ResponseKind::OffsetCommit(response));
             return self.write(now, partition, &records, PendingWrite::Record);
         }
-        for (t, p, _) in &offsets {
-            *self
-                .pending_commits
-                .entry((group_id.to_string(), t.clone(), *p))
-                .or_default() += 1;
-        }
         let pending = PendingWrite::Commit {
             parked,
             group: group_id.to_string(),
@@ -697,13 +688,26 @@ impl Coordinator {
         let found = found
             .into_iter()
             .map(|(t, p, c)| {
-                let key = (group.to_string(), t, p);
-                let unstable = require_stable && self.pending_commits.contains_key(&key);
-                let (_, t, p) = key;
+                let unstable = require_stable && self.commit_in_flight(group, &t, p);
                 (t, p, c.filter(|_| !unstable), unstable)
             })
             .collect();
         (error, found)
+    }
+
+    /// True if a commit of `group` for `topic`/`partition` is still being written.
+    fn commit_in_flight(&self, group: &str, topic: &str, partition: i32) -> bool {
+        self.writes.values().any(|w| match w {
+            PendingWrite::Commit {
+                group: g, offsets, ..
+            } => {
+                g == group
+                    && offsets
+                        .iter()
+                        .any(|(t, p, _)| t == topic && *p == partition)
+            }
+            _ => false,
+        })
     }
 
     /// OffsetDelete: removes committed offsets of partitions the group does not consume.
@@ -981,15 +985,6 @@ impl Coordinator {
                 mut response,
                 offsets,
             } => {
-                for (t, p, _) in &offsets {
-                    let key = (group.clone(), t.clone(), *p);
-                    if let Some(n) = self.pending_commits.get_mut(&key) {
-                        *n -= 1;
-                        if *n == 0 {
-                            self.pending_commits.remove(&key);
-                        }
-                    }
-                }
                 match error {
                     Ok(()) => {
                         if let Some(g) = self.groups.get_mut(&group) {
