@@ -16,7 +16,7 @@ use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopi
 use kafka_protocol::messages::{ApiKey, BrokerId, RequestKind, ResponseKind, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use seedlog_core::batch::BatchView;
+use seedlog_core::batch::{data_batch, BatchView};
 use seedlog_core::wire::{fetch_request, produce_request, record_batch};
 use serde::Serialize;
 use tokio::sync::Mutex;
@@ -127,6 +127,9 @@ pub struct E2eArgs {
     /// acks: 1 or all.
     #[arg(long, value_enum, default_value = "1")]
     acks: Acks,
+    /// Producer connections taking the batches in turn, each with one request in flight.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
 }
 
 /// What a run measured.
@@ -399,38 +402,68 @@ async fn e2e(args: &E2eArgs) -> anyhow::Result<BenchReport> {
                     continue;
                 };
                 let data = p.records.clone().unwrap_or_default();
-                let mut decode = data.clone();
-                let Ok(sets) = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut decode)
-                else {
-                    continue;
-                };
+                // Walk the batches in place (as `consume` does): decoding every record
+                // into owned structs cost the client more CPU than the broker spent, and on
+                // a shared two-core machine that showed up as broker latency.
                 let from = *position;
-                for record in sets
-                    .iter()
-                    .flat_map(|s| &s.records)
-                    .filter(|r| r.offset >= from)
-                {
-                    let sent = record
-                        .value
-                        .as_ref()
-                        .and_then(|v| v.get(..8))
-                        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
-                    if let Some(sent) = sent {
-                        let _ = h.record(now.saturating_sub(sent).max(1));
+                walk_batches(&data, position, |batch| {
+                    for record in batch.key_values().into_iter().flatten() {
+                        if record.offset < from {
+                            continue;
+                        }
+                        let sent = record
+                            .value
+                            .and_then(|v| v.get(..8))
+                            .and_then(|b| b.try_into().ok())
+                            .map(u64::from_be_bytes);
+                        if let Some(sent) = sent {
+                            let _ = h.record(now.saturating_sub(sent).max(1));
+                        }
+                        seen += 1;
                     }
-                    *position = record.offset + 1;
-                    seen += 1;
-                }
+                });
             }
         }
         (h, seen)
     });
-    // One batch per millisecond tick keeps the offered load smooth at any rate.
-    let mut producer = client(&args.target);
+    // One batch per millisecond tick keeps the offered load smooth at any rate. Senders on
+    // their own connections take the batches in turn, so a round trip that outlasts a tick
+    // does not hold the next batch back (a single connection with one request in flight
+    // fell behind near 2 M records/s, and the catching up showed as latency).
+    let (batches, queue) = tokio::sync::mpsc::channel::<(i32, bytes::Bytes)>(64);
+    let queue = Arc::new(Mutex::new(queue));
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut senders = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let (queue, errors, target, acks) = (
+            queue.clone(),
+            errors.clone(),
+            args.target.clone(),
+            args.acks,
+        );
+        senders.push(tokio::spawn(async move {
+            let mut producer = client(&target);
+            loop {
+                let Some((partition, batch)) = queue.lock().await.recv().await else {
+                    break;
+                };
+                let request = produce_request(&target.topic, partition, acks.code(), 30_000, batch);
+                match producer.call(ApiKey::Produce, 9, request).await {
+                    Ok(ResponseKind::Produce(r))
+                        if r.responses[0].partition_responses[0].error_code == 0 => {}
+                    _ => {
+                        errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
     let mut sent = 0u64;
-    let mut errors = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
-    while sent < total {
+    for ticks in 0u64.. {
+        if sent >= total {
+            break;
+        }
         tick.tick().await;
         let due = (args.rate as u128 * epoch.elapsed().as_micros() / 1_000_000) as u64;
         // A producer that fell behind catches up in batches a broker accepts (the default
@@ -444,28 +477,22 @@ async fn e2e(args: &E2eArgs) -> anyhow::Result<BenchReport> {
         let mut value = BytesMut::with_capacity(args.record_size);
         value.put_u64(stamp);
         value.resize(args.record_size, b'x');
-        let batch = record_batch((0..count).map(|_| (None, &value[..], crate::server::now_ms())));
-        let partition = (sent % args.target.partitions as u64) as i32;
-        match producer
-            .call(
-                ApiKey::Produce,
-                9,
-                produce_request(
-                    &args.target.topic,
-                    partition,
-                    args.acks.code(),
-                    30_000,
-                    batch,
-                ),
-            )
-            .await
-        {
-            Ok(ResponseKind::Produce(r))
-                if r.responses[0].partition_responses[0].error_code == 0 => {}
-            _ => errors += 1,
+        // Built as the broker builds its own batches (no per-record allocation): the
+        // generic encoder's per-record allocations cost the load generator more CPU than
+        // the broker spent on the same records.
+        let records = vec![(None, Some(&value[..])); count as usize];
+        let batch = data_batch(crate::server::now_ms(), &records).freeze();
+        let partition = (ticks % args.target.partitions as u64) as i32;
+        if batches.send((partition, batch)).await.is_err() {
+            break;
         }
         sent += count;
     }
+    drop(batches);
+    for sender in senders {
+        sender.await.context("a producer task failed")?;
+    }
+    let errors = errors.load(std::sync::atomic::Ordering::Relaxed);
     let seconds = epoch.elapsed().as_secs_f64();
     let (latencies, seen) = consumer.await.context("the consumer task failed")?;
     Ok(BenchReport {
