@@ -3,19 +3,21 @@
 //! Each broker dials every other broker it must talk to and sends on that one connection;
 //! it receives on the connections others dial to it. A frame is a 4-byte big-endian length
 //! and an encoded `PeerFrame` that batches every message for that peer from one step of the
-//! core; the receiver answers each frame with one byte on the same connection, so a sender
-//! notices a half-open connection (writes accepted, nothing delivered) and redials.
+//! core; the receiver answers the frames it got with one byte on the same connection (at
+//! most one per `ACK_DELAY`), so a sender notices a half-open connection (writes accepted,
+//! nothing delivered) and redials.
 //! Delivery is best effort: a full queue or a broken connection drops frames, and Raft
 //! resends what matters. Nothing here blocks the driver.
 
 use std::collections::BTreeMap;
+use std::io::IoSlice;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -37,6 +39,13 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long sent frames may go unacknowledged before the connection is redialled.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a receiver may hold the ack of a frame so that later frames share it; far
+/// below `ACK_TIMEOUT`, so a live connection is never taken for a dead one.
+const ACK_DELAY: Duration = Duration::from_millis(20);
+
+/// Frames written in one vectored write at most (two slices each, far below `IOV_MAX`).
+const WRITE_FRAMES_MAX: usize = 64;
 
 /// How long an inbound connection may stay silent. Leaders heartbeat several times a
 /// second, so a silent connection is a dead one (its peer dials a new one).
@@ -127,13 +136,18 @@ async fn send_to_peer(id: i32, addr: String, mut frames: mpsc::Receiver<Bytes>) 
                 }
                 _ => {}
             }
-            let written = tokio::time::timeout(WRITE_TIMEOUT, async {
-                let mut result = write_frame(&mut writer, &frame).await;
-                while let (Ok(()), Ok(frame)) = (&result, frames.try_recv()) {
-                    result = write_frame(&mut writer, &frame).await;
+            // Every frame already queued goes out in the same write.
+            let mut batch = vec![frame];
+            while batch.len() < WRITE_FRAMES_MAX {
+                match frames.try_recv() {
+                    Ok(frame) => batch.push(frame),
+                    Err(_) => break,
                 }
+            }
+            let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+                write_frames(&mut writer, &batch).await?;
                 // The simulator's stream sends only on flush.
-                result.and(writer.flush().await)
+                writer.flush().await
             })
             .await;
             match written {
@@ -162,11 +176,28 @@ async fn read_acks(mut acks: ReadHalf<TcpStream>, acked: Arc<Mutex<Instant>>) {
     }
 }
 
-async fn write_frame(stream: &mut WriteHalf<TcpStream>, frame: &[u8]) -> std::io::Result<()> {
-    stream
-        .write_all(&(frame.len() as u32).to_be_bytes())
-        .await?;
-    stream.write_all(frame).await
+/// Writes `frames`, each behind its 4-byte length, in one vectored write when the socket
+/// takes it all. A length written on its own went out as a packet of its own, and woke the
+/// receiver once for it and once more for the frame.
+async fn write_frames(stream: &mut WriteHalf<TcpStream>, frames: &[Bytes]) -> std::io::Result<()> {
+    let lengths: Vec<[u8; 4]> = frames
+        .iter()
+        .map(|frame| (frame.len() as u32).to_be_bytes())
+        .collect();
+    let mut slices: Vec<IoSlice<'_>> = lengths
+        .iter()
+        .zip(frames)
+        .flat_map(|(length, frame)| [IoSlice::new(length), IoSlice::new(frame)])
+        .collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let written = stream.write_vectored(rest).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, written);
+    }
+    Ok(())
 }
 
 /// Accepts peer connections and forwards their frames to the driver.
@@ -183,7 +214,20 @@ pub async fn accept_peers(listener: TcpListener, events: mpsc::Sender<Event>) {
 }
 
 async fn read_peer(stream: TcpStream, events: mpsc::Sender<Event>) {
-    let (mut frames, mut acks) = tokio::io::split(stream);
+    let (frames, acks) = tokio::io::split(stream);
+    let received = Arc::new(Notify::new());
+    let acker = tokio::spawn(send_acks(acks, received.clone()));
+    forward_frames(frames, events, &received).await;
+    // The acker holds the write half: the connection closes once it is gone too.
+    acker.abort();
+}
+
+/// Hands each frame to the driver until the connection ends, goes silent or breaks a rule.
+async fn forward_frames(
+    mut frames: ReadHalf<TcpStream>,
+    events: mpsc::Sender<Event>,
+    received: &Notify,
+) {
     while let Ok(Ok(size)) = tokio::time::timeout(IDLE_TIMEOUT, frames.read_u32()).await {
         if size as usize > PEER_FRAME_MAX {
             warn!(size, "closing peer connection: frame too large");
@@ -196,9 +240,19 @@ async fn read_peer(stream: TcpStream, events: mpsc::Sender<Event>) {
         if events.send(Event::Peer(frame.freeze())).await.is_err() {
             return;
         }
-        // One byte back per frame: the sender's proof that the connection still carries.
+        received.notify_one();
+    }
+}
+
+/// Answers frames received with one byte each `ACK_DELAY` at most: the sender's proof that
+/// the connection still carries. Frames that arrive while an ack waits share it; a byte
+/// per frame had cost a packet, a write and a wakeup of the sender for every frame.
+async fn send_acks(mut acks: WriteHalf<TcpStream>, received: Arc<Notify>) {
+    loop {
+        received.notified().await;
+        tokio::time::sleep(ACK_DELAY).await;
         if acks.write_u8(0).await.is_err() || acks.flush().await.is_err() {
-            return;
+            return; // The reader notices the end, or the sender redials.
         }
     }
 }
