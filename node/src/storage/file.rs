@@ -522,6 +522,9 @@ impl Storage for FileStorage {
 
 fn run_syncs(jobs: mpsc::Receiver<SyncJob>, report: SyncReport) {
     while let Ok(job) = jobs.recv() {
+        if job.files.len() > 1 {
+            job.files.iter().for_each(|f| start_writeback(f));
+        }
         let result = job
             .files
             .iter()
@@ -536,6 +539,25 @@ fn run_syncs(jobs: mpsc::Receiver<SyncJob>, report: SyncReport) {
             }),
         });
     }
+}
+
+/// Asks the kernel to start writing `file`'s dirty pages now, without waiting. A sync of
+/// several files starts them all before waiting on the first, so their pages reach the
+/// device together and each fdatasync is left little more than the wait and the cache
+/// flush: six partitions' files synced in turn took 1.7 ms and 560 us of CPU per round on
+/// this machine's disk, 1.0 ms and 370 us started this way (a probe of write+fdatasync).
+/// Only a hint: durability still comes from `sync_data`, which reports any error.
+fn start_writeback(file: &File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the descriptor belongs to `file`, which outlives the call; the call only
+        // reads its arguments.
+        let _ =
+            unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
 }
 
 fn sync_dirs(dirs: impl IntoIterator<Item = PathBuf>) -> anyhow::Result<()> {
