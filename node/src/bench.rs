@@ -130,6 +130,9 @@ pub struct E2eArgs {
     /// Producer connections taking the batches in turn, each with one request in flight.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Milliseconds of offered records gathered into each batch (a client's linger.ms).
+    #[arg(long, default_value_t = 1)]
+    linger_ms: u64,
 }
 
 /// What a run measured.
@@ -149,6 +152,8 @@ pub struct BenchReport {
     pub latency_ms: Option<[f64; 4]>,
     /// What the latency measures.
     pub latency_of: &'static str,
+    /// Produce requests sent (produce, e2e) or fetches made (consume).
+    pub requests: u64,
     /// Requests that failed.
     pub errors: u64,
 }
@@ -163,9 +168,10 @@ impl BenchReport {
             return;
         }
         println!(
-            "{}: {} records in {:.2} s = {:.0} records/s, {:.1} MB/s, {} errors",
+            "{}: {} records in {} requests, {:.2} s = {:.0} records/s, {:.1} MB/s, {} errors",
             self.mode,
             self.records,
+            self.requests,
             self.seconds,
             self.records_per_sec,
             self.mb_per_sec,
@@ -299,6 +305,7 @@ async fn produce(args: &ProduceArgs) -> anyhow::Result<BenchReport> {
     let latency = percentiles(&*latencies.lock().await);
     Ok(BenchReport {
         mode: "produce",
+        requests,
         records,
         seconds,
         records_per_sec: records as f64 / seconds,
@@ -332,10 +339,11 @@ fn walk_batches(bytes: &[u8], position: &mut i64, mut each: impl FnMut(&BatchVie
 async fn consume(args: &ConsumeArgs) -> anyhow::Result<BenchReport> {
     let mut client = client(&args.target);
     let mut positions = vec![0i64; args.target.partitions as usize];
-    let (mut records, mut bytes, mut errors) = (0u64, 0u64, 0u64);
+    let (mut records, mut bytes, mut errors, mut fetches) = (0u64, 0u64, 0u64, 0u64);
     let started = Instant::now();
     while records < args.records {
         let request = fetch(&args.target.topic, &positions, args.fetch_bytes, 500);
+        fetches += 1;
         let Ok(ResponseKind::Fetch(r)) = client.call(ApiKey::Fetch, 12, request).await else {
             errors += 1;
             continue;
@@ -363,6 +371,7 @@ async fn consume(args: &ConsumeArgs) -> anyhow::Result<BenchReport> {
     let seconds = started.elapsed().as_secs_f64();
     Ok(BenchReport {
         mode: "consume",
+        requests: fetches,
         records,
         seconds,
         records_per_sec: records as f64 / seconds,
@@ -426,10 +435,11 @@ async fn e2e(args: &E2eArgs) -> anyhow::Result<BenchReport> {
         }
         (h, seen)
     });
-    // One batch per millisecond tick keeps the offered load smooth at any rate. Senders on
-    // their own connections take the batches in turn, so a round trip that outlasts a tick
-    // does not hold the next batch back (a single connection with one request in flight
-    // fell behind near 2 M records/s, and the catching up showed as latency).
+    // One batch per linger tick (a millisecond by default) keeps the offered load smooth at
+    // any rate. Senders on their own connections take the batches in turn, so a round trip
+    // that outlasts a tick does not hold the next batch back (a single connection with one
+    // request in flight fell behind near 2 M records/s, and the catching up showed as
+    // latency).
     let (batches, queue) = tokio::sync::mpsc::channel::<(i32, bytes::Bytes)>(64);
     let queue = Arc::new(Mutex::new(queue));
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -458,8 +468,8 @@ async fn e2e(args: &E2eArgs) -> anyhow::Result<BenchReport> {
             }
         }));
     }
-    let mut sent = 0u64;
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let (mut sent, mut batches_sent) = (0u64, 0u64);
+    let mut tick = tokio::time::interval(Duration::from_millis(args.linger_ms.max(1)));
     for ticks in 0u64.. {
         if sent >= total {
             break;
@@ -487,6 +497,7 @@ async fn e2e(args: &E2eArgs) -> anyhow::Result<BenchReport> {
             break;
         }
         sent += count;
+        batches_sent += 1;
     }
     drop(batches);
     for sender in senders {
@@ -497,6 +508,7 @@ async fn e2e(args: &E2eArgs) -> anyhow::Result<BenchReport> {
     let (latencies, seen) = consumer.await.context("the consumer task failed")?;
     Ok(BenchReport {
         mode: "e2e",
+        requests: batches_sent,
         records: seen,
         seconds,
         records_per_sec: seen as f64 / seconds,
