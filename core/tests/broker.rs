@@ -40,6 +40,53 @@ fn acks_all_answers_only_after_the_sync() {
 }
 
 #[test]
+fn appends_nobody_waits_for_share_a_later_sync() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic("t", 1, &[]);
+    h.hold_syncs = true;
+    let syncs = |h: &Harness| h.held.len();
+    // acks=1 is answered at once, and its sync waits a few milliseconds for company.
+    h.produce_request(1, 1, "t", 0, batch(3, 1000));
+    assert!(matches!(h.reply(1), Some(ResponseKind::Produce(_))));
+    h.advance(2);
+    h.produce_request(1, 1, "t", 0, batch(2, 1000));
+    assert!(matches!(h.reply(1), Some(ResponseKind::Produce(_))));
+    assert_eq!(syncs(&h), 0, "nobody waits: no sync yet");
+    h.advance(3);
+    assert_eq!(syncs(&h), 1, "5 ms on, one sync takes both");
+    h.release_syncs();
+    assert_eq!(h.fetch("t", 0, 0, 1 << 20).1, 5);
+
+    // A consumer parked at the end wants the next append now.
+    h.hold_syncs = true;
+    h.fetch_request(2, "t", 0, 5, 500, 1 << 20);
+    h.produce_request(1, 1, "t", 0, batch(1, 1000));
+    assert_eq!(syncs(&h), 1, "a parked fetch starts the sync at once");
+    h.release_syncs();
+    let Some(ResponseKind::Fetch(r)) = h.reply(2) else {
+        panic!("the parked fetch is answered")
+    };
+    assert_eq!(r.responses[0].partitions[0].high_watermark, 6);
+
+    // So does an acks=all produce, for what acks=1 appended before it.
+    h.hold_syncs = true;
+    h.produce_request(1, 1, "t", 0, batch(1, 1000));
+    assert_eq!(syncs(&h), 0);
+    h.produce_request(3, -1, "t", 0, batch(1, 1000));
+    assert_eq!(syncs(&h), 1, "acks=all starts the sync at once");
+    h.release_syncs();
+    assert_eq!(h.fetch("t", 0, 0, 1 << 20).1, 8);
+
+    // And a broker that is stopping does not leave appends out of a sync.
+    h.hold_syncs = true;
+    h.produce_request(1, 1, "t", 0, batch(1, 1000));
+    assert_eq!(syncs(&h), 0);
+    h.broker.begin_shutdown();
+    h.drive();
+    assert_eq!(syncs(&h), 1, "shutdown syncs at once");
+}
+
+#[test]
 fn responses_keep_request_order_on_a_connection() {
     let mut h = Harness::new(BrokerConfig::default());
     h.create_topic("t", 1, &[]);
