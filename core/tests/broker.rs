@@ -68,6 +68,21 @@ fn appends_nobody_waits_for_share_a_later_sync() {
     };
     assert_eq!(r.responses[0].partitions[0].high_watermark, 6);
 
+    // Appends made while that consumer waited stay awaited after the sync in flight has
+    // answered it: the next sync starts as that one ends, not when the consumer is back.
+    h.hold_syncs = true;
+    h.fetch_request(2, "t", 0, 6, 500, 1 << 20);
+    h.produce_request(1, 1, "t", 0, batch(1, 1000));
+    h.produce_request(1, 1, "t", 0, batch(1, 1000));
+    assert_eq!(syncs(&h), 1, "one sync in flight");
+    let first = h.held.remove(0);
+    let done = h.disk.execute(first).expect("sync completes");
+    h.broker.handle_storage(h.now, done);
+    h.drive();
+    assert!(matches!(h.reply(2), Some(ResponseKind::Fetch(_))));
+    assert_eq!(syncs(&h), 1, "the second append's sync starts at once");
+    h.release_syncs();
+
     // So does an acks=all produce, for what acks=1 appended before it.
     h.hold_syncs = true;
     h.produce_request(1, 1, "t", 0, batch(1, 1000));
@@ -75,7 +90,7 @@ fn appends_nobody_waits_for_share_a_later_sync() {
     h.produce_request(3, -1, "t", 0, batch(1, 1000));
     assert_eq!(syncs(&h), 1, "acks=all starts the sync at once");
     h.release_syncs();
-    assert_eq!(h.fetch("t", 0, 0, 1 << 20).1, 8);
+    assert_eq!(h.fetch("t", 0, 0, 1 << 20).1, 10);
 
     // And a broker that is stopping does not leave appends out of a sync.
     h.hold_syncs = true;

@@ -145,6 +145,17 @@ struct Connection {
 /// so a consumer that parks at the end starts the sync at once (see `sync_awaited`).
 const UNAWAITED_SYNC_DELAY_MS: i64 = 5;
 
+/// Appends made since the last sync started.
+#[derive(Clone, Copy, Debug)]
+struct Unsynced {
+    /// When the first of them was made.
+    since: i64,
+    /// Someone waited for them at some point (see `Broker::sync_awaited`). It stays set:
+    /// a consumer answered by the sync in flight is back for these in a moment, and its
+    /// round trip should not hold them back.
+    awaited: bool,
+}
+
 /// The sync in flight and the commit points it makes durable.
 #[derive(Debug)]
 struct InFlightSync {
@@ -163,8 +174,8 @@ pub struct Broker {
     /// Partitions appended to since the last sync was issued.
     dirty_partitions: BTreeSet<TopicPartition>,
     in_flight_sync: Option<InFlightSync>,
-    /// When the oldest append not yet in a sync was made (see [`UNAWAITED_SYNC_DELAY_MS`]).
-    dirty_since: Option<i64>,
+    /// Appends not yet in a sync: since when, and whether anyone waits for them.
+    unsynced: Option<Unsynced>,
     /// A controlled shutdown has begun: every sync is started at once.
     shutting_down: bool,
     /// Token for the next storage operation that has a completion.
@@ -264,7 +275,7 @@ impl Broker {
             dirty_segments: BTreeSet::new(),
             dirty_partitions: BTreeSet::new(),
             in_flight_sync: None,
-            dirty_since: None,
+            unsynced: None,
             shutting_down: false,
             next_token: 1,
             next_sync_token: 1,
@@ -658,16 +669,20 @@ impl Broker {
 
     fn maybe_start_sync(&mut self) {
         if self.dirty_partitions.is_empty() && self.dirty_segments.is_empty() {
-            self.dirty_since = None;
+            self.unsynced = None;
             return;
         }
-        let since = *self.dirty_since.get_or_insert(self.now);
-        if self.in_flight_sync.is_some()
-            || (self.now < since + UNAWAITED_SYNC_DELAY_MS && !self.sync_awaited())
-        {
+        let awaited = self.unsynced.is_some_and(|u| u.awaited) || self.sync_awaited();
+        let unsynced = self.unsynced.get_or_insert(Unsynced {
+            since: self.now,
+            awaited,
+        });
+        unsynced.awaited = awaited;
+        let due = unsynced.awaited || self.now >= unsynced.since + UNAWAITED_SYNC_DELAY_MS;
+        if self.in_flight_sync.is_some() || !due {
             return;
         }
-        self.dirty_since = None;
+        self.unsynced = None;
         let token = self.next_sync_token;
         self.next_sync_token += 1;
         let commits = std::mem::take(&mut self.dirty_partitions)
@@ -704,10 +719,10 @@ impl Broker {
     /// When appends that nobody waits for must be synced, if any are waiting.
     fn unawaited_sync_deadline(&self) -> Option<i64> {
         let dirty = !self.dirty_partitions.is_empty() || !self.dirty_segments.is_empty();
-        let since = self
-            .dirty_since
+        let unsynced = self
+            .unsynced
             .filter(|_| dirty && self.in_flight_sync.is_none())?;
-        Some(since + UNAWAITED_SYNC_DELAY_MS)
+        Some(unsynced.since + UNAWAITED_SYNC_DELAY_MS)
     }
 
     fn on_synced(&mut self, token: u64) {
