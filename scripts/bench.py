@@ -281,7 +281,7 @@ def main():
         bench(b, "consume", "--records", str(n), "--topic", "cost")
         consume_cpu = b.cpu_seconds() - cpu0
         b.stop()
-        # Each of the next two gets a fresh broker: a run that saturated the disk leaves
+        # Each group of runs below gets a fresh broker: a run that saturated the disk leaves
         # writeback behind that slows whatever comes next.
         b = Broker(workdir)
         produce_peak = int(results[(1, 100, "1")]["records_per_sec"])

@@ -667,18 +667,20 @@ impl Broker {
         }
     }
 
+    /// True if appends were made since the last sync started.
+    fn has_unsynced_appends(&self) -> bool {
+        !self.dirty_partitions.is_empty() || !self.dirty_segments.is_empty()
+    }
+
     fn maybe_start_sync(&mut self) {
-        if self.dirty_partitions.is_empty() && self.dirty_segments.is_empty() {
+        if !self.has_unsynced_appends() {
             self.unsynced = None;
             return;
         }
+        let since = self.unsynced.map_or(self.now, |u| u.since);
         let awaited = self.unsynced.is_some_and(|u| u.awaited) || self.sync_awaited();
-        let unsynced = self.unsynced.get_or_insert(Unsynced {
-            since: self.now,
-            awaited,
-        });
-        unsynced.awaited = awaited;
-        let due = unsynced.awaited || self.now >= unsynced.since + UNAWAITED_SYNC_DELAY_MS;
+        self.unsynced = Some(Unsynced { since, awaited });
+        let due = awaited || self.now >= since + UNAWAITED_SYNC_DELAY_MS;
         if self.in_flight_sync.is_some() || !due {
             return;
         }
@@ -718,10 +720,9 @@ impl Broker {
 
     /// When appends that nobody waits for must be synced, if any are waiting.
     fn unawaited_sync_deadline(&self) -> Option<i64> {
-        let dirty = !self.dirty_partitions.is_empty() || !self.dirty_segments.is_empty();
         let unsynced = self
             .unsynced
-            .filter(|_| dirty && self.in_flight_sync.is_none())?;
+            .filter(|_| self.has_unsynced_appends() && self.in_flight_sync.is_none())?;
         Some(unsynced.since + UNAWAITED_SYNC_DELAY_MS)
     }
 
