@@ -16,6 +16,9 @@ use crate::storage::{SegmentId, StorageCompletion, StorageOp, TopicPartition, To
 struct File {
     data: BytesMut,
     synced_len: usize,
+    /// Bytes overwritten inside the synced part since the last sync, as (position, what was
+    /// there): a power loss puts them back.
+    unsynced_rewrites: Vec<(usize, Vec<u8>)>,
 }
 
 /// Segment files, index files and topic records, all in memory.
@@ -56,6 +59,7 @@ impl MemDisk {
                 for id in segments {
                     if let Some(file) = self.segments.get_mut(&id) {
                         file.synced_len = file.data.len();
+                        file.unsynced_rewrites.clear();
                     }
                 }
                 return Some(StorageCompletion::Synced { token });
@@ -85,6 +89,21 @@ impl MemDisk {
                 if let Some(file) = self.segments.get_mut(&segment) {
                     file.data.truncate(len as usize);
                     file.synced_len = file.synced_len.min(file.data.len());
+                }
+            }
+            StorageOp::Rewrite {
+                segment,
+                position,
+                data,
+            } => {
+                if let Some(file) = self.segments.get_mut(&segment) {
+                    let start = (position as usize).min(file.data.len());
+                    let end = (start + data.len()).min(file.data.len());
+                    if start < file.synced_len {
+                        let old = file.data[start..end.min(file.synced_len)].to_vec();
+                        file.unsynced_rewrites.push((start, old));
+                    }
+                    file.data[start..end].copy_from_slice(&data[..end - start]);
                 }
             }
             StorageOp::DeletePartition(tp) => {
@@ -120,6 +139,9 @@ impl MemDisk {
     /// many of them survive.
     pub fn crash_with(&mut self, mut keep: impl FnMut(&SegmentId, &mut [u8]) -> usize) {
         for (id, file) in self.segments.iter_mut() {
+            for (at, old) in file.unsynced_rewrites.drain(..).rev() {
+                file.data[at..at + old.len()].copy_from_slice(&old);
+            }
             let synced = file.synced_len;
             let unsynced = file.data.len() - synced;
             let kept = keep(id, &mut file.data[synced..]).min(unsynced);
@@ -142,6 +164,14 @@ impl MemDisk {
             .iter()
             .map(|(id, f)| (id.clone(), f.data.len(), f.synced_len))
             .collect()
+    }
+
+    /// True if `id` has bytes rewritten in place that are not synced yet (a power loss would
+    /// bring back what they replaced).
+    pub fn has_unsynced_rewrites(&self, id: &SegmentId) -> bool {
+        self.segments
+            .get(id)
+            .is_some_and(|f| !f.unsynced_rewrites.is_empty())
     }
 
     /// Mutable bytes of a segment file, to plant corruption in tests.
@@ -204,6 +234,7 @@ impl MemDisk {
                     .map(|id| FoundSegment {
                         base_offset: id.base_offset,
                         len: self.segments[&id].data.len() as u64,
+                        next_base: None,
                         index: self.indexes.get(&id).cloned(),
                     })
                     .collect();
@@ -217,6 +248,8 @@ impl MemDisk {
                         self.segment(&id).unwrap_or(&[]),
                         index_interval,
                         max_batch_bytes,
+                        self.replicas.contains_key(&tp),
+                        f.next_base,
                     )
                 });
                 for (base_offset, len) in plan.truncate {

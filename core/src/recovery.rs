@@ -24,6 +24,13 @@ pub struct SegmentScanner {
     index_interval: u32,
     max_batch_bytes: usize,
     stopped: Option<ScanStop>,
+    /// Keep whole, well-framed batches whose CRC fails (see [`Self::keeping_damaged`]).
+    keep_damaged: bool,
+    /// The file's length and the base offset of the segment after it, if any: where a
+    /// damaged last batch of the file ends.
+    successor: (u64, Option<i64>),
+    /// How many such batches were kept.
+    damaged: u32,
 }
 
 /// The outcome of a scan: the valid prefix of the segment and why the rest (if any) was cut.
@@ -43,7 +50,26 @@ impl SegmentScanner {
             index_interval,
             max_batch_bytes,
             stopped: None,
+            keep_damaged: false,
+            successor: (u64::MAX, None),
+            damaged: 0,
         }
+    }
+
+    /// The file is `len` bytes long and the next segment starts at `next_base` (`None`:
+    /// this is the last segment).
+    pub fn with_successor(mut self, len: u64, next_base: Option<i64>) -> Self {
+        self.successor = (len, next_base);
+        self
+    }
+
+    /// For a replicated partition: a whole batch whose CRC fails but whose frame fits (right
+    /// offset, sane size) is kept instead of ending the log. The replica finds it again as
+    /// it reads its log back and repairs it from a peer (protocol-aware recovery); cutting
+    /// there would silently drop entries this replica may have acknowledged.
+    pub fn keeping_damaged(mut self, keep: bool) -> Self {
+        self.keep_damaged = keep;
+        self
     }
 
     /// Byte position the next chunk must start at.
@@ -83,6 +109,40 @@ impl SegmentScanner {
                 {
                     view
                 }
+                Ok((view, _))
+                    if self.keep_damaged && view.base_offset() == self.segment.next_offset =>
+                {
+                    // Its record count is inside what the CRC failed on: the next frame's
+                    // base offset says where it ends. Without one (yet) it is the tail, and
+                    // waits for more data or is cut as torn.
+                    let ends_file =
+                        self.segment.size + (consumed + size) as u64 == self.successor.0;
+                    let next = match (rest.get(size..size + 8), ends_file) {
+                        (_, true) => match self.successor.1 {
+                            Some(next) => next,
+                            None => break,
+                        },
+                        (Some(next), false) => {
+                            i64::from_be_bytes(next.try_into().expect("8 bytes"))
+                        }
+                        (None, false) => break,
+                    };
+                    if next <= view.base_offset() {
+                        self.stopped = Some(ScanStop::Corrupt);
+                        break;
+                    }
+                    self.damaged += 1;
+                    let last_timestamp = self.segment.max_timestamp;
+                    self.segment.note_batch(
+                        view.base_offset(),
+                        next,
+                        size as u32,
+                        last_timestamp,
+                        self.index_interval,
+                    );
+                    consumed += size;
+                    continue;
+                }
                 _ => {
                     self.stopped = Some(ScanStop::Corrupt);
                     break;
@@ -112,6 +172,13 @@ impl SegmentScanner {
         if self.stopped.is_none() && leftover > 0 {
             self.stopped = Some(ScanStop::TornTail);
         }
+        if self.damaged > 0 {
+            tracing::warn!(
+                base_offset = self.segment.base_offset,
+                damaged = self.damaged,
+                "kept batches with a bad CRC in a replicated partition; its replica repairs them"
+            );
+        }
         ScanResult {
             segment: self.segment,
             stopped: self.stopped,
@@ -119,14 +186,19 @@ impl SegmentScanner {
     }
 }
 
-/// Scans a whole segment held in memory (tests and small files).
+/// Scans a whole segment held in memory (tests and small files); `replicated` as in
+/// [`SegmentScanner::keeping_damaged`].
 pub fn scan_segment(
     base_offset: i64,
     bytes: &[u8],
     index_interval: u32,
     max_batch_bytes: usize,
+    replicated: bool,
+    next_base: Option<i64>,
 ) -> ScanResult {
-    let mut scanner = SegmentScanner::new(base_offset, index_interval, max_batch_bytes);
+    let mut scanner = SegmentScanner::new(base_offset, index_interval, max_batch_bytes)
+        .keeping_damaged(replicated)
+        .with_successor(bytes.len() as u64, next_base);
     let consumed = scanner.feed(bytes);
     scanner.finish((bytes.len() - consumed) as u64)
 }
@@ -136,6 +208,8 @@ pub fn scan_segment(
 pub struct FoundSegment {
     /// Base offset (from the file name).
     pub base_offset: i64,
+    /// Base offset of the next segment file, if any (set by [`recover_partition`]).
+    pub next_base: Option<i64>,
     /// File length in bytes.
     pub len: u64,
     /// Contents of its index file, if there is one.
@@ -161,6 +235,9 @@ pub fn recover_partition(
     mut scan: impl FnMut(&FoundSegment) -> ScanResult,
 ) -> PartitionRecovery {
     found.sort_by_key(|s| s.base_offset);
+    for i in 1..found.len() {
+        found[i - 1].next_base = Some(found[i].base_offset);
+    }
     let mut plan = PartitionRecovery::default();
     let last = found.len().saturating_sub(1);
     let mut expected_base: Option<i64> = None;

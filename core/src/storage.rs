@@ -106,6 +106,18 @@ pub enum StorageOp {
         /// Bytes kept.
         len: u64,
     },
+    /// Overwrite bytes inside a segment file with the intact copy of a batch that the file
+    /// holds damaged: same place, same length (every replica holds the same bytes at the same
+    /// position of the same offsets). Durable with the next [`StorageOp::Sync`] that lists
+    /// the segment; until then a power loss may bring the damaged bytes back.
+    Rewrite {
+        /// The segment.
+        segment: SegmentId,
+        /// Byte position of the batch.
+        position: u64,
+        /// The batch, as intact.
+        data: Bytes,
+    },
     /// Delete a partition directory and all it holds.
     DeletePartition(TopicPartition),
     /// Durably record a topic's definition.

@@ -2,12 +2,16 @@
 //! and the faults it can suffer, written down as data.
 //!
 //! Every fault stays recoverable by design: a crash only touches bytes that were never
-//! synced (so never acknowledged with acks=all), a bit flip is recorded so the checkers can
-//! excuse the records a single copy cannot save, and EIO or a full disk stop the broker,
-//! which the simulator then restarts on a disk with room again.
+//! synced (so never acknowledged with acks=all), EIO or a full disk stop the broker, which
+//! the simulator then restarts on a disk with room again, and a bit flip (the one fault
+//! that damages what a replica promised) strikes only where the fault atlas in
+//! `faults.rs` allows it: never a majority of one partition's copies at once.
 
-use seedlog_core::batch::frame_size;
+use std::collections::BTreeSet;
+
+use seedlog_core::batch::{frame_size, BatchView};
 use seedlog_core::memdisk::MemDisk;
+use seedlog_core::storage::SegmentId;
 
 use crate::history::Partition;
 use crate::scenario::{Dice, Range};
@@ -88,45 +92,90 @@ impl SimDisk {
         }
     }
 
-    /// Flips one bit in synced data; returns the partition and the base offset of the batch
-    /// it damaged, if there was any synced data to damage.
-    pub fn flip_bit(&mut self) -> Option<(Partition, i64)> {
+    /// Flips one bit in a synced batch of a partition `allowed` admits; returns the
+    /// partition and the base offset of the batch it damaged, if there was one to damage.
+    ///
+    /// The bit lands in the batch's CRC or in the bytes it covers, so the damage is there to
+    /// be found. The header fields before the CRC (base offset, length, leader epoch, magic)
+    /// are left alone: Kafka's format does not protect them, and seedlog does not guard them
+    /// with a checksum of its own yet.
+    pub fn flip_bit(&mut self, allowed: impl Fn(&Partition) -> bool) -> Option<(Partition, i64)> {
         let candidates: Vec<_> = self
             .disk
             .segment_lengths()
             .into_iter()
-            .filter(|(_, _, synced)| *synced > 0)
+            .filter(|(id, _, synced)| *synced > 0 && allowed(&partition_of(id)))
             .collect();
         if candidates.is_empty() {
             return None;
         }
         let (id, _, synced) =
             candidates[self.dice.between(0, candidates.len() as u64 - 1) as usize].clone();
-        let position = self.dice.between(0, synced as u64 - 1) as usize;
+        let bytes = self.disk.segment(&id)?;
+        let batches = batches_in(&bytes[..synced]);
+        if batches.is_empty() {
+            return None;
+        }
+        let (start, size) = batches[self.dice.between(0, batches.len() as u64 - 1) as usize];
+        let position = start + self.dice.between(CRC_AT as u64, size as u64 - 1) as usize;
         let bit = self.dice.between(0, 7) as u8;
-        let bytes = self.disk.segment_bytes_mut(&id)?;
-        let damaged_offset = batch_base_at(&bytes[..synced], position)?;
-        bytes[position] ^= 1 << bit;
-        Some((
-            (id.partition.topic.to_string(), id.partition.partition),
-            damaged_offset,
-        ))
+        let base_offset = i64::from_be_bytes(bytes[start..start + 8].try_into().ok()?);
+        self.disk.segment_bytes_mut(&id)?[position] ^= 1 << bit;
+        Some((partition_of(&id), base_offset))
+    }
+
+    /// The partitions of which this disk holds a damaged copy: a synced batch that fails its
+    /// CRC, or a repair written in place and not synced yet (a power loss would undo it).
+    pub fn damaged_partitions(&self) -> BTreeSet<Partition> {
+        let mut damaged = BTreeSet::new();
+        for (id, _, synced) in self.disk.segment_lengths() {
+            let Some(bytes) = self.disk.segment(&id) else {
+                continue;
+            };
+            let bad_batch = batches_in(&bytes[..synced])
+                .into_iter()
+                .any(|(start, size)| {
+                    BatchView::split_first(&bytes[start..start + size])
+                        .is_ok_and(|(view, _)| !view.crc_ok())
+                });
+            if bad_batch || self.disk.has_unsynced_rewrites(&id) {
+                damaged.insert(partition_of(&id));
+            }
+        }
+        damaged
+    }
+
+    /// The partitions this disk holds a copy of: some of their data (every broker keeps an
+    /// empty log of partitions it does not replicate).
+    pub fn held_partitions(&self) -> BTreeSet<Partition> {
+        self.disk
+            .segment_lengths()
+            .iter()
+            .filter(|(_, len, _)| *len > 0)
+            .map(|(id, _, _)| partition_of(id))
+            .collect()
     }
 }
 
-/// Base offset of the batch that holds byte `position` of a segment.
-fn batch_base_at(segment: &[u8], position: usize) -> Option<i64> {
+/// Where a batch's CRC starts: after base offset, length, leader epoch and magic.
+const CRC_AT: usize = 17;
+
+fn partition_of(id: &SegmentId) -> Partition {
+    (id.partition.topic.to_string(), id.partition.partition)
+}
+
+/// (start, size) of each whole frame in a segment's bytes.
+fn batches_in(segment: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
     let mut start = 0usize;
-    while start < segment.len() {
-        let size = frame_size(&segment[start..])?;
-        if position < start + size {
-            return Some(i64::from_be_bytes(
-                segment[start..start + 8].try_into().ok()?,
-            ));
+    while let Some(size) = segment.get(start..).and_then(frame_size) {
+        if size <= CRC_AT || start + size > segment.len() {
+            break;
         }
+        out.push((start, size));
         start += size;
     }
-    None
+    out
 }
 
 #[cfg(madsim)]

@@ -1,6 +1,7 @@
 //! The fault injector: one task per fault family, each striking at random gaps drawn from
 //! the plan, until the workload phase ends. [`heal`] then undoes whatever is still in force.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,6 +10,7 @@ use madsim::net::NetSim;
 use madsim::runtime::Handle;
 
 use crate::cluster::Broker;
+use crate::history::Partition;
 use crate::scenario::{Dice, Recurring, Target};
 use crate::workload::Ctx;
 
@@ -106,15 +108,20 @@ async fn strike(
             brokers.lock().expect("brokers lock")[index].restart();
         }
         "bit-flip" => {
+            let atlas = Atlas::read(&brokers.lock().expect("brokers lock"));
             let flipped = brokers.lock().expect("brokers lock")[index]
                 .disk
                 .lock()
                 .expect("disk lock")
-                .flip_bit();
+                .flip_bit(|p| atlas.may_damage(index, p));
             if let Some((partition, offset)) = flipped {
+                let copies = atlas.copies(&partition);
                 let mut history = ctx.history();
-                history.damaged(&partition, offset);
-                history.fault(now, kind, (index, partition, offset));
+                if copies == 1 {
+                    // The only copy: nothing can bring these records back.
+                    history.damaged(&partition, offset);
+                }
+                history.fault(now, kind, (index, partition, offset, copies));
             }
         }
         "fsync-eio" => {
@@ -174,6 +181,51 @@ async fn strike(
             Handle::current().resume(node);
         }
         other => unreachable!("unknown fault kind {other}"),
+    }
+}
+
+/// The fault atlas (after TigerBeetle's): which copies of each partition are damaged right
+/// now, so that a storage fault that damages promised data (a bit flip in synced bytes)
+/// never leaves a majority of one partition's copies damaged at once. Then one intact copy
+/// of every committed entry always remains, and the checkers excuse nothing for a partition
+/// with more than one copy. (Crashes, torn writes and EIO lose only bytes that were never
+/// synced, so never promised: they may strike every replica at once.)
+struct Atlas {
+    /// Per broker index, the partitions it holds, and those it holds damaged.
+    held: Vec<BTreeSet<Partition>>,
+    damaged: Vec<BTreeSet<Partition>>,
+}
+
+impl Atlas {
+    fn read(brokers: &[Broker]) -> Atlas {
+        let mut atlas = Atlas {
+            held: Vec::new(),
+            damaged: Vec::new(),
+        };
+        for broker in brokers {
+            let disk = broker.disk.lock().expect("disk lock");
+            atlas.damaged.push(disk.damaged_partitions());
+            atlas.held.push(disk.held_partitions());
+        }
+        atlas
+    }
+
+    /// Brokers holding a copy of `partition`.
+    fn copies(&self, partition: &Partition) -> usize {
+        self.held.iter().filter(|h| h.contains(partition)).count()
+    }
+
+    /// True if damaging broker `index`'s copy of `partition` keeps the damaged copies fewer
+    /// than half. A partition with a single copy may always be hit (its losses are excused).
+    fn may_damage(&self, index: usize, partition: &Partition) -> bool {
+        let copies = self.copies(partition);
+        let damaged_after = self
+            .damaged
+            .iter()
+            .enumerate()
+            .filter(|(i, d)| *i == index || d.contains(partition))
+            .count();
+        copies == 1 || damaged_after * 2 < copies
     }
 }
 

@@ -54,6 +54,9 @@ pub struct Counts {
     pub reads: u64,
     /// Faults injected, by kind.
     pub faults: BTreeMap<&'static str, u64>,
+    /// Acknowledged records missing from the final read that were excused: they lived in a
+    /// partition's only copy, and its disk damaged them.
+    pub excused: u64,
 }
 
 /// Everything the run observed.
@@ -61,8 +64,10 @@ pub struct Counts {
 pub struct History {
     facts: BTreeMap<Partition, BTreeMap<i64, (String, &'static str)>>,
     durable_acks: BTreeMap<Partition, BTreeMap<i64, String>>,
-    /// Per partition, the lowest offset whose batch the disk corrupted: losses at or after
-    /// it are excused (a single copy cannot survive a flipped bit), wrong data never is.
+    /// Per partition with a single copy, the lowest offset whose batch the disk corrupted:
+    /// losses at or after it are excused (a single copy cannot survive a flipped bit), wrong
+    /// data never is. The fault atlas keeps a partition with more copies recoverable, and
+    /// nothing of it is ever excused.
     damaged: BTreeMap<Partition, i64>,
     last_hw: BTreeMap<(u32, Partition), i64>,
     /// (Raft group, term) -> the broker that said it leads it.
@@ -276,7 +281,7 @@ impl History {
         *self.counts.faults.entry(kind).or_default() += 1;
     }
 
-    /// The disk corrupted the batch holding `offset` on `partition`.
+    /// The disk corrupted the batch holding `offset` on `partition`, its only copy.
     pub fn damaged(&mut self, partition: &Partition, offset: i64) {
         let entry = self.damaged.entry(partition.clone()).or_insert(offset);
         *entry = (*entry).min(offset);
@@ -337,11 +342,12 @@ impl History {
             .get(partition)
             .cloned()
             .unwrap_or_default();
-        let lost: Vec<i64> = acked
+        let (lost, excused): (Vec<i64>, Vec<i64>) = acked
             .keys()
             .copied()
-            .filter(|o| *o < excused_from && !log.contains_key(o))
-            .collect();
+            .filter(|o| !log.contains_key(o))
+            .partition(|o| *o < excused_from);
+        self.counts.excused += excused.len() as u64;
         if let Some(first) = lost.first() {
             self.violate(
                 "acked-writes-durable",

@@ -89,6 +89,11 @@ impl Report {
         let _ = writeln!(out, "records read      {}", c.reads);
         let _ = writeln!(
             out,
+            "losses excused    {} (acks=all records of single-copy partitions whose disk damaged them)",
+            c.excused
+        );
+        let _ = writeln!(
+            out,
             "faults injected   {}",
             if faults.is_empty() {
                 "none".into()

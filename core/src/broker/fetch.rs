@@ -276,7 +276,20 @@ impl Broker {
                 let slot = &mut slots[slot_index];
                 let data =
                     &mut response.responses[slot.topic_index].partitions[slot.partition_index];
-                let reissue = fill_fetch_slot(slot, data, result);
+                let mut damaged_at = None;
+                let reissue = fill_fetch_slot(slot, data, result, &mut damaged_at);
+                let tp = &slot.plan.segment.partition;
+                let replica = self
+                    .topics
+                    .get_mut(&tp.topic)
+                    .and_then(|t| t.raft.get_mut(&tp.partition));
+                if let (Some(offset), Some(replica)) = (damaged_at, replica) {
+                    // Another replica holds it intact: this one steps aside and repairs, and
+                    // the client asks the new leader.
+                    replica.report_damage_at(offset);
+                    data.error_code = ResponseError::NotLeaderOrFollower.code();
+                    self.dirty_replicas.insert(tp.clone());
+                }
                 if reissue.is_none() {
                     *outstanding -= 1;
                 }
@@ -322,10 +335,12 @@ impl Broker {
 
 /// Trims a read to the whole, intact batches at or after the fetch offset. Returns a new plan
 /// if the first wanted batch did not fit in the read (it is then read whole, as KIP-74 asks).
+/// A damaged batch where the answer would start sets `damaged_at` to its offset.
 fn fill_fetch_slot(
     slot: &mut ReadSlot,
     data: &mut PartitionData,
     result: Result<Bytes, String>,
+    damaged_at: &mut Option<i64>,
 ) -> Option<ReadPlan> {
     let bytes = match result {
         Ok(bytes) => bytes,
@@ -374,6 +389,7 @@ fn fill_fetch_slot(
         let position = slot.plan.position + (bytes.len() - rest.len()) as u64;
         error!(segment = ?slot.plan.segment, position, "corrupt batch on disk; not serving it");
         data.error_code = ResponseError::KafkaStorageError.code();
+        *damaged_at = Some(expected_offset);
         return None;
     }
     // Nothing whole at or after the target: read on from `start`, at least one whole batch

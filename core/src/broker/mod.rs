@@ -803,7 +803,8 @@ impl Broker {
                 match &op {
                     StorageOp::Append { segment, .. }
                     | StorageOp::CreateSegment(segment)
-                    | StorageOp::TruncateSegment { segment, .. } => {
+                    | StorageOp::TruncateSegment { segment, .. }
+                    | StorageOp::Rewrite { segment, .. } => {
                         self.dirty_segments.insert(segment.clone());
                     }
                     StorageOp::SealSegment { .. } => {

@@ -175,6 +175,13 @@ impl EntryLog {
             .map_or(self.start.offset, |m| m.next_offset)
     }
 
+    /// The index of the entry that holds `offset`, if held.
+    pub fn index_of_offset(&self, offset: i64) -> Option<u64> {
+        let i = self.table.partition_point(|m| m.next_offset <= offset);
+        let meta = self.table.get(i)?;
+        (meta.base_offset <= offset).then(|| self.start.index + 1 + i as u64)
+    }
+
     /// Entries with their index, from `low` on (for the leader-epoch history and tests).
     pub fn iter_from(&self, low: u64) -> impl Iterator<Item = (u64, &EntryMeta)> {
         let first = self.start.index + 1;

@@ -46,6 +46,9 @@ pub(super) struct Loader {
     misaligned: bool,
     /// Entries were cut: the replica may have lost some it acknowledged.
     lost: bool,
+    /// Indexes of entries whose bytes fail their CRC: kept in the table (their frame says
+    /// where they are and which entry they are), repaired from a peer, never served.
+    damaged: Vec<u64>,
     done: bool,
 }
 
@@ -74,6 +77,7 @@ impl Loader {
             expected: start.offset,
             misaligned,
             lost: false,
+            damaged: Vec::new(),
             done: misaligned,
         }
     }
@@ -146,17 +150,49 @@ impl Loader {
                 _ => return self.cut(log, ops),
             };
             let view = match BatchView::split_first(&rest[..size]) {
-                Ok((view, _)) if view.last_offset_delta() >= 0 && view.magic() == 2 => view,
+                Ok((view, _))
+                    if view.magic() == 2 && (view.last_offset_delta() >= 0 || !view.crc_ok()) =>
+                {
+                    view
+                }
                 _ => {
                     warn!(partition = %log.partition(), offset = self.expected, "unreadable batch in a replica's log; cutting it there");
                     return self.cut(log, ops);
                 }
             };
-            if !view.crc_ok() {
-                // Its frame still says where it is and which entry it was; keep the entry
-                // (Raft's view of this log stays whole). Readers detect the damaged bytes
-                // by their CRC, as with any single damaged copy.
-                warn!(partition = %log.partition(), offset = view.base_offset(), "batch with a bad CRC in a replica's log");
+            let control = batch::control_record(&view);
+            let intact = view.crc_ok();
+            if !intact && matches!(control, Some((batch::MEMBERSHIP_CONTROL_TYPE, _))) {
+                // Its membership change cannot be trusted, and raft-rs needs it whole.
+                warn!(partition = %log.partition(), offset = view.base_offset(), "membership entry with a bad CRC; cutting the log there");
+                return self.cut(log, ops);
+            }
+            // A damaged batch's record count is inside what its CRC failed on: where it ends
+            // is where the next frame starts (in this read, or the next segment's base).
+            let next_offset = if intact {
+                view.next_offset()
+            } else {
+                match rest.get(size..size + 8) {
+                    Some(next) => i64::from_be_bytes(next.try_into().expect("8 bytes")),
+                    None if self.position + size as u64 == segment_size => {
+                        match self.segments.get(self.segment + 1) {
+                            Some(&(next_base, _)) => next_base,
+                            None => {
+                                warn!(partition = %log.partition(), offset = view.base_offset(), "the log's last batch has a bad CRC; cutting it");
+                                return self.cut(log, ops);
+                            }
+                        }
+                    }
+                    None if consumed > 0 => break,
+                    None => {
+                        self.read_len = size + 8;
+                        break;
+                    }
+                }
+            };
+            if next_offset <= view.base_offset() {
+                warn!(partition = %log.partition(), offset = view.base_offset(), "damaged batch followed by a lower offset; cutting the log there");
+                return self.cut(log, ops);
             }
             if view.base_offset() >= self.start.offset {
                 if view.base_offset() != self.expected {
@@ -170,11 +206,11 @@ impl Loader {
                 self.table.push_back(EntryMeta {
                     term: view.leader_epoch().max(0) as u64,
                     base_offset: view.base_offset(),
-                    next_offset: view.next_offset(),
+                    next_offset,
                     segment_base,
                     position: self.position,
                     size: size as u32,
-                    kind: match batch::control_record(&view) {
+                    kind: match control.filter(|_| intact) {
                         Some((batch::LEADER_CHANGE_CONTROL_TYPE, _)) => EntryKind::LeaderChange,
                         Some((batch::MEMBERSHIP_CONTROL_TYPE, value)) => {
                             let index = self.start.index + self.table.len() as u64 + 1;
@@ -185,7 +221,15 @@ impl Loader {
                         _ => EntryKind::Data,
                     },
                 });
-                self.expected = view.next_offset();
+                self.expected = next_offset;
+                if !intact {
+                    // Its frame still says where it is and which entry it is: the entry
+                    // stays (Raft's view of this log stays whole) and its bytes are
+                    // fetched again from a peer.
+                    let index = self.start.index + self.table.len() as u64;
+                    warn!(partition = %log.partition(), offset = view.base_offset(), index, "batch with a bad CRC in a replica's log; it will be repaired from a peer");
+                    self.damaged.push(index);
+                }
             }
             self.position += size as u64;
             consumed += size;
@@ -206,9 +250,12 @@ impl Loader {
         }
     }
 
-    /// The entry table, the operations that bring the log in line with it, and whether
-    /// entries were lost on the way.
-    pub(super) fn finish(self, log: &mut PartitionLog) -> (EntryLog, Vec<StorageOp>, bool) {
+    /// The entry table, the operations that bring the log in line with it, whether entries
+    /// were lost on the way, and the indexes of damaged entries.
+    pub(super) fn finish(
+        self,
+        log: &mut PartitionLog,
+    ) -> (EntryLog, Vec<StorageOp>, bool, Vec<u64>) {
         let mut ops = Vec::new();
         let mut table = self.table;
         let mut memberships = self.memberships;
@@ -237,6 +284,11 @@ impl Loader {
             memberships,
         );
         let lost = self.lost || self.misaligned;
-        (entry_log, ops, lost)
+        let damaged = if self.misaligned {
+            Vec::new()
+        } else {
+            self.damaged
+        };
+        (entry_log, ops, lost, damaged)
     }
 }

@@ -22,7 +22,7 @@
 pub mod entries;
 mod load;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 use raft::eraftpb::{ConfState, EntryType, HardState, Message, MessageType};
@@ -41,6 +41,17 @@ use load::Loader;
 
 /// Largest read issued for a lagging follower or at start-up.
 const READ_CHUNK: usize = 1 << 20;
+
+/// The scrubber re-reads at most this many bytes of the log every [`SCRUB_EVERY_TICKS`]
+/// ticks and checks every batch's CRC: a bounded background rate (64 KiB a second per
+/// replica at the default 100 ms tick) that still finds damage on a replica nobody reads.
+const SCRUB_BYTES: usize = 64 << 10;
+
+/// Ticks between scrub reads.
+const SCRUB_EVERY_TICKS: u32 = 10;
+
+/// Read tags of the scrubber carry this bit (reads for followers are tagged by index).
+const SCRUB_TAG: u64 = 1 << 63;
 
 /// How a replica is set up.
 #[derive(Clone, Debug)]
@@ -105,6 +116,16 @@ struct Unpersisted {
     messages: Vec<Message>,
 }
 
+/// Where the scrubber is.
+#[derive(Debug, Default)]
+struct Scrub {
+    /// The first entry the next read checks.
+    next: u64,
+    /// Tag and first entry of the read in flight.
+    in_flight: Option<(u64, u64)>,
+    ticks: u32,
+}
+
 enum State {
     Loading(Box<Loader>),
     Running(Box<RaftGroup<EntryLog>>),
@@ -129,6 +150,20 @@ pub struct Replica {
     /// form a majority of the group's first membership among themselves and start a second
     /// history: simulator, cluster5-moves seed 216.)
     catching_up: bool,
+    /// Entries whose bytes on this disk fail their CRC (found at start-up, in a read for a
+    /// follower or a consumer, or by the scrubber). Protocol-aware repair: they stay in the
+    /// table (the log's shape is known), their copy never counts towards a quorum (this
+    /// replica acknowledges nothing from the first of them on, and asks its leader to send
+    /// them again), it is never served, and the bytes the leader resends are written back in
+    /// place. A leader that finds one steps aside.
+    damaged: BTreeSet<u64>,
+    /// Damaged entries rewritten from a peer's copy, with the sync that makes the rewrite
+    /// durable (`None` until the next drive names it); they stay damaged until it completes.
+    rewrites: BTreeMap<u64, Option<u64>>,
+    /// The scrubber: the next entry to check, the read in flight and ticks since the last.
+    scrub: Scrub,
+    /// Ticks this replica has led while holding a damaged entry.
+    leading_damaged_ticks: usize,
     /// Output accumulated by inputs between drives.
     pending: ReplicaOutput,
 }
@@ -180,6 +215,10 @@ impl Replica {
             next_tag: 1,
             reported: (0, false),
             catching_up: false,
+            damaged: BTreeSet::new(),
+            rewrites: BTreeMap::new(),
+            scrub: Scrub::default(),
+            leading_damaged_ticks: 0,
             pending: ReplicaOutput::default(),
         };
         replica.continue_loading(log);
@@ -241,14 +280,116 @@ impl Replica {
         }
     }
 
-    /// One tick of the broker's clock. A replica catching up does not tick: a follower's
-    /// ticks only lead to campaigns, and it must not stand until caught up.
+    /// One tick of the broker's clock. A replica catching up, or holding damaged entries,
+    /// does not tick: a follower's ticks only lead to campaigns, and it must not stand until
+    /// caught up or repaired.
     pub fn tick(&mut self) {
         if let State::Running(group) = &mut self.state {
-            if !self.catching_up || group.is_leader() {
+            let damaged = !self.damaged.is_empty() && !is_planted(Canary::CountDamagedEntry);
+            if (!self.catching_up && !damaged) || group.is_leader() {
                 group.tick();
             }
+            if damaged && group.is_leader() {
+                // Still leading with a damaged entry: the handover did not take (its target
+                // may be cut off). Try again, and after an election timeout just step down.
+                self.leading_damaged_ticks += 1;
+                let give_up = self.leading_damaged_ticks > self.config.election_ticks;
+                step_aside(group, give_up);
+            } else {
+                self.leading_damaged_ticks = 0;
+            }
         }
+        self.scrub.ticks += 1;
+        if self.scrub.ticks >= SCRUB_EVERY_TICKS && self.scrub.in_flight.is_none() {
+            self.scrub.ticks = 0;
+            self.plan_scrub();
+        }
+    }
+
+    /// Issues the scrubber's next read: whole entries of one segment from where it stopped,
+    /// up to [`SCRUB_BYTES`]; back to the log start after the last entry.
+    fn plan_scrub(&mut self) {
+        let Some(store) = self.entries() else {
+            return;
+        };
+        let first = store.start().index + 1;
+        let mut next = self.scrub.next.max(first);
+        if next > store.last() {
+            next = first;
+        }
+        let Some(head) = store.meta(next).copied() else {
+            return;
+        };
+        let mut len = 0usize;
+        for (_, meta) in store.iter_from(next) {
+            if meta.segment_base != head.segment_base
+                || (len > 0 && len + meta.size as usize > SCRUB_BYTES)
+            {
+                break;
+            }
+            len += meta.size as usize;
+        }
+        let tag = SCRUB_TAG | self.next_tag;
+        self.next_tag += 1;
+        self.scrub.in_flight = Some((tag, next));
+        self.pending.reads.push(ReadRequest {
+            tag,
+            segment: SegmentId {
+                partition: self.tp.clone(),
+                base_offset: head.segment_base,
+            },
+            position: head.position,
+            len,
+        });
+    }
+
+    /// The scrubber's read came back: every entry in it must pass its CRC.
+    fn on_scrub_read(&mut self, tag: u64, result: Result<Bytes, String>) {
+        let Some((expected, first)) = self.scrub.in_flight else {
+            return;
+        };
+        if expected != tag {
+            return;
+        }
+        self.scrub.in_flight = None;
+        let Ok(bytes) = result else {
+            return; // Retention may have deleted the segment meanwhile; read on next time.
+        };
+        let Some(store) = self.entries() else {
+            return;
+        };
+        let (damaged, next) = damaged_in(store, first, &bytes);
+        self.scrub.next = next;
+        for index in damaged {
+            self.report_damage(index, "the scrubber");
+        }
+    }
+
+    /// This replica's copy of entry `index` fails its CRC (`found_by` says who saw it).
+    pub fn report_damage(&mut self, index: u64, found_by: &str) {
+        let State::Running(group) = &mut self.state else {
+            return;
+        };
+        if group.raw_ref().store().meta(index).is_none() || !self.damaged.insert(index) {
+            return;
+        }
+        self.rewrites.remove(&index);
+        warn!(partition = %self.tp, index, found_by, leader = group.is_leader(), "damaged entry on disk; repairing it from a peer");
+        if group.is_leader() {
+            step_aside(group, false);
+        }
+    }
+
+    /// A consumer's read found the batch at `offset` damaged on this disk.
+    pub fn report_damage_at(&mut self, offset: i64) {
+        if let Some(index) = self.entries().and_then(|s| s.index_of_offset(offset)) {
+            self.report_damage(index, "a fetch");
+        }
+    }
+
+    /// True if this replica knows of damaged entries it has not repaired yet.
+    pub fn is_damaged(&self) -> bool {
+        !self.damaged.is_empty()
     }
 
     /// Marks a new replica of a group that already has a history: it waits for a leader
@@ -299,26 +440,99 @@ impl Replica {
             }
             MessageType::MsgAppendResponse if message.reject => {
                 if let Some(pr) = group.raw().raft.mut_prs().get_mut(message.from) {
-                    if message.reject_hint < pr.matched {
-                        warn!(partition = %self.tp, follower = broker_of(message.from), held = message.reject_hint, acknowledged = pr.matched, "a follower lost entries it had acknowledged; resending them");
-                        pr.matched = message.reject_hint;
+                    let hint = message.reject_hint;
+                    if hint < pr.matched {
+                        warn!(partition = %self.tp, follower = broker_of(message.from), held = hint, acknowledged = pr.matched, "a follower lost entries it had acknowledged; resending them");
+                        pr.matched = hint;
+                        pr.become_probe();
+                    } else if hint == pr.matched && message.index == hint && pr.next_idx > hint + 1
+                    {
+                        // A follower asking for entries again from just past what it
+                        // acknowledged: it holds a damaged copy there (see `take_repairs`).
                         pr.become_probe();
                     }
                 }
             }
             _ => {}
         }
-        let leader_commit = matches!(
+        let from_leader = matches!(
             message.get_msg_type(),
             MessageType::MsgHeartbeat | MessageType::MsgAppend
-        )
-        .then_some(message.commit);
+        );
+        if from_leader && !self.damaged.is_empty() {
+            self.take_repairs(&message);
+        }
+        let State::Running(group) = &mut self.state else {
+            return;
+        };
+        let leader_commit = from_leader.then_some(message.commit);
         group.step(message);
         if let Some(commit) = leader_commit.filter(|_| self.catching_up) {
             if group.last_index() >= commit && group.committed() >= commit {
                 info!(partition = %self.tp, "replica caught up: it holds every committed entry");
                 self.catching_up = false;
             }
+        }
+    }
+
+    /// Repair, on a replica with damaged entries: the intact copies of them that the
+    /// leader's append carries are written back in place; for the first one still missing,
+    /// the leader is told to send from there (a rejection with that hint, which also lowers
+    /// its view of what this replica holds).
+    fn take_repairs(&mut self, message: &Message) {
+        let State::Running(group) = &mut self.state else {
+            return;
+        };
+        let store = group.raw_ref().store();
+        for entry in &message.entries {
+            if !self.damaged.contains(&entry.index) || self.rewrites.contains_key(&entry.index) {
+                continue;
+            }
+            let Some(meta) = store.meta(entry.index).filter(|m| m.term == entry.term) else {
+                continue;
+            };
+            let mut bytes = entry_batch(entry);
+            batch::stamp_base_offset(&mut bytes, meta.base_offset);
+            batch::stamp_leader_epoch(&mut bytes, entry.term as i32);
+            let intact = BatchView::split_first(&bytes)
+                .is_ok_and(|(view, rest)| rest.is_empty() && view.crc_ok());
+            if !intact || bytes.len() != meta.size as usize {
+                warn!(partition = %self.tp, index = entry.index, "the leader's copy of a damaged entry does not fit it; not written");
+                continue;
+            }
+            if is_planted(Canary::SkipFollowerRepair) {
+                continue;
+            }
+            self.pending.ops.push(StorageOp::Rewrite {
+                segment: SegmentId {
+                    partition: self.tp.clone(),
+                    base_offset: meta.segment_base,
+                },
+                position: meta.position,
+                data: bytes.freeze(),
+            });
+            self.rewrites.insert(entry.index, None);
+            info!(partition = %self.tp, index = entry.index, "damaged entry rewritten from the leader's copy");
+        }
+        let missing = self
+            .damaged
+            .iter()
+            .copied()
+            .find(|i| !self.rewrites.contains_key(i));
+        if let Some(first) = missing {
+            let hint = first - 1;
+            let mut reject = Message {
+                to: message.from,
+                from: message.to,
+                term: message.term,
+                index: hint,
+                reject: true,
+                reject_hint: hint,
+                log_term: store.term(hint).unwrap_or(0),
+                ..Default::default()
+            };
+            reject.set_msg_type(MessageType::MsgAppendResponse);
+            self.pending.messages.push(reject);
         }
     }
 
@@ -476,6 +690,8 @@ impl Replica {
             .map(|(i, _)| i)
             .last()?;
         log.compact_to(index);
+        self.damaged.retain(|&i| i > index);
+        self.rewrites.retain(|&i, _| i > index);
         let snapshot = log.start().to_snapshot(log.conf_state());
         Some(self.save(RaftPersist {
             snapshot: Some(snapshot),
@@ -483,8 +699,16 @@ impl Replica {
         }))
     }
 
-    /// A sync finished: readies waiting for it count as persisted now.
+    /// A sync finished: readies waiting for it count as persisted now, and entries
+    /// rewritten before it are whole again.
     pub fn on_synced(&mut self, token: u64) {
+        self.rewrites.retain(|index, synced_by| {
+            let durable = synced_by.is_some_and(|t| t <= token);
+            if durable {
+                self.damaged.remove(index);
+            }
+            !durable
+        });
         if let State::Running(group) = &mut self.state {
             release(
                 group,
@@ -501,6 +725,9 @@ impl Replica {
             loader.on_read(tag, log, result, &mut self.pending.ops);
             return self.continue_loading(log);
         }
+        if tag & SCRUB_TAG != 0 {
+            return self.on_scrub_read(tag, result);
+        }
         let State::Running(group) = &mut self.state else {
             return;
         };
@@ -514,10 +741,12 @@ impl Replica {
                 return;
             }
         };
-        // Slice by the entry table, not by parsing: the table knows each batch's extent,
-        // and a damaged copy on this disk is still sent (the follower re-stamps offset and
-        // epoch; a damaged payload stays detectable by its CRC, as for any damaged copy).
+        // Slice by the entry table, not by parsing: the table knows each batch's extent.
+        // A damaged copy is never sent: the read stops before it, and this leader steps
+        // aside for a replica that holds it intact.
         let low = tag;
+        let (damaged, _) = damaged_in(group.raw_ref().store(), low, &bytes);
+        let first_damaged = damaged.first().copied();
         let store = group.raw().mut_store();
         let mut at = 0usize;
         for index in low.. {
@@ -525,7 +754,7 @@ impl Replica {
                 break;
             };
             let end = at + meta.size as usize;
-            if end > bytes.len() {
+            if end > bytes.len() || Some(index) == first_damaged {
                 break;
             }
             if meta.kind == EntryKind::Data {
@@ -533,6 +762,17 @@ impl Replica {
             }
             at = end;
         }
+        if let Some(index) = first_damaged {
+            self.report_damage(index, "a read for a follower");
+            let State::Running(group) = &mut self.state else {
+                return;
+            };
+            group.raw().mut_store().clear_fetched();
+            return;
+        }
+        let State::Running(group) = &mut self.state else {
+            return;
+        };
         if at == 0 {
             // Nothing usable (the file is shorter than the table says): asking raft-rs to
             // retry now would read the same again; its next heartbeat round asks anew.
@@ -564,9 +804,16 @@ impl Replica {
                 if !ready.snapshot().is_empty() {
                     let snapshot = ready.snapshot().clone();
                     install_snapshot(&self.tp, group, log, snapshot, &mut self.pending.ops);
+                    self.damaged.clear();
+                    self.rewrites.clear();
                 }
                 let entries = ready.take_entries();
                 let wrote = !entries.is_empty();
+                if let Some(first) = entries.first().map(|e| e.index) {
+                    // Entries from here on are replaced: whatever was damaged there is gone.
+                    self.damaged.split_off(&first);
+                    self.rewrites.split_off(&first);
+                }
                 if wrote {
                     write_entries(
                         group,
@@ -616,6 +863,27 @@ impl Replica {
                 );
             }
             group.redraw_election_timeout();
+            // Rewrites issued since the last drive become durable with this drive's sync.
+            for synced_by in self.rewrites.values_mut().filter(|t| t.is_none()) {
+                *synced_by = sync_token;
+            }
+            if sync_token.is_none() {
+                let done: Vec<u64> = self.rewrites.keys().copied().collect();
+                self.rewrites.clear();
+                for index in done {
+                    self.damaged.remove(&index);
+                }
+            }
+            // A damaged copy never counts towards a quorum: acknowledge only what precedes it.
+            if let Some(&first) = self.damaged.first() {
+                if !is_planted(Canary::CountDamagedEntry) {
+                    for m in &mut self.pending.messages {
+                        if m.get_msg_type() == MessageType::MsgAppendResponse && !m.reject {
+                            m.index = m.index.min(first - 1);
+                        }
+                    }
+                }
+            }
             let store = group.raw_ref().store();
             let committed = group.committed().min(store.last());
             if let Some(meta) = store.meta(committed) {
@@ -696,8 +964,13 @@ impl Replica {
         let State::Loading(loader) = std::mem::replace(&mut self.state, placeholder) else {
             unreachable!("checked above");
         };
-        let (entry_log, fixes, lost) = loader.finish(log);
+        let (entry_log, fixes, lost, damaged) = loader.finish(log);
         self.catching_up |= lost;
+        if is_planted(Canary::ForgetDamageOnLoad) {
+            // The damaged entries are served as they are, by whichever replica leads.
+        } else {
+            self.damaged.extend(damaged);
+        }
         self.pending.ops.extend(fixes);
         let group_config = GroupConfig {
             id: raft_id(self.config.broker),
@@ -804,13 +1077,7 @@ fn write_entries(
     }
     for entry in entries {
         let membership = entry.get_entry_type() != EntryType::EntryNormal;
-        let mut bytes = if membership {
-            batch::control_batch(batch::MEMBERSHIP_CONTROL_TYPE, Some(&entry.data))
-        } else if entry.data.is_empty() {
-            batch::leader_change_batch()
-        } else {
-            BytesMut::from(&entry.data[..])
-        };
+        let mut bytes = entry_batch(&entry);
         let (delta, max_timestamp, kind) = match BatchView::split_first(&bytes) {
             Ok((view, [])) => (
                 view.last_offset_delta().max(0),
@@ -913,4 +1180,68 @@ fn install_snapshot(
             ..Default::default()
         }),
     });
+}
+
+/// The damaged entries among those a read from entry `first` on holds whole, and the entry
+/// after the last whole one.
+fn damaged_in(store: &EntryLog, first: u64, bytes: &[u8]) -> (Vec<u64>, u64) {
+    let mut damaged = Vec::new();
+    let mut at = 0usize;
+    let mut next = first;
+    for (index, meta) in store.iter_from(first) {
+        let end = at + meta.size as usize;
+        let Some(frame) = bytes.get(at..end) else {
+            break;
+        };
+        let intact = BatchView::split_first(frame).is_ok_and(|(view, rest)| {
+            rest.is_empty() && view.crc_ok() && view.base_offset() == meta.base_offset
+        });
+        if !intact {
+            damaged.push(index);
+        }
+        at = end;
+        next = index + 1;
+    }
+    (damaged, next)
+}
+
+/// A leader that holds a damaged entry hands leadership to a voter that holds everything
+/// (it cannot send that entry to anyone), or else (or if `now`) steps down and lets the
+/// others elect.
+fn step_aside(group: &mut RaftGroup<EntryLog>, now: bool) {
+    if !group.is_leader() || (!now && group.raw_ref().raft.lead_transferee.is_some()) {
+        return;
+    }
+    let last = group.last_index();
+    let me = raft_id_of(group);
+    let raft = &group.raw_ref().raft;
+    let voters = raft.prs().conf().voters().ids();
+    let successor = raft
+        .prs()
+        .iter()
+        .filter(|(id, pr)| **id != me && voters.contains(**id) && pr.matched >= last)
+        .map(|(id, _)| *id)
+        .min();
+    match successor.filter(|_| !now) {
+        Some(id) => group.raw().transfer_leader(id),
+        None => {
+            let term = group.term();
+            group.raw().raft.become_follower(term, raft::INVALID_ID);
+        }
+    }
+}
+
+fn raft_id_of(group: &RaftGroup<EntryLog>) -> u64 {
+    group.raw_ref().raft.id
+}
+
+/// The batch an entry stands for, before its offset and epoch are stamped.
+fn entry_batch(entry: &raft::eraftpb::Entry) -> BytesMut {
+    if entry.get_entry_type() != EntryType::EntryNormal {
+        batch::control_batch(batch::MEMBERSHIP_CONTROL_TYPE, Some(&entry.data))
+    } else if entry.data.is_empty() {
+        batch::leader_change_batch()
+    } else {
+        BytesMut::from(&entry.data[..])
+    }
 }

@@ -313,10 +313,13 @@ impl FileStorage {
         Ok(())
     }
 
+    /// Recovers one partition's segments; `replicated`: it has Raft state, so damaged
+    /// batches are kept for its replica to repair (see `SegmentScanner::keeping_damaged`).
     fn recover_one(
         &mut self,
         tp: &TopicPartition,
         index_interval: u32,
+        replicated: bool,
     ) -> anyhow::Result<Vec<seedlog_core::log::Segment>> {
         let dir = self.partition_dir(tp);
         let mut found = Vec::new();
@@ -334,6 +337,7 @@ impl FileStorage {
                 };
                 found.push(FoundSegment {
                     base_offset,
+                    next_base: None,
                     len,
                     index,
                 });
@@ -343,7 +347,8 @@ impl FileStorage {
         let mut scan_error = None;
         let plan = recover_partition(found, |f| {
             let path = dir.join(format!("{:020}.log", f.base_offset));
-            scan_file(&path, f.base_offset, index_interval, max_batch).unwrap_or_else(|e| {
+            let scan = scan_file(&path, f, index_interval, max_batch, replicated);
+            scan.unwrap_or_else(|e| {
                 scan_error = Some(e);
                 SegmentScanner::new(f.base_offset, index_interval, max_batch).finish(0)
             })
@@ -398,13 +403,15 @@ impl Storage for FileStorage {
     fn recover(&mut self, index_interval: u32) -> anyhow::Result<Recovered> {
         let topics = self.load_topics()?;
         self.remove_orphans(&topics)?;
+        let replicas = self.load_replicas()?;
         let mut recovered = Vec::new();
         for (name, record) in topics {
             let topic: Arc<str> = Arc::from(name.as_str());
             let mut partitions = Vec::new();
             for index in 0..record.partitions {
-                partitions
-                    .push(self.recover_one(&TopicPartition::new(&topic, index), index_interval)?);
+                let tp = TopicPartition::new(&topic, index);
+                let replicated = replicas.contains_key(&tp);
+                partitions.push(self.recover_one(&tp, index_interval, replicated)?);
             }
             let segments: usize = partitions.iter().map(Vec::len).sum();
             info!(topic = %name, partitions = record.partitions, segments, "recovered topic");
@@ -418,7 +425,7 @@ impl Storage for FileStorage {
         Ok(Recovered {
             topics: recovered,
             quorum: self.load_quorum()?,
-            replicas: self.load_replicas()?,
+            replicas,
         })
     }
 
@@ -471,6 +478,24 @@ impl Storage for FileStorage {
                     }
                     _ => {}
                 }
+            }
+            StorageOp::Rewrite {
+                segment,
+                position,
+                data,
+            } => {
+                // A handle of its own: the cached one is O_APPEND, and Linux's pwrite on
+                // such a file writes at the end whatever the offset. The next sync of the
+                // segment (through the cached handle: fdatasync is per file) makes it durable.
+                use std::os::unix::fs::FileExt as _;
+                let path = self.segment_path(&segment, "log");
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|file| file.write_all_at(&data, position))
+                    .with_context(|| {
+                        format!("repairing a batch of {} at {position}", path.display())
+                    })?;
             }
             StorageOp::DeletePartition(tp) => {
                 self.remove_replica(&tp)?;
@@ -637,14 +662,17 @@ fn read_at(file: &File, position: u64, len: usize) -> anyhow::Result<Bytes> {
 /// Scans one segment file in chunks; see [`SegmentScanner`].
 fn scan_file(
     path: &Path,
-    base_offset: i64,
+    found: &FoundSegment,
     index_interval: u32,
     max_batch: usize,
+    replicated: bool,
 ) -> anyhow::Result<seedlog_core::recovery::ScanResult> {
     let file =
         File::open(path).with_context(|| format!("opening {} for recovery", path.display()))?;
     let len = file.metadata()?.len();
-    let mut scanner = SegmentScanner::new(base_offset, index_interval, max_batch);
+    let mut scanner = SegmentScanner::new(found.base_offset, index_interval, max_batch)
+        .keeping_damaged(replicated)
+        .with_successor(len, found.next_base);
     let mut pending: Vec<u8> = Vec::new();
     let mut read_pos = 0u64;
     while read_pos < len && !scanner.is_stopped() {
