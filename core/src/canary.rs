@@ -32,19 +32,17 @@ pub enum Canary {
     ReuseGeneration,
     /// Group members that stop heartbeating, or miss a join phase, are never removed.
     KeepDeadMembers,
-    /// A replica's start-up forgets the entries it found damaged: they stay in its log,
-    /// unrepaired, and it serves them once it leads.
-    ForgetDamageOnLoad,
-    /// A replica with a damaged entry still acknowledges it and stands for election, as if
-    /// its copy were whole.
-    CountDamagedEntry,
+    /// A replica trusts the batches on its own disk: start-up forgets those it found
+    /// damaged, the scrubber finds nothing, and a leader sends what it reads to followers
+    /// unchecked (only a consumer's fetch still checks CRCs).
+    TrustRecoveredBatches,
     /// A follower never writes back the intact copy of a damaged entry its leader resends.
     SkipFollowerRepair,
 }
 
 impl Canary {
     /// Every canary, in a stable order.
-    pub const ALL: [Canary; 15] = [
+    pub const ALL: [Canary; 14] = [
         Canary::AckBeforeFsync,
         Canary::SkipRecoveryCrc,
         Canary::ReadAboveHighWatermark,
@@ -57,8 +55,7 @@ impl Canary {
         Canary::AcceptStaleCommit,
         Canary::ReuseGeneration,
         Canary::KeepDeadMembers,
-        Canary::ForgetDamageOnLoad,
-        Canary::CountDamagedEntry,
+        Canary::TrustRecoveredBatches,
         Canary::SkipFollowerRepair,
     ];
 
@@ -77,8 +74,7 @@ impl Canary {
             Canary::AcceptStaleCommit => "accept-stale-commit",
             Canary::ReuseGeneration => "reuse-generation",
             Canary::KeepDeadMembers => "keep-dead-members",
-            Canary::ForgetDamageOnLoad => "forget-damage-on-load",
-            Canary::CountDamagedEntry => "count-damaged-entry",
+            Canary::TrustRecoveredBatches => "trust-recovered-batches",
             Canary::SkipFollowerRepair => "skip-follower-repair",
         }
     }
@@ -100,8 +96,7 @@ impl Canary {
             Canary::AcceptStaleCommit => "offset commits from fenced members are accepted",
             Canary::ReuseGeneration => "a rebalance does not bump the generation",
             Canary::KeepDeadMembers => "dead group members are never removed",
-            Canary::ForgetDamageOnLoad => "a replica serves the damaged batches recovery found",
-            Canary::CountDamagedEntry => "a damaged copy counts towards the quorum",
+            Canary::TrustRecoveredBatches => "a leader serves the damaged batches recovery kept",
             Canary::SkipFollowerRepair => "a follower's damaged batch is never repaired",
         }
     }

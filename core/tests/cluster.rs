@@ -734,6 +734,121 @@ fn a_follower_that_lost_acknowledged_batches_to_corruption_is_repaired_not_crash
     assert_eq!(offsets.len(), 40, "every acknowledged record: {offsets:?}");
 }
 
+/// Flips one bit inside the CRC-covered body of the `nth` batch of partition `r`-0 on
+/// `broker`'s disk; returns that batch's base offset.
+fn damage_batch(cluster: &mut Cluster, broker: i32, nth: usize) -> i64 {
+    let disk = &mut cluster.nodes.get_mut(&broker).unwrap().disk;
+    let id = disk.segment_ids_of("r", 0)[0].clone();
+    let bytes = disk.segment_bytes_mut(&id).unwrap();
+    let mut at = 0;
+    for _ in 0..nth {
+        let len = u32::from_be_bytes(bytes[at + 8..at + 12].try_into().unwrap());
+        at += 12 + len as usize;
+    }
+    let len = u32::from_be_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+    bytes[at + 12 + len - 1] ^= 0x10; // the last byte of its last record
+    i64::from_be_bytes(bytes[at..at + 8].try_into().unwrap())
+}
+
+/// The bytes of partition `r`-0 on `broker`'s disk.
+fn log_bytes(cluster: &Cluster, broker: i32) -> Vec<u8> {
+    let disk = &cluster.nodes[&broker].disk;
+    let id = disk.segment_ids_of("r", 0)[0].clone();
+    disk.segment(&id).unwrap().to_vec()
+}
+
+/// A trio whose partition `r` holds ten acknowledged batches of four records.
+fn trio_with_ten_batches() -> (Cluster, i32) {
+    let (mut cluster, leader, _) = replicated_trio();
+    for _ in 0..10 {
+        assert_eq!(cluster.produce(leader, "r", -1, 4).0, 0);
+    }
+    cluster.advance(500);
+    (cluster, leader)
+}
+
+#[test]
+fn a_follower_repairs_a_damaged_batch_in_place_from_its_leader() {
+    let (mut cluster, leader) = trio_with_ten_batches();
+    let victim = (1..=3).find(|&id| id != leader).unwrap();
+    let intact = log_bytes(&cluster, leader);
+    damage_batch(&mut cluster, victim, 3);
+    assert_ne!(log_bytes(&cluster, victim), intact);
+    // Start-up finds the bad CRC: the batch stays in place (the log is not cut) and the
+    // leader's copy is written over it.
+    cluster.restart(victim);
+    let end = cluster.nodes[&victim]
+        .broker
+        .log("r", 0)
+        .unwrap()
+        .log_end_offset();
+    assert_eq!(
+        end,
+        40 + 1,
+        "nothing cut: 10 batches and the leader's marker"
+    );
+    cluster.advance(2_000);
+    assert_eq!(
+        &log_bytes(&cluster, victim)[..intact.len()],
+        &intact[..],
+        "repaired byte for byte"
+    );
+    // And it can lead with every record once the old leader is gone.
+    cluster.cut.insert(leader);
+    cluster.advance(3_000);
+    let (now_leading, _) = cluster.leader(victim, "r");
+    assert_ne!(now_leading, leader);
+    let (error, offsets) = cluster.fetch(now_leading, "r", 0);
+    assert_eq!((error, offsets.len()), (0, 40), "{offsets:?}");
+}
+
+#[test]
+fn a_leader_that_finds_a_damaged_batch_steps_aside_and_is_repaired() {
+    let (mut cluster, leader) = trio_with_ten_batches();
+    let intact = log_bytes(&cluster, leader);
+    let offset = damage_batch(&mut cluster, leader, 5);
+    let elections_before = cluster.elections.len();
+    // A consumer's fetch finds the damage: the client is sent elsewhere, not given it.
+    let (error, offsets) = cluster.fetch(leader, "r", offset);
+    assert_eq!(error, 6, "NOT_LEADER_OR_FOLLOWER, got {offsets:?}");
+    cluster.advance(1_000);
+    let successors: Vec<i32> = cluster.elections[elections_before..]
+        .iter()
+        .map(|(broker, _)| *broker)
+        .collect();
+    assert!(
+        successors.iter().any(|&b| b != leader),
+        "another replica took over: {successors:?}"
+    );
+    // Once repaired it may lead again (it is the preferred replica): either way, every
+    // record is served.
+    cluster.advance(5_000);
+    let (now_leading, _) = cluster.leader(leader, "r");
+    let (error, offsets) = cluster.fetch(now_leading, "r", 0);
+    assert_eq!((error, offsets.len()), (0, 40), "{offsets:?}");
+    // Its log grew by the new terms' leader markers; what it held is whole again.
+    let repaired = log_bytes(&cluster, leader);
+    assert_eq!(
+        &repaired[..intact.len()],
+        &intact[..],
+        "the old leader repaired its copy"
+    );
+}
+
+#[test]
+fn the_scrubber_finds_damage_nobody_reads_and_it_is_repaired() {
+    let (mut cluster, leader) = trio_with_ten_batches();
+    let victim = (1..=3).find(|&id| id != leader).unwrap();
+    let intact = log_bytes(&cluster, leader);
+    damage_batch(&mut cluster, victim, 7);
+    cluster.advance(3_000);
+    assert_eq!(
+        log_bytes(&cluster, victim),
+        intact,
+        "repaired without a restart or a read"
+    );
+}
+
 #[test]
 fn a_partition_moves_to_a_new_broker_without_losing_a_record() {
     let (mut cluster, leader, _) = replicated_trio();

@@ -59,6 +59,8 @@ fn every_scenario_replays_bit_for_bit() {
 }
 
 /// Each canary bug, the scenario that should expose it, and how many seeds it may take.
+/// Only a checker's verdict counts as caught (exit 1, a safety violation, or 2, a liveness
+/// failure), never a crash.
 const CANARY_HUNTS: &[(&str, &str, u64)] = &[
     ("ack-before-fsync", "crash-restart", 5),
     ("read-above-hw", "slow-disk", 5),
@@ -72,6 +74,8 @@ const CANARY_HUNTS: &[(&str, &str, u64)] = &[
     ("accept-stale-commit", "groups", 5),
     ("reuse-generation", "groups", 5),
     ("keep-dead-members", "groups", 5),
+    ("trust-recovered-batches", "cluster3-bit-flip", 20),
+    ("skip-follower-repair", "cluster3-bit-flip", 20),
 ];
 
 #[test]
@@ -89,8 +93,8 @@ fn every_canary_is_caught_within_a_few_seeds() {
         );
     }
     for (canary, scenario_name, seeds) in CANARY_HUNTS {
-        let caught =
-            (1..=*seeds).find(|seed| run(scenario_name, *seed, &["--canary", canary]).0 != 0);
+        let caught = (1..=*seeds)
+            .find(|seed| matches!(run(scenario_name, *seed, &["--canary", canary]).0, 1 | 2));
         assert!(
             caught.is_some(),
             "canary {canary} survived {seeds} seeds of {scenario_name}"
@@ -162,6 +166,15 @@ const REGRESSIONS: &[(&str, u64)] = &[
     // The group-settles check once required a new generation after the heal and failed a
     // group that had settled before it and stayed settled.
     ("groups", 1),
+    // Found while building protocol-aware repair. A follower's request to resend from its
+    // damaged entry was dropped as stale by a leader that had never seen it acknowledge
+    // more; a damaged batch's flipped record count shifted every later offset of the
+    // replica; a leader whose handover did not take kept leading with a damaged entry; the
+    // final read gave up when a damaged leader stepped aside and no leader was known yet.
+    ("cluster5-swarm", 500018),
+    ("cluster5-swarm", 500047),
+    ("cluster5-swarm", 500050),
+    ("cluster3-bit-flip", 26),
 ];
 
 #[test]

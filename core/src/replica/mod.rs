@@ -285,7 +285,7 @@ impl Replica {
     /// caught up or repaired.
     pub fn tick(&mut self) {
         if let State::Running(group) = &mut self.state {
-            let damaged = !self.damaged.is_empty() && !is_planted(Canary::CountDamagedEntry);
+            let damaged = !self.damaged.is_empty();
             if (!self.catching_up && !damaged) || group.is_leader() {
                 group.tick();
             }
@@ -358,8 +358,11 @@ impl Replica {
         let Some(store) = self.entries() else {
             return;
         };
-        let (damaged, next) = damaged_in(store, first, &bytes);
+        let (mut damaged, next) = damaged_in(store, first, &bytes);
         self.scrub.next = next;
+        if is_planted(Canary::TrustRecoveredBatches) {
+            damaged.clear();
+        }
         for index in damaged {
             self.report_damage(index, "the scrubber");
         }
@@ -746,7 +749,10 @@ impl Replica {
         // aside for a replica that holds it intact.
         let low = tag;
         let (damaged, _) = damaged_in(group.raw_ref().store(), low, &bytes);
-        let first_damaged = damaged.first().copied();
+        let first_damaged = damaged
+            .first()
+            .copied()
+            .filter(|_| !is_planted(Canary::TrustRecoveredBatches));
         let store = group.raw().mut_store();
         let mut at = 0usize;
         for index in low.. {
@@ -876,11 +882,9 @@ impl Replica {
             }
             // A damaged copy never counts towards a quorum: acknowledge only what precedes it.
             if let Some(&first) = self.damaged.first() {
-                if !is_planted(Canary::CountDamagedEntry) {
-                    for m in &mut self.pending.messages {
-                        if m.get_msg_type() == MessageType::MsgAppendResponse && !m.reject {
-                            m.index = m.index.min(first - 1);
-                        }
+                for m in &mut self.pending.messages {
+                    if m.get_msg_type() == MessageType::MsgAppendResponse && !m.reject {
+                        m.index = m.index.min(first - 1);
                     }
                 }
             }
@@ -966,9 +970,7 @@ impl Replica {
         };
         let (entry_log, fixes, lost, damaged) = loader.finish(log);
         self.catching_up |= lost;
-        if is_planted(Canary::ForgetDamageOnLoad) {
-            // The damaged entries are served as they are, by whichever replica leads.
-        } else {
+        if !is_planted(Canary::TrustRecoveredBatches) {
             self.damaged.extend(damaged);
         }
         self.pending.ops.extend(fixes);

@@ -132,10 +132,22 @@ pub async fn final_read(ctx: &Ctx) -> Result<(), String> {
         while position < latest {
             let positions = BTreeMap::from([(partition.clone(), position)]);
             let request = fetch_request(&client, &positions, 0);
-            let response = call_partition(&mut client, &partition, ApiKey::Fetch, 12, request)
+            // No leader known for a moment (a damaged leader stepped aside, a broker just
+            // back is still fenced) is a stall like any other, not the end of the read.
+            let fetched = call_partition(&mut client, &partition, ApiKey::Fetch, 12, request)
                 .await
-                .map_err(|e| format!("{e:?}"))?;
-            match parse_fetch(response).remove(&partition) {
+                .map_err(|e| format!("{e:?}"));
+            let fetched = match fetched {
+                Ok(response) => parse_fetch(response).remove(&partition),
+                Err(e) if stalls < 250 => {
+                    stalls += 1;
+                    tracing::debug!(error = %e, "final read: no answer yet");
+                    sleep_ms(20).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match fetched {
                 Some(Fetched::Records(records, _)) if !records.is_empty() => {
                     let from = position;
                     for (offset, value) in records.into_iter().filter(|(o, _)| *o >= from) {
