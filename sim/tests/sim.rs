@@ -175,6 +175,10 @@ const REGRESSIONS: &[(&str, u64)] = &[
     ("cluster5-swarm", 500047),
     ("cluster5-swarm", 500050),
     ("cluster3-bit-flip", 26),
+    // A controller's snapshot to a deposed controller was lost with a redialled link; the
+    // leader waited for its answer for good and sent only heartbeats (lost snapshots are
+    // now retried after two election timeouts).
+    ("cluster5-swarm", 85),
 ];
 
 #[test]

@@ -14,6 +14,8 @@
 
 pub mod memlog;
 
+use std::collections::BTreeMap;
+
 use raft::eraftpb::{ConfChangeV2, ConfState, Entry, Message, Snapshot};
 use raft::{RawNode, StateRole, Storage};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -78,6 +80,8 @@ pub struct RaftGroup<S: Storage = MemLog> {
     election_ticks: usize,
     /// (term, role, leader) when the election timeout was last drawn.
     drawn_for: (u64, StateRole, u64),
+    /// Ticks each follower has waited in raft-rs's snapshot state, on a leader.
+    snapshot_waits: BTreeMap<u64, usize>,
 }
 
 impl<S: Storage> RaftGroup<S> {
@@ -106,6 +110,7 @@ impl<S: Storage> RaftGroup<S> {
             rng: ChaCha8Rng::seed_from_u64(config.seed ^ config.id.rotate_left(32)),
             election_ticks: config.election_ticks,
             drawn_for: (u64::MAX, StateRole::Follower, 0),
+            snapshot_waits: BTreeMap::new(),
         };
         group.redraw_election_timeout();
         Ok(group)
@@ -145,6 +150,36 @@ impl<S: Storage> RaftGroup<S> {
     pub fn tick(&mut self) {
         self.node.tick();
         self.redraw_election_timeout();
+        self.retry_lost_snapshots();
+    }
+
+    /// A leader that sent a follower a snapshot waits (raft-rs's snapshot state: only
+    /// heartbeats) until the follower acknowledges it or the owner reports it failed. Peer
+    /// frames can be lost (a link redialled drops what it held), so a snapshot unanswered
+    /// for two election timeouts counts as failed and is sent again. (Simulator:
+    /// cluster5-swarm seed 85, where a deposed controller heard only heartbeats for good.)
+    fn retry_lost_snapshots(&mut self) {
+        if !self.is_leader() {
+            self.snapshot_waits.clear();
+            return;
+        }
+        let waiting: Vec<u64> = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(_, pr)| pr.state == raft::ProgressState::Snapshot)
+            .map(|(id, _)| *id)
+            .collect();
+        self.snapshot_waits.retain(|id, _| waiting.contains(id));
+        for id in waiting {
+            let ticks = self.snapshot_waits.entry(id).or_default();
+            *ticks += 1;
+            if *ticks > 2 * self.election_ticks {
+                self.snapshot_waits.remove(&id);
+                self.node.report_snapshot(id, raft::SnapshotStatus::Failure);
+            }
+        }
     }
 
     /// A message from a peer. Malformed or stale messages are ignored (raft-rs logs them).
