@@ -376,7 +376,6 @@ impl Replica {
         if group.raw_ref().store().meta(index).is_none() || !self.damaged.insert(index) {
             return;
         }
-        self.rewrites.remove(&index);
         warn!(partition = %self.tp, index, found_by, leader = group.is_leader(), "damaged entry on disk; repairing it from a peer");
         if group.is_leader() {
             step_aside(group, false);
@@ -388,11 +387,6 @@ impl Replica {
         if let Some(index) = self.entries().and_then(|s| s.index_of_offset(offset)) {
             self.report_damage(index, "a fetch");
         }
-    }
-
-    /// True if this replica knows of damaged entries it has not repaired yet.
-    pub fn is_damaged(&self) -> bool {
-        !self.damaged.is_empty()
     }
 
     /// Marks a new replica of a group that already has a history: it waits for a leader
@@ -428,17 +422,7 @@ impl Replica {
                 // draw a rejection by themselves, so answer with one: the leader's own
                 // repair (below, on its side) then resends from what is really here.
                 message.commit = last;
-                let mut reject = Message {
-                    to: message.from,
-                    from: message.to,
-                    term: message.term,
-                    index: last,
-                    reject: true,
-                    reject_hint: last,
-                    log_term: group.raw_ref().store().term(last).unwrap_or(0),
-                    ..Default::default()
-                };
-                reject.set_msg_type(MessageType::MsgAppendResponse);
+                let reject = resend_from(&message, group.raw_ref().store(), last);
                 self.pending.messages.push(reject);
             }
             MessageType::MsgAppendResponse if message.reject => {
@@ -523,19 +507,9 @@ impl Replica {
             .copied()
             .find(|i| !self.rewrites.contains_key(i));
         if let Some(first) = missing {
-            let hint = first - 1;
-            let mut reject = Message {
-                to: message.from,
-                from: message.to,
-                term: message.term,
-                index: hint,
-                reject: true,
-                reject_hint: hint,
-                log_term: store.term(hint).unwrap_or(0),
-                ..Default::default()
-            };
-            reject.set_msg_type(MessageType::MsgAppendResponse);
-            self.pending.messages.push(reject);
+            self.pending
+                .messages
+                .push(resend_from(message, store, first - 1));
         }
     }
 
@@ -1215,7 +1189,7 @@ fn step_aside(group: &mut RaftGroup<EntryLog>, now: bool) {
         return;
     }
     let last = group.last_index();
-    let me = raft_id_of(group);
+    let me = group.id();
     let raft = &group.raw_ref().raft;
     let voters = raft.prs().conf().voters().ids();
     let successor = raft
@@ -1233,8 +1207,22 @@ fn step_aside(group: &mut RaftGroup<EntryLog>, now: bool) {
     }
 }
 
-fn raft_id_of(group: &RaftGroup<EntryLog>) -> u64 {
-    group.raw_ref().raft.id
+/// The rejection that asks the leader of `message` to send entries again from just after
+/// `held`: the index this replica holds whole (raft-rs's leader probes from there once it
+/// lowers its view of this follower; see the repairs in [`Replica::step`]).
+fn resend_from(message: &Message, store: &EntryLog, held: u64) -> Message {
+    let mut reject = Message {
+        to: message.from,
+        from: message.to,
+        term: message.term,
+        index: held,
+        reject: true,
+        reject_hint: held,
+        log_term: store.term(held).unwrap_or(0),
+        ..Default::default()
+    };
+    reject.set_msg_type(MessageType::MsgAppendResponse);
+    reject
 }
 
 /// The batch an entry stands for, before its offset and epoch are stamped.
