@@ -21,6 +21,8 @@ const LAST_OFFSET_DELTA_OFFSET: usize = 23;
 const BASE_TIMESTAMP_OFFSET: usize = 27;
 const MAX_TIMESTAMP_OFFSET: usize = 35;
 const PRODUCER_ID_OFFSET: usize = 43;
+const PRODUCER_EPOCH_OFFSET: usize = 51;
+const BASE_SEQUENCE_OFFSET: usize = 53;
 const RECORD_COUNT_OFFSET: usize = 57;
 
 const COMPRESSION_MASK: i16 = 0x07;
@@ -141,6 +143,14 @@ impl<'a> BatchView<'a> {
     /// Idempotent producer id, -1 if none.
     pub fn producer_id(&self) -> i64 {
         read_i64(self.bytes, PRODUCER_ID_OFFSET)
+    }
+    /// Idempotent producer epoch.
+    pub fn producer_epoch(&self) -> i16 {
+        read_i16(self.bytes, PRODUCER_EPOCH_OFFSET)
+    }
+    /// Sequence number of the first record, -1 if none.
+    pub fn base_sequence(&self) -> i32 {
+        read_i32(self.bytes, BASE_SEQUENCE_OFFSET)
     }
     /// Declared number of records.
     pub fn record_count(&self) -> i32 {

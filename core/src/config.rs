@@ -169,6 +169,9 @@ pub struct BrokerConfig {
     pub cluster: crate::cluster::ClusterConfig,
     /// Consumer group coordination.
     pub groups: crate::group::GroupConfig,
+    /// `producer.id.expiration.ms`: a producer that wrote nothing to a partition for this
+    /// long is forgotten there (a later batch of it may start at any sequence).
+    pub producer_id_expiration_ms: i64,
 }
 
 impl Default for BrokerConfig {
@@ -187,6 +190,7 @@ impl Default for BrokerConfig {
             fetch_max_bytes: 55 * 1024 * 1024,
             cluster: crate::cluster::ClusterConfig::default(),
             groups: crate::group::GroupConfig::default(),
+            producer_id_expiration_ms: 24 * 3600 * 1000,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod consensus;
 pub mod group;
 pub mod log;
 pub mod memdisk;
+pub mod producer;
 pub mod recovery;
 pub mod replica;
 pub mod storage;

@@ -9,6 +9,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::canary::{is_planted, Canary};
 use crate::config::TopicConfig;
+use crate::producer::ProducerTable;
 use crate::storage::{SegmentId, StorageOp, TopicPartition};
 
 /// A sparse index entry: the batch at `position` starts at `offset`; `max_timestamp` is the
@@ -198,6 +199,8 @@ pub struct PartitionLog {
     high_watermark: i64,
     /// Segment base and byte position where the committed prefix ends.
     committed_end: (i64, u64),
+    /// What idempotent producers wrote here, derived from the batches as they are written.
+    producers: ProducerTable,
 }
 
 impl PartitionLog {
@@ -223,7 +226,18 @@ impl PartitionLog {
             log_start_offset: first,
             high_watermark,
             committed_end,
+            producers: ProducerTable::new(),
         }
+    }
+
+    /// What idempotent producers wrote to this log.
+    pub fn producers(&self) -> &ProducerTable {
+        &self.producers
+    }
+
+    /// The producer table, for whoever writes batches to this log.
+    pub fn producers_mut(&mut self) -> &mut ProducerTable {
+        &mut self.producers
     }
 
     /// The partition this log holds.
@@ -313,6 +327,7 @@ impl PartitionLog {
         self.log_start_offset = offset;
         self.high_watermark = offset;
         self.committed_end = (offset, 0);
+        self.producers = ProducerTable::new();
     }
 
     /// Deletes the segments that end at or before `offset` (never the active one).

@@ -53,6 +53,16 @@ pub fn decode_response(
 pub fn record_batch<'a>(
     records: impl IntoIterator<Item = (Option<&'a [u8]>, &'a [u8], i64)>,
 ) -> Bytes {
+    idempotent_batch(None, records)
+}
+
+/// A record batch of an idempotent producer: `(producer id, epoch, first sequence)`;
+/// `None` makes a plain producer's batch.
+pub fn idempotent_batch<'a>(
+    producer: Option<(i64, i16, i32)>,
+    records: impl IntoIterator<Item = (Option<&'a [u8]>, &'a [u8], i64)>,
+) -> Bytes {
+    let (producer_id, producer_epoch, first_seq) = producer.unwrap_or((-1, -1, 0));
     let records: Vec<Record> = records
         .into_iter()
         .enumerate()
@@ -61,12 +71,12 @@ pub fn record_batch<'a>(
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id,
+            producer_epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             // kafka-protocol starts a new batch unless offset - sequence stays constant.
-            sequence: i as i32,
+            sequence: first_seq.wrapping_add(i as i32),
             timestamp,
             key: key.map(Bytes::copy_from_slice),
             value: Some(Bytes::copy_from_slice(value)),

@@ -700,6 +700,11 @@ fn every_advertised_version_answers() {
                     offset_delete_request::OffsetDeleteRequest::default()
                         .with_group_id(GroupId(s("c"))),
                 ),
+                ApiKey::InitProducerId => RequestKind::InitProducerId(
+                    init_producer_id_request::InitProducerIdRequest::default()
+                        .with_producer_id(ProducerId(-1))
+                        .with_producer_epoch(-1),
+                ),
                 other => panic!("advertised {other:?} without a case here"),
             };
             h.send(1, key, version, request);
@@ -817,4 +822,99 @@ fn a_sealed_segment_is_indexed_only_once_its_bytes_are_durable() {
         offset = offsets.last().map_or(end, |o| o + 1);
     }
     h.release_syncs();
+}
+
+/// InitProducerId on connection 1: (error, producer id, epoch).
+fn init_producer_id(h: &mut Harness) -> (i16, i64, i16) {
+    let ResponseKind::InitProducerId(r) = h.call(
+        ApiKey::InitProducerId,
+        4,
+        RequestKind::InitProducerId(
+            init_producer_id_request::InitProducerIdRequest::default()
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1)
+                .with_transaction_timeout_ms(60_000),
+        ),
+    ) else {
+        panic!("not InitProducerId")
+    };
+    (r.error_code, r.producer_id.0, r.producer_epoch)
+}
+
+fn idempotent(id: i64, epoch: i16, seq: i32, n: usize) -> Bytes {
+    let values: Vec<Vec<u8>> = (0..n)
+        .map(|i| format!("v{}", seq + i as i32).into_bytes())
+        .collect();
+    seedlog_core::wire::idempotent_batch(
+        Some((id, epoch, seq)),
+        values.iter().map(|v| (None, &v[..], 1000)),
+    )
+}
+
+#[test]
+fn an_idempotent_producer_writes_each_batch_once_and_is_told_of_gaps() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic("t", 1, &[]);
+    let (error, id, epoch) = init_producer_id(&mut h);
+    assert_eq!((error, epoch), (0, 0));
+    let (error, other, _) = init_producer_id(&mut h);
+    assert_eq!(error, 0);
+    assert_ne!(id, other, "every producer gets its own id");
+
+    assert_eq!(h.produce("t", 0, idempotent(id, 0, 0, 3)), (0, 0));
+    assert_eq!(h.produce("t", 0, idempotent(id, 0, 3, 2)), (0, 3));
+    // A retry (the answer was lost) is answered with the first write's offset.
+    assert_eq!(h.produce("t", 0, idempotent(id, 0, 0, 3)), (0, 0));
+    assert_eq!(h.produce("t", 0, idempotent(id, 0, 3, 2)), (0, 3));
+    assert_eq!(
+        h.fetch("t", 0, 0, 1 << 20).2,
+        vec![0, 1, 2, 3, 4],
+        "written once"
+    );
+    let out_of_order = ResponseError::OutOfOrderSequenceNumber.code();
+    assert_eq!(h.produce("t", 0, idempotent(id, 0, 9, 1)).0, out_of_order);
+    // A bumped epoch starts again at 0; the old epoch is fenced from then on.
+    assert_eq!(h.produce("t", 0, idempotent(id, 1, 0, 1)), (0, 5));
+    let fenced = ResponseError::InvalidProducerEpoch.code();
+    assert_eq!(h.produce("t", 0, idempotent(id, 0, 5, 1)).0, fenced);
+    // Plain producers are not checked at all.
+    assert_eq!(h.produce("t", 0, batch(1, 1000)), (0, 6));
+    assert_eq!(h.fetch("t", 0, 0, 1 << 20).1, 7);
+}
+
+#[test]
+fn a_retry_of_an_unsynced_batch_waits_for_the_sync_like_the_first_try() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic("t", 1, &[]);
+    let (_, id, _) = init_producer_id(&mut h);
+    h.hold_syncs = true;
+    h.produce_request(1, -1, "t", 0, idempotent(id, 0, 0, 2));
+    h.produce_request(2, -1, "t", 0, idempotent(id, 0, 0, 2));
+    assert!(
+        h.reply(1).is_none() && h.reply(2).is_none(),
+        "both wait for the sync"
+    );
+    h.release_syncs();
+    for conn in [1, 2] {
+        let Some(ResponseKind::Produce(r)) = h.reply(conn) else {
+            panic!("no answer on {conn}")
+        };
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!((p.error_code, p.base_offset), (0, 0));
+    }
+    assert_eq!(h.fetch("t", 0, 0, 1 << 20).2, vec![0, 1]);
+}
+
+#[test]
+fn producer_ids_are_never_handed_out_twice_across_restarts() {
+    let mut h = Harness::new(BrokerConfig::default());
+    let mut seen = std::collections::BTreeSet::new();
+    for round in 0..3 {
+        for _ in 0..5 {
+            let (error, id, _) = init_producer_id(&mut h);
+            assert_eq!(error, 0);
+            assert!(seen.insert(id), "id {id} handed out twice (round {round})");
+        }
+        h.restart(round % 2 == 0);
+    }
 }

@@ -1188,3 +1188,75 @@ fn produces_that_arrive_together_share_one_frame_per_follower() {
         assert_eq!(frames_together, 1, "one frame for the four: {together:?}");
     }
 }
+
+#[test]
+fn an_idempotent_retry_to_a_new_leader_is_answered_not_written_again() {
+    use kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
+    use kafka_protocol::messages::ProducerId;
+    let (mut cluster, leader, _) = replicated_trio();
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    // Any broker hands out producer ids (from blocks the quorum gave it).
+    let request = InitProducerIdRequest::default()
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let ResponseKind::InitProducerId(r) = cluster.call(
+        follower,
+        ApiKey::InitProducerId,
+        4,
+        RequestKind::InitProducerId(request),
+    ) else {
+        panic!("not InitProducerId")
+    };
+    assert_eq!(r.error_code, 0);
+    let id = r.producer_id.0;
+    let batch = |seq: i32| {
+        seedlog_core::wire::idempotent_batch(
+            Some((id, 0, seq)),
+            [(None, &b"x"[..], START), (None, &b"y"[..], START)],
+        )
+    };
+    let produce = |cluster: &mut Cluster, to: i32, seq: i32| {
+        let request = produce_request("r", 0, -1, 2000, batch(seq));
+        let ResponseKind::Produce(r) = cluster.call(to, ApiKey::Produce, 9, request) else {
+            panic!("not produce");
+        };
+        let p = &r.responses[0].partition_responses[0];
+        (p.error_code, p.base_offset)
+    };
+    let (error, first) = produce(&mut cluster, leader, 0);
+    assert_eq!(error, 0);
+    let (error, second) = produce(&mut cluster, leader, 2);
+    assert_eq!(error, 0);
+
+    // The leader goes; the producer, unsure of its last batch, sends it to the successor.
+    cluster.cut.insert(leader);
+    cluster.advance(3_000);
+    let (successor, _) = cluster.leader(follower, "r");
+    assert!(successor != leader && successor > 0);
+    assert_eq!(
+        produce(&mut cluster, successor, 2),
+        (0, second),
+        "the first write's offset"
+    );
+    assert_eq!(produce(&mut cluster, successor, 0), (0, first));
+    let (error, third) = produce(&mut cluster, successor, 4);
+    assert_eq!(error, 0);
+    let (_, offsets) = cluster.fetch(successor, "r", 0);
+    assert_eq!(
+        offsets,
+        [first, first + 1, second, second + 1, third, third + 1]
+    );
+
+    // A replica rebuilds the table from its log when it restarts.
+    cluster.cut.clear();
+    cluster.advance(3_000);
+    let other = (1..=3).find(|&b| b != successor).unwrap();
+    cluster.restart(other);
+    cluster.advance(3_000);
+    let table = |cluster: &Cluster, b: i32| {
+        let log = cluster.nodes[&b].broker.log("r", 0).unwrap();
+        log.producers().producers().collect::<Vec<_>>()
+    };
+    assert_eq!(table(&cluster, other), vec![(id, 0, Some(5))]);
+    assert_eq!(table(&cluster, other), table(&cluster, successor));
+}

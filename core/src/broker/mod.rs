@@ -15,6 +15,7 @@ mod admin;
 mod fetch;
 mod groups;
 mod produce;
+mod producers;
 mod quorum;
 mod reassign;
 mod replication;
@@ -231,6 +232,8 @@ pub struct Broker {
     coordinator_stale: bool,
     /// Inside a batch of inputs: `after_input` waits for its end.
     batching: bool,
+    /// Producer ids for InitProducerId.
+    producer_ids: producers::ProducerIds,
 }
 
 impl Broker {
@@ -306,6 +309,7 @@ impl Broker {
             group_loads: BTreeMap::new(),
             coordinator_stale: true,
             batching: false,
+            producer_ids: producers::ProducerIds::default(),
         };
         let names: Vec<String> = broker.controller.image().topics.keys().cloned().collect();
         for name in names {
@@ -404,6 +408,7 @@ impl Broker {
         self.expire_parked_fetches(now);
         self.expire_pending_admin(now);
         self.expire_replicated_produces(now);
+        self.expire_producer_id_waits(now);
         if now >= self.next_replica_tick {
             self.next_replica_tick = now + self.config.cluster.tick_ms;
             self.tick_replicas();
@@ -439,6 +444,7 @@ impl Broker {
             .chain(admin)
             .chain(replicas)
             .chain(self.replicated_produce_deadline())
+            .chain(self.producer_id_deadline())
             .chain(self.unawaited_sync_deadline())
             .chain([
                 self.next_retention_check,
@@ -545,6 +551,7 @@ impl Broker {
                 Some(self.list_partition_reassignments(r))
             }
             RequestKind::FindCoordinator(r) => return self.find_coordinator(now, reply_to, r),
+            RequestKind::InitProducerId(r) => return self.init_producer_id(now, reply_to, r),
             RequestKind::ListGroups(r) => Some(self.coordinator.list_groups(&r)),
             RequestKind::DescribeGroups(r) => Some(self.coordinator.describe_groups(&r)),
             r @ (RequestKind::JoinGroup(_)
@@ -779,8 +786,10 @@ impl Broker {
 
     fn enforce_retention(&mut self, now: i64) {
         let mut ops = Vec::new();
+        let expiration = self.config.producer_id_expiration_ms;
         for topic in self.topics.values_mut() {
             for (index, log) in &mut topic.logs {
+                log.producers_mut().expire(now, expiration);
                 let mut log_ops = Vec::new();
                 log.maybe_roll(0, now, &topic.config, &mut log_ops);
                 let moved = log.enforce_retention(now, &topic.config, &mut log_ops);

@@ -12,10 +12,11 @@ use kafka_protocol::ResponseError;
 use tracing::debug;
 
 use super::{Broker, ReplyTo};
-use crate::batch::{self, BatchError, BatchSummary};
+use crate::batch::{self, BatchError, BatchSummary, BatchView};
 use crate::canary::{is_planted, Canary};
 use crate::config::{TimestampType, TopicConfig};
 use crate::group::OFFSETS_TOPIC;
+use crate::producer::{ProducerBatch, Verdict, Written};
 use crate::storage::{StorageOp, TopicPartition};
 
 /// Whom a produce answers: a client, or the group coordinator (its write `id`).
@@ -51,6 +52,21 @@ pub(super) fn check_batches(
         return Err(ResponseError::MessageTooLarge);
     }
     Ok(summaries)
+}
+
+/// The idempotence fields of a validated produce payload; `None` for a plain producer. An
+/// idempotent producer's payload is one batch (Kafka refuses more for Produce v3 and
+/// later): the table checks batches one at a time, and a retry must match one.
+pub(super) fn producer_batch(
+    records: &Bytes,
+    summaries: &[BatchSummary],
+) -> Result<Option<ProducerBatch>, ResponseError> {
+    let (view, _) = BatchView::split_first(records).map_err(batch_error_code)?;
+    let batch = ProducerBatch::of(&view);
+    if batch.is_some() && summaries.len() > 1 {
+        return Err(ResponseError::InvalidRecord);
+    }
+    Ok(batch)
 }
 
 impl Broker {
@@ -113,7 +129,7 @@ impl Broker {
                         p.base_offset = appended.base_offset;
                         p.log_append_time_ms = appended.log_append_time;
                         p.log_start_offset = appended.log_start_offset;
-                        sync_token = Some(appended.sync_token);
+                        sync_token = sync_token.max(appended.sync_token);
                     }
                     Err(error) => {
                         debug!(topic = %topic_data.name.0, partition = partition_data.index, ?error, "produce refused");
@@ -184,9 +200,25 @@ impl Broker {
             .get_mut(topic)
             .ok_or(ResponseError::UnknownTopicOrPartition)?;
         let config = topic.config.clone();
+        let tp = TopicPartition::new(&topic.name, partition);
         let log = topic.log_for_client_mut(partition)?;
         let records = records.ok_or(ResponseError::InvalidRecord)?;
         let summaries = check_batches(&records, &config)?;
+        let producer = producer_batch(&records, &summaries)?;
+        if let Some(batch) = &producer {
+            if let Verdict::Duplicate(original) = log.producers().check(batch)? {
+                // Written before: answer as the first time, once that write is durable.
+                let base_offset = original.base_offset.unwrap_or(-1);
+                let log_start_offset = log.log_start_offset();
+                let synced = log.high_watermark() > base_offset;
+                return Ok(Appended {
+                    base_offset,
+                    log_append_time: -1,
+                    log_start_offset,
+                    sync_token: (!synced).then(|| self.sync_covering(&tp)),
+                });
+            }
+        }
         let log_append_time = match config.timestamp_type {
             TimestampType::LogAppendTime => now,
             TimestampType::CreateTime => -1,
@@ -219,16 +251,38 @@ impl Broker {
                 data: one.freeze(),
             });
         }
+        if let Some(batch) = producer {
+            // One replica: nothing written is ever replaced by another copy's history.
+            let at = base_offset as u64;
+            let written = Written {
+                at,
+                term: 0,
+                base_offset: Some(base_offset),
+                first_seq: batch.first_seq,
+                last_seq: batch.last_seq,
+            };
+            let producers = log.producers_mut();
+            producers.record(batch, written, summaries[0].max_timestamp);
+            producers.commit(at);
+        }
         let log_start_offset = log.log_start_offset();
-        let tp = TopicPartition::new(&topic.name, partition);
         self.emit_log_ops(ops);
         let sync_token = self.note_append(&tp);
         Ok(Appended {
             base_offset,
             log_append_time,
             log_start_offset,
-            sync_token,
+            sync_token: Some(sync_token),
         })
+    }
+
+    /// The sync that makes what is already appended to `tp` durable: the one in flight
+    /// if it carries the partition, else the next.
+    fn sync_covering(&self, tp: &TopicPartition) -> u64 {
+        match &self.in_flight_sync {
+            Some(sync) if sync.commits.iter().any(|(p, _, _)| p == tp) => sync.token,
+            _ => self.next_sync_token,
+        }
     }
 }
 
@@ -236,5 +290,6 @@ struct Appended {
     base_offset: i64,
     log_append_time: i64,
     log_start_offset: i64,
-    sync_token: u64,
+    /// The sync to wait for; `None` if the batch is durable already.
+    sync_token: Option<u64>,
 }

@@ -126,6 +126,11 @@ impl Broker {
             }
         }
         for (record, outcome) in drive.applied {
+            if let (Applied::ProducerIds { first, count }, Some(Change::AllocateProducerIds(b))) =
+                (&outcome, &record.change)
+            {
+                self.producer_ids_granted(b, *first, *count);
+            }
             if let Applied::Topics(results) = &outcome {
                 for (name, result) in results {
                     if result.is_ok() {

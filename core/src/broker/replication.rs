@@ -25,6 +25,7 @@ use crate::cluster::records::{
 use crate::config::{FlushPolicy, TimestampType};
 use crate::consensus::RaftPersist;
 use crate::log::PartitionLog;
+use crate::producer::{Verdict, Written};
 use crate::replica::{broker_of, ReassignStep, Replica, ReplicaConfig};
 use crate::storage::{StorageOp, TopicPartition};
 use crate::topic::Topic;
@@ -58,6 +59,9 @@ struct Wait {
     last: u64,
     term: u64,
     log_append_time: i64,
+    /// The first offset of a retried batch that is committed already: nothing to wait
+    /// for (its entry may be gone from the entry table by now).
+    base_offset: Option<i64>,
     done: bool,
 }
 
@@ -67,6 +71,8 @@ pub(super) struct Proposed {
     last: u64,
     term: u64,
     log_append_time: i64,
+    /// The first offset of a retried batch that is committed already: the answer.
+    base_offset: Option<i64>,
 }
 
 impl Broker {
@@ -397,6 +403,25 @@ impl Broker {
             TimestampType::LogAppendTime => now,
             TimestampType::CreateTime => -1,
         };
+        let producer = super::produce::producer_batch(&records, &summaries)?;
+        let log = topic
+            .logs
+            .get_mut(&partition)
+            .ok_or(ResponseError::UnknownTopicOrPartition)?;
+        if let Some(batch) = &producer {
+            if let Verdict::Duplicate(original) = log.producers().check(batch)? {
+                // Proposed or written before: the answer waits on that entry instead.
+                return Ok(Proposed {
+                    first: original.at,
+                    last: original.at,
+                    term: original.term,
+                    log_append_time,
+                    base_offset: original
+                        .base_offset
+                        .filter(|base| *base < log.high_watermark()),
+                });
+            }
+        }
         let mut payload = BytesMut::from(&records[..]);
         let mut proposed: Option<Proposed> = None;
         for summary in &summaries {
@@ -412,8 +437,21 @@ impl Broker {
                 last: index,
                 term,
                 log_append_time,
+                base_offset: None,
             });
             p.last = index;
+            if let Some(batch) = producer {
+                // Until it is written, a retry of it finds the proposal.
+                let written = Written {
+                    at: index,
+                    term,
+                    base_offset: None,
+                    first_seq: batch.first_seq,
+                    last_seq: batch.last_seq,
+                };
+                log.producers_mut()
+                    .record(batch, written, summary.max_timestamp);
+            }
         }
         self.dirty_replicas
             .insert(TopicPartition::new(&topic.name, partition));
@@ -444,6 +482,7 @@ impl Broker {
                     last: p.last,
                     term: p.term,
                     log_append_time: p.log_append_time,
+                    base_offset: p.base_offset,
                     done: false,
                 })
             })
@@ -471,6 +510,9 @@ impl Broker {
                     .filter(|t| t.id == wait.topic_id);
                 let replica = topic.and_then(|t| t.raft.get(&wait.tp.partition));
                 let outcome = replica.and_then(|r| {
+                    if wait.base_offset.is_some() {
+                        return Some(true);
+                    }
                     let appended = r
                         .entries()
                         .and_then(|e| e.meta(wait.last))
@@ -486,7 +528,8 @@ impl Broker {
                 match (outcome, replica) {
                     (None, Some(_)) => continue,
                     (Some(true), Some(r)) => {
-                        let Some((base, _)) = r.offsets(wait.first, wait.last) else {
+                        let offsets = r.offsets(wait.first, wait.last);
+                        let Some(base) = wait.base_offset.or(offsets.map(|(base, _)| base)) else {
                             continue;
                         };
                         answer.base_offset = base;

@@ -14,6 +14,9 @@ use super::records::{
     PartitionReplicaSet, Replicas, TopicCreation, TopicRef,
 };
 
+/// The most producer ids one record hands out.
+const MAX_PRODUCER_ID_BLOCK: i64 = 1 << 20;
+
 /// One topic in the image.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicImage {
@@ -48,6 +51,13 @@ pub enum Applied {
     Quiet,
     /// Per topic: created, or why not.
     Topics(Vec<(String, Result<(), Refusal>)>),
+    /// Producer ids `first..first + count` are the proposer's to hand out.
+    ProducerIds {
+        /// First id of the block.
+        first: i64,
+        /// Ids in the block.
+        count: i64,
+    },
 }
 
 /// Brokers and topics.
@@ -57,6 +67,8 @@ pub struct MetadataImage {
     pub brokers: BTreeMap<i32, BrokerRegistration>,
     /// Topics by name.
     pub topics: BTreeMap<String, TopicImage>,
+    /// The first producer id not yet handed out to a broker.
+    pub next_producer_id: i64,
 }
 
 impl MetadataImage {
@@ -123,6 +135,12 @@ impl MetadataImage {
                     }
                 }
                 Applied::Quiet
+            }
+            Some(Change::AllocateProducerIds(block)) => {
+                let first = self.next_producer_id;
+                let count = block.count.clamp(1, MAX_PRODUCER_ID_BLOCK);
+                self.next_producer_id = first.saturating_add(count);
+                Applied::ProducerIds { first, count }
             }
             Some(Change::AddPartitions(a)) => Applied::Topics(
                 a.topics
@@ -260,6 +278,7 @@ impl MetadataImage {
                         .collect(),
                 })
                 .collect(),
+            next_producer_id: self.next_producer_id,
         }
         .encode_to_vec()
     }
@@ -267,7 +286,10 @@ impl MetadataImage {
     /// An image from snapshot bytes (empty bytes: the empty image).
     pub fn decode(bytes: &[u8]) -> Result<Self, prost::DecodeError> {
         let record = ImageRecord::decode(bytes)?;
-        let mut image = MetadataImage::default();
+        let mut image = MetadataImage {
+            next_producer_id: record.next_producer_id,
+            ..MetadataImage::default()
+        };
         for b in record.brokers {
             image.brokers.insert(b.id, b);
         }
@@ -395,6 +417,30 @@ mod tests {
         assert_eq!(image.topics["a"].replicas[2], [1, 2]);
         assert_eq!(image.topics["a"].targets[&2], [2, 3]);
         assert_eq!(MetadataImage::decode(&image.encode()).unwrap(), image);
+        let ids = MetadataRecord {
+            origin: None,
+            change: Some(Change::AllocateProducerIds(
+                super::super::records::ProducerIdBlock {
+                    broker: 2,
+                    count: 1000,
+                    nonce: 7,
+                },
+            )),
+        };
+        assert_eq!(
+            image.apply(&ids),
+            Applied::ProducerIds {
+                first: 0,
+                count: 1000
+            }
+        );
+        assert_eq!(
+            image.apply(&ids),
+            Applied::ProducerIds {
+                first: 1000,
+                count: 1000
+            }
+        );
         image.apply(&reassigned(vec![2, 3]));
         assert_eq!(image.topics["a"].replicas[2], [2, 3]);
         assert!(image.topics["a"].targets.is_empty());

@@ -13,7 +13,7 @@ pub struct MetadataRecord {
     #[prost(message, optional, tag = "1")]
     pub origin: Option<Origin>,
     /// What changes.
-    #[prost(oneof = "Change", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "Change", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10")]
     pub change: Option<Change>,
 }
 
@@ -56,6 +56,26 @@ pub enum Change {
     /// A partition's leader finished moving it: its replicas are now the target.
     #[prost(message, tag = "9")]
     Reassigned(PartitionReplicaSet),
+    /// A broker takes the next block of producer ids (KIP-98): the block is wherever the
+    /// ids handed out so far end when the record applies, so no id is given twice, across
+    /// controller failovers too.
+    #[prost(message, tag = "10")]
+    AllocateProducerIds(ProducerIdBlock),
+}
+
+/// A block of producer ids for one broker.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct ProducerIdBlock {
+    /// The broker that hands them out.
+    #[prost(int32, tag = "1")]
+    pub broker: i32,
+    /// How many ids.
+    #[prost(int64, tag = "2")]
+    pub count: i64,
+    /// Names the request of one run of the broker: a restarted broker replays its old
+    /// blocks from the log and must know they are not the one it waits for.
+    #[prost(uint64, tag = "3")]
+    pub nonce: u64,
 }
 
 /// Partitions to move.
@@ -222,6 +242,9 @@ pub struct ImageRecord {
     /// Topics.
     #[prost(message, repeated, tag = "2")]
     pub topics: Vec<TopicCreation>,
+    /// The first producer id not yet handed out.
+    #[prost(int64, tag = "3")]
+    pub next_producer_id: i64,
 }
 
 /// What one broker sends another in one frame: Raft messages of any groups.

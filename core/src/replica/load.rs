@@ -15,6 +15,7 @@ use super::entries::{EntryKind, EntryLog, EntryMeta, LogStart};
 use super::{ReadRequest, READ_CHUNK};
 use crate::batch::{self, frame_size, BatchView, LOG_OVERHEAD};
 use crate::log::{CommitPoint, PartitionLog};
+use crate::producer::{ProducerBatch, Written};
 use crate::storage::{SegmentId, StorageOp, TopicPartition};
 
 /// What a loader wants next.
@@ -49,6 +50,9 @@ pub(super) struct Loader {
     /// Indexes of entries whose bytes fail their CRC: kept in the table (their frame says
     /// where they are and which entry they are), repaired from a peer, never served.
     damaged: Vec<u64>,
+    /// Idempotent producers' batches among the entries, in log order: the producer
+    /// table is rebuilt from them.
+    producers: Vec<(ProducerBatch, Written, i64)>,
     done: bool,
 }
 
@@ -78,6 +82,7 @@ impl Loader {
             misaligned,
             lost: false,
             damaged: Vec::new(),
+            producers: Vec::new(),
             done: misaligned,
         }
     }
@@ -222,6 +227,18 @@ impl Loader {
                     },
                 });
                 self.expected = next_offset;
+                let index = self.start.index + self.table.len() as u64;
+                let producer = ProducerBatch::of(&view).filter(|_| intact && control.is_none());
+                if let Some(batch) = producer {
+                    let written = Written {
+                        at: index,
+                        term: view.leader_epoch().max(0) as u64,
+                        base_offset: Some(view.base_offset()),
+                        first_seq: batch.first_seq,
+                        last_seq: batch.last_seq,
+                    };
+                    self.producers.push((batch, written, view.max_timestamp()));
+                }
                 if !intact {
                     // Its frame still says where it is and which entry it is: the entry
                     // stays (Raft's view of this log stays whole) and its bytes are
@@ -266,6 +283,9 @@ impl Loader {
             memberships.clear();
         } else {
             log.drop_before(self.start.offset, &mut ops);
+            for (batch, written, time) in self.producers {
+                log.producers_mut().record(batch, written, time);
+            }
         }
         let point = match table.front() {
             Some(first) => CommitPoint {

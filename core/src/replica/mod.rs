@@ -34,6 +34,7 @@ use crate::canary::{is_planted, Canary};
 use crate::config::TopicConfig;
 use crate::consensus::{GroupConfig, ProposeError, RaftGroup, RaftPersist};
 use crate::log::{CommitPoint, PartitionLog};
+use crate::producer::{ProducerBatch, Written};
 use crate::storage::{SegmentId, StorageOp, TopicPartition};
 
 pub use entries::{EntryKind, EntryLog, EntryMeta, LogStart};
@@ -864,6 +865,7 @@ impl Replica {
             }
             let store = group.raw_ref().store();
             let committed = group.committed().min(store.last());
+            log.producers_mut().commit(committed);
             if let Some(meta) = store.meta(committed) {
                 let point = CommitPoint {
                     offset: meta.next_offset,
@@ -1050,10 +1052,12 @@ fn write_entries(
             }
         }
         store.truncate_from(first);
+        log.producers_mut().truncate_from(first);
     }
     for entry in entries {
         let membership = entry.get_entry_type() != EntryType::EntryNormal;
         let mut bytes = entry_batch(&entry);
+        let mut producer = None;
         let (delta, max_timestamp, kind) = match BatchView::split_first(&bytes) {
             Ok((view, [])) => (
                 view.last_offset_delta().max(0),
@@ -1061,7 +1065,10 @@ fn write_entries(
                 match (membership, batch::is_leader_change(&view)) {
                     (true, _) => EntryKind::Membership,
                     (false, true) => EntryKind::LeaderChange,
-                    (false, false) => EntryKind::Data,
+                    (false, false) => {
+                        producer = ProducerBatch::of(&view);
+                        EntryKind::Data
+                    }
                 },
             ),
             _ => {
@@ -1092,6 +1099,16 @@ fn write_entries(
             segment: log.active_segment_id(),
             data: bytes.freeze(),
         });
+        if let Some(batch) = producer {
+            let written = Written {
+                at: entry.index,
+                term: entry.term,
+                base_offset: Some(base_offset),
+                first_seq: batch.first_seq,
+                last_seq: batch.last_seq,
+            };
+            log.producers_mut().record(batch, written, max_timestamp);
+        }
         store.push(meta, entry.data);
     }
 }

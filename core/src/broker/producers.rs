@@ -1,0 +1,155 @@
+//! The broker's side of idempotent producers: InitProducerId, answered from the
+//! [`IdPool`] of producer ids this broker took from the metadata quorum.
+//!
+//! The sequence checks themselves are each partition's [`crate::producer::ProducerTable`],
+//! consulted where batches are appended (see `produce` and `replication`).
+
+use std::collections::VecDeque;
+
+use kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
+use kafka_protocol::messages::init_producer_id_response::InitProducerIdResponse;
+use kafka_protocol::messages::{ProducerId, ResponseKind};
+use kafka_protocol::ResponseError;
+use tracing::{debug, warn};
+
+use super::{Broker, ReplyTo};
+use crate::cluster::records::{Change, ProducerIdBlock};
+use crate::producer::{IdPool, ID_BLOCK};
+
+/// How long an InitProducerId waits for a block of ids before it is answered with
+/// COORDINATOR_NOT_AVAILABLE (which clients retry).
+const WAIT_MS: i64 = 5_000;
+
+/// Producer ids on hand and the requests waiting for some.
+#[derive(Debug, Default)]
+pub(super) struct ProducerIds {
+    pool: IdPool,
+    /// Requests waiting for a block, with their deadlines, oldest first.
+    waiting: VecDeque<(ReplyTo, i64)>,
+    /// The block asked for: its nonce and when to give up on it (a proposal forwarded to
+    /// a controller that then lost its leadership is never applied).
+    asked: Option<(u64, i64)>,
+}
+
+impl Broker {
+    /// InitProducerId (KIP-98): a fresh producer id at epoch 0 for an idempotent producer.
+    /// As in Kafka, a producer that asks again (KIP-360, after its sequences went wrong)
+    /// gets another fresh id: only a transactional id keeps its producer id across calls.
+    pub(super) fn init_producer_id(
+        &mut self,
+        now: i64,
+        reply_to: ReplyTo,
+        request: InitProducerIdRequest,
+    ) {
+        if request.transactional_id.is_some_and(|t| !t.0.is_empty()) {
+            // Transactions are not served yet: say so plainly rather than let the client
+            // retry a coordinator that will never come.
+            return self.answer_producer_id(reply_to, Err(ResponseError::UnsupportedVersion));
+        }
+        if let Some(id) = self.producer_ids.pool.take() {
+            self.answer_producer_id(reply_to, Ok(id));
+        } else {
+            self.producer_ids
+                .waiting
+                .push_back((reply_to, now + WAIT_MS));
+        }
+        self.ask_for_producer_ids(now);
+    }
+
+    fn answer_producer_id(&mut self, reply_to: ReplyTo, id: Result<i64, ResponseError>) {
+        let response = match id {
+            Ok(id) => InitProducerIdResponse::default()
+                .with_producer_id(ProducerId(id))
+                .with_producer_epoch(0),
+            Err(error) => InitProducerIdResponse::default()
+                .with_error_code(error.code())
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        };
+        self.respond(reply_to, Some(ResponseKind::InitProducerId(response)));
+    }
+
+    /// Asks the metadata quorum for a block of ids when the pool runs low.
+    fn ask_for_producer_ids(&mut self, now: i64) {
+        if !self.producer_ids.pool.should_ask() {
+            return;
+        }
+        // The seed alone may repeat across runs (a driver that seeds from the broker id):
+        // the time of asking makes a replayed block of an earlier run never look like ours.
+        let id = self.new_topic_id();
+        let nonce = u64::from_be_bytes(id[..8].try_into().expect("8 bytes")) ^ now as u64;
+        let change = Change::AllocateProducerIds(ProducerIdBlock {
+            broker: self.config.broker_id,
+            count: ID_BLOCK,
+            nonce,
+        });
+        match self.controller.propose(change, 0) {
+            Ok(()) => self.producer_ids.asked = Some((nonce, now + WAIT_MS)),
+            Err(e) => {
+                debug!(error = ?e, "no controller to ask for producer ids; retried");
+                self.producer_ids.pool.ask_failed();
+            }
+        }
+    }
+
+    /// A block of producer ids was applied from the metadata log: this broker's, if it is
+    /// the block this broker's current run asked for (a restarted broker replays the
+    /// blocks it took before, and must not hand those out again).
+    pub(super) fn producer_ids_granted(&mut self, block: &ProducerIdBlock, first: i64, count: i64) {
+        let ours = block.broker == self.config.broker_id
+            && self
+                .producer_ids
+                .asked
+                .is_some_and(|(n, _)| n == block.nonce);
+        if !ours {
+            return;
+        }
+        self.producer_ids.asked = None;
+        self.producer_ids.pool.granted(first, count);
+        while !self.producer_ids.waiting.is_empty() {
+            let Some(id) = self.producer_ids.pool.take() else {
+                break;
+            };
+            let (reply_to, _) = self.producer_ids.waiting.pop_front().expect("not empty");
+            self.answer_producer_id(reply_to, Ok(id));
+        }
+        self.ask_for_producer_ids(self.now);
+    }
+
+    /// Gives up on a block that did not come in time (asking again), and answers requests
+    /// that waited too long.
+    pub(super) fn expire_producer_id_waits(&mut self, now: i64) {
+        if self
+            .producer_ids
+            .asked
+            .is_some_and(|(_, deadline)| deadline <= now)
+        {
+            warn!("no block of producer ids came from the metadata quorum in time; asking again");
+            self.producer_ids.asked = None;
+            self.producer_ids.pool.ask_failed();
+        }
+        while let Some(&(reply_to, _)) = self
+            .producer_ids
+            .waiting
+            .front()
+            .filter(|(_, deadline)| *deadline <= now)
+        {
+            self.producer_ids.waiting.pop_front();
+            self.answer_producer_id(reply_to, Err(ResponseError::CoordinatorNotAvailable));
+        }
+        if !self.producer_ids.waiting.is_empty() {
+            self.ask_for_producer_ids(now);
+        }
+    }
+
+    /// When [`Self::expire_producer_id_waits`] must next run.
+    pub(super) fn producer_id_deadline(&self) -> Option<i64> {
+        let asked = self.producer_ids.asked.map(|(_, deadline)| deadline);
+        let waiting = self
+            .producer_ids
+            .waiting
+            .front()
+            .map(|(_, deadline)| *deadline);
+        asked.into_iter().chain(waiting).min()
+    }
+}

@@ -1,0 +1,430 @@
+//! One partition's producer table: what each idempotent producer last wrote there.
+//!
+//! A producer (KIP-98) numbers the batches it sends to a partition; the table keeps, per
+//! producer id, its epoch and its last [`CACHED_BATCHES`] batches (sequence range, where in
+//! the log, which offset), so that a retried batch is answered with the offset it was first
+//! written at instead of being written twice, and a gap or a stale epoch is refused.
+//!
+//! The table is derived from the log alone. Every replica applies each batch as it writes
+//! it, the leader and followers alike, so a new leader has the table the moment it is
+//! elected. A batch is placed by `at` (its Raft index; the base offset for a partition of
+//! one replica) and the term that wrote it. Batches above the commit point may still be
+//! replaced by another leader's log: they are kept as uncommitted deltas over a committed
+//! base, so a truncation is undone exactly, and they fold into the base as they commit.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use kafka_protocol::ResponseError;
+
+use crate::batch::BatchView;
+
+/// Batches remembered per producer and partition: the most a client has in flight
+/// (`max.in.flight.requests.per.connection` may be at most 5 with idempotence on).
+pub const CACHED_BATCHES: usize = 5;
+
+/// Uncommitted deltas kept before the oldest folds into the base regardless. Only a
+/// restarted replica, which knows no commit point until its leader speaks, reaches it:
+/// a leader's own deltas commit (or are truncated) in a few round trips, and retries of
+/// an idempotent producer are deduplicated rather than appended.
+const MAX_DELTAS: usize = 4096;
+
+/// The idempotence fields of one batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProducerBatch {
+    /// Producer id.
+    pub producer_id: i64,
+    /// Producer epoch.
+    pub epoch: i16,
+    /// Sequence of the batch's first record.
+    pub first_seq: i32,
+    /// Sequence of its last record (wrapping past `i32::MAX` to 0, as Kafka's do).
+    pub last_seq: i32,
+}
+
+impl ProducerBatch {
+    /// The batch's idempotence fields; `None` if it has no producer id.
+    pub fn of(view: &BatchView<'_>) -> Option<Self> {
+        let producer_id = view.producer_id();
+        (producer_id >= 0).then(|| {
+            let first_seq = view.base_sequence();
+            ProducerBatch {
+                producer_id,
+                epoch: view.producer_epoch(),
+                first_seq,
+                last_seq: add_seq(first_seq, view.last_offset_delta().max(0)),
+            }
+        })
+    }
+}
+
+/// `seq + n` on Kafka's sequence ring (0..=i32::MAX).
+fn add_seq(seq: i32, n: i32) -> i32 {
+    if seq > i32::MAX - n {
+        n - (i32::MAX - seq) - 1
+    } else {
+        seq + n
+    }
+}
+
+/// One batch as the table remembers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// Its place in the log (Raft index, or base offset for a partition of one replica).
+    pub at: u64,
+    /// The term that wrote it (0 for a partition of one replica).
+    pub term: u64,
+    /// Offset of its first record, once written (a leader's proposal has none yet).
+    pub base_offset: Option<i64>,
+    /// Sequence range.
+    pub first_seq: i32,
+    /// Last sequence.
+    pub last_seq: i32,
+}
+
+/// What to do with a batch a producer sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// New and in sequence: append it.
+    Append,
+    /// Already written (or proposed): answer with this batch's offset, append nothing.
+    Duplicate(Written),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct ProducerEntry {
+    epoch: i16,
+    /// The last batches, oldest first.
+    batches: VecDeque<Written>,
+    /// When the producer last wrote here (for `producer.id.expiration.ms`).
+    last_write: i64,
+}
+
+impl ProducerEntry {
+    fn record(&mut self, batch: &ProducerBatch, written: Written, now: i64) {
+        if batch.epoch != self.epoch {
+            self.batches.clear();
+            self.epoch = batch.epoch;
+        }
+        self.batches.push_back(written);
+        if self.batches.len() > CACHED_BATCHES {
+            self.batches.pop_front();
+        }
+        self.last_write = self.last_write.max(now);
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Delta {
+    batch: ProducerBatch,
+    written: Written,
+    now: i64,
+}
+
+/// The producer table of one partition; see the module doc.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProducerTable {
+    /// Every batch at or below `folded`.
+    base: BTreeMap<i64, ProducerEntry>,
+    /// `base` with the deltas applied: what a new batch is checked against.
+    current: BTreeMap<i64, ProducerEntry>,
+    /// Batches above `folded`, in log order.
+    deltas: VecDeque<Delta>,
+    /// The last place folded into `base`.
+    folded: u64,
+}
+
+impl ProducerTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of producers known.
+    pub fn len(&self) -> usize {
+        self.current.len()
+    }
+
+    /// True if no producer is known.
+    pub fn is_empty(&self) -> bool {
+        self.current.is_empty()
+    }
+
+    /// Checks a batch a producer sent against what it wrote before.
+    ///
+    /// An unknown producer may start at any sequence, as in Kafka: its earlier batches
+    /// may have expired or been deleted by retention.
+    pub fn check(&self, batch: &ProducerBatch) -> Result<Verdict, ResponseError> {
+        if batch.first_seq < 0 {
+            return Err(ResponseError::InvalidRecord);
+        }
+        let Some(entry) = self.current.get(&batch.producer_id) else {
+            return Ok(Verdict::Append);
+        };
+        if batch.epoch < entry.epoch {
+            return Err(ResponseError::InvalidProducerEpoch);
+        }
+        if batch.epoch > entry.epoch {
+            // A new epoch (KIP-360: the producer bumped it) starts its sequences again.
+            return match batch.first_seq {
+                0 => Ok(Verdict::Append),
+                _ => Err(ResponseError::OutOfOrderSequenceNumber),
+            };
+        }
+        let cached = entry
+            .batches
+            .iter()
+            .find(|w| w.first_seq == batch.first_seq && w.last_seq == batch.last_seq);
+        if let Some(original) = cached {
+            return Ok(Verdict::Duplicate(*original));
+        }
+        let Some(last) = entry.batches.back() else {
+            return Ok(Verdict::Append);
+        };
+        if batch.first_seq == add_seq(last.last_seq, 1) {
+            return Ok(Verdict::Append);
+        }
+        let oldest = entry.batches.front().expect("not empty").first_seq;
+        if seq_before(batch.first_seq, oldest, last.last_seq) {
+            // Written before the batches still cached: not twice, but its offset is gone.
+            return Err(ResponseError::DuplicateSequenceNumber);
+        }
+        Err(ResponseError::OutOfOrderSequenceNumber)
+    }
+
+    /// Records a batch at `written.at`, after every batch recorded so far. A leader records
+    /// its proposals (no offset yet) and records them again once written, with the offset.
+    pub fn record(&mut self, batch: ProducerBatch, written: Written, now: i64) {
+        assert!(
+            written.at > self.folded || self.folded == 0 && self.deltas.is_empty(),
+            "producer table: batch at {} recorded below the folded point {}",
+            written.at,
+            self.folded
+        );
+        if let Some(i) = self.deltas.iter().position(|d| d.written.at >= written.at) {
+            let same = &self.deltas[i];
+            let proposed = same.written.at == written.at
+                && same.written.term == written.term
+                && same.batch == batch;
+            if proposed {
+                // The leader's own proposal, now written: fill in its offset.
+                let at = written.at;
+                self.deltas[i].written = written;
+                if let Some(w) = self
+                    .current
+                    .get_mut(&batch.producer_id)
+                    .and_then(|e| e.batches.iter_mut().rev().find(|w| w.at == at))
+                {
+                    *w = written;
+                }
+                return;
+            }
+            self.truncate_from(written.at);
+        }
+        self.current
+            .entry(batch.producer_id)
+            .or_default()
+            .record(&batch, written, now);
+        self.deltas.push_back(Delta {
+            batch,
+            written,
+            now,
+        });
+        if self.deltas.len() > MAX_DELTAS {
+            let oldest = self.deltas.front().expect("not empty").written.at;
+            self.commit(oldest);
+        }
+    }
+
+    /// Everything at or below `at` is committed: it will never be replaced.
+    pub fn commit(&mut self, at: u64) {
+        while self.deltas.front().is_some_and(|d| d.written.at <= at) {
+            let d = self.deltas.pop_front().expect("front exists");
+            self.base
+                .entry(d.batch.producer_id)
+                .or_default()
+                .record(&d.batch, d.written, d.now);
+            self.folded = d.written.at;
+        }
+    }
+
+    /// The log from `at` on is replaced: forget what it held.
+    pub fn truncate_from(&mut self, at: u64) {
+        if self.deltas.back().is_none_or(|d| d.written.at < at) {
+            return;
+        }
+        if at <= self.folded {
+            // Only a restarted replica that folded more than MAX_DELTAS unknown-commit
+            // batches gets here. The base cannot be unwound: forget every producer, so
+            // they are unknown (any sequence accepted) rather than wrongly known.
+            tracing::warn!(
+                at,
+                folded = self.folded,
+                "producer table truncated below its committed base; forgetting its producers"
+            );
+            *self = ProducerTable::default();
+            return;
+        }
+        while self.deltas.back().is_some_and(|d| d.written.at >= at) {
+            self.deltas.pop_back();
+        }
+        self.current = self.base.clone();
+        for d in &self.deltas {
+            self.current
+                .entry(d.batch.producer_id)
+                .or_default()
+                .record(&d.batch, d.written, d.now);
+        }
+    }
+
+    /// Forgets producers that wrote nothing here for `expiration_ms` and have no batch
+    /// above the commit point.
+    pub fn expire(&mut self, now: i64, expiration_ms: i64) {
+        let live: std::collections::BTreeSet<i64> =
+            self.deltas.iter().map(|d| d.batch.producer_id).collect();
+        let stale = |id: &i64, e: &ProducerEntry| {
+            !live.contains(id) && now.saturating_sub(e.last_write) >= expiration_ms
+        };
+        self.base.retain(|id, e| !stale(id, e));
+        self.current.retain(|id, e| !stale(id, e));
+    }
+
+    /// Epoch and last sequence of every producer known, by id (for inspection and tests).
+    pub fn producers(&self) -> impl Iterator<Item = (i64, i16, Option<i32>)> + '_ {
+        self.current
+            .iter()
+            .map(|(id, e)| (*id, e.epoch, e.batches.back().map(|w| w.last_seq)))
+    }
+}
+
+/// True if `seq` lies in the window of sequences that ends just before `oldest`, i.e. was
+/// used before it, given that the producer's sequences run up to `last`.
+fn seq_before(seq: i32, oldest: i32, last: i32) -> bool {
+    // Distances on the ring, measured back from the oldest cached sequence.
+    let ring = i64::from(i32::MAX) + 1;
+    let back = (i64::from(oldest) - i64::from(seq)).rem_euclid(ring);
+    let span = (i64::from(last) - i64::from(oldest)).rem_euclid(ring);
+    back > 0 && back <= ring / 2 - span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(id: i64, epoch: i16, first: i32, count: i32) -> ProducerBatch {
+        ProducerBatch {
+            producer_id: id,
+            epoch,
+            first_seq: first,
+            last_seq: add_seq(first, count - 1),
+        }
+    }
+
+    fn written(at: u64, b: &ProducerBatch, offset: Option<i64>) -> Written {
+        Written {
+            at,
+            term: 1,
+            base_offset: offset,
+            first_seq: b.first_seq,
+            last_seq: b.last_seq,
+        }
+    }
+
+    /// Records `b` at `at` as written at offset `10 * at`.
+    fn write(t: &mut ProducerTable, at: u64, b: ProducerBatch) {
+        t.record(b, written(at, &b, Some(10 * at as i64)), 0);
+    }
+
+    #[test]
+    fn in_sequence_batches_append_and_a_retry_is_the_original() {
+        let mut t = ProducerTable::new();
+        let (a, b) = (batch(7, 0, 0, 3), batch(7, 0, 3, 2));
+        assert_eq!(t.check(&a), Ok(Verdict::Append));
+        write(&mut t, 1, a);
+        assert_eq!(t.check(&b), Ok(Verdict::Append));
+        write(&mut t, 2, b);
+        let Ok(Verdict::Duplicate(original)) = t.check(&a) else {
+            panic!("a retry of the first batch is a duplicate");
+        };
+        assert_eq!(original.base_offset, Some(10));
+    }
+
+    #[test]
+    fn gaps_old_epochs_and_forgotten_retries_are_refused() {
+        let mut t = ProducerTable::new();
+        for i in 0..7 {
+            write(&mut t, i + 1, batch(7, 1, i as i32, 1));
+        }
+        assert_eq!(
+            t.check(&batch(7, 1, 9, 1)),
+            Err(ResponseError::OutOfOrderSequenceNumber)
+        );
+        assert_eq!(
+            t.check(&batch(7, 0, 7, 1)),
+            Err(ResponseError::InvalidProducerEpoch)
+        );
+        // Sequence 0 was written but is no longer among the last five.
+        assert_eq!(
+            t.check(&batch(7, 1, 0, 1)),
+            Err(ResponseError::DuplicateSequenceNumber)
+        );
+        // A bumped epoch starts again at 0, and only there.
+        assert_eq!(t.check(&batch(7, 2, 0, 1)), Ok(Verdict::Append));
+        assert_eq!(
+            t.check(&batch(7, 2, 7, 1)),
+            Err(ResponseError::OutOfOrderSequenceNumber)
+        );
+        // A producer not seen here may start anywhere.
+        assert_eq!(t.check(&batch(8, 0, 40, 1)), Ok(Verdict::Append));
+    }
+
+    #[test]
+    fn sequences_wrap_past_i32_max() {
+        let mut t = ProducerTable::new();
+        let a = batch(7, 0, i32::MAX - 1, 4);
+        assert_eq!(a.last_seq, 1);
+        write(&mut t, 1, a);
+        assert_eq!(t.check(&batch(7, 0, 2, 1)), Ok(Verdict::Append));
+        assert_eq!(
+            t.check(&batch(7, 0, 3, 1)),
+            Err(ResponseError::OutOfOrderSequenceNumber)
+        );
+    }
+
+    #[test]
+    fn a_truncation_undoes_exactly_the_uncommitted_batches() {
+        let mut t = ProducerTable::new();
+        write(&mut t, 1, batch(7, 0, 0, 1));
+        write(&mut t, 2, batch(7, 0, 1, 1));
+        t.commit(1);
+        let before = t.clone();
+        write(&mut t, 3, batch(7, 0, 2, 1));
+        write(&mut t, 4, batch(9, 0, 0, 1));
+        t.truncate_from(3);
+        assert_eq!(t.current, before.current);
+        // Another leader's batch at the same place replaces what was there.
+        write(&mut t, 2, batch(7, 0, 1, 5));
+        assert_eq!(t.producers().collect::<Vec<_>>(), vec![(7, 0, Some(5))]);
+        // A proposal written at its place only gains its offset.
+        let b = batch(7, 0, 6, 1);
+        t.record(b, written(3, &b, None), 0);
+        write(&mut t, 3, b);
+        let Ok(Verdict::Duplicate(w)) = t.check(&b) else {
+            panic!("written proposal is a duplicate");
+        };
+        assert_eq!(w.base_offset, Some(30));
+    }
+
+    #[test]
+    fn producers_expire_once_idle_and_committed() {
+        let mut t = ProducerTable::new();
+        let b = batch(7, 0, 0, 1);
+        t.record(b, written(1, &b, Some(0)), 100);
+        t.expire(10_000, 1_000);
+        assert_eq!(t.len(), 1, "an uncommitted producer stays");
+        t.commit(1);
+        t.expire(1_050, 1_000);
+        assert_eq!(t.len(), 1, "not idle long enough");
+        t.expire(1_100, 1_000);
+        assert!(t.is_empty());
+    }
+}
