@@ -38,11 +38,14 @@ pub enum Canary {
     TrustRecoveredBatches,
     /// A follower never writes back the intact copy of a damaged entry its leader resends.
     SkipFollowerRepair,
+    /// A new partition leader starts with an empty producer table: the batches the old
+    /// leader wrote are forgotten, and their retries are written again.
+    ForgetProducersOnLeaderChange,
 }
 
 impl Canary {
     /// Every canary, in a stable order.
-    pub const ALL: [Canary; 14] = [
+    pub const ALL: [Canary; 15] = [
         Canary::AckBeforeFsync,
         Canary::SkipRecoveryCrc,
         Canary::ReadAboveHighWatermark,
@@ -57,6 +60,7 @@ impl Canary {
         Canary::KeepDeadMembers,
         Canary::TrustRecoveredBatches,
         Canary::SkipFollowerRepair,
+        Canary::ForgetProducersOnLeaderChange,
     ];
 
     /// The name used on the simulator's command line.
@@ -76,6 +80,7 @@ impl Canary {
             Canary::KeepDeadMembers => "keep-dead-members",
             Canary::TrustRecoveredBatches => "trust-recovered-batches",
             Canary::SkipFollowerRepair => "skip-follower-repair",
+            Canary::ForgetProducersOnLeaderChange => "forget-producers-on-leader-change",
         }
     }
 
@@ -98,6 +103,9 @@ impl Canary {
             Canary::KeepDeadMembers => "dead group members are never removed",
             Canary::TrustRecoveredBatches => "a leader serves the damaged batches recovery kept",
             Canary::SkipFollowerRepair => "a follower's damaged batch is never repaired",
+            Canary::ForgetProducersOnLeaderChange => {
+                "a new leader forgets the idempotent producers' batches"
+            }
         }
     }
 

@@ -918,3 +918,22 @@ fn producer_ids_are_never_handed_out_twice_across_restarts() {
         h.restart(round % 2 == 0);
     }
 }
+
+#[test]
+fn a_retry_after_a_restart_is_recognised_from_the_log() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic("t", 1, &[]);
+    let (_, id, _) = init_producer_id(&mut h);
+    for seq in 0..8 {
+        assert_eq!(h.produce("t", 0, idempotent(id, 0, seq * 2, 2)).0, 0);
+    }
+    h.produce("t", 0, batch(3, 1000));
+    h.restart(true);
+    // The broker went down before its answer left: the producer sends the batch again.
+    assert_eq!(h.produce("t", 0, idempotent(id, 0, 14, 2)), (0, 14));
+    assert_eq!(h.produce("t", 0, idempotent(id, 0, 16, 2)), (0, 19));
+    assert_eq!(
+        h.produce("t", 0, idempotent(id, 0, 30, 1)).0,
+        ResponseError::OutOfOrderSequenceNumber.code()
+    );
+}

@@ -16,25 +16,87 @@ pub type Partition = (String, i32);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
     /// Which check found it.
-    pub check: &'static str,
+    pub check: Check,
     /// What was seen.
     pub detail: String,
 }
 
-/// The checks, in report order.
-pub const CHECKS: [&str; 11] = [
-    "acked-writes-durable",
-    "topics-durable",
-    "offsets-agree",
-    "reads-in-order",
-    "hw-monotonic",
-    "no-corrupt-reads",
-    "one-leader-per-term",
-    "replicas-agree",
-    "group-one-owner",
-    "committed-offsets",
-    "liveness",
-];
+/// The checks, each a promise the cluster makes. A new checker is a variant here (its
+/// name is what the summary prints) and the code in [`History`] that calls `violate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Check {
+    /// Every acks=all record is in the final read at the offset it was acknowledged at.
+    AckedWritesDurable,
+    /// Every topic whose creation was acknowledged exists with its partitions.
+    TopicsDurable,
+    /// Any two observations of one offset agree, and the final read has no holes.
+    OffsetsAgree,
+    /// A consumer reads each partition in offset order, skipping nothing.
+    ReadsInOrder,
+    /// A consumer never sees a partition's high watermark move back.
+    HwMonotonic,
+    /// No fetch returns bytes that fail to decode.
+    NoCorruptReads,
+    /// At most one broker leads a Raft group in a term.
+    OneLeaderPerTerm,
+    /// Replicas of a partition hold the same batch at each offset.
+    ReplicasAgree,
+    /// A group generation gives each partition to at most one member.
+    GroupOneOwner,
+    /// Committed offsets read back are the ones committed, and never move back.
+    CommittedOffsets,
+    /// An idempotent producer's records are in the log once each, in the order it sent
+    /// them, and an in-sequence batch is never refused as out of sequence.
+    IdempotentOnce,
+    /// After the faults heal, the cluster serves again within the deadline.
+    Liveness,
+}
+
+impl Check {
+    /// Every check, in report order.
+    pub const ALL: [Check; 12] = [
+        Check::AckedWritesDurable,
+        Check::TopicsDurable,
+        Check::OffsetsAgree,
+        Check::ReadsInOrder,
+        Check::HwMonotonic,
+        Check::NoCorruptReads,
+        Check::OneLeaderPerTerm,
+        Check::ReplicasAgree,
+        Check::GroupOneOwner,
+        Check::CommittedOffsets,
+        Check::IdempotentOnce,
+        Check::Liveness,
+    ];
+
+    /// The name the summary prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Check::AckedWritesDurable => "acked-writes-durable",
+            Check::TopicsDurable => "topics-durable",
+            Check::OffsetsAgree => "offsets-agree",
+            Check::ReadsInOrder => "reads-in-order",
+            Check::HwMonotonic => "hw-monotonic",
+            Check::NoCorruptReads => "no-corrupt-reads",
+            Check::OneLeaderPerTerm => "one-leader-per-term",
+            Check::ReplicasAgree => "replicas-agree",
+            Check::GroupOneOwner => "group-one-owner",
+            Check::CommittedOffsets => "committed-offsets",
+            Check::IdempotentOnce => "idempotent-once",
+            Check::Liveness => "liveness",
+        }
+    }
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// The value prefix of records written by idempotent producers: `idem<producer>-<n>`,
+/// `n` rising with every record the producer sends.
+pub const IDEMPOTENT_PREFIX: &str = "idem";
 
 /// Counters for the summary.
 #[derive(Debug, Default, Clone)]
@@ -126,7 +188,7 @@ impl History {
         self.events
     }
 
-    fn violate(&mut self, check: &'static str, detail: String) {
+    fn violate(&mut self, check: Check, detail: String) {
         if self.violations.len() < 100 {
             self.violations.push(Violation { check, detail });
         }
@@ -146,7 +208,7 @@ impl History {
                     "{}-{} offset {offset}: {known_source} saw {known:?}, {source} saw {value:?}",
                     partition.0, partition.1
                 );
-                self.violate("offsets-agree", detail);
+                self.violate(Check::OffsetsAgree, detail);
             }
             Some(_) => {}
             None => {
@@ -161,7 +223,7 @@ impl History {
         match self.leaders.get(&(group.to_string(), term)) {
             Some(&first) if first != broker => {
                 let detail = format!("{group} term {term}: brokers {first} and {broker} both lead");
-                self.violate("one-leader-per-term", detail);
+                self.violate(Check::OneLeaderPerTerm, detail);
             }
             Some(_) => {}
             None => {
@@ -173,7 +235,7 @@ impl History {
     /// A broker asked to stop cleanly did not (a hung handover or drain).
     pub fn stop_hung(&mut self, at_ms: u64, broker: usize, why: &str) {
         self.trace(at_ms, ("stop-hung", broker));
-        self.violate("liveness", format!("broker index {broker}: {why}"));
+        self.violate(Check::Liveness, format!("broker index {broker}: {why}"));
     }
 
     /// The broker that reported leading `group` in the highest term seen.
@@ -246,7 +308,7 @@ impl History {
                 "went back to"
             };
             self.violate(
-                "reads-in-order",
+                Check::ReadsInOrder,
                 format!(
                     "consumer {client} on {}-{} expected offset {expected}, {what} {offset}",
                     partition.0, partition.1
@@ -271,7 +333,7 @@ impl History {
             );
             *last = hw;
             self.trace(at_ms, ("hw-regressed", client, partition, hw));
-            self.violate("hw-monotonic", detail);
+            self.violate(Check::HwMonotonic, detail);
         } else {
             *last = hw;
         }
@@ -288,7 +350,7 @@ impl History {
     ) {
         self.trace(at_ms, ("corrupt-read", client, partition, offset));
         self.violate(
-            "no-corrupt-reads",
+            Check::NoCorruptReads,
             format!(
                 "consumer {client} on {}-{} at offset {offset}: {error}",
                 partition.0, partition.1
@@ -320,7 +382,7 @@ impl History {
         if found != Some(partitions) {
             let seen = found.map_or("missing".to_string(), |n| format!("{n} partitions"));
             self.violate(
-                "topics-durable",
+                Check::TopicsDurable,
                 format!("topic {topic} created with {partitions} partitions is {seen}"),
             );
         }
@@ -328,12 +390,12 @@ impl History {
 
     /// Two replicas of a partition hold different batches at one offset.
     pub fn replicas_disagree(&mut self, detail: String) {
-        self.violate("replicas-agree", detail);
+        self.violate(Check::ReplicasAgree, detail);
     }
 
     /// The cluster did not recover in time after the faults healed.
     pub fn liveness_failed(&mut self, detail: String) {
-        self.violate("liveness", detail);
+        self.violate(Check::Liveness, detail);
     }
 
     /// Checks the final, complete read of a partition: `log` maps offsets to values.
@@ -349,7 +411,7 @@ impl History {
                 .count();
             if gaps > 0 {
                 self.violate(
-                    "offsets-agree",
+                    Check::OffsetsAgree,
                     format!(
                         "{}-{}: {gaps} holes between offsets {first} and {last}",
                         partition.0, partition.1
@@ -357,6 +419,7 @@ impl History {
                 );
             }
         }
+        self.check_idempotent(partition, log);
         let excused_from = self.damaged_from(partition).unwrap_or(i64::MAX);
         let acked = self
             .durable_acks
@@ -371,7 +434,7 @@ impl History {
         self.counts.excused += excused.len() as u64;
         if let Some(first) = lost.first() {
             self.violate(
-                "acked-writes-durable",
+                Check::AckedWritesDurable,
                 format!(
                     "{}-{}: {} acknowledged records missing, first at offset {first}",
                     partition.0,
@@ -380,6 +443,53 @@ impl History {
                 ),
             );
         }
+    }
+
+    /// Idempotent producers' records in the final read of a partition: each once, and
+    /// each producer's in the order it sent them.
+    fn check_idempotent(&mut self, partition: &Partition, log: &BTreeMap<i64, String>) {
+        let mut seen = BTreeSet::new();
+        let mut newest: BTreeMap<&str, (u64, i64)> = BTreeMap::new();
+        let mut broken = Vec::new();
+        for (&offset, value) in log {
+            let Some((producer, n)) = idempotent_record(value) else {
+                continue;
+            };
+            if !seen.insert(value.as_str()) {
+                broken.push(format!("{value:?} again at offset {offset}"));
+            } else if let Some(&(last, at)) = newest.get(producer).filter(|(last, _)| n < *last) {
+                broken.push(format!(
+                    "{value:?} at offset {offset} after record {last} of its producer at {at}"
+                ));
+            }
+            let entry = newest.entry(producer).or_insert((n, offset));
+            if n >= entry.0 {
+                *entry = (n, offset);
+            }
+        }
+        if let Some(first) = broken.first() {
+            let detail = format!(
+                "{}-{}: {} records out of place or written twice; first: {first}",
+                partition.0,
+                partition.1,
+                broken.len()
+            );
+            self.violate(Check::IdempotentOnce, detail);
+        }
+    }
+
+    /// A broker refused an idempotent producer's batch as out of sequence or fenced
+    /// although the producer sent its batches one at a time, in order, and retried each
+    /// until it was answered: the broker lost track of what it wrote.
+    pub fn sequence_refused(&mut self, at_ms: u64, partition: &Partition, error: i16) {
+        self.trace(at_ms, ("sequence-refused", partition, error));
+        self.violate(
+            Check::IdempotentOnce,
+            format!(
+                "{}-{}: an in-sequence batch was refused with error {error}",
+                partition.0, partition.1
+            ),
+        );
     }
 
     /// A group member was handed `partitions` in `generation`.
@@ -392,7 +502,7 @@ impl History {
     ) {
         self.trace(at_ms, ("assigned", generation, member, partitions));
         if let Some(detail) = self.groups.assigned(at_ms, generation, member, partitions) {
-            self.violate("group-one-owner", detail);
+            self.violate(Check::GroupOneOwner, detail);
         }
     }
 
@@ -413,7 +523,7 @@ impl History {
     pub fn offset_fetched(&mut self, sent_ms: u64, at_ms: u64, partition: &Partition, offset: i64) {
         self.trace(at_ms, ("offset-fetched", partition, offset));
         if let Some(detail) = self.groups.fetched(sent_ms, at_ms, partition, offset) {
-            self.violate("committed-offsets", detail);
+            self.violate(Check::CommittedOffsets, detail);
         }
     }
 
@@ -426,6 +536,13 @@ impl History {
     pub fn violations(&self) -> &[Violation] {
         &self.violations
     }
+}
+
+/// The producer and number of an idempotent producer's record, if `value` is one.
+fn idempotent_record(value: &str) -> Option<(&str, u64)> {
+    let rest = value.strip_prefix(IDEMPOTENT_PREFIX)?;
+    let (producer, n) = rest.split_once('-')?;
+    Some((producer, n.parse().ok()?))
 }
 
 #[cfg(test)]
@@ -441,7 +558,7 @@ mod tests {
         let mut h = History::new();
         h.acked(0, &p(), 0, &["a".into(), "b".into()], true);
         h.check_final(&p(), &BTreeMap::from([(0, "a".to_string())]));
-        assert_eq!(h.violations()[0].check, "acked-writes-durable");
+        assert_eq!(h.violations()[0].check, Check::AckedWritesDurable);
 
         let mut h = History::new();
         h.acked(0, &p(), 0, &["a".into(), "b".into()], true);
@@ -456,7 +573,7 @@ mod tests {
         let mut h = History::new();
         h.read(0, 1, &p(), 0, 0, "a");
         h.read(0, 2, &p(), 0, 0, "b");
-        assert_eq!(h.violations()[0].check, "offsets-agree");
+        assert_eq!(h.violations()[0].check, Check::OffsetsAgree);
     }
 
     #[test]
@@ -466,7 +583,7 @@ mod tests {
         h.high_watermark(0, 1, &p(), 10);
         h.high_watermark(0, 1, &p(), 9);
         let checks: Vec<_> = h.violations().iter().map(|v| v.check).collect();
-        assert_eq!(checks, vec!["reads-in-order", "hw-monotonic"]);
+        assert_eq!(checks, vec![Check::ReadsInOrder, Check::HwMonotonic]);
     }
 
     #[test]
@@ -475,5 +592,26 @@ mod tests {
         h.acked(0, &p(), 0, &["weak".into()], false);
         h.check_final(&p(), &BTreeMap::from([(0, "other".to_string())]));
         assert!(h.violations().is_empty());
+    }
+
+    #[test]
+    fn an_idempotent_record_twice_or_out_of_order_is_caught() {
+        let log = |values: &[&str]| {
+            values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i as i64, v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let mut h = History::new();
+        h.check_final(
+            &p(),
+            &log(&["idem1-1", "p0-1", "idem2-1", "idem1-3", "idem2-2"]),
+        );
+        assert!(h.violations().is_empty());
+        h.check_final(&p(), &log(&["idem1-1", "idem1-2", "idem1-1"]));
+        h.check_final(&p(), &log(&["idem1-2", "idem1-1"]));
+        let checks: Vec<_> = h.violations().iter().map(|v| v.check).collect();
+        assert_eq!(checks, vec![Check::IdempotentOnce, Check::IdempotentOnce]);
     }
 }

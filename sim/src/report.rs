@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::history::{Counts, History, Violation, CHECKS};
+use crate::history::{Check, Counts, History, Violation};
 
 /// Exit code of a run that passed.
 pub const EXIT_PASS: i32 = 0;
@@ -47,7 +47,7 @@ impl Report {
 
     /// The exit code: safety failures win over liveness failures.
     pub fn exit_code(&self) -> i32 {
-        if self.violations.iter().any(|v| v.check != "liveness") {
+        if self.violations.iter().any(|v| v.check != Check::Liveness) {
             EXIT_SAFETY
         } else if self.violations.is_empty() {
             EXIT_PASS
@@ -110,7 +110,7 @@ impl Report {
                     ms as f64 / 1000.0
                 ))
         );
-        for check in CHECKS {
+        for check in Check::ALL {
             let broken: Vec<&Violation> = self
                 .violations
                 .iter()

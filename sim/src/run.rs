@@ -107,6 +107,9 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
     for (id, acks) in producers {
         tasks.push(clients.spawn(workload::producer(ctx.clone(), id, acks)));
     }
+    for id in 0..w.idempotent_producers {
+        tasks.push(clients.spawn(workload::idempotent_producer(ctx.clone(), id)));
+    }
     for id in 0..w.consumers {
         tasks.push(clients.spawn(workload::consumer(ctx.clone(), id)));
     }

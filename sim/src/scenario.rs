@@ -78,6 +78,10 @@ pub struct Workload {
     /// Producers using acks=1.
     #[serde(default)]
     pub producers_acks_one: u32,
+    /// Idempotent producers (acks=all): each batch retried until answered, checked to be
+    /// in the log once.
+    #[serde(default)]
+    pub idempotent_producers: u32,
     /// Records per produced batch.
     #[serde(default = "batch_default")]
     pub batch_records: Range,
@@ -325,10 +329,11 @@ impl Plan {
                 s.workload.think_ms[1],
                 s.workload.consumers,
                 s.workload.admins,
-                match s.workload.movers {
-                    0 => String::new(),
-                    n => format!(" movers={n}"),
-                }
+                [("movers", s.workload.movers), ("idempotent", s.workload.idempotent_producers)]
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(what, n)| format!(" {what}={n}"))
+                    .collect::<String>()
             ),
             format!("faults: {}", faults.join(", ")),
         ]

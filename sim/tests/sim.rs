@@ -76,6 +76,11 @@ const CANARY_HUNTS: &[(&str, &str, u64)] = &[
     ("keep-dead-members", "groups", 5),
     ("trust-recovered-batches", "cluster3-bit-flip", 20),
     ("skip-follower-repair", "cluster3-bit-flip", 20),
+    (
+        "forget-producers-on-leader-change",
+        "cluster3-idempotent",
+        10,
+    ),
 ];
 
 #[test]

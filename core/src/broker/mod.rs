@@ -388,7 +388,10 @@ impl Broker {
         match completion {
             StorageCompletion::Synced { token } => self.on_synced(token),
             StorageCompletion::Read { token, result } => {
-                if !self.on_replica_read(token, &result) && !self.on_load_read(token, &result) {
+                if !self.on_replica_read(token, &result)
+                    && !self.on_load_read(token, &result)
+                    && !self.on_producer_load_read(token, &result)
+                {
                     self.on_read(token, result)
                 }
             }

@@ -205,6 +205,10 @@ impl Broker {
         let records = records.ok_or(ResponseError::InvalidRecord)?;
         let summaries = check_batches(&records, &config)?;
         let producer = producer_batch(&records, &summaries)?;
+        if producer.is_some() && self.producer_ids.loads.contains_key(&tp) {
+            // Its table is still being read back: a retry could not be recognised yet.
+            return Err(ResponseError::NotLeaderOrFollower);
+        }
         if let Some(batch) = &producer {
             if let Verdict::Duplicate(original) = log.producers().check(batch)? {
                 // Written before: answer as the first time, once that write is durable.

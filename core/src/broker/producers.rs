@@ -4,7 +4,9 @@
 //! The sequence checks themselves are each partition's [`crate::producer::ProducerTable`],
 //! consulted where batches are appended (see `produce` and `replication`).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
 
 use kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
 use kafka_protocol::messages::init_producer_id_response::InitProducerIdResponse;
@@ -13,16 +15,38 @@ use kafka_protocol::ResponseError;
 use tracing::{debug, warn};
 
 use super::{Broker, ReplyTo};
+use crate::batch::{complete_batches, frame_size};
 use crate::cluster::records::{Change, ProducerIdBlock};
-use crate::producer::{IdPool, ID_BLOCK};
+use crate::log::ReadPlan;
+use crate::producer::{IdPool, ProducerBatch, Written, ID_BLOCK};
+use crate::storage::{StorageOp, TopicPartition};
 
 /// How long an InitProducerId waits for a block of ids before it is answered with
 /// COORDINATOR_NOT_AVAILABLE (which clients retry).
 const WAIT_MS: i64 = 5_000;
 
-/// Producer ids on hand and the requests waiting for some.
+/// Bytes read at a time while a producer table is rebuilt.
+const LOAD_READ_BYTES: usize = 1 << 20;
+
+/// A partition of one copy whose producer table is being rebuilt from its log at start
+/// (a replicated partition's replica rebuilds its own as it loads its entries).
+#[derive(Debug)]
+pub(super) struct ProducerLoad {
+    /// The next offset to read.
+    next: i64,
+    /// Where the log ended at start: appends after it are recorded as they are made.
+    end: i64,
+    /// The read in flight.
+    read: Option<(u64, ReadPlan)>,
+}
+
+/// Producer ids on hand and the requests waiting for some, and the producer tables
+/// still being rebuilt.
 #[derive(Debug, Default)]
 pub(super) struct ProducerIds {
+    /// Partitions whose producer table is not whole yet: an idempotent producer's batch
+    /// is refused there (retriably) until it is, since its retry could not be recognised.
+    pub(super) loads: BTreeMap<TopicPartition, ProducerLoad>,
     pool: IdPool,
     /// Requests waiting for a block, with their deadlines, oldest first.
     waiting: VecDeque<(ReplyTo, i64)>,
@@ -151,5 +175,131 @@ impl Broker {
             .front()
             .map(|(_, deadline)| *deadline);
         asked.into_iter().chain(waiting).min()
+    }
+
+    /// Starts rebuilding the producer table of a recovered partition of one copy.
+    pub(super) fn load_producers(&mut self, tp: TopicPartition) {
+        let Some(log) = self
+            .topics
+            .get(&tp.topic)
+            .and_then(|t| t.partition(tp.partition))
+        else {
+            return;
+        };
+        if log.log_end_offset() == log.log_start_offset() {
+            return;
+        }
+        let load = ProducerLoad {
+            next: log.log_start_offset(),
+            end: log.log_end_offset(),
+            read: None,
+        };
+        self.producer_ids.loads.insert(tp.clone(), load);
+        self.continue_producer_load(&tp);
+    }
+
+    fn continue_producer_load(&mut self, tp: &TopicPartition) {
+        let Some(load) = self.producer_ids.loads.get(tp) else {
+            return;
+        };
+        let log = self
+            .topics
+            .get(&tp.topic)
+            .and_then(|t| t.partition(tp.partition));
+        let plan = match log {
+            Some(log) if load.next < load.end.min(log.log_end_offset()) => {
+                let from = load.next.max(log.log_start_offset());
+                log.plan_read(from, LOAD_READ_BYTES).unwrap_or_default()
+            }
+            _ => None,
+        };
+        match plan {
+            Some(plan) => self.issue_producer_read(tp, plan),
+            None => {
+                let load = self.producer_ids.loads.remove(tp).expect("exists");
+                let producers = log.map_or(0, |l| l.producers().len());
+                debug!(partition = %tp, offset = load.next, producers, "producer table rebuilt");
+            }
+        }
+    }
+
+    fn issue_producer_read(&mut self, tp: &TopicPartition, plan: ReadPlan) {
+        let token = self.token();
+        self.storage(StorageOp::Read {
+            token,
+            segment: plan.segment.clone(),
+            position: plan.position,
+            len: plan.len,
+        });
+        if let Some(load) = self.producer_ids.loads.get_mut(tp) {
+            load.read = Some((token, plan));
+        }
+    }
+
+    /// A read completed; true if it was one of a producer table's load.
+    pub(super) fn on_producer_load_read(
+        &mut self,
+        token: u64,
+        result: &Result<Bytes, String>,
+    ) -> bool {
+        let Some((tp, load)) = self
+            .producer_ids
+            .loads
+            .iter_mut()
+            .find(|(_, l)| l.read.as_ref().is_some_and(|(t, _)| *t == token))
+        else {
+            return false;
+        };
+        let tp = tp.clone();
+        let (_, plan) = load.read.take().expect("matched");
+        let before = load.next;
+        let log = self
+            .topics
+            .get_mut(&tp.topic)
+            .and_then(|t| t.partition_mut(tp.partition));
+        let (Ok(bytes), Some(log)) = (result, log) else {
+            warn!(partition = %tp, "reading the log back for its producer table failed; idempotent producers start afresh here");
+            self.producer_ids.loads.remove(&tp);
+            return true;
+        };
+        for view in complete_batches(bytes) {
+            if view.base_offset() >= load.end {
+                break;
+            }
+            if view.next_offset() <= load.next {
+                continue;
+            }
+            load.next = view.next_offset();
+            if let Some(batch) = ProducerBatch::of(&view).filter(|_| !view.is_control()) {
+                let at = view.base_offset() as u64;
+                let written = Written {
+                    at,
+                    term: 0,
+                    base_offset: Some(view.base_offset()),
+                    first_seq: batch.first_seq,
+                    last_seq: batch.last_seq,
+                };
+                log.producers_mut()
+                    .record(batch, written, view.max_timestamp());
+                log.producers_mut().commit(at);
+            }
+        }
+        if load.next == before {
+            // Nothing whole in the read: a batch larger than the read, read whole next.
+            let needed = frame_size(bytes).unwrap_or(0);
+            if needed > plan.len && (needed as u64) <= plan.available {
+                let plan = ReadPlan {
+                    len: needed,
+                    ..plan
+                };
+                self.issue_producer_read(&tp, plan);
+                return true;
+            }
+            warn!(partition = %tp, offset = before, "unreadable batch while rebuilding the producer table; it stops here");
+            self.producer_ids.loads.remove(&tp);
+            return true;
+        }
+        self.continue_producer_load(&tp);
+        true
     }
 }

@@ -338,6 +338,7 @@ impl Broker {
                 };
                 let mut ops = Vec::new();
                 let mut replicas_to_make = Vec::new();
+                let mut producer_loads = Vec::new();
                 let mut recovered = self.recovered_logs.remove(&*name);
                 let fresh = !self.topics.contains_key(&name);
                 let topic = self.topics.entry(name.clone()).or_insert_with(|| Topic {
@@ -390,7 +391,12 @@ impl Broker {
                         .and_then(|(_, parts)| parts.remove(&index))
                         .filter(|segments: &Vec<Segment>| !segments.is_empty());
                     let log = match segments {
-                        Some(segments) => PartitionLog::recovered(tp.clone(), segments),
+                        Some(segments) => {
+                            if replicas.len() <= 1 {
+                                producer_loads.push(tp.clone());
+                            }
+                            PartitionLog::recovered(tp.clone(), segments)
+                        }
                         None => {
                             let (log, op) = PartitionLog::new(tp.clone());
                             ops.push(op);
@@ -427,6 +433,9 @@ impl Broker {
                 self.emit_log_ops(ops);
                 for (tp, origin) in replicas_to_make {
                     self.add_replica(&tp, &origin);
+                }
+                for tp in producer_loads {
+                    self.load_producers(tp);
                 }
             }
         }

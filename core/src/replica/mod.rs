@@ -876,6 +876,9 @@ impl Replica {
             }
             if group.is_leader() && self.reported != (group.term(), true) {
                 self.pending.elected = Some(group.term());
+                if is_planted(Canary::ForgetProducersOnLeaderChange) {
+                    *log.producers_mut() = crate::producer::ProducerTable::new();
+                }
             }
             self.reported = (group.term(), group.is_leader());
             self.plan_fetches();

@@ -5,6 +5,7 @@
 mod admin;
 mod consumer;
 mod group;
+mod idempotent;
 mod mover;
 mod producer;
 mod verify;
@@ -12,6 +13,7 @@ mod verify;
 pub use admin::admin;
 pub use consumer::consumer;
 pub use group::{group_member, GROUP};
+pub use idempotent::idempotent_producer;
 pub use mover::mover;
 pub use producer::producer;
 pub use verify::{final_read, liveness_probe};
