@@ -603,14 +603,15 @@ mod tests {
                 .map(|(i, v)| (i as i64, v.to_string()))
                 .collect::<BTreeMap<_, _>>()
         };
+        let at = |i| ("t".to_string(), i);
         let mut h = History::new();
         h.check_final(
-            &p(),
+            &at(0),
             &log(&["idem1-1", "p0-1", "idem2-1", "idem1-3", "idem2-2"]),
         );
         assert!(h.violations().is_empty());
-        h.check_final(&p(), &log(&["idem1-1", "idem1-2", "idem1-1"]));
-        h.check_final(&p(), &log(&["idem1-2", "idem1-1"]));
+        h.check_final(&at(1), &log(&["idem1-1", "idem1-2", "idem1-1"]));
+        h.check_final(&at(2), &log(&["idem1-2", "idem1-1"]));
         let checks: Vec<_> = h.violations().iter().map(|v| v.check).collect();
         assert_eq!(checks, vec![Check::IdempotentOnce, Check::IdempotentOnce]);
     }
