@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod config;
 pub mod consensus;
 pub mod group;
+pub mod legacy;
 pub mod log;
 pub mod memdisk;
 pub mod producer;

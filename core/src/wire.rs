@@ -92,6 +92,36 @@ pub fn idempotent_batch<'a>(
     buf.freeze()
 }
 
+/// One uncompressed v2 batch of `(key, value, timestamp)` records, either of which may be
+/// null (a null value is a tombstone).
+pub fn batch_of(records: impl Iterator<Item = (Option<Bytes>, Option<Bytes>, i64)>) -> Bytes {
+    let records: Vec<Record> = records
+        .enumerate()
+        .map(|(i, (key, value, timestamp))| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: i as i32,
+            timestamp,
+            key,
+            value,
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut buf, &records, &options).expect("encoding an in-memory batch");
+    buf.freeze()
+}
+
 /// A topic name as the protocol types want it.
 pub fn topic_name(topic: &str) -> kafka_protocol::messages::TopicName {
     kafka_protocol::messages::TopicName(StrBytes::from_string(topic.to_string()))

@@ -41,17 +41,18 @@ use crate::config::{TopicConfig, TOPIC_CONFIG_KEYS};
 use crate::topic::{is_valid_topic_name, Topic};
 
 /// The APIs this broker serves and the versions of each, as advertised in ApiVersions.
-/// Every range is within what `kafka-protocol` can decode and what the handlers implement
-/// (Fetch and Produce stop before the versions that address topics only by id).
+/// Every range is what the handlers implement, decoded by `kafka-protocol` or, below its
+/// floors, by [`crate::legacy`] (Fetch and Produce stop before the versions that address
+/// topics only by id).
 const SUPPORTED: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 9),
-    (ApiKey::Fetch, 4, 12),
-    (ApiKey::ListOffsets, 1, 6),
+    (ApiKey::Produce, 0, 9),
+    (ApiKey::Fetch, 0, 12),
+    (ApiKey::ListOffsets, 0, 6),
     (ApiKey::Metadata, 0, 12),
     (ApiKey::ApiVersions, 0, 3),
-    (ApiKey::CreateTopics, 2, 7),
-    (ApiKey::DeleteTopics, 1, 6),
-    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::CreateTopics, 0, 7),
+    (ApiKey::DeleteTopics, 0, 6),
+    (ApiKey::DescribeConfigs, 0, 4),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::AlterPartitionReassignments, 0, 0),
@@ -62,8 +63,8 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 5),
     // v9 of OffsetCommit and OffsetFetch belong to KIP-848's new group protocol.
-    (ApiKey::OffsetCommit, 2, 8),
-    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::OffsetCommit, 0, 8),
+    (ApiKey::OffsetFetch, 0, 8),
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),

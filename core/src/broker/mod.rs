@@ -529,8 +529,12 @@ impl Broker {
         let header = RequestHeader::decode(&mut frame, header_version)
             .map_err(|e| format!("bad {api_key:?} header: {e}"))?;
         let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
-        let request = RequestKind::decode(api_key, &mut frame, version)
-            .map_err(|e| format!("bad {api_key:?} v{version} body: {e}"))?;
+        let request = if crate::legacy::is_legacy(api_key, version) {
+            crate::legacy::decode(api_key, version, frame, self.now)
+        } else {
+            RequestKind::decode(api_key, &mut frame, version).map_err(|e| e.to_string())
+        }
+        .map_err(|e| format!("bad {api_key:?} v{version} body: {e}"))?;
         debug!(conn, ?api_key, version, correlation_id, "request");
         Ok(Some((reply_to, request, client_id)))
     }
@@ -847,9 +851,13 @@ fn encode_response(reply_to: ReplyTo, response: &ResponseKind) -> Result<Bytes, 
     header
         .encode(&mut buf, header_version)
         .map_err(|e| e.to_string())?;
-    response
-        .encode(&mut buf, reply_to.version)
-        .map_err(|e| e.to_string())?;
+    if crate::legacy::is_legacy(reply_to.api_key, reply_to.version) {
+        crate::legacy::encode(reply_to.version, response, &mut buf)?;
+    } else {
+        response
+            .encode(&mut buf, reply_to.version)
+            .map_err(|e| e.to_string())?;
+    }
     let size = (buf.len() - 4) as i32;
     buf[..4].copy_from_slice(&size.to_be_bytes());
     Ok(buf.freeze())
