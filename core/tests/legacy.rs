@@ -108,8 +108,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     !crc
 }
 
-/// Reads a message set back: (offset, magic, timestamp, value) per message.
-fn messages(mut set: Bytes) -> Vec<(i64, i8, i64, String)> {
+/// One message read back: (offset, magic, timestamp, value).
+type Message = (i64, i8, i64, String);
+
+/// Reads a message set back.
+fn messages(mut set: Bytes) -> Vec<Message> {
     let mut out = Vec::new();
     while set.remaining() >= 12 {
         let offset = set.get_i64();
@@ -153,7 +156,7 @@ fn produce(h: &mut Harness, version: i16, set: &[u8]) -> (i16, i64) {
 }
 
 /// Fetch of t-0 from `offset` at `version`: (error, high watermark, messages).
-fn fetch(h: &mut Harness, version: i16, offset: i64) -> (i16, i64, Vec<(i64, i8, i64, String)>) {
+fn fetch(h: &mut Harness, version: i16, offset: i64) -> (i16, i64, Vec<Message>) {
     let mut body = W::default().i32(-1).i32(0).i32(1);
     if version >= 3 {
         body = body.i32(1 << 20);
