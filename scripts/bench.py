@@ -221,6 +221,32 @@ def replicated_run(workdir, n):
             node.stop()
 
 
+def produce_cpu(workdir, n, *bench_args):
+    """A fresh broker, one acks=all `seedlog bench produce` of `n` 100 B records: the
+    broker's CPU seconds per million records, and records/s."""
+    b = Broker(workdir)
+    try:
+        cpu0 = b.cpu_seconds()
+        r = bench(b, "produce", "--records", str(n), "--acks", "all", "--topic", "cpu", *bench_args)
+        return (b.cpu_seconds() - cpu0) / n * 1e6, r["records_per_sec"]
+    finally:
+        b.stop()
+
+
+def idempotence_cost(workdir, n, pairs):
+    """Broker CPU per million records for idempotent against plain producers, paired."""
+    idem, plain = [], []
+    for _ in range(pairs):
+        idem.append(produce_cpu(workdir, n, "--idempotent"))
+        plain.append(produce_cpu(workdir, n))
+    ratios = [a[0] / b[0] for a, b in zip(idem, plain)]
+    return (f"- idempotent against plain producers, acks=all, 4 connections, broker CPU per "
+            f"million 100 B records: {median([a[0] for a in idem]):.3f} vs "
+            f"{median([b[0] for b in plain]):.3f} s, {median(ratios):.0%} "
+            f"({min(ratios):.0%}-{max(ratios):.0%}); records/s {median([a[1] for a in idem]):,.0f} vs "
+            f"{median([b[1] for b in plain]):,.0f}")
+
+
 def row(name, r):
     lat = r.get("latency_ms")
     lat_text = " / ".join(f"{x:.2f}" for x in lat) if lat else "-"
@@ -233,10 +259,18 @@ def main():
     ap.add_argument("--out", help="also write the report here")
     ap.add_argument("--pairs", type=int, help="back-to-back pairs behind each target ratio "
                     "(default 5; 1 with --quick)")
+    ap.add_argument("--only", choices=["idempotence"],
+                    help="run one paired comparison alone instead of the whole benchmark")
     args = ap.parse_args()
     n = 200_000 if args.quick else 2_000_000
     pairs = args.pairs or (1 if args.quick else 5)
     workdir = tempfile.mkdtemp(prefix="seedlog-bench-")
+    if args.only == "idempotence":
+        try:
+            print(idempotence_cost(workdir, n, pairs))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return
     lines = []
     say = lines.append
     try:
@@ -339,6 +373,7 @@ def main():
         say(f"- 3 nodes RF 3 acks=all against a single node acks=1, 16 connections each: "
             f"{cluster_pairs['a']:,.0f} vs {cluster_pairs['b']:,.0f} records/s, "
             f"{cluster_pairs['ratio']:.0%} ({cluster_pairs['ratio_min']:.0%}-{cluster_pairs['ratio_max']:.0%})")
+        say(idempotence_cost(workdir, n, pairs))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report = "\n".join(lines)

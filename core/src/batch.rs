@@ -451,6 +451,17 @@ pub fn stamp_log_append_time(buf: &mut BytesMut, append_time: i64) {
     buf[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// Makes a batch an idempotent producer's: its producer id, epoch and first sequence, and
+/// re-seals its CRC (a load generator numbers one prepared batch this way per request).
+pub fn stamp_producer(buf: &mut BytesMut, producer_id: i64, epoch: i16, first_sequence: i32) {
+    buf[PRODUCER_ID_OFFSET..PRODUCER_ID_OFFSET + 8].copy_from_slice(&producer_id.to_be_bytes());
+    buf[PRODUCER_EPOCH_OFFSET..PRODUCER_EPOCH_OFFSET + 2].copy_from_slice(&epoch.to_be_bytes());
+    buf[BASE_SEQUENCE_OFFSET..BASE_SEQUENCE_OFFSET + 4]
+        .copy_from_slice(&first_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&buf[ATTRIBUTES_OFFSET..]);
+    buf[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Summary of one validated batch a producer sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchSummary {

@@ -13,7 +13,10 @@ use bytes::{BufMut, BytesMut};
 use clap::{Args, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
-use kafka_protocol::messages::{ApiKey, BrokerId, RequestKind, ResponseKind, TopicName};
+use kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, ProducerId, RequestKind, ResponseKind, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use seedlog_core::batch::{data_batch, BatchView};
@@ -95,6 +98,10 @@ pub struct ProduceArgs {
     /// Connections producing at once, each with one request in flight.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Produce as idempotent producers: each connection takes a producer id
+    /// (InitProducerId) and numbers its batches per partition.
+    #[arg(long)]
+    idempotent: bool,
 }
 
 /// `seedlog bench consume`.
@@ -259,28 +266,38 @@ async fn produce(args: &ProduceArgs) -> anyhow::Result<BenchReport> {
             errors.clone(),
             batch.clone(),
         );
-        let (target, acks) = (args.target.clone(), args.acks);
+        let batch_records = args.batch_records;
+        let (target, acks, idempotent) = (args.target.clone(), args.acks, args.idempotent);
         tasks.push(tokio::spawn(async move {
             let mut client = client(&target);
             let mut local = histogram();
+            let producer_id = match idempotent {
+                true => Some(init_producer_id(&mut client).await?),
+                false => None,
+            };
+            let mut sequences = vec![0i32; target.partitions.max(1) as usize];
             loop {
                 let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if n >= requests {
                     break;
                 }
                 let partition = (n % target.partitions as u64) as i32;
+                let batch = match producer_id {
+                    Some(id) => {
+                        let sequence = &mut sequences[partition as usize];
+                        let mut numbered = BytesMut::from(&batch[..]);
+                        seedlog_core::batch::stamp_producer(&mut numbered, id, 0, *sequence);
+                        *sequence = sequence.wrapping_add(batch_records as i32);
+                        numbered.freeze()
+                    }
+                    None => batch.clone(),
+                };
                 let sent = Instant::now();
                 let ok = match client
                     .call(
                         ApiKey::Produce,
                         9,
-                        produce_request(
-                            &target.topic,
-                            partition,
-                            acks.code(),
-                            30_000,
-                            batch.clone(),
-                        ),
+                        produce_request(&target.topic, partition, acks.code(), 30_000, batch),
                     )
                     .await
                 {
@@ -295,10 +312,11 @@ async fn produce(args: &ProduceArgs) -> anyhow::Result<BenchReport> {
                 let _ = local.record(sent.elapsed().as_micros() as u64);
             }
             latencies.lock().await.add(&local).expect("same bounds");
+            anyhow::Ok(())
         }));
     }
     for task in tasks {
-        task.await.context("a producer task failed")?;
+        task.await.context("a producer task failed")??;
     }
     let seconds = started.elapsed().as_secs_f64();
     let records = requests * args.batch_records as u64;
@@ -314,6 +332,20 @@ async fn produce(args: &ProduceArgs) -> anyhow::Result<BenchReport> {
         latency_of: "produce request round trip",
         errors: errors.load(std::sync::atomic::Ordering::Relaxed),
     })
+}
+
+/// A producer id for an idempotent producer.
+async fn init_producer_id(client: &mut Client) -> anyhow::Result<i64> {
+    let request = RequestKind::InitProducerId(
+        InitProducerIdRequest::default()
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    );
+    match client.call(ApiKey::InitProducerId, 4, request).await {
+        Ok(ResponseKind::InitProducerId(r)) if r.error_code == 0 => Ok(r.producer_id.0),
+        Ok(ResponseKind::InitProducerId(r)) => bail!("InitProducerId: error {}", r.error_code),
+        other => bail!("InitProducerId failed: {other:?}"),
+    }
 }
 
 /// A Fetch of every partition of `topic` from `positions` (indexed by partition).

@@ -118,6 +118,10 @@ pub struct RunArgs {
     /// (offsets.retention.minutes) [default: 10080, 7 days].
     #[arg(long, env = "SEEDLOG_OFFSETS_RETENTION_MINUTES")]
     pub offsets_retention_minutes: Option<i64>,
+    /// How long a producer that writes nothing to a partition is remembered there
+    /// (producer.id.expiration.ms) [default: 86400000, 1 day].
+    #[arg(long, env = "SEEDLOG_PRODUCER_ID_EXPIRATION_MS")]
+    pub producer_id_expiration_ms: Option<i64>,
 }
 
 /// Everything a node needs to start.
@@ -183,6 +187,11 @@ impl RunArgs {
             retention_check_interval_ms,
             broker.retention_check_interval_ms
         );
+        broker.producer_id_expiration_ms =
+            pick!(producer_id_expiration_ms, broker.producer_id_expiration_ms);
+        if broker.producer_id_expiration_ms < 1 {
+            bail!("producer_id_expiration_ms must be positive");
+        }
         let groups = &mut broker.groups;
         groups.offsets_partitions = pick!(offsets_topic_num_partitions, groups.offsets_partitions);
         groups.initial_rebalance_delay_ms = pick!(

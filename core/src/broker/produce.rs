@@ -258,13 +258,7 @@ impl Broker {
         if let Some(batch) = producer {
             // One replica: nothing written is ever replaced by another copy's history.
             let at = base_offset as u64;
-            let written = Written {
-                at,
-                term: 0,
-                base_offset: Some(base_offset),
-                first_seq: batch.first_seq,
-                last_seq: batch.last_seq,
-            };
+            let written = Written::of(&batch, at, 0, Some(base_offset));
             let producers = log.producers_mut();
             producers.record(batch, written, summaries[0].max_timestamp);
             producers.commit(at);

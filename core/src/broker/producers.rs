@@ -272,13 +272,7 @@ impl Broker {
             load.next = view.next_offset();
             if let Some(batch) = ProducerBatch::of(&view).filter(|_| !view.is_control()) {
                 let at = view.base_offset() as u64;
-                let written = Written {
-                    at,
-                    term: 0,
-                    base_offset: Some(view.base_offset()),
-                    first_seq: batch.first_seq,
-                    last_seq: batch.last_seq,
-                };
+                let written = Written::of(&batch, at, 0, Some(view.base_offset()));
                 log.producers_mut()
                     .record(batch, written, view.max_timestamp());
                 log.producers_mut().commit(at);

@@ -442,13 +442,7 @@ impl Broker {
             p.last = index;
             if let Some(batch) = producer {
                 // Until it is written, a retry of it finds the proposal.
-                let written = Written {
-                    at: index,
-                    term,
-                    base_offset: None,
-                    first_seq: batch.first_seq,
-                    last_seq: batch.last_seq,
-                };
+                let written = Written::of(&batch, index, term, None);
                 log.producers_mut()
                     .record(batch, written, summary.max_timestamp);
             }

@@ -79,6 +79,22 @@ pub struct Written {
     pub first_seq: i32,
     /// Last sequence.
     pub last_seq: i32,
+    /// The producer epoch it was written in.
+    pub epoch: i16,
+}
+
+impl Written {
+    /// `batch` as written at `at` in `term`, starting at `base_offset` once known.
+    pub fn of(batch: &ProducerBatch, at: u64, term: u64, base_offset: Option<i64>) -> Self {
+        Written {
+            at,
+            term,
+            base_offset,
+            first_seq: batch.first_seq,
+            last_seq: batch.last_seq,
+            epoch: batch.epoch,
+        }
+    }
 }
 
 /// What to do with a batch a producer sent.
@@ -320,13 +336,7 @@ mod tests {
     }
 
     fn written(at: u64, b: &ProducerBatch, offset: Option<i64>) -> Written {
-        Written {
-            at,
-            term: 1,
-            base_offset: offset,
-            first_seq: b.first_seq,
-            last_seq: b.last_seq,
-        }
+        Written::of(b, at, 1, offset)
     }
 
     /// Records `b` at `at` as written at offset `10 * at`.

@@ -230,13 +230,12 @@ impl Loader {
                 let index = self.start.index + self.table.len() as u64;
                 let producer = ProducerBatch::of(&view).filter(|_| intact && control.is_none());
                 if let Some(batch) = producer {
-                    let written = Written {
-                        at: index,
-                        term: view.leader_epoch().max(0) as u64,
-                        base_offset: Some(view.base_offset()),
-                        first_seq: batch.first_seq,
-                        last_seq: batch.last_seq,
-                    };
+                    let written = Written::of(
+                        &batch,
+                        index,
+                        view.leader_epoch().max(0) as u64,
+                        Some(view.base_offset()),
+                    );
                     self.producers.push((batch, written, view.max_timestamp()));
                 }
                 if !intact {

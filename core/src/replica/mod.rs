@@ -1103,13 +1103,7 @@ fn write_entries(
             data: bytes.freeze(),
         });
         if let Some(batch) = producer {
-            let written = Written {
-                at: entry.index,
-                term: entry.term,
-                base_offset: Some(base_offset),
-                first_seq: batch.first_seq,
-                last_seq: batch.last_seq,
-            };
+            let written = Written::of(&batch, entry.index, entry.term, Some(base_offset));
             log.producers_mut().record(batch, written, max_timestamp);
         }
         store.push(meta, entry.data);
