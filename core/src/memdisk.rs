@@ -31,6 +31,8 @@ pub struct MemDisk {
     quorum: Option<MemLog>,
     /// Partition replicas' Raft state; written synchronously too.
     replicas: BTreeMap<TopicPartition, crate::consensus::RaftPersist>,
+    /// Producer-table snapshots; written synchronously too.
+    producers: BTreeMap<TopicPartition, Bytes>,
 }
 
 impl MemDisk {
@@ -110,6 +112,7 @@ impl MemDisk {
                 self.segments.retain(|id, _| id.partition != tp);
                 self.indexes.retain(|id, _| id.partition != tp);
                 self.replicas.remove(&tp);
+                self.producers.remove(&tp);
             }
             StorageOp::SaveTopic { name, record } => {
                 self.topics.insert(name, record);
@@ -119,6 +122,12 @@ impl MemDisk {
             }
             StorageOp::SaveReplica { partition, state } => {
                 self.replicas.entry(partition).or_default().merge(*state);
+            }
+            StorageOp::SaveProducers {
+                partition,
+                snapshot,
+            } => {
+                self.producers.insert(partition, snapshot);
             }
             StorageOp::SaveQuorum(change) => {
                 self.quorum
@@ -287,6 +296,7 @@ impl MemDisk {
             topics: recovered,
             quorum: self.quorum.as_ref().map(MemLog::as_persist),
             replicas: self.replicas.clone(),
+            producers: self.producers.clone(),
         }
     }
 }

@@ -143,6 +143,15 @@ pub enum StorageOp {
         /// The change.
         state: Box<RaftPersist>,
     },
+    /// Replace the producer-table snapshot of a partition of one copy (see
+    /// [`crate::producer::ProducerTable::snapshot`]); it covers only durable batches, so
+    /// it needs no fsync before anything else. [`StorageOp::DeletePartition`] forgets it.
+    SaveProducers {
+        /// The partition.
+        partition: TopicPartition,
+        /// The encoded snapshot.
+        snapshot: Bytes,
+    },
 }
 
 /// The answer to a [`StorageOp`] that has one.

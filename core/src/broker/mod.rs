@@ -101,6 +101,8 @@ pub struct Recovered {
     pub quorum: Option<RaftPersist>,
     /// Partition replicas' Raft state (hard state, log start), by partition.
     pub replicas: BTreeMap<TopicPartition, RaftPersist>,
+    /// Producer-table snapshots of partitions of one copy, by partition.
+    pub producers: BTreeMap<TopicPartition, Bytes>,
 }
 
 /// A recovered topic's id and its partitions' segments, by partition index.
@@ -309,7 +311,7 @@ impl Broker {
             group_loads: BTreeMap::new(),
             coordinator_stale: true,
             batching: false,
-            producer_ids: producers::ProducerIds::default(),
+            producer_ids: producers::ProducerIds::new(recovered.producers),
         };
         let names: Vec<String> = broker.controller.image().topics.keys().cloned().collect();
         for name in names {
@@ -462,6 +464,7 @@ impl Broker {
     /// [`Self::has_handed_over`] (or a deadline), then stop.
     pub fn begin_shutdown(&mut self) {
         self.shutting_down = true;
+        self.snapshot_producers();
         self.controller.hand_over();
         self.hand_over_partitions();
         self.after_input();
@@ -805,6 +808,7 @@ impl Broker {
             }
         }
         self.emit_log_ops(ops);
+        self.snapshot_producers();
     }
 
     /// Emits a log's storage operations; in group-commit mode the files they write (and the

@@ -260,7 +260,7 @@ impl Broker {
             let at = base_offset as u64;
             let written = Written::of(&batch, at, 0, Some(base_offset));
             let producers = log.producers_mut();
-            producers.record(batch, written, summaries[0].max_timestamp);
+            producers.record(batch, written, now);
             producers.commit(at);
         }
         let log_start_offset = log.log_start_offset();

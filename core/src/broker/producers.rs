@@ -18,7 +18,7 @@ use super::{Broker, ReplyTo};
 use crate::batch::{complete_batches, frame_size};
 use crate::cluster::records::{Change, ProducerIdBlock};
 use crate::log::ReadPlan;
-use crate::producer::{IdPool, ProducerBatch, Written, ID_BLOCK};
+use crate::producer::{IdPool, ProducerBatch, ProducerTable, Written, ID_BLOCK};
 use crate::storage::{StorageOp, TopicPartition};
 
 /// How long an InitProducerId waits for a block of ids before it is answered with
@@ -47,12 +47,26 @@ pub(super) struct ProducerIds {
     /// Partitions whose producer table is not whole yet: an idempotent producer's batch
     /// is refused there (retriably) until it is, since its retry could not be recognised.
     pub(super) loads: BTreeMap<TopicPartition, ProducerLoad>,
+    /// Snapshots found at startup, until their partitions are created.
+    pub(super) recovered: BTreeMap<TopicPartition, Bytes>,
+    /// The table change count each partition's last snapshot was taken at.
+    snapshotted: BTreeMap<TopicPartition, u64>,
     pool: IdPool,
     /// Requests waiting for a block, with their deadlines, oldest first.
     waiting: VecDeque<(ReplyTo, i64)>,
     /// The block asked for: its nonce and when to give up on it (a proposal forwarded to
     /// a controller that then lost its leadership is never applied).
     asked: Option<(u64, i64)>,
+}
+
+impl ProducerIds {
+    /// Nothing on hand yet; `recovered` holds the snapshots found at startup.
+    pub(super) fn new(recovered: BTreeMap<TopicPartition, Bytes>) -> Self {
+        ProducerIds {
+            recovered,
+            ..Self::default()
+        }
+    }
 }
 
 impl Broker {
@@ -177,20 +191,37 @@ impl Broker {
         asked.into_iter().chain(waiting).min()
     }
 
-    /// Starts rebuilding the producer table of a recovered partition of one copy.
+    /// Starts rebuilding the producer table of a recovered partition of one copy: from its
+    /// snapshot, if one was saved, and the log after it.
     pub(super) fn load_producers(&mut self, tp: TopicPartition) {
+        let snapshot = self.producer_ids.recovered.remove(&tp);
         let Some(log) = self
             .topics
-            .get(&tp.topic)
-            .and_then(|t| t.partition(tp.partition))
+            .get_mut(&tp.topic)
+            .and_then(|t| t.partition_mut(tp.partition))
         else {
             return;
         };
-        if log.log_end_offset() == log.log_start_offset() {
+        let mut next = log.log_start_offset();
+        match snapshot.map(|s| ProducerTable::from_snapshot(&s)) {
+            Some(Some((table, upto))) if upto <= log.log_end_offset() => {
+                debug!(partition = %tp, upto, producers = table.len(), "producer snapshot loaded");
+                self.producer_ids
+                    .snapshotted
+                    .insert(tp.clone(), table.changes());
+                *log.producers_mut() = table;
+                next = next.max(upto);
+            }
+            Some(_) => {
+                warn!(partition = %tp, "producer snapshot unreadable or past the log's end; reading the whole log back");
+            }
+            None => {}
+        }
+        if next >= log.log_end_offset() {
             return;
         }
         let load = ProducerLoad {
-            next: log.log_start_offset(),
+            next,
             end: log.log_end_offset(),
             read: None,
         };
@@ -273,8 +304,7 @@ impl Broker {
             if let Some(batch) = ProducerBatch::of(&view).filter(|_| !view.is_control()) {
                 let at = view.base_offset() as u64;
                 let written = Written::of(&batch, at, 0, Some(view.base_offset()));
-                log.producers_mut()
-                    .record(batch, written, view.max_timestamp());
+                log.producers_mut().record(batch, written, self.now);
                 log.producers_mut().commit(at);
             }
         }
@@ -295,5 +325,35 @@ impl Broker {
         }
         self.continue_producer_load(&tp);
         true
+    }
+
+    /// Saves the producer table of every partition of one copy that changed since its last
+    /// snapshot, as of its durable end: a restart then reads back only the log after it.
+    pub(super) fn snapshot_producers(&mut self) {
+        let mut ops = Vec::new();
+        for topic in self.topics.values() {
+            for (&index, log) in &topic.logs {
+                if topic.raft.contains_key(&index) {
+                    continue; // A replica rebuilds its table as it loads its entries.
+                }
+                let tp = TopicPartition::new(&topic.name, index);
+                let table = log.producers();
+                let stale = self.producer_ids.snapshotted.get(&tp) != Some(&table.changes());
+                if !stale || table.is_empty() || self.producer_ids.loads.contains_key(&tp) {
+                    continue;
+                }
+                let snapshot = table.snapshot(log.high_watermark());
+                self.producer_ids
+                    .snapshotted
+                    .insert(tp.clone(), table.changes());
+                ops.push(StorageOp::SaveProducers {
+                    partition: tp,
+                    snapshot: Bytes::from(snapshot),
+                });
+            }
+        }
+        for op in ops {
+            self.storage(op);
+        }
     }
 }

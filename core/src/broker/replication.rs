@@ -443,8 +443,7 @@ impl Broker {
             if let Some(batch) = producer {
                 // Until it is written, a retry of it finds the proposal.
                 let written = Written::of(&batch, index, term, None);
-                log.producers_mut()
-                    .record(batch, written, summary.max_timestamp);
+                log.producers_mut().record(batch, written, now);
             }
         }
         self.dirty_replicas

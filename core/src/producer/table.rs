@@ -147,6 +147,8 @@ pub struct ProducerTable {
     deltas: VecDeque<Delta>,
     /// The last place folded into `base`.
     folded: u64,
+    /// Batches recorded so far: tells whether a snapshot is out of date.
+    changes: u64,
 }
 
 impl ProducerTable {
@@ -236,6 +238,7 @@ impl ProducerTable {
             }
             self.truncate_from(written.at);
         }
+        self.changes += 1;
         self.current
             .entry(batch.producer_id)
             .or_default()
@@ -304,11 +307,116 @@ impl ProducerTable {
         self.current.retain(|id, e| !stale(id, e));
     }
 
+    /// How many batches were recorded (a counter that moves with every change).
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
     /// Epoch and last sequence of every producer known, by id (for inspection and tests).
     pub fn producers(&self) -> impl Iterator<Item = (i64, i16, Option<i32>)> + '_ {
         self.current
             .iter()
             .map(|(id, e)| (*id, e.epoch, e.batches.back().map(|w| w.last_seq)))
+    }
+}
+
+/// A snapshot of a partition's table as of an offset (for a partition of one copy, whose
+/// batches are placed by base offset): what a restart reads instead of the whole log.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SnapshotRecord {
+    /// Every batch below this offset is in the snapshot; the log from here on is read back.
+    #[prost(int64, tag = "1")]
+    upto: i64,
+    #[prost(message, repeated, tag = "2")]
+    producers: Vec<SnapshotProducer>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct SnapshotProducer {
+    #[prost(int64, tag = "1")]
+    id: i64,
+    #[prost(int64, tag = "2")]
+    last_write: i64,
+    /// (epoch, first sequence, last sequence, base offset) of each batch, oldest first.
+    #[prost(message, repeated, tag = "3")]
+    batches: Vec<SnapshotBatch>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct SnapshotBatch {
+    #[prost(int32, tag = "1")]
+    epoch: i32,
+    #[prost(int32, tag = "2")]
+    first_seq: i32,
+    #[prost(int32, tag = "3")]
+    last_seq: i32,
+    #[prost(int64, tag = "4")]
+    base_offset: i64,
+}
+
+impl ProducerTable {
+    /// The table as it stood at offset `upto` (the partition's durable end), for a partition
+    /// of one copy: batches at or past it are left out, since a crash may still take them
+    /// and the log is read back from `upto` anyway. A producer whose cached batches all lie
+    /// past `upto` is left out too: the batches before them were answered (a producer has
+    /// at most five in flight), so none of them is retried.
+    pub fn snapshot(&self, upto: i64) -> Vec<u8> {
+        use prost::Message as _;
+        let producers = self
+            .current
+            .iter()
+            .filter_map(|(&id, entry)| {
+                let batches: Vec<SnapshotBatch> = entry
+                    .batches
+                    .iter()
+                    .filter_map(|w| {
+                        let base_offset = w.base_offset.filter(|b| *b < upto)?;
+                        Some(SnapshotBatch {
+                            epoch: i32::from(w.epoch),
+                            first_seq: w.first_seq,
+                            last_seq: w.last_seq,
+                            base_offset,
+                        })
+                    })
+                    .collect();
+                (!batches.is_empty()).then_some(SnapshotProducer {
+                    id,
+                    last_write: entry.last_write,
+                    batches,
+                })
+            })
+            .collect();
+        SnapshotRecord { upto, producers }.encode_to_vec()
+    }
+
+    /// A table from a [`Self::snapshot`], and the offset the log must be read back from.
+    pub fn from_snapshot(bytes: &[u8]) -> Option<(ProducerTable, i64)> {
+        use prost::Message as _;
+        let record = SnapshotRecord::decode(bytes).ok()?;
+        let mut table = ProducerTable::new();
+        let mut batches: Vec<(i64, ProducerBatch, i64)> = Vec::new();
+        for p in &record.producers {
+            for b in &p.batches {
+                let batch = ProducerBatch {
+                    producer_id: p.id,
+                    epoch: i16::try_from(b.epoch).ok()?,
+                    first_seq: b.first_seq,
+                    last_seq: b.last_seq,
+                };
+                batches.push((b.base_offset, batch, p.last_write));
+            }
+        }
+        // In log order, as they were first recorded.
+        batches.sort_by_key(|(offset, _, _)| *offset);
+        for (offset, batch, last_write) in batches {
+            let at = u64::try_from(offset).ok()?;
+            if at < table.folded || offset >= record.upto {
+                return None; // Not a snapshot this code wrote.
+            }
+            table.record(batch, Written::of(&batch, at, 0, Some(offset)), last_write);
+            table.commit(at);
+        }
+        Some((table, record.upto))
     }
 }
 
@@ -422,6 +530,31 @@ mod tests {
             panic!("written proposal is a duplicate");
         };
         assert_eq!(w.base_offset, Some(30));
+    }
+
+    #[test]
+    fn a_snapshot_restores_the_table_as_of_its_offset() {
+        let mut t = ProducerTable::new();
+        for (offset, b) in [
+            (0, batch(7, 0, 0, 2)),
+            (2, batch(8, 3, 0, 1)),
+            (3, batch(7, 0, 2, 2)),
+        ] {
+            t.record(b, Written::of(&b, offset, 0, Some(offset as i64)), 50);
+            t.commit(offset);
+        }
+        let (restored, upto) = ProducerTable::from_snapshot(&t.snapshot(5)).expect("decodes");
+        assert_eq!(upto, 5);
+        assert_eq!(
+            restored.producers().collect::<Vec<_>>(),
+            t.producers().collect::<Vec<_>>()
+        );
+        let retry = batch(7, 0, 2, 2);
+        assert_eq!(restored.check(&retry), t.check(&retry));
+        // As of offset 3, the last batch of producer 7 is not in it yet.
+        let (early, _) = ProducerTable::from_snapshot(&t.snapshot(3)).unwrap();
+        assert_eq!(early.check(&retry), Ok(Verdict::Append));
+        assert_eq!(ProducerTable::from_snapshot(b"\xff\xff"), None);
     }
 
     #[test]

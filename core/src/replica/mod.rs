@@ -1104,7 +1104,7 @@ fn write_entries(
         });
         if let Some(batch) = producer {
             let written = Written::of(&batch, entry.index, entry.term, Some(base_offset));
-            log.producers_mut().record(batch, written, max_timestamp);
+            log.producers_mut().record(batch, written, now);
         }
         store.push(meta, entry.data);
     }

@@ -34,6 +34,8 @@ pub struct Harness {
     /// (api, version) of the requests each connection sent, for decoding replies.
     pub asked: BTreeMap<u64, VecDeque<(ApiKey, i16)>>,
     pub next_correlation: i32,
+    /// (position, length) of every read the broker issued.
+    pub reads: Vec<(u64, usize)>,
 }
 
 impl Harness {
@@ -50,6 +52,7 @@ impl Harness {
             held: Vec::new(),
             asked: BTreeMap::new(),
             next_correlation: 1,
+            reads: Vec::new(),
         }
     }
 
@@ -69,6 +72,9 @@ impl Harness {
                     self.held.push(op)
                 }
                 Output::Storage(op) => {
+                    if let StorageOp::Read { position, len, .. } = &op {
+                        self.reads.push((*position, *len));
+                    }
                     if let Some(c) = self.disk.execute(op) {
                         self.broker.handle_storage(self.now, c);
                     }

@@ -68,6 +68,8 @@ pub struct FileStorage {
     /// Partition replicas' Raft state: `<topic>/<partition>/` + `hard_state` or `snapshot`
     /// (the log start and the membership).
     replicas: sled::Tree,
+    /// Producer-table snapshots of partitions of one copy: `<topic>/<partition>`.
+    producers: sled::Tree,
     /// Open segment files.
     files: BTreeMap<SegmentId, Arc<File>>,
     /// Directories whose entries changed since the last sync.
@@ -87,6 +89,9 @@ impl FileStorage {
         let replicas = meta
             .open_tree("replicas")
             .context("opening replicas tree")?;
+        let producers = meta
+            .open_tree("producers")
+            .context("opening producers tree")?;
         let (sync_jobs, jobs) = mpsc::channel::<SyncJob>();
         std::thread::Builder::new()
             .name("seedlog-fsync".into())
@@ -98,6 +103,7 @@ impl FileStorage {
             topics,
             quorum,
             replicas,
+            producers,
             files: BTreeMap::new(),
             dirty_dirs: BTreeSet::new(),
             sync_jobs,
@@ -226,6 +232,27 @@ impl FileStorage {
                 .context("removing replica state")?;
         }
         Ok(())
+    }
+
+    /// Every producer-table snapshot.
+    fn load_producers(&self) -> anyhow::Result<BTreeMap<TopicPartition, Bytes>> {
+        let mut out = BTreeMap::new();
+        for item in self.producers.iter() {
+            let (key, value) = item.context("reading producer snapshots")?;
+            let key = String::from_utf8(key.to_vec()).context("producer snapshot key")?;
+            let parsed = key
+                .rsplit_once('/')
+                .and_then(|(topic, p)| Some((topic, p.parse::<i32>().ok()?)));
+            let Some((topic, partition)) = parsed else {
+                warn!(%key, "ignoring an unreadable producer snapshot key");
+                continue;
+            };
+            out.insert(
+                TopicPartition::new(&Arc::from(topic), partition),
+                Bytes::copy_from_slice(&value),
+            );
+        }
+        Ok(out)
     }
 
     /// Every partition replica's Raft state.
@@ -426,6 +453,7 @@ impl Storage for FileStorage {
             topics: recovered,
             quorum: self.load_quorum()?,
             replicas,
+            producers: self.load_producers()?,
         })
     }
 
@@ -499,6 +527,9 @@ impl Storage for FileStorage {
             }
             StorageOp::DeletePartition(tp) => {
                 self.remove_replica(&tp)?;
+                self.producers
+                    .remove(producers_key(&tp))
+                    .context("removing a producer snapshot")?;
                 self.files.retain(|id, _| id.partition != tp);
                 let dir = self.partition_dir(&tp);
                 match fs::remove_dir_all(&dir) {
@@ -529,6 +560,16 @@ impl Storage for FileStorage {
             }
             StorageOp::SaveQuorum(change) => self.save_quorum(&change)?,
             StorageOp::SaveReplica { partition, state } => self.save_replica(&partition, &state)?,
+            StorageOp::SaveProducers {
+                partition,
+                snapshot,
+            } => {
+                // No flush: the snapshot covers durable batches only, and a lost one means
+                // reading more of the log back at the next start.
+                self.producers
+                    .insert(producers_key(&partition), &snapshot[..])
+                    .with_context(|| format!("saving the producer snapshot of {partition}"))?;
+            }
         }
         Ok(None)
     }
@@ -690,6 +731,10 @@ fn scan_file(
 }
 
 /// The key prefix of a partition replica's Raft state.
+fn producers_key(tp: &TopicPartition) -> String {
+    format!("{}/{}", tp.topic, tp.partition)
+}
+
 fn replica_prefix(tp: &TopicPartition) -> String {
     format!("{}/{}/", tp.topic, tp.partition)
 }
