@@ -41,11 +41,14 @@ pub enum Canary {
     /// A new partition leader starts with an empty producer table: the batches the old
     /// leader wrote are forgotten, and their retries are written again.
     ForgetProducersOnLeaderChange,
+    /// A metadata snapshot forgets how many producer ids were handed out: a broker that
+    /// loads it (after a restart, or as a new controller catching up) hands them out again.
+    ForgetProducerIdsInSnapshot,
 }
 
 impl Canary {
     /// Every canary, in a stable order.
-    pub const ALL: [Canary; 15] = [
+    pub const ALL: [Canary; 16] = [
         Canary::AckBeforeFsync,
         Canary::SkipRecoveryCrc,
         Canary::ReadAboveHighWatermark,
@@ -61,6 +64,7 @@ impl Canary {
         Canary::TrustRecoveredBatches,
         Canary::SkipFollowerRepair,
         Canary::ForgetProducersOnLeaderChange,
+        Canary::ForgetProducerIdsInSnapshot,
     ];
 
     /// The name used on the simulator's command line.
@@ -81,6 +85,7 @@ impl Canary {
             Canary::TrustRecoveredBatches => "trust-recovered-batches",
             Canary::SkipFollowerRepair => "skip-follower-repair",
             Canary::ForgetProducersOnLeaderChange => "forget-producers-on-leader-change",
+            Canary::ForgetProducerIdsInSnapshot => "forget-producer-ids-in-snapshot",
         }
     }
 
@@ -105,6 +110,9 @@ impl Canary {
             Canary::SkipFollowerRepair => "a follower's damaged batch is never repaired",
             Canary::ForgetProducersOnLeaderChange => {
                 "a new leader forgets the idempotent producers' batches"
+            }
+            Canary::ForgetProducerIdsInSnapshot => {
+                "producer ids are handed out again after a metadata snapshot"
             }
         }
     }

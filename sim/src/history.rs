@@ -48,13 +48,15 @@ pub enum Check {
     /// An idempotent producer's records are in the log once each, in the order it sent
     /// them, and an in-sequence batch is never refused as out of sequence.
     IdempotentOnce,
+    /// No producer id is handed out twice.
+    ProducerIdsUnique,
     /// After the faults heal, the cluster serves again within the deadline.
     Liveness,
 }
 
 impl Check {
     /// Every check, in report order.
-    pub const ALL: [Check; 12] = [
+    pub const ALL: [Check; 13] = [
         Check::AckedWritesDurable,
         Check::TopicsDurable,
         Check::OffsetsAgree,
@@ -66,6 +68,7 @@ impl Check {
         Check::GroupOneOwner,
         Check::CommittedOffsets,
         Check::IdempotentOnce,
+        Check::ProducerIdsUnique,
         Check::Liveness,
     ];
 
@@ -83,6 +86,7 @@ impl Check {
             Check::GroupOneOwner => "group-one-owner",
             Check::CommittedOffsets => "committed-offsets",
             Check::IdempotentOnce => "idempotent-once",
+            Check::ProducerIdsUnique => "producer-ids-unique",
             Check::Liveness => "liveness",
         }
     }
@@ -135,6 +139,8 @@ pub struct History {
     leaders: BTreeMap<(String, u64), i32>,
     violations: Vec<Violation>,
     groups: GroupFacts,
+    /// Producer ids handed out, and when.
+    producer_ids: BTreeMap<i64, u64>,
     /// Counters for the report.
     pub counts: Counts,
     trace: TraceHash,
@@ -475,6 +481,16 @@ impl History {
                 broken.len()
             );
             self.violate(Check::IdempotentOnce, detail);
+        }
+    }
+
+    /// InitProducerId handed out `id`.
+    pub fn producer_id(&mut self, at_ms: u64, id: i64) {
+        self.trace(at_ms, ("producer-id", id));
+        if let Some(first) = self.producer_ids.insert(id, at_ms) {
+            let detail =
+                format!("producer id {id} handed out at {first} ms and again at {at_ms} ms");
+            self.violate(Check::ProducerIdsUnique, detail);
         }
     }
 

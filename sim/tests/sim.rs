@@ -81,6 +81,7 @@ const CANARY_HUNTS: &[(&str, &str, u64)] = &[
         "cluster3-idempotent",
         10,
     ),
+    ("forget-producer-ids-in-snapshot", "cluster5-idempotent", 10),
 ];
 
 #[test]

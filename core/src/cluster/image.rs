@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 use prost::Message;
 
+use crate::canary::{is_planted, Canary};
+
 use super::records::{
     BrokerRegistration, Change, ImageRecord, MetadataRecord, PartitionAddition, PartitionLeader,
     PartitionReplicaSet, Replicas, TopicCreation, TopicRef,
@@ -278,7 +280,10 @@ impl MetadataImage {
                         .collect(),
                 })
                 .collect(),
-            next_producer_id: self.next_producer_id,
+            next_producer_id: match is_planted(Canary::ForgetProducerIdsInSnapshot) {
+                true => 0,
+                false => self.next_producer_id,
+            },
         }
         .encode_to_vec()
     }

@@ -40,8 +40,7 @@ async fn init_producer_id(ctx: &Ctx, client: &mut ClusterClient, dice: &mut Dice
             .await
         {
             if r.error_code == 0 {
-                ctx.history()
-                    .trace(ctx.now_ms(), ("producer-id", r.producer_id.0));
+                ctx.history().producer_id(ctx.now_ms(), r.producer_id.0);
                 return Some(r.producer_id.0);
             }
         }
@@ -59,7 +58,10 @@ pub async fn idempotent_producer(ctx: Ctx, id: u32) {
     let mut n = 0u64;
     'producer: while let Some(producer_id) = init_producer_id(&ctx, &mut client, &mut dice).await {
         let mut sequences: BTreeMap<Partition, i32> = BTreeMap::new();
-        while !ctx.stopped() {
+        // Now and then the producer starts over with a fresh id, as a restarted client does.
+        let mut batches_left = dice.between(20, 100);
+        while !ctx.stopped() && batches_left > 0 {
+            batches_left -= 1;
             let partition = &partitions[dice.between(0, partitions.len() as u64 - 1) as usize];
             let count = dice.pick(workload.batch_records).round().max(1.0) as usize;
             let values: Vec<String> = (0..count)
