@@ -173,6 +173,19 @@ pub struct ReadPlan {
     pub available: u64,
 }
 
+impl ReadPlan {
+    /// When `read`, what this plan returned, holds no whole batch: the plan again, long
+    /// enough for the batch it starts with, if that batch fits what is available (else the
+    /// bytes there are not a batch this log can serve).
+    pub fn widened_for(&self, read: &[u8]) -> Option<ReadPlan> {
+        let needed = crate::batch::frame_size(read)?;
+        (needed > self.len && needed as u64 <= self.available).then(|| ReadPlan {
+            len: needed,
+            ..self.clone()
+        })
+    }
+}
+
 /// Where a log ended at some moment: what a completed sync makes committed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CommitPoint {

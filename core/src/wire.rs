@@ -62,9 +62,28 @@ pub fn idempotent_batch<'a>(
     producer: Option<(i64, i16, i32)>,
     records: impl IntoIterator<Item = (Option<&'a [u8]>, &'a [u8], i64)>,
 ) -> Bytes {
+    let records = records.into_iter().map(|(key, value, timestamp)| {
+        (
+            key.map(Bytes::copy_from_slice),
+            Some(Bytes::copy_from_slice(value)),
+            timestamp,
+        )
+    });
+    encode_batch(producer, records)
+}
+
+/// One uncompressed v2 batch of `(key, value, timestamp)` records, either of which may be
+/// null (a null value is a tombstone).
+pub fn batch_of(records: impl Iterator<Item = (Option<Bytes>, Option<Bytes>, i64)>) -> Bytes {
+    encode_batch(None, records)
+}
+
+fn encode_batch(
+    producer: Option<(i64, i16, i32)>,
+    records: impl Iterator<Item = (Option<Bytes>, Option<Bytes>, i64)>,
+) -> Bytes {
     let (producer_id, producer_epoch, first_seq) = producer.unwrap_or((-1, -1, 0));
     let records: Vec<Record> = records
-        .into_iter()
         .enumerate()
         .map(|(i, (key, value, timestamp))| Record {
             transactional: false,
@@ -77,36 +96,6 @@ pub fn idempotent_batch<'a>(
             offset: i as i64,
             // kafka-protocol starts a new batch unless offset - sequence stays constant.
             sequence: first_seq.wrapping_add(i as i32),
-            timestamp,
-            key: key.map(Bytes::copy_from_slice),
-            value: Some(Bytes::copy_from_slice(value)),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::None,
-    };
-    RecordBatchEncoder::encode(&mut buf, &records, &options).expect("encoding an in-memory batch");
-    buf.freeze()
-}
-
-/// One uncompressed v2 batch of `(key, value, timestamp)` records, either of which may be
-/// null (a null value is a tombstone).
-pub fn batch_of(records: impl Iterator<Item = (Option<Bytes>, Option<Bytes>, i64)>) -> Bytes {
-    let records: Vec<Record> = records
-        .enumerate()
-        .map(|(i, (key, value, timestamp))| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32,
             timestamp,
             key,
             value,

@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 use super::admin::str_bytes;
 use super::quorum::Waiting;
 use super::{Broker, ProduceFor, ReplyTo};
-use crate::batch::{complete_batches, frame_size};
+use crate::batch::complete_batches;
 use crate::cluster::records::{Change, TopicCreations};
 use crate::group::membership::Parked;
 use crate::group::{partition_for, CoordinatorOutput, OFFSETS_TOPIC};
@@ -369,12 +369,7 @@ impl Broker {
         }
         if load.next == before {
             // Nothing whole in the read: a batch larger than the read, read whole next.
-            let needed = frame_size(bytes).unwrap_or(0);
-            if needed > plan.len && (needed as u64) <= plan.available {
-                let plan = ReadPlan {
-                    len: needed,
-                    ..plan
-                };
+            if let Some(plan) = plan.widened_for(bytes) {
                 self.issue_load_read(p, plan);
                 return true;
             }

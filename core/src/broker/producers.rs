@@ -15,7 +15,7 @@ use kafka_protocol::ResponseError;
 use tracing::{debug, warn};
 
 use super::{Broker, ReplyTo};
-use crate::batch::{complete_batches, frame_size};
+use crate::batch::complete_batches;
 use crate::cluster::records::{Change, ProducerIdBlock};
 use crate::log::ReadPlan;
 use crate::producer::{IdPool, ProducerBatch, ProducerTable, Written, ID_BLOCK};
@@ -310,12 +310,7 @@ impl Broker {
         }
         if load.next == before {
             // Nothing whole in the read: a batch larger than the read, read whole next.
-            let needed = frame_size(bytes).unwrap_or(0);
-            if needed > plan.len && (needed as u64) <= plan.available {
-                let plan = ReadPlan {
-                    len: needed,
-                    ..plan
-                };
+            if let Some(plan) = plan.widened_for(bytes) {
                 self.issue_producer_read(&tp, plan);
                 return true;
             }

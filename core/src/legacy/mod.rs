@@ -108,6 +108,23 @@ impl Reader {
     }
 }
 
+/// Reads `[name, [partition]]`, the shape every old request gives its topics in.
+fn topics<P>(
+    r: &mut Reader,
+    mut partition: impl FnMut(&mut Reader) -> Result<P, String>,
+) -> Result<Vec<(TopicName, Vec<P>)>, String> {
+    let mut topics = Vec::new();
+    for _ in 0..r.len()? {
+        let name = TopicName(r.string()?);
+        let mut partitions = Vec::new();
+        for _ in 0..r.len()? {
+            partitions.push(partition(r)?);
+        }
+        topics.push((name, partitions));
+    }
+    Ok(topics)
+}
+
 fn put_string(out: &mut BytesMut, s: &str) {
     out.put_i16(s.len() as i16);
     out.put_slice(s.as_bytes());
@@ -168,41 +185,39 @@ fn with_false_tail(body: Bytes, append: bool) -> Bytes {
 fn produce(r: &mut Reader, now: i64) -> Result<ProduceRequest, String> {
     let acks = r.i16()?;
     let timeout_ms = r.i32()?;
-    let mut topic_data = Vec::new();
-    for _ in 0..r.len()? {
-        let name = TopicName(r.string()?);
-        let mut partition_data = Vec::new();
-        for _ in 0..r.len()? {
-            let index = r.i32()?;
-            let records = r.nullable_bytes()?.map(|set| {
-                if !message_set::is_legacy(&set) {
-                    return set; // v2 batches in an old request: taken as they are.
-                }
-                // What cannot be converted is passed on empty, which validation refuses
-                // with INVALID_RECORD; compressed sets stay as sent, refused as a format
-                // this broker does not take (UNSUPPORTED_FOR_MESSAGE_FORMAT).
-                match message_set::up_convert(set.clone(), now) {
-                    Ok(batch) => batch,
-                    Err(message_set::UpConvertError::Compressed) => set,
-                    Err(message_set::UpConvertError::Corrupt) => Bytes::new(),
-                }
-            });
-            partition_data.push(
-                PartitionProduceData::default()
-                    .with_index(index)
-                    .with_records(records),
-            );
-        }
-        topic_data.push(
+    let topic_data = topics(r, |r| {
+        let index = r.i32()?;
+        let records = r.nullable_bytes()?.map(|set| up_convert(set, now));
+        Ok(PartitionProduceData::default()
+            .with_index(index)
+            .with_records(records))
+    })?;
+    let topic_data = topic_data
+        .into_iter()
+        .map(|(name, partitions)| {
             TopicProduceData::default()
                 .with_name(name)
-                .with_partition_data(partition_data),
-        );
-    }
+                .with_partition_data(partitions)
+        })
+        .collect();
     Ok(ProduceRequest::default()
         .with_acks(acks)
         .with_timeout_ms(timeout_ms)
         .with_topic_data(topic_data))
+}
+
+/// An old producer's records as a v2 batch. What cannot be converted is passed on empty,
+/// which validation refuses with INVALID_RECORD; a compressed set stays as sent, refused
+/// as a format this broker does not take (UNSUPPORTED_FOR_MESSAGE_FORMAT).
+fn up_convert(set: Bytes, now: i64) -> Bytes {
+    if !message_set::is_legacy(&set) {
+        return set; // v2 batches in an old request: taken as they are.
+    }
+    match message_set::up_convert(set.clone(), now) {
+        Ok(batch) => batch,
+        Err(message_set::UpConvertError::Compressed) => set,
+        Err(message_set::UpConvertError::Corrupt) => Bytes::new(),
+    }
 }
 
 fn fetch(r: &mut Reader, version: i16) -> Result<FetchRequest, String> {
@@ -210,26 +225,21 @@ fn fetch(r: &mut Reader, version: i16) -> Result<FetchRequest, String> {
     let max_wait_ms = r.i32()?;
     let min_bytes = r.i32()?;
     let max_bytes = if version >= 3 { r.i32()? } else { i32::MAX };
-    let mut topics = Vec::new();
-    for _ in 0..r.len()? {
-        let topic = TopicName(r.string()?);
-        let mut partitions = Vec::new();
-        for _ in 0..r.len()? {
-            partitions.push(
-                FetchPartition::default()
-                    .with_partition(r.i32()?)
-                    .with_fetch_offset(r.i64()?)
-                    .with_partition_max_bytes(r.i32()?)
-                    .with_current_leader_epoch(-1)
-                    .with_log_start_offset(-1),
-            );
-        }
-        topics.push(
-            FetchTopic::default()
-                .with_topic(topic)
-                .with_partitions(partitions),
-        );
-    }
+    let topics = topics(r, |r| {
+        Ok(FetchPartition::default()
+            .with_partition(r.i32()?)
+            .with_fetch_offset(r.i64()?)
+            .with_partition_max_bytes(r.i32()?)
+            .with_current_leader_epoch(-1)
+            .with_log_start_offset(-1))
+    })?
+    .into_iter()
+    .map(|(topic, partitions)| {
+        FetchTopic::default()
+            .with_topic(topic)
+            .with_partitions(partitions)
+    })
+    .collect();
     Ok(FetchRequest::default()
         .with_replica_id(BrokerId(replica_id))
         .with_max_wait_ms(max_wait_ms)
@@ -240,27 +250,22 @@ fn fetch(r: &mut Reader, version: i16) -> Result<FetchRequest, String> {
 
 fn list_offsets(r: &mut Reader) -> Result<ListOffsetsRequest, String> {
     let replica_id = r.i32()?;
-    let mut topics = Vec::new();
-    for _ in 0..r.len()? {
-        let name = TopicName(r.string()?);
-        let mut partitions = Vec::new();
-        for _ in 0..r.len()? {
-            let partition_index = r.i32()?;
-            let timestamp = r.i64()?;
-            let _max_num_offsets = r.i32()?; // One offset is all this broker answers with.
-            partitions.push(
-                ListOffsetsPartition::default()
-                    .with_partition_index(partition_index)
-                    .with_timestamp(timestamp)
-                    .with_current_leader_epoch(-1),
-            );
-        }
-        topics.push(
-            ListOffsetsTopic::default()
-                .with_name(name)
-                .with_partitions(partitions),
-        );
-    }
+    let topics = topics(r, |r| {
+        let partition_index = r.i32()?;
+        let timestamp = r.i64()?;
+        let _max_num_offsets = r.i32()?; // One offset is all this broker answers with.
+        Ok(ListOffsetsPartition::default()
+            .with_partition_index(partition_index)
+            .with_timestamp(timestamp)
+            .with_current_leader_epoch(-1))
+    })?
+    .into_iter()
+    .map(|(name, partitions)| {
+        ListOffsetsTopic::default()
+            .with_name(name)
+            .with_partitions(partitions)
+    })
+    .collect();
     Ok(ListOffsetsRequest::default()
         .with_replica_id(BrokerId(replica_id))
         .with_topics(topics))
@@ -273,31 +278,25 @@ fn offset_commit(r: &mut Reader, version: i16) -> Result<OffsetCommitRequest, St
         0 => (-1, StrBytes::default()),
         _ => (r.i32()?, r.string()?),
     };
-    let mut topics = Vec::new();
-    for _ in 0..r.len()? {
-        let name = TopicName(r.string()?);
-        let mut partitions = Vec::new();
-        for _ in 0..r.len()? {
-            let partition_index = r.i32()?;
-            let committed_offset = r.i64()?;
-            if version == 1 {
-                let _commit_timestamp = r.i64()?; // Kafka ignores it since 0.10.1, too.
-            }
-            let committed_metadata = r.nullable_string()?;
-            partitions.push(
-                OffsetCommitRequestPartition::default()
-                    .with_partition_index(partition_index)
-                    .with_committed_offset(committed_offset)
-                    .with_committed_leader_epoch(-1)
-                    .with_committed_metadata(committed_metadata),
-            );
+    let topics = topics(r, |r| {
+        let partition_index = r.i32()?;
+        let committed_offset = r.i64()?;
+        if version == 1 {
+            let _commit_timestamp = r.i64()?; // Kafka ignores it since 0.10.1, too.
         }
-        topics.push(
-            OffsetCommitRequestTopic::default()
-                .with_name(name)
-                .with_partitions(partitions),
-        );
-    }
+        Ok(OffsetCommitRequestPartition::default()
+            .with_partition_index(partition_index)
+            .with_committed_offset(committed_offset)
+            .with_committed_leader_epoch(-1)
+            .with_committed_metadata(r.nullable_string()?))
+    })?
+    .into_iter()
+    .map(|(name, partitions)| {
+        OffsetCommitRequestTopic::default()
+            .with_name(name)
+            .with_partitions(partitions)
+    })
+    .collect();
     Ok(OffsetCommitRequest::default()
         .with_group_id(group_id)
         .with_generation_id_or_member_epoch(generation)
