@@ -1,6 +1,8 @@
 //! `seedlog`: a Kafka-compatible event log broker in one small binary.
 
-use clap::{Parser, Subcommand};
+use std::io::IsTerminal as _;
+
+use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use seedlog_node::config::RunArgs;
@@ -14,9 +16,19 @@ use seedlog_node::config::RunArgs;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// How log lines are written to stderr: `human` (colour only on a terminal) or `json`,
+    /// one object per line. RUST_LOG filters them (default `info`).
+    #[arg(long, global = true, value_enum, default_value = "human", env = "SEEDLOG_LOG_FORMAT")]
+    log_format: LogFormat,
     /// Settings for the broker when no subcommand is given.
     #[command(flatten)]
     run: RunArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -34,13 +46,15 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Human => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     let args = match cli.command {
         Some(Command::Run(args)) => *args,
         Some(Command::Bench(command)) => return exit(bench(command)),
