@@ -314,6 +314,13 @@ impl PartitionLog {
     /// Marks everything up to `point` (from [`Self::end_point`]) as committed.
     /// Returns true if the high watermark moved.
     pub fn commit(&mut self, point: CommitPoint) -> bool {
+        assert!(
+            point.offset <= self.log_end_offset(),
+            "{}: high watermark {} above the log end {}",
+            self.partition,
+            point.offset,
+            self.log_end_offset()
+        );
         if point.offset <= self.high_watermark {
             return false;
         }

@@ -1260,3 +1260,39 @@ fn an_idempotent_retry_to_a_new_leader_is_answered_not_written_again() {
     assert_eq!(table(&cluster, other), vec![(id, 0, Some(5))]);
     assert_eq!(table(&cluster, other), table(&cluster, successor));
 }
+
+#[test]
+fn a_repaired_batch_of_an_idempotent_producer_goes_back_in_the_producer_table() {
+    let (mut cluster, leader, _) = replicated_trio();
+    let id = 42;
+    for seq in [0, 2, 4] {
+        let batch = seedlog_core::wire::idempotent_batch(
+            Some((id, 0, seq)),
+            [(None, &b"x"[..], START), (None, &b"y"[..], START)],
+        );
+        let request = produce_request("r", 0, -1, 2000, batch);
+        let ResponseKind::Produce(r) = cluster.call(leader, ApiKey::Produce, 9, request) else {
+            panic!("not produce");
+        };
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    }
+    cluster.advance(500);
+    let victim = (1..=3).find(|&b| b != leader).unwrap();
+    damage_batch(&mut cluster, victim, 3); // the producer's last batch
+    cluster.restart(victim);
+    let table = |cluster: &Cluster, b: i32| {
+        let log = cluster.nodes[&b].broker.log("r", 0).unwrap();
+        log.producers().producers().collect::<Vec<_>>()
+    };
+    assert_eq!(
+        table(&cluster, victim),
+        vec![(id, 0, Some(3))],
+        "built without it"
+    );
+    cluster.advance(2_000);
+    assert_eq!(
+        table(&cluster, victim),
+        vec![(id, 0, Some(5))],
+        "repaired, it is back"
+    );
+}

@@ -18,7 +18,13 @@ struct Cli {
     command: Option<Command>,
     /// How log lines are written to stderr: `human` (colour only on a terminal) or `json`,
     /// one object per line. RUST_LOG filters them (default `info`).
-    #[arg(long, global = true, value_enum, default_value = "human", env = "SEEDLOG_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        env = "SEEDLOG_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     /// Settings for the broker when no subcommand is given.
     #[command(flatten)]

@@ -116,6 +116,26 @@ struct ProducerEntry {
 }
 
 impl ProducerEntry {
+    /// Puts a batch the entry missed back among its batches, in log order.
+    fn restore(&mut self, written: Written, now: i64) {
+        if !self.batches.is_empty() && written.epoch < self.epoch {
+            return; // A later epoch's batches supersede it.
+        }
+        if self.batches.is_empty() || written.epoch > self.epoch {
+            self.batches.retain(|w| w.epoch >= written.epoch);
+            self.epoch = written.epoch;
+        }
+        let at = self.batches.partition_point(|w| w.at < written.at);
+        if self.batches.get(at).is_some_and(|w| w.at == written.at) {
+            return; // Known already.
+        }
+        self.batches.insert(at, written);
+        while self.batches.len() > CACHED_BATCHES {
+            self.batches.pop_front();
+        }
+        self.last_write = self.last_write.max(now);
+    }
+
     fn record(&mut self, batch: &ProducerBatch, written: Written, now: i64) {
         if batch.epoch != self.epoch {
             self.batches.clear();
@@ -251,6 +271,38 @@ impl ProducerTable {
         if self.deltas.len() > MAX_DELTAS {
             let oldest = self.deltas.front().expect("not empty").written.at;
             self.commit(oldest);
+        }
+    }
+
+    /// A batch written long ago at `written.at` that the table never saw: its copy was
+    /// damaged when the table was built from the log, and has been repaired since.
+    pub fn restore(&mut self, batch: ProducerBatch, written: Written, now: i64) {
+        self.changes += 1;
+        self.current
+            .entry(batch.producer_id)
+            .or_default()
+            .restore(written, now);
+        if written.at <= self.folded {
+            self.base
+                .entry(batch.producer_id)
+                .or_default()
+                .restore(written, now);
+        } else {
+            let at = self.deltas.partition_point(|d| d.written.at < written.at);
+            if self
+                .deltas
+                .get(at)
+                .is_none_or(|d| d.written.at != written.at)
+            {
+                self.deltas.insert(
+                    at,
+                    Delta {
+                        batch,
+                        written,
+                        now,
+                    },
+                );
+            }
         }
     }
 
@@ -555,6 +607,25 @@ mod tests {
         let (early, _) = ProducerTable::from_snapshot(&t.snapshot(3)).unwrap();
         assert_eq!(early.check(&retry), Ok(Verdict::Append));
         assert_eq!(ProducerTable::from_snapshot(b"\xff\xff"), None);
+    }
+
+    #[test]
+    fn a_repaired_batch_takes_its_place_among_the_producers_batches() {
+        let mut t = ProducerTable::new();
+        let (a, b, c) = (batch(7, 0, 0, 1), batch(7, 0, 1, 1), batch(7, 0, 2, 1));
+        write(&mut t, 1, a);
+        write(&mut t, 3, c); // b's copy at 2 was damaged when the table was built
+        t.commit(1);
+        t.restore(b, Written::of(&b, 2, 1, Some(20)), 0);
+        let Ok(Verdict::Duplicate(w)) = t.check(&b) else {
+            panic!("the repaired batch is known")
+        };
+        assert_eq!(w.base_offset, Some(20));
+        assert_eq!(t.producers().collect::<Vec<_>>(), vec![(7, 0, Some(2))]);
+        // Folded into the base later, it stays.
+        t.commit(3);
+        t.truncate_from(4);
+        assert!(matches!(t.check(&b), Ok(Verdict::Duplicate(_))));
     }
 
     #[test]

@@ -161,6 +161,9 @@ pub struct Replica {
     /// Damaged entries rewritten from a peer's copy, with the sync that makes the rewrite
     /// durable (`None` until the next drive names it); they stay damaged until it completes.
     rewrites: BTreeMap<u64, Option<u64>>,
+    /// Idempotent producers' batches among the entries just repaired, for the producer
+    /// table (which was built without them) at the next drive.
+    repaired_producers: Vec<(ProducerBatch, Written)>,
     /// The scrubber: the next entry to check, the read in flight and ticks since the last.
     scrub: Scrub,
     /// Ticks this replica has led while holding a damaged entry.
@@ -218,6 +221,7 @@ impl Replica {
             catching_up: false,
             damaged: BTreeSet::new(),
             rewrites: BTreeMap::new(),
+            repaired_producers: Vec::new(),
             scrub: Scrub::default(),
             leading_damaged_ticks: 0,
             pending: ReplicaOutput::default(),
@@ -490,6 +494,15 @@ impl Replica {
             }
             if is_planted(Canary::SkipFollowerRepair) {
                 continue;
+            }
+            if let Some(producer) = BatchView::split_first(&bytes)
+                .ok()
+                .and_then(|(view, _)| ProducerBatch::of(&view).filter(|_| !view.is_control()))
+            {
+                // The table was built without it; it goes back in with the rewrite.
+                let written =
+                    Written::of(&producer, entry.index, entry.term, Some(meta.base_offset));
+                self.repaired_producers.push((producer, written));
             }
             self.pending.ops.push(StorageOp::Rewrite {
                 segment: SegmentId {
@@ -863,6 +876,9 @@ impl Replica {
                     }
                 }
             }
+            for (batch, written) in std::mem::take(&mut self.repaired_producers) {
+                log.producers_mut().restore(batch, written, now);
+            }
             let store = group.raw_ref().store();
             let committed = group.committed().min(store.last());
             log.producers_mut().commit(committed);
@@ -1042,6 +1058,18 @@ fn write_entries(
     let store = group.raw().mut_store();
     let first = entries[0].index;
     if first <= store.last() {
+        // Raft never replaces what it committed: the suffix replaced starts at or above the
+        // high watermark (which this drive has not moved yet; raft-rs's own commit index
+        // may already count the entries that replace it).
+        if let Some(replaced) = store.meta(first) {
+            assert!(
+                replaced.base_offset >= log.high_watermark(),
+                "{}: entries from {first} would replace committed offset {} (high watermark {})",
+                log.partition(),
+                replaced.base_offset,
+                log.high_watermark()
+            );
+        }
         let meta = store
             .meta(first)
             .copied()
