@@ -167,9 +167,10 @@ impl Controller {
             // this broker before any client can ask for a topic.
             group.campaign();
         }
+        let voter_ids: Vec<i32> = voters.iter().map(|&v| broker_of(v)).collect();
         info!(
             broker = me,
-            ?voters,
+            voters = ?voter_ids,
             applied,
             topics = image.topics.len(),
             "metadata quorum member started"
