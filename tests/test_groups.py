@@ -150,11 +150,16 @@ def test_three_members_share_six_partitions_through_a_killed_member_and_a_coordi
         assert_no_gaps(members + [victim], acked)
         after = committed_offsets(brokers, "workers", "orders", 6)
         assert all(after[p] >= ends[p] for p in range(6)), f"{after} went back from {ends}"
+        # The members' periodic commits (every 200 ms) reach the new log ends while they
+        # run. A commit sent on close may race the rebalance the first member's leaving
+        # starts and be refused, as Kafka refuses it, so the test does not rely on it.
+        ends = {p: max(o for (q, o) in acked if q == p) + 1 for p in range(6)}
+        wait_for("commits up to the new log ends",
+                 lambda: committed_offsets(brokers, "workers", "orders", 6) == ends, timeout=30)
     finally:
         for m in members:
             m.stop()
-    # A clean stop commits everything: the group's committed offsets are the log ends.
-    ends = {p: max(o for (q, o) in acked if q == p) + 1 for p in range(6)}
+    # Stopping moves no committed offset back: they are still the log ends.
     assert committed_offsets(brokers, "workers", "orders", 6) == ends
     groups = admin.list_consumer_groups().result(10).valid
     assert "workers" in [g.group_id for g in groups]
