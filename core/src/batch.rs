@@ -27,6 +27,7 @@ const RECORD_COUNT_OFFSET: usize = 57;
 
 const COMPRESSION_MASK: i16 = 0x07;
 const TIMESTAMP_TYPE_BIT: i16 = 0x08;
+const TRANSACTIONAL_BIT: i16 = 0x10;
 const CONTROL_BIT: i16 = 0x20;
 
 /// Why a batch was refused; each maps to one Kafka error code.
@@ -124,9 +125,13 @@ impl<'a> BatchView<'a> {
     pub fn is_log_append_time(&self) -> bool {
         self.attributes() & TIMESTAMP_TYPE_BIT != 0
     }
-    /// True for transaction markers.
+    /// True for control batches: transaction markers, and seedlog's Raft entries of its own.
     pub fn is_control(&self) -> bool {
         self.attributes() & CONTROL_BIT != 0
+    }
+    /// True if the batch belongs to a transaction: its records, or its marker.
+    pub fn is_transactional(&self) -> bool {
+        self.attributes() & TRANSACTIONAL_BIT != 0
     }
     /// `last_offset - base_offset`.
     pub fn last_offset_delta(&self) -> i32 {
@@ -344,11 +349,69 @@ pub fn leader_change_batch() -> BytesMut {
 /// every replica writes the same bytes and time-based retention ignores it. Base offset and
 /// leader epoch are stamped when it is appended, like any batch.
 pub fn control_batch(control_type: i16, value: Option<&[u8]>) -> BytesMut {
-    // The key of a control record: version 0, then the type.
+    build_batch(
+        CONTROL_BIT,
+        -1,
+        NO_PRODUCER,
+        &[(Some(&control_key(control_type)), value)],
+    )
+}
+
+/// The key of a control record: version 0, then the type.
+fn control_key(control_type: i16) -> [u8; 4] {
     let mut key = [0u8; 4];
     key[2..].copy_from_slice(&control_type.to_be_bytes());
-    build_batch(CONTROL_BIT, -1, &[(Some(&key), value)])
+    key
 }
+
+/// Control record type of a transaction's abort marker (Kafka's `ControlRecordType.ABORT`).
+pub const ABORT_CONTROL_TYPE: i16 = 0;
+/// Control record type of a transaction's commit marker.
+pub const COMMIT_CONTROL_TYPE: i16 = 1;
+
+/// A transaction marker (KIP-98): the control batch that ends `producer_id`'s transaction
+/// in a partition, committing or aborting its records. Its value is Kafka's
+/// `EndTransactionMarker` v0: version, then the coordinator epoch.
+pub fn txn_marker_batch(
+    producer_id: i64,
+    epoch: i16,
+    commit: bool,
+    coordinator_epoch: i32,
+    timestamp: i64,
+) -> BytesMut {
+    let control_type = if commit {
+        COMMIT_CONTROL_TYPE
+    } else {
+        ABORT_CONTROL_TYPE
+    };
+    let mut value = [0u8; 6];
+    value[2..].copy_from_slice(&coordinator_epoch.to_be_bytes());
+    let key = control_key(control_type);
+    let attributes = CONTROL_BIT | TRANSACTIONAL_BIT;
+    let producer = (producer_id, epoch, -1);
+    build_batch(
+        attributes,
+        timestamp,
+        producer,
+        &[(Some(&key), Some(&value))],
+    )
+}
+
+/// Whether `view` is a transaction marker, and if so whether it commits (`Some(true)`) or
+/// aborts (`Some(false)`).
+pub fn txn_marker(view: &BatchView<'_>) -> Option<bool> {
+    if !view.is_transactional() {
+        return None;
+    }
+    match control_record(view)?.0 {
+        COMMIT_CONTROL_TYPE => Some(true),
+        ABORT_CONTROL_TYPE => Some(false),
+        _ => None,
+    }
+}
+
+/// No producer: id, epoch and first sequence of a batch written by nobody's producer.
+const NO_PRODUCER: (i64, i16, i32) = (-1, -1, -1);
 
 /// A record's key and value, each possibly null.
 pub type KeyAndValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
@@ -356,10 +419,31 @@ pub type KeyAndValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 /// An uncompressed batch of `(key, value)` records, all stamped `timestamp`: how the broker
 /// writes records of its own (the consumer groups' offsets and metadata).
 pub fn data_batch(timestamp: i64, records: &[KeyAndValue<'_>]) -> BytesMut {
-    build_batch(0, timestamp, records)
+    build_batch(0, timestamp, NO_PRODUCER, records)
 }
 
-fn build_batch(attributes: i16, timestamp: i64, records: &[KeyAndValue<'_>]) -> BytesMut {
+/// An uncompressed batch of records written inside `producer_id`'s transaction (the group
+/// coordinator's offsets of a TxnOffsetCommit): they take effect with its commit marker.
+pub fn txn_data_batch(
+    timestamp: i64,
+    producer_id: i64,
+    epoch: i16,
+    records: &[KeyAndValue<'_>],
+) -> BytesMut {
+    build_batch(
+        TRANSACTIONAL_BIT,
+        timestamp,
+        (producer_id, epoch, -1),
+        records,
+    )
+}
+
+fn build_batch(
+    attributes: i16,
+    timestamp: i64,
+    (producer_id, epoch, first_sequence): (i64, i16, i32),
+    records: &[KeyAndValue<'_>],
+) -> BytesMut {
     let mut body = Vec::new();
     let mut record = Vec::new();
     for (delta, (key, value)) in records.iter().enumerate() {
@@ -393,9 +477,9 @@ fn build_batch(attributes: i16, timestamp: i64, records: &[KeyAndValue<'_>]) -> 
     buf.extend_from_slice(&(count - 1).to_be_bytes()); // last offset delta
     buf.extend_from_slice(&timestamp.to_be_bytes()); // base timestamp
     buf.extend_from_slice(&timestamp.to_be_bytes()); // max timestamp
-    buf.extend_from_slice(&(-1i64).to_be_bytes()); // producer id
-    buf.extend_from_slice(&(-1i16).to_be_bytes()); // producer epoch
-    buf.extend_from_slice(&(-1i32).to_be_bytes()); // base sequence
+    buf.extend_from_slice(&producer_id.to_be_bytes());
+    buf.extend_from_slice(&epoch.to_be_bytes());
+    buf.extend_from_slice(&first_sequence.to_be_bytes());
     buf.extend_from_slice(&count.to_be_bytes());
     buf.extend_from_slice(&body);
     let crc = crc32c::crc32c(&buf[ATTRIBUTES_OFFSET..]);
@@ -471,6 +555,8 @@ pub struct BatchSummary {
     pub max_timestamp: i64,
     /// Bytes on disk.
     pub size: usize,
+    /// A control batch (only the broker may write one).
+    pub control: bool,
 }
 
 /// Validates every batch in a produce payload; returns their summaries in order.
@@ -486,6 +572,7 @@ pub fn validate_produce_payload(mut bytes: &[u8]) -> Result<Vec<BatchSummary>, B
             record_count: view.record_count(),
             max_timestamp: view.max_timestamp(),
             size: view.bytes().len(),
+            control: view.is_control(),
         });
         bytes = rest;
     }

@@ -169,6 +169,8 @@ pub struct BrokerConfig {
     pub cluster: crate::cluster::ClusterConfig,
     /// Consumer group coordination.
     pub groups: crate::group::GroupConfig,
+    /// Transaction coordination.
+    pub txns: crate::txn::TxnConfig,
     /// `producer.id.expiration.ms`: a producer that wrote nothing to a partition for this
     /// long is forgotten there (a later batch of it may start at any sequence).
     pub producer_id_expiration_ms: i64,
@@ -190,6 +192,7 @@ impl Default for BrokerConfig {
             fetch_max_bytes: 55 * 1024 * 1024,
             cluster: crate::cluster::ClusterConfig::default(),
             groups: crate::group::GroupConfig::default(),
+            txns: crate::txn::TxnConfig::default(),
             producer_id_expiration_ms: 24 * 3600 * 1000,
         }
     }

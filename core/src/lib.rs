@@ -24,6 +24,7 @@ pub mod recovery;
 pub mod replica;
 pub mod storage;
 pub mod topic;
+pub mod txn;
 pub mod wire;
 
 pub use broker::{Broker, ConnectionId, Observation, Output, Recovered, RecoveredTopic};

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::batch::BatchView;
 use crate::canary::{is_planted, Canary};
 use crate::config::TopicConfig;
-use crate::producer::ProducerTable;
+use crate::producer::{ProducerTable, TxnEvent, TxnIndex};
 use crate::storage::{SegmentId, StorageOp, TopicPartition};
 
 /// A sparse index entry: the batch at `position` starts at `offset`; `max_timestamp` is the
@@ -214,6 +215,8 @@ pub struct PartitionLog {
     committed_end: (i64, u64),
     /// What idempotent producers wrote here, derived from the batches as they are written.
     producers: ProducerTable,
+    /// The transactions written here, derived the same way.
+    txns: TxnIndex,
 }
 
 impl PartitionLog {
@@ -240,6 +243,7 @@ impl PartitionLog {
             high_watermark,
             committed_end,
             producers: ProducerTable::new(),
+            txns: TxnIndex::new(),
         }
     }
 
@@ -251,6 +255,28 @@ impl PartitionLog {
     /// The producer table, for whoever writes batches to this log.
     pub fn producers_mut(&mut self) -> &mut ProducerTable {
         &mut self.producers
+    }
+
+    /// The transactions written to this log.
+    pub fn txns(&self) -> &TxnIndex {
+        &self.txns
+    }
+
+    /// Replaces the transaction index (one restored from a snapshot).
+    pub fn set_txns(&mut self, txns: TxnIndex) {
+        self.txns = txns;
+    }
+
+    /// Notes a batch just written at `offset` in the transaction index.
+    pub fn note_txn(&mut self, view: &BatchView<'_>, offset: i64) {
+        if let Some(event) = TxnEvent::of(view, offset) {
+            self.txns.apply(event);
+        }
+    }
+
+    /// The last stable offset: a `read_committed` consumer reads nothing at or past it.
+    pub fn last_stable_offset(&self) -> i64 {
+        self.txns.last_stable_offset(self.high_watermark)
     }
 
     /// The partition this log holds.
@@ -326,6 +352,7 @@ impl PartitionLog {
         }
         self.high_watermark = point.offset;
         self.committed_end = (point.segment_base, point.position);
+        self.txns.advance(point.offset);
         true
     }
 
@@ -334,6 +361,7 @@ impl PartitionLog {
     pub fn reset_high_watermark(&mut self, point: CommitPoint) {
         self.high_watermark = point.offset;
         self.committed_end = (point.segment_base, point.position);
+        self.txns.advance(point.offset);
     }
 
     /// Deletes every segment and starts an empty log at `offset` (a replica that installs
@@ -348,6 +376,8 @@ impl PartitionLog {
         self.high_watermark = offset;
         self.committed_end = (offset, 0);
         self.producers = ProducerTable::new();
+        self.txns = TxnIndex::new();
+        self.txns.advance(offset);
     }
 
     /// Deletes the segments that end at or before `offset` (never the active one).
@@ -379,6 +409,7 @@ impl PartitionLog {
         }
         if moved {
             self.log_start_offset = *self.segments.keys().next().expect("active remains");
+            self.txns.drop_before(self.log_start_offset);
         }
         moved
     }
@@ -634,7 +665,9 @@ impl PartitionLog {
         if self.high_watermark > offset {
             self.high_watermark = offset;
             self.committed_end = (segment_base, position);
+            self.txns.advance(offset);
         }
+        self.txns.truncate(offset);
         Ok(())
     }
 

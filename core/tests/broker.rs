@@ -708,6 +708,28 @@ fn every_advertised_version_answers() {
                         .with_producer_id(ProducerId(-1))
                         .with_producer_epoch(-1),
                 ),
+                ApiKey::AddPartitionsToTxn => RequestKind::AddPartitionsToTxn(
+                    add_partitions_to_txn_request::AddPartitionsToTxnRequest::default()
+                        .with_v3_and_below_transactional_id(TransactionalId(s("tx"))),
+                ),
+                ApiKey::AddOffsetsToTxn => RequestKind::AddOffsetsToTxn(
+                    add_offsets_to_txn_request::AddOffsetsToTxnRequest::default()
+                        .with_transactional_id(TransactionalId(s("tx"))),
+                ),
+                ApiKey::EndTxn => RequestKind::EndTxn(
+                    end_txn_request::EndTxnRequest::default()
+                        .with_transactional_id(TransactionalId(s("tx"))),
+                ),
+                ApiKey::TxnOffsetCommit => RequestKind::TxnOffsetCommit(
+                    txn_offset_commit_request::TxnOffsetCommitRequest::default()
+                        .with_transactional_id(TransactionalId(s("tx")))
+                        .with_group_id(GroupId(s("g"))),
+                ),
+                ApiKey::DescribeTransactions => RequestKind::DescribeTransactions(
+                    describe_transactions_request::DescribeTransactionsRequest::default()
+                        .with_transactional_ids(vec![TransactionalId(s("tx"))]),
+                ),
+                ApiKey::ListTransactions => RequestKind::ListTransactions(Default::default()),
                 other => panic!("advertised {other:?} without a case here"),
             };
             h.send(1, key, version, request);

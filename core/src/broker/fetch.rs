@@ -8,13 +8,13 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::FetchRequest;
 use kafka_protocol::messages::fetch_response::{
-    FetchResponse, FetchableTopicResponse, PartitionData,
+    AbortedTransaction, FetchResponse, FetchableTopicResponse, PartitionData,
 };
 use kafka_protocol::messages::list_offsets_request::ListOffsetsRequest;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsResponse, ListOffsetsTopicResponse,
 };
-use kafka_protocol::messages::ResponseKind;
+use kafka_protocol::messages::{ProducerId, ResponseKind};
 use kafka_protocol::ResponseError;
 use tracing::{error, warn};
 
@@ -60,8 +60,14 @@ pub(super) struct ReadSlot {
     partition_index: usize,
     /// Fetch offset, or the timestamp searched for by ListOffsets.
     target: i64,
+    /// Batches at or past this offset are left out (the last stable offset of a
+    /// `read_committed` fetch).
+    upto: i64,
     plan: ReadPlan,
 }
+
+/// `isolation_level` of a consumer that reads only committed transactions.
+const READ_COMMITTED: i8 = 1;
 
 impl Broker {
     pub(super) fn fetch(&mut self, now: i64, reply_to: ReplyTo, request: FetchRequest) {
@@ -93,7 +99,11 @@ impl Broker {
                 {
                     return true;
                 }
-                available += log.committed_bytes_after(p.fetch_offset);
+                let stable = request.isolation_level != READ_COMMITTED
+                    || p.fetch_offset < log.last_stable_offset();
+                if stable {
+                    available += log.committed_bytes_after(p.fetch_offset);
+                }
             }
         }
         available >= request.min_bytes as u64
@@ -138,7 +148,8 @@ impl Broker {
             b if b > 0 => b.min(self.config.fetch_max_bytes) as usize,
             _ => self.config.fetch_max_bytes as usize,
         };
-        let aborted = (request.isolation_level == 1).then(Vec::new);
+        let committed_only = request.isolation_level == READ_COMMITTED;
+        let aborted = committed_only.then(Vec::new);
         let mut response = FetchResponse::default();
         let mut slots = Vec::new();
         for (topic_index, topic) in request.topics.iter().enumerate() {
@@ -153,18 +164,36 @@ impl Broker {
                 match self.serving_log(&topic.topic.0, p.partition, p.current_leader_epoch) {
                     Err(error) => data.error_code = error.code(),
                     Ok(log) => {
+                        let stable = log.last_stable_offset();
                         data.high_watermark = log.high_watermark();
-                        data.last_stable_offset = log.high_watermark();
+                        data.last_stable_offset = stable;
                         data.log_start_offset = log.log_start_offset();
+                        let upto = if committed_only {
+                            // The client drops the records of these as it reads them.
+                            let ranges = log.txns().aborted_between(p.fetch_offset, stable);
+                            data.aborted_transactions = Some(
+                                ranges
+                                    .map(|a| {
+                                        AbortedTransaction::default()
+                                            .with_producer_id(ProducerId(a.producer_id))
+                                            .with_first_offset(a.first_offset)
+                                    })
+                                    .collect(),
+                            );
+                            stable
+                        } else {
+                            log.high_watermark()
+                        };
                         let want = budget.min(p.partition_max_bytes.max(0) as usize);
                         match log.plan_read(p.fetch_offset, want) {
                             Err(_) => data.error_code = ResponseError::OffsetOutOfRange.code(),
-                            Ok(Some(plan)) if want > 0 => {
+                            Ok(Some(plan)) if want > 0 && p.fetch_offset < upto => {
                                 budget -= plan.len;
                                 slots.push(ReadSlot {
                                     topic_index,
                                     partition_index,
                                     target: p.fetch_offset,
+                                    upto,
                                     plan,
                                 });
                             }
@@ -202,6 +231,9 @@ impl Broker {
                 ) {
                     (Err(error), _) => out.error_code = error.code(),
                     (Ok(log), EARLIEST) => out.offset = log.log_start_offset(),
+                    (Ok(log), LATEST) if request.isolation_level == READ_COMMITTED => {
+                        out.offset = log.last_stable_offset()
+                    }
                     (Ok(log), LATEST) => out.offset = log.high_watermark(),
                     (Ok(log), ts) if ts >= 0 => {
                         if let Some(plan) = log.plan_timestamp_read(ts) {
@@ -209,6 +241,7 @@ impl Broker {
                                 topic_index,
                                 partition_index,
                                 target: ts,
+                                upto: i64::MAX,
                                 plan,
                             });
                         }
@@ -355,11 +388,16 @@ fn fill_fetch_slot(
     // Each batch must start where the last one ended: the base offset is outside the CRC.
     let mut expected_offset = slot.plan.first_offset;
     let mut skipped_to = slot.plan.first_offset;
+    let mut at_limit = false;
     let corrupt = loop {
         match BatchView::split_first(rest) {
             Ok((view, tail)) => {
                 if view.base_offset() != expected_offset || view.last_offset_delta() < 0 {
                     break true;
+                }
+                if view.base_offset() >= slot.upto {
+                    at_limit = true;
+                    break false;
                 }
                 let after = bytes.len() - tail.len();
                 if view.last_offset() < slot.target {
@@ -384,6 +422,9 @@ fn fill_fetch_slot(
     if end > start {
         data.records = Some(bytes.slice(start..end));
         return None;
+    }
+    if at_limit {
+        return None; // Nothing stable at or after the target yet.
     }
     if corrupt {
         let position = slot.plan.position + (bytes.len() - rest.len()) as u64;

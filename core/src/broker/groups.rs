@@ -3,41 +3,45 @@
 //! the partitions it leads read back when their leadership arrives here.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
 use kafka_protocol::messages::find_coordinator_response::{
     Coordinator as Found, FindCoordinatorResponse,
 };
-use kafka_protocol::messages::produce_request::{
-    PartitionProduceData, ProduceRequest, TopicProduceData,
-};
 use kafka_protocol::messages::produce_response::ProduceResponse;
-use kafka_protocol::messages::{BrokerId, RequestKind, ResponseKind, TopicName};
+use kafka_protocol::messages::{BrokerId, RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use tracing::{error, info, warn};
 
 use super::admin::str_bytes;
 use super::quorum::Waiting;
+use super::txns::{internal_produce, produce_error};
 use super::{Broker, ProduceFor, ReplyTo};
 use crate::batch::complete_batches;
+use crate::batch::BatchView;
 use crate::cluster::records::{Change, TopicCreations};
 use crate::group::membership::Parked;
-use crate::group::{partition_for, CoordinatorOutput, OFFSETS_TOPIC};
+use crate::group::{partition_for, Coordinator, CoordinatorOutput, OFFSETS_TOPIC};
 use crate::log::ReadPlan;
 use crate::storage::StorageOp;
+use crate::topic::Topic;
+use crate::txn::{TxnCoordinator, TXN_TOPIC};
 
 /// How long a FindCoordinator that creates `__consumer_offsets` waits for it.
 const CREATE_WAIT_MS: i64 = 5_000;
-/// How long a coordinator write may wait for its commit.
-const WRITE_TIMEOUT_MS: i32 = 5_000;
 /// Bytes read at a time while loading a partition's groups.
 const LOAD_READ_BYTES: usize = 1 << 20;
-/// `__consumer_offsets` keeps its records until the coordinator deletes them: tombstones
-/// are the only way offsets go (there is no compaction yet to drop superseded ones).
-const OFFSETS_TOPIC_CONFIGS: &[(&str, &str)] =
+/// `__consumer_offsets` and `__transaction_state` keep their records until their
+/// coordinator deletes them: tombstones are the only way records go (there is no
+/// compaction yet to drop superseded ones).
+const INTERNAL_TOPIC_CONFIGS: &[(&str, &str)] =
     &[("retention.ms", "-1"), ("segment.bytes", "104857600")];
+/// FindCoordinator key types.
+const GROUP_KEY: i8 = 0;
+const TRANSACTION_KEY: i8 = 1;
 
 /// A partition of `__consumer_offsets` being read back.
 #[derive(Debug)]
@@ -80,13 +84,10 @@ impl Broker {
             RequestKind::OffsetDelete(r) => coordinator.offset_delete(now, parked, &r),
             RequestKind::DeleteGroups(r) => coordinator.delete_groups(now, parked, &r),
             RequestKind::OffsetCommit(r) => {
-                let topics = &self.topics;
-                let exists = |topic: &str, p: i32| {
-                    topics
-                        .get(topic)
-                        .is_some_and(|t| (0..t.partition_count()).contains(&p))
-                };
-                coordinator.commit(now, parked, &r, exists)
+                coordinator.commit(now, parked, &r, partition_exists(&self.topics))
+            }
+            RequestKind::TxnOffsetCommit(r) => {
+                coordinator.txn_commit(now, parked, &r, partition_exists(&self.topics))
             }
             other => {
                 warn!(api = ?reply_to.api_key, "not a group request: {other:?}");
@@ -117,58 +118,50 @@ impl Broker {
 
     /// Appends a coordinator's batch to its partition with acks=all.
     fn write_for_coordinator(&mut self, now: i64, id: u64, partition: i32, batch: Bytes) {
-        let request = ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(WRITE_TIMEOUT_MS)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_static_str(OFFSETS_TOPIC)))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(partition)
-                    .with_records(Some(batch))])]);
+        let request = internal_produce(OFFSETS_TOPIC, partition, batch);
         self.produce(now, ProduceFor::Coordinator(id), request);
     }
 
     /// A coordinator write's produce is answered.
     pub(super) fn coordinator_write_done(&mut self, id: u64, response: Option<ProduceResponse>) {
-        let code = response
-            .as_ref()
-            .and_then(|r| r.responses.first())
-            .and_then(|t| t.partition_responses.first())
-            .map_or(ResponseError::UnknownServerError.code(), |p| p.error_code);
-        let result = match ResponseError::try_from_code(code) {
+        let result = match produce_error(response.as_ref()) {
             None => Ok(()),
             Some(e) => Err(e),
         };
         self.coordinator.write_done(self.now, id, result);
     }
 
-    /// FindCoordinator: the leader of the group's partition of `__consumer_offsets`,
-    /// which is created on first use.
+    /// FindCoordinator: the leader of the group's partition of `__consumer_offsets` (or the
+    /// transactional id's of `__transaction_state`), which is created on first use.
     pub(super) fn find_coordinator(
         &mut self,
         now: i64,
         reply_to: ReplyTo,
         request: FindCoordinatorRequest,
     ) {
-        if self.topics.contains_key(OFFSETS_TOPIC) {
+        let (which, partitions) = match request.key_type {
+            TRANSACTION_KEY => (Internal::Transactions, self.config.txns.partitions),
+            _ => (Internal::Offsets, self.config.groups.offsets_partitions),
+        };
+        let name = which.topic();
+        if request.key_type > TRANSACTION_KEY || self.topics.contains_key(name) {
             let response = self.find_coordinator_response(reply_to.version, &request);
             return self.respond(reply_to, Some(response));
         }
-        let partitions = self.config.groups.offsets_partitions;
-        let configs: BTreeMap<String, String> = OFFSETS_TOPIC_CONFIGS
+        let configs: BTreeMap<String, String> = INTERNAL_TOPIC_CONFIGS
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let change = match self.place(partitions, self.default_replication()) {
             Ok(replicas) => {
-                info!(partitions, "creating {OFFSETS_TOPIC}");
-                let topic = self.topic_creation(OFFSETS_TOPIC, configs, replicas);
+                info!(partitions, "creating {name}");
+                let topic = self.topic_creation(name, configs, replicas);
                 Some(Change::CreateTopics(TopicCreations {
                     topics: vec![topic],
                 }))
             }
             Err((_, message)) => {
-                warn!(%message, "cannot create {OFFSETS_TOPIC} yet");
+                warn!(%message, "cannot create {name} yet");
                 None
             }
         };
@@ -225,15 +218,20 @@ impl Broker {
         key_type: i8,
         key: &str,
     ) -> Result<(i32, String, i32), ResponseError> {
-        if key_type != 0 {
-            return Err(ResponseError::InvalidRequest); // Transactions are not served.
-        }
+        let which = match key_type {
+            GROUP_KEY => Internal::Offsets,
+            TRANSACTION_KEY => Internal::Transactions,
+            _ => return Err(ResponseError::InvalidRequest),
+        };
         if key.is_empty() {
-            return Err(ResponseError::InvalidGroupId);
+            return Err(match which {
+                Internal::Offsets => ResponseError::InvalidGroupId,
+                Internal::Transactions => ResponseError::InvalidRequest,
+            });
         }
         let topic = self
             .topics
-            .get(OFFSETS_TOPIC)
+            .get(which.topic())
             .ok_or(ResponseError::CoordinatorNotAvailable)?;
         let p = partition_for(key, topic.partition_count());
         let (leader, _) = self.partition_leader(topic, p);
@@ -244,13 +242,20 @@ impl Broker {
         Ok((broker.id, broker.host.clone(), broker.port))
     }
 
-    /// Makes the coordinator serve exactly the `__consumer_offsets` partitions this broker
-    /// leads (and serves reads for): new ones are read back, lost ones dropped.
+    /// Makes each coordinator serve exactly the partitions of its internal topic this
+    /// broker leads (and serves reads for): new ones are read back, lost ones dropped.
     pub(super) fn reconcile_coordinator(&mut self) {
+        for which in [Internal::Offsets, Internal::Transactions] {
+            self.reconcile_owner(which);
+        }
+    }
+
+    fn reconcile_owner(&mut self, which: Internal) {
         let me = self.config.broker_id;
         let mut wanted = Vec::new();
-        if let Some(topic) = self.topics.get(OFFSETS_TOPIC) {
-            self.coordinator.set_partitions(topic.partition_count());
+        let mut count = None;
+        if let Some(topic) = self.topics.get(which.topic()) {
+            count = Some(topic.partition_count());
             for &p in topic.logs.keys() {
                 match topic.raft.get(&p) {
                     Some(r) if r.is_leader() && r.is_serving() => wanted.push((p, r.term() as i32)),
@@ -262,36 +267,47 @@ impl Broker {
                 }
             }
         }
-        for p in self.coordinator.owned_partitions() {
+        if let Some(count) = count {
+            self.owner(which).set_partitions(count);
+        }
+        for p in self.owner(which).owned_partitions() {
             if !wanted.iter().any(|(w, _)| *w == p) {
-                self.coordinator.unload(p);
-                self.group_loads.remove(&p);
+                self.owner(which).unload(p);
+                self.group_loads.remove(&(which, p));
             }
         }
         for (p, epoch) in wanted {
-            if self.coordinator.owned_epoch(p) == Some(epoch) {
+            if self.owner(which).owned_epoch(p) == Some(epoch) {
                 continue;
             }
-            self.coordinator.begin_load(p, epoch);
-            let log = self.log(OFFSETS_TOPIC, p).expect("listed from the logs");
+            self.owner(which).begin_load(p, epoch);
+            let log = self.log(which.topic(), p).expect("listed from the logs");
             let load = GroupLoad {
                 next: log.log_start_offset(),
                 end: None,
                 read: None,
             };
-            self.group_loads.insert(p, load);
-            self.continue_load(p);
+            self.group_loads.insert((which, p), load);
+            self.continue_load(which, p);
+        }
+    }
+
+    /// The coordinator of an internal topic.
+    fn owner(&mut self, which: Internal) -> &mut dyn PartitionOwner {
+        match which {
+            Internal::Offsets => &mut self.coordinator,
+            Internal::Transactions => &mut self.txn_coordinator,
         }
     }
 
     /// Issues the next read of a load, or finishes it.
-    fn continue_load(&mut self, p: i32) {
-        let Some(load) = self.group_loads.get(&p) else {
+    fn continue_load(&mut self, which: Internal, p: i32) {
+        let Some(load) = self.group_loads.get(&(which, p)) else {
             return;
         };
         let next = load.next;
         let stop = load.end;
-        let plan = self.log(OFFSETS_TOPIC, p).map(|log| {
+        let plan = self.log(which.topic(), p).map(|log| {
             let end = stop
                 .unwrap_or(log.high_watermark())
                 .min(log.high_watermark());
@@ -308,21 +324,21 @@ impl Broker {
             Some((_, Ok(plan))) => plan,
             Some((start, Err(_))) if next < start => {
                 // Retention or a truncation moved the start past us: go on from there.
-                self.group_loads.get_mut(&p).expect("exists").next = start;
-                return self.continue_load(p);
+                self.group_loads.get_mut(&(which, p)).expect("exists").next = start;
+                return self.continue_load(which, p);
             }
             _ => None,
         };
         match plan {
-            Some(plan) => self.issue_load_read(p, plan),
+            Some(plan) => self.issue_load_read(which, p, plan),
             None => {
-                self.group_loads.remove(&p);
-                self.coordinator.finish_load(p);
+                self.group_loads.remove(&(which, p));
+                self.owner(which).finish_load(p);
             }
         }
     }
 
-    fn issue_load_read(&mut self, p: i32, plan: ReadPlan) {
+    fn issue_load_read(&mut self, which: Internal, p: i32, plan: ReadPlan) {
         let token = self.token();
         self.storage(StorageOp::Read {
             token,
@@ -330,14 +346,14 @@ impl Broker {
             position: plan.position,
             len: plan.len,
         });
-        if let Some(load) = self.group_loads.get_mut(&p) {
+        if let Some(load) = self.group_loads.get_mut(&(which, p)) {
             load.read = Some((token, plan));
         }
     }
 
     /// A read completed; true if it was one of a load's.
     pub(super) fn on_load_read(&mut self, token: u64, result: &Result<Bytes, String>) -> bool {
-        let Some((&p, load)) = self
+        let Some((&(which, p), load)) = self
             .group_loads
             .iter_mut()
             .find(|(_, l)| l.read.as_ref().is_some_and(|(t, _)| *t == token))
@@ -345,42 +361,124 @@ impl Broker {
             return false;
         };
         let (_, plan) = load.read.take().expect("matched");
+        let topic = which.topic();
         let bytes = match result {
             Ok(bytes) => bytes,
             Err(e) => {
                 // Give the partition up; the next reconcile starts its load over.
-                error!(partition = p, error = %e, "reading {OFFSETS_TOPIC} failed");
-                self.group_loads.remove(&p);
-                self.coordinator.unload(p);
+                error!(topic, partition = p, error = %e, "reading an internal topic failed");
+                self.group_loads.remove(&(which, p));
+                self.owner(which).unload(p);
                 self.coordinator_stale = true;
                 return true;
             }
         };
         let before = load.next;
         let end = load.end.unwrap_or(i64::MAX);
+        let mut next = load.next;
+        let now = self.now;
+        let owner: &mut dyn PartitionOwner = match which {
+            Internal::Offsets => &mut self.coordinator,
+            Internal::Transactions => &mut self.txn_coordinator,
+        };
         for view in complete_batches(bytes) {
             if view.base_offset() >= end {
                 break;
             }
-            if view.next_offset() > load.next {
-                self.coordinator.load(self.now, p, &view);
-                load.next = view.next_offset();
+            if view.next_offset() > next {
+                owner.load(now, p, &view);
+                next = view.next_offset();
             }
         }
+        let load = self.group_loads.get_mut(&(which, p)).expect("found above");
+        load.next = next;
         if load.next == before {
             // Nothing whole in the read: a batch larger than the read, read whole next.
             if let Some(plan) = plan.widened_for(bytes) {
-                self.issue_load_read(p, plan);
+                self.issue_load_read(which, p, plan);
                 return true;
             }
             error!(
+                topic,
                 partition = p,
                 offset = before,
-                "unreadable batch in {OFFSETS_TOPIC}; loading stops here"
+                "unreadable batch in an internal topic; loading stops here"
             );
             load.end = Some(before);
         }
-        self.continue_load(p);
+        self.continue_load(which, p);
         true
     }
 }
+
+/// Whether a topic partition exists, for requests that name partitions.
+pub(super) fn partition_exists(
+    topics: &BTreeMap<Arc<str>, Topic>,
+) -> impl Fn(&str, i32) -> bool + '_ {
+    |topic, p| {
+        topics
+            .get(topic)
+            .is_some_and(|t| (0..t.partition_count()).contains(&p))
+    }
+}
+
+/// An internal topic whose partitions' leaders coordinate what those partitions hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Internal {
+    /// `__consumer_offsets`: the group coordinator.
+    Offsets,
+    /// `__transaction_state`: the transaction coordinator.
+    Transactions,
+}
+
+impl Internal {
+    pub(super) fn topic(self) -> &'static str {
+        match self {
+            Internal::Offsets => OFFSETS_TOPIC,
+            Internal::Transactions => TXN_TOPIC,
+        }
+    }
+}
+
+/// What the broker asks of a coordinator as the partitions it leads come and go.
+trait PartitionOwner {
+    fn set_partitions(&mut self, partitions: i32);
+    fn owned_partitions(&self) -> Vec<i32>;
+    fn owned_epoch(&self, p: i32) -> Option<i32>;
+    fn begin_load(&mut self, p: i32, epoch: i32);
+    fn load(&mut self, now: i64, p: i32, view: &BatchView<'_>);
+    fn finish_load(&mut self, p: i32);
+    fn unload(&mut self, p: i32);
+}
+
+macro_rules! partition_owner {
+    ($type:ty, |$this:ident, $now:ident, $p:ident, $view:ident| $load:expr) => {
+        impl PartitionOwner for $type {
+            fn set_partitions(&mut self, partitions: i32) {
+                <$type>::set_partitions(self, partitions)
+            }
+            fn owned_partitions(&self) -> Vec<i32> {
+                <$type>::owned_partitions(self)
+            }
+            fn owned_epoch(&self, p: i32) -> Option<i32> {
+                <$type>::owned_epoch(self, p)
+            }
+            fn begin_load(&mut self, p: i32, epoch: i32) {
+                <$type>::begin_load(self, p, epoch)
+            }
+            fn load(&mut self, $now: i64, $p: i32, $view: &BatchView<'_>) {
+                let $this = self;
+                $load
+            }
+            fn finish_load(&mut self, p: i32) {
+                <$type>::finish_load(self, p)
+            }
+            fn unload(&mut self, p: i32) {
+                <$type>::unload(self, p)
+            }
+        }
+    };
+}
+
+partition_owner!(Coordinator, |this, now, p, view| this.load(now, p, view));
+partition_owner!(TxnCoordinator, |this, _now, p, view| this.load(p, view));

@@ -19,6 +19,7 @@ mod producers;
 mod quorum;
 mod reassign;
 mod replication;
+mod txns;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use crate::group::Coordinator;
 use crate::log::{CommitPoint, PartitionLog, Segment};
 use crate::storage::{SegmentId, StorageCompletion, StorageOp, TopicPartition, TopicRecord};
 use crate::topic::Topic;
+use crate::txn::TxnCoordinator;
 
 use fetch::{Job, ParkedFetch};
 use groups::GroupLoad;
@@ -227,8 +229,14 @@ pub struct Broker {
     coordinator: Coordinator,
     /// Group requests waiting for the coordinator's answer, by waiter handle.
     group_waiters: BTreeMap<u64, ReplyTo>,
-    /// `__consumer_offsets` partitions being read back for the coordinator.
-    group_loads: BTreeMap<i32, GroupLoad>,
+    /// Internal topics' partitions being read back for their coordinator.
+    group_loads: BTreeMap<(groups::Internal, i32), GroupLoad>,
+    /// The transactions this broker coordinates.
+    txn_coordinator: TxnCoordinator,
+    /// Transaction requests waiting for the coordinator's answer, by waiter handle.
+    txn_waiters: BTreeMap<u64, ReplyTo>,
+    /// Transaction markers being delivered and written.
+    markers: txns::Markers,
     /// Something that decides which groups this broker coordinates may have changed (a
     /// replica of `__consumer_offsets` was driven, the metadata changed, a tick passed).
     coordinator_stale: bool,
@@ -272,6 +280,7 @@ impl Broker {
             .collect();
         let next_retention_check = now + config.retention_check_interval_ms;
         let coordinator = Coordinator::new(config.groups.clone(), seed ^ 0x6772_6f75_7073, now);
+        let config_txns = config.txns.clone();
         let mut broker = Broker {
             config,
             topics: BTreeMap::new(),
@@ -309,6 +318,9 @@ impl Broker {
             coordinator,
             group_waiters: BTreeMap::new(),
             group_loads: BTreeMap::new(),
+            txn_coordinator: TxnCoordinator::new(config_txns, now),
+            txn_waiters: BTreeMap::new(),
+            markers: txns::Markers::default(),
             coordinator_stale: true,
             batching: false,
             producer_ids: producers::ProducerIds::new(recovered.producers),
@@ -425,6 +437,10 @@ impl Broker {
         if now >= self.coordinator.poll_timeout() {
             self.coordinator.tick(now);
         }
+        if now >= self.txn_coordinator.poll_timeout() {
+            self.txn_coordinator.tick(now);
+        }
+        self.push_markers(now);
         if now >= self.next_retention_check {
             self.next_retention_check = now + self.config.retention_check_interval_ms;
             self.enforce_retention(now);
@@ -451,7 +467,9 @@ impl Broker {
             .chain(self.replicated_produce_deadline())
             .chain(self.producer_id_deadline())
             .chain(self.unawaited_sync_deadline())
+            .chain(self.marker_deadline())
             .chain([
+                self.txn_coordinator.poll_timeout(),
                 self.next_retention_check,
                 self.controller.poll_timeout(),
                 self.coordinator.poll_timeout(),
@@ -562,6 +580,11 @@ impl Broker {
             }
             RequestKind::FindCoordinator(r) => return self.find_coordinator(now, reply_to, r),
             RequestKind::InitProducerId(r) => return self.init_producer_id(now, reply_to, r),
+            r @ (RequestKind::AddPartitionsToTxn(_)
+            | RequestKind::AddOffsetsToTxn(_)
+            | RequestKind::EndTxn(_)) => return self.txn_request(now, reply_to, r),
+            RequestKind::DescribeTransactions(r) => Some(self.txn_coordinator.describe(&r)),
+            RequestKind::ListTransactions(r) => Some(self.txn_coordinator.list(now, &r)),
             RequestKind::ListGroups(r) => Some(self.coordinator.list_groups(&r)),
             RequestKind::DescribeGroups(r) => Some(self.coordinator.describe_groups(&r)),
             r @ (RequestKind::JoinGroup(_)
@@ -571,6 +594,7 @@ impl Broker {
             | RequestKind::OffsetCommit(_)
             | RequestKind::OffsetFetch(_)
             | RequestKind::OffsetDelete(_)
+            | RequestKind::TxnOffsetCommit(_)
             | RequestKind::DeleteGroups(_)) => {
                 return self.group_request(now, reply_to, client_id, r)
             }
@@ -674,6 +698,7 @@ impl Broker {
                 self.reconcile_coordinator();
             }
             self.drain_coordinator(self.now);
+            self.drain_txn_coordinator(self.now);
             if self.dirty_replicas.is_empty() {
                 break;
             }

@@ -18,12 +18,23 @@ use crate::config::{TimestampType, TopicConfig};
 use crate::group::OFFSETS_TOPIC;
 use crate::producer::{ProducerBatch, Verdict, Written};
 use crate::storage::{StorageOp, TopicPartition};
+use crate::txn::TXN_TOPIC;
 
-/// Whom a produce answers: a client, or the group coordinator (its write `id`).
+/// Whom a produce answers: a client, the group coordinator (its write `id`), the
+/// transaction coordinator (its write `id`), or a transaction marker's delivery (`id`).
 #[derive(Debug, Clone, Copy)]
 pub(super) enum ProduceFor {
     Client(ReplyTo),
     Coordinator(u64),
+    Transactions(u64),
+    Marker(u64),
+}
+
+impl ProduceFor {
+    /// True for the broker's own writes, which may carry control batches (markers).
+    fn is_broker(self) -> bool {
+        !matches!(self, ProduceFor::Client(_))
+    }
 }
 
 /// An acks=all produce waiting for the sync that makes its batches durable.
@@ -42,12 +53,17 @@ fn batch_error_code(e: BatchError) -> ResponseError {
     }
 }
 
-/// Validates a produce payload against the topic's limits; the batches' summaries.
+/// Validates a produce payload against the topic's limits; the batches' summaries. Only
+/// the broker itself writes control batches (transaction markers), as in Kafka.
 pub(super) fn check_batches(
     records: &Bytes,
     config: &TopicConfig,
+    by_broker: bool,
 ) -> Result<Vec<BatchSummary>, ResponseError> {
     let summaries = batch::validate_produce_payload(records).map_err(batch_error_code)?;
+    if !by_broker && summaries.iter().any(|s| s.control) {
+        return Err(ResponseError::InvalidRecord);
+    }
     if summaries.iter().any(|s| s.size > config.max_message_bytes) {
         return Err(ResponseError::MessageTooLarge);
     }
@@ -79,9 +95,9 @@ impl Broker {
             let mut topic_response =
                 TopicProduceResponse::default().with_name(topic_data.name.clone());
             for (p, partition_data) in topic_data.partition_data.into_iter().enumerate() {
-                if matches!(reply_to, ProduceFor::Client(_)) && *topic_data.name.0 == *OFFSETS_TOPIC
-                {
-                    // Only the coordinator writes the groups' records (as in Kafka).
+                let internal = [OFFSETS_TOPIC, TXN_TOPIC].contains(&topic_data.name.0.as_str());
+                if !reply_to.is_broker() && internal {
+                    // Only the coordinators write their records (as in Kafka).
                     topic_response.partition_responses.push(
                         PartitionProduceResponse::default()
                             .with_index(partition_data.index)
@@ -100,7 +116,9 @@ impl Broker {
                     let mut answer = PartitionProduceResponse::default()
                         .with_index(index)
                         .with_base_offset(-1);
-                    match self.propose_batches(now, name, index, partition_data.records, acks) {
+                    let records = partition_data.records;
+                    let by_broker = reply_to.is_broker();
+                    match self.propose_batches(now, name, index, records, acks, by_broker) {
                         Ok(proposed) => {
                             let tp = TopicPartition::new(&Arc::from(name.as_str()), index);
                             proposals.push(((t, p), tp, proposed));
@@ -121,6 +139,7 @@ impl Broker {
                         &topic_data.name.0,
                         partition_data.index,
                         partition_data.records,
+                        reply_to.is_broker(),
                     )
                 };
                 let mut p = PartitionProduceResponse::default().with_index(partition_data.index);
@@ -173,6 +192,8 @@ impl Broker {
                 self.respond(reply_to, response.map(ResponseKind::Produce))
             }
             ProduceFor::Coordinator(id) => self.coordinator_write_done(id, response),
+            ProduceFor::Transactions(id) => self.txn_write_done(id, response),
+            ProduceFor::Marker(id) => self.marker_written(id, response),
         }
     }
 
@@ -194,6 +215,7 @@ impl Broker {
         topic: &str,
         partition: i32,
         records: Option<Bytes>,
+        by_broker: bool,
     ) -> Result<Appended, ResponseError> {
         let topic = self
             .topics
@@ -203,13 +225,13 @@ impl Broker {
         let tp = TopicPartition::new(&topic.name, partition);
         let log = topic.log_for_client_mut(partition)?;
         let records = records.ok_or(ResponseError::InvalidRecord)?;
-        let summaries = check_batches(&records, &config)?;
+        let summaries = check_batches(&records, &config, by_broker)?;
         let producer = producer_batch(&records, &summaries)?;
         if producer.is_some() && self.producer_ids.loads.contains_key(&tp) {
             // Its table is still being read back: a retry could not be recognised yet.
             return Err(ResponseError::NotLeaderOrFollower);
         }
-        if let Some(batch) = &producer {
+        if let Some(batch) = producer.as_ref().filter(|b| !b.control) {
             if let Verdict::Duplicate(original) = log.producers().check(batch)? {
                 // Written before: answer as the first time, once that write is durable.
                 let base_offset = original.base_offset.unwrap_or(-1);
@@ -241,6 +263,9 @@ impl Broker {
             } else {
                 summary.max_timestamp
             };
+            if let Ok((view, _)) = BatchView::split_first(&one) {
+                log.note_txn(&view, log.log_end_offset());
+            }
             log.maybe_roll(summary.size as u64, now, &config, &mut ops);
             let segment = log.active_segment_id();
             log.append(

@@ -53,7 +53,7 @@ pub(super) struct ProducerIds {
     snapshotted: BTreeMap<TopicPartition, u64>,
     pool: IdPool,
     /// Requests waiting for a block, with their deadlines, oldest first.
-    waiting: VecDeque<(ReplyTo, i64)>,
+    waiting: VecDeque<(ReplyTo, InitProducerIdRequest, i64)>,
     /// The block asked for: its nonce and when to give up on it (a proposal forwarded to
     /// a controller that then lost its leadership is never applied).
     asked: Option<(u64, i64)>,
@@ -72,26 +72,40 @@ impl ProducerIds {
 impl Broker {
     /// InitProducerId (KIP-98): a fresh producer id at epoch 0 for an idempotent producer.
     /// As in Kafka, a producer that asks again (KIP-360, after its sequences went wrong)
-    /// gets another fresh id: only a transactional id keeps its producer id across calls.
+    /// gets another fresh id: only a transactional id keeps its producer id across calls
+    /// (its coordinator decides, and takes the fresh id only for a new transactional id).
     pub(super) fn init_producer_id(
         &mut self,
         now: i64,
         reply_to: ReplyTo,
         request: InitProducerIdRequest,
     ) {
-        if request.transactional_id.is_some_and(|t| !t.0.is_empty()) {
-            // Transactions are not served yet: say so plainly rather than let the client
-            // retry a coordinator that will never come.
-            return self.answer_producer_id(reply_to, Err(ResponseError::UnsupportedVersion));
-        }
         if let Some(id) = self.producer_ids.pool.take() {
-            self.answer_producer_id(reply_to, Ok(id));
+            self.grant_producer_id(now, reply_to, &request, id);
         } else {
             self.producer_ids
                 .waiting
-                .push_back((reply_to, now + WAIT_MS));
+                .push_back((reply_to, request, now + WAIT_MS));
         }
         self.ask_for_producer_ids(now);
+    }
+
+    fn grant_producer_id(
+        &mut self,
+        now: i64,
+        reply_to: ReplyTo,
+        request: &InitProducerIdRequest,
+        id: i64,
+    ) {
+        if request
+            .transactional_id
+            .as_ref()
+            .is_some_and(|t| !t.0.is_empty())
+        {
+            self.init_transactional(now, reply_to, request, id);
+        } else {
+            self.answer_producer_id(reply_to, Ok(id));
+        }
     }
 
     fn answer_producer_id(&mut self, reply_to: ReplyTo, id: Result<i64, ResponseError>) {
@@ -148,8 +162,8 @@ impl Broker {
             let Some(id) = self.producer_ids.pool.take() else {
                 break;
             };
-            let (reply_to, _) = self.producer_ids.waiting.pop_front().expect("not empty");
-            self.answer_producer_id(reply_to, Ok(id));
+            let (reply_to, request, _) = self.producer_ids.waiting.pop_front().expect("not empty");
+            self.grant_producer_id(self.now, reply_to, &request, id);
         }
         self.ask_for_producer_ids(self.now);
     }
@@ -166,11 +180,11 @@ impl Broker {
             self.producer_ids.asked = None;
             self.producer_ids.pool.ask_failed();
         }
-        while let Some(&(reply_to, _)) = self
+        while let Some(&(reply_to, _, _)) = self
             .producer_ids
             .waiting
             .front()
-            .filter(|(_, deadline)| *deadline <= now)
+            .filter(|(_, _, deadline)| *deadline <= now)
         {
             self.producer_ids.waiting.pop_front();
             self.answer_producer_id(reply_to, Err(ResponseError::CoordinatorNotAvailable));
@@ -187,7 +201,7 @@ impl Broker {
             .producer_ids
             .waiting
             .front()
-            .map(|(_, deadline)| *deadline);
+            .map(|(_, _, deadline)| *deadline);
         asked.into_iter().chain(waiting).min()
     }
 
@@ -204,12 +218,13 @@ impl Broker {
         };
         let mut next = log.log_start_offset();
         match snapshot.map(|s| ProducerTable::from_snapshot(&s)) {
-            Some(Some((table, upto))) if upto <= log.log_end_offset() => {
+            Some(Some((table, txns, upto))) if upto <= log.log_end_offset() => {
                 debug!(partition = %tp, upto, producers = table.len(), "producer snapshot loaded");
                 self.producer_ids
                     .snapshotted
                     .insert(tp.clone(), table.changes());
                 *log.producers_mut() = table;
+                log.set_txns(txns);
                 next = next.max(upto);
             }
             Some(_) => {
@@ -301,12 +316,13 @@ impl Broker {
                 continue;
             }
             load.next = view.next_offset();
-            if let Some(batch) = ProducerBatch::of(&view).filter(|_| !view.is_control()) {
+            if let Some(batch) = ProducerBatch::of(&view) {
                 let at = view.base_offset() as u64;
                 let written = Written::of(&batch, at, 0, Some(view.base_offset()));
                 log.producers_mut().record(batch, written, self.now);
                 log.producers_mut().commit(at);
             }
+            log.note_txn(&view, view.base_offset());
         }
         if load.next == before {
             // Nothing whole in the read: a batch larger than the read, read whole next.
@@ -337,7 +353,7 @@ impl Broker {
                 if !stale || table.is_empty() || self.producer_ids.loads.contains_key(&tp) {
                     continue;
                 }
-                let snapshot = table.snapshot(log.high_watermark());
+                let snapshot = table.snapshot(log.high_watermark(), log.txns());
                 self.producer_ids
                     .snapshotted
                     .insert(tp.clone(), table.changes());

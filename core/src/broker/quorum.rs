@@ -67,6 +67,10 @@ impl Broker {
                         _ => warn!(from = frame.from, "peer message without a message"),
                     }
                 }
+                if !frame.markers.is_empty() || !frame.marker_results.is_empty() {
+                    let (markers, results) = (frame.markers, frame.marker_results);
+                    self.handle_peer_markers(now, frame.from, markers, results);
+                }
             }
             Err(e) => warn!(error = %e, "dropping an unreadable peer frame"),
         }
@@ -88,8 +92,8 @@ impl Broker {
             for &voter in drive.voters.iter().filter(|&&v| v != self.config.broker_id) {
                 let frame = PeerFrame {
                     from: self.config.broker_id,
-                    messages: Vec::new(),
                     join: Some(registration.clone()),
+                    ..PeerFrame::default()
                 };
                 self.outputs.push_back(Output::Peer {
                     to: voter,

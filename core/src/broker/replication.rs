@@ -382,6 +382,7 @@ impl Broker {
         partition: i32,
         records: Option<Bytes>,
         acks: i16,
+        by_broker: bool,
     ) -> Result<Proposed, ResponseError> {
         let topic = self
             .topics
@@ -395,7 +396,7 @@ impl Broker {
             return Err(ResponseError::NotLeaderOrFollower);
         }
         let records = records.ok_or(ResponseError::InvalidRecord)?;
-        let summaries = super::produce::check_batches(&records, &topic.config)?;
+        let summaries = super::produce::check_batches(&records, &topic.config, by_broker)?;
         if acks == -1 && replica.in_sync_replicas() < topic.config.min_insync_replicas {
             return Err(ResponseError::NotEnoughReplicas);
         }
@@ -408,7 +409,7 @@ impl Broker {
             .logs
             .get_mut(&partition)
             .ok_or(ResponseError::UnknownTopicOrPartition)?;
-        if let Some(batch) = &producer {
+        if let Some(batch) = producer.as_ref().filter(|b| !b.control) {
             if let Verdict::Duplicate(original) = log.producers().check(batch)? {
                 // Proposed or written before: the answer waits on that entry instead.
                 return Ok(Proposed {
@@ -674,7 +675,7 @@ impl Broker {
             let frame = PeerFrame {
                 from: self.config.broker_id,
                 messages,
-                join: None,
+                ..PeerFrame::default()
             };
             self.outputs.push_back(Output::Peer {
                 to,

@@ -259,6 +259,55 @@ pub struct PeerFrame {
     /// A broker outside the quorum asking to join it (as a learner of the metadata log).
     #[prost(message, optional, tag = "3")]
     pub join: Option<BrokerRegistration>,
+    /// Transaction markers a coordinator asks this broker to write, as partition leader.
+    #[prost(message, repeated, tag = "4")]
+    pub markers: Vec<MarkerRequest>,
+    /// Outcomes of markers this broker asked the sender to write.
+    #[prost(message, repeated, tag = "5")]
+    pub marker_results: Vec<MarkerResult>,
+}
+
+/// Write a transaction's marker to one partition (Kafka's WriteTxnMarkers, between brokers).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MarkerRequest {
+    /// The coordinator's marker job.
+    #[prost(uint64, tag = "1")]
+    pub job: u64,
+    /// The partition's topic.
+    #[prost(string, tag = "2")]
+    pub topic: String,
+    /// The partition.
+    #[prost(int32, tag = "3")]
+    pub partition: i32,
+    /// The transaction's producer.
+    #[prost(int64, tag = "4")]
+    pub producer_id: i64,
+    /// The epoch the marker carries.
+    #[prost(int32, tag = "5")]
+    pub epoch: i32,
+    /// Commit (true) or abort.
+    #[prost(bool, tag = "6")]
+    pub commit: bool,
+    /// The coordinator's leader epoch.
+    #[prost(int32, tag = "7")]
+    pub coordinator_epoch: i32,
+}
+
+/// A marker written (error 0) or refused, for the coordinator that asked.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MarkerResult {
+    /// The coordinator's marker job.
+    #[prost(uint64, tag = "1")]
+    pub job: u64,
+    /// The partition's topic.
+    #[prost(string, tag = "2")]
+    pub topic: String,
+    /// The partition.
+    #[prost(int32, tag = "3")]
+    pub partition: i32,
+    /// Kafka error code; 0 if the marker is committed.
+    #[prost(int32, tag = "4")]
+    pub error_code: i32,
 }
 
 /// One Raft message and the group it belongs to.

@@ -25,7 +25,9 @@ use kafka_protocol::messages::leave_group_request::LeaveGroupRequest;
 use kafka_protocol::messages::leave_group_response::{LeaveGroupResponse, MemberResponse};
 use kafka_protocol::messages::list_groups_request::ListGroupsRequest;
 use kafka_protocol::messages::list_groups_response::{ListGroupsResponse, ListedGroup};
-use kafka_protocol::messages::offset_commit_request::OffsetCommitRequest;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequest, OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponse, OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
@@ -39,6 +41,10 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponsePartitions, OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::sync_group_request::SyncGroupRequest;
+use kafka_protocol::messages::txn_offset_commit_request::TxnOffsetCommitRequest;
+use kafka_protocol::messages::txn_offset_commit_response::{
+    TxnOffsetCommitResponse, TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+};
 use kafka_protocol::messages::{GroupId, ResponseKind, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -90,6 +96,8 @@ enum PendingWrite {
         group: String,
         response: OffsetCommitResponse,
         offsets: Vec<(String, i32, Committed)>,
+        /// A TxnOffsetCommit's producer: the offsets wait for its transaction's marker.
+        txn: Option<i64>,
     },
     Assignment {
         group: String,
@@ -131,6 +139,10 @@ pub struct Coordinator {
     id_seed: u64,
     outputs: VecDeque<CoordinatorOutput>,
     next_expiry_check: i64,
+    /// Offsets committed inside open transactions, by producer id: (group, topic,
+    /// partition, offset). They take effect when the transaction's commit marker reaches
+    /// the group's partition, and are dropped by its abort marker.
+    txn_offsets: BTreeMap<i64, Vec<(String, String, i32, Committed)>>,
 }
 
 impl Coordinator {
@@ -148,6 +160,7 @@ impl Coordinator {
             id_seed: seed,
             outputs: VecDeque::new(),
             next_expiry_check,
+            txn_offsets: BTreeMap::new(),
         }
     }
 
@@ -178,9 +191,16 @@ impl Coordinator {
 
     /// Applies the records of one batch read back from partition `p`.
     pub fn load(&mut self, now: i64, p: i32, view: &BatchView<'_>) {
-        if view.is_control() || !view.crc_ok() {
+        if !view.crc_ok() {
             return;
         }
+        if view.is_control() {
+            if let Some(commit) = batch::txn_marker(view) {
+                self.complete_txn(now, p, view.producer_id(), commit);
+            }
+            return;
+        }
+        let txn = view.is_transactional().then(|| view.producer_id());
         let Some(key_values) = view.key_values() else {
             warn!(
                 partition = p,
@@ -197,7 +217,47 @@ impl Coordinator {
                 );
                 continue;
             };
-            self.apply(now, record);
+            match (txn, record) {
+                (
+                    Some(producer_id),
+                    Record::Offset {
+                        group,
+                        topic,
+                        partition,
+                        value: Some(value),
+                    },
+                ) => {
+                    let pending = (group, topic, partition, value);
+                    self.txn_offsets
+                        .entry(producer_id)
+                        .or_default()
+                        .push(pending);
+                }
+                (_, record) => self.apply(now, record),
+            }
+        }
+    }
+
+    /// A transaction marker of `producer_id` is committed in partition `p`: the offsets
+    /// the transaction wrote there take effect (commit) or are dropped (abort).
+    pub fn complete_txn(&mut self, now: i64, p: i32, producer_id: i64, commit: bool) {
+        let Some(pending) = self.txn_offsets.remove(&producer_id) else {
+            return;
+        };
+        let n = self.partitions;
+        let (here, elsewhere): (Vec<_>, Vec<_>) = pending
+            .into_iter()
+            .partition(|(group, ..)| partition_for(group, n) == p);
+        if !elsewhere.is_empty() {
+            self.txn_offsets.insert(producer_id, elsewhere);
+        }
+        if !commit {
+            return;
+        }
+        for (group, topic, partition, committed) in here {
+            // A group may exist only through its transactional commits.
+            let g = self.group_entry(&group, now);
+            g.offsets.insert((topic, partition), committed);
         }
     }
 
@@ -258,6 +318,11 @@ impl Coordinator {
         if self.owned.remove(&p).is_none() {
             return;
         }
+        let n = self.partitions;
+        for pending in self.txn_offsets.values_mut() {
+            pending.retain(|(group, ..)| partition_for(group, n) != p);
+        }
+        self.txn_offsets.retain(|_, pending| !pending.is_empty());
         let ids: Vec<String> = self.groups_of(p).map(|g| g.id.clone()).collect();
         let mut fx = Vec::new();
         for id in ids {
@@ -478,6 +543,57 @@ impl Coordinator {
         request: &OffsetCommitRequest,
         exists: impl Fn(&str, i32) -> bool,
     ) {
+        self.commit_as(now, parked, request, exists, None)
+    }
+
+    /// TxnOffsetCommit (KIP-98, KIP-447): offsets written inside the producer's
+    /// transaction. They are checked and written as a commit's are, in a transactional
+    /// batch of the producer's, and take effect only with its commit marker.
+    pub fn txn_commit(
+        &mut self,
+        now: i64,
+        parked: Parked,
+        request: &TxnOffsetCommitRequest,
+        exists: impl Fn(&str, i32) -> bool,
+    ) {
+        let topics = request
+            .topics
+            .iter()
+            .map(|t| {
+                let partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        OffsetCommitRequestPartition::default()
+                            .with_partition_index(p.partition_index)
+                            .with_committed_offset(p.committed_offset)
+                            .with_committed_leader_epoch(p.committed_leader_epoch)
+                            .with_committed_metadata(p.committed_metadata.clone())
+                    })
+                    .collect();
+                OffsetCommitRequestTopic::default()
+                    .with_name(t.name.clone())
+                    .with_partitions(partitions)
+            })
+            .collect();
+        let as_commit = OffsetCommitRequest::default()
+            .with_group_id(request.group_id.clone())
+            .with_generation_id_or_member_epoch(request.generation_id)
+            .with_member_id(request.member_id.clone())
+            .with_group_instance_id(request.group_instance_id.clone())
+            .with_topics(topics);
+        let producer = (request.producer_id.0, request.producer_epoch);
+        self.commit_as(now, parked, &as_commit, exists, Some(producer))
+    }
+
+    fn commit_as(
+        &mut self,
+        now: i64,
+        parked: Parked,
+        request: &OffsetCommitRequest,
+        exists: impl Fn(&str, i32) -> bool,
+        txn: Option<(i64, i16)>,
+    ) {
         let group_id = request.group_id.as_str();
         let mut response = OffsetCommitResponse::default();
         for t in &request.topics {
@@ -512,7 +628,7 @@ impl Coordinator {
         });
         if let Err(e) = checked {
             set_commit_errors(&mut response, e, |_| true);
-            return self.reply(parked.waiter, ResponseKind::OffsetCommit(response));
+            return self.reply(parked.waiter, commit_answer(response, txn.is_some()));
         }
         let mut offsets = Vec::new();
         for (t, topic) in request.topics.iter().enumerate() {
@@ -541,7 +657,7 @@ impl Coordinator {
             }
         }
         if offsets.is_empty() {
-            return self.reply(parked.waiter, ResponseKind::OffsetCommit(response));
+            return self.reply(parked.waiter, commit_answer(response, txn.is_some()));
         }
         let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = offsets
             .iter()
@@ -551,7 +667,7 @@ impl Coordinator {
             })
             .collect();
         let partition = self.partition_of(group_id);
-        if is_planted(Canary::AckCommitBeforeDurable) {
+        if is_planted(Canary::AckCommitBeforeDurable) && txn.is_none() {
             if let Some(g) = self.groups.get_mut(group_id) {
                 for (t, p, c) in offsets {
                     g.offsets.insert((t, p), c);
@@ -565,8 +681,9 @@ impl Coordinator {
             group: group_id.to_string(),
             response,
             offsets,
+            txn: txn.map(|(producer_id, _)| producer_id),
         };
-        self.write(now, partition, &records, pending);
+        self.write_as(now, partition, &records, pending, txn);
     }
 
     /// OffsetFetch: one group (v1–7) or several (v8).
@@ -954,12 +1071,28 @@ impl Coordinator {
         records: &[(Vec<u8>, Option<Vec<u8>>)],
         pending: PendingWrite,
     ) {
+        self.write_as(now, partition, records, pending, None)
+    }
+
+    /// Writes records; inside `txn`'s transaction (producer id, epoch) if given.
+    fn write_as(
+        &mut self,
+        now: i64,
+        partition: i32,
+        records: &[(Vec<u8>, Option<Vec<u8>>)],
+        pending: PendingWrite,
+        txn: Option<(i64, i16)>,
+    ) {
         let id = self.next_id();
         let refs: Vec<batch::KeyAndValue<'_>> = records
             .iter()
             .map(|(k, v)| (Some(k.as_slice()), v.as_deref()))
             .collect();
-        let batch = batch::data_batch(now, &refs).freeze();
+        let batch = match txn {
+            Some((producer_id, epoch)) => batch::txn_data_batch(now, producer_id, epoch, &refs),
+            None => batch::data_batch(now, &refs),
+        }
+        .freeze();
         debug!(id, partition, records = records.len(), "group write");
         self.writes.insert(id, pending);
         self.outputs.push_back(CoordinatorOutput::Write {
@@ -984,18 +1117,25 @@ impl Coordinator {
                 group,
                 mut response,
                 offsets,
+                txn,
             } => {
-                match error {
-                    Ok(()) => {
+                match (error, txn) {
+                    (Ok(()), Some(producer_id)) => {
+                        let pending = self.txn_offsets.entry(producer_id).or_default();
+                        for (t, p, c) in offsets {
+                            pending.push((group.clone(), t, p, c));
+                        }
+                    }
+                    (Ok(()), None) => {
                         if let Some(g) = self.groups.get_mut(&group) {
                             for (t, p, c) in offsets {
                                 g.offsets.insert((t, p), c);
                             }
                         }
                     }
-                    Err(e) => set_commit_errors(&mut response, e, |code| code == 0),
+                    (Err(e), _) => set_commit_errors(&mut response, e, |code| code == 0),
                 }
-                self.reply(parked.waiter, ResponseKind::OffsetCommit(response));
+                self.reply(parked.waiter, commit_answer(response, txn.is_some()));
             }
             PendingWrite::Assignment { group, generation } => {
                 let mut fx = Vec::new();
@@ -1096,6 +1236,32 @@ fn coordinator_error(e: ResponseError) -> ResponseError {
         }
         _ => ResponseError::UnknownServerError,
     }
+}
+
+/// An OffsetCommit's answer, or a TxnOffsetCommit's (the same per-partition codes).
+fn commit_answer(response: OffsetCommitResponse, txn: bool) -> ResponseKind {
+    if !txn {
+        return ResponseKind::OffsetCommit(response);
+    }
+    let topics = response
+        .topics
+        .into_iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    TxnOffsetCommitResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(p.error_code)
+                })
+                .collect();
+            TxnOffsetCommitResponseTopic::default()
+                .with_name(t.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    ResponseKind::TxnOffsetCommit(TxnOffsetCommitResponse::default().with_topics(topics))
 }
 
 fn set_commit_errors(

@@ -250,7 +250,7 @@ pub fn decode(key: &[u8], value: Option<&[u8]>) -> Option<Record> {
     }
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
     out.put_i16(s.len() as i16);
     out.put_slice(s.as_bytes());
 }
@@ -268,34 +268,34 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 }
 
 /// A cursor over big-endian fields.
-struct Reader<'a>(&'a [u8]);
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
+    pub(crate) fn take(&mut self, n: usize) -> Option<&[u8]> {
         let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
         self.0 = rest;
         Some(head)
     }
-    fn i16(&mut self) -> Option<i16> {
+    pub(crate) fn i16(&mut self) -> Option<i16> {
         Some(i16::from_be_bytes(self.take(2)?.try_into().ok()?))
     }
-    fn i32(&mut self) -> Option<i32> {
+    pub(crate) fn i32(&mut self) -> Option<i32> {
         Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
     }
-    fn i64(&mut self) -> Option<i64> {
+    pub(crate) fn i64(&mut self) -> Option<i64> {
         Some(i64::from_be_bytes(self.take(8)?.try_into().ok()?))
     }
-    fn nullable_string(&mut self) -> Option<Option<String>> {
+    pub(crate) fn nullable_string(&mut self) -> Option<Option<String>> {
         let len = self.i16()?;
         let Ok(len) = usize::try_from(len) else {
             return Some(None);
         };
         Some(Some(String::from_utf8(self.take(len)?.to_vec()).ok()?))
     }
-    fn string(&mut self) -> Option<String> {
+    pub(crate) fn string(&mut self) -> Option<String> {
         self.nullable_string()?
     }
-    fn bytes(&mut self) -> Option<Bytes> {
+    pub(crate) fn bytes(&mut self) -> Option<Bytes> {
         let len = usize::try_from(self.i32()?).ok()?;
         Some(Bytes::copy_from_slice(self.take(len)?))
     }

@@ -2,11 +2,13 @@
 //! each partition's [`ProducerTable`] of what those producers wrote.
 
 mod table;
+mod txns;
 
 use std::collections::VecDeque;
 use std::ops::Range;
 
 pub use table::{ProducerBatch, ProducerTable, Verdict, Written, CACHED_BATCHES};
+pub use txns::{TxnEvent, TxnIndex, TxnRange};
 
 /// Producer ids a broker takes from the metadata quorum at a time (Kafka takes 1000).
 pub const ID_BLOCK: i64 = 1000;

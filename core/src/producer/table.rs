@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use kafka_protocol::ResponseError;
 
+use super::txns::{TxnIndex, TxnRange};
 use crate::batch::BatchView;
 
 /// Batches remembered per producer and partition: the most a client has in flight
@@ -39,20 +40,24 @@ pub struct ProducerBatch {
     pub first_seq: i32,
     /// Sequence of its last record (wrapping past `i32::MAX` to 0, as Kafka's do).
     pub last_seq: i32,
+    /// A transaction marker: it carries the producer's epoch (fencing older ones) but no
+    /// sequence, so it is not one of the producer's batches.
+    pub control: bool,
 }
 
 impl ProducerBatch {
-    /// The batch's idempotence fields; `None` if it has no producer id.
+    /// The batch's idempotence fields; `None` if it has no producer id, or (not being a
+    /// marker) no sequence: the group coordinator's transactional offsets have none.
     pub fn of(view: &BatchView<'_>) -> Option<Self> {
         let producer_id = view.producer_id();
-        (producer_id >= 0).then(|| {
-            let first_seq = view.base_sequence();
-            ProducerBatch {
-                producer_id,
-                epoch: view.producer_epoch(),
-                first_seq,
-                last_seq: add_seq(first_seq, view.last_offset_delta().max(0)),
-            }
+        let first_seq = view.base_sequence();
+        let control = view.is_control();
+        (producer_id >= 0 && (first_seq >= 0 || control)).then(|| ProducerBatch {
+            producer_id,
+            epoch: view.producer_epoch(),
+            first_seq,
+            last_seq: add_seq(first_seq.max(0), view.last_offset_delta().max(0)),
+            control,
         })
     }
 }
@@ -137,6 +142,16 @@ impl ProducerEntry {
     }
 
     fn record(&mut self, batch: &ProducerBatch, written: Written, now: i64) {
+        if batch.control {
+            // A marker written with a newer epoch (a fenced producer's transaction aborted
+            // by its successor) fences the older one here too.
+            if batch.epoch > self.epoch || self.batches.is_empty() {
+                self.batches.clear();
+                self.epoch = self.epoch.max(batch.epoch);
+            }
+            self.last_write = self.last_write.max(now);
+            return;
+        }
         if batch.epoch != self.epoch {
             self.batches.clear();
             self.epoch = batch.epoch;
@@ -277,6 +292,9 @@ impl ProducerTable {
     /// A batch written long ago at `written.at` that the table never saw: its copy was
     /// damaged when the table was built from the log, and has been repaired since.
     pub fn restore(&mut self, batch: ProducerBatch, written: Written, now: i64) {
+        if batch.control {
+            return; // No sequence to put back; later batches carry its epoch.
+        }
         self.changes += 1;
         self.current
             .entry(batch.producer_id)
@@ -381,6 +399,23 @@ struct SnapshotRecord {
     upto: i64,
     #[prost(message, repeated, tag = "2")]
     producers: Vec<SnapshotProducer>,
+    /// Transactions open as of `upto`.
+    #[prost(message, repeated, tag = "3")]
+    open_txns: Vec<SnapshotTxn>,
+    /// Aborted transactions whose marker lies below `upto`.
+    #[prost(message, repeated, tag = "4")]
+    aborted_txns: Vec<SnapshotTxn>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct SnapshotTxn {
+    #[prost(int64, tag = "1")]
+    producer_id: i64,
+    #[prost(int64, tag = "2")]
+    first_offset: i64,
+    /// The marker's offset (aborted transactions only).
+    #[prost(int64, tag = "3")]
+    last_offset: i64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -412,7 +447,7 @@ impl ProducerTable {
     /// and the log is read back from `upto` anyway. A producer whose cached batches all lie
     /// past `upto` is left out too: the batches before them were answered (a producer has
     /// at most five in flight), so none of them is retried.
-    pub fn snapshot(&self, upto: i64) -> Vec<u8> {
+    pub fn snapshot(&self, upto: i64, txns: &TxnIndex) -> Vec<u8> {
         use prost::Message as _;
         let producers = self
             .current
@@ -438,13 +473,52 @@ impl ProducerTable {
                 })
             })
             .collect();
-        SnapshotRecord { upto, producers }.encode_to_vec()
+        let open_txns = txns
+            .open_as_of(upto)
+            .into_iter()
+            .map(|(producer_id, first_offset)| SnapshotTxn {
+                producer_id,
+                first_offset,
+                last_offset: -1,
+            })
+            .collect();
+        let aborted_txns = txns
+            .aborted_before(upto)
+            .map(|a| SnapshotTxn {
+                producer_id: a.producer_id,
+                first_offset: a.first_offset,
+                last_offset: a.last_offset,
+            })
+            .collect();
+        let record = SnapshotRecord {
+            upto,
+            producers,
+            open_txns,
+            aborted_txns,
+        };
+        record.encode_to_vec()
     }
 
-    /// A table from a [`Self::snapshot`], and the offset the log must be read back from.
-    pub fn from_snapshot(bytes: &[u8]) -> Option<(ProducerTable, i64)> {
+    /// A table and transaction index from a [`Self::snapshot`], and the offset the log must
+    /// be read back from.
+    pub fn from_snapshot(bytes: &[u8]) -> Option<(ProducerTable, TxnIndex, i64)> {
         use prost::Message as _;
         let record = SnapshotRecord::decode(bytes).ok()?;
+        let open: Vec<(i64, i64)> = record
+            .open_txns
+            .iter()
+            .map(|t| (t.producer_id, t.first_offset))
+            .collect();
+        let aborted: Vec<TxnRange> = record
+            .aborted_txns
+            .iter()
+            .map(|t| TxnRange {
+                producer_id: t.producer_id,
+                first_offset: t.first_offset,
+                last_offset: t.last_offset,
+            })
+            .collect();
+        let txns = TxnIndex::restored(record.upto, &open, &aborted);
         let mut table = ProducerTable::new();
         let mut batches: Vec<(i64, ProducerBatch, i64)> = Vec::new();
         for p in &record.producers {
@@ -454,6 +528,7 @@ impl ProducerTable {
                     epoch: i16::try_from(b.epoch).ok()?,
                     first_seq: b.first_seq,
                     last_seq: b.last_seq,
+                    control: false,
                 };
                 batches.push((b.base_offset, batch, p.last_write));
             }
@@ -468,7 +543,7 @@ impl ProducerTable {
             table.record(batch, Written::of(&batch, at, 0, Some(offset)), last_write);
             table.commit(at);
         }
-        Some((table, record.upto))
+        Some((table, txns, record.upto))
     }
 }
 
@@ -488,6 +563,7 @@ mod tests {
 
     fn batch(id: i64, epoch: i16, first: i32, count: i32) -> ProducerBatch {
         ProducerBatch {
+            control: false,
             producer_id: id,
             epoch,
             first_seq: first,
@@ -595,8 +671,15 @@ mod tests {
             t.record(b, Written::of(&b, offset, 0, Some(offset as i64)), 50);
             t.commit(offset);
         }
-        let (restored, upto) = ProducerTable::from_snapshot(&t.snapshot(5)).expect("decodes");
+        let mut txns = TxnIndex::new();
+        txns.apply(super::super::TxnEvent::Data {
+            producer_id: 8,
+            offset: 2,
+        });
+        let (restored, restored_txns, upto) =
+            ProducerTable::from_snapshot(&t.snapshot(5, &txns)).expect("decodes");
         assert_eq!(upto, 5);
+        assert_eq!(restored_txns.last_stable_offset(5), 2);
         assert_eq!(
             restored.producers().collect::<Vec<_>>(),
             t.producers().collect::<Vec<_>>()
@@ -604,7 +687,7 @@ mod tests {
         let retry = batch(7, 0, 2, 2);
         assert_eq!(restored.check(&retry), t.check(&retry));
         // As of offset 3, the last batch of producer 7 is not in it yet.
-        let (early, _) = ProducerTable::from_snapshot(&t.snapshot(3)).unwrap();
+        let (early, _, _) = ProducerTable::from_snapshot(&t.snapshot(3, &txns)).unwrap();
         assert_eq!(early.check(&retry), Ok(Verdict::Append));
         assert_eq!(ProducerTable::from_snapshot(b"\xff\xff"), None);
     }

@@ -15,7 +15,7 @@ use super::entries::{EntryKind, EntryLog, EntryMeta, LogStart};
 use super::{ReadRequest, READ_CHUNK};
 use crate::batch::{self, frame_size, BatchView, LOG_OVERHEAD};
 use crate::log::{CommitPoint, PartitionLog};
-use crate::producer::{ProducerBatch, Written};
+use crate::producer::{ProducerBatch, TxnEvent, Written};
 use crate::storage::{SegmentId, StorageOp, TopicPartition};
 
 /// What a loader wants next.
@@ -53,6 +53,8 @@ pub(super) struct Loader {
     /// Idempotent producers' batches among the entries, in log order: the producer
     /// table is rebuilt from them.
     producers: Vec<(ProducerBatch, Written, i64)>,
+    /// Transactional batches and markers among the entries, in log order.
+    txns: Vec<TxnEvent>,
     done: bool,
 }
 
@@ -83,6 +85,7 @@ impl Loader {
             lost: false,
             damaged: Vec::new(),
             producers: Vec::new(),
+            txns: Vec::new(),
             done: misaligned,
         }
     }
@@ -228,7 +231,12 @@ impl Loader {
                 });
                 self.expected = next_offset;
                 let index = self.start.index + self.table.len() as u64;
-                let producer = ProducerBatch::of(&view).filter(|_| intact && control.is_none());
+                let marker = batch::txn_marker(&view).is_some();
+                let producer =
+                    ProducerBatch::of(&view).filter(|_| intact && (control.is_none() || marker));
+                if let Some(event) = TxnEvent::of(&view, view.base_offset()).filter(|_| intact) {
+                    self.txns.push(event);
+                }
                 if let Some(batch) = producer {
                     let written = Written::of(
                         &batch,
@@ -285,6 +293,11 @@ impl Loader {
             for (batch, written, time) in self.producers {
                 log.producers_mut().record(batch, written, time);
             }
+            let mut txns = crate::producer::TxnIndex::new();
+            for event in self.txns {
+                txns.apply(event);
+            }
+            log.set_txns(txns);
         }
         let point = match table.front() {
             Some(first) => CommitPoint {

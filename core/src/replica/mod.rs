@@ -1126,6 +1126,11 @@ fn write_entries(
             size,
             kind,
         };
+        if kind == EntryKind::Data {
+            if let Ok((view, _)) = BatchView::split_first(&bytes) {
+                log.note_txn(&view, base_offset);
+            }
+        }
         ops.push(StorageOp::Append {
             segment: log.active_segment_id(),
             data: bytes.freeze(),
