@@ -1296,3 +1296,180 @@ fn a_repaired_batch_of_an_idempotent_producer_goes_back_in_the_producer_table() 
         "repaired, it is back"
     );
 }
+
+/// A transaction over partitions led by different brokers: the markers reach every leader
+/// over the peer link, and when the coordinator is cut off mid-transaction, its successor
+/// reads `__transaction_state` back and aborts what was left open.
+#[test]
+fn a_transaction_across_leaders_commits_everywhere_and_outlives_its_coordinator() {
+    use kafka_protocol::messages::add_partitions_to_txn_request::{
+        AddPartitionsToTxnRequest, AddPartitionsToTxnTopic,
+    };
+    use kafka_protocol::messages::end_txn_request::EndTxnRequest;
+    use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
+    use kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
+    use kafka_protocol::messages::{ProducerId, TransactionalId};
+    let s = |v: &str| kafka_protocol::protocol::StrBytes::from_string(v.to_string());
+    let (mut cluster, _, _) = replicated_trio();
+    assert_eq!(cluster.create_replicated(1, "x", 3, 3), 0);
+    cluster.advance(3_000);
+    let find = |cluster: &mut Cluster, via: i32| -> Option<i32> {
+        let request = FindCoordinatorRequest::default()
+            .with_key_type(1)
+            .with_key(s("tx"));
+        match cluster.call(
+            via,
+            ApiKey::FindCoordinator,
+            3,
+            RequestKind::FindCoordinator(request),
+        ) {
+            ResponseKind::FindCoordinator(r) if r.error_code == 0 => Some(r.node_id.0),
+            _ => None,
+        }
+    };
+    let locate = |cluster: &mut Cluster, via: i32, not: i32| -> i32 {
+        for _ in 0..40 {
+            match find(cluster, via) {
+                Some(c) if c != not => return c,
+                _ => cluster.advance(500),
+            }
+        }
+        panic!("no transaction coordinator");
+    };
+    let coordinator = locate(&mut cluster, 1, -1);
+    let init = |cluster: &mut Cluster, at: i32| -> (i64, i16) {
+        for _ in 0..40 {
+            let request = InitProducerIdRequest::default()
+                .with_transactional_id(Some(TransactionalId(s("tx"))))
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1);
+            let ResponseKind::InitProducerId(r) = cluster.call(
+                at,
+                ApiKey::InitProducerId,
+                4,
+                RequestKind::InitProducerId(request),
+            ) else {
+                panic!()
+            };
+            if r.error_code == 0 {
+                return (r.producer_id.0, r.producer_epoch);
+            }
+            cluster.advance(200);
+        }
+        panic!("InitProducerId never succeeded");
+    };
+    let (pid, epoch) = init(&mut cluster, coordinator);
+    // Leadership may move (to preferred leaders): ask a broker that is not cut off.
+    let leader = |cluster: &mut Cluster, p: i32| -> i32 {
+        let via = (1..=3).find(|id| !cluster.cut.contains(id)).unwrap();
+        cluster.topic_metadata(via, "x").partitions[p as usize]
+            .leader_id
+            .0
+    };
+    let add = |cluster: &mut Cluster, at: i32, epoch: i16| {
+        let request = AddPartitionsToTxnRequest::default()
+            .with_v3_and_below_transactional_id(TransactionalId(s("tx")))
+            .with_v3_and_below_producer_id(ProducerId(pid))
+            .with_v3_and_below_producer_epoch(epoch)
+            .with_v3_and_below_topics(vec![AddPartitionsToTxnTopic::default()
+                .with_name(topic_name("x"))
+                .with_partitions(vec![0, 1, 2])]);
+        let ResponseKind::AddPartitionsToTxn(r) = cluster.call(
+            at,
+            ApiKey::AddPartitionsToTxn,
+            3,
+            RequestKind::AddPartitionsToTxn(request),
+        ) else {
+            panic!()
+        };
+        let codes: Vec<i16> = r.results_by_topic_v3_and_below[0]
+            .results_by_partition
+            .iter()
+            .map(|p| p.partition_error_code)
+            .collect();
+        assert_eq!(codes, vec![0, 0, 0]);
+    };
+    let produce = |cluster: &mut Cluster, p: i32, seq: i32| -> i64 {
+        let values = [b"a".to_vec(), b"b".to_vec()];
+        let records: Vec<seedlog_core::batch::KeyAndValue<'_>> =
+            values.iter().map(|v| (None, Some(&v[..]))).collect();
+        let mut batch = seedlog_core::batch::txn_data_batch(START, pid, epoch, &records);
+        seedlog_core::batch::stamp_producer(&mut batch, pid, epoch, seq);
+        let request = produce_request("x", p, -1, 2000, batch.freeze());
+        let to = leader(cluster, p);
+        let ResponseKind::Produce(r) = cluster.call(to, ApiKey::Produce, 9, request) else {
+            panic!()
+        };
+        let answer = &r.responses[0].partition_responses[0];
+        assert_eq!(answer.error_code, 0);
+        answer.base_offset
+    };
+    // (high watermark, last stable offset, aborted first offsets) of a read_committed fetch.
+    let stable = |cluster: &mut Cluster, p: i32| -> (i64, i64, Vec<i64>) {
+        let RequestKind::Fetch(request) = fetch_request([("x", p, 0)], 0, 1 << 20, 1 << 20) else {
+            panic!()
+        };
+        let request = RequestKind::Fetch(request.with_isolation_level(1));
+        let to = leader(cluster, p);
+        let ResponseKind::Fetch(r) = cluster.call(to, ApiKey::Fetch, 12, request) else {
+            panic!()
+        };
+        let data = &r.responses[0].partitions[0];
+        assert_eq!(data.error_code, 0, "fetch of partition {p}");
+        let aborted = data.aborted_transactions.iter().flatten();
+        let aborted = aborted.map(|a| a.first_offset).collect();
+        (data.high_watermark, data.last_stable_offset, aborted)
+    };
+
+    add(&mut cluster, coordinator, epoch);
+    let firsts: Vec<i64> = (0..3).map(|p| produce(&mut cluster, p, 0)).collect();
+    for p in 0..3 {
+        let (hw, lso, _) = stable(&mut cluster, p);
+        assert_eq!(
+            lso, firsts[p as usize],
+            "open: partition {p} stops at the transaction"
+        );
+        assert!(hw > lso);
+    }
+    let request = EndTxnRequest::default()
+        .with_transactional_id(TransactionalId(s("tx")))
+        .with_producer_id(ProducerId(pid))
+        .with_producer_epoch(epoch)
+        .with_committed(true);
+    let ResponseKind::EndTxn(r) =
+        cluster.call(coordinator, ApiKey::EndTxn, 3, RequestKind::EndTxn(request))
+    else {
+        panic!()
+    };
+    assert_eq!(r.error_code, 0);
+    cluster.advance(1_000);
+    for p in 0..3 {
+        let (hw, lso, aborted) = stable(&mut cluster, p);
+        assert_eq!((lso, aborted), (hw, vec![]), "committed in partition {p}");
+    }
+
+    // The next transaction is left open, and its coordinator is cut off.
+    add(&mut cluster, coordinator, epoch);
+    let seconds: Vec<i64> = (0..3).map(|p| produce(&mut cluster, p, 2)).collect();
+    cluster.cut.insert(coordinator);
+    cluster.advance(3_000);
+    let via = (1..=3).find(|&id| id != coordinator).unwrap();
+    let successor = locate(&mut cluster, via, coordinator);
+    let (pid2, epoch2) = init(&mut cluster, successor);
+    assert_eq!(
+        (pid2, epoch2),
+        (pid, epoch + 2),
+        "bumped to abort, and for the restart"
+    );
+    cluster.advance(1_000);
+    for p in 0..3 {
+        let (hw, lso, aborted) = stable(&mut cluster, p);
+        assert_eq!(lso, hw, "partition {p} is stable again");
+        assert_eq!(
+            aborted,
+            vec![seconds[p as usize]],
+            "partition {p} lists the abort"
+        );
+    }
+}
