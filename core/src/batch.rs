@@ -371,12 +371,14 @@ pub const COMMIT_CONTROL_TYPE: i16 = 1;
 
 /// A transaction marker (KIP-98): the control batch that ends `producer_id`'s transaction
 /// in a partition, committing or aborting its records. Its value is Kafka's
-/// `EndTransactionMarker` v0: version, then the coordinator epoch.
+/// `EndTransactionMarker` v0: version, then the coordinator epoch. Its base sequence,
+/// which clients ignore in a control batch, is the number of the transaction it ends.
 pub fn txn_marker_batch(
     producer_id: i64,
     epoch: i16,
     commit: bool,
     coordinator_epoch: i32,
+    txn_number: i32,
     timestamp: i64,
 ) -> BytesMut {
     let control_type = if commit {
@@ -388,7 +390,7 @@ pub fn txn_marker_batch(
     value[2..].copy_from_slice(&coordinator_epoch.to_be_bytes());
     let key = control_key(control_type);
     let attributes = CONTROL_BIT | TRANSACTIONAL_BIT;
-    let producer = (producer_id, epoch, -1);
+    let producer = (producer_id, epoch, txn_number);
     build_batch(
         attributes,
         timestamp,

@@ -44,11 +44,17 @@ pub enum Canary {
     /// A metadata snapshot forgets how many producer ids were handed out: a broker that
     /// loads it (after a restart, or as a new controller catching up) hands them out again.
     ForgetProducerIdsInSnapshot,
+    /// The last stable offset is the high watermark: read_committed consumers read the
+    /// records of open transactions.
+    ReadPastStableOffset,
+    /// The transaction coordinator writes a transaction's marker to its first partition
+    /// only.
+    MarkerToSomePartitions,
 }
 
 impl Canary {
     /// Every canary, in a stable order.
-    pub const ALL: [Canary; 16] = [
+    pub const ALL: [Canary; 18] = [
         Canary::AckBeforeFsync,
         Canary::SkipRecoveryCrc,
         Canary::ReadAboveHighWatermark,
@@ -65,6 +71,8 @@ impl Canary {
         Canary::SkipFollowerRepair,
         Canary::ForgetProducersOnLeaderChange,
         Canary::ForgetProducerIdsInSnapshot,
+        Canary::ReadPastStableOffset,
+        Canary::MarkerToSomePartitions,
     ];
 
     /// The name used on the simulator's command line.
@@ -86,6 +94,8 @@ impl Canary {
             Canary::SkipFollowerRepair => "skip-follower-repair",
             Canary::ForgetProducersOnLeaderChange => "forget-producers-on-leader-change",
             Canary::ForgetProducerIdsInSnapshot => "forget-producer-ids-in-snapshot",
+            Canary::ReadPastStableOffset => "read-past-lso",
+            Canary::MarkerToSomePartitions => "marker-to-some-partitions",
         }
     }
 
@@ -113,6 +123,10 @@ impl Canary {
             }
             Canary::ForgetProducerIdsInSnapshot => {
                 "producer ids are handed out again after a metadata snapshot"
+            }
+            Canary::ReadPastStableOffset => "read_committed reads open transactions' records",
+            Canary::MarkerToSomePartitions => {
+                "a transaction's marker reaches only its first partition"
             }
         }
     }

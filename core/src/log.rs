@@ -262,6 +262,11 @@ impl PartitionLog {
         &self.txns
     }
 
+    /// The transaction index, for whoever writes batches to this log.
+    pub fn txns_mut(&mut self) -> &mut TxnIndex {
+        &mut self.txns
+    }
+
     /// Replaces the transaction index (one restored from a snapshot).
     pub fn set_txns(&mut self, txns: TxnIndex) {
         self.txns = txns;
@@ -276,6 +281,9 @@ impl PartitionLog {
 
     /// The last stable offset: a `read_committed` consumer reads nothing at or past it.
     pub fn last_stable_offset(&self) -> i64 {
+        if is_planted(Canary::ReadPastStableOffset) {
+            return self.high_watermark;
+        }
         self.txns.last_stable_offset(self.high_watermark)
     }
 

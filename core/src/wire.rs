@@ -69,24 +69,41 @@ pub fn idempotent_batch<'a>(
             timestamp,
         )
     });
-    encode_batch(producer, records)
+    encode_batch(producer, false, records)
+}
+
+/// A record batch inside a transaction of the producer `(producer id, epoch, first
+/// sequence)`.
+pub fn transactional_batch<'a>(
+    producer: (i64, i16, i32),
+    records: impl IntoIterator<Item = (Option<&'a [u8]>, &'a [u8], i64)>,
+) -> Bytes {
+    let records = records.into_iter().map(|(key, value, timestamp)| {
+        (
+            key.map(Bytes::copy_from_slice),
+            Some(Bytes::copy_from_slice(value)),
+            timestamp,
+        )
+    });
+    encode_batch(Some(producer), true, records)
 }
 
 /// One uncompressed v2 batch of `(key, value, timestamp)` records, either of which may be
 /// null (a null value is a tombstone).
 pub fn batch_of(records: impl Iterator<Item = (Option<Bytes>, Option<Bytes>, i64)>) -> Bytes {
-    encode_batch(None, records)
+    encode_batch(None, false, records)
 }
 
 fn encode_batch(
     producer: Option<(i64, i16, i32)>,
+    transactional: bool,
     records: impl Iterator<Item = (Option<Bytes>, Option<Bytes>, i64)>,
 ) -> Bytes {
     let (producer_id, producer_epoch, first_seq) = producer.unwrap_or((-1, -1, 0));
     let records: Vec<Record> = records
         .enumerate()
         .map(|(i, (key, value, timestamp))| Record {
-            transactional: false,
+            transactional,
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,

@@ -310,7 +310,7 @@ fn unknown_partitions_and_ids_get_kafkas_errors() {
         ResponseError::InvalidTransactionTimeout.code()
     );
     // A client may not write markers of its own.
-    let marker = batch::txn_marker_batch(pid, epoch, true, 0, 1000).freeze();
+    let marker = batch::txn_marker_batch(pid, epoch, true, 0, 1, 1000).freeze();
     assert_eq!(
         h.produce("t", 0, marker).0,
         ResponseError::InvalidRecord.code()

@@ -279,10 +279,21 @@ impl ClusterClient {
 
     /// The broker coordinating consumer group `group` (FindCoordinator), or why none is.
     pub async fn coordinator(&mut self, group: &str) -> Result<i32, String> {
+        self.find_coordinator(0, group).await
+    }
+
+    /// The broker coordinating transactional id `id`, or why none is.
+    pub async fn txn_coordinator(&mut self, id: &str) -> Result<i32, String> {
+        self.find_coordinator(1, id).await
+    }
+
+    async fn find_coordinator(&mut self, key_type: i8, key: &str) -> Result<i32, String> {
         use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
-        let request = RequestKind::FindCoordinator(FindCoordinatorRequest::default().with_key(
-            kafka_protocol::protocol::StrBytes::from_string(group.into()),
-        ));
+        let request = RequestKind::FindCoordinator(
+            FindCoordinatorRequest::default()
+                .with_key_type(key_type)
+                .with_key(kafka_protocol::protocol::StrBytes::from_string(key.into())),
+        );
         let response = self
             .call_any(ApiKey::FindCoordinator, 3, request)
             .await

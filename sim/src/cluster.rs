@@ -159,6 +159,9 @@ fn node_config(index: u32, size: u32, voters: u32, addr: SocketAddr) -> NodeConf
     broker.groups.initial_rebalance_delay_ms = 200;
     broker.groups.min_session_timeout_ms = 1000;
     broker.groups.offsets_partitions = 4;
+    // Transactions that faults leave open are aborted within a second of their timeout.
+    broker.txns.partitions = 4;
+    broker.txns.abort_check_interval_ms = 500;
     NodeConfig {
         listen: addr,
         advertised: None,

@@ -50,13 +50,22 @@ pub enum Check {
     IdempotentOnce,
     /// No producer id is handed out twice.
     ProducerIdsUnique,
+    /// A read_committed consumer never reads past the last stable offset, nor a record of
+    /// a transaction that aborted.
+    ReadCommitted,
+    /// The last stable offset a consumer sees never moves back.
+    LsoMonotonic,
+    /// Read with read_committed after the heal, a committed transaction is there whole
+    /// (each record once), an aborted one not at all, one of unknown outcome whole or not
+    /// at all; and every partition becomes stable.
+    TxnAtomic,
     /// After the faults heal, the cluster serves again within the deadline.
     Liveness,
 }
 
 impl Check {
     /// Every check, in report order.
-    pub const ALL: [Check; 13] = [
+    pub const ALL: [Check; 16] = [
         Check::AckedWritesDurable,
         Check::TopicsDurable,
         Check::OffsetsAgree,
@@ -69,6 +78,9 @@ impl Check {
         Check::CommittedOffsets,
         Check::IdempotentOnce,
         Check::ProducerIdsUnique,
+        Check::ReadCommitted,
+        Check::LsoMonotonic,
+        Check::TxnAtomic,
         Check::Liveness,
     ];
 
@@ -87,6 +99,9 @@ impl Check {
             Check::CommittedOffsets => "committed-offsets",
             Check::IdempotentOnce => "idempotent-once",
             Check::ProducerIdsUnique => "producer-ids-unique",
+            Check::ReadCommitted => "read-committed",
+            Check::LsoMonotonic => "lso-monotonic",
+            Check::TxnAtomic => "txn-atomic",
             Check::Liveness => "liveness",
         }
     }
@@ -101,6 +116,32 @@ impl std::fmt::Display for Check {
 /// The value prefix of records written by idempotent producers: `idem<producer>-<n>`,
 /// `n` rising with every record the producer sends.
 pub const IDEMPOTENT_PREFIX: &str = "idem";
+
+/// The value prefix of records written by transactional producers:
+/// `txn<producer>-<transaction>-<k>`.
+pub const TXN_PREFIX: &str = "txn";
+
+/// How a transaction ended, as its producer learned it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnFate {
+    /// EndTxn(commit) was answered.
+    Committed,
+    /// EndTxn(abort) was answered, or the producer was fenced or gave up before it.
+    Aborted,
+    /// EndTxn was sent and never answered.
+    Unknown,
+}
+
+/// What the transactional workload wrote and read.
+#[derive(Default)]
+struct Txns {
+    /// (producer, transaction) -> its fate once known, and the values it sent, by partition.
+    txns: BTreeMap<(u32, u64), (Option<TxnFate>, BTreeMap<Partition, Vec<String>>)>,
+    /// Records read with read_committed during the run: (value, partition, offset).
+    reads: Vec<(String, Partition, i64)>,
+    /// The last LSO each (reader, partition) saw.
+    last_lso: BTreeMap<(u32, Partition), i64>,
+}
 
 /// Counters for the summary.
 #[derive(Debug, Default, Clone)]
@@ -122,6 +163,8 @@ pub struct Counts {
     /// Acknowledged records missing from the final read that were excused: they lived in a
     /// partition's only copy, and its disk damaged them.
     pub excused: u64,
+    /// Transactions ended: committed, aborted, of unknown outcome.
+    pub txns: [u64; 3],
 }
 
 /// Everything the run observed.
@@ -141,6 +184,7 @@ pub struct History {
     groups: GroupFacts,
     /// Producer ids handed out, and when.
     producer_ids: BTreeMap<i64, u64>,
+    txns: Txns,
     /// Counters for the report.
     pub counts: Counts,
     trace: TraceHash,
@@ -540,6 +584,171 @@ impl History {
         self.trace(at_ms, ("offset-fetched", partition, offset));
         if let Some(detail) = self.groups.fetched(sent_ms, at_ms, partition, offset) {
             self.violate(Check::CommittedOffsets, detail);
+        }
+    }
+
+    /// A transactional producer began transaction `t` (its partitions were added).
+    pub fn txn_begun(&mut self, at_ms: u64, producer: u32, t: u64) {
+        self.trace(at_ms, ("txn-begun", producer, t));
+        self.txns.txns.entry((producer, t)).or_default();
+    }
+
+    /// Transaction `t` of `producer` sends `values` to `partition` (they may land even if
+    /// the produce is never answered).
+    pub fn txn_values(&mut self, producer: u32, t: u64, partition: &Partition, values: &[String]) {
+        let entry = self.txns.txns.entry((producer, t)).or_default();
+        let sent = entry.1.entry(partition.clone()).or_default();
+        sent.extend(values.iter().cloned());
+    }
+
+    /// Transaction `t` of `producer` ended as `fate`.
+    pub fn txn_ended(&mut self, at_ms: u64, producer: u32, t: u64, fate: TxnFate) {
+        self.trace(at_ms, ("txn-ended", producer, t, fate));
+        self.counts.txns[fate as usize] += 1;
+        self.txns.txns.entry((producer, t)).or_default().0 = Some(fate);
+    }
+
+    /// A read_committed consumer read `value` at `offset`, in a fetch whose last stable
+    /// offset was `lso`.
+    pub fn committed_read(
+        &mut self,
+        at_ms: u64,
+        reader: u32,
+        partition: &Partition,
+        offset: i64,
+        value: &str,
+        lso: i64,
+    ) {
+        self.trace(at_ms, ("committed-read", reader, partition, offset));
+        self.counts.reads += 1;
+        if offset >= lso {
+            let detail = format!(
+                "reader {reader} on {}-{} got offset {offset} at or past the last stable offset {lso}",
+                partition.0, partition.1
+            );
+            self.violate(Check::ReadCommitted, detail);
+        }
+        if value.starts_with(TXN_PREFIX) {
+            self.txns
+                .reads
+                .push((value.to_string(), partition.clone(), offset));
+        }
+        if value != crate::workload::CONTROL_VALUE {
+            self.fact(partition, offset, value, "a read_committed read");
+        }
+    }
+
+    /// A read_committed consumer saw the last stable offset `lso`.
+    pub fn stable_offset(&mut self, at_ms: u64, reader: u32, partition: &Partition, lso: i64) {
+        let excused = self.damaged_from(partition).is_some_and(|d| lso >= d);
+        let last = self
+            .txns
+            .last_lso
+            .entry((reader, partition.clone()))
+            .or_insert(lso);
+        if lso < *last && !excused {
+            let detail = format!(
+                "reader {reader} on {}-{}: last stable offset went from {last} to {lso}",
+                partition.0, partition.1
+            );
+            *last = lso;
+            self.trace(at_ms, ("lso-regressed", reader, partition, lso));
+            self.violate(Check::LsoMonotonic, detail);
+        } else {
+            *last = lso;
+        }
+    }
+
+    /// A partition did not become stable (or readable) after the heal.
+    pub fn txn_stuck(&mut self, detail: String) {
+        self.violate(Check::TxnAtomic, detail);
+    }
+
+    /// Judges the transactions against what read_committed reads showed: during the run
+    /// (`committed_read`) and in the final read of every partition (`visible`). Partitions
+    /// whose only copy the disk damaged are left out, as for acknowledged writes.
+    pub fn check_txns_final(&mut self, visible: &BTreeMap<Partition, Vec<(i64, String)>>) {
+        let mut fate_of: BTreeMap<&str, (TxnFate, (u32, u64))> = BTreeMap::new();
+        for (key, (fate, sent)) in &self.txns.txns {
+            let fate = fate.unwrap_or(TxnFate::Unknown);
+            for value in sent.values().flatten() {
+                fate_of.insert(value, (fate, *key));
+            }
+        }
+        let mut broken = Vec::new();
+        for (value, partition, offset) in &self.txns.reads {
+            if fate_of
+                .get(value.as_str())
+                .is_some_and(|(f, _)| *f == TxnFate::Aborted)
+            {
+                broken.push((
+                    Check::ReadCommitted,
+                    format!(
+                        "{}-{} offset {offset}: read {value:?} of an aborted transaction",
+                        partition.0, partition.1
+                    ),
+                ));
+            }
+        }
+        let damaged: BTreeSet<&Partition> = self.damaged.keys().collect();
+        let mut copies_of: BTreeMap<(&Partition, &str), usize> = BTreeMap::new();
+        for (partition, log) in visible {
+            for (_, value) in log {
+                *copies_of.entry((partition, value.as_str())).or_default() += 1;
+            }
+        }
+        for (key, (fate, sent)) in &self.txns.txns {
+            let fate = fate.unwrap_or(TxnFate::Unknown);
+            let mut present = 0;
+            let mut total = 0;
+            let mut example = None;
+            for (partition, values) in sent.iter().filter(|(p, _)| !damaged.contains(p)) {
+                for value in values {
+                    total += 1;
+                    let copies = copies_of
+                        .get(&(partition, value.as_str()))
+                        .copied()
+                        .unwrap_or(0);
+                    present += usize::from(copies > 0);
+                    let odd = (copies > 0) == (fate == TxnFate::Aborted);
+                    if odd && example.is_none() {
+                        let shown = if copies > 0 { "visible" } else { "missing" };
+                        example = Some(format!(
+                            "{value:?} in {}-{} {shown}",
+                            partition.0, partition.1
+                        ));
+                    }
+                    if copies > 1 {
+                        broken.push((
+                            Check::TxnAtomic,
+                            format!(
+                                "{value:?} is in {}-{} {copies} times",
+                                partition.0, partition.1
+                            ),
+                        ));
+                    }
+                }
+            }
+            let whole = present == total;
+            let wrong = match fate {
+                TxnFate::Committed => !whole,
+                TxnFate::Aborted => present > 0,
+                TxnFate::Unknown => present > 0 && !whole,
+            };
+            if wrong {
+                broken.push((
+                    Check::TxnAtomic,
+                    format!(
+                        "transaction {} of producer {} ({fate:?}): {present} of its {total} records visible ({})",
+                        key.1,
+                        key.0,
+                        example.unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        for (check, detail) in broken {
+            self.violate(check, detail);
         }
     }
 

@@ -87,6 +87,13 @@ impl Report {
             c.refused, c.indeterminate
         );
         let _ = writeln!(out, "records read      {}", c.reads);
+        if c.txns.iter().any(|n| *n > 0) {
+            let [committed, aborted, unknown] = c.txns;
+            let _ = writeln!(
+                out,
+                "transactions      {committed} committed, {aborted} aborted, {unknown} unknown"
+            );
+        }
         let _ = writeln!(
             out,
             "losses excused    {} (acks=all records of single-copy partitions whose disk damaged them)",

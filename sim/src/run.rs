@@ -110,6 +110,12 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
     for id in 0..w.idempotent_producers {
         tasks.push(clients.spawn(workload::idempotent_producer(ctx.clone(), id)));
     }
+    for id in 0..w.transactional_producers {
+        tasks.push(clients.spawn(workload::txn_producer(ctx.clone(), id)));
+    }
+    if w.transactional_producers > 0 {
+        tasks.push(clients.spawn(workload::txn_reader(ctx.clone(), 0)));
+    }
     for id in 0..w.consumers {
         tasks.push(clients.spawn(workload::consumer(ctx.clone(), id)));
     }
@@ -181,6 +187,15 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
                     .lock()
                     .expect("history lock")
                     .liveness_failed(format!("final read: {e}"));
+            }
+            if plan.scenario.workload.transactional_producers > 0 {
+                // Open transactions end by their timeout within a few seconds.
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let read_ctx = ctx.clone();
+                let _ = clients
+                    .spawn(async move { workload::final_committed_read(&read_ctx, deadline).await })
+                    .await
+                    .expect("final read_committed task");
             }
             crate::agreement::check(&ctx, &brokers).await;
             Some(ms)

@@ -82,6 +82,10 @@ pub struct Workload {
     /// in the log once.
     #[serde(default)]
     pub idempotent_producers: u32,
+    /// Transactional producers: transactions over a few partitions, committed or aborted
+    /// at random; with any, a read_committed reader runs beside them.
+    #[serde(default)]
+    pub transactional_producers: u32,
     /// Records per produced batch.
     #[serde(default = "batch_default")]
     pub batch_records: Range,
@@ -329,7 +333,11 @@ impl Plan {
                 s.workload.think_ms[1],
                 s.workload.consumers,
                 s.workload.admins,
-                [("movers", s.workload.movers), ("idempotent", s.workload.idempotent_producers)]
+                [
+                    ("movers", s.workload.movers),
+                    ("idempotent", s.workload.idempotent_producers),
+                    ("transactional", s.workload.transactional_producers),
+                ]
                     .iter()
                     .filter(|(_, n)| *n > 0)
                     .map(|(what, n)| format!(" {what}={n}"))

@@ -82,6 +82,8 @@ const CANARY_HUNTS: &[(&str, &str, u64)] = &[
         10,
     ),
     ("forget-producer-ids-in-snapshot", "cluster5-idempotent", 10),
+    ("read-past-lso", "transactions", 5),
+    ("marker-to-some-partitions", "cluster3-transactions", 5),
 ];
 
 #[test]
@@ -125,6 +127,10 @@ fn pinned_seed_summaries() {
 
 /// Seeds that once found bugs, kept as regressions.
 const REGRESSIONS: &[(&str, u64)] = &[
+    // A marker refused at once (its partition's leader moving) was sent again at once,
+    // and refused again, until the stack overflowed (refused markers now wait a moment).
+    ("cluster3-transactions", 3),
+    ("cluster3-transactions", 8),
     // A restarted replica that became leader served a high watermark below one a consumer
     // had seen, until its first commit (leaders now serve only after committing in their
     // own term).

@@ -23,12 +23,15 @@ use crate::batch;
 use crate::cluster::records::{MarkerRequest, MarkerResult, PeerFrame};
 use crate::group::membership::Parked;
 use crate::group::{partition_for, OFFSETS_TOPIC};
+use crate::producer::MarkerState;
 use crate::txn::{MarkerJob, Producer, TxnOutput, TXN_TOPIC};
 
 /// How long a coordinator write or a marker write may wait for its commit.
 const WRITE_TIMEOUT_MS: i32 = 5_000;
 /// How long a marker may go unanswered before it is sent again (to whoever leads then).
 const MARKER_RETRY_MS: i64 = 1_000;
+/// How soon a refused marker is sent again (the partition's leader is moving).
+const MARKER_REFUSED_RETRY_MS: i64 = 100;
 
 /// Marker jobs being delivered, and the marker writes this broker makes as a leader.
 #[derive(Debug, Default)]
@@ -40,11 +43,11 @@ pub(super) struct Markers {
     next_write: u64,
 }
 
-/// One job's partitions still without their marker, and when each was last sent.
+/// One job's partitions still without their marker, and when each is due to be sent.
 #[derive(Debug)]
 struct Delivery {
     job: MarkerJob,
-    waiting: BTreeMap<(String, i32), Option<i64>>,
+    waiting: BTreeMap<(String, i32), i64>,
 }
 
 /// A marker this broker writes, and whom it answers.
@@ -157,7 +160,7 @@ impl Broker {
                     self.produce(now, ProduceFor::Transactions(id), request);
                 }
                 TxnOutput::Markers(job) => {
-                    let waiting = job.partitions.iter().map(|tp| (tp.clone(), None)).collect();
+                    let waiting = job.partitions.iter().map(|tp| (tp.clone(), now)).collect();
                     self.markers.jobs.insert(job.id, Delivery { job, waiting });
                     self.push_markers(now);
                 }
@@ -179,11 +182,11 @@ impl Broker {
         let me = self.config.broker_id;
         let mut due = Vec::new();
         for delivery in self.markers.jobs.values_mut() {
-            for ((topic, partition), sent) in &mut delivery.waiting {
-                if sent.is_some_and(|at| at + MARKER_RETRY_MS > now) {
+            for ((topic, partition), at) in &mut delivery.waiting {
+                if *at > now {
                     continue;
                 }
-                *sent = Some(now);
+                *at = now + MARKER_RETRY_MS;
                 let request = MarkerRequest {
                     job: delivery.job.id,
                     topic: topic.clone(),
@@ -192,6 +195,7 @@ impl Broker {
                     epoch: i32::from(delivery.job.epoch),
                     commit: delivery.job.commit,
                     coordinator_epoch: delivery.job.coordinator_epoch,
+                    txn_number: delivery.job.txn_number,
                 };
                 due.push(request);
             }
@@ -249,11 +253,30 @@ impl Broker {
             let code = ResponseError::InvalidProducerEpoch.code();
             return self.marker_answered(now, from, &request, code);
         };
+        let state = self.log(&request.topic, request.partition).map(|log| {
+            log.txns()
+                .marker_state(request.producer_id, request.txn_number)
+        });
+        match state {
+            // A late copy (a resend, or one the network held up): written again, it could
+            // end the producer's next transaction.
+            Some(MarkerState::Committed) => {
+                debug!(topic = %request.topic, partition = request.partition, producer = request.producer_id, "marker written before; not again");
+                return self.marker_answered(now, from, &request, 0);
+            }
+            // Its first copy's write answers for it; until then it may still be replaced.
+            Some(MarkerState::Uncommitted) => {
+                let code = ResponseError::RequestTimedOut.code();
+                return self.marker_answered(now, from, &request, code);
+            }
+            Some(MarkerState::New) | None => {}
+        }
         let marker = batch::txn_marker_batch(
             request.producer_id,
             epoch,
             request.commit,
             request.coordinator_epoch,
+            request.txn_number,
             now,
         );
         let produce = internal_produce(&request.topic, request.partition, marker.freeze());
@@ -308,11 +331,12 @@ impl Broker {
         let done = code == 0 || code == ResponseError::UnknownTopicOrPartition.code();
         if !done {
             debug!(job, topic = %tp.0, partition = tp.1, code, "marker refused; retried");
-            if let Some(sent) = delivery.waiting.get_mut(&tp) {
-                // Sent again at once if the refusal says where to go (a new leader).
-                *sent = None;
+            if let Some(due) = delivery.waiting.get_mut(&tp) {
+                // Soon: the refusal means the leader is moving. Never at once: a refusal
+                // can come back within this call.
+                *due = now + MARKER_REFUSED_RETRY_MS;
             }
-            return self.push_markers(now);
+            return;
         }
         delivery.waiting.remove(&tp);
         if delivery.waiting.is_empty() {
@@ -344,7 +368,7 @@ impl Broker {
             .jobs
             .values()
             .flat_map(|d| d.waiting.values())
-            .map(|sent| sent.map_or(self.now, |at| at + MARKER_RETRY_MS))
+            .copied()
             .min()
     }
 }

@@ -291,6 +291,9 @@ pub struct MarkerRequest {
     /// The coordinator's leader epoch.
     #[prost(int32, tag = "7")]
     pub coordinator_epoch: i32,
+    /// The number of the transaction it ends (written as the marker's base sequence).
+    #[prost(int32, tag = "8")]
+    pub txn_number: i32,
 }
 
 /// A marker written (error 0) or refused, for the coordinator that asked.

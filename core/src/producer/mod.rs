@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::ops::Range;
 
 pub use table::{ProducerBatch, ProducerTable, Verdict, Written, CACHED_BATCHES};
-pub use txns::{TxnEvent, TxnIndex, TxnRange};
+pub use txns::{LastMarker, MarkerState, TxnEvent, TxnIndex, TxnRange};
 
 /// Producer ids a broker takes from the metadata quorum at a time (Kafka takes 1000).
 pub const ID_BLOCK: i64 = 1000;

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use kafka_protocol::ResponseError;
 
-use super::txns::{TxnIndex, TxnRange};
+use super::txns::{LastMarker, TxnIndex, TxnRange};
 use crate::batch::BatchView;
 
 /// Batches remembered per producer and partition: the most a client has in flight
@@ -405,6 +405,10 @@ struct SnapshotRecord {
     /// Aborted transactions whose marker lies below `upto`.
     #[prost(message, repeated, tag = "4")]
     aborted_txns: Vec<SnapshotTxn>,
+    /// Each producer's last marker below `upto`: (producer id in `producer_id`, offset in
+    /// `last_offset`, transaction number in `first_offset`).
+    #[prost(message, repeated, tag = "5")]
+    last_markers: Vec<SnapshotTxn>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -490,11 +494,23 @@ impl ProducerTable {
                 last_offset: a.last_offset,
             })
             .collect();
+        // A marker at or past `upto` is read back with the log; the one before it is not
+        // known then, and a transaction number is only ever compared with a newer one's.
+        let last_markers = txns
+            .last_markers()
+            .filter(|(_, m)| m.offset < upto)
+            .map(|(producer_id, m)| SnapshotTxn {
+                producer_id,
+                first_offset: i64::from(m.number),
+                last_offset: m.offset,
+            })
+            .collect();
         let record = SnapshotRecord {
             upto,
             producers,
             open_txns,
             aborted_txns,
+            last_markers,
         };
         record.encode_to_vec()
     }
@@ -518,7 +534,21 @@ impl ProducerTable {
                 last_offset: t.last_offset,
             })
             .collect();
-        let txns = TxnIndex::restored(record.upto, &open, &aborted);
+        let markers: Vec<(i64, LastMarker)> = record
+            .last_markers
+            .iter()
+            .filter_map(|t| {
+                let number = i32::try_from(t.first_offset).ok()?;
+                Some((
+                    t.producer_id,
+                    LastMarker {
+                        number,
+                        offset: t.last_offset,
+                    },
+                ))
+            })
+            .collect();
+        let txns = TxnIndex::restored(record.upto, &open, &aborted, &markers);
         let mut table = ProducerTable::new();
         let mut batches: Vec<(i64, ProducerBatch, i64)> = Vec::new();
         for p in &record.producers {

@@ -31,6 +31,8 @@ pub enum TxnEvent {
         offset: i64,
         /// Commit (true) or abort.
         commit: bool,
+        /// The number of the transaction it ends (the marker's base sequence).
+        number: i32,
     },
 }
 
@@ -47,6 +49,7 @@ impl TxnEvent {
                 producer_id,
                 offset,
                 commit,
+                number: view.base_sequence(),
             });
         }
         Some(TxnEvent::Data {
@@ -67,10 +70,35 @@ pub struct TxnRange {
     pub last_offset: i64,
 }
 
+/// A marker at or above the high watermark, and what it changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Ended {
-    range: TxnRange,
-    commit: bool,
+    producer_id: i64,
+    marker: i64,
+    /// The transaction it ended here (none if nothing was open).
+    first_offset: Option<i64>,
+    /// The producer's last marker before this one.
+    previous: Option<LastMarker>,
+}
+
+/// A producer's last marker in the partition: its transaction number and offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastMarker {
+    /// The number of the transaction it ended.
+    pub number: i32,
+    /// Its offset.
+    pub offset: i64,
+}
+
+/// Whether a transaction's marker is in the partition already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarkerState {
+    /// Not written: write it.
+    New,
+    /// Written, and committed: a copy must not be written.
+    Committed,
+    /// Written, not committed yet: ask again later.
+    Uncommitted,
 }
 
 /// The transactions of one partition; see the module doc.
@@ -82,6 +110,8 @@ pub struct TxnIndex {
     ending: VecDeque<Ended>,
     /// Aborted transactions, in the order of their markers.
     aborted: VecDeque<TxnRange>,
+    /// Each producer's last marker.
+    last_marker: BTreeMap<i64, LastMarker>,
     /// The high watermark last seen.
     high_watermark: i64,
 }
@@ -105,22 +135,27 @@ impl TxnIndex {
                 producer_id,
                 offset,
                 commit,
+                number,
             } => {
-                // A marker with nothing open here (a retried marker, or a transaction that
-                // wrote nothing to this partition) ends nothing.
-                let Some(first_offset) = self.open.remove(&producer_id) else {
-                    return;
-                };
-                let range = TxnRange {
-                    producer_id,
-                    first_offset,
-                    last_offset: offset,
-                };
-                if !commit {
-                    self.aborted.push_back(range);
+                let last = LastMarker { number, offset };
+                let previous = self.last_marker.insert(producer_id, last);
+                // A marker with nothing open here (a transaction that wrote nothing to this
+                // partition) ends nothing.
+                let first_offset = self.open.remove(&producer_id);
+                if let Some(first_offset) = first_offset.filter(|_| !commit) {
+                    self.aborted.push_back(TxnRange {
+                        producer_id,
+                        first_offset,
+                        last_offset: offset,
+                    });
                 }
                 if offset >= self.high_watermark {
-                    self.ending.push_back(Ended { range, commit });
+                    self.ending.push_back(Ended {
+                        producer_id,
+                        marker: offset,
+                        first_offset,
+                        previous,
+                    });
                 }
             }
         }
@@ -129,11 +164,7 @@ impl TxnIndex {
     /// The high watermark moved to `offset`: markers below it are final.
     pub fn advance(&mut self, offset: i64) {
         self.high_watermark = offset;
-        while self
-            .ending
-            .front()
-            .is_some_and(|e| e.range.last_offset < offset)
-        {
+        while self.ending.front().is_some_and(|e| e.marker < offset) {
             self.ending.pop_front();
         }
     }
@@ -145,16 +176,35 @@ impl TxnIndex {
         while self.aborted.back().is_some_and(|a| a.last_offset >= offset) {
             self.aborted.pop_back();
         }
-        while self
-            .ending
-            .back()
-            .is_some_and(|e| e.range.last_offset >= offset)
-        {
+        while self.ending.back().is_some_and(|e| e.marker >= offset) {
             let e = self.ending.pop_back().expect("checked");
-            if e.range.first_offset < offset {
-                self.open.insert(e.range.producer_id, e.range.first_offset);
+            match e.previous {
+                Some(previous) => self.last_marker.insert(e.producer_id, previous),
+                None => self.last_marker.remove(&e.producer_id),
+            };
+            if let Some(first) = e.first_offset.filter(|f| *f < offset) {
+                self.open.insert(e.producer_id, first);
             }
         }
+    }
+
+    /// Whether the marker of `producer_id`'s transaction `number` is here already. Numbers
+    /// grow with each transaction of a transactional id (wrapping), so a later one's
+    /// marker means this one's was written long ago.
+    pub fn marker_state(&self, producer_id: i64, number: i32) -> MarkerState {
+        match self.last_marker.get(&producer_id) {
+            Some(last) if last.number.wrapping_sub(number) > 0 => MarkerState::Committed,
+            Some(last) if last.number == number && last.offset < self.high_watermark => {
+                MarkerState::Committed
+            }
+            Some(last) if last.number == number => MarkerState::Uncommitted,
+            _ => MarkerState::New,
+        }
+    }
+
+    /// Every producer's last marker (for a snapshot).
+    pub fn last_markers(&self) -> impl Iterator<Item = (i64, LastMarker)> + '_ {
+        self.last_marker.iter().map(|(p, m)| (*p, *m))
     }
 
     /// Forgets aborted transactions that end before the log start.
@@ -175,8 +225,8 @@ impl TxnIndex {
         let ending = self
             .ending
             .iter()
-            .filter(|e| e.range.last_offset >= high_watermark)
-            .map(|e| e.range.first_offset);
+            .filter(|e| e.marker >= high_watermark)
+            .filter_map(|e| e.first_offset);
         open.chain(ending).fold(high_watermark, i64::min)
     }
 
@@ -194,8 +244,8 @@ impl TxnIndex {
         let ending = self
             .ending
             .iter()
-            .filter(|e| e.range.last_offset >= upto)
-            .map(|e| (e.range.producer_id, e.range.first_offset));
+            .filter(|e| e.marker >= upto)
+            .filter_map(|e| Some((e.producer_id, e.first_offset?)));
         let mut out: Vec<(i64, i64)> = self
             .open
             .iter()
@@ -214,12 +264,19 @@ impl TxnIndex {
             .take_while(move |a| a.last_offset < upto)
     }
 
-    /// An index restored from a snapshot as of `upto`: these open and aborted transactions.
-    pub fn restored(upto: i64, open: &[(i64, i64)], aborted: &[TxnRange]) -> Self {
+    /// An index restored from a snapshot as of `upto`: these open and aborted
+    /// transactions, and producers' last markers.
+    pub fn restored(
+        upto: i64,
+        open: &[(i64, i64)],
+        aborted: &[TxnRange],
+        markers: &[(i64, LastMarker)],
+    ) -> Self {
         TxnIndex {
             open: open.iter().copied().collect(),
             ending: VecDeque::new(),
             aborted: aborted.iter().copied().collect(),
+            last_marker: markers.iter().copied().collect(),
             high_watermark: upto,
         }
     }
@@ -245,6 +302,7 @@ mod tests {
             producer_id: p,
             offset,
             commit,
+            number: offset as i32,
         }
     }
 
@@ -297,6 +355,29 @@ mod tests {
     }
 
     #[test]
+    fn a_late_copy_of_a_marker_is_known_and_a_truncated_one_is_not() {
+        let mut t = TxnIndex::new();
+        t.apply(data(1, 0));
+        t.apply(end(1, 1, true)); // transaction number 1
+        assert_eq!(t.marker_state(1, 1), MarkerState::Uncommitted);
+        t.advance(2);
+        assert_eq!(t.marker_state(1, 1), MarkerState::Committed);
+        assert_eq!(t.marker_state(1, 0), MarkerState::Committed, "an older one");
+        assert_eq!(t.marker_state(1, 5), MarkerState::New);
+        assert_eq!(t.marker_state(2, 1), MarkerState::New, "another producer");
+        t.apply(data(1, 2));
+        t.apply(end(1, 3, false)); // number 3
+        t.truncate(3);
+        assert_eq!(
+            t.marker_state(1, 3),
+            MarkerState::New,
+            "gone with its truncation"
+        );
+        assert_eq!(t.marker_state(1, 1), MarkerState::Committed);
+        assert_eq!(t.last_stable_offset(3), 2, "its transaction is open again");
+    }
+
+    #[test]
     fn a_snapshot_keeps_what_was_open_and_aborted_as_of_its_offset() {
         let mut t = TxnIndex::new();
         t.apply(data(1, 0));
@@ -307,7 +388,7 @@ mod tests {
         // As of 8, producer 2 was open, 4 had not begun, 1 was aborted.
         assert_eq!(t.open_as_of(8), vec![(2, 4)]);
         let aborted: Vec<_> = t.aborted_before(8).copied().collect();
-        let restored = TxnIndex::restored(8, &t.open_as_of(8), &aborted);
+        let restored = TxnIndex::restored(8, &t.open_as_of(8), &aborted, &[]);
         assert_eq!(restored.last_stable_offset(8), 4);
         assert_eq!(restored.aborted_between(0, 8).count(), 1);
         t.drop_before(4);

@@ -7,6 +7,7 @@
 //! `LogTemporarilyUnavailable`, the replica reads the range and calls `on_entries_fetched`.
 
 use std::cell::RefCell;
+use crate::producer::{TxnEvent, TxnIndex};
 use std::collections::{BTreeMap, VecDeque};
 
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
@@ -32,6 +33,9 @@ pub struct EntryMeta {
     pub size: u32,
     /// What the batch holds.
     pub kind: EntryKind,
+    /// What the batch means to a transaction, if anything (`None` too for a damaged batch
+    /// until it is repaired): the partition's transaction index is rebuilt from these.
+    pub txn: Option<TxnEvent>,
 }
 
 /// The kinds of entry, each stored as a batch.
@@ -166,6 +170,25 @@ impl EntryLog {
     pub fn meta(&self, index: u64) -> Option<&EntryMeta> {
         let i = index.checked_sub(self.start.index + 1)?;
         self.table.get(usize::try_from(i).ok()?)
+    }
+
+    /// Records what a repaired entry means to a transaction.
+    pub fn set_txn(&mut self, index: u64, txn: Option<TxnEvent>) {
+        let Some(i) = index.checked_sub(self.start.index + 1) else {
+            return;
+        };
+        if let Some(meta) = usize::try_from(i).ok().and_then(|i| self.table.get_mut(i)) {
+            meta.txn = txn;
+        }
+    }
+
+    /// The transaction index of the entries held, in log order.
+    pub fn txn_index(&self) -> TxnIndex {
+        let mut index = TxnIndex::new();
+        for event in self.table.iter().filter_map(|m| m.txn) {
+            index.apply(event);
+        }
+        index
     }
 
     /// The offset the next entry starts at.

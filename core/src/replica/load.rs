@@ -228,6 +228,7 @@ impl Loader {
                         }
                         _ => EntryKind::Data,
                     },
+                    txn: TxnEvent::of(&view, view.base_offset()).filter(|_| intact),
                 });
                 self.expected = next_offset;
                 let index = self.start.index + self.table.len() as u64;

@@ -34,7 +34,7 @@ use crate::canary::{is_planted, Canary};
 use crate::config::TopicConfig;
 use crate::consensus::{GroupConfig, ProposeError, RaftGroup, RaftPersist};
 use crate::log::{CommitPoint, PartitionLog};
-use crate::producer::{ProducerBatch, Written};
+use crate::producer::{ProducerBatch, TxnEvent, Written};
 use crate::storage::{SegmentId, StorageOp, TopicPartition};
 
 pub use entries::{EntryKind, EntryLog, EntryMeta, LogStart};
@@ -164,6 +164,8 @@ pub struct Replica {
     /// Idempotent producers' batches among the entries just repaired, for the producer
     /// table (which was built without them) at the next drive.
     repaired_producers: Vec<(ProducerBatch, Written)>,
+    /// A repaired entry was a transaction's: the transaction index is rebuilt.
+    rebuild_txns: bool,
     /// The scrubber: the next entry to check, the read in flight and ticks since the last.
     scrub: Scrub,
     /// Ticks this replica has led while holding a damaged entry.
@@ -222,6 +224,7 @@ impl Replica {
             damaged: BTreeSet::new(),
             rewrites: BTreeMap::new(),
             repaired_producers: Vec::new(),
+            rebuild_txns: false,
             scrub: Scrub::default(),
             leading_damaged_ticks: 0,
             pending: ReplicaOutput::default(),
@@ -476,6 +479,7 @@ impl Replica {
             return;
         };
         let store = group.raw_ref().store();
+        let mut repaired_txns = Vec::new();
         for entry in &message.entries {
             if !self.damaged.contains(&entry.index) || self.rewrites.contains_key(&entry.index) {
                 continue;
@@ -495,10 +499,13 @@ impl Replica {
             if is_planted(Canary::SkipFollowerRepair) {
                 continue;
             }
-            if let Some(producer) = BatchView::split_first(&bytes)
-                .ok()
-                .and_then(|(view, _)| ProducerBatch::of(&view).filter(|_| !view.is_control()))
-            {
+            let view = BatchView::split_first(&bytes).ok().map(|(view, _)| view);
+            let txn = view.and_then(|v| TxnEvent::of(&v, meta.base_offset));
+            if txn.is_some() {
+                // The transaction index was built without it: rebuilt with it in place.
+                repaired_txns.push((entry.index, txn));
+            }
+            if let Some(producer) = view.and_then(|view| ProducerBatch::of(&view).filter(|_| !view.is_control())) {
                 // The table was built without it; it goes back in with the rewrite.
                 let written =
                     Written::of(&producer, entry.index, entry.term, Some(meta.base_offset));
@@ -524,6 +531,10 @@ impl Replica {
             self.pending
                 .messages
                 .push(resend_from(message, store, first - 1));
+        }
+        for (index, txn) in repaired_txns {
+            group.raw().mut_store().set_txn(index, txn);
+            self.rebuild_txns = true;
         }
     }
 
@@ -879,6 +890,11 @@ impl Replica {
             for (batch, written) in std::mem::take(&mut self.repaired_producers) {
                 log.producers_mut().restore(batch, written, now);
             }
+            if std::mem::take(&mut self.rebuild_txns) {
+                let mut txns = group.raw_ref().store().txn_index();
+                txns.advance(log.high_watermark());
+                log.set_txns(txns);
+            }
             let store = group.raw_ref().store();
             let committed = group.committed().min(store.last());
             log.producers_mut().commit(committed);
@@ -1117,6 +1133,15 @@ fn write_entries(
         log.maybe_roll(u64::from(size), now, topic, ops);
         let at = log.end_point();
         log.append(delta + 1, size, max_timestamp, now, index_interval);
+        let txn = match kind {
+            EntryKind::Data => BatchView::split_first(&bytes)
+                .ok()
+                .and_then(|(view, _)| TxnEvent::of(&view, base_offset)),
+            _ => None,
+        };
+        if let Some(event) = txn {
+            log.txns_mut().apply(event);
+        }
         let meta = EntryMeta {
             term: entry.term,
             base_offset,
@@ -1125,12 +1150,8 @@ fn write_entries(
             position: at.position,
             size,
             kind,
+            txn,
         };
-        if kind == EntryKind::Data {
-            if let Ok((view, _)) = BatchView::split_first(&bytes) {
-                log.note_txn(&view, base_offset);
-            }
-        }
         ops.push(StorageOp::Append {
             segment: log.active_segment_id(),
             data: bytes.freeze(),

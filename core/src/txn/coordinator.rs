@@ -40,6 +40,7 @@ use tracing::{debug, info, warn};
 use super::records::{self, TxnRecord, TxnState};
 use super::TxnConfig;
 use crate::batch::{self, BatchView};
+use crate::canary::{is_planted, Canary};
 use crate::group::membership::Parked;
 use crate::group::partition_for;
 
@@ -80,6 +81,8 @@ pub struct MarkerJob {
     pub epoch: i16,
     /// Commit or abort.
     pub commit: bool,
+    /// The transaction's number (see [`TxnRecord::txn_number`]).
+    pub txn_number: i32,
     /// The leader epoch of the coordinator's partition.
     pub coordinator_epoch: i32,
     /// Where the markers go.
@@ -405,6 +408,7 @@ impl TxnCoordinator {
                 partitions: BTreeSet::new(),
                 last_update_ms: now,
                 start_ms: -1,
+                txn_number: 0,
             };
             let after = After::Reply(parked.waiter, answer, granted(fresh_id, 0));
             return self.write(now, transactional_id, record, after);
@@ -451,6 +455,7 @@ impl TxnCoordinator {
             partitions: BTreeSet::new(),
             last_update_ms: now,
             start_ms: -1,
+            txn_number: current.txn_number,
         };
         let after = After::Reply(parked.waiter, answer, granted(producer_id, epoch));
         self.write(now, transactional_id, record, after);
@@ -543,6 +548,7 @@ impl TxnCoordinator {
         record.last_update_ms = now;
         if !ongoing {
             record.start_ms = now;
+            record.txn_number = record.txn_number.wrapping_add(1);
         }
         let ok = answer.with(None);
         let after = After::Reply(waiter, answer, ok);
@@ -803,13 +809,18 @@ impl TxnCoordinator {
         self.next_id += 1;
         entry.marking = Some(job_id);
         self.marking.insert(job_id, txn_id.to_string());
+        let mut partitions: Vec<(String, i32)> = r.partitions.iter().cloned().collect();
+        if is_planted(Canary::MarkerToSomePartitions) {
+            partitions.truncate(1);
+        }
         let job = MarkerJob {
             id: job_id,
             producer_id: r.producer_id,
             epoch: r.epoch,
             commit,
+            txn_number: r.txn_number,
             coordinator_epoch,
-            partitions: r.partitions.iter().cloned().collect(),
+            partitions,
         };
         debug!(
             transactional_id = txn_id,

@@ -85,6 +85,11 @@ pub struct TxnRecord {
     pub last_update_ms: i64,
     /// When the open transaction began (ms), -1 if none.
     pub start_ms: i64,
+    /// How many transactions the id has begun (wrapping): its markers carry the number of
+    /// the transaction they end, so a partition can tell a late copy of an earlier
+    /// transaction's marker from the marker of the one open now. seedlog's own field,
+    /// after Kafka's (whose readers stop before it).
+    pub txn_number: i32,
 }
 
 const KEY_VERSION: i16 = 0;
@@ -125,6 +130,7 @@ impl TxnRecord {
         }
         out.put_i64(self.last_update_ms);
         out.put_i64(self.start_ms);
+        out.put_i32(self.txn_number);
         out
     }
 }
@@ -157,6 +163,7 @@ pub fn decode(key: &[u8], value: Option<&[u8]>) -> Option<(String, Option<TxnRec
     }
     let last_update_ms = v.i64()?;
     let start_ms = v.i64()?;
+    let txn_number = v.i32()?;
     let record = TxnRecord {
         producer_id,
         epoch,
@@ -165,6 +172,7 @@ pub fn decode(key: &[u8], value: Option<&[u8]>) -> Option<(String, Option<TxnRec
         partitions,
         last_update_ms,
         start_ms,
+        txn_number,
     };
     Some((id, Some(record)))
 }
@@ -189,6 +197,7 @@ mod tests {
             .collect(),
             last_update_ms: 1_700_000_000_123,
             start_ms: 1_700_000_000_000,
+            txn_number: 17,
         };
         let key = encode_key("tx-1");
         assert_eq!(

@@ -8,6 +8,7 @@ mod group;
 mod idempotent;
 mod mover;
 mod producer;
+mod txn;
 mod verify;
 
 pub use admin::admin;
@@ -16,6 +17,7 @@ pub use group::{group_member, GROUP};
 pub use idempotent::idempotent_producer;
 pub use mover::mover;
 pub use producer::producer;
+pub use txn::{final_committed_read, txn_producer, txn_reader};
 pub use verify::{final_read, liveness_probe};
 
 use std::collections::BTreeMap;
