@@ -26,3 +26,20 @@ def test_kafkajs_idempotent_producer_writes_each_record_once(broker):
     offsets = json.loads(out.stdout.strip().splitlines()[-1])
     assert offsets == list(range(0, 1000, 50)), "each batch at its place"
     assert read_values(broker.bootstrap, "js", 1000) == numbered(1000)
+
+
+def test_kafkajs_transactions_commit_and_abort(broker):
+    from confluent_kafka.admin import AdminClient
+
+    from conftest import create
+    from test_transactions import consume_all
+
+    create(AdminClient({"bootstrap.servers": broker.bootstrap}), "jstx", 2)
+    out = subprocess.run(
+        ["node", str(KAFKAJS / "transact.js"), broker.bootstrap, "jstx", "6", "10"],
+        capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    committed = sorted(v.encode() for v in json.loads(out.stdout.strip().splitlines()[-1]))
+    assert len(committed) == 30
+    assert consume_all(broker.bootstrap, "jstx", 2, "read_committed", 30) == committed
+    assert len(consume_all(broker.bootstrap, "jstx", 2, "read_uncommitted", 60)) == 60

@@ -159,3 +159,30 @@ def test_a_second_producer_with_the_same_id_fences_the_first(broker):
         fenced = e.args[0].fatal() or not e.args[0].retriable()
     assert fenced, "the zombie cannot commit"
     assert consume_all(broker.bootstrap, "fence", 1, "read_committed", 1) == [b"successor"]
+
+
+def test_seedlog_transactions_lists_and_describes(broker):
+    import subprocess
+
+    from conftest import seedlog_binary
+
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    create(admin, "cli", 2)
+    producer = transactional_producer(broker.bootstrap, "cli-app")
+    producer.begin_transaction()
+    producer.produce("cli", value=b"x", partition=1)
+    producer.flush(10)
+
+    def seedlog(*args):
+        out = subprocess.run([seedlog_binary(), "transactions", *args,
+                              "--bootstrap-server", broker.bootstrap],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    listed = seedlog("list")
+    assert "cli-app" in listed and "Ongoing" in listed, listed
+    described = seedlog("describe", "cli-app")
+    assert "Ongoing" in described and "cli partitions 1" in described, described
+    producer.commit_transaction(30)
+    assert "CompleteCommit" in seedlog("describe", "cli-app")

@@ -66,7 +66,8 @@ pub struct Target {
 }
 
 impl Target {
-    async fn client(&self) -> anyhow::Result<ClusterClient> {
+    /// A client that knows the cluster's brokers.
+    pub async fn client(&self) -> anyhow::Result<ClusterClient> {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&self.bootstrap_server)
             .await
             .with_context(|| format!("cannot resolve {}", self.bootstrap_server))?

@@ -49,6 +49,9 @@ enum Command {
     /// Consumer groups: list, describe (members, offsets, lag), reset offsets.
     #[command(subcommand)]
     Groups(seedlog_node::groups::GroupsCommand),
+    /// Transactions: list the transactional ids, describe one.
+    #[command(subcommand)]
+    Transactions(seedlog_node::transactions::TransactionsCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -66,6 +69,7 @@ fn main() -> std::process::ExitCode {
         Some(Command::Bench(command)) => return exit(bench(command)),
         Some(Command::DevCluster(args)) => return exit(dev_cluster(args)),
         Some(Command::Groups(command)) => return exit(groups(command)),
+        Some(Command::Transactions(command)) => return exit(transactions(command)),
         None => cli.run,
     };
     let result = args.resolve().and_then(|config| {
@@ -95,6 +99,13 @@ fn groups(command: seedlog_node::groups::GroupsCommand) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(seedlog_node::groups::run(command))
+}
+
+fn transactions(command: seedlog_node::transactions::TransactionsCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(seedlog_node::transactions::run(command))
 }
 
 fn dev_cluster(args: seedlog_node::dev_cluster::DevClusterArgs) -> anyhow::Result<()> {

@@ -633,9 +633,7 @@ impl History {
                 .reads
                 .push((value.to_string(), partition.clone(), offset));
         }
-        if value != crate::workload::CONTROL_VALUE {
-            self.fact(partition, offset, value, "a read_committed read");
-        }
+        self.fact(partition, offset, value, "a read_committed read");
     }
 
     /// A read_committed consumer saw the last stable offset `lso`.

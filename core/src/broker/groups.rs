@@ -277,9 +277,11 @@ impl Broker {
             }
         }
         for (p, epoch) in wanted {
-            if self.owner(which).owned_epoch(p) == Some(epoch) {
+            let blocked = self.blocked_loads.get(&(which, p)) == Some(&epoch);
+            if blocked || self.owner(which).owned_epoch(p) == Some(epoch) {
                 continue;
             }
+            self.blocked_loads.remove(&(which, p));
             self.owner(which).begin_load(p, epoch);
             let log = self.log(which.topic(), p).expect("listed from the logs");
             let load = GroupLoad {
@@ -381,14 +383,48 @@ impl Broker {
             Internal::Offsets => &mut self.coordinator,
             Internal::Transactions => &mut self.txn_coordinator,
         };
+        let replicated = self
+            .topics
+            .get(topic)
+            .is_some_and(|t| t.raft.contains_key(&p));
+        let mut damaged = None;
         for view in complete_batches(bytes) {
             if view.base_offset() >= end {
                 break;
             }
             if view.next_offset() > next {
+                if !view.crc_ok() && replicated {
+                    damaged = Some(view.base_offset());
+                    break;
+                }
+                // A damaged batch of a single copy cannot be repaired: the coordinator
+                // skips it (what it held is lost, as for any topic of one copy).
                 owner.load(now, p, &view);
                 next = view.next_offset();
             }
+        }
+        if let Some(offset) = damaged {
+            // What the coordinator would load without it is an older state: the replica
+            // steps aside and is repaired, and the next leader loads the intact copy.
+            error!(
+                topic,
+                partition = p,
+                offset,
+                "damaged batch in an internal topic; its coordinator steps aside"
+            );
+            if let Some(replica) = self.topics.get_mut(topic).and_then(|t| t.raft.get_mut(&p)) {
+                replica.report_damage_at(offset);
+            }
+            // Not loaded again in this leader epoch: the next leader loads it.
+            if let Some(epoch) = self.owner(which).owned_epoch(p) {
+                self.blocked_loads.insert((which, p), epoch);
+            }
+            self.dirty_replicas
+                .insert(crate::storage::TopicPartition::new(&Arc::from(topic), p));
+            self.group_loads.remove(&(which, p));
+            self.owner(which).unload(p);
+            self.coordinator_stale = true;
+            return true;
         }
         let load = self.group_loads.get_mut(&(which, p)).expect("found above");
         load.next = next;

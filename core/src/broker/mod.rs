@@ -231,6 +231,9 @@ pub struct Broker {
     group_waiters: BTreeMap<u64, ReplyTo>,
     /// Internal topics' partitions being read back for their coordinator.
     group_loads: BTreeMap<(groups::Internal, i32), GroupLoad>,
+    /// Internal partitions whose load found a damaged batch, with the leader epoch it was
+    /// found in: not loaded again until the leadership moves.
+    blocked_loads: BTreeMap<(groups::Internal, i32), i32>,
     /// The transactions this broker coordinates.
     txn_coordinator: TxnCoordinator,
     /// Transaction requests waiting for the coordinator's answer, by waiter handle.
@@ -318,6 +321,7 @@ impl Broker {
             coordinator,
             group_waiters: BTreeMap::new(),
             group_loads: BTreeMap::new(),
+            blocked_loads: BTreeMap::new(),
             txn_coordinator: TxnCoordinator::new(config_txns, now),
             txn_waiters: BTreeMap::new(),
             markers: txns::Markers::default(),

@@ -6,8 +6,8 @@
 //! need) or, for a lagging follower, from an asynchronous read: raft-rs gets
 //! `LogTemporarilyUnavailable`, the replica reads the range and calls `on_entries_fetched`.
 
-use std::cell::RefCell;
 use crate::producer::{TxnEvent, TxnIndex};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};

@@ -505,7 +505,9 @@ impl Replica {
                 // The transaction index was built without it: rebuilt with it in place.
                 repaired_txns.push((entry.index, txn));
             }
-            if let Some(producer) = view.and_then(|view| ProducerBatch::of(&view).filter(|_| !view.is_control())) {
+            if let Some(producer) =
+                view.and_then(|view| ProducerBatch::of(&view).filter(|_| !view.is_control()))
+            {
                 // The table was built without it; it goes back in with the rewrite.
                 let written =
                     Written::of(&producer, entry.index, entry.term, Some(meta.base_offset));

@@ -497,12 +497,6 @@ pub async fn final_committed_read(ctx: &Ctx, deadline: Instant) -> Result<(), St
             }
             match fetch_committed(&mut client, &partition, position, 0).await {
                 Ok(fetched) => {
-                    if std::env::var("TXN_DEBUG").is_ok() {
-                        eprintln!("DEBUG {partition:?} from {position} lso {} hw {} aborted {:?}", fetched.lso, fetched.hw, fetched.aborted);
-                        for r in &fetched.records {
-                            eprintln!("DEBUG   {} pid {} ctl {} txn {} {}", r.offset, r.producer_id, r.control, r.transactional, r.value);
-                        }
-                    }
                     if let Some(last) = fetched.records.last() {
                         position = last.offset + 1;
                     }
