@@ -12,6 +12,7 @@ pub mod groups;
 pub mod peer;
 pub mod server;
 pub mod storage;
+#[cfg(not(madsim))]
 pub mod transactions;
 
 /// Resolves on SIGINT or SIGTERM.

@@ -132,11 +132,14 @@ pub enum TxnFate {
     Unknown,
 }
 
+/// One transaction: its fate once known, and the values it sent, by partition.
+type TxnSent = (Option<TxnFate>, BTreeMap<Partition, Vec<String>>);
+
 /// What the transactional workload wrote and read.
 #[derive(Default)]
 struct Txns {
-    /// (producer, transaction) -> its fate once known, and the values it sent, by partition.
-    txns: BTreeMap<(u32, u64), (Option<TxnFate>, BTreeMap<Partition, Vec<String>>)>,
+    /// By (producer, transaction).
+    txns: BTreeMap<(u32, u64), TxnSent>,
     /// Records read with read_committed during the run: (value, partition, offset).
     reads: Vec<(String, Partition, i64)>,
     /// The last LSO each (reader, partition) saw.

@@ -52,7 +52,7 @@ fn is_coordinator_moving(code: i16) -> bool {
 
 /// What a request to the coordinator came to.
 enum Answer {
-    Ok(ResponseKind),
+    Ok(Box<ResponseKind>),
     /// Fenced: this incarnation is over.
     Fenced,
     /// Another error the producer cannot retry.
@@ -99,7 +99,7 @@ impl TxnProducer {
                 .await;
             match outcome {
                 Ok(response) => match code(&response) {
-                    0 => return Answer::Ok(response),
+                    0 => return Answer::Ok(Box::new(response)),
                     c if is_fenced(c) => return Answer::Fenced,
                     c if is_coordinator_moving(c) => {
                         if c != ResponseError::ConcurrentTransactions.code() {
@@ -138,8 +138,10 @@ impl TxnProducer {
                 .ask(ApiKey::InitProducerId, 4, request.clone(), code)
                 .await
             {
-                Answer::Ok(ResponseKind::InitProducerId(r)) => {
-                    return Some((r.producer_id.0, r.producer_epoch))
+                Answer::Ok(response) => {
+                    if let ResponseKind::InitProducerId(r) = *response {
+                        return Some((r.producer_id.0, r.producer_epoch));
+                    }
                 }
                 Answer::Stopped => return None,
                 _ => sleep_ms(self.dice.between(50, 300)).await,
