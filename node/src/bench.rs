@@ -15,7 +15,7 @@ use hdrhistogram::Histogram;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
 use kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, ProducerId, RequestKind, ResponseKind, TopicName,
+    ApiKey, BrokerId, ProducerId, RequestKind, ResponseKind, TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -102,6 +102,10 @@ pub struct ProduceArgs {
     /// (InitProducerId) and numbers its batches per partition.
     #[arg(long)]
     idempotent: bool,
+    /// Produce in transactions of this many batches (each connection a transactional
+    /// producer, committing each transaction); reports the commit latency too.
+    #[arg(long, value_name = "BATCHES")]
+    transactional: Option<usize>,
 }
 
 /// `seedlog bench consume`.
@@ -163,6 +167,10 @@ pub struct BenchReport {
     pub requests: u64,
     /// Requests that failed.
     pub errors: u64,
+    /// EndTxn(commit) round trips in milliseconds (produce --transactional): p50, p99,
+    /// p99.9, max.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit_latency_ms: Option<[f64; 4]>,
 }
 
 impl BenchReport {
@@ -188,6 +196,11 @@ impl BenchReport {
             println!(
                 "latency ({}): p50 {p50:.3} ms, p99 {p99:.3} ms, p99.9 {p999:.3} ms, max {max:.3} ms",
                 self.latency_of
+            );
+        }
+        if let Some([p50, p99, p999, max]) = self.commit_latency_ms {
+            println!(
+                "transaction commit (EndTxn round trip): p50 {p50:.3} ms, p99 {p99:.3} ms, p99.9 {p999:.3} ms, max {max:.3} ms"
             );
         }
     }
@@ -256,37 +269,57 @@ async fn produce(args: &ProduceArgs) -> anyhow::Result<BenchReport> {
     let requests = args.records.div_ceil(args.batch_records as u64);
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(histogram()));
+    let commits = Arc::new(Mutex::new(histogram()));
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        let (next, latencies, errors, batch) = (
+    let per_txn = args.transactional.filter(|n| *n > 0);
+    for connection in 0..args.connections.max(1) {
+        let (next, latencies, commits, errors) = (
             next.clone(),
             latencies.clone(),
+            commits.clone(),
             errors.clone(),
-            batch.clone(),
         );
+        let batch = match per_txn {
+            // The transactional bit is under the CRC: the batch is built with it.
+            Some(_) => seedlog_core::wire::transactional_batch(
+                (0, 0, 0),
+                (0..args.batch_records).map(|_| (None, &value[..], crate::server::now_ms())),
+            ),
+            None => batch.clone(),
+        };
         let batch_records = args.batch_records;
         let (target, acks, idempotent) = (args.target.clone(), args.acks, args.idempotent);
         tasks.push(tokio::spawn(async move {
             let mut client = client(&target);
             let mut local = histogram();
-            let producer_id = match idempotent {
-                true => Some(init_producer_id(&mut client).await?),
-                false => None,
+            let mut local_commits = histogram();
+            let producer = match (per_txn, idempotent) {
+                (Some(_), _) => {
+                    let id = format!("seedlog-bench-{connection}");
+                    Some(init_transactional(&mut client, &id).await?)
+                }
+                (None, true) => Some((init_producer_id(&mut client).await?, 0)),
+                (None, false) => None,
             };
+            let txn_id = format!("seedlog-bench-{connection}");
+            let mut in_txn = 0usize;
             let mut sequences = vec![0i32; target.partitions.max(1) as usize];
             loop {
                 let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if n >= requests {
                     break;
                 }
+                if let (Some(_), Some(producer), 0) = (per_txn, producer, in_txn) {
+                    add_partitions(&mut client, &txn_id, producer, &target).await?;
+                }
                 let partition = (n % target.partitions as u64) as i32;
-                let batch = match producer_id {
-                    Some(id) => {
+                let batch = match producer {
+                    Some((id, epoch)) => {
                         let sequence = &mut sequences[partition as usize];
                         let mut numbered = BytesMut::from(&batch[..]);
-                        seedlog_core::batch::stamp_producer(&mut numbered, id, 0, *sequence);
+                        seedlog_core::batch::stamp_producer(&mut numbered, id, epoch, *sequence);
                         *sequence = sequence.wrapping_add(batch_records as i32);
                         numbered.freeze()
                     }
@@ -310,8 +343,27 @@ async fn produce(args: &ProduceArgs) -> anyhow::Result<BenchReport> {
                     errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 let _ = local.record(sent.elapsed().as_micros() as u64);
+                in_txn += 1;
+                if let (Some(per), Some(producer)) = (per_txn, producer) {
+                    if in_txn == per {
+                        in_txn = 0;
+                        let began = Instant::now();
+                        end_txn(&mut client, &txn_id, producer).await?;
+                        let _ = local_commits.record(began.elapsed().as_micros() as u64);
+                    }
+                }
+            }
+            if let (Some(_), Some(producer), true) = (per_txn, producer, in_txn > 0) {
+                let began = Instant::now();
+                end_txn(&mut client, &txn_id, producer).await?;
+                let _ = local_commits.record(began.elapsed().as_micros() as u64);
             }
             latencies.lock().await.add(&local).expect("same bounds");
+            commits
+                .lock()
+                .await
+                .add(&local_commits)
+                .expect("same bounds");
             anyhow::Ok(())
         }));
     }
@@ -331,7 +383,101 @@ async fn produce(args: &ProduceArgs) -> anyhow::Result<BenchReport> {
         latency_ms: Some(latency),
         latency_of: "produce request round trip",
         errors: errors.load(std::sync::atomic::Ordering::Relaxed),
+        commit_latency_ms: match per_txn {
+            Some(_) => Some(percentiles(&*commits.lock().await)),
+            None => None,
+        },
     })
+}
+
+/// A transactional producer's (producer id, epoch): its coordinator is the broker benched
+/// (FindCoordinator creates `__transaction_state` first), retried while it is busy.
+async fn init_transactional(client: &mut Client, id: &str) -> anyhow::Result<(i64, i16)> {
+    use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
+    let find = RequestKind::FindCoordinator(
+        FindCoordinatorRequest::default()
+            .with_key_type(1)
+            .with_key(StrBytes::from_string(id.to_string())),
+    );
+    for _ in 0..100 {
+        let found = client.call(ApiKey::FindCoordinator, 3, find.clone()).await;
+        if !matches!(found, Ok(ResponseKind::FindCoordinator(ref r)) if r.error_code == 0) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let request = RequestKind::InitProducerId(
+            InitProducerIdRequest::default()
+                .with_transactional_id(Some(TransactionalId(StrBytes::from_string(id.to_string()))))
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        );
+        match client.call(ApiKey::InitProducerId, 4, request).await {
+            Ok(ResponseKind::InitProducerId(r)) if r.error_code == 0 => {
+                return Ok((r.producer_id.0, r.producer_epoch))
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    bail!("no transactional producer id for {id} (is the broker benched the coordinator?)")
+}
+
+/// Adds every partition of the benched topic to the producer's transaction.
+async fn add_partitions(
+    client: &mut Client,
+    id: &str,
+    (producer_id, epoch): (i64, i16),
+    target: &Target,
+) -> anyhow::Result<()> {
+    use kafka_protocol::messages::add_partitions_to_txn_request::{
+        AddPartitionsToTxnRequest, AddPartitionsToTxnTopic,
+    };
+    let request = RequestKind::AddPartitionsToTxn(
+        AddPartitionsToTxnRequest::default()
+            .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_string(
+                id.to_string(),
+            )))
+            .with_v3_and_below_producer_id(ProducerId(producer_id))
+            .with_v3_and_below_producer_epoch(epoch)
+            .with_v3_and_below_topics(vec![AddPartitionsToTxnTopic::default()
+                .with_name(topic_name(&target.topic))
+                .with_partitions((0..target.partitions).collect())]),
+    );
+    for _ in 0..5000 {
+        if let Ok(ResponseKind::AddPartitionsToTxn(r)) = client
+            .call(ApiKey::AddPartitionsToTxn, 3, request.clone())
+            .await
+        {
+            let codes = r.results_by_topic_v3_and_below.iter();
+            let mut codes = codes.flat_map(|t| t.results_by_partition.iter());
+            if codes.all(|p| p.partition_error_code == 0) {
+                return Ok(());
+            }
+        }
+        // CONCURRENT_TRANSACTIONS while the last one's markers are written.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    bail!("AddPartitionsToTxn kept failing")
+}
+
+/// Commits the producer's transaction.
+async fn end_txn(
+    client: &mut Client,
+    id: &str,
+    (producer_id, epoch): (i64, i16),
+) -> anyhow::Result<()> {
+    use kafka_protocol::messages::end_txn_request::EndTxnRequest;
+    let request = RequestKind::EndTxn(
+        EndTxnRequest::default()
+            .with_transactional_id(TransactionalId(StrBytes::from_string(id.to_string())))
+            .with_producer_id(ProducerId(producer_id))
+            .with_producer_epoch(epoch)
+            .with_committed(true),
+    );
+    match client.call(ApiKey::EndTxn, 3, request).await {
+        Ok(ResponseKind::EndTxn(r)) if r.error_code == 0 => Ok(()),
+        other => bail!("EndTxn failed: {other:?}"),
+    }
 }
 
 /// A producer id for an idempotent producer.
@@ -411,6 +557,7 @@ async fn consume(args: &ConsumeArgs) -> anyhow::Result<BenchReport> {
         latency_ms: None,
         latency_of: "none",
         errors,
+        commit_latency_ms: None,
     })
 }
 
@@ -548,6 +695,7 @@ async fn e2e(args: &E2eArgs) -> anyhow::Result<BenchReport> {
         latency_ms: Some(percentiles(&latencies)),
         latency_of: "produce to consume",
         errors: errors + total.saturating_sub(seen),
+        commit_latency_ms: None,
     })
 }
 
