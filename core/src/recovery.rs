@@ -115,12 +115,18 @@ impl SegmentScanner {
                     // Its record count is inside what the CRC failed on: the next frame's
                     // base offset says where it ends. Without one (yet) it is the tail, and
                     // waits for more data or is cut as torn.
-                    let ends_file =
-                        self.segment.size + (consumed + size) as u64 == self.successor.0;
+                    // The segment's size already counts the batches consumed before it.
+                    let ends_file = self.segment.size + size as u64 == self.successor.0;
                     let next = match (rest.get(size..size + 8), ends_file) {
                         (_, true) => match self.successor.1 {
                             Some(next) => next,
-                            None => break,
+                            // The log's last batch, whole but failing its CRC: a flipped
+                            // bit in a batch this replica may have acknowledged, not a torn
+                            // write (those end short of a whole frame). Cutting it here
+                            // would hide the loss from the replica, which then votes as if
+                            // it never had it; kept (its end a placeholder), the replica's
+                            // own load cuts it and waits to catch up from a leader first.
+                            None => view.base_offset() + 1,
                         },
                         (Some(next), false) => {
                             i64::from_be_bytes(next.try_into().expect("8 bytes"))
@@ -284,4 +290,37 @@ pub fn recover_partition(
             .push(Segment::empty(found.first().map_or(0, |s| s.base_offset)));
     }
     plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two_batches() -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for (base, value) in [(0i64, &b"first"[..]), (1, &b"second"[..])] {
+            let mut one = crate::batch::data_batch(1000, &[(None, Some(value))]);
+            crate::batch::stamp_base_offset(&mut one, base);
+            bytes.extend_from_slice(&one);
+        }
+        bytes
+    }
+
+    #[test]
+    fn a_replicas_whole_damaged_last_batch_is_kept_for_its_load_to_judge() {
+        let mut bytes = two_batches();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x10; // inside the last batch's CRC
+        let replicated = scan_segment(0, &bytes, 4096, 1 << 20, true, None);
+        assert_eq!(
+            replicated.stopped, None,
+            "kept: a flipped bit, not a torn write"
+        );
+        assert_eq!(replicated.segment.size, bytes.len() as u64);
+        let single = scan_segment(0, &bytes, 4096, 1 << 20, false, None);
+        assert_eq!(single.stopped, Some(ScanStop::Corrupt));
+        // A write torn short of a whole frame is still cut.
+        let torn = scan_segment(0, &bytes[..last], 4096, 1 << 20, true, None);
+        assert_eq!(torn.stopped, Some(ScanStop::TornTail));
+    }
 }

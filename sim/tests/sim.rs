@@ -135,6 +135,10 @@ const REGRESSIONS: &[(&str, u64)] = &[
     // served an older state: an open transaction looked finished and was never aborted.
     ("cluster3-transactions", 50),
     ("cluster5-transactions", 76),
+    // Start-up recovery cut a replica's whole last batch that failed its CRC (a flipped
+    // bit, not a torn write) before the replica's load could see it, so the replica did
+    // not know it had lost an entry it acknowledged, and voted a leader without it.
+    ("cluster3-idempotent", 29),
     // A restarted replica that became leader served a high watermark below one a consumer
     // had seen, until its first commit (leaders now serve only after committing in their
     // own term).
