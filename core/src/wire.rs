@@ -62,14 +62,7 @@ pub fn idempotent_batch<'a>(
     producer: Option<(i64, i16, i32)>,
     records: impl IntoIterator<Item = (Option<&'a [u8]>, &'a [u8], i64)>,
 ) -> Bytes {
-    let records = records.into_iter().map(|(key, value, timestamp)| {
-        (
-            key.map(Bytes::copy_from_slice),
-            Some(Bytes::copy_from_slice(value)),
-            timestamp,
-        )
-    });
-    encode_batch(producer, false, records)
+    encode_batch(producer, false, owned(records))
 }
 
 /// A record batch inside a transaction of the producer `(producer id, epoch, first
@@ -78,14 +71,23 @@ pub fn transactional_batch<'a>(
     producer: (i64, i16, i32),
     records: impl IntoIterator<Item = (Option<&'a [u8]>, &'a [u8], i64)>,
 ) -> Bytes {
-    let records = records.into_iter().map(|(key, value, timestamp)| {
+    encode_batch(Some(producer), true, owned(records))
+}
+
+/// Borrowed `(key, value, timestamp)` records as the encoder takes them.
+fn owned<'a, I>(
+    records: I,
+) -> impl Iterator<Item = (Option<Bytes>, Option<Bytes>, i64)> + use<'a, I>
+where
+    I: IntoIterator<Item = (Option<&'a [u8]>, &'a [u8], i64)>,
+{
+    records.into_iter().map(|(key, value, timestamp)| {
         (
             key.map(Bytes::copy_from_slice),
             Some(Bytes::copy_from_slice(value)),
             timestamp,
         )
-    });
-    encode_batch(Some(producer), true, records)
+    })
 }
 
 /// One uncompressed v2 batch of `(key, value, timestamp)` records, either of which may be
