@@ -182,7 +182,8 @@ impl Broker {
                             );
                             stable
                         } else {
-                            log.high_watermark()
+                            // The read plan itself stops at the high watermark.
+                            i64::MAX
                         };
                         let want = budget.min(p.partition_max_bytes.max(0) as usize);
                         match log.plan_read(p.fetch_offset, want) {
