@@ -231,7 +231,7 @@ impl Broker {
             // Its table is still being read back: a retry could not be recognised yet.
             return Err(ResponseError::NotLeaderOrFollower);
         }
-        if let Some(batch) = producer.as_ref().filter(|b| !b.control) {
+        if let Some(batch) = &producer {
             if let Verdict::Duplicate(original) = log.producers().check(batch)? {
                 // Written before: answer as the first time, once that write is durable.
                 let base_offset = original.base_offset.unwrap_or(-1);

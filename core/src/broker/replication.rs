@@ -409,7 +409,7 @@ impl Broker {
             .logs
             .get_mut(&partition)
             .ok_or(ResponseError::UnknownTopicOrPartition)?;
-        if let Some(batch) = producer.as_ref().filter(|b| !b.control) {
+        if let Some(batch) = &producer {
             if let Verdict::Duplicate(original) = log.producers().check(batch)? {
                 // Proposed or written before: the answer waits on that entry instead.
                 return Ok(Proposed {

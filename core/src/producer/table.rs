@@ -207,6 +207,9 @@ impl ProducerTable {
     /// An unknown producer may start at any sequence, as in Kafka: its earlier batches
     /// may have expired or been deleted by retention.
     pub fn check(&self, batch: &ProducerBatch) -> Result<Verdict, ResponseError> {
+        if batch.control {
+            return Ok(Verdict::Append); // A marker has no sequence: the broker writes it.
+        }
         if batch.first_seq < 0 {
             return Err(ResponseError::InvalidRecord);
         }

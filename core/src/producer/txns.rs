@@ -57,6 +57,27 @@ impl TxnEvent {
             offset,
         })
     }
+
+    /// The same event for the batch written at `offset`.
+    pub fn at(self, at: i64) -> Self {
+        match self {
+            TxnEvent::Data { producer_id, .. } => TxnEvent::Data {
+                producer_id,
+                offset: at,
+            },
+            TxnEvent::End {
+                producer_id,
+                commit,
+                number,
+                ..
+            } => TxnEvent::End {
+                producer_id,
+                offset: at,
+                commit,
+                number,
+            },
+        }
+    }
 }
 
 /// A transaction of one producer in one partition, from its first batch to its marker.
@@ -279,11 +300,6 @@ impl TxnIndex {
             last_marker: markers.iter().copied().collect(),
             high_watermark: upto,
         }
-    }
-
-    /// Number of open transactions (for inspection and tests).
-    pub fn open_count(&self) -> usize {
-        self.open.len()
     }
 }
 

@@ -1107,6 +1107,7 @@ fn write_entries(
         let membership = entry.get_entry_type() != EntryType::EntryNormal;
         let mut bytes = entry_batch(&entry);
         let mut producer = None;
+        let mut txn = None;
         let (delta, max_timestamp, kind) = match BatchView::split_first(&bytes) {
             Ok((view, [])) => (
                 view.last_offset_delta().max(0),
@@ -1116,6 +1117,8 @@ fn write_entries(
                     (false, true) => EntryKind::LeaderChange,
                     (false, false) => {
                         producer = ProducerBatch::of(&view);
+                        // Placed at its offset below, once the offset is known.
+                        txn = TxnEvent::of(&view, 0);
                         EntryKind::Data
                     }
                 },
@@ -1135,12 +1138,7 @@ fn write_entries(
         log.maybe_roll(u64::from(size), now, topic, ops);
         let at = log.end_point();
         log.append(delta + 1, size, max_timestamp, now, index_interval);
-        let txn = match kind {
-            EntryKind::Data => BatchView::split_first(&bytes)
-                .ok()
-                .and_then(|(view, _)| TxnEvent::of(&view, base_offset)),
-            _ => None,
-        };
+        let txn = txn.map(|event| event.at(base_offset));
         if let Some(event) = txn {
             log.txns_mut().apply(event);
         }
