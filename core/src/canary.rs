@@ -50,11 +50,15 @@ pub enum Canary {
     /// The transaction coordinator writes a transaction's marker to its first partition
     /// only.
     MarkerToSomePartitions,
+    /// OffsetFetch with `require_stable` answers offsets that a transaction still open
+    /// has committed as if they were stable: a member taking the partition over starts
+    /// from an offset that transaction is about to move.
+    ServeUnstableOffsets,
 }
 
 impl Canary {
     /// Every canary, in a stable order.
-    pub const ALL: [Canary; 18] = [
+    pub const ALL: [Canary; 19] = [
         Canary::AckBeforeFsync,
         Canary::SkipRecoveryCrc,
         Canary::ReadAboveHighWatermark,
@@ -73,6 +77,7 @@ impl Canary {
         Canary::ForgetProducerIdsInSnapshot,
         Canary::ReadPastStableOffset,
         Canary::MarkerToSomePartitions,
+        Canary::ServeUnstableOffsets,
     ];
 
     /// The name used on the simulator's command line.
@@ -96,6 +101,7 @@ impl Canary {
             Canary::ForgetProducerIdsInSnapshot => "forget-producer-ids-in-snapshot",
             Canary::ReadPastStableOffset => "read-past-lso",
             Canary::MarkerToSomePartitions => "marker-to-some-partitions",
+            Canary::ServeUnstableOffsets => "serve-unstable-offsets",
         }
     }
 
@@ -127,6 +133,9 @@ impl Canary {
             Canary::ReadPastStableOffset => "read_committed reads open transactions' records",
             Canary::MarkerToSomePartitions => {
                 "a transaction's marker reaches only its first partition"
+            }
+            Canary::ServeUnstableOffsets => {
+                "require_stable offset fetches see offsets of open transactions"
             }
         }
     }

@@ -370,9 +370,10 @@ fn offsets_sent_in_a_transaction_count_only_once_it_commits() {
         panic!()
     };
     assert_eq!(r.topics[0].partitions[0].error_code, 0);
-    let fetched = |h: &mut Harness| {
+    let fetch_as = |h: &mut Harness, require_stable: bool| {
         let request = offset_fetch_request::OffsetFetchRequest::default()
             .with_group_id(GroupId(s(group)))
+            .with_require_stable(require_stable)
             .with_topics(Some(vec![
                 offset_fetch_request::OffsetFetchRequestTopic::default()
                     .with_name(topic_name("t"))
@@ -383,16 +384,24 @@ fn offsets_sent_in_a_transaction_count_only_once_it_commits() {
         else {
             panic!()
         };
-        r.topics[0].partitions[0].committed_offset
+        let p = &r.topics[0].partitions[0];
+        (p.error_code, p.committed_offset)
     };
+    let fetched = |h: &mut Harness| fetch_as(h, false).1;
     assert_eq!(
         fetched(&mut h),
         -1,
         "not visible while the transaction is open"
     );
+    assert_eq!(
+        fetch_as(&mut h, true),
+        (ResponseError::UnstableOffsetCommit.code(), -1),
+        "require_stable waits for the open transaction (KIP-447)"
+    );
     assert_eq!(end(&mut h, pid, epoch, true), 0);
     h.advance(10);
     assert_eq!(fetched(&mut h), 42);
+    assert_eq!(fetch_as(&mut h, true), (0, 42), "stable once committed");
 
     // Restarted, the coordinator reads the committed transaction's offsets back.
     h.restart(false);

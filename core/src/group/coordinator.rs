@@ -812,8 +812,18 @@ impl Coordinator {
         (error, found)
     }
 
-    /// True if a commit of `group` for `topic`/`partition` is still being written.
+    /// True if a commit of `group` for `topic`/`partition` is still being written, or was
+    /// written inside a transaction whose marker has not reached the group's partition yet
+    /// (KIP-447: a member that takes the partition over waits for that transaction to end).
     fn commit_in_flight(&self, group: &str, topic: &str, partition: i32) -> bool {
+        let in_txn = self
+            .txn_offsets
+            .values()
+            .flatten()
+            .any(|(g, t, p, _)| g == group && t == topic && *p == partition);
+        if in_txn && !is_planted(Canary::ServeUnstableOffsets) {
+            return true;
+        }
         self.writes.values().any(|w| match w {
             PendingWrite::Commit {
                 group: g, offsets, ..
