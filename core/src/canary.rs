@@ -54,11 +54,14 @@ pub enum Canary {
     /// has committed as if they were stable: a member taking the partition over starts
     /// from an offset that transaction is about to move.
     ServeUnstableOffsets,
+    /// The group coordinator takes transactional offsets from a producer epoch older than
+    /// its transaction's marker: a late resend joins the producer's next transaction.
+    AcceptFencedTxnOffsets,
 }
 
 impl Canary {
     /// Every canary, in a stable order.
-    pub const ALL: [Canary; 19] = [
+    pub const ALL: [Canary; 20] = [
         Canary::AckBeforeFsync,
         Canary::SkipRecoveryCrc,
         Canary::ReadAboveHighWatermark,
@@ -78,6 +81,7 @@ impl Canary {
         Canary::ReadPastStableOffset,
         Canary::MarkerToSomePartitions,
         Canary::ServeUnstableOffsets,
+        Canary::AcceptFencedTxnOffsets,
     ];
 
     /// The name used on the simulator's command line.
@@ -102,6 +106,7 @@ impl Canary {
             Canary::ReadPastStableOffset => "read-past-lso",
             Canary::MarkerToSomePartitions => "marker-to-some-partitions",
             Canary::ServeUnstableOffsets => "serve-unstable-offsets",
+            Canary::AcceptFencedTxnOffsets => "accept-fenced-txn-offsets",
         }
     }
 
@@ -136,6 +141,9 @@ impl Canary {
             }
             Canary::ServeUnstableOffsets => {
                 "require_stable offset fetches see offsets of open transactions"
+            }
+            Canary::AcceptFencedTxnOffsets => {
+                "offsets of an ended transaction are taken into the next one"
             }
         }
     }

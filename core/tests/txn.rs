@@ -113,6 +113,19 @@ fn end(h: &mut Harness, pid: i64, epoch: i16, commit: bool) -> i16 {
     r.error_code
 }
 
+/// EndTxn v5 (KIP-890): (error, the producer id and epoch of the next transaction).
+fn end_v5(h: &mut Harness, pid: i64, epoch: i16, commit: bool) -> (i16, i64, i16) {
+    let request = end_txn_request::EndTxnRequest::default()
+        .with_transactional_id(TransactionalId(s(TXN)))
+        .with_producer_id(ProducerId(pid))
+        .with_producer_epoch(epoch)
+        .with_committed(commit);
+    let ResponseKind::EndTxn(r) = ask(h, ApiKey::EndTxn, 5, RequestKind::EndTxn(request)) else {
+        panic!()
+    };
+    (r.error_code, r.producer_id.0, r.producer_epoch)
+}
+
 /// `n` records in a transactional batch of the producer, starting at `seq`.
 fn txn_batch(pid: i64, epoch: i16, seq: i32, n: usize) -> Bytes {
     let values: Vec<Vec<u8>> = (0..n)
@@ -423,4 +436,149 @@ fn offsets_sent_in_a_transaction_count_only_once_it_commits() {
         (0, pid, epoch + 1),
         "the id's state survived"
     );
+}
+
+#[test]
+fn end_txn_v5_bumps_the_epoch_so_a_late_request_of_the_ended_transaction_is_fenced() {
+    let mut h = harness();
+    find(&mut h, TXN);
+    let (_, pid, epoch) = init(&mut h, TXN, 60_000);
+    assert_eq!(add_partitions(&mut h, pid, epoch, &[0]), vec![0]);
+    assert_eq!(h.produce("t", 0, txn_batch(pid, epoch, 0, 2)), (0, 0));
+    assert_eq!(end_v5(&mut h, pid, epoch, true), (0, pid, epoch + 1));
+    h.advance(10);
+    assert_eq!(
+        end_v5(&mut h, pid, epoch, true),
+        (0, pid, epoch + 1),
+        "a retry with the epoch before the bump is answered again"
+    );
+    assert_eq!(
+        end_v5(&mut h, pid, epoch, false).0,
+        ResponseError::ProducerFenced.code(),
+        "an abort of a committed transaction is not"
+    );
+
+    // A produce of the ended transaction, arriving late, is fenced by the marker's epoch.
+    assert_eq!(
+        h.produce("t", 0, txn_batch(pid, epoch, 2, 1)).0,
+        ResponseError::InvalidProducerEpoch.code()
+    );
+    // The next transaction runs on the new epoch, its sequences from 0.
+    let next = epoch + 1;
+    assert_eq!(add_partitions(&mut h, pid, next, &[0]), vec![0]);
+    assert_eq!(h.produce("t", 0, txn_batch(pid, next, 0, 1)), (0, 3));
+    assert_eq!(end_v5(&mut h, pid, next, true), (0, pid, next + 1));
+    h.advance(10);
+    let (lso, records, _) = fetch_committed(&mut h, 0, 0);
+    assert_eq!((lso, records), (5, vec![0, 1, 2, 3, 4]));
+}
+
+/// AddOffsetsToTxn for group "g", after finding its coordinator: the error.
+fn add_offsets(h: &mut Harness, pid: i64, epoch: i16) -> i16 {
+    let gc = find_coordinator_request::FindCoordinatorRequest::default()
+        .with_coordinator_keys(vec![s("g")]);
+    ask(
+        h,
+        ApiKey::FindCoordinator,
+        4,
+        RequestKind::FindCoordinator(gc),
+    );
+    let request = add_offsets_to_txn_request::AddOffsetsToTxnRequest::default()
+        .with_transactional_id(TransactionalId(s(TXN)))
+        .with_producer_id(ProducerId(pid))
+        .with_producer_epoch(epoch)
+        .with_group_id(GroupId(s("g")));
+    let ResponseKind::AddOffsetsToTxn(r) = ask(
+        h,
+        ApiKey::AddOffsetsToTxn,
+        3,
+        RequestKind::AddOffsetsToTxn(request),
+    ) else {
+        panic!()
+    };
+    r.error_code
+}
+
+/// TxnOffsetCommit of `offset` for partition t-0 in group "g": the error.
+fn txn_offset_commit(h: &mut Harness, pid: i64, epoch: i16, offset: i64) -> i16 {
+    use txn_offset_commit_request::*;
+    let request = TxnOffsetCommitRequest::default()
+        .with_transactional_id(TransactionalId(s(TXN)))
+        .with_group_id(GroupId(s("g")))
+        .with_producer_id(ProducerId(pid))
+        .with_producer_epoch(epoch)
+        .with_generation_id(-1)
+        .with_topics(vec![TxnOffsetCommitRequestTopic::default()
+            .with_name(topic_name("t"))
+            .with_partitions(vec![TxnOffsetCommitRequestPartition::default()
+                .with_partition_index(0)
+                .with_committed_offset(offset)
+                .with_committed_leader_epoch(-1)])]);
+    let ResponseKind::TxnOffsetCommit(r) = ask(
+        h,
+        ApiKey::TxnOffsetCommit,
+        3,
+        RequestKind::TxnOffsetCommit(request),
+    ) else {
+        panic!()
+    };
+    r.topics[0].partitions[0].error_code
+}
+
+/// Group "g"'s stable committed offset of t-0: (error, offset).
+fn stable_offset(h: &mut Harness) -> (i16, i64) {
+    let request = offset_fetch_request::OffsetFetchRequest::default()
+        .with_group_id(GroupId(s("g")))
+        .with_require_stable(true)
+        .with_topics(Some(vec![
+            offset_fetch_request::OffsetFetchRequestTopic::default()
+                .with_name(topic_name("t"))
+                .with_partition_indexes(vec![0]),
+        ]));
+    let ResponseKind::OffsetFetch(r) =
+        ask(h, ApiKey::OffsetFetch, 7, RequestKind::OffsetFetch(request))
+    else {
+        panic!()
+    };
+    let p = &r.topics[0].partitions[0];
+    (p.error_code, p.committed_offset)
+}
+
+#[test]
+fn offsets_of_an_ended_transaction_arriving_late_are_fenced_not_committed_later() {
+    let mut h = harness();
+    find(&mut h, TXN);
+    let (_, pid, epoch) = init(&mut h, TXN, 60_000);
+    assert_eq!(add_offsets(&mut h, pid, epoch), 0);
+    assert_eq!(txn_offset_commit(&mut h, pid, epoch, 10), 0);
+    assert_eq!(end_v5(&mut h, pid, epoch, true), (0, pid, epoch + 1));
+    h.advance(10);
+    assert_eq!(stable_offset(&mut h), (0, 10));
+
+    // A resend of the first transaction's commit, delivered after it ended: its epoch is
+    // older than the marker's, so it cannot ride on the next transaction.
+    assert_eq!(
+        txn_offset_commit(&mut h, pid, epoch, 5),
+        ResponseError::InvalidProducerEpoch.code()
+    );
+    let next = epoch + 1;
+    assert_eq!(add_offsets(&mut h, pid, next), 0);
+    assert_eq!(txn_offset_commit(&mut h, pid, next, 20), 0);
+    assert_eq!(end_v5(&mut h, pid, next, true).0, 0);
+    h.advance(10);
+    assert_eq!(stable_offset(&mut h), (0, 20));
+
+    // Read back after a restart, the same.
+    h.restart(false);
+    find(&mut h, TXN);
+    let gc = find_coordinator_request::FindCoordinatorRequest::default()
+        .with_coordinator_keys(vec![s("g")]);
+    ask(
+        &mut h,
+        ApiKey::FindCoordinator,
+        4,
+        RequestKind::FindCoordinator(gc),
+    );
+    h.advance(10);
+    assert_eq!(stable_offset(&mut h), (0, 20));
 }

@@ -74,7 +74,7 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     // KIP-890's second part (a new epoch per transaction) or are between brokers only.
     (ApiKey::AddPartitionsToTxn, 0, 3),
     (ApiKey::AddOffsetsToTxn, 0, 3),
-    (ApiKey::EndTxn, 0, 3),
+    (ApiKey::EndTxn, 0, 5),
     (ApiKey::TxnOffsetCommit, 0, 3),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),

@@ -297,9 +297,9 @@ impl Broker {
         let request = &write.request;
         if code == 0 && request.topic == OFFSETS_TOPIC {
             // The offsets the transaction committed in this group partition take effect.
-            let (p, producer_id, commit) = (request.partition, request.producer_id, request.commit);
+            let producer = (request.producer_id, request.epoch as i16);
             self.coordinator
-                .complete_txn(self.now, p, producer_id, commit);
+                .complete_txn(self.now, request.partition, producer, request.commit);
         }
         self.marker_answered(self.now, write.from, &write.request, code);
     }

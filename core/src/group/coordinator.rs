@@ -96,8 +96,9 @@ enum PendingWrite {
         group: String,
         response: OffsetCommitResponse,
         offsets: Vec<(String, i32, Committed)>,
-        /// A TxnOffsetCommit's producer: the offsets wait for its transaction's marker.
-        txn: Option<i64>,
+        /// A TxnOffsetCommit's producer (id, epoch): the offsets wait for its
+        /// transaction's marker.
+        txn: Option<(i64, i16)>,
     },
     Assignment {
         group: String,
@@ -143,6 +144,12 @@ pub struct Coordinator {
     /// partition, offset). They take effect when the transaction's commit marker reaches
     /// the group's partition, and are dropped by its abort marker.
     txn_offsets: BTreeMap<i64, Vec<(String, String, i32, Committed)>>,
+    /// The epoch of the newest marker of each producer in each partition this broker
+    /// leads: a transactional write with an older epoch comes from an incarnation whose
+    /// transaction has ended (aborted on its timeout, or by its successor), and is dropped.
+    /// Without this, a zombie's late offsets would wait for the next marker of its producer
+    /// id and commit with its successor's transaction.
+    marker_epochs: BTreeMap<(i32, i64), i16>,
 }
 
 impl Coordinator {
@@ -161,6 +168,7 @@ impl Coordinator {
             outputs: VecDeque::new(),
             next_expiry_check,
             txn_offsets: BTreeMap::new(),
+            marker_epochs: BTreeMap::new(),
         }
     }
 
@@ -196,11 +204,21 @@ impl Coordinator {
         }
         if view.is_control() {
             if let Some(commit) = batch::txn_marker(view) {
-                self.complete_txn(now, p, view.producer_id(), commit);
+                let producer = (view.producer_id(), view.producer_epoch());
+                self.end_txn(now, p, producer, commit);
             }
             return;
         }
         let txn = view.is_transactional().then(|| view.producer_id());
+        if view.is_transactional() && self.fenced(p, (view.producer_id(), view.producer_epoch())) {
+            warn!(
+                partition = p,
+                producer_id = view.producer_id(),
+                epoch = view.producer_epoch(),
+                "transactional offsets written after their transaction ended; dropped"
+            );
+            return;
+        }
         let Some(key_values) = view.key_values() else {
             warn!(
                 partition = p,
@@ -238,9 +256,34 @@ impl Coordinator {
         }
     }
 
-    /// A transaction marker of `producer_id` is committed in partition `p`: the offsets
-    /// the transaction wrote there take effect (commit) or are dropped (abort).
-    pub fn complete_txn(&mut self, now: i64, p: i32, producer_id: i64, commit: bool) {
+    /// True if `producer` (id, epoch) is older than the newest marker of its id in `p`.
+    fn fenced(&self, p: i32, (producer_id, epoch): (i64, i16)) -> bool {
+        !is_planted(Canary::AcceptFencedTxnOffsets)
+            && self
+                .marker_epochs
+                .get(&(p, producer_id))
+                .is_some_and(|&newest| epoch < newest)
+    }
+
+    /// A transaction marker of `producer` (id, epoch) is committed in partition `p`: the
+    /// offsets the transaction wrote there take effect (commit) or are dropped (abort).
+    /// Ignored unless `p` is loaded: a load reads its log up to the high watermark, so it
+    /// meets this marker in its place, after the offsets it ends (applied earlier, the
+    /// marker's epoch would fence them).
+    pub fn complete_txn(&mut self, now: i64, p: i32, producer: (i64, i16), commit: bool) {
+        if self.loaded(p) {
+            self.end_txn(now, p, producer, commit);
+        }
+    }
+
+    fn loaded(&self, p: i32) -> bool {
+        matches!(self.owned.get(&p), Some((_, Load::Loaded)))
+    }
+
+    fn end_txn(&mut self, now: i64, p: i32, producer: (i64, i16), commit: bool) {
+        let (producer_id, epoch) = producer;
+        let newest = self.marker_epochs.entry((p, producer_id)).or_insert(epoch);
+        *newest = (*newest).max(epoch);
         let Some(pending) = self.txn_offsets.remove(&producer_id) else {
             return;
         };
@@ -315,14 +358,15 @@ impl Coordinator {
     /// This broker no longer leads partition `p`: its groups go, and requests parked on them
     /// are told NOT_COORDINATOR so their clients look the new coordinator up.
     pub fn unload(&mut self, p: i32) {
-        if self.owned.remove(&p).is_none() {
-            return;
-        }
         let n = self.partitions;
         for pending in self.txn_offsets.values_mut() {
             pending.retain(|(group, ..)| partition_for(group, n) != p);
         }
         self.txn_offsets.retain(|_, pending| !pending.is_empty());
+        self.marker_epochs.retain(|(q, _), _| *q != p);
+        if self.owned.remove(&p).is_none() {
+            return;
+        }
         let ids: Vec<String> = self.groups_of(p).map(|g| g.id.clone()).collect();
         let mut fx = Vec::new();
         for id in ids {
@@ -617,7 +661,10 @@ impl Coordinator {
         };
         let generation = request.generation_id_or_member_epoch;
         let simple = generation < 0 && who.member_id.is_empty();
-        let checked = self.locate(group_id).and_then(|_| {
+        let checked = self.locate(group_id).and_then(|p| {
+            if txn.is_some_and(|producer| self.fenced(p, producer)) {
+                return Err(ResponseError::InvalidProducerEpoch);
+            }
             if simple {
                 self.group_entry(group_id, now);
             }
@@ -681,7 +728,7 @@ impl Coordinator {
             group: group_id.to_string(),
             response,
             offsets,
-            txn: txn.map(|(producer_id, _)| producer_id),
+            txn,
         };
         self.write_as(now, partition, &records, pending, txn);
     }
@@ -1129,8 +1176,18 @@ impl Coordinator {
                 offsets,
                 txn,
             } => {
+                let n = self.partitions;
+                let error = match (error, txn) {
+                    // Its transaction ended while the write was in flight.
+                    (Ok(()), Some(producer)) if self.fenced(partition_for(&group, n), producer) => {
+                        Err(ResponseError::InvalidProducerEpoch)
+                    }
+                    (error, _) => error,
+                };
                 match (error, txn) {
-                    (Ok(()), Some(producer_id)) => {
+                    // Loaded again since (or not at all): the load read it from the log.
+                    (Ok(()), Some(_)) if !self.loaded(partition_for(&group, n)) => {}
+                    (Ok(()), Some((producer_id, _))) => {
                         let pending = self.txn_offsets.entry(producer_id).or_default();
                         for (t, p, c) in offsets {
                             pending.push((group.clone(), t, p, c));

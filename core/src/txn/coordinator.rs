@@ -111,7 +111,8 @@ enum Answer {
     Init(i16),
     AddPartitions(i16, Vec<(TopicName, Vec<i32>)>),
     AddOffsets(i16),
-    End(i16),
+    /// EndTxn of a version; the producer (id, epoch) its next transaction uses (v5).
+    End(i16, (i64, i16)),
 }
 
 impl Answer {
@@ -154,12 +155,19 @@ impl Answer {
                 AddOffsetsToTxnResponse::default()
                     .with_error_code(e.map_or(0, |e| fenced_code(e, *version, 2))),
             ),
-            Answer::End(version) => ResponseKind::EndTxn(
-                EndTxnResponse::default()
-                    .with_error_code(e.map_or(0, |e| fenced_code(e, *version, 2)))
-                    .with_producer_id(ProducerId(-1))
-                    .with_producer_epoch(-1),
-            ),
+            Answer::End(version, (producer_id, epoch)) => {
+                let (producer_id, epoch) = if e.is_none() {
+                    (*producer_id, *epoch)
+                } else {
+                    (-1, -1)
+                };
+                ResponseKind::EndTxn(
+                    EndTxnResponse::default()
+                        .with_error_code(e.map_or(0, |e| fenced_code(e, *version, 2)))
+                        .with_producer_id(ProducerId(producer_id))
+                        .with_producer_epoch(epoch),
+                )
+            }
         }
     }
 }
@@ -558,12 +566,42 @@ impl TxnCoordinator {
 
     /// EndTxn: commit or abort the open transaction. Answered once the decision is durable
     /// (PrepareCommit or PrepareAbort written); the markers follow.
+    ///
+    /// From v5 on (KIP-890, transactions V2), every transaction ends with the producer's
+    /// epoch bumped: its markers carry the new epoch, the client starts its next
+    /// transaction with it, and a request of the ended transaction that arrives late (a
+    /// produce, a TxnOffsetCommit resent on a new connection) is fenced instead of joining
+    /// the next one. A retry of such an EndTxn comes with the epoch before the bump.
     pub fn end_txn(&mut self, now: i64, parked: Parked, producer: Producer<'_>, commit: bool) {
-        let answer = Answer::End(parked.version);
+        let version = parked.version;
+        let retried = self.locate(producer.transactional_id).ok().and_then(|_| {
+            let e = self.entries.get(producer.transactional_id)?;
+            let r = &e.record;
+            let bumped = version >= 5
+                && r.producer_id == producer.producer_id
+                && i32::from(r.epoch) == i32::from(producer.epoch) + 1
+                && r.state != TxnState::Ongoing;
+            bumped.then_some((r.state, (r.producer_id, r.epoch)))
+        });
+        if let Some((state, current)) = retried {
+            let answer = Answer::End(version, current);
+            let error = match (state, commit) {
+                (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false) => None,
+                (TxnState::PrepareCommit, true) | (TxnState::PrepareAbort, false) => {
+                    Some(ResponseError::ConcurrentTransactions)
+                }
+                _ => Some(ResponseError::ProducerFenced),
+            };
+            return self.reply(parked.waiter, answer.with(error));
+        }
         let entry = match self.producer_entry(producer) {
             Ok(entry) => entry,
-            Err(e) => return self.reply(parked.waiter, answer.with(Some(e))),
+            Err(e) => {
+                let answer = Answer::End(version, (-1, -1));
+                return self.reply(parked.waiter, answer.with(Some(e)));
+            }
         };
+        let mut answer = Answer::End(version, (entry.record.producer_id, entry.record.epoch));
         let refused = match (entry.record.state, commit) {
             (TxnState::Ongoing, _) => None,
             // A retry of an EndTxn already decided, or already done.
@@ -583,11 +621,16 @@ impl TxnCoordinator {
         } else {
             TxnState::PrepareAbort
         };
-        let record = TxnRecord {
+        let mut record = TxnRecord {
             state,
             last_update_ms: now,
             ..entry.record.clone()
         };
+        if version >= 5 && record.epoch < i16::MAX - 1 {
+            // At the last epoch there is no bump: the producer must init again.
+            record.epoch += 1;
+            answer = Answer::End(version, (record.producer_id, record.epoch));
+        }
         let after = After::ReplyThenMarkers(parked.waiter, answer);
         self.write(now, producer.transactional_id, record, after);
     }
