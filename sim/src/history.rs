@@ -59,13 +59,17 @@ pub enum Check {
     /// (each record once), an aborted one not at all, one of unknown outcome whole or not
     /// at all; and every partition becomes stable.
     TxnAtomic,
+    /// Read with read_committed after the heal, the consume-transform-produce output holds
+    /// each input record below its group's committed offset exactly once, with its value,
+    /// and nothing of a record at or above it.
+    TransformExactlyOnce,
     /// After the faults heal, the cluster serves again within the deadline.
     Liveness,
 }
 
 impl Check {
     /// Every check, in report order.
-    pub const ALL: [Check; 16] = [
+    pub const ALL: [Check; 17] = [
         Check::AckedWritesDurable,
         Check::TopicsDurable,
         Check::OffsetsAgree,
@@ -81,6 +85,7 @@ impl Check {
         Check::ReadCommitted,
         Check::LsoMonotonic,
         Check::TxnAtomic,
+        Check::TransformExactlyOnce,
         Check::Liveness,
     ];
 
@@ -102,6 +107,7 @@ impl Check {
             Check::ReadCommitted => "read-committed",
             Check::LsoMonotonic => "lso-monotonic",
             Check::TxnAtomic => "txn-atomic",
+            Check::TransformExactlyOnce => "transform-exactly-once",
             Check::Liveness => "liveness",
         }
     }
@@ -120,6 +126,30 @@ pub const IDEMPOTENT_PREFIX: &str = "idem";
 /// The value prefix of records written by transactional producers:
 /// `txn<producer>-<transaction>-<k>`.
 pub const TXN_PREFIX: &str = "txn";
+
+/// The value a consumer reports for a control record.
+pub const CONTROL_VALUE: &str = "<control>";
+
+/// The value prefix of the transform's output records:
+/// `ctp|<input topic>|<input partition>|<input offset>|<input value>`.
+pub const TRANSFORM_PREFIX: &str = "ctp|";
+
+/// The output record of input record `offset` of `partition`.
+pub fn transformed(partition: &Partition, offset: i64, value: &str) -> String {
+    format!(
+        "{TRANSFORM_PREFIX}{}|{}|{offset}|{value}",
+        partition.0, partition.1
+    )
+}
+
+/// The input record an output value came from: (input partition, offset, value).
+fn source_of(output: &str) -> Option<(Partition, i64, &str)> {
+    let mut parts = output.strip_prefix(TRANSFORM_PREFIX)?.splitn(4, '|');
+    let topic = parts.next()?;
+    let partition = parts.next()?.parse().ok()?;
+    let offset = parts.next()?.parse().ok()?;
+    Some(((topic.to_string(), partition), offset, parts.next()?))
+}
 
 /// How a transaction ended, as its producer learned it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +218,8 @@ pub struct History {
     /// Producer ids handed out, and when.
     producer_ids: BTreeMap<i64, u64>,
     txns: Txns,
+    /// Every partition as the final read found it (the transform's input is judged by it).
+    final_logs: BTreeMap<Partition, BTreeMap<i64, String>>,
     /// Counters for the report.
     pub counts: Counts,
     trace: TraceHash,
@@ -473,6 +505,7 @@ impl History {
             }
         }
         self.check_idempotent(partition, log);
+        self.final_logs.insert(partition.clone(), log.clone());
         let excused_from = self.damaged_from(partition).unwrap_or(i64::MAX);
         let acked = self
             .durable_acks
@@ -750,6 +783,77 @@ impl History {
         }
         for (check, detail) in broken {
             self.violate(check, detail);
+        }
+    }
+
+    /// Judges the consume-transform-produce output (each output partition read whole with
+    /// read_committed) against the input's final read and the transform group's committed
+    /// offsets. A missing record is excused only where a single copy's disk damaged its
+    /// input or an output partition; a duplicate, a wrong value or the output of an
+    /// uncommitted position never is.
+    pub fn check_transform(
+        &mut self,
+        committed: &BTreeMap<Partition, i64>,
+        output: &BTreeMap<Partition, Vec<(i64, String)>>,
+    ) {
+        let mut broken = Vec::new();
+        let mut copies: BTreeMap<(Partition, i64), Vec<String>> = BTreeMap::new();
+        for (out, log) in output {
+            for (at, value) in log {
+                let Some((input, offset, v)) = source_of(value) else {
+                    continue;
+                };
+                let here = format!("{}-{}@{at}", out.0, out.1);
+                let source = self.final_logs.get(&input).and_then(|l| l.get(&offset));
+                if source.map(String::as_str) != Some(v) {
+                    broken.push(format!(
+                        "{here} holds {value:?}, but input {}-{} offset {offset} is {source:?}",
+                        input.0, input.1
+                    ));
+                }
+                let reached = committed.get(&input).copied().unwrap_or(-1);
+                if offset >= reached {
+                    broken.push(format!(
+                        "{here} holds input {}-{} offset {offset}, at or above the committed offset {reached}",
+                        input.0, input.1
+                    ));
+                }
+                copies.entry((input, offset)).or_default().push(here);
+            }
+        }
+        for ((input, offset), places) in &copies {
+            if places.len() > 1 {
+                broken.push(format!(
+                    "input {}-{} offset {offset} is in the output {} times: {}",
+                    input.0,
+                    input.1,
+                    places.len(),
+                    places.join(", ")
+                ));
+            }
+        }
+        // A single copy's damaged disk may have lost an output record for good.
+        let output_damaged = output.keys().any(|p| self.damaged.contains_key(p));
+        for (input, &reached) in committed {
+            let damaged = self.damaged_from(input).unwrap_or(i64::MAX);
+            let log = self.final_logs.get(input).cloned().unwrap_or_default();
+            let (missing, excused): (Vec<i64>, Vec<i64>) = log
+                .range(..reached)
+                .filter(|(o, v)| *v != CONTROL_VALUE && !copies.contains_key(&(input.clone(), **o)))
+                .map(|(o, _)| *o)
+                .partition(|o| *o < damaged && !output_damaged);
+            self.counts.excused += excused.len() as u64;
+            if let Some(first) = missing.first() {
+                broken.push(format!(
+                    "{} records of {}-{} below its committed offset {reached} are not in the output, first at offset {first}",
+                    missing.len(),
+                    input.0,
+                    input.1
+                ));
+            }
+        }
+        for detail in broken {
+            self.violate(Check::TransformExactlyOnce, detail);
         }
     }
 

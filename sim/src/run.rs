@@ -113,7 +113,7 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
     for id in 0..w.transactional_producers {
         tasks.push(clients.spawn(workload::txn_producer(ctx.clone(), id)));
     }
-    if w.transactional_producers > 0 {
+    if w.transactional_producers > 0 || w.transform_members > 0 {
         tasks.push(clients.spawn(workload::txn_reader(ctx.clone(), 0)));
     }
     for id in 0..w.consumers {
@@ -127,6 +127,10 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
     }
     let members: Vec<_> = (0..w.group_members)
         .map(|id| clients.spawn(workload::group_member(ctx.clone(), id)))
+        .chain(
+            (0..w.transform_members)
+                .map(|id| clients.spawn(workload::transform_member(ctx.clone(), id))),
+        )
         .collect();
     let injectors = faults::start(&ctx, &brokers);
     tokio::spawn(faults::supervisor(ctx.clone(), brokers.clone()));
@@ -166,9 +170,24 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
         .await
         .expect("probe task");
     let recovered = match recovered {
-        Ok(ms) if !members.is_empty() => group_settles(&ctx, members.len(), liveness_deadline)
-            .await
-            .map(|()| ms),
+        Ok(ms) if w.group_members > 0 => {
+            group_settles(&ctx, w.group_members as usize, liveness_deadline)
+                .await
+                .map(|()| ms)
+        }
+        other => other,
+    };
+    let recovered = match recovered {
+        Ok(ms) if w.transform_members > 0 => {
+            let check_ctx = ctx.clone();
+            clients
+                .spawn(async move {
+                    workload::transform_caught_up(&check_ctx, liveness_deadline).await
+                })
+                .await
+                .expect("transform catch-up task")
+                .map(|()| ms)
+        }
         other => other,
     };
     ctx.groups_stop.store(true, Ordering::Relaxed);
@@ -197,6 +216,16 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
                     .await
                     .expect("final read_committed task");
             }
+            if plan.scenario.workload.transform_members > 0 {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let check_ctx = ctx.clone();
+                clients
+                    .spawn(
+                        async move { workload::final_transform_check(&check_ctx, deadline).await },
+                    )
+                    .await
+                    .expect("transform check task");
+            }
             crate::agreement::check(&ctx, &brokers).await;
             Some(ms)
         }
@@ -214,7 +243,7 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
 /// hands every partition to exactly one of the members, and stays the latest for longer than
 /// a session (a member that is not really there would have been dropped by then).
 async fn group_settles(ctx: &Ctx, members: usize, deadline: Instant) -> Result<(), String> {
-    let partitions = ctx.partitions();
+    let partitions = ctx.source_partitions();
     let mut since: Option<(i32, Instant)> = None;
     loop {
         match ctx.history().group_settled(members, &partitions) {

@@ -105,6 +105,11 @@ pub struct Workload {
     /// crash, pause past their session and leave now and then.
     #[serde(default)]
     pub group_members: u32,
+    /// Consume-transform-produce members of their own group: they read the scenario's
+    /// topics and write each record, exactly once, to the topic `transformed` (which the
+    /// scenario declares), in transactions that also commit their input offsets.
+    #[serde(default)]
+    pub transform_members: u32,
 }
 
 fn batch_default() -> Range {
@@ -113,6 +118,10 @@ fn batch_default() -> Range {
 fn think_default() -> Range {
     [1.0, 20.0]
 }
+
+/// The transform's output topic: a scenario with transform members declares it; no other
+/// workload writes to it.
+pub const TRANSFORMED: &str = "transformed";
 
 /// A fault that strikes now and then: gaps between strikes and how long each lasts.
 #[derive(Deserialize, Debug, Clone, Copy)]
@@ -182,7 +191,16 @@ impl Scenario {
     pub fn load(path: &Path) -> anyhow::Result<Scenario> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("parsing scenario {}", path.display()))
+        let scenario: Scenario = toml::from_str(&text)
+            .with_context(|| format!("parsing scenario {}", path.display()))?;
+        let output = TRANSFORMED;
+        if scenario.workload.transform_members > 0 && !scenario.topics.contains_key(output) {
+            anyhow::bail!(
+                "scenario {}: transform_members needs the output topic `{output}`",
+                path.display()
+            );
+        }
+        Ok(scenario)
     }
 }
 
@@ -337,6 +355,8 @@ impl Plan {
                     ("movers", s.workload.movers),
                     ("idempotent", s.workload.idempotent_producers),
                     ("transactional", s.workload.transactional_producers),
+                    ("group-members", s.workload.group_members),
+                    ("transform-members", s.workload.transform_members),
                 ]
                     .iter()
                     .filter(|(_, n)| *n > 0)

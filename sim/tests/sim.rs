@@ -84,6 +84,8 @@ const CANARY_HUNTS: &[(&str, &str, u64)] = &[
     ("forget-producer-ids-in-snapshot", "cluster5-idempotent", 10),
     ("read-past-lso", "transactions", 5),
     ("marker-to-some-partitions", "cluster3-transactions", 5),
+    ("serve-unstable-offsets", "transform", 5),
+    ("accept-fenced-txn-offsets", "transform", 5),
 ];
 
 #[test]
@@ -127,6 +129,17 @@ fn pinned_seed_summaries() {
 
 /// Seeds that once found bugs, kept as regressions.
 const REGRESSIONS: &[(&str, u64)] = &[
+    // A zombie transform member's TxnOffsetCommit was written after its transaction had
+    // timed out and been aborted; its offsets waited for the next marker of its producer id
+    // and committed with its successor's transaction, without their output (the group
+    // coordinator now drops transactional offsets older than their producer's marker).
+    ("transform", 1),
+    // A new group coordinator took a marker written as it became leader before loading its
+    // partition; the marker's newer epoch then fenced the offsets the load read before it.
+    ("cluster3-transform", 46),
+    // A TxnOffsetCommit resent on a new connection was overtaken by the first copy, which
+    // arrived late and joined the producer's next transaction (EndTxn v5 bumps the epoch).
+    ("cluster3-transform", 84),
     // A marker refused at once (its partition's leader moving) was sent again at once,
     // and refused again, until the stack overflowed (refused markers now wait a moment).
     ("cluster3-transactions", 3),

@@ -26,30 +26,29 @@ const PAUSE_CHANCE: f64 = 0.003;
 const LEAVE_CHANCE: f64 = 0.002;
 
 /// Why a member's session in one generation ended.
-enum Rejoin {
+pub(super) enum Rejoin {
     /// Join again under the same member id.
     Same,
     /// Join as a new member (the coordinator forgot us, or we "restarted").
     Fresh,
 }
 
-struct Member {
+/// A member of a consumer group: its membership (join, sync, heartbeat, leave) and its
+/// committed offsets; what it does with its partitions is its workload's.
+pub(super) struct Member {
     ctx: Ctx,
     id: u32,
-    client: ClusterClient,
+    group: &'static str,
+    /// Its group is [`GROUP`], whose history the group checkers judge.
+    checked: bool,
+    pub(super) client: ClusterClient,
     dice: Dice,
-    member_id: String,
+    pub(super) member_id: String,
 }
 
 /// One group member, until the group phase of the run ends.
 pub async fn group_member(ctx: Ctx, id: u32) {
-    let mut m = Member {
-        client: ctx.client(Duration::from_secs(3)),
-        dice: Dice::new(ctx.plan.seed, 3000 + u64::from(id)),
-        ctx,
-        id,
-        member_id: String::new(),
-    };
+    let mut m = Member::new(ctx, id, GROUP, 3000);
     while !m.ctx.groups_stopped() {
         let Ok(coordinator) = m.client.coordinator(GROUP).await else {
             sleep_ms(200).await;
@@ -67,14 +66,30 @@ pub async fn group_member(ctx: Ctx, id: u32) {
 }
 
 impl Member {
+    /// A member of `group` that has not joined yet; `stream` seeds its dice.
+    pub(super) fn new(ctx: Ctx, id: u32, group: &'static str, stream: u64) -> Member {
+        Member {
+            client: ctx.client(Duration::from_secs(3)),
+            dice: Dice::new(ctx.plan.seed, stream + u64::from(id)),
+            checked: group == GROUP,
+            ctx,
+            id,
+            group,
+            member_id: String::new(),
+        }
+    }
+
     fn now(&self) -> u64 {
         self.ctx.now_ms()
     }
 
     /// JoinGroup then SyncGroup: the generation and the partitions handed to us.
-    async fn join_and_sync(&mut self, coordinator: i32) -> Option<(i32, Vec<Partition>)> {
+    pub(super) async fn join_and_sync(
+        &mut self,
+        coordinator: i32,
+    ) -> Option<(i32, Vec<Partition>)> {
         let join = JoinGroupRequest::default()
-            .with_group_id(GroupId(StrBytes::from_static_str(GROUP)))
+            .with_group_id(GroupId(StrBytes::from_static_str(self.group)))
             .with_session_timeout_ms(SESSION_MS)
             .with_rebalance_timeout_ms(REBALANCE_MS)
             .with_member_id(StrBytes::from_string(self.member_id.clone()))
@@ -111,7 +126,7 @@ impl Member {
                 .collect();
             members.sort();
             let mut given: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for (i, (topic, p)) in self.ctx.partitions().into_iter().enumerate() {
+            for (i, (topic, p)) in self.ctx.source_partitions().into_iter().enumerate() {
                 let owner = &members[i % members.len()];
                 given
                     .entry(owner.clone())
@@ -131,7 +146,7 @@ impl Member {
             Vec::new()
         };
         let sync = SyncGroupRequest::default()
-            .with_group_id(GroupId(StrBytes::from_static_str(GROUP)))
+            .with_group_id(GroupId(StrBytes::from_static_str(self.group)))
             .with_generation_id(generation)
             .with_member_id(joined.member_id.clone())
             .with_assignments(assignments);
@@ -161,10 +176,12 @@ impl Member {
                 Some((topic.to_string(), p.parse().ok()?))
             })
             .collect();
-        let now = self.now();
-        self.ctx
-            .history()
-            .assigned(now, generation, &self.member_id, &partitions);
+        if self.checked {
+            let now = self.now();
+            self.ctx
+                .history()
+                .assigned(now, generation, &self.member_id, &partitions);
+        }
         Some((generation, partitions))
     }
 
@@ -239,10 +256,14 @@ impl Member {
 
     /// The committed offset to resume `partition` from (its earliest offset if none);
     /// `None` if the coordinator could not say.
-    async fn committed(&mut self, coordinator: i32, partition: &Partition) -> Option<i64> {
+    pub(super) async fn committed(
+        &mut self,
+        coordinator: i32,
+        partition: &Partition,
+    ) -> Option<i64> {
         for _ in 0..50 {
             let request = OffsetFetchRequest::default()
-                .with_group_id(GroupId(StrBytes::from_static_str(GROUP)))
+                .with_group_id(GroupId(StrBytes::from_static_str(self.group)))
                 .with_require_stable(true)
                 .with_topics(Some(vec![OffsetFetchRequestTopic::default()
                     .with_name(name(&partition.0))
@@ -272,10 +293,12 @@ impl Member {
             if code != 0 {
                 return None;
             }
-            let now = self.now();
-            self.ctx
-                .history()
-                .offset_fetched(sent, now, partition, offset);
+            if self.checked {
+                let now = self.now();
+                self.ctx
+                    .history()
+                    .offset_fetched(sent, now, partition, offset);
+            }
             if offset >= 0 {
                 return Some(offset);
             }
@@ -285,9 +308,9 @@ impl Member {
     }
 
     /// A heartbeat; `Some` if the generation is over.
-    async fn heartbeat(&mut self, coordinator: i32, generation: i32) -> Option<Rejoin> {
+    pub(super) async fn heartbeat(&mut self, coordinator: i32, generation: i32) -> Option<Rejoin> {
         let request = HeartbeatRequest::default()
-            .with_group_id(GroupId(StrBytes::from_static_str(GROUP)))
+            .with_group_id(GroupId(StrBytes::from_static_str(self.group)))
             .with_generation_id(generation)
             .with_member_id(StrBytes::from_string(self.member_id.clone()));
         let response = self
@@ -334,7 +357,7 @@ impl Member {
             );
         }
         let request = OffsetCommitRequest::default()
-            .with_group_id(GroupId(StrBytes::from_static_str(GROUP)))
+            .with_group_id(GroupId(StrBytes::from_static_str(self.group)))
             .with_generation_id_or_member_epoch(generation)
             .with_member_id(StrBytes::from_string(self.member_id.clone()))
             .with_topics(
@@ -419,11 +442,11 @@ impl Member {
         }
     }
 
-    async fn leave(&mut self, coordinator: i32) {
+    pub(super) async fn leave(&mut self, coordinator: i32) {
         let now = self.now();
         self.ctx.history().trace(now, ("member-leave", self.id));
         let request = LeaveGroupRequest::default()
-            .with_group_id(GroupId(StrBytes::from_static_str(GROUP)))
+            .with_group_id(GroupId(StrBytes::from_static_str(self.group)))
             .with_members(vec![MemberIdentity::default()
                 .with_member_id(StrBytes::from_string(self.member_id.clone()))]);
         let _ = self
@@ -439,7 +462,7 @@ impl Member {
 }
 
 /// What an error from the coordinator means for a member: `None` carries on.
-fn rejoin_after(code: i16) -> Option<Rejoin> {
+pub(super) fn rejoin_after(code: i16) -> Option<Rejoin> {
     match ResponseError::try_from_code(code) {
         None => None,
         Some(ResponseError::UnknownMemberId | ResponseError::FencedInstanceId) => {

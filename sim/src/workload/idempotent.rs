@@ -53,7 +53,7 @@ async fn init_producer_id(ctx: &Ctx, client: &mut ClusterClient, dice: &mut Dice
 pub async fn idempotent_producer(ctx: Ctx, id: u32) {
     let mut dice = Dice::new(ctx.plan.seed, 3000 + u64::from(id));
     let mut client = ctx.client(Duration::from_secs(5));
-    let partitions = ctx.partitions();
+    let partitions = ctx.source_partitions();
     let workload = &ctx.plan.scenario.workload;
     let mut n = 0u64;
     'producer: while let Some(producer_id) = init_producer_id(&ctx, &mut client, &mut dice).await {

@@ -8,6 +8,7 @@ mod group;
 mod idempotent;
 mod mover;
 mod producer;
+mod transform;
 mod txn;
 mod verify;
 
@@ -17,6 +18,7 @@ pub use group::{group_member, GROUP};
 pub use idempotent::idempotent_producer;
 pub use mover::mover;
 pub use producer::producer;
+pub use transform::{final_transform_check, transform_caught_up, transform_member, TRANSFORMED};
 pub use txn::{final_committed_read, txn_producer, txn_reader};
 pub use verify::{final_read, liveness_probe};
 
@@ -40,6 +42,7 @@ use kafka_protocol::ResponseError;
 use seedlog_core::wire::record_batch;
 use tokio::time::Instant;
 
+pub use crate::history::CONTROL_VALUE;
 use crate::history::{History, Partition};
 use crate::scenario::{Dice, Plan};
 use seedlog_node::client::{CallError, ClusterClient};
@@ -88,6 +91,18 @@ impl Ctx {
             .iter()
             .flat_map(|(name, t)| (0..t.partitions).map(move |p| (name.clone(), p)))
             .collect()
+    }
+    /// The partitions clients write to and groups consume: all but the transform's output.
+    pub fn source_partitions(&self) -> Vec<Partition> {
+        let mut all = self.partitions();
+        all.retain(|(topic, _)| topic != TRANSFORMED);
+        all
+    }
+    /// The partitions of the transform's output topic (none without one).
+    pub fn output_partitions(&self) -> Vec<Partition> {
+        let mut all = self.partitions();
+        all.retain(|(topic, _)| topic == TRANSFORMED);
+        all
     }
 }
 
@@ -215,9 +230,6 @@ async fn by_leader(
 }
 
 /// What one partition of a fetch response said.
-/// The value a consumer reports for a control record.
-pub const CONTROL_VALUE: &str = "<control>";
-
 enum Fetched {
     /// Records (offset, value) at or after the position, and the high watermark.
     Records(Vec<(i64, String)>, i64),

@@ -6,7 +6,7 @@ use super::*;
 pub async fn producer(ctx: Ctx, id: u32, acks: i16) {
     let mut dice = Dice::new(ctx.plan.seed, 1000 + u64::from(id));
     let mut client = ctx.client(Duration::from_secs(5));
-    let partitions = ctx.partitions();
+    let partitions = ctx.source_partitions();
     let workload = &ctx.plan.scenario.workload;
     let mut seq = 0u64;
     while !ctx.stopped() {

@@ -24,7 +24,7 @@ use super::*;
 use crate::history::{TxnFate, TXN_PREFIX};
 
 /// What producers ask as `transaction.timeout.ms`: short, so that faults time some out.
-const TXN_TIMEOUT_MS: i32 = 4_000;
+pub(super) const TXN_TIMEOUT_MS: i32 = 4_000;
 
 /// Errors that mean "this incarnation is over": fenced by a newer epoch (a timeout abort).
 fn is_fenced(code: i16) -> bool {
@@ -51,7 +51,7 @@ fn is_coordinator_moving(code: i16) -> bool {
 }
 
 /// What a request to the coordinator came to.
-enum Answer {
+pub(super) enum Answer {
     Ok(Box<ResponseKind>),
     /// Fenced: this incarnation is over.
     Fenced,
@@ -61,18 +61,55 @@ enum Answer {
     Stopped,
 }
 
-struct TxnProducer {
+/// A transactional producer's client side: its coordinator, and requests retried the way
+/// clients retry them.
+pub(super) struct TxnProducer {
     ctx: Ctx,
     txn_id: String,
-    client: ClusterClient,
+    pub(super) client: ClusterClient,
     dice: Dice,
     coordinator: Option<i32>,
+    /// It works through the group phase (as group members do), not only the workload's.
+    lasting: bool,
+    /// Its `transaction.timeout.ms`.
+    timeout_ms: i32,
 }
 
 impl TxnProducer {
+    /// A producer of `txn_id`; `stream` seeds its dice.
+    pub(super) fn new(
+        ctx: Ctx,
+        txn_id: String,
+        stream: u64,
+        lasting: bool,
+        timeout_ms: i32,
+    ) -> TxnProducer {
+        TxnProducer {
+            timeout_ms,
+            dice: Dice::new(ctx.plan.seed, stream),
+            client: ctx.client(Duration::from_secs(5)),
+            txn_id,
+            coordinator: None,
+            lasting,
+            ctx,
+        }
+    }
+
+    fn done(&self) -> bool {
+        if self.lasting {
+            self.ctx.groups_stopped()
+        } else {
+            self.ctx.stopped()
+        }
+    }
+
+    pub(super) fn txn_id(&self) -> TransactionalId {
+        TransactionalId(StrBytes::from_string(self.txn_id.clone()))
+    }
+
     /// Sends `request` to the coordinator until it answers with something other than
     /// "try again"; `code` reads the answer's error.
-    async fn ask(
+    pub(super) async fn ask(
         &mut self,
         api: ApiKey,
         version: i16,
@@ -80,7 +117,7 @@ impl TxnProducer {
         code: impl Fn(&ResponseKind) -> i16,
     ) -> Answer {
         loop {
-            if self.ctx.stopped() {
+            if self.done() {
                 return Answer::Stopped;
             }
             let coordinator = match self.coordinator {
@@ -119,13 +156,11 @@ impl TxnProducer {
     }
 
     /// A new incarnation: (producer id, epoch).
-    async fn init(&mut self) -> Option<(i64, i16)> {
+    pub(super) async fn init(&mut self) -> Option<(i64, i16)> {
         let request = RequestKind::InitProducerId(
             InitProducerIdRequest::default()
-                .with_transactional_id(Some(TransactionalId(StrBytes::from_string(
-                    self.txn_id.clone(),
-                ))))
-                .with_transaction_timeout_ms(TXN_TIMEOUT_MS)
+                .with_transactional_id(Some(self.txn_id()))
+                .with_transaction_timeout_ms(self.timeout_ms)
                 .with_producer_id(ProducerId(-1))
                 .with_producer_epoch(-1),
         );
@@ -149,7 +184,11 @@ impl TxnProducer {
         }
     }
 
-    async fn add_partitions(&mut self, producer: (i64, i16), partitions: &[Partition]) -> Answer {
+    pub(super) async fn add_partitions(
+        &mut self,
+        producer: (i64, i16),
+        partitions: &[Partition],
+    ) -> Answer {
         let mut topics: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
         for (t, p) in partitions {
             topics.entry(t).or_default().push(*p);
@@ -164,9 +203,7 @@ impl TxnProducer {
             .collect();
         let request = RequestKind::AddPartitionsToTxn(
             AddPartitionsToTxnRequest::default()
-                .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_string(
-                    self.txn_id.clone(),
-                )))
+                .with_v3_and_below_transactional_id(self.txn_id())
                 .with_v3_and_below_producer_id(ProducerId(producer.0))
                 .with_v3_and_below_producer_epoch(producer.1)
                 .with_v3_and_below_topics(topics),
@@ -184,10 +221,12 @@ impl TxnProducer {
         self.ask(ApiKey::AddPartitionsToTxn, 3, request, code).await
     }
 
-    async fn end(&mut self, producer: (i64, i16), commit: bool) -> Answer {
+    /// EndTxn at `version`: from 5 on (KIP-890's transactions V2) the answer carries the
+    /// epoch the next transaction uses.
+    pub(super) async fn end(&mut self, producer: (i64, i16), commit: bool, version: i16) -> Answer {
         let request = RequestKind::EndTxn(
             EndTxnRequest::default()
-                .with_transactional_id(TransactionalId(StrBytes::from_string(self.txn_id.clone())))
+                .with_transactional_id(self.txn_id())
                 .with_producer_id(ProducerId(producer.0))
                 .with_producer_epoch(producer.1)
                 .with_committed(commit),
@@ -196,18 +235,18 @@ impl TxnProducer {
             ResponseKind::EndTxn(r) => r.error_code,
             _ => -1,
         };
-        self.ask(ApiKey::EndTxn, 3, request, code).await
+        self.ask(ApiKey::EndTxn, version, request, code).await
     }
 
     /// Produces one transactional batch until answered: `Ok` if written, `Err(fenced)`.
-    async fn produce(
+    pub(super) async fn produce(
         &mut self,
         partition: &Partition,
         batch: Bytes,
         values: &[String],
     ) -> Result<(), bool> {
         loop {
-            if self.ctx.stopped() {
+            if self.done() {
                 return Err(false);
             }
             self.ctx.history().counts.produce_requests += 1;
@@ -245,14 +284,9 @@ impl TxnProducer {
 
 /// Runs transactions until the workload stops.
 pub async fn txn_producer(ctx: Ctx, id: u32) {
-    let mut producer = TxnProducer {
-        dice: Dice::new(ctx.plan.seed, 5000 + u64::from(id)),
-        client: ctx.client(Duration::from_secs(5)),
-        txn_id: format!("sim-txn-{id}"),
-        coordinator: None,
-        ctx,
-    };
-    let partitions = producer.ctx.partitions();
+    let txn_id = format!("sim-txn-{id}");
+    let mut producer = TxnProducer::new(ctx, txn_id, 5000 + u64::from(id), false, TXN_TIMEOUT_MS);
+    let partitions = producer.ctx.source_partitions();
     let workload = producer.ctx.plan.scenario.workload.clone();
     let mut t = 0u64;
     'incarnation: while let Some(me) = producer.init().await {
@@ -308,7 +342,7 @@ pub async fn txn_producer(ctx: Ctx, id: u32) {
                 sleep_ms(producer.dice.pick(workload.think_ms) as u64).await;
             }
             let commit = producer.dice.between(0, 9) < 7;
-            let fate = match producer.end(me, commit).await {
+            let fate = match producer.end(me, commit, 3).await {
                 Answer::Ok(_) if commit => TxnFate::Committed,
                 Answer::Ok(_) => TxnFate::Aborted,
                 // Fenced: the transaction timed out and was aborted before the decision;
@@ -488,47 +522,59 @@ pub async fn final_committed_read(ctx: &Ctx, deadline: Instant) -> Result<(), St
     let mut client = ctx.client(Duration::from_secs(2));
     let mut visible: BTreeMap<Partition, Vec<(i64, String)>> = BTreeMap::new();
     for partition in ctx.partitions() {
-        let mut filter = CommittedFilter::default();
-        let mut position = 0;
-        let mut seen = Vec::new();
-        loop {
-            if Instant::now() >= deadline {
-                let detail = format!("{partition:?}: read_committed stuck at {position}");
-                ctx.history().txn_stuck(detail);
-                break;
-            }
-            match fetch_committed(&mut client, &partition, position, 0).await {
-                Ok(fetched) => {
-                    if let Some(last) = fetched.records.last() {
-                        position = last.offset + 1;
-                    }
-                    let stable = fetched.lso == fetched.hw && position >= fetched.lso;
-                    for r in filter.apply(&fetched.aborted, fetched.records) {
-                        seen.push((r.offset, r.value));
-                    }
-                    if stable {
-                        break;
-                    }
-                    if position >= fetched.lso {
-                        sleep_ms(100).await; // Waiting for open transactions to end.
-                    }
-                }
-                Err(code) if code == ResponseError::KafkaStorageError.code() => {
-                    if ctx
-                        .history()
-                        .damaged_from(&partition)
-                        .is_some_and(|d| d <= position)
-                    {
-                        position += 1;
-                    } else {
-                        sleep_ms(50).await;
-                    }
-                }
-                Err(_) => sleep_ms(50).await,
-            }
-        }
+        let seen = read_committed_whole(ctx, &mut client, &partition, deadline).await;
         visible.insert(partition, seen);
     }
     ctx.history().check_txns_final(&visible);
     Ok(())
+}
+
+/// Reads `partition` from its start with read_committed, as a client hands records to its
+/// application, once it is stable (no transaction open below its high watermark). Past
+/// the deadline, the partition is reported stuck and what was read so far returned.
+pub(super) async fn read_committed_whole(
+    ctx: &Ctx,
+    client: &mut ClusterClient,
+    partition: &Partition,
+    deadline: Instant,
+) -> Vec<(i64, String)> {
+    let mut filter = CommittedFilter::default();
+    let mut position = 0;
+    let mut seen = Vec::new();
+    loop {
+        if Instant::now() >= deadline {
+            let detail = format!("{partition:?}: read_committed stuck at {position}");
+            ctx.history().txn_stuck(detail);
+            return seen;
+        }
+        match fetch_committed(client, partition, position, 0).await {
+            Ok(fetched) => {
+                if let Some(last) = fetched.records.last() {
+                    position = last.offset + 1;
+                }
+                let stable = fetched.lso == fetched.hw && position >= fetched.lso;
+                for r in filter.apply(&fetched.aborted, fetched.records) {
+                    seen.push((r.offset, r.value));
+                }
+                if stable {
+                    return seen;
+                }
+                if position >= fetched.lso {
+                    sleep_ms(100).await; // Waiting for open transactions to end.
+                }
+            }
+            Err(code) if code == ResponseError::KafkaStorageError.code() => {
+                if ctx
+                    .history()
+                    .damaged_from(partition)
+                    .is_some_and(|d| d <= position)
+                {
+                    position += 1;
+                } else {
+                    sleep_ms(50).await;
+                }
+            }
+            Err(_) => sleep_ms(50).await,
+        }
+    }
 }
