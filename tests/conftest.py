@@ -79,10 +79,32 @@ class Broker:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keeps each phase's report on the test item, for `workdir` to see a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
 @pytest.fixture
-def workdir():
+def workdir(request):
+    """A scratch directory for the brokers of one test. When the test fails, the brokers'
+    logs are kept under $SEEDLOG_FAILED_LOGS (default /tmp/seedlog-failed-logs) and the
+    tail of each is printed, so a failure in CI can be read without rerunning it."""
     path = Path(tempfile.mkdtemp(prefix="seedlog-e2e-"))
     yield path
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        keep = Path(os.environ.get("SEEDLOG_FAILED_LOGS", "/tmp/seedlog-failed-logs"))
+        keep = keep / request.node.name
+        shutil.rmtree(keep, ignore_errors=True)
+        keep.mkdir(parents=True, exist_ok=True)
+        for log in sorted(path.glob("seedlog-*.log")):
+            shutil.copy(log, keep / log.name)
+            tail = log.read_text(errors="replace").splitlines()[-25:]
+            print(f"\n== last lines of {log.name} (whole log kept in {keep})")
+            print("\n".join(tail))
     shutil.rmtree(path, ignore_errors=True)
 
 

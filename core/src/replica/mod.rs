@@ -437,14 +437,18 @@ impl Replica {
                 if let Some(pr) = group.raw().raft.mut_prs().get_mut(message.from) {
                     let hint = message.reject_hint;
                     if hint < pr.matched {
+                        // The follower lost entries it had acknowledged. raft-rs only ever
+                        // moves `matched` up, so it is lowered here; raft-rs (below) then
+                        // takes the rejection of entry `index` as fresh and probes from
+                        // `hint + 1` if the follower holds `hint` whole (`index` past it),
+                        // or from `hint` if that entry does not match either.
                         warn!(partition = %self.tp, follower = broker_of(message.from), held = hint, acknowledged = pr.matched, "a follower lost entries it had acknowledged; resending them");
                         pr.matched = hint;
-                        pr.become_probe();
-                    } else if hint == pr.matched && message.index == hint && pr.next_idx > hint + 1
-                    {
-                        // A follower asking for entries again from just past what it
-                        // acknowledged: it holds a damaged copy there (see `take_repairs`).
-                        pr.become_probe();
+                        if message.index > hint {
+                            pr.become_replicate();
+                        } else {
+                            pr.become_probe();
+                        }
                     }
                 }
             }
@@ -1283,7 +1287,8 @@ fn resend_from(message: &Message, store: &EntryLog, held: u64) -> Message {
         to: message.from,
         from: message.to,
         term: message.term,
-        index: held,
+        // "Entry `held + 1` does not match here": the leader sends from it, anchored at `held`.
+        index: held + 1,
         reject: true,
         reject_hint: held,
         log_term: store.term(held).unwrap_or(0),
