@@ -221,14 +221,15 @@ def replicated_run(workdir, n):
             node.stop()
 
 
-def produce_cpu(workdir, n, *bench_args):
+def produce_cpu(workdir, n, *bench_args, report=False):
     """A fresh broker, one acks=all `seedlog bench produce` of `n` 100 B records: the
-    broker's CPU seconds per million records, and records/s."""
+    broker's CPU seconds per million records, and records/s (and the whole report)."""
     b = Broker(workdir)
     try:
         cpu0 = b.cpu_seconds()
         r = bench(b, "produce", "--records", str(n), "--acks", "all", "--topic", "cpu", *bench_args)
-        return (b.cpu_seconds() - cpu0) / n * 1e6, r["records_per_sec"]
+        cpu = (b.cpu_seconds() - cpu0) / n * 1e6
+        return (cpu, r["records_per_sec"], r) if report else (cpu, r["records_per_sec"])
     finally:
         b.stop()
 
@@ -247,6 +248,27 @@ def idempotence_cost(workdir, n, pairs):
             f"{median([b[1] for b in plain]):,.0f}")
 
 
+def transaction_cost(workdir, n, pairs, batches=10):
+    """Transactional producers (a commit every `batches` batches of 200 records) against
+    plain ones, paired: records/s, broker CPU per million, and EndTxn(commit) latency."""
+    txn, plain = [], []
+    for _ in range(pairs):
+        txn.append(produce_cpu(workdir, n, "--transactional", str(batches), report=True))
+        plain.append(produce_cpu(workdir, n))
+    rate_ratios = [a[1] / b[1] for a, b in zip(txn, plain)]
+    cpu_ratios = [a[0] / b[0] for a, b in zip(txn, plain)]
+    p50 = [a[2]["commit_latency_ms"][0] for a in txn]
+    p99 = [a[2]["commit_latency_ms"][1] for a in txn]
+    return (f"- transactions of {batches} batches ({batches * 200} records) against plain "
+            f"producers, acks=all, 4 connections: records/s {median([a[1] for a in txn]):,.0f} vs "
+            f"{median([b[1] for b in plain]):,.0f}, {median(rate_ratios):.0%} "
+            f"({min(rate_ratios):.0%}-{max(rate_ratios):.0%}); broker CPU per million "
+            f"{median([a[0] for a in txn]):.3f} vs {median([b[0] for b in plain]):.3f} s, "
+            f"{median(cpu_ratios):.0%} ({min(cpu_ratios):.0%}-{max(cpu_ratios):.0%}); "
+            f"EndTxn(commit) p50 {median(p50):.2f} ms ({min(p50):.2f}-{max(p50):.2f}), "
+            f"p99 {median(p99):.2f} ms ({min(p99):.2f}-{max(p99):.2f})")
+
+
 def row(name, r):
     lat = r.get("latency_ms")
     lat_text = " / ".join(f"{x:.2f}" for x in lat) if lat else "-"
@@ -259,15 +281,16 @@ def main():
     ap.add_argument("--out", help="also write the report here")
     ap.add_argument("--pairs", type=int, help="back-to-back pairs behind each target ratio "
                     "(default 5; 1 with --quick)")
-    ap.add_argument("--only", choices=["idempotence"],
+    ap.add_argument("--only", choices=["idempotence", "transactions"],
                     help="run one paired comparison alone instead of the whole benchmark")
     args = ap.parse_args()
     n = 200_000 if args.quick else 2_000_000
     pairs = args.pairs or (1 if args.quick else 5)
     workdir = tempfile.mkdtemp(prefix="seedlog-bench-")
-    if args.only == "idempotence":
+    if args.only:
+        cost = {"idempotence": idempotence_cost, "transactions": transaction_cost}[args.only]
         try:
-            print(idempotence_cost(workdir, n, pairs))
+            print(cost(workdir, n, pairs))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         return
@@ -374,6 +397,7 @@ def main():
             f"{cluster_pairs['a']:,.0f} vs {cluster_pairs['b']:,.0f} records/s, "
             f"{cluster_pairs['ratio']:.0%} ({cluster_pairs['ratio_min']:.0%}-{cluster_pairs['ratio_max']:.0%})")
         say(idempotence_cost(workdir, n, pairs))
+        say(transaction_cost(workdir, n, pairs))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report = "\n".join(lines)
