@@ -436,13 +436,22 @@ impl Replica {
             MessageType::MsgAppendResponse if message.reject => {
                 if let Some(pr) = group.raw().raft.mut_prs().get_mut(message.from) {
                     let hint = message.reject_hint;
-                    if hint < pr.matched {
-                        // The follower lost entries it had acknowledged. raft-rs only ever
-                        // moves `matched` up, so it is lowered here; raft-rs (below) then
-                        // takes the rejection of entry `index` as fresh and probes from
-                        // `hint + 1` if the follower holds `hint` whole (`index` past it),
-                        // or from `hint` if that entry does not match either.
-                        warn!(partition = %self.tp, follower = broker_of(message.from), held = hint, acknowledged = pr.matched, "a follower lost entries it had acknowledged; resending them");
+                    // A follower with a damaged copy of the entry just past what it
+                    // acknowledged asks for that entry again (see `take_repairs`); raft-rs
+                    // would take it for a stale rejection while probing further on.
+                    let damaged_next = hint == pr.matched
+                        && message.index == hint + 1
+                        && pr.next_idx > hint + 1;
+                    if hint < pr.matched || damaged_next {
+                        // The follower lost entries it had acknowledged, or holds a damaged
+                        // copy of the next one. raft-rs only ever moves `matched` up, so it
+                        // is lowered here; raft-rs (below) then takes the rejection of entry
+                        // `index` as fresh and probes from `hint + 1` if the follower holds
+                        // `hint` whole (`index` past it), or from `hint` if that entry does
+                        // not match either.
+                        if !damaged_next {
+                            warn!(partition = %self.tp, follower = broker_of(message.from), held = hint, acknowledged = pr.matched, "a follower lost entries it had acknowledged; resending them");
+                        }
                         pr.matched = hint;
                         if message.index > hint {
                             pr.become_replicate();
