@@ -582,3 +582,74 @@ fn offsets_of_an_ended_transaction_arriving_late_are_fenced_not_committed_later(
     h.advance(10);
     assert_eq!(stable_offset(&mut h), (0, 20));
 }
+
+/// DescribeTransactions for one id: its error code.
+fn describe_error(h: &mut Harness, id: &str) -> i16 {
+    let request = describe_transactions_request::DescribeTransactionsRequest::default()
+        .with_transactional_ids(vec![TransactionalId(s(id))]);
+    let ResponseKind::DescribeTransactions(r) = ask(
+        h,
+        ApiKey::DescribeTransactions,
+        0,
+        RequestKind::DescribeTransactions(request),
+    ) else {
+        panic!()
+    };
+    r.transaction_states[0].error_code
+}
+
+#[test]
+fn an_idle_transactional_id_expires_and_starts_afresh() {
+    let mut h = Harness::new(BrokerConfig {
+        txns: seedlog_core::txn::TxnConfig {
+            abort_check_interval_ms: 100,
+            id_expiration_ms: 5_000,
+            ..Default::default()
+        },
+        ..BrokerConfig::default()
+    });
+    h.create_topic("t", 1, &[]);
+    find(&mut h, TXN);
+    let (_, pid, epoch) = init(&mut h, TXN, 60_000);
+    assert_eq!(add_partitions(&mut h, pid, epoch, &[0]), vec![0]);
+    h.produce("t", 0, txn_batch(pid, epoch, 0, 1));
+    assert_eq!(end(&mut h, pid, epoch, true), 0);
+    // Used recently: remembered.
+    for _ in 0..30 {
+        h.advance(100);
+    }
+    assert_eq!(describe_error(&mut h, TXN), 0);
+    for _ in 0..30 {
+        h.advance(100);
+    }
+    assert_eq!(
+        describe_error(&mut h, TXN),
+        ResponseError::TransactionalIdNotFound.code()
+    );
+    // Forgotten: the next incarnation gets a new producer id, at epoch 0.
+    let (err, new_pid, new_epoch) = init(&mut h, TXN, 60_000);
+    assert_eq!(err, 0);
+    assert_ne!(new_pid, pid);
+    assert_eq!(new_epoch, 0);
+}
+
+#[test]
+fn an_id_with_a_transaction_open_does_not_expire() {
+    let mut h = Harness::new(BrokerConfig {
+        txns: seedlog_core::txn::TxnConfig {
+            abort_check_interval_ms: 100,
+            id_expiration_ms: 1_000,
+            ..Default::default()
+        },
+        ..BrokerConfig::default()
+    });
+    h.create_topic("t", 1, &[]);
+    find(&mut h, TXN);
+    let (_, pid, epoch) = init(&mut h, TXN, 60_000);
+    assert_eq!(add_partitions(&mut h, pid, epoch, &[0]), vec![0]);
+    for _ in 0..30 {
+        h.advance(100);
+    }
+    assert_eq!(describe_error(&mut h, TXN), 0);
+    assert_eq!(end(&mut h, pid, epoch, true), 0);
+}

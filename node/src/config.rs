@@ -122,6 +122,22 @@ pub struct RunArgs {
     /// (producer.id.expiration.ms) [default: 86400000, 1 day].
     #[arg(long, env = "SEEDLOG_PRODUCER_ID_EXPIRATION_MS")]
     pub producer_id_expiration_ms: Option<i64>,
+    /// Partitions of __transaction_state, fixed when it is first created
+    /// (transaction.state.log.num.partitions) [default: 8].
+    #[arg(long, env = "SEEDLOG_TRANSACTION_STATE_LOG_NUM_PARTITIONS")]
+    pub transaction_state_log_num_partitions: Option<i32>,
+    /// Longest transaction.timeout.ms a producer may ask for (transaction.max.timeout.ms)
+    /// [default: 900000, 15 minutes].
+    #[arg(long, env = "SEEDLOG_TRANSACTION_MAX_TIMEOUT_MS")]
+    pub transaction_max_timeout_ms: Option<i64>,
+    /// How often open transactions are checked against their timeout
+    /// (transaction.abort.timed.out.transaction.cleanup.interval.ms) [default: 10000].
+    #[arg(long, env = "SEEDLOG_TRANSACTION_ABORT_CHECK_INTERVAL_MS")]
+    pub transaction_abort_check_interval_ms: Option<i64>,
+    /// How long an idle transactional id is remembered (transactional.id.expiration.ms)
+    /// [default: 604800000, 7 days].
+    #[arg(long, env = "SEEDLOG_TRANSACTIONAL_ID_EXPIRATION_MS")]
+    pub transactional_id_expiration_ms: Option<i64>,
 }
 
 /// Everything a node needs to start.
@@ -191,6 +207,21 @@ impl RunArgs {
             pick!(producer_id_expiration_ms, broker.producer_id_expiration_ms);
         if broker.producer_id_expiration_ms < 1 {
             bail!("producer_id_expiration_ms must be positive");
+        }
+        let txns = &mut broker.txns;
+        txns.partitions = pick!(transaction_state_log_num_partitions, txns.partitions);
+        txns.max_timeout_ms = pick!(transaction_max_timeout_ms, txns.max_timeout_ms);
+        txns.abort_check_interval_ms = pick!(
+            transaction_abort_check_interval_ms,
+            txns.abort_check_interval_ms
+        );
+        txns.id_expiration_ms = pick!(transactional_id_expiration_ms, txns.id_expiration_ms);
+        if txns.partitions < 1 || txns.partitions > 1000 {
+            bail!("transaction_state_log_num_partitions must be between 1 and 1000");
+        }
+        if txns.max_timeout_ms < 1 || txns.abort_check_interval_ms < 1 || txns.id_expiration_ms < 1
+        {
+            bail!("transaction timeouts and intervals must be positive");
         }
         let groups = &mut broker.groups;
         groups.offsets_partitions = pick!(offsets_topic_num_partitions, groups.offsets_partitions);
@@ -342,5 +373,28 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+    }
+
+    #[test]
+    fn transaction_settings_are_read_and_checked() {
+        let config = RunArgs {
+            transaction_state_log_num_partitions: Some(3),
+            transaction_max_timeout_ms: Some(60_000),
+            transactional_id_expiration_ms: Some(1_000),
+            ..RunArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        let txns = &config.broker.txns;
+        assert_eq!((txns.partitions, txns.max_timeout_ms), (3, 60_000));
+        assert_eq!(txns.id_expiration_ms, 1_000);
+        assert_eq!(txns.abort_check_interval_ms, 10_000);
+        let err = RunArgs {
+            transaction_abort_check_interval_ms: Some(0),
+            ..RunArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("positive"), "{err:#}");
     }
 }

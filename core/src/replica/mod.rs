@@ -439,9 +439,8 @@ impl Replica {
                     // A follower with a damaged copy of the entry just past what it
                     // acknowledged asks for that entry again (see `take_repairs`); raft-rs
                     // would take it for a stale rejection while probing further on.
-                    let damaged_next = hint == pr.matched
-                        && message.index == hint + 1
-                        && pr.next_idx > hint + 1;
+                    let damaged_next =
+                        hint == pr.matched && message.index == hint + 1 && pr.next_idx > hint + 1;
                     if hint < pr.matched || damaged_next {
                         // The follower lost entries it had acknowledged, or holds a damaged
                         // copy of the next one. raft-rs only ever moves `matched` up, so it

@@ -182,6 +182,8 @@ enum After {
     ReplyThenMarkers(u64, Answer),
     /// Write the prepared transaction's markers.
     Markers,
+    /// The write was the id's tombstone: forget it.
+    Forget,
     /// Nothing waits for it.
     Nothing,
 }
@@ -723,8 +725,8 @@ impl TxnCoordinator {
     // ---- time ---------------------------------------------------------------------------
 
     /// Aborts transactions open longer than their timeout (fencing their producer, as
-    /// Kafka does), and writes the markers of decided transactions whose earlier attempt
-    /// failed.
+    /// Kafka does), writes the markers of decided transactions whose earlier attempt
+    /// failed, and forgets ids idle past `transactional.id.expiration.ms`.
     pub fn tick(&mut self, now: i64) {
         if now < self.next_check {
             return;
@@ -732,6 +734,7 @@ impl TxnCoordinator {
         self.next_check = now + self.config.abort_check_interval_ms;
         let mut expired = Vec::new();
         let mut stalled = Vec::new();
+        let mut idle = Vec::new();
         for (id, entry) in &self.entries {
             let r = &entry.record;
             if entry.writing || self.locate(id).is_err() {
@@ -742,6 +745,12 @@ impl TxnCoordinator {
                 expired.push(id.clone());
             } else if r.state.is_prepared() && entry.marking.is_none() {
                 stalled.push(id.clone());
+            } else if matches!(
+                r.state,
+                TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
+            ) && now.saturating_sub(r.last_update_ms) > self.config.id_expiration_ms
+            {
+                idle.push(id.clone());
             }
         }
         for id in expired {
@@ -760,6 +769,9 @@ impl TxnCoordinator {
         }
         for id in stalled {
             self.send_markers(&id);
+        }
+        for id in idle {
+            self.forget(now, &id);
         }
     }
 
@@ -804,6 +816,10 @@ impl TxnCoordinator {
                 self.send_markers(&pending.id);
             }
             After::Markers => self.send_markers(&pending.id),
+            After::Forget => {
+                info!(transactional_id = %pending.id, "transactional id expired");
+                self.entries.remove(&pending.id);
+            }
             After::Nothing => {}
         }
     }
@@ -876,12 +892,32 @@ impl TxnCoordinator {
     }
 
     fn write(&mut self, now: i64, txn_id: &str, record: TxnRecord, after: After) {
+        let value = record.encode();
+        self.write_value(now, txn_id, Some(&value), record, after);
+    }
+
+    /// Writes the tombstone of an idle id; the id is served as it was until it is durable
+    /// (a request meanwhile gets `CONCURRENT_TRANSACTIONS`).
+    fn forget(&mut self, now: i64, txn_id: &str) {
+        let Some(record) = self.entries.get(txn_id).map(|e| e.record.clone()) else {
+            return;
+        };
+        self.write_value(now, txn_id, None, record, After::Forget);
+    }
+
+    fn write_value(
+        &mut self,
+        now: i64,
+        txn_id: &str,
+        value: Option<&[u8]>,
+        record: TxnRecord,
+        after: After,
+    ) {
         let partition = partition_for(txn_id, self.partitions);
         let id = self.next_id;
         self.next_id += 1;
         let key = records::encode_key(txn_id);
-        let value = record.encode();
-        let batch = batch::data_batch(now, &[(Some(&key), Some(&value))]).freeze();
+        let batch = batch::data_batch(now, &[(Some(&key), value)]).freeze();
         let entry = self.entries.entry(txn_id.to_string()).or_insert(Entry {
             record: record.clone(),
             writing: false,

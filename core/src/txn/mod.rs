@@ -31,6 +31,10 @@ pub struct TxnConfig {
     pub max_timeout_ms: i64,
     /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`.
     pub abort_check_interval_ms: i64,
+    /// `transactional.id.expiration.ms`: a transactional id with no transaction open that
+    /// has not been used for this long is forgotten (a tombstone in its partition); its
+    /// next InitProducerId starts afresh with a new producer id.
+    pub id_expiration_ms: i64,
 }
 
 impl Default for TxnConfig {
@@ -39,6 +43,7 @@ impl Default for TxnConfig {
             partitions: 8,
             max_timeout_ms: 900_000,
             abort_check_interval_ms: 10_000,
+            id_expiration_ms: 7 * 24 * 3600 * 1000,
         }
     }
 }
