@@ -598,12 +598,13 @@ fn describe_error(h: &mut Harness, id: &str) -> i16 {
     r.transaction_states[0].error_code
 }
 
-#[test]
-fn an_idle_transactional_id_expires_and_starts_afresh() {
+/// A broker whose idle transactional ids expire after `expiration_ms`, and a transaction of
+/// `TXN` open on its partition `t-0`: (harness, producer id, epoch).
+fn expiring_harness(expiration_ms: i64) -> (Harness, i64, i16) {
     let mut h = Harness::new(BrokerConfig {
         txns: seedlog_core::txn::TxnConfig {
             abort_check_interval_ms: 100,
-            id_expiration_ms: 5_000,
+            id_expiration_ms: expiration_ms,
             ..Default::default()
         },
         ..BrokerConfig::default()
@@ -612,6 +613,12 @@ fn an_idle_transactional_id_expires_and_starts_afresh() {
     find(&mut h, TXN);
     let (_, pid, epoch) = init(&mut h, TXN, 60_000);
     assert_eq!(add_partitions(&mut h, pid, epoch, &[0]), vec![0]);
+    (h, pid, epoch)
+}
+
+#[test]
+fn an_idle_transactional_id_expires_and_starts_afresh() {
+    let (mut h, pid, epoch) = expiring_harness(5_000);
     h.produce("t", 0, txn_batch(pid, epoch, 0, 1));
     assert_eq!(end(&mut h, pid, epoch, true), 0);
     // Used recently: remembered.
@@ -635,18 +642,7 @@ fn an_idle_transactional_id_expires_and_starts_afresh() {
 
 #[test]
 fn an_id_with_a_transaction_open_does_not_expire() {
-    let mut h = Harness::new(BrokerConfig {
-        txns: seedlog_core::txn::TxnConfig {
-            abort_check_interval_ms: 100,
-            id_expiration_ms: 1_000,
-            ..Default::default()
-        },
-        ..BrokerConfig::default()
-    });
-    h.create_topic("t", 1, &[]);
-    find(&mut h, TXN);
-    let (_, pid, epoch) = init(&mut h, TXN, 60_000);
-    assert_eq!(add_partitions(&mut h, pid, epoch, &[0]), vec![0]);
+    let (mut h, pid, epoch) = expiring_harness(1_000);
     for _ in 0..30 {
         h.advance(100);
     }
