@@ -221,15 +221,14 @@ def replicated_run(workdir, n):
             node.stop()
 
 
-def produce_cpu(workdir, n, *bench_args, report=False):
+def produce_cpu(workdir, n, *bench_args):
     """A fresh broker, one acks=all `seedlog bench produce` of `n` 100 B records: the
-    broker's CPU seconds per million records, and records/s (and the whole report)."""
+    broker's CPU seconds per million records, records/s, and the whole report."""
     b = Broker(workdir)
     try:
         cpu0 = b.cpu_seconds()
         r = bench(b, "produce", "--records", str(n), "--acks", "all", "--topic", "cpu", *bench_args)
-        cpu = (b.cpu_seconds() - cpu0) / n * 1e6
-        return (cpu, r["records_per_sec"], r) if report else (cpu, r["records_per_sec"])
+        return (b.cpu_seconds() - cpu0) / n * 1e6, r["records_per_sec"], r
     finally:
         b.stop()
 
@@ -253,7 +252,7 @@ def transaction_cost(workdir, n, pairs, batches=10):
     plain ones, paired: records/s, broker CPU per million, and EndTxn(commit) latency."""
     txn, plain = [], []
     for _ in range(pairs):
-        txn.append(produce_cpu(workdir, n, "--transactional", str(batches), report=True))
+        txn.append(produce_cpu(workdir, n, "--transactional", str(batches)))
         plain.append(produce_cpu(workdir, n))
     rate_ratios = [a[1] / b[1] for a, b in zip(txn, plain)]
     cpu_ratios = [a[0] / b[0] for a, b in zip(txn, plain)]
@@ -332,7 +331,7 @@ def main():
         idle_rss = b.rss_mb()
         cpu0 = b.cpu_seconds()
         r = bench(b, "produce", "--records", str(n), "--acks", "all", "--topic", "cost")
-        produce_cpu = b.cpu_seconds() - cpu0
+        cpu_used = b.cpu_seconds() - cpu0
         load_rss = b.rss_mb()
         cpu0 = b.cpu_seconds()
         bench(b, "consume", "--records", str(n), "--topic", "cost")
@@ -371,7 +370,7 @@ def main():
         say("Stolen: the share of this machine's CPU time that its host gave to other guests "
             "during the run (steal in /proc/stat).")
         say(f"Broker RSS: {idle_rss:.1f} MB idle, {load_rss:.1f} MB after {n:,} records produced.")
-        say(f"Broker CPU: {produce_cpu / n * 1e6:.2f} s per million 100 B records produced with acks=all "
+        say(f"Broker CPU: {cpu_used / n * 1e6:.2f} s per million 100 B records produced with acks=all "
             f"(seedlog bench, 4 connections); {consume_cpu / n * 1e6:.2f} s per million consumed.")
 
         say("")

@@ -274,17 +274,13 @@ fn a_new_incarnation_fences_the_old_and_aborts_what_it_left_open() {
 
 #[test]
 fn a_transaction_left_open_past_its_timeout_is_aborted() {
-    let mut h = Harness::new(BrokerConfig {
-        txns: seedlog_core::txn::TxnConfig {
+    let (mut h, pid, epoch) = open_transaction(
+        seedlog_core::txn::TxnConfig {
             abort_check_interval_ms: 100,
             ..Default::default()
         },
-        ..BrokerConfig::default()
-    });
-    h.create_topic("t", 1, &[]);
-    find(&mut h, TXN);
-    let (_, pid, epoch) = init(&mut h, TXN, 1_000);
-    assert_eq!(add_partitions(&mut h, pid, epoch, &[0]), vec![0]);
+        1_000,
+    );
     h.produce("t", 0, txn_batch(pid, epoch, 0, 1));
     assert_eq!(fetch_committed(&mut h, 0, 0).0, 0);
     for _ in 0..20 {
@@ -598,22 +594,29 @@ fn describe_error(h: &mut Harness, id: &str) -> i16 {
     r.transaction_states[0].error_code
 }
 
-/// A broker whose idle transactional ids expire after `expiration_ms`, and a transaction of
-/// `TXN` open on its partition `t-0`: (harness, producer id, epoch).
-fn expiring_harness(expiration_ms: i64) -> (Harness, i64, i16) {
+/// A one-partition topic `t` on a broker with these transaction settings, and a
+/// transaction of `TXN` (timeout `timeout_ms`) open on `t-0`: (harness, producer id, epoch).
+fn open_transaction(txns: seedlog_core::txn::TxnConfig, timeout_ms: i32) -> (Harness, i64, i16) {
     let mut h = Harness::new(BrokerConfig {
-        txns: seedlog_core::txn::TxnConfig {
-            abort_check_interval_ms: 100,
-            id_expiration_ms: expiration_ms,
-            ..Default::default()
-        },
+        txns,
         ..BrokerConfig::default()
     });
     h.create_topic("t", 1, &[]);
     find(&mut h, TXN);
-    let (_, pid, epoch) = init(&mut h, TXN, 60_000);
+    let (_, pid, epoch) = init(&mut h, TXN, timeout_ms);
     assert_eq!(add_partitions(&mut h, pid, epoch, &[0]), vec![0]);
     (h, pid, epoch)
+}
+
+/// [`open_transaction`] on a broker whose idle transactional ids expire after
+/// `expiration_ms`.
+fn expiring_harness(expiration_ms: i64) -> (Harness, i64, i16) {
+    let txns = seedlog_core::txn::TxnConfig {
+        abort_check_interval_ms: 100,
+        id_expiration_ms: expiration_ms,
+        ..Default::default()
+    };
+    open_transaction(txns, 60_000)
 }
 
 #[test]
