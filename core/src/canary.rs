@@ -57,11 +57,15 @@ pub enum Canary {
     /// The group coordinator takes transactional offsets from a producer epoch older than
     /// its transaction's marker: a late resend joins the producer's next transaction.
     AcceptFencedTxnOffsets,
+    /// The driver's monotonic clock is the wall clock: a clock stepped back stalls every
+    /// timer, one stepped forward fires them all at once (and core, trusting its driver,
+    /// does not stop on time going back).
+    TimersOnWallClock,
 }
 
 impl Canary {
     /// Every canary, in a stable order.
-    pub const ALL: [Canary; 20] = [
+    pub const ALL: [Canary; 21] = [
         Canary::AckBeforeFsync,
         Canary::SkipRecoveryCrc,
         Canary::ReadAboveHighWatermark,
@@ -82,6 +86,7 @@ impl Canary {
         Canary::MarkerToSomePartitions,
         Canary::ServeUnstableOffsets,
         Canary::AcceptFencedTxnOffsets,
+        Canary::TimersOnWallClock,
     ];
 
     /// The name used on the simulator's command line.
@@ -107,6 +112,7 @@ impl Canary {
             Canary::MarkerToSomePartitions => "marker-to-some-partitions",
             Canary::ServeUnstableOffsets => "serve-unstable-offsets",
             Canary::AcceptFencedTxnOffsets => "accept-fenced-txn-offsets",
+            Canary::TimersOnWallClock => "timers-on-wall-clock",
         }
     }
 
@@ -145,6 +151,7 @@ impl Canary {
             Canary::AcceptFencedTxnOffsets => {
                 "offsets of an ended transaction are taken into the next one"
             }
+            Canary::TimersOnWallClock => "timers run on the wall clock, jumps and all",
         }
     }
 

@@ -23,8 +23,10 @@ pub mod producer;
 pub mod recovery;
 pub mod replica;
 pub mod storage;
+pub mod time;
 pub mod topic;
 pub mod txn;
 pub mod wire;
 
 pub use broker::{Broker, ConnectionId, Observation, Output, Recovered, RecoveredTopic};
+pub use time::Now;

@@ -424,17 +424,18 @@ impl PartitionLog {
 
     /// Rolls the active segment if the next `batch_bytes` would overflow it or it is too old.
     /// Emits the seal of the old segment and the creation of the new one.
+    /// Age is by the wall clock `wall`, as the segment's creation time on disk is.
     pub fn maybe_roll(
         &mut self,
         batch_bytes: u64,
-        now: i64,
+        wall: i64,
         config: &TopicConfig,
         out: &mut Vec<StorageOp>,
     ) {
         let active = self.active();
         let full = active.size + batch_bytes > config.segment_bytes;
         let old =
-            active.created_at >= 0 && now.saturating_sub(active.created_at) >= config.segment_ms;
+            active.created_at >= 0 && wall.saturating_sub(active.created_at) >= config.segment_ms;
         if active.size > 0 && (full || old) {
             self.roll(out);
         }
@@ -457,13 +458,13 @@ impl PartitionLog {
         record_count: i32,
         size: u32,
         max_timestamp: i64,
-        now: i64,
+        wall: i64,
         index_interval: u32,
     ) {
         let active = self.active_mut();
         let base = active.next_offset;
         if active.created_at < 0 {
-            active.created_at = now;
+            active.created_at = wall;
         }
         active.note_batch(
             base,
@@ -590,10 +591,11 @@ impl PartitionLog {
 
     /// Applies `retention.ms` / `retention.bytes`: drops whole committed segments from the
     /// front, never the active one (an expired active segment is rolled first so it can go
-    /// next time). Returns true if the log start moved.
+    /// next time). Returns true if the log start moved. Age is by the wall clock `wall`
+    /// against record timestamps.
     pub fn enforce_retention(
         &mut self,
-        now: i64,
+        wall: i64,
         config: &TopicConfig,
         out: &mut Vec<StorageOp>,
     ) -> bool {
@@ -601,7 +603,7 @@ impl PartitionLog {
         if config.retention_ms >= 0
             && active.size > 0
             && active.next_offset == self.high_watermark
-            && now.saturating_sub(active.max_timestamp) > config.retention_ms
+            && wall.saturating_sub(active.max_timestamp) > config.retention_ms
         {
             self.roll(out);
         }
@@ -611,7 +613,7 @@ impl PartitionLog {
             |oldest| {
                 let expired_by_time = config.retention_ms >= 0
                     && oldest.max_timestamp >= 0
-                    && now.saturating_sub(oldest.max_timestamp) > config.retention_ms;
+                    && wall.saturating_sub(oldest.max_timestamp) > config.retention_ms;
                 let over_size = config.retention_bytes >= 0
                     && size.saturating_sub(oldest.size) >= config.retention_bytes as u64;
                 let committed = oldest.next_offset <= high_watermark;

@@ -12,7 +12,7 @@ use seedlog_core::memdisk::MemDisk;
 use seedlog_core::wire::{
     encode_request, fetch_request, produce_request, record_batch, topic_name,
 };
-use seedlog_core::{Broker, Output, Recovered};
+use seedlog_core::{Broker, Now, Output, Recovered};
 
 /// Counts every allocation made by this test binary.
 struct Counting;
@@ -32,7 +32,7 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-const NOW: i64 = 1_700_000_000_000;
+const NOW: Now = Now::at(1_700_000_000_000);
 
 fn step(broker: &mut Broker, disk: &mut MemDisk) {
     while let Some(output) = broker.poll_output() {
@@ -67,7 +67,7 @@ fn allocations_for(records: usize) -> (u64, u64) {
     step(&mut broker, &mut disk);
 
     let value = [7u8; 100];
-    let batch = record_batch((0..records).map(|_| (None, &value[..], NOW)));
+    let batch = record_batch((0..records).map(|_| (None, &value[..], NOW.wall)));
     let produce = request(ApiKey::Produce, 9, produce_request("t", 0, -1, 5000, batch));
     let fetch = request(
         ApiKey::Fetch,

@@ -77,7 +77,7 @@ fn appends_nobody_waits_for_share_a_later_sync() {
     assert_eq!(syncs(&h), 1, "one sync in flight");
     let first = h.held.remove(0);
     let done = h.disk.execute(first).expect("sync completes");
-    h.broker.handle_storage(h.now, done);
+    h.broker.handle_storage(h.time(), done);
     h.drive();
     assert!(matches!(h.reply(2), Some(ResponseKind::Fetch(_))));
     assert_eq!(syncs(&h), 1, "the second append's sync starts at once");
@@ -227,17 +227,17 @@ fn bad_batches_get_kafka_error_codes() {
 fn malformed_frames_close_the_connection_only() {
     let mut h = Harness::new(BrokerConfig::default());
     h.broker
-        .handle_request(h.now, 5, Bytes::from_static(&[0, 3, 0]));
+        .handle_request(h.time(), 5, Bytes::from_static(&[0, 3, 0]));
     h.drive();
     h.broker.handle_request(
-        h.now,
+        h.time(),
         6,
         Bytes::from_static(&[0x7f, 0x7f, 0, 0, 0, 0, 0, 1]),
     );
     h.drive();
     // A Metadata v12 header followed by garbage.
     h.broker.handle_request(
-        h.now,
+        h.time(),
         7,
         Bytes::from_static(&[0, 3, 0, 12, 0, 0, 0, 1, 0xff, 0xff, 0xff]),
     );
@@ -248,7 +248,7 @@ fn malformed_frames_close_the_connection_only() {
     huge.extend_from_slice(&[
         0xff, 0xff, 0xff, 0xff, 0, 0, 3, 0xe8, 0x7f, 0xff, 0xff, 0xff,
     ]);
-    h.broker.handle_request(h.now, 8, Bytes::from(huge));
+    h.broker.handle_request(h.time(), 8, Bytes::from(huge));
     h.drive();
     assert_eq!(h.closed, vec![5, 6, 7, 8]);
     h.create_topic("still-serving", 1, &[]);
@@ -261,7 +261,7 @@ fn api_versions_too_new_gets_unsupported_version_in_v0() {
     let frame = encode_request(ApiKey::ApiVersions, 3, 1, &request).unwrap();
     let mut raw = frame.slice(4..).to_vec();
     raw[3] = 9; // claim v9
-    h.broker.handle_request(h.now, 1, Bytes::from(raw));
+    h.broker.handle_request(h.time(), 1, Bytes::from(raw));
     h.drive();
     let frame = h.inbox.get_mut(&1).unwrap().pop_front().unwrap();
     let (_, body) = decode_response(ApiKey::ApiVersions, 0, frame).unwrap();
@@ -399,9 +399,10 @@ fn time_retention_uses_record_timestamps() {
 }
 
 #[test]
-fn log_append_time_topics_stamp_the_broker_clock() {
+fn log_append_time_topics_stamp_the_broker_wall_clock() {
     let mut h = Harness::new(BrokerConfig::default());
     h.create_topic("t", 1, &[("message.timestamp.type", "LogAppendTime")]);
+    h.wall_offset = 3_600_000; // The calendar, not the timers' clock.
     h.produce("t", 0, batch(2, 5));
     h.fetch_request(1, "t", 0, 0, 0, 1 << 20);
     let Some(ResponseKind::Fetch(r)) = h.reply(1) else {
@@ -411,7 +412,26 @@ fn log_append_time_topics_stamp_the_broker_clock() {
     let (view, _) = seedlog_core::batch::BatchView::split_first(&bytes).unwrap();
     assert!(view.crc_ok(), "CRC re-sealed after stamping");
     assert!(view.is_log_append_time());
-    assert_eq!(view.max_timestamp(), h.now);
+    assert_eq!(view.max_timestamp(), h.time().wall);
+}
+
+#[test]
+fn a_parked_fetch_waits_by_the_monotonic_clock_whatever_the_wall_clock_does() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic("t", 1, &[]);
+    h.fetch_request(1, "t", 0, 0, 500, 1 << 20);
+    h.wall_offset = 3_600_000;
+    h.advance(100);
+    assert!(
+        h.reply(1).is_none(),
+        "a wall clock stepped forward expires no wait"
+    );
+    h.wall_offset = -3_600_000;
+    h.advance(450);
+    assert!(
+        h.reply(1).is_some(),
+        "one stepped back holds no wait past its 500 ms"
+    );
 }
 
 #[test]

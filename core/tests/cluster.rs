@@ -15,7 +15,7 @@ use seedlog_core::memdisk::MemDisk;
 use seedlog_core::wire::{
     decode_response, encode_request, fetch_request, produce_request, record_batch, topic_name,
 };
-use seedlog_core::{Broker, Observation, Output, Recovered};
+use seedlog_core::{Broker, Now, Observation, Output, Recovered};
 
 const START: i64 = 1_700_000_000_000;
 
@@ -47,8 +47,13 @@ impl Cluster {
             };
             config.cluster.voters = (1..=n).collect();
             config.cluster.snapshot_entries = snapshot_entries;
-            let broker = Broker::new(config.clone(), Recovered::default(), id as u64, START)
-                .expect("starts");
+            let broker = Broker::new(
+                config.clone(),
+                Recovered::default(),
+                id as u64,
+                Now::at(START),
+            )
+            .expect("starts");
             let node = Node {
                 broker,
                 disk: MemDisk::new(),
@@ -82,8 +87,13 @@ impl Cluster {
             ..BrokerConfig::default()
         };
         config.cluster.voters = voters;
-        let broker =
-            Broker::new(config.clone(), Recovered::default(), id as u64, self.now).expect("starts");
+        let broker = Broker::new(
+            config.clone(),
+            Recovered::default(),
+            id as u64,
+            Now::at(self.now),
+        )
+        .expect("starts");
         let node = Node {
             broker,
             disk: MemDisk::new(),
@@ -103,7 +113,7 @@ impl Cluster {
                         Output::Send { frame, .. } => node.inbox.push_back(frame),
                         Output::Storage(op) => {
                             if let Some(c) = node.disk.execute(op) {
-                                node.broker.handle_storage(self.now, c);
+                                node.broker.handle_storage(Now::at(self.now), c);
                             }
                         }
                         Output::Peer { to, frame } => frames.push((id, to, frame)),
@@ -122,7 +132,7 @@ impl Cluster {
                     continue;
                 }
                 if let Some(node) = self.nodes.get_mut(&to) {
-                    node.broker.handle_peer(self.now, frame);
+                    node.broker.handle_peer(Now::at(self.now), frame);
                 }
             }
         }
@@ -136,7 +146,7 @@ impl Cluster {
             self.now += 50;
             for node in self.nodes.values_mut() {
                 if node.broker.poll_timeout().is_some_and(|t| t <= self.now) {
-                    node.broker.handle_timeout(self.now);
+                    node.broker.handle_timeout(Now::at(self.now));
                 }
             }
             self.settle();
@@ -151,7 +161,7 @@ impl Cluster {
             .get_mut(&id)
             .unwrap()
             .broker
-            .handle_request(self.now, 1, frame);
+            .handle_request(Now::at(self.now), 1, frame);
         for _ in 0..200 {
             self.settle();
             if let Some(frame) = self.nodes.get_mut(&id).unwrap().inbox.pop_front() {
@@ -359,8 +369,13 @@ impl Cluster {
     fn restart(&mut self, id: i32) {
         let node = self.nodes.get_mut(&id).unwrap();
         let recovered = node.disk.recover(node.config.index_interval_bytes, 1 << 20);
-        node.broker = Broker::new(node.config.clone(), recovered, id as u64 + 100, self.now)
-            .expect("restarts");
+        node.broker = Broker::new(
+            node.config.clone(),
+            recovered,
+            id as u64 + 100,
+            Now::at(self.now),
+        )
+        .expect("restarts");
         node.inbox.clear();
         self.settle();
     }
@@ -936,7 +951,7 @@ fn heartbeats_of_many_partitions_travel_in_one_frame_per_peer() {
     let mut frames: BTreeMap<i32, Vec<PeerFrame>> = BTreeMap::new();
     for _ in 0..2 {
         cluster.now += 100;
-        node.broker.handle_timeout(cluster.now);
+        node.broker.handle_timeout(Now::at(cluster.now));
         while let Some(output) = node.broker.poll_output() {
             if let Output::Peer { to, frame } = output {
                 frames
@@ -1154,7 +1169,7 @@ fn produces_that_arrive_together_share_one_frame_per_follower() {
             )
             .unwrap()
             .slice(4..);
-            node.broker.handle_request(now, 7, frame);
+            node.broker.handle_request(Now::at(now), 7, frame);
         }
         if batched {
             node.broker.end_batch();
@@ -1170,7 +1185,7 @@ fn produces_that_arrive_together_share_one_frame_per_follower() {
                 }
                 Output::Storage(op) => {
                     if let Some(c) = node.disk.execute(op) {
-                        node.broker.handle_storage(now, c);
+                        node.broker.handle_storage(Now::at(now), c);
                     }
                 }
                 _ => {}

@@ -295,6 +295,31 @@ fn a_transaction_left_open_past_its_timeout_is_aborted() {
 }
 
 #[test]
+fn a_transaction_times_out_by_the_monotonic_clock_whatever_the_wall_clock_does() {
+    let txns = seedlog_core::txn::TxnConfig {
+        abort_check_interval_ms: 100,
+        ..Default::default()
+    };
+    let (mut h, pid, epoch) = open_transaction(txns, 10_000);
+    h.produce("t", 0, txn_batch(pid, epoch, 0, 1));
+    // A wall clock stepped a day forward fires no timeout early...
+    h.wall_offset = 86_400_000;
+    h.advance(1_000);
+    assert_eq!(fetch_committed(&mut h, 0, 0).0, 0, "still open");
+    // ... and one stepped a day back holds none back.
+    h.wall_offset = -86_400_000;
+    for _ in 0..100 {
+        h.advance(100);
+    }
+    let (lso, _, aborted) = fetch_committed(&mut h, 0, 0);
+    assert_eq!(
+        (lso, aborted),
+        (2, vec![(pid, 0)]),
+        "aborted once 10 s passed"
+    );
+}
+
+#[test]
 fn unknown_partitions_and_ids_get_kafkas_errors() {
     let mut h = harness();
     find(&mut h, TXN);

@@ -6,18 +6,20 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
+use seedlog_core::canary::{is_planted, Canary};
 use seedlog_core::storage::StorageCompletion;
-use seedlog_core::{Broker, ConnectionId, Observation, Output};
+use seedlog_core::{Broker, ConnectionId, Now, Observation, Output};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::peer::Peers;
@@ -77,11 +79,50 @@ pub enum Event {
     Peer(Bytes),
 }
 
-/// The broker's wall clock, in milliseconds since the Unix epoch.
+/// The system's wall clock, in milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A broker's two clocks (see `seedlog_core::time`): monotonic time since the driver
+/// started, for timers, and the wall clock, for timestamps.
+#[derive(Clone, Debug)]
+pub struct Clock {
+    origin: Instant,
+    /// The wall clock at `origin`: the canary `timers-on-wall-clock` counts from it.
+    origin_wall: i64,
+    /// Milliseconds added to the system's wall clock: zero, unless the simulator's clock
+    /// faults step it.
+    wall_offset: Arc<AtomicI64>,
+}
+
+impl Clock {
+    /// The system's clocks.
+    pub fn system() -> Self {
+        Clock::with_wall_offset(Arc::default())
+    }
+
+    /// The system's clocks, with the wall clock moved by whatever `offset` holds.
+    pub fn with_wall_offset(offset: Arc<AtomicI64>) -> Self {
+        Clock {
+            origin: Instant::now(),
+            origin_wall: now_ms().saturating_add(offset.load(Ordering::Relaxed)),
+            wall_offset: offset,
+        }
+    }
+
+    /// The time now, on both clocks.
+    pub fn now(&self) -> Now {
+        let wall = now_ms().saturating_add(self.wall_offset.load(Ordering::Relaxed));
+        let mono = if is_planted(Canary::TimersOnWallClock) {
+            wall - self.origin_wall
+        } else {
+            i64::try_from(self.origin.elapsed().as_millis()).unwrap_or(i64::MAX)
+        };
+        Now { mono, wall }
+    }
 }
 
 struct ConnectionHandle {
@@ -106,6 +147,7 @@ pub struct Driver {
     observer: Option<Observer>,
     /// Peer addresses being dialled, by broker.
     peer_addresses: BTreeMap<i32, String>,
+    clock: Clock,
 }
 
 /// Receives what a broker reports about itself, with the broker's id.
@@ -118,8 +160,10 @@ impl Driver {
         storage: Box<dyn Storage>,
         peers: Peers,
         peer_addresses: BTreeMap<i32, String>,
+        clock: Clock,
     ) -> Self {
         Driver {
+            clock,
             broker,
             storage,
             connections: BTreeMap::new(),
@@ -139,12 +183,14 @@ impl Driver {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Request { conn, frame } => self.broker.handle_request(now_ms(), conn, frame),
+            Event::Request { conn, frame } => {
+                self.broker.handle_request(self.clock.now(), conn, frame)
+            }
             Event::Disconnected { conn } => {
                 self.connections.remove(&conn);
                 self.broker.handle_disconnect(conn);
             }
-            Event::Peer(frame) => self.broker.handle_peer(now_ms(), frame),
+            Event::Peer(frame) => self.broker.handle_peer(self.clock.now(), frame),
         }
     }
 
@@ -168,12 +214,14 @@ impl Driver {
         let mut stop_by: Option<i64> = None;
         loop {
             let timeout = self.broker.poll_timeout().unwrap_or(i64::MAX);
-            let sleep_ms = timeout.saturating_sub(now_ms()).clamp(0, 60_000) as u64;
+            let sleep_ms = timeout
+                .saturating_sub(self.clock.now().mono)
+                .clamp(0, 60_000) as u64;
             tokio::select! {
                 biased;
                 sync = syncs.recv() => {
                     let completion = sync_outcome(sync)?;
-                    self.broker.handle_storage(now_ms(), completion);
+                    self.broker.handle_storage(self.clock.now(), completion);
                 }
                 Some(event) = events.recv() => {
                     // What else is queued already shares this event's Raft drive, peer frames
@@ -212,17 +260,18 @@ impl Driver {
                     Err(e) => warn!(error = %e, "accept failed"),
                 },
                 _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {
-                    self.broker.handle_timeout(now_ms());
+                    self.broker.handle_timeout(self.clock.now());
                 }
                 _ = &mut shutdown, if stop_by.is_none() => {
                     info!("shutdown requested: handing roles over to other brokers");
-                    stop_by = Some(now_ms() + HANDOVER_MS);
+                    stop_by = Some(self.clock.now().mono + HANDOVER_MS);
                     self.broker.begin_shutdown();
                 }
             }
             self.carry_out()?;
-            if stop_by.is_some_and(|deadline| self.broker.has_handed_over() || now_ms() >= deadline)
-            {
+            if stop_by.is_some_and(|deadline| {
+                self.broker.has_handed_over() || self.clock.now().mono >= deadline
+            }) {
                 break;
             }
         }
@@ -233,7 +282,7 @@ impl Driver {
         }
         while !self.broker.is_quiescent() {
             let completion = sync_outcome(syncs.recv().await)?;
-            self.broker.handle_storage(now_ms(), completion);
+            self.broker.handle_storage(self.clock.now(), completion);
             self.carry_out()?;
         }
         self.storage.close()?;
@@ -284,7 +333,7 @@ impl Driver {
             if self.ready.is_empty() {
                 return Ok(());
             }
-            let now = now_ms();
+            let now = self.clock.now();
             for completion in std::mem::take(&mut self.ready) {
                 self.broker.handle_storage(now, completion);
             }
@@ -448,17 +497,19 @@ pub async fn serve(
         )?),
         crate::config::StorageKind::Memory => Box::new(crate::storage::MemoryStorage::default()),
     };
-    serve_with(config, storage, syncs, shutdown, None).await
+    serve_with(config, storage, syncs, shutdown, None, Clock::system()).await
 }
 
-/// Serves with a given storage (the simulator passes its disk model here). `syncs` must
-/// receive what the storage's [`crate::storage::SyncReport`] sends.
+/// Serves with a given storage and clock (the simulator passes its disk model and a clock
+/// it can step here). `syncs` must receive what the storage's
+/// [`crate::storage::SyncReport`] sends.
 pub async fn serve_with(
     config: crate::config::NodeConfig,
     mut storage: Box<dyn Storage>,
     syncs: SyncReceiver,
     shutdown: impl std::future::Future<Output = ()>,
     observer: Option<Observer>,
+    clock: Clock,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
@@ -482,12 +533,12 @@ pub async fn serve_with(
     let recovered = storage.recover(broker_config.index_interval_bytes)?;
     // Ids only need to differ between brokers and restarts: the start time and the broker id
     // do that, and keep simulated runs deterministic.
-    let seed = now_ms() as u64 ^ (broker_config.broker_id as u64) << 48;
-    let broker = Broker::new(broker_config, recovered, seed, now_ms())
+    let seed = clock.now().wall as u64 ^ (broker_config.broker_id as u64) << 48;
+    let broker = Broker::new(broker_config, recovered, seed, clock.now())
         .map_err(|e| anyhow::anyhow!(e).context("starting the broker from its stored state"))?;
     info!(listen = %bound, peer_listen = ?config.peer_listen, data_dir = %config.data_dir.display(), storage = ?config.storage, "seedlog broker ready");
     let peers = Peers::start(&config.peers);
-    let result = Driver::new(broker, storage, peers, config.peers.clone())
+    let result = Driver::new(broker, storage, peers, config.peers.clone(), clock)
         .with_observer(observer)
         .run(
             listener,

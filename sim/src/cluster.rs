@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use madsim::runtime::{Handle, NodeHandle};
 use seedlog_core::config::BrokerConfig;
 use seedlog_node::config::{NodeConfig, StorageKind};
-use seedlog_node::server::{serve_with, sync_channel, Observer};
+use seedlog_node::server::{serve_with, sync_channel, Clock, Observer};
 
 use crate::disk::{SimDisk, SimStorage};
 use crate::scenario::Dice;
@@ -40,12 +40,23 @@ pub struct Broker {
     pub addr: SocketAddr,
     /// Wakes the running process's shutdown future: a clean stop, as SIGTERM.
     stop: Arc<tokio::sync::Notify>,
+    /// How far its wall clock is off, in milliseconds: the clock faults step it. It is the
+    /// machine's clock, so it stays as it is across restarts.
+    pub wall_offset: Arc<AtomicI64>,
 }
 
 impl Broker {
     /// Starts broker `index` (0-based) of a cluster of `size` (the first `voters` vote) with
-    /// a fresh disk; what it reports about itself goes to `observer`.
-    pub fn start(index: u32, size: u32, voters: u32, seed: u64, observer: Observer) -> Broker {
+    /// a fresh disk and its wall clock `skew_ms` off; what it reports about itself goes to
+    /// `observer`.
+    pub fn start(
+        index: u32,
+        size: u32,
+        voters: u32,
+        seed: u64,
+        skew_ms: i64,
+        observer: Observer,
+    ) -> Broker {
         let ip = broker_ip(index);
         let addr = SocketAddr::new(ip, KAFKA_PORT);
         let disk = Arc::new(Mutex::new(SimDisk::new(Dice::new(
@@ -55,7 +66,9 @@ impl Broker {
         let alive = Arc::new(AtomicBool::new(false));
         let config = node_config(index, size, voters, addr);
         let stop = Arc::new(tokio::sync::Notify::new());
+        let wall_offset = Arc::new(AtomicI64::new(skew_ms));
         let (init_disk, init_alive, init_stop) = (disk.clone(), alive.clone(), stop.clone());
+        let init_offset = wall_offset.clone();
         let node = Handle::current()
             .create_node()
             .name(format!("broker-{}", index + 1))
@@ -64,12 +77,14 @@ impl Broker {
                 let (disk, alive, config) = (init_disk.clone(), init_alive.clone(), config.clone());
                 let observer = observer.clone();
                 let stop = init_stop.clone();
+                let clock = Clock::with_wall_offset(init_offset.clone());
                 async move {
                     alive.store(true, Ordering::SeqCst);
                     let (report, syncs) = sync_channel();
                     let storage = Box::new(SimStorage::new(disk, report));
                     let shutdown = async move { stop.notified().await };
-                    let result = serve_with(config, storage, syncs, shutdown, Some(observer)).await;
+                    let result =
+                        serve_with(config, storage, syncs, shutdown, Some(observer), clock).await;
                     tracing::info!(?result, "broker process ended");
                     alive.store(false, Ordering::SeqCst);
                 }
@@ -82,6 +97,7 @@ impl Broker {
             down: false,
             addr,
             stop,
+            wall_offset,
         }
     }
 

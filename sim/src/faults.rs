@@ -34,6 +34,7 @@ pub fn start(ctx: &Ctx, brokers: &Brokers) -> Vec<tokio::task::JoinHandle<()>> {
         ("partition", f.partition),
         ("pause", f.pause),
         ("restart", f.restart),
+        ("clock-jump", f.clock_jump),
     ];
     for (stream, (kind, schedule)) in recurring.into_iter().enumerate() {
         if let Some(schedule) = schedule {
@@ -173,6 +174,20 @@ async fn strike(
             }
             sleep_s(duration).await;
             brokers.lock().expect("brokers lock")[index].restart();
+        }
+        "clock-jump" => {
+            // The wall clock steps, then steps back (NTP corrects it). Only timestamps may
+            // move with it: every timer runs on the monotonic clock.
+            let magnitude = dice.pick(ctx.plan.faults.clock_step_s);
+            let sign = if dice.chance(0.5) { 1.0 } else { -1.0 };
+            let step_ms = (sign * magnitude * 1000.0) as i64;
+            let offset = brokers.lock().expect("brokers lock")[index]
+                .wall_offset
+                .clone();
+            offset.fetch_add(step_ms, Ordering::SeqCst);
+            ctx.history().fault(now, kind, (index, step_ms));
+            sleep_s(duration).await;
+            offset.fetch_sub(step_ms, Ordering::SeqCst);
         }
         "pause" => {
             Handle::current().pause(node);

@@ -60,7 +60,8 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
             .map(|i| {
                 let s = &plan.scenario;
                 let voters = s.voters.unwrap_or(s.brokers);
-                Broker::start(i, s.brokers, voters, plan.seed, observer.clone())
+                let skew = plan.clock_skews_ms[i as usize];
+                Broker::start(i, s.brokers, voters, plan.seed, skew, observer.clone())
             })
             .collect(),
     ));

@@ -184,6 +184,19 @@ pub struct Faults {
     pub packet_loss: Option<Range>,
     /// One-way network latency in milliseconds.
     pub latency_ms: Option<Range>,
+    /// Step a broker's wall clock by `clock_step_s`, forward or back (NTP stepping it, a VM
+    /// restored from a snapshot), and back again after `for_s`.
+    pub clock_jump: Option<Recurring>,
+    /// How far a clock jump steps the wall clock, in seconds.
+    #[serde(default = "clock_step_default")]
+    pub clock_step_s: Range,
+    /// Each broker's wall clock is off by up to this many seconds, either way, from its
+    /// start: skew between brokers.
+    pub clock_skew_s: Option<Range>,
+}
+
+fn clock_step_default() -> Range {
+    [1.0, 600.0]
 }
 
 impl Scenario {
@@ -245,6 +258,8 @@ pub struct Plan {
     pub packet_loss: f64,
     /// Latency range for this run, milliseconds.
     pub latency_ms: Option<Range>,
+    /// How far each broker's wall clock is off at its start, milliseconds.
+    pub clock_skews_ms: Vec<i64>,
 }
 
 impl Plan {
@@ -283,6 +298,12 @@ impl Plan {
             if !keep(faults.latency_ms.is_some()) {
                 faults.latency_ms = None
             }
+            if !keep(faults.clock_jump.is_some()) {
+                faults.clock_jump = None
+            }
+            if !keep(faults.clock_skew_s.is_some()) {
+                faults.clock_skew_s = None
+            }
         }
         let packet_loss = faults.packet_loss.map_or(0.0, |r| dice.pick(r));
         let latency_ms = faults.latency_ms.map(|r| {
@@ -290,12 +311,23 @@ impl Plan {
             let b = dice.pick(r);
             [a.min(b), a.max(b)]
         });
+        // On a stream of their own, so that adding skew to a scenario changes no other draw.
+        let mut skew_dice = Dice::new(seed, 3000);
+        let clock_skews_ms = (0..scenario.brokers)
+            .map(|_| {
+                faults.clock_skew_s.map_or(0, |range| {
+                    let sign = if skew_dice.chance(0.5) { 1.0 } else { -1.0 };
+                    (sign * skew_dice.pick(range) * 1000.0) as i64
+                })
+            })
+            .collect();
         Plan {
             scenario: scenario.clone(),
             seed,
             faults,
             packet_loss,
             latency_ms,
+            clock_skews_ms,
         }
     }
 
@@ -324,6 +356,18 @@ impl Plan {
             recurring("partition", &f.partition),
             recurring("pause", &f.pause),
             recurring("restart", &f.restart),
+            recurring("clock-jump", &f.clock_jump).map(|r| {
+                let [low, high] = f.clock_step_s;
+                format!("{r} by {low:.0}-{high:.0}s")
+            }),
+            f.clock_skew_s.map(|_| {
+                let skews: Vec<String> = self
+                    .clock_skews_ms
+                    .iter()
+                    .map(|ms| format!("{:+.1}s", *ms as f64 / 1000.0))
+                    .collect();
+                format!("clock-skew {}", skews.join("/"))
+            }),
             f.slow_disk_ms
                 .map(|r| format!("slow-disk {:.0}-{:.0}ms", r[0], r[1])),
             (self.packet_loss > 0.0).then(|| format!("packet-loss {:.3}", self.packet_loss)),

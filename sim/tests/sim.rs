@@ -86,6 +86,7 @@ const CANARY_HUNTS: &[(&str, &str, u64)] = &[
     ("marker-to-some-partitions", "cluster3-transactions", 5),
     ("serve-unstable-offsets", "transform", 5),
     ("accept-fenced-txn-offsets", "transform", 5),
+    ("timers-on-wall-clock", "cluster3-clocks", 10),
 ];
 
 #[test]

@@ -1,5 +1,6 @@
 //! ApiVersions, Metadata and the admin APIs: topics, partitions and configs.
 
+use crate::time::Now;
 use std::collections::BTreeMap;
 
 use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
@@ -122,7 +123,7 @@ const DEFAULT_REPLICATION_FACTOR: usize = 3;
 const AUTO_CREATE_WAIT_MS: i64 = 5_000;
 
 impl Broker {
-    pub(super) fn metadata(&mut self, now: i64, reply_to: ReplyTo, request: MetadataRequest) {
+    pub(super) fn metadata(&mut self, now: Now, reply_to: ReplyTo, request: MetadataRequest) {
         let auto_create = request.allow_auto_topic_creation && self.config.auto_create_topics;
         let missing: Vec<String> = request
             .topics
@@ -333,7 +334,7 @@ impl Broker {
 
     pub(super) fn create_topics(
         &mut self,
-        now: i64,
+        now: Now,
         reply_to: ReplyTo,
         request: CreateTopicsRequest,
     ) {
@@ -477,7 +478,7 @@ impl Broker {
 
     pub(super) fn delete_topics(
         &mut self,
-        now: i64,
+        now: Now,
         reply_to: ReplyTo,
         request: DeleteTopicsRequest,
     ) {
@@ -524,7 +525,7 @@ impl Broker {
 
     pub(super) fn create_partitions(
         &mut self,
-        now: i64,
+        now: Now,
         reply_to: ReplyTo,
         request: CreatePartitionsRequest,
     ) {

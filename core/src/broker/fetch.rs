@@ -3,6 +3,7 @@
 //! A request that needs bytes from disk becomes a [`Job`] with one slot per partition read;
 //! each slot issues a [`StorageOp::Read`] and the job answers when its last read completes.
 
+use crate::time::Now;
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
@@ -70,11 +71,11 @@ pub(super) struct ReadSlot {
 const READ_COMMITTED: i8 = 1;
 
 impl Broker {
-    pub(super) fn fetch(&mut self, now: i64, reply_to: ReplyTo, request: FetchRequest) {
+    pub(super) fn fetch(&mut self, now: Now, reply_to: ReplyTo, request: FetchRequest) {
         if self.fetch_is_ready(&request) {
             self.execute_fetch(reply_to, request);
         } else {
-            let deadline = now + i64::from(request.max_wait_ms);
+            let deadline = now.mono + i64::from(request.max_wait_ms);
             self.parked_fetches.push(ParkedFetch {
                 reply_to,
                 deadline,
@@ -131,10 +132,10 @@ impl Broker {
         }
     }
 
-    pub(super) fn expire_parked_fetches(&mut self, now: i64) {
+    pub(super) fn expire_parked_fetches(&mut self, now: Now) {
         let (due, waiting) = std::mem::take(&mut self.parked_fetches)
             .into_iter()
-            .partition(|f| f.deadline <= now);
+            .partition(|f| f.deadline <= now.mono);
         self.parked_fetches = waiting;
         let mut due: Vec<ParkedFetch> = due;
         due.sort_by_key(|f| (f.deadline, f.reply_to.conn, f.reply_to.seq));

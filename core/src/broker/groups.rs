@@ -2,6 +2,7 @@
 //! [`Coordinator`], its writes carried out as acks=all produces to `__consumer_offsets`, and
 //! the partitions it leads read back when their leadership arrives here.
 
+use crate::time::Now;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -60,7 +61,7 @@ impl Broker {
     /// coordinator, answered through its outputs.
     pub(super) fn group_request(
         &mut self,
-        now: i64,
+        now: Now,
         reply_to: ReplyTo,
         client_id: &str,
         request: RequestKind,
@@ -99,7 +100,7 @@ impl Broker {
     }
 
     /// Carries out what the coordinator asked for: answers and writes.
-    pub(super) fn drain_coordinator(&mut self, now: i64) {
+    pub(super) fn drain_coordinator(&mut self, now: Now) {
         while let Some(output) = self.coordinator.poll_output() {
             match output {
                 CoordinatorOutput::Reply { waiter, response } => {
@@ -117,7 +118,7 @@ impl Broker {
     }
 
     /// Appends a coordinator's batch to its partition with acks=all.
-    fn write_for_coordinator(&mut self, now: i64, id: u64, partition: i32, batch: Bytes) {
+    fn write_for_coordinator(&mut self, now: Now, id: u64, partition: i32, batch: Bytes) {
         let request = internal_produce(OFFSETS_TOPIC, partition, batch);
         self.produce(now, ProduceFor::Coordinator(id), request);
     }
@@ -135,7 +136,7 @@ impl Broker {
     /// transactional id's of `__transaction_state`), which is created on first use.
     pub(super) fn find_coordinator(
         &mut self,
-        now: i64,
+        now: Now,
         reply_to: ReplyTo,
         request: FindCoordinatorRequest,
     ) {
@@ -482,7 +483,7 @@ trait PartitionOwner {
     fn owned_partitions(&self) -> Vec<i32>;
     fn owned_epoch(&self, p: i32) -> Option<i32>;
     fn begin_load(&mut self, p: i32, epoch: i32);
-    fn load(&mut self, now: i64, p: i32, view: &BatchView<'_>);
+    fn load(&mut self, now: Now, p: i32, view: &BatchView<'_>);
     fn finish_load(&mut self, p: i32);
     fn unload(&mut self, p: i32);
 }
@@ -502,7 +503,7 @@ macro_rules! partition_owner {
             fn begin_load(&mut self, p: i32, epoch: i32) {
                 <$type>::begin_load(self, p, epoch)
             }
-            fn load(&mut self, $now: i64, $p: i32, $view: &BatchView<'_>) {
+            fn load(&mut self, $now: Now, $p: i32, $view: &BatchView<'_>) {
                 let $this = self;
                 $load
             }
@@ -517,4 +518,4 @@ macro_rules! partition_owner {
 }
 
 partition_owner!(Coordinator, |this, now, p, view| this.load(now, p, view));
-partition_owner!(TxnCoordinator, |this, _now, p, view| this.load(p, view));
+partition_owner!(TxnCoordinator, |this, now, p, view| this.load(now, p, view));

@@ -8,8 +8,9 @@
 //! [`Broker::poll_output`] until it returns `None` and carry the outputs out *in order*: a
 //! response may depend on the storage operations emitted before it.
 //!
-//! Every input takes `now`, the broker's clock in milliseconds since the Unix epoch. The
-//! broker reads no clock and performs no I/O.
+//! Every input takes `now` ([`Now`]): a monotonic time for timers and the wall clock for
+//! timestamps, in milliseconds. The monotonic time must never go back from one input to the
+//! next; the wall clock may jump either way. The broker reads no clock and performs no I/O.
 
 mod admin;
 mod fetch;
@@ -21,6 +22,8 @@ mod reassign;
 mod replication;
 mod txns;
 
+use crate::canary::{is_planted, Canary};
+use crate::time::Now;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
@@ -211,7 +214,7 @@ pub struct Broker {
     /// Replicas' Raft state found at startup, until their partitions are created.
     recovered_replicas: BTreeMap<TopicPartition, RaftPersist>,
     /// The time of the input being handled.
-    now: i64,
+    now: Now,
     /// Replicas with work for the next drive.
     dirty_replicas: BTreeSet<TopicPartition>,
     /// Read token -> the replica that asked (partition, topic id, its tag).
@@ -257,7 +260,7 @@ impl Broker {
         config: BrokerConfig,
         recovered: Recovered,
         seed: u64,
-        now: i64,
+        now: Now,
     ) -> Result<Self, String> {
         let registration = BrokerRegistration {
             id: config.broker_id,
@@ -281,7 +284,7 @@ impl Broker {
                 (Arc::from(t.name.as_str()), (t.record.id, parts.collect()))
             })
             .collect();
-        let next_retention_check = now + config.retention_check_interval_ms;
+        let next_retention_check = now.mono + config.retention_check_interval_ms;
         let coordinator = Coordinator::new(config.groups.clone(), seed ^ 0x6772_6f75_7073, now);
         let config_txns = config.txns.clone();
         let mut broker = Broker {
@@ -314,7 +317,7 @@ impl Broker {
             dirty_replicas: BTreeSet::new(),
             replica_reads: BTreeMap::new(),
             replica_ticks: 0,
-            next_replica_tick: now,
+            next_replica_tick: now.mono,
             outbox: BTreeMap::new(),
             replicated_produces: Vec::new(),
             last_synced: 0,
@@ -375,8 +378,8 @@ impl Broker {
     // ---- inputs -------------------------------------------------------------------------
 
     /// A complete request frame from `conn` (without its 4-byte size prefix).
-    pub fn handle_request(&mut self, now: i64, conn: ConnectionId, frame: Bytes) {
-        self.now = now;
+    pub fn handle_request(&mut self, now: Now, conn: ConnectionId, frame: Bytes) {
+        self.advance_clock(now);
         let connection = self.connections.entry(conn).or_default();
         let seq = connection.next_seq;
         connection.next_seq += 1;
@@ -401,8 +404,8 @@ impl Broker {
     }
 
     /// A storage operation finished.
-    pub fn handle_storage(&mut self, now: i64, completion: StorageCompletion) {
-        self.now = now;
+    pub fn handle_storage(&mut self, now: Now, completion: StorageCompletion) {
+        self.advance_clock(now);
         match completion {
             StorageCompletion::Synced { token } => self.on_synced(token),
             StorageCompletion::Read { token, result } => {
@@ -424,32 +427,44 @@ impl Broker {
     }
 
     /// Time passed; call at or after [`Self::poll_timeout`].
-    pub fn handle_timeout(&mut self, now: i64) {
-        self.now = now;
+    pub fn handle_timeout(&mut self, now: Now) {
+        self.advance_clock(now);
         self.expire_parked_fetches(now);
         self.expire_pending_admin(now);
         self.expire_replicated_produces(now);
         self.expire_producer_id_waits(now);
-        if now >= self.next_replica_tick {
-            self.next_replica_tick = now + self.config.cluster.tick_ms;
+        if now.mono >= self.next_replica_tick {
+            self.next_replica_tick = now.mono + self.config.cluster.tick_ms;
             self.tick_replicas();
             self.coordinator_stale = true;
         }
-        if now >= self.controller.poll_timeout() {
+        if now.mono >= self.controller.poll_timeout() {
             self.controller.handle_timeout(now);
         }
-        if now >= self.coordinator.poll_timeout() {
+        if now.mono >= self.coordinator.poll_timeout() {
             self.coordinator.tick(now);
         }
-        if now >= self.txn_coordinator.poll_timeout() {
+        if now.mono >= self.txn_coordinator.poll_timeout() {
             self.txn_coordinator.tick(now);
         }
         self.push_markers(now);
-        if now >= self.next_retention_check {
-            self.next_retention_check = now + self.config.retention_check_interval_ms;
+        if now.mono >= self.next_retention_check {
+            self.next_retention_check = now.mono + self.config.retention_check_interval_ms;
             self.enforce_retention(now);
         }
         self.after_input();
+    }
+
+    /// Takes the time of an input. A driver whose monotonic clock went back is a bug in
+    /// the driver, and every timer here would misfire: it stops the broker loudly.
+    fn advance_clock(&mut self, now: Now) {
+        assert!(
+            now.mono >= self.now.mono || is_planted(Canary::TimersOnWallClock),
+            "monotonic time went back from {} to {}",
+            self.now.mono,
+            now.mono
+        );
+        self.now = now;
     }
 
     // ---- outputs ------------------------------------------------------------------------
@@ -460,7 +475,7 @@ impl Broker {
         self.outputs.pop_front()
     }
 
-    /// When [`Self::handle_timeout`] must next be called.
+    /// When [`Self::handle_timeout`] must next be called, on the monotonic clock.
     pub fn poll_timeout(&self) -> Option<i64> {
         let fetches = self.parked_fetches.iter().map(|f| f.deadline);
         let admin = self.pending_admin.values().map(|p| p.deadline);
@@ -555,7 +570,7 @@ impl Broker {
             .map_err(|e| format!("bad {api_key:?} header: {e}"))?;
         let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
         let request = if crate::legacy::is_legacy(api_key, version) {
-            crate::legacy::decode(api_key, version, frame, self.now)
+            crate::legacy::decode(api_key, version, frame, self.now.wall)
         } else {
             RequestKind::decode(api_key, &mut frame, version).map_err(|e| e.to_string())
         }
@@ -564,7 +579,7 @@ impl Broker {
         Ok(Some((reply_to, request, client_id)))
     }
 
-    fn dispatch(&mut self, now: i64, reply_to: ReplyTo, request: RequestKind, client_id: &str) {
+    fn dispatch(&mut self, now: Now, reply_to: ReplyTo, request: RequestKind, client_id: &str) {
         let response = match request {
             RequestKind::ApiVersions(_) => Some(admin::api_versions_response(false)),
             RequestKind::Metadata(r) => return self.metadata(now, reply_to, r),
@@ -723,10 +738,10 @@ impl Broker {
             self.unsynced = None;
             return;
         }
-        let since = self.unsynced.map_or(self.now, |u| u.since);
+        let since = self.unsynced.map_or(self.now.mono, |u| u.since);
         let awaited = self.unsynced.is_some_and(|u| u.awaited) || self.sync_awaited();
         self.unsynced = Some(Unsynced { since, awaited });
-        let due = awaited || self.now >= since + UNAWAITED_SYNC_DELAY_MS;
+        let due = awaited || self.now.mono >= since + UNAWAITED_SYNC_DELAY_MS;
         if self.in_flight_sync.is_some() || !due {
             return;
         }
@@ -823,15 +838,15 @@ impl Broker {
         self.next_sync_token
     }
 
-    fn enforce_retention(&mut self, now: i64) {
+    fn enforce_retention(&mut self, now: Now) {
         let mut ops = Vec::new();
         let expiration = self.config.producer_id_expiration_ms;
         for topic in self.topics.values_mut() {
             for (index, log) in &mut topic.logs {
-                log.producers_mut().expire(now, expiration);
+                log.producers_mut().expire(now.wall, expiration);
                 let mut log_ops = Vec::new();
-                log.maybe_roll(0, now, &topic.config, &mut log_ops);
-                let moved = log.enforce_retention(now, &topic.config, &mut log_ops);
+                log.maybe_roll(0, now.wall, &topic.config, &mut log_ops);
+                let moved = log.enforce_retention(now.wall, &topic.config, &mut log_ops);
                 let replica = topic.raft.get_mut(index);
                 ops.extend(Self::retention_ops(replica, log, moved, log_ops));
             }

@@ -1,5 +1,6 @@
 //! Produce: validate batches, stamp offsets, append, and answer per `acks`.
 
+use crate::time::Now;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -86,7 +87,7 @@ pub(super) fn producer_batch(
 }
 
 impl Broker {
-    pub(super) fn produce(&mut self, now: i64, reply_to: ProduceFor, request: ProduceRequest) {
+    pub(super) fn produce(&mut self, now: Now, reply_to: ProduceFor, request: ProduceRequest) {
         let acks = request.acks;
         let mut response = ProduceResponse::default();
         let mut sync_token = None;
@@ -211,7 +212,7 @@ impl Broker {
 
     fn append(
         &mut self,
-        now: i64,
+        now: Now,
         topic: &str,
         partition: i32,
         records: Option<Bytes>,
@@ -246,7 +247,7 @@ impl Broker {
             }
         }
         let log_append_time = match config.timestamp_type {
-            TimestampType::LogAppendTime => now,
+            TimestampType::LogAppendTime => now.wall,
             TimestampType::CreateTime => -1,
         };
         // One copy per request: the payload is a slice of the request frame, and the leader
@@ -266,13 +267,13 @@ impl Broker {
             if let Ok((view, _)) = BatchView::split_first(&one) {
                 log.note_txn(&view, log.log_end_offset());
             }
-            log.maybe_roll(summary.size as u64, now, &config, &mut ops);
+            log.maybe_roll(summary.size as u64, now.wall, &config, &mut ops);
             let segment = log.active_segment_id();
             log.append(
                 summary.record_count,
                 summary.size as u32,
                 max_timestamp,
-                now,
+                now.wall,
                 self.config.index_interval_bytes,
             );
             ops.push(StorageOp::Append {
@@ -285,7 +286,7 @@ impl Broker {
             let at = base_offset as u64;
             let written = Written::of(&batch, at, 0, Some(base_offset));
             let producers = log.producers_mut();
-            producers.record(batch, written, now);
+            producers.record(batch, written, now.wall);
             producers.commit(at);
         }
         let log_start_offset = log.log_start_offset();

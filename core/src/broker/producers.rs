@@ -4,6 +4,7 @@
 //! The sequence checks themselves are each partition's [`crate::producer::ProducerTable`],
 //! consulted where batches are appended (see `produce` and `replication`).
 
+use crate::time::Now;
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
@@ -76,7 +77,7 @@ impl Broker {
     /// (its coordinator decides, and takes the fresh id only for a new transactional id).
     pub(super) fn init_producer_id(
         &mut self,
-        now: i64,
+        now: Now,
         reply_to: ReplyTo,
         request: InitProducerIdRequest,
     ) {
@@ -85,14 +86,14 @@ impl Broker {
         } else {
             self.producer_ids
                 .waiting
-                .push_back((reply_to, request, now + WAIT_MS));
+                .push_back((reply_to, request, now.mono + WAIT_MS));
         }
         self.ask_for_producer_ids(now);
     }
 
     fn grant_producer_id(
         &mut self,
-        now: i64,
+        now: Now,
         reply_to: ReplyTo,
         request: &InitProducerIdRequest,
         id: i64,
@@ -122,21 +123,21 @@ impl Broker {
     }
 
     /// Asks the metadata quorum for a block of ids when the pool runs low.
-    fn ask_for_producer_ids(&mut self, now: i64) {
+    fn ask_for_producer_ids(&mut self, now: Now) {
         if !self.producer_ids.pool.should_ask() {
             return;
         }
         // The seed alone may repeat across runs (a driver that seeds from the broker id):
         // the time of asking makes a replayed block of an earlier run never look like ours.
         let id = self.new_topic_id();
-        let nonce = u64::from_be_bytes(id[..8].try_into().expect("8 bytes")) ^ now as u64;
+        let nonce = u64::from_be_bytes(id[..8].try_into().expect("8 bytes")) ^ now.wall as u64;
         let change = Change::AllocateProducerIds(ProducerIdBlock {
             broker: self.config.broker_id,
             count: ID_BLOCK,
             nonce,
         });
         match self.controller.propose(change, 0) {
-            Ok(()) => self.producer_ids.asked = Some((nonce, now + WAIT_MS)),
+            Ok(()) => self.producer_ids.asked = Some((nonce, now.mono + WAIT_MS)),
             Err(e) => {
                 debug!(error = ?e, "no controller to ask for producer ids; retried");
                 self.producer_ids.pool.ask_failed();
@@ -170,11 +171,11 @@ impl Broker {
 
     /// Gives up on a block that did not come in time (asking again), and answers requests
     /// that waited too long.
-    pub(super) fn expire_producer_id_waits(&mut self, now: i64) {
+    pub(super) fn expire_producer_id_waits(&mut self, now: Now) {
         if self
             .producer_ids
             .asked
-            .is_some_and(|(_, deadline)| deadline <= now)
+            .is_some_and(|(_, deadline)| deadline <= now.mono)
         {
             warn!("no block of producer ids came from the metadata quorum in time; asking again");
             self.producer_ids.asked = None;
@@ -184,7 +185,7 @@ impl Broker {
             .producer_ids
             .waiting
             .front()
-            .filter(|(_, _, deadline)| *deadline <= now)
+            .filter(|(_, _, deadline)| *deadline <= now.mono)
         {
             self.producer_ids.waiting.pop_front();
             self.answer_producer_id(reply_to, Err(ResponseError::CoordinatorNotAvailable));
@@ -319,7 +320,7 @@ impl Broker {
             if let Some(batch) = ProducerBatch::of(&view) {
                 let at = view.base_offset() as u64;
                 let written = Written::of(&batch, at, 0, Some(view.base_offset()));
-                log.producers_mut().record(batch, written, self.now);
+                log.producers_mut().record(batch, written, self.now.wall);
                 log.producers_mut().commit(at);
             }
             log.note_txn(&view, view.base_offset());

@@ -1,6 +1,7 @@
 //! The broker's side of the metadata quorum: peer messages in, the controller driven,
 //! applied records turned into local partitions and into answers for waiting admin requests.
 
+use crate::time::Now;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -47,8 +48,8 @@ pub(super) enum Waiting {
 impl Broker {
     /// A frame from another broker (size prefix removed). An unreadable frame is dropped:
     /// Raft tolerates lost messages, and a peer is not a client to answer.
-    pub fn handle_peer(&mut self, now: i64, frame: Bytes) {
-        self.now = now;
+    pub fn handle_peer(&mut self, now: Now, frame: Bytes) {
+        self.advance_clock(now);
         match PeerFrame::decode(frame) {
             Ok(frame) => {
                 self.controller.heard_from(frame.from, now);
@@ -206,7 +207,7 @@ impl Broker {
     /// request is answered now with `NOT_CONTROLLER`.
     pub(super) fn propose_for(
         &mut self,
-        now: i64,
+        now: Now,
         reply_to: ReplyTo,
         change: Option<Change>,
         waiting: Waiting,
@@ -214,7 +215,7 @@ impl Broker {
     ) {
         let pending = PendingAdmin {
             reply_to,
-            deadline: now + timeout_ms.clamp(1, 60_000),
+            deadline: now.mono + timeout_ms.clamp(1, 60_000),
             waiting,
         };
         let Some(change) = change else {
@@ -233,11 +234,11 @@ impl Broker {
     }
 
     /// Answers admin requests whose records were not applied in time.
-    pub(super) fn expire_pending_admin(&mut self, now: i64) {
+    pub(super) fn expire_pending_admin(&mut self, now: Now) {
         let expired: Vec<u64> = self
             .pending_admin
             .iter()
-            .filter(|(_, p)| p.deadline <= now)
+            .filter(|(_, p)| p.deadline <= now.mono)
             .map(|(token, _)| *token)
             .collect();
         for token in expired {

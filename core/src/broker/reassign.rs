@@ -2,6 +2,7 @@
 //! metadata log; each partition's leader then changes its Raft group one member at a time
 //! (`Replica::reassign_step`) and records the move when the group is the target.
 
+use crate::time::Now;
 use std::collections::BTreeSet;
 
 use kafka_protocol::messages::alter_partition_reassignments_request::AlterPartitionReassignmentsRequest;
@@ -27,7 +28,7 @@ const REASSIGN_WAIT_MS: i64 = 30_000;
 impl Broker {
     pub(super) fn alter_partition_reassignments(
         &mut self,
-        now: i64,
+        now: Now,
         reply_to: ReplyTo,
         request: AlterPartitionReassignmentsRequest,
     ) {

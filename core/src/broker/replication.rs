@@ -1,6 +1,7 @@
 //! The broker's side of partition replication: replicas made from the metadata, peer
 //! messages routed to them, their output carried out, and produces that wait for commits.
 
+use crate::time::Now;
 use std::collections::BTreeSet;
 
 use bytes::{Bytes, BytesMut};
@@ -377,7 +378,7 @@ impl Broker {
     /// Proposes a produce's batches for one replicated partition (the leader's side).
     pub(super) fn propose_batches(
         &mut self,
-        now: i64,
+        now: Now,
         topic: &str,
         partition: i32,
         records: Option<Bytes>,
@@ -401,7 +402,7 @@ impl Broker {
             return Err(ResponseError::NotEnoughReplicas);
         }
         let log_append_time = match topic.config.timestamp_type {
-            TimestampType::LogAppendTime => now,
+            TimestampType::LogAppendTime => now.wall,
             TimestampType::CreateTime => -1,
         };
         let producer = super::produce::producer_batch(&records, &summaries)?;
@@ -444,7 +445,7 @@ impl Broker {
             if let Some(batch) = producer {
                 // Until it is written, a retry of it finds the proposal.
                 let written = Written::of(&batch, index, term, None);
-                log.producers_mut().record(batch, written, now);
+                log.producers_mut().record(batch, written, now.wall);
             }
         }
         self.dirty_replicas
@@ -456,7 +457,7 @@ impl Broker {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn wait_for_replication(
         &mut self,
-        now: i64,
+        now: Now,
         reply_to: ProduceFor,
         acks: i16,
         timeout_ms: i32,
@@ -484,7 +485,7 @@ impl Broker {
         self.replicated_produces.push(ReplicatedProduce {
             reply_to,
             acks,
-            deadline: now + i64::from(timeout_ms.clamp(1, 300_000)),
+            deadline: now.mono + i64::from(timeout_ms.clamp(1, 300_000)),
             sync_token,
             response,
             waits,
@@ -550,10 +551,10 @@ impl Broker {
     }
 
     /// Answers produces still waiting at their deadline with REQUEST_TIMED_OUT.
-    pub(super) fn expire_replicated_produces(&mut self, now: i64) {
+    pub(super) fn expire_replicated_produces(&mut self, now: Now) {
         let (expired, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.replicated_produces)
             .into_iter()
-            .partition(|p| p.deadline <= now);
+            .partition(|p| p.deadline <= now.mono);
         self.replicated_produces = waiting;
         for mut produce in expired {
             for wait in produce.waits.iter().filter(|w| !w.done) {

@@ -4,6 +4,7 @@
 //! transaction (this broker, or another over the peer link) and written there through the
 //! partition's own Raft group, as Kafka's WriteTxnMarkers does.
 
+use crate::time::Now;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
@@ -60,7 +61,7 @@ struct MarkerWrite {
 
 impl Broker {
     /// A transaction API request: handed to the coordinator, answered through its outputs.
-    pub(super) fn txn_request(&mut self, now: i64, reply_to: ReplyTo, request: RequestKind) {
+    pub(super) fn txn_request(&mut self, now: Now, reply_to: ReplyTo, request: RequestKind) {
         let waiter = self.token();
         self.txn_waiters.insert(waiter, reply_to);
         let parked = Parked {
@@ -115,7 +116,7 @@ impl Broker {
     /// InitProducerId with a transactional id, once a fresh producer id is at hand.
     pub(super) fn init_transactional(
         &mut self,
-        now: i64,
+        now: Now,
         reply_to: ReplyTo,
         request: &InitProducerIdRequest,
         fresh_id: i64,
@@ -143,7 +144,7 @@ impl Broker {
     }
 
     /// Carries out what the transaction coordinator asked for.
-    pub(super) fn drain_txn_coordinator(&mut self, now: i64) {
+    pub(super) fn drain_txn_coordinator(&mut self, now: Now) {
         while let Some(output) = self.txn_coordinator.poll_output() {
             match output {
                 TxnOutput::Reply { waiter, response } => {
@@ -160,7 +161,11 @@ impl Broker {
                     self.produce(now, ProduceFor::Transactions(id), request);
                 }
                 TxnOutput::Markers(job) => {
-                    let waiting = job.partitions.iter().map(|tp| (tp.clone(), now)).collect();
+                    let waiting = job
+                        .partitions
+                        .iter()
+                        .map(|tp| (tp.clone(), now.mono))
+                        .collect();
                     self.markers.jobs.insert(job.id, Delivery { job, waiting });
                     self.push_markers(now);
                 }
@@ -178,15 +183,15 @@ impl Broker {
     }
 
     /// Sends every marker that is due: not sent yet, or unanswered for too long.
-    pub(super) fn push_markers(&mut self, now: i64) {
+    pub(super) fn push_markers(&mut self, now: Now) {
         let me = self.config.broker_id;
         let mut due = Vec::new();
         for delivery in self.markers.jobs.values_mut() {
             for ((topic, partition), at) in &mut delivery.waiting {
-                if *at > now {
+                if *at > now.mono {
                     continue;
                 }
-                *at = now + MARKER_RETRY_MS;
+                *at = now.mono + MARKER_RETRY_MS;
                 let request = MarkerRequest {
                     job: delivery.job.id,
                     topic: topic.clone(),
@@ -244,7 +249,7 @@ impl Broker {
     }
 
     /// Writes a marker as the partition's leader, for the coordinator on broker `from`.
-    pub(super) fn write_marker(&mut self, now: i64, from: i32, request: MarkerRequest) {
+    pub(super) fn write_marker(&mut self, now: Now, from: i32, request: MarkerRequest) {
         if !self.topics.contains_key(request.topic.as_str()) {
             let code = ResponseError::UnknownTopicOrPartition.code();
             return self.marker_answered(now, from, &request, code);
@@ -277,7 +282,7 @@ impl Broker {
             request.commit,
             request.coordinator_epoch,
             request.txn_number,
-            now,
+            now.wall,
         );
         let produce = internal_produce(&request.topic, request.partition, marker.freeze());
         self.markers.next_write += 1;
@@ -305,7 +310,7 @@ impl Broker {
     }
 
     /// A marker was written (`code` 0) or refused: tells the coordinator that asked.
-    fn marker_answered(&mut self, now: i64, from: i32, request: &MarkerRequest, code: i16) {
+    fn marker_answered(&mut self, now: Now, from: i32, request: &MarkerRequest, code: i16) {
         if from != self.config.broker_id {
             let result = MarkerResult {
                 job: request.job,
@@ -324,7 +329,7 @@ impl Broker {
     }
 
     /// The outcome of one marker of one of this coordinator's jobs.
-    pub(super) fn marker_result(&mut self, now: i64, job: u64, tp: (String, i32), code: i16) {
+    pub(super) fn marker_result(&mut self, now: Now, job: u64, tp: (String, i32), code: i16) {
         let Some(delivery) = self.markers.jobs.get_mut(&job) else {
             return;
         };
@@ -334,7 +339,7 @@ impl Broker {
             if let Some(due) = delivery.waiting.get_mut(&tp) {
                 // Soon: the refusal means the leader is moving. Never at once: a refusal
                 // can come back within this call.
-                *due = now + MARKER_REFUSED_RETRY_MS;
+                *due = now.mono + MARKER_REFUSED_RETRY_MS;
             }
             return;
         }
@@ -348,7 +353,7 @@ impl Broker {
     /// The markers and marker results of a peer frame from broker `from`.
     pub(super) fn handle_peer_markers(
         &mut self,
-        now: i64,
+        now: Now,
         from: i32,
         markers: Vec<MarkerRequest>,
         results: Vec<MarkerResult>,

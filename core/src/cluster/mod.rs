@@ -14,6 +14,7 @@
 pub mod image;
 pub mod records;
 
+use crate::time::Now;
 use std::collections::BTreeMap;
 
 use prost::Message as _;
@@ -127,7 +128,7 @@ impl Controller {
         registration: BrokerRegistration,
         recovered: Option<RaftPersist>,
         seed: u64,
-        now: i64,
+        now: Now,
     ) -> Result<Self, String> {
         let me = registration.id;
         let voters: Vec<u64> = if config.voters.is_empty() {
@@ -183,7 +184,7 @@ impl Controller {
             applied,
             snapshot_entries: config.snapshot_entries.max(1),
             tick_ms: config.tick_ms.max(1),
-            next_tick: now,
+            next_tick: now.mono,
             registered_at: None,
             bootstrap,
             led_term: 0,
@@ -229,15 +230,15 @@ impl Controller {
     }
 
     /// Time passed: ticks Raft and re-announces this broker if the image lacks it.
-    pub fn handle_timeout(&mut self, now: i64) {
-        while self.next_tick <= now {
+    pub fn handle_timeout(&mut self, now: Now) {
+        while self.next_tick <= now.mono {
             self.group.tick();
             self.next_tick += self.tick_ms;
         }
         let current = self.image.brokers.get(&self.me) == Some(&self.registration);
         let due = retry_due(self.registered_at, now, self.tick_ms);
         if !current && due && self.group.leader().is_some() {
-            self.registered_at = Some(now);
+            self.registered_at = Some(now.mono);
             let change = Change::RegisterBroker(self.registration.clone());
             let _ = self.propose(change, 0);
         }
@@ -245,7 +246,7 @@ impl Controller {
             self.fence_silent_brokers(now);
         }
         if !self.is_member(self.me) && retry_due(self.join_asked_at, now, self.tick_ms) {
-            self.join_asked_at = Some(now);
+            self.join_asked_at = Some(now.mono);
             self.join_due = true;
         }
     }
@@ -289,14 +290,14 @@ impl Controller {
     }
 
     /// Any message from `broker` shows it is alive.
-    pub fn heard_from(&mut self, broker: i32, now: i64) {
-        self.last_heard.insert(broker, now);
+    pub fn heard_from(&mut self, broker: i32, now: Now) {
+        self.last_heard.insert(broker, now.mono);
     }
 
     /// As active controller: fences registered brokers that have gone silent. A fenced
     /// broker is unfenced by its own next registration, which it makes once it can reach
     /// the controller again.
-    fn fence_silent_brokers(&mut self, now: i64) {
+    fn fence_silent_brokers(&mut self, now: Now) {
         let silent: Vec<i32> = self
             .image
             .live_brokers()
@@ -304,8 +305,8 @@ impl Controller {
             .filter(|&id| id != self.me)
             .filter(|id| {
                 // A new controller gives everyone a full session before judging them.
-                let heard = *self.last_heard.entry(*id).or_insert(now);
-                now - heard >= self.session_timeout_ms
+                let heard = *self.last_heard.entry(*id).or_insert(now.mono);
+                now.mono - heard >= self.session_timeout_ms
             })
             .collect();
         for id in silent {
@@ -313,7 +314,7 @@ impl Controller {
                 continue;
             }
             info!(broker = id, "fencing a broker that stopped answering");
-            self.fence_proposed.insert(id, now);
+            self.fence_proposed.insert(id, now.mono);
             let _ = self.propose(Change::FenceBroker(BrokerFence { id, fenced: true }), 0);
         }
     }
@@ -431,8 +432,8 @@ impl Controller {
 
 /// True if a proposal last made `at` (or never) may be made again: proposals can be lost on
 /// the way to the leader, so they are repeated, but at most once every ten ticks.
-fn retry_due(at: Option<i64>, now: i64, tick_ms: i64) -> bool {
-    at.is_none_or(|at| now - at >= tick_ms * 10)
+fn retry_due(at: Option<i64>, now: Now, tick_ms: i64) -> bool {
+    at.is_none_or(|at| now.mono - at >= tick_ms * 10)
 }
 
 /// The record an entry carries; empty entries (a new leader's first) carry none.

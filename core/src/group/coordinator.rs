@@ -7,6 +7,7 @@
 //! acks=all. A group's state changes only once what it depends on is durable: a commit is
 //! acknowledged, and an assignment handed out, after its write has committed.
 
+use crate::time::Now;
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
@@ -154,8 +155,8 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// A coordinator that leads nothing yet. `seed` makes member ids deterministic.
-    pub fn new(config: GroupConfig, seed: u64, now: i64) -> Self {
-        let next_expiry_check = now + config.offsets_retention_check_interval_ms;
+    pub fn new(config: GroupConfig, seed: u64, now: Now) -> Self {
+        let next_expiry_check = now.mono + config.offsets_retention_check_interval_ms;
         Coordinator {
             partitions: config.offsets_partitions,
             config,
@@ -198,7 +199,7 @@ impl Coordinator {
     }
 
     /// Applies the records of one batch read back from partition `p`.
-    pub fn load(&mut self, now: i64, p: i32, view: &BatchView<'_>) {
+    pub fn load(&mut self, now: Now, p: i32, view: &BatchView<'_>) {
         if !view.crc_ok() {
             return;
         }
@@ -270,7 +271,7 @@ impl Coordinator {
     /// Ignored unless `p` is loaded: a load reads its log up to the high watermark, so it
     /// meets this marker in its place, after the offsets it ends (applied earlier, the
     /// marker's epoch would fence them).
-    pub fn complete_txn(&mut self, now: i64, p: i32, producer: (i64, i16), commit: bool) {
+    pub fn complete_txn(&mut self, now: Now, p: i32, producer: (i64, i16), commit: bool) {
         if self.loaded(p) {
             self.end_txn(now, p, producer, commit);
         }
@@ -280,7 +281,7 @@ impl Coordinator {
         matches!(self.owned.get(&p), Some((_, Load::Loaded)))
     }
 
-    fn end_txn(&mut self, now: i64, p: i32, producer: (i64, i16), commit: bool) {
+    fn end_txn(&mut self, now: Now, p: i32, producer: (i64, i16), commit: bool) {
         let (producer_id, epoch) = producer;
         let newest = self.marker_epochs.entry((p, producer_id)).or_insert(epoch);
         *newest = (*newest).max(epoch);
@@ -304,7 +305,7 @@ impl Coordinator {
         }
     }
 
-    fn apply(&mut self, now: i64, record: Record) {
+    fn apply(&mut self, now: Now, record: Record) {
         match record {
             Record::Offset {
                 group,
@@ -339,7 +340,7 @@ impl Coordinator {
     }
 
     /// The group `id`, created empty if it does not exist.
-    fn group_entry(&mut self, id: &str, now: i64) -> &mut Group {
+    fn group_entry(&mut self, id: &str, now: Now) -> &mut Group {
         self.groups
             .entry(id.to_string())
             .or_insert_with(|| Group::new(id, now))
@@ -374,7 +375,8 @@ impl Coordinator {
                 group.abandon(ResponseError::NotCoordinator, &mut fx);
             }
         }
-        self.effects("", 0, fx);
+        // Abandoning answers waiters and writes nothing: no clock is read.
+        self.effects("", Now::at(0), fx);
         info!(partition = p, "consumer groups unloaded");
     }
 
@@ -412,7 +414,7 @@ impl Coordinator {
     /// JoinGroup from `client` (its client id and host).
     pub fn join(
         &mut self,
-        now: i64,
+        now: Now,
         parked: Parked,
         client: (&str, &str),
         request: &JoinGroupRequest,
@@ -448,7 +450,7 @@ impl Coordinator {
     }
 
     /// SyncGroup.
-    pub fn sync(&mut self, now: i64, parked: Parked, request: &SyncGroupRequest) {
+    pub fn sync(&mut self, now: Now, parked: Parked, request: &SyncGroupRequest) {
         let group_id = request.group_id.as_str();
         let group = match self.locate(group_id) {
             Err(e) => return self.reply(parked.waiter, sync_error(e)),
@@ -463,7 +465,7 @@ impl Coordinator {
     }
 
     /// Heartbeat.
-    pub fn heartbeat(&mut self, now: i64, parked: Parked, request: &HeartbeatRequest) {
+    pub fn heartbeat(&mut self, now: Now, parked: Parked, request: &HeartbeatRequest) {
         let group_id = request.group_id.as_str();
         let response = match self.locate(group_id) {
             Err(e) => heartbeat_error(e),
@@ -476,7 +478,7 @@ impl Coordinator {
     }
 
     /// LeaveGroup: one member (v0–2) or several (v3+).
-    pub fn leave(&mut self, now: i64, parked: Parked, request: &LeaveGroupRequest) {
+    pub fn leave(&mut self, now: Now, parked: Parked, request: &LeaveGroupRequest) {
         let group_id = request.group_id.as_str();
         let leavers: Vec<(StrBytes, Option<StrBytes>)> = if parked.version >= 3 {
             request
@@ -522,11 +524,11 @@ impl Coordinator {
     }
 
     /// Time passed: sessions, join phases and offsets retention.
-    pub fn tick(&mut self, now: i64) {
+    pub fn tick(&mut self, now: Now) {
         let due: Vec<String> = self
             .groups
             .values()
-            .filter(|g| g.next_deadline() <= now)
+            .filter(|g| g.next_deadline() <= now.mono)
             .map(|g| g.id.clone())
             .collect();
         for id in due {
@@ -536,8 +538,8 @@ impl Coordinator {
             }
             self.effects(&id, now, fx);
         }
-        if now >= self.next_expiry_check {
-            self.next_expiry_check = now + self.config.offsets_retention_check_interval_ms;
+        if now.mono >= self.next_expiry_check {
+            self.next_expiry_check = now.mono + self.config.offsets_retention_check_interval_ms;
             self.expire_offsets(now);
         }
     }
@@ -553,7 +555,7 @@ impl Coordinator {
     }
 
     /// Carries out a group's effects.
-    fn effects(&mut self, group_id: &str, now: i64, fx: Vec<Effect>) {
+    fn effects(&mut self, group_id: &str, now: Now, fx: Vec<Effect>) {
         for effect in fx {
             match effect {
                 Effect::Reply(waiter, response) => self.reply(waiter, response),
@@ -582,7 +584,7 @@ impl Coordinator {
     /// OffsetCommit. `exists` says whether a topic partition exists in the cluster.
     pub fn commit(
         &mut self,
-        now: i64,
+        now: Now,
         parked: Parked,
         request: &OffsetCommitRequest,
         exists: impl Fn(&str, i32) -> bool,
@@ -595,7 +597,7 @@ impl Coordinator {
     /// batch of the producer's, and take effect only with its commit marker.
     pub fn txn_commit(
         &mut self,
-        now: i64,
+        now: Now,
         parked: Parked,
         request: &TxnOffsetCommitRequest,
         exists: impl Fn(&str, i32) -> bool,
@@ -632,7 +634,7 @@ impl Coordinator {
 
     fn commit_as(
         &mut self,
-        now: i64,
+        now: Now,
         parked: Parked,
         request: &OffsetCommitRequest,
         exists: impl Fn(&str, i32) -> bool,
@@ -697,7 +699,7 @@ impl Coordinator {
                             offset: p.committed_offset,
                             leader_epoch: p.committed_leader_epoch,
                             metadata: metadata.to_string(),
-                            timestamp: now,
+                            timestamp: now.wall,
                         },
                     )),
                 }
@@ -885,7 +887,7 @@ impl Coordinator {
     }
 
     /// OffsetDelete: removes committed offsets of partitions the group does not consume.
-    pub fn offset_delete(&mut self, now: i64, parked: Parked, request: &OffsetDeleteRequest) {
+    pub fn offset_delete(&mut self, now: Now, parked: Parked, request: &OffsetDeleteRequest) {
         let group_id = request.group_id.as_str();
         let mut response = OffsetDeleteResponse::default();
         let group = match self.locate(group_id) {
@@ -947,7 +949,7 @@ impl Coordinator {
     }
 
     /// DeleteGroups: removes empty groups and their offsets.
-    pub fn delete_groups(&mut self, now: i64, parked: Parked, request: &DeleteGroupsRequest) {
+    pub fn delete_groups(&mut self, now: Now, parked: Parked, request: &DeleteGroupsRequest) {
         let job = self.next_id();
         let mut response = DeleteGroupsResponse::default();
         let mut deletions = Vec::new();
@@ -992,7 +994,7 @@ impl Coordinator {
     /// `whole_group`); applied once durable.
     fn delete(
         &mut self,
-        now: i64,
+        now: Now,
         group: &str,
         offsets: Vec<(String, i32)>,
         whole_group: bool,
@@ -1018,16 +1020,20 @@ impl Coordinator {
     }
 
     /// Deletes the offsets of groups that have been empty for longer than the retention.
-    fn expire_offsets(&mut self, now: i64) {
+    fn expire_offsets(&mut self, now: Now) {
         let retention = self.config.offsets_retention_ms;
         let expired: Vec<(String, Vec<(String, i32)>)> = self
             .groups
             .values()
             .filter(|g| g.state == State::Empty && self.locate(&g.id).is_ok())
             .filter(|g| {
+                // Kafka's rule, `now - max(last commit, empty since) >= retention`, by the
+                // wall clock (those times are in the log), and by this coordinator's own
+                // monotonic timer too, so a wall clock stepped forward expires nothing early.
                 let last_commit = g.offsets.values().map(|c| c.timestamp).max();
                 let since = last_commit.unwrap_or(0).max(g.state_since);
-                now.saturating_sub(since) >= retention
+                now.wall.saturating_sub(since) >= retention
+                    && now.mono.saturating_sub(g.state_timer) >= retention
             })
             .map(|g| (g.id.clone(), g.offsets.keys().cloned().collect()))
             .collect();
@@ -1123,7 +1129,7 @@ impl Coordinator {
 
     fn write(
         &mut self,
-        now: i64,
+        now: Now,
         partition: i32,
         records: &[(Vec<u8>, Option<Vec<u8>>)],
         pending: PendingWrite,
@@ -1134,7 +1140,7 @@ impl Coordinator {
     /// Writes records; inside `txn`'s transaction (producer id, epoch) if given.
     fn write_as(
         &mut self,
-        now: i64,
+        now: Now,
         partition: i32,
         records: &[(Vec<u8>, Option<Vec<u8>>)],
         pending: PendingWrite,
@@ -1146,8 +1152,10 @@ impl Coordinator {
             .map(|(k, v)| (Some(k.as_slice()), v.as_deref()))
             .collect();
         let batch = match txn {
-            Some((producer_id, epoch)) => batch::txn_data_batch(now, producer_id, epoch, &refs),
-            None => batch::data_batch(now, &refs),
+            Some((producer_id, epoch)) => {
+                batch::txn_data_batch(now.wall, producer_id, epoch, &refs)
+            }
+            None => batch::data_batch(now.wall, &refs),
         }
         .freeze();
         debug!(id, partition, records = records.len(), "group write");
@@ -1160,7 +1168,7 @@ impl Coordinator {
     }
 
     /// The write `id` is committed (`Ok`) or failed with the produce error it got.
-    pub fn write_done(&mut self, now: i64, id: u64, result: Result<(), ResponseError>) {
+    pub fn write_done(&mut self, now: Now, id: u64, result: Result<(), ResponseError>) {
         let Some(pending) = self.writes.remove(&id) else {
             return;
         };

@@ -10,6 +10,7 @@
 //! assignment is durable) are parked on their member as a [`Parked`] waiter and answered
 //! later through an [`Effect`]. Inputs are plain values with `now`; the group reads no clock.
 
+use crate::time::Now;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
@@ -117,8 +118,11 @@ pub struct Group {
     pub id: String,
     /// Its state.
     pub state: State,
-    /// When the state was entered (ms); offsets of a group empty for long enough expire.
+    /// When the state was entered, by the wall clock: written to the log with the group.
     pub state_since: i64,
+    /// When the state was entered here, by the monotonic clock (a loaded group's starts at
+    /// its load): offsets of a group empty for long enough by both clocks expire.
+    pub state_timer: i64,
     /// The generation; bumped by every completed join phase.
     pub generation: i32,
     /// The members' protocol type (`consumer`), set by the first member.
@@ -153,11 +157,12 @@ pub struct Identity<'a> {
 
 impl Group {
     /// A new, empty group.
-    pub fn new(id: &str, now: i64) -> Self {
+    pub fn new(id: &str, now: Now) -> Self {
         Group {
             id: id.to_string(),
             state: State::Empty,
-            state_since: now,
+            state_since: now.wall,
+            state_timer: now.mono,
             generation: 0,
             protocol_type: None,
             protocol: None,
@@ -172,14 +177,20 @@ impl Group {
         }
     }
 
+    fn state_changed(&mut self, now: Now) {
+        self.state_since = now.wall;
+        self.state_timer = now.mono;
+    }
+
     /// The group as its durable record describes it, once loaded: members are given a full
     /// session from `now` to show up at their new coordinator.
-    pub fn restore(&mut self, record: GroupRecord, now: i64) {
+    pub fn restore(&mut self, record: GroupRecord, now: Now) {
         self.generation = record.generation;
         self.protocol_type = Some(record.protocol_type).filter(|t| !t.is_empty());
         self.protocol = record.protocol;
         self.leader = record.leader;
         self.state_since = record.state_timestamp.max(0);
+        self.state_timer = now.mono;
         self.members.clear();
         for (seq, m) in record.members.into_iter().enumerate() {
             let protocols = match &self.protocol {
@@ -198,7 +209,7 @@ impl Group {
                     assignment: m.assignment,
                     join: None,
                     sync: None,
-                    expires: now + i64::from(m.session_timeout),
+                    expires: now.mono + i64::from(m.session_timeout),
                     seq: seq as u64,
                 },
             );
@@ -296,7 +307,7 @@ impl Group {
     #[allow(clippy::too_many_arguments)]
     pub fn join(
         &mut self,
-        now: i64,
+        now: Now,
         config: &GroupConfig,
         parked: Parked,
         (client_id, client_host): (&str, &str),
@@ -336,7 +347,7 @@ impl Group {
             m.rebalance_timeout = rebalance_timeout;
             m.client_id = client_id.to_string();
             m.client_host = client_host.to_string();
-            m.expires = now + session;
+            m.expires = now.mono + session;
         };
         if self.members.is_empty() {
             self.protocol_type = Some(request.protocol_type.to_string());
@@ -398,7 +409,8 @@ impl Group {
             if self.delayed_join {
                 // The first join phase of an empty group waits a little longer for each
                 // newcomer, so a group starting up forms in one generation, not one per member.
-                self.join_not_before = (now + config.initial_rebalance_delay_ms).min(self.deadline);
+                self.join_not_before =
+                    (now.mono + config.initial_rebalance_delay_ms).min(self.deadline);
             }
             return self.maybe_complete_join(now, fx);
         }
@@ -470,7 +482,7 @@ impl Group {
     }
 
     /// Starts a join phase (if one is not under way).
-    fn prepare_rebalance(&mut self, now: i64, config: &GroupConfig, fx: &mut Vec<Effect>) {
+    fn prepare_rebalance(&mut self, now: Now, config: &GroupConfig, fx: &mut Vec<Effect>) {
         if self.state == State::PreparingRebalance {
             return;
         }
@@ -484,27 +496,27 @@ impl Group {
         }
         let was_empty = self.state == State::Empty;
         self.state = State::PreparingRebalance;
-        self.state_since = now;
+        self.state_changed(now);
         self.persisting = false;
         let longest = self.members.values().map(|m| m.rebalance_timeout).max();
-        self.deadline = now + i64::from(longest.unwrap_or(0));
+        self.deadline = now.mono + i64::from(longest.unwrap_or(0));
         self.delayed_join = was_empty;
         self.join_not_before = if was_empty {
-            (now + config.initial_rebalance_delay_ms).min(self.deadline)
+            (now.mono + config.initial_rebalance_delay_ms).min(self.deadline)
         } else {
-            now
+            now.mono
         };
     }
 
     /// Ends the join phase if every member has rejoined (and the delay of a first join
     /// phase has passed), or if its deadline has passed: members that did not rejoin are
     /// removed.
-    fn maybe_complete_join(&mut self, now: i64, fx: &mut Vec<Effect>) {
+    fn maybe_complete_join(&mut self, now: Now, fx: &mut Vec<Effect>) {
         if self.state != State::PreparingRebalance {
             return;
         }
         let all_joined = self.members.values().all(|m| m.join.is_some());
-        if !(all_joined && now >= self.join_not_before) && now < self.deadline {
+        if !(all_joined && now.mono >= self.join_not_before) && now.mono < self.deadline {
             return;
         }
         let keep_dead = is_planted(Canary::KeepDeadMembers);
@@ -513,7 +525,7 @@ impl Group {
         if !is_planted(Canary::ReuseGeneration) {
             self.generation += 1;
         }
-        self.state_since = now;
+        self.state_changed(now);
         if self.members.is_empty() {
             self.state = State::Empty;
             self.protocol = None;
@@ -536,11 +548,11 @@ impl Group {
         }
         self.state = State::CompletingRebalance;
         let longest = self.members.values().map(|m| m.rebalance_timeout).max();
-        self.deadline = now + i64::from(longest.unwrap_or(0));
+        self.deadline = now.mono + i64::from(longest.unwrap_or(0));
         let ids: Vec<String> = self.members.keys().cloned().collect();
         for id in ids {
             let m = self.members.get_mut(&id).expect("listed");
-            m.expires = now + i64::from(m.session_timeout);
+            m.expires = now.mono + i64::from(m.session_timeout);
             m.assignment = Bytes::new();
             if let Some(p) = m.join.take() {
                 let answer = self.join_answer(p.version, &id);
@@ -581,7 +593,7 @@ impl Group {
     /// SyncGroup.
     pub fn sync(
         &mut self,
-        now: i64,
+        now: Now,
         parked: Parked,
         request: &SyncGroupRequest,
         fx: &mut Vec<Effect>,
@@ -611,7 +623,7 @@ impl Group {
         }
         let is_leader = self.leader.as_deref() == Some(member_id);
         let member = self.members.get_mut(member_id).expect("checked");
-        member.expires = now + i64::from(member.session_timeout);
+        member.expires = now.mono + i64::from(member.session_timeout);
         match self.state {
             State::Empty => reply(fx, sync_error(ResponseError::UnknownMemberId)),
             State::PreparingRebalance => reply(fx, sync_error(ResponseError::RebalanceInProgress)),
@@ -662,7 +674,7 @@ impl Group {
     /// group rebalances.
     pub fn assignment_written(
         &mut self,
-        now: i64,
+        now: Now,
         config: &GroupConfig,
         generation: i32,
         result: Result<(), ResponseError>,
@@ -678,7 +690,7 @@ impl Group {
         match result {
             Ok(()) => {
                 self.state = State::Stable;
-                self.state_since = now;
+                self.state_changed(now);
                 self.deadline = i64::MAX;
                 let ids: Vec<String> = self.members.keys().cloned().collect();
                 for id in ids {
@@ -701,7 +713,7 @@ impl Group {
     }
 
     /// Heartbeat: keeps a member's session alive and tells it whether to rejoin.
-    pub fn heartbeat(&mut self, now: i64, request: &HeartbeatRequest) -> ResponseKind {
+    pub fn heartbeat(&mut self, now: Now, request: &HeartbeatRequest) -> ResponseKind {
         let who = Identity {
             member_id: request.member_id.as_str(),
             instance_id: request.group_instance_id.as_deref(),
@@ -710,7 +722,7 @@ impl Group {
             Err(e) => Some(e),
             Ok(()) => {
                 let member = self.members.get_mut(who.member_id).expect("checked");
-                member.expires = now + i64::from(member.session_timeout);
+                member.expires = now.mono + i64::from(member.session_timeout);
                 match self.state {
                     State::Empty => Some(ResponseError::UnknownMemberId),
                     State::PreparingRebalance => Some(ResponseError::RebalanceInProgress),
@@ -729,7 +741,7 @@ impl Group {
     /// LeaveGroup for one member; `Ok(())` once it is gone.
     pub fn leave(
         &mut self,
-        now: i64,
+        now: Now,
         config: &GroupConfig,
         who: &Identity<'_>,
         fx: &mut Vec<Effect>,
@@ -749,7 +761,7 @@ impl Group {
         Ok(())
     }
 
-    fn remove_member(&mut self, now: i64, config: &GroupConfig, id: &str, fx: &mut Vec<Effect>) {
+    fn remove_member(&mut self, now: Now, config: &GroupConfig, id: &str, fx: &mut Vec<Effect>) {
         let Some(mut member) = self.members.remove(id) else {
             return;
         };
@@ -778,7 +790,7 @@ impl Group {
     /// allowed only while the group has no members.
     pub fn check_commit(
         &mut self,
-        now: i64,
+        now: Now,
         generation: i32,
         who: &Identity<'_>,
     ) -> Result<(), ResponseError> {
@@ -794,7 +806,7 @@ impl Group {
             return Err(ResponseError::RebalanceInProgress);
         }
         let member = self.members.get_mut(who.member_id).expect("checked");
-        member.expires = now + i64::from(member.session_timeout);
+        member.expires = now.mono + i64::from(member.session_timeout);
         Ok(())
     }
 
@@ -821,11 +833,11 @@ impl Group {
     /// Time passed: members whose session ran out are removed, a join phase whose
     /// deadline (or first-join delay) passed completes, and members that never sent their
     /// SyncGroup by the end of the rebalance timeout are removed.
-    pub fn tick(&mut self, now: i64, config: &GroupConfig, fx: &mut Vec<Effect>) {
+    pub fn tick(&mut self, now: Now, config: &GroupConfig, fx: &mut Vec<Effect>) {
         let expired: Vec<String> = self
             .members
             .iter()
-            .filter(|(_, m)| m.join.is_none() && m.sync.is_none() && m.expires <= now)
+            .filter(|(_, m)| m.join.is_none() && m.sync.is_none() && m.expires <= now.mono)
             .filter(|_| !is_planted(Canary::KeepDeadMembers))
             .map(|(id, _)| id.clone())
             .collect();
@@ -834,7 +846,7 @@ impl Group {
         }
         match self.state {
             State::PreparingRebalance => self.maybe_complete_join(now, fx),
-            State::CompletingRebalance if now >= self.deadline && !self.persisting => {
+            State::CompletingRebalance if now.mono >= self.deadline && !self.persisting => {
                 let silent: Vec<String> = self
                     .members
                     .iter()

@@ -39,8 +39,8 @@ pub fn is_legacy(records: &[u8]) -> bool {
 }
 
 /// One v2 batch holding the records of a v0/v1 message set. Messages without a timestamp
-/// (magic 0, or -1) take `now`: the log's time retention needs one.
-pub fn up_convert(mut set: Bytes, now: i64) -> Result<Bytes, UpConvertError> {
+/// (magic 0, or -1) take `wall`, the wall clock: the log's time retention needs one.
+pub fn up_convert(mut set: Bytes, wall: i64) -> Result<Bytes, UpConvertError> {
     let mut records: Vec<(Option<Bytes>, Option<Bytes>, i64)> = Vec::new();
     while set.has_remaining() {
         if set.remaining() < 12 {
@@ -68,7 +68,7 @@ pub fn up_convert(mut set: Bytes, now: i64) -> Result<Bytes, UpConvertError> {
         };
         let key = nullable(&mut message)?;
         let value = nullable(&mut message)?;
-        records.push((key, value, if timestamp < 0 { now } else { timestamp }));
+        records.push((key, value, if timestamp < 0 { wall } else { timestamp }));
     }
     if records.is_empty() {
         return Err(UpConvertError::Corrupt);

@@ -137,12 +137,12 @@ fn put_nullable_string(out: &mut BytesMut, s: Option<&StrBytes>) {
     }
 }
 
-/// Decodes an old request into the modern request that serves it. `now` stamps old
+/// Decodes an old request into the modern request that serves it. `wall` (the wall clock) stamps old
 /// producers' messages that carry no timestamp.
-pub fn decode(api: ApiKey, version: i16, body: Bytes, now: i64) -> Result<RequestKind, String> {
+pub fn decode(api: ApiKey, version: i16, body: Bytes, wall: i64) -> Result<RequestKind, String> {
     let mut r = Reader(body.clone());
     Ok(match api {
-        ApiKey::Produce => RequestKind::Produce(produce(&mut r, now)?),
+        ApiKey::Produce => RequestKind::Produce(produce(&mut r, wall)?),
         ApiKey::Fetch => RequestKind::Fetch(fetch(&mut r, version)?),
         ApiKey::ListOffsets => RequestKind::ListOffsets(list_offsets(&mut r)?),
         ApiKey::OffsetCommit => RequestKind::OffsetCommit(offset_commit(&mut r, version)?),
@@ -182,12 +182,12 @@ fn with_false_tail(body: Bytes, append: bool) -> Bytes {
     b.freeze()
 }
 
-fn produce(r: &mut Reader, now: i64) -> Result<ProduceRequest, String> {
+fn produce(r: &mut Reader, wall: i64) -> Result<ProduceRequest, String> {
     let acks = r.i16()?;
     let timeout_ms = r.i32()?;
     let topic_data = topics(r, |r| {
         let index = r.i32()?;
-        let records = r.nullable_bytes()?.map(|set| up_convert(set, now));
+        let records = r.nullable_bytes()?.map(|set| up_convert(set, wall));
         Ok(PartitionProduceData::default()
             .with_index(index)
             .with_records(records))
@@ -209,11 +209,11 @@ fn produce(r: &mut Reader, now: i64) -> Result<ProduceRequest, String> {
 /// An old producer's records as a v2 batch. What cannot be converted is passed on empty,
 /// which validation refuses with INVALID_RECORD; a compressed set stays as sent, refused
 /// as a format this broker does not take (UNSUPPORTED_FOR_MESSAGE_FORMAT).
-fn up_convert(set: Bytes, now: i64) -> Bytes {
+fn up_convert(set: Bytes, wall: i64) -> Bytes {
     if !message_set::is_legacy(&set) {
         return set; // v2 batches in an old request: taken as they are.
     }
-    match message_set::up_convert(set.clone(), now) {
+    match message_set::up_convert(set.clone(), wall) {
         Ok(batch) => batch,
         Err(message_set::UpConvertError::Compressed) => set,
         Err(message_set::UpConvertError::Corrupt) => Bytes::new(),

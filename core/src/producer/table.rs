@@ -116,13 +116,15 @@ struct ProducerEntry {
     epoch: i16,
     /// The last batches, oldest first.
     batches: VecDeque<Written>,
-    /// When the producer last wrote here (for `producer.id.expiration.ms`).
+    /// When the producer last wrote here, by the wall clock (for
+    /// `producer.id.expiration.ms`). Wall time, as in Kafka: it is kept in snapshots and
+    /// rebuilt from record timestamps, so it must mean the same after a restart.
     last_write: i64,
 }
 
 impl ProducerEntry {
     /// Puts a batch the entry missed back among its batches, in log order.
-    fn restore(&mut self, written: Written, now: i64) {
+    fn restore(&mut self, written: Written, wall: i64) {
         if !self.batches.is_empty() && written.epoch < self.epoch {
             return; // A later epoch's batches supersede it.
         }
@@ -138,10 +140,10 @@ impl ProducerEntry {
         while self.batches.len() > CACHED_BATCHES {
             self.batches.pop_front();
         }
-        self.last_write = self.last_write.max(now);
+        self.last_write = self.last_write.max(wall);
     }
 
-    fn record(&mut self, batch: &ProducerBatch, written: Written, now: i64) {
+    fn record(&mut self, batch: &ProducerBatch, written: Written, wall: i64) {
         if batch.control {
             // A marker written with a newer epoch (a fenced producer's transaction aborted
             // by its successor) fences the older one here too.
@@ -149,7 +151,7 @@ impl ProducerEntry {
                 self.batches.clear();
                 self.epoch = self.epoch.max(batch.epoch);
             }
-            self.last_write = self.last_write.max(now);
+            self.last_write = self.last_write.max(wall);
             return;
         }
         if batch.epoch != self.epoch {
@@ -160,7 +162,7 @@ impl ProducerEntry {
         if self.batches.len() > CACHED_BATCHES {
             self.batches.pop_front();
         }
-        self.last_write = self.last_write.max(now);
+        self.last_write = self.last_write.max(wall);
     }
 }
 
@@ -168,7 +170,7 @@ impl ProducerEntry {
 struct Delta {
     batch: ProducerBatch,
     written: Written,
-    now: i64,
+    wall: i64,
 }
 
 /// The producer table of one partition; see the module doc.
@@ -249,7 +251,7 @@ impl ProducerTable {
 
     /// Records a batch at `written.at`, after every batch recorded so far. A leader records
     /// its proposals (no offset yet) and records them again once written, with the offset.
-    pub fn record(&mut self, batch: ProducerBatch, written: Written, now: i64) {
+    pub fn record(&mut self, batch: ProducerBatch, written: Written, wall: i64) {
         assert!(
             written.at > self.folded || self.folded == 0 && self.deltas.is_empty(),
             "producer table: batch at {} recorded below the folded point {}",
@@ -280,11 +282,11 @@ impl ProducerTable {
         self.current
             .entry(batch.producer_id)
             .or_default()
-            .record(&batch, written, now);
+            .record(&batch, written, wall);
         self.deltas.push_back(Delta {
             batch,
             written,
-            now,
+            wall,
         });
         if self.deltas.len() > MAX_DELTAS {
             let oldest = self.deltas.front().expect("not empty").written.at;
@@ -294,7 +296,7 @@ impl ProducerTable {
 
     /// A batch written long ago at `written.at` that the table never saw: its copy was
     /// damaged when the table was built from the log, and has been repaired since.
-    pub fn restore(&mut self, batch: ProducerBatch, written: Written, now: i64) {
+    pub fn restore(&mut self, batch: ProducerBatch, written: Written, wall: i64) {
         if batch.control {
             return; // No sequence to put back; later batches carry its epoch.
         }
@@ -302,12 +304,12 @@ impl ProducerTable {
         self.current
             .entry(batch.producer_id)
             .or_default()
-            .restore(written, now);
+            .restore(written, wall);
         if written.at <= self.folded {
             self.base
                 .entry(batch.producer_id)
                 .or_default()
-                .restore(written, now);
+                .restore(written, wall);
         } else {
             let at = self.deltas.partition_point(|d| d.written.at < written.at);
             if self
@@ -320,7 +322,7 @@ impl ProducerTable {
                     Delta {
                         batch,
                         written,
-                        now,
+                        wall,
                     },
                 );
             }
@@ -334,7 +336,7 @@ impl ProducerTable {
             self.base
                 .entry(d.batch.producer_id)
                 .or_default()
-                .record(&d.batch, d.written, d.now);
+                .record(&d.batch, d.written, d.wall);
             self.folded = d.written.at;
         }
     }
@@ -364,17 +366,17 @@ impl ProducerTable {
             self.current
                 .entry(d.batch.producer_id)
                 .or_default()
-                .record(&d.batch, d.written, d.now);
+                .record(&d.batch, d.written, d.wall);
         }
     }
 
     /// Forgets producers that wrote nothing here for `expiration_ms` and have no batch
     /// above the commit point.
-    pub fn expire(&mut self, now: i64, expiration_ms: i64) {
+    pub fn expire(&mut self, wall: i64, expiration_ms: i64) {
         let live: std::collections::BTreeSet<i64> =
             self.deltas.iter().map(|d| d.batch.producer_id).collect();
         let stale = |id: &i64, e: &ProducerEntry| {
-            !live.contains(id) && now.saturating_sub(e.last_write) >= expiration_ms
+            !live.contains(id) && wall.saturating_sub(e.last_write) >= expiration_ms
         };
         self.base.retain(|id, e| !stale(id, e));
         self.current.retain(|id, e| !stale(id, e));

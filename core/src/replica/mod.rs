@@ -22,6 +22,7 @@
 pub mod entries;
 mod load;
 
+use crate::time::Now;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::{Bytes, BytesMut};
@@ -810,7 +811,7 @@ impl Replica {
         log: &mut PartitionLog,
         topic: &TopicConfig,
         index_interval: u32,
-        now: i64,
+        now: Now,
         sync_token: Option<u64>,
     ) -> ReplicaOutput {
         if let State::Running(group) = &mut self.state {
@@ -902,7 +903,7 @@ impl Replica {
                 }
             }
             for (batch, written) in std::mem::take(&mut self.repaired_producers) {
-                log.producers_mut().restore(batch, written, now);
+                log.producers_mut().restore(batch, written, now.wall);
             }
             if std::mem::take(&mut self.rebuild_txns) {
                 let mut txns = group.raw_ref().store().txn_index();
@@ -1082,7 +1083,7 @@ fn write_entries(
     entries: Vec<raft::eraftpb::Entry>,
     topic: &TopicConfig,
     index_interval: u32,
-    now: i64,
+    now: Now,
     ops: &mut Vec<StorageOp>,
 ) {
     let store = group.raw().mut_store();
@@ -1147,9 +1148,9 @@ fn write_entries(
         batch::stamp_base_offset(&mut bytes, base_offset);
         batch::stamp_leader_epoch(&mut bytes, entry.term as i32);
         let size = bytes.len() as u32;
-        log.maybe_roll(u64::from(size), now, topic, ops);
+        log.maybe_roll(u64::from(size), now.wall, topic, ops);
         let at = log.end_point();
-        log.append(delta + 1, size, max_timestamp, now, index_interval);
+        log.append(delta + 1, size, max_timestamp, now.wall, index_interval);
         let txn = txn.map(|event| event.at(base_offset));
         if let Some(event) = txn {
             log.txns_mut().apply(event);
@@ -1170,7 +1171,7 @@ fn write_entries(
         });
         if let Some(batch) = producer {
             let written = Written::of(&batch, entry.index, entry.term, Some(base_offset));
-            log.producers_mut().record(batch, written, now);
+            log.producers_mut().record(batch, written, now.wall);
         }
         store.push(meta, entry.data);
     }

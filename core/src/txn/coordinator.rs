@@ -14,6 +14,7 @@
 //! durable; while a write is in flight, other requests for the id are told
 //! CONCURRENT_TRANSACTIONS, which clients retry.
 
+use crate::time::Now;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
@@ -103,6 +104,23 @@ struct Entry {
     writing: bool,
     /// A marker job for it is in flight.
     marking: Option<u64>,
+    /// Monotonic times, for the timeout and the id's expiry, of its transaction's start and
+    /// of its last write. The record's own `start_ms` and `last_update_ms` are wall-clock
+    /// times for DescribeTransactions; a loaded entry's timers start at its load.
+    started: i64,
+    updated: i64,
+}
+
+impl Entry {
+    fn loaded(record: TxnRecord, now: Now) -> Self {
+        Entry {
+            record,
+            writing: false,
+            marking: None,
+            started: now.mono,
+            updated: now.mono,
+        }
+    }
 }
 
 /// The request a write answers, and how to answer it with an error.
@@ -193,6 +211,8 @@ struct PendingWrite {
     id: String,
     record: TxnRecord,
     after: After,
+    /// When it was written (monotonic).
+    at: i64,
 }
 
 /// The transaction coordinator of one broker.
@@ -225,10 +245,10 @@ pub struct Producer<'a> {
 
 impl TxnCoordinator {
     /// A coordinator that leads nothing yet.
-    pub fn new(config: TxnConfig, now: i64) -> Self {
+    pub fn new(config: TxnConfig, now: Now) -> Self {
         TxnCoordinator {
             partitions: config.partitions,
-            next_check: now + config.abort_check_interval_ms,
+            next_check: now.mono + config.abort_check_interval_ms,
             config,
             owned: BTreeMap::new(),
             entries: BTreeMap::new(),
@@ -270,7 +290,7 @@ impl TxnCoordinator {
     }
 
     /// Applies the records of one batch read back from partition `p`.
-    pub fn load(&mut self, p: i32, view: &BatchView<'_>) {
+    pub fn load(&mut self, now: Now, p: i32, view: &BatchView<'_>) {
         if view.is_control() || !view.crc_ok() {
             return;
         }
@@ -284,12 +304,7 @@ impl TxnCoordinator {
         for kv in key_values {
             match kv.key.and_then(|k| records::decode(k, kv.value)) {
                 Some((id, Some(record))) => {
-                    let entry = Entry {
-                        record,
-                        writing: false,
-                        marking: None,
-                    };
-                    self.entries.insert(id, entry);
+                    self.entries.insert(id, Entry::loaded(record, now));
                 }
                 Some((id, None)) => {
                     self.entries.remove(&id);
@@ -387,7 +402,7 @@ impl TxnCoordinator {
     #[allow(clippy::too_many_arguments)]
     pub fn init_producer_id(
         &mut self,
-        now: i64,
+        now: Now,
         parked: Parked,
         transactional_id: &str,
         timeout_ms: i32,
@@ -416,7 +431,7 @@ impl TxnCoordinator {
                 timeout_ms,
                 state: TxnState::Empty,
                 partitions: BTreeSet::new(),
-                last_update_ms: now,
+                last_update_ms: now.wall,
                 start_ms: -1,
                 txn_number: 0,
             };
@@ -449,7 +464,7 @@ impl TxnCoordinator {
             let record = TxnRecord {
                 epoch,
                 state: TxnState::PrepareAbort,
-                last_update_ms: now,
+                last_update_ms: now.wall,
                 ..current.clone()
             };
             self.write(now, transactional_id, record, After::Markers);
@@ -463,7 +478,7 @@ impl TxnCoordinator {
             timeout_ms,
             state: TxnState::Empty,
             partitions: BTreeSet::new(),
-            last_update_ms: now,
+            last_update_ms: now.wall,
             start_ms: -1,
             txn_number: current.txn_number,
         };
@@ -475,7 +490,7 @@ impl TxnCoordinator {
     /// is open from then on. `exists` says whether a topic partition exists.
     pub fn add_partitions(
         &mut self,
-        now: i64,
+        now: Now,
         parked: Parked,
         request: &AddPartitionsToTxnRequest,
         exists: impl Fn(&str, i32) -> bool,
@@ -519,7 +534,7 @@ impl TxnCoordinator {
     /// so the offsets a TxnOffsetCommit writes there are committed or aborted with it.
     pub fn add_offsets(
         &mut self,
-        now: i64,
+        now: Now,
         parked: Parked,
         producer: Producer<'_>,
         offsets_partition: (String, i32),
@@ -536,7 +551,7 @@ impl TxnCoordinator {
     /// Adds partitions to the producer's transaction; answers once that is durable.
     fn join_transaction(
         &mut self,
-        now: i64,
+        now: Now,
         producer: Producer<'_>,
         partitions: Vec<(String, i32)>,
         waiter: u64,
@@ -555,9 +570,9 @@ impl TxnCoordinator {
         let mut record = current.clone();
         record.partitions.extend(partitions);
         record.state = TxnState::Ongoing;
-        record.last_update_ms = now;
+        record.last_update_ms = now.wall;
         if !ongoing {
-            record.start_ms = now;
+            record.start_ms = now.wall;
             record.txn_number = record.txn_number.wrapping_add(1);
         }
         let ok = answer.with(None);
@@ -574,7 +589,7 @@ impl TxnCoordinator {
     /// transaction with it, and a request of the ended transaction that arrives late (a
     /// produce, a TxnOffsetCommit resent on a new connection) is fenced instead of joining
     /// the next one. A retry of such an EndTxn comes with the epoch before the bump.
-    pub fn end_txn(&mut self, now: i64, parked: Parked, producer: Producer<'_>, commit: bool) {
+    pub fn end_txn(&mut self, now: Now, parked: Parked, producer: Producer<'_>, commit: bool) {
         let version = parked.version;
         let retried = self.locate(producer.transactional_id).ok().and_then(|_| {
             let e = self.entries.get(producer.transactional_id)?;
@@ -625,7 +640,7 @@ impl TxnCoordinator {
         };
         let mut record = TxnRecord {
             state,
-            last_update_ms: now,
+            last_update_ms: now.wall,
             ..entry.record.clone()
         };
         if version >= 5 && record.epoch < i16::MAX - 1 {
@@ -674,7 +689,7 @@ impl TxnCoordinator {
     }
 
     /// ListTransactions: the ids coordinated here that pass the filters.
-    pub fn list(&self, now: i64, request: &ListTransactionsRequest) -> ResponseKind {
+    pub fn list(&self, now: Now, request: &ListTransactionsRequest) -> ResponseKind {
         let known = [
             TxnState::Empty,
             TxnState::Ongoing,
@@ -705,7 +720,7 @@ impl TxnCoordinator {
                 // KIP-994: only transactions running longer than this many ms.
                 let duration_ok = request.duration_filter < 0
                     || r.state == TxnState::Ongoing
-                        && now.saturating_sub(r.start_ms) > request.duration_filter;
+                        && now.wall.saturating_sub(r.start_ms) > request.duration_filter;
                 state_ok && producer_ok && duration_ok
             })
             .map(|(id, e)| {
@@ -727,11 +742,11 @@ impl TxnCoordinator {
     /// Aborts transactions open longer than their timeout (fencing their producer, as
     /// Kafka does), writes the markers of decided transactions whose earlier attempt
     /// failed, and forgets ids idle past `transactional.id.expiration.ms`.
-    pub fn tick(&mut self, now: i64) {
-        if now < self.next_check {
+    pub fn tick(&mut self, now: Now) {
+        if now.mono < self.next_check {
             return;
         }
-        self.next_check = now + self.config.abort_check_interval_ms;
+        self.next_check = now.mono + self.config.abort_check_interval_ms;
         let mut expired = Vec::new();
         let mut stalled = Vec::new();
         let mut idle = Vec::new();
@@ -740,7 +755,7 @@ impl TxnCoordinator {
             if entry.writing || self.locate(id).is_err() {
                 continue;
             }
-            let timed_out = now.saturating_sub(r.start_ms) > i64::from(r.timeout_ms);
+            let timed_out = now.mono.saturating_sub(entry.started) > i64::from(r.timeout_ms);
             if r.state == TxnState::Ongoing && timed_out {
                 expired.push(id.clone());
             } else if r.state.is_prepared() && entry.marking.is_none() {
@@ -748,7 +763,7 @@ impl TxnCoordinator {
             } else if matches!(
                 r.state,
                 TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
-            ) && now.saturating_sub(r.last_update_ms) > self.config.id_expiration_ms
+            ) && now.mono.saturating_sub(entry.updated) > self.config.id_expiration_ms
             {
                 idle.push(id.clone());
             }
@@ -762,7 +777,7 @@ impl TxnCoordinator {
             let record = TxnRecord {
                 epoch,
                 state: TxnState::PrepareAbort,
-                last_update_ms: now,
+                last_update_ms: now.wall,
                 ..current
             };
             self.write(now, &id, record, After::Markers);
@@ -808,6 +823,10 @@ impl TxnCoordinator {
         let entry = self.entries.get_mut(&pending.id).expect("checked above");
         entry.writing = false;
         debug!(transactional_id = %pending.id, state = ?pending.record.state, "transaction state written");
+        if pending.record.txn_number != entry.record.txn_number {
+            entry.started = pending.at;
+        }
+        entry.updated = pending.at;
         entry.record = pending.record;
         match pending.after {
             After::Reply(waiter, _, response) => self.reply(waiter, response),
@@ -825,7 +844,7 @@ impl TxnCoordinator {
     }
 
     /// Every partition of marker job `id` holds its marker: the transaction is complete.
-    pub fn markers_done(&mut self, now: i64, id: u64) {
+    pub fn markers_done(&mut self, now: Now, id: u64) {
         let Some(txn_id) = self.marking.remove(&id) else {
             return;
         };
@@ -841,7 +860,7 @@ impl TxnCoordinator {
         let record = TxnRecord {
             state,
             partitions: BTreeSet::new(),
-            last_update_ms: now,
+            last_update_ms: now.wall,
             start_ms: -1,
             ..entry.record.clone()
         };
@@ -891,14 +910,14 @@ impl TxnCoordinator {
         self.outputs.push_back(TxnOutput::Markers(job));
     }
 
-    fn write(&mut self, now: i64, txn_id: &str, record: TxnRecord, after: After) {
+    fn write(&mut self, now: Now, txn_id: &str, record: TxnRecord, after: After) {
         let value = record.encode();
         self.write_value(now, txn_id, Some(&value), record, after);
     }
 
     /// Writes the tombstone of an idle id; the id is served as it was until it is durable
     /// (a request meanwhile gets `CONCURRENT_TRANSACTIONS`).
-    fn forget(&mut self, now: i64, txn_id: &str) {
+    fn forget(&mut self, now: Now, txn_id: &str) {
         let Some(record) = self.entries.get(txn_id).map(|e| e.record.clone()) else {
             return;
         };
@@ -907,7 +926,7 @@ impl TxnCoordinator {
 
     fn write_value(
         &mut self,
-        now: i64,
+        now: Now,
         txn_id: &str,
         value: Option<&[u8]>,
         record: TxnRecord,
@@ -917,12 +936,10 @@ impl TxnCoordinator {
         let id = self.next_id;
         self.next_id += 1;
         let key = records::encode_key(txn_id);
-        let batch = batch::data_batch(now, &[(Some(&key), value)]).freeze();
-        let entry = self.entries.entry(txn_id.to_string()).or_insert(Entry {
-            record: record.clone(),
-            writing: false,
-            marking: None,
-        });
+        let batch = batch::data_batch(now.wall, &[(Some(&key), value)]).freeze();
+        let entry = (self.entries)
+            .entry(txn_id.to_string())
+            .or_insert_with(|| Entry::loaded(record.clone(), now));
         entry.writing = true;
         self.writes.insert(
             id,
@@ -930,6 +947,7 @@ impl TxnCoordinator {
                 id: txn_id.to_string(),
                 record,
                 after,
+                at: now.mono,
             },
         );
         self.outputs.push_back(TxnOutput::Write {

@@ -17,14 +17,17 @@ use seedlog_core::config::BrokerConfig;
 use seedlog_core::memdisk::MemDisk;
 use seedlog_core::storage::{StorageCompletion, StorageOp};
 use seedlog_core::wire::{decode_response, encode_request, record_batch};
-use seedlog_core::{Broker, Output, Recovered};
+use seedlog_core::{Broker, Now, Output, Recovered};
 
 /// Steps a broker until idle, carrying out its storage operations on a `MemDisk`.
 pub struct Harness {
     pub broker: Broker,
     pub disk: MemDisk,
     pub config: BrokerConfig,
+    /// The monotonic time.
     pub now: i64,
+    /// How far the wall clock is ahead of the monotonic time (a test steps it).
+    pub wall_offset: i64,
     /// Frames sent to each connection, oldest first.
     pub inbox: BTreeMap<u64, VecDeque<Bytes>>,
     pub closed: Vec<u64>,
@@ -42,10 +45,12 @@ impl Harness {
     pub fn new(config: BrokerConfig) -> Self {
         let now = 1_700_000_000_000;
         Harness {
-            broker: Broker::new(config.clone(), Recovered::default(), 7, now).expect("starts"),
+            broker: Broker::new(config.clone(), Recovered::default(), 7, Now::at(now))
+                .expect("starts"),
             disk: MemDisk::new(),
             config,
             now,
+            wall_offset: 0,
             inbox: BTreeMap::new(),
             closed: Vec::new(),
             hold_syncs: false,
@@ -53,6 +58,14 @@ impl Harness {
             asked: BTreeMap::new(),
             next_correlation: 1,
             reads: Vec::new(),
+        }
+    }
+
+    /// The time of the next input, on both clocks.
+    pub fn time(&self) -> Now {
+        Now {
+            mono: self.now,
+            wall: self.now + self.wall_offset,
         }
     }
 
@@ -76,7 +89,7 @@ impl Harness {
                         self.reads.push((*position, *len));
                     }
                     if let Some(c) = self.disk.execute(op) {
-                        self.broker.handle_storage(self.now, c);
+                        self.broker.handle_storage(self.time(), c);
                     }
                 }
             }
@@ -89,7 +102,7 @@ impl Harness {
         for op in std::mem::take(&mut self.held) {
             let c = self.disk.execute(op).expect("sync completes");
             assert!(matches!(c, StorageCompletion::Synced { .. }));
-            self.broker.handle_storage(self.now, c);
+            self.broker.handle_storage(self.time(), c);
         }
         self.drive();
     }
@@ -101,7 +114,8 @@ impl Harness {
             .entry(conn)
             .or_default()
             .push_back((api, version));
-        self.broker.handle_request(self.now, conn, frame.slice(4..));
+        self.broker
+            .handle_request(self.time(), conn, frame.slice(4..));
         self.drive();
     }
 
@@ -117,7 +131,7 @@ impl Harness {
         frame.extend_from_slice(body);
         self.next_correlation += 1;
         self.broker
-            .handle_request(self.now, conn, Bytes::from(frame));
+            .handle_request(self.time(), conn, Bytes::from(frame));
         self.drive();
     }
 
@@ -141,7 +155,7 @@ impl Harness {
     pub fn advance(&mut self, ms: i64) {
         self.now += ms;
         if self.broker.poll_timeout().is_some_and(|t| t <= self.now) {
-            self.broker.handle_timeout(self.now);
+            self.broker.handle_timeout(self.time());
             self.drive();
         }
     }
@@ -156,7 +170,8 @@ impl Harness {
         self.inbox.clear();
         self.asked.clear();
         let recovered = self.disk.recover(self.config.index_interval_bytes, 2 << 20);
-        self.broker = Broker::new(self.config.clone(), recovered, 7, self.now).expect("restarts");
+        self.broker =
+            Broker::new(self.config.clone(), recovered, 7, self.time()).expect("restarts");
         self.drive();
     }
 
