@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use madsim::net::NetSim;
 use madsim::runtime::Handle;
+use madsim::task::NodeId;
 
 use crate::cluster::Broker;
 use crate::history::Partition;
@@ -142,18 +143,54 @@ async fn strike(
             disk.lock().expect("disk lock").faults.full = false;
         }
         "partition" => {
-            // Both ways, or one way only: requests get in but answers cannot leave, or the
-            // other way round.
             let net = NetSim::current();
-            let mode = ["both-ways", "inbound-only", "outbound-only"][dice.between(0, 2) as usize];
-            match mode {
-                "both-ways" => net.clog_node(node),
-                "inbound-only" => net.clog_node_in(node),
-                _ => net.clog_node_out(node),
+            let nodes: Vec<_> = (brokers.lock().expect("brokers lock").iter())
+                .map(|b| b.node.id())
+                .collect();
+            let mut mode = PartitionMode::ALL[dice.between(0, 4) as usize];
+            if mode == PartitionMode::Split && nodes.len() < 3 {
+                mode = PartitionMode::BothWays; // No majority to split from.
             }
-            ctx.history().fault(now, kind, (index, mode));
-            sleep_s(duration).await;
+            match mode {
+                PartitionMode::BothWays => net.clog_node(node),
+                PartitionMode::InboundOnly => net.clog_node_in(node),
+                PartitionMode::OutboundOnly => net.clog_node_out(node),
+                PartitionMode::Split | PartitionMode::Flapping => {}
+            }
+            // A split: the struck broker and others with it, fewer than half of all, on one
+            // side, the rest on the other; clients still reach both sides.
+            let mut minority = vec![index];
+            if mode == PartitionMode::Split {
+                let mut others: Vec<usize> = (0..nodes.len()).filter(|i| *i != index).collect();
+                let most = (nodes.len() - 1) / 2 - 1;
+                for _ in 0..dice.between(0, most as u64) {
+                    let pick = dice.between(0, others.len() as u64 - 1) as usize;
+                    minority.push(others.remove(pick));
+                }
+                for_links(&nodes, &minority, |a, b| net.clog_link(a, b));
+            }
+            ctx.history()
+                .fault(now, kind, (index, mode.name(), &minority));
+            if mode == PartitionMode::Flapping {
+                // Cut and healed again and again: every election and repair restarts.
+                let until = ctx.now_ms() + (duration * 1000.0) as u64;
+                let mut cut = false;
+                while ctx.now_ms() < until {
+                    cut = !cut;
+                    if cut {
+                        net.clog_node(node)
+                    } else {
+                        net.unclog_node(node)
+                    }
+                    sleep_s(dice.pick([0.05, 0.5])).await;
+                }
+            } else {
+                sleep_s(duration).await;
+            }
             net.unclog_node(node);
+            if mode == PartitionMode::Split {
+                for_links(&nodes, &minority, |a, b| net.unclog_link(a, b));
+            }
         }
         "restart" => {
             let stopped = brokers.lock().expect("brokers lock")[index].begin_clean_stop();
@@ -196,6 +233,54 @@ async fn strike(
             Handle::current().resume(node);
         }
         other => unreachable!("unknown fault kind {other}"),
+    }
+}
+
+/// How a `partition` fault cuts the network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PartitionMode {
+    /// The struck broker is cut off from everyone, both ways.
+    BothWays,
+    /// Requests reach it, nothing it sends leaves.
+    InboundOnly,
+    /// What it sends leaves, nothing reaches it.
+    OutboundOnly,
+    /// The brokers split at random into a minority (with the struck broker) and a majority
+    /// that cannot reach each other; clients reach both (one way cut off, with fewer than
+    /// three brokers).
+    Split,
+    /// The struck broker is cut off and healed again and again, every 50-500 ms.
+    Flapping,
+}
+
+impl PartitionMode {
+    const ALL: [PartitionMode; 5] = [
+        PartitionMode::BothWays,
+        PartitionMode::InboundOnly,
+        PartitionMode::OutboundOnly,
+        PartitionMode::Split,
+        PartitionMode::Flapping,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            PartitionMode::BothWays => "both-ways",
+            PartitionMode::InboundOnly => "inbound-only",
+            PartitionMode::OutboundOnly => "outbound-only",
+            PartitionMode::Split => "split",
+            PartitionMode::Flapping => "flapping",
+        }
+    }
+}
+
+/// Calls `f` on every link, each way, between a broker in `side` and one outside it.
+fn for_links(nodes: &[NodeId], side: &[usize], mut f: impl FnMut(NodeId, NodeId)) {
+    for (i, a) in nodes.iter().enumerate() {
+        for (j, b) in nodes.iter().enumerate() {
+            if side.contains(&i) != side.contains(&j) {
+                f(*a, *b);
+            }
+        }
     }
 }
 
@@ -269,6 +354,14 @@ pub fn heal(ctx: &Ctx, brokers: &Brokers) {
         c.packet_loss_rate = 0.0;
         c.send_latency = Duration::from_millis(1)..Duration::from_millis(2);
     });
+    let nodes: Vec<NodeId> = (brokers.lock().expect("brokers lock").iter())
+        .map(|b| b.node.id())
+        .collect();
+    for a in &nodes {
+        for b in &nodes {
+            net.unclog_link(*a, *b);
+        }
+    }
     for broker in brokers.lock().expect("brokers lock").iter_mut() {
         net.unclog_node(broker.node.id());
         Handle::current().resume(broker.node.id());

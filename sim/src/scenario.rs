@@ -173,7 +173,8 @@ pub struct Faults {
     pub disk_full: Option<Recurring>,
     /// fsync latency in milliseconds, all run long.
     pub slow_disk_ms: Option<Range>,
-    /// Cut every broker off from the clients.
+    /// Cut the network: one broker off (both ways or one way), the brokers split into a
+    /// minority and a majority, or one broker cut and healed again and again.
     pub partition: Option<Recurring>,
     /// Freeze a broker (a GC pause, a stalled VM).
     pub pause: Option<Recurring>,
