@@ -174,6 +174,9 @@ pub struct BrokerConfig {
     /// `producer.id.expiration.ms`: a producer that wrote nothing to a partition for this
     /// long is forgotten there (a later batch of it may start at any sequence).
     pub producer_id_expiration_ms: i64,
+    /// Report every entry a partition replica commits as an [`crate::Observation`] (the
+    /// simulator's state checker reads them); off in a real broker, where nobody listens.
+    pub report_commits: bool,
 }
 
 impl Default for BrokerConfig {
@@ -194,6 +197,7 @@ impl Default for BrokerConfig {
             groups: crate::group::GroupConfig::default(),
             txns: crate::txn::TxnConfig::default(),
             producer_id_expiration_ms: 24 * 3600 * 1000,
+            report_commits: false,
         }
     }
 }

@@ -28,5 +28,7 @@ pub mod topic;
 pub mod txn;
 pub mod wire;
 
-pub use broker::{Broker, ConnectionId, Observation, Output, Recovered, RecoveredTopic};
+pub use broker::{
+    Broker, CommittedEntry, ConnectionId, Observation, Output, Recovered, RecoveredTopic,
+};
 pub use time::Now;

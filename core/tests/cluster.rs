@@ -15,7 +15,7 @@ use seedlog_core::memdisk::MemDisk;
 use seedlog_core::wire::{
     decode_response, encode_request, fetch_request, produce_request, record_batch, topic_name,
 };
-use seedlog_core::{Broker, Now, Observation, Output, Recovered};
+use seedlog_core::{Broker, CommittedEntry, Now, Observation, Output, Recovered};
 
 const START: i64 = 1_700_000_000_000;
 
@@ -34,6 +34,8 @@ struct Cluster {
     cut: BTreeSet<i32>,
     /// (broker, term) of every election won.
     elections: Vec<(i32, u64)>,
+    /// Committed entries each broker reported, by (broker, partition).
+    commits: BTreeMap<(i32, String), Vec<CommittedEntry>>,
 }
 
 impl Cluster {
@@ -47,6 +49,7 @@ impl Cluster {
             };
             config.cluster.voters = (1..=n).collect();
             config.cluster.snapshot_entries = snapshot_entries;
+            config.report_commits = true;
             let broker = Broker::new(
                 config.clone(),
                 Recovered::default(),
@@ -67,6 +70,7 @@ impl Cluster {
             now: START,
             cut: BTreeSet::new(),
             elections: Vec::new(),
+            commits: BTreeMap::new(),
         }
     }
 
@@ -119,6 +123,9 @@ impl Cluster {
                         Output::Peer { to, frame } => frames.push((id, to, frame)),
                         Output::Observed(Observation::Elected { term, .. }) => {
                             self.elections.push((id, term))
+                        }
+                        Output::Observed(Observation::Committed { group, entries, .. }) => {
+                            self.commits.entry((id, group)).or_default().extend(entries)
                         }
                         Output::Close(_) | Output::PeerAddress { .. } => {}
                     }
@@ -639,6 +646,31 @@ fn a_replicated_partition_commits_on_a_majority_and_outlives_its_leader() {
     // Preferred-leader balancing: leadership goes back to the first replica.
     for id in 1..=3 {
         assert_eq!(cluster.leader(id, "r").0, 1, "broker {id}");
+    }
+
+    // What each broker reported committed: the same entries, in index order, at
+    // contiguous offsets, with every acknowledged batch; the cut-off leader's unacknowledged
+    // write is not among them.
+    let reported = |id: i32| cluster.commits[&(id, "r-0".to_string())].clone();
+    let first = reported(1);
+    assert!(first
+        .windows(2)
+        .all(|w| w[1].index == w[0].index + 1 && w[1].base_offset == w[0].next_offset));
+    assert!(first.iter().all(|e| e.crc.is_some()));
+    for base in &acked {
+        assert!(
+            first
+                .iter()
+                .any(|e| (e.base_offset..e.next_offset).contains(base)),
+            "acknowledged offset {base} reported committed"
+        );
+    }
+    for id in 2..=3 {
+        assert_eq!(
+            reported(id),
+            first,
+            "broker {id} committed what broker 1 did"
+        );
     }
 }
 

@@ -150,6 +150,7 @@ fn node_config(index: u32, size: u32, voters: u32, addr: SocketAddr) -> NodeConf
     let mut broker = BrokerConfig {
         broker_id: me,
         retention_check_interval_ms: 1000,
+        report_commits: true,
         ..BrokerConfig::default()
     };
     let voters: BTreeMap<i32, String> = if size > 1 {

@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use seedlog_core::CommittedEntry;
+
 use crate::group_facts::GroupFacts;
 
 /// A partition, as the simulator names it.
@@ -41,6 +43,10 @@ pub enum Check {
     OneLeaderPerTerm,
     /// Replicas of a partition hold the same batch at each offset.
     ReplicasAgree,
+    /// Every broker that reports a partition entry committed reports the same entry at
+    /// that Raft index: same term, offsets and CRC (the brokers' own commit events, the
+    /// state machine safety of Raft checked as it happens, not only at the end).
+    CommitsAgree,
     /// A group generation gives each partition to at most one member.
     GroupOneOwner,
     /// Committed offsets read back are the ones committed, and never move back.
@@ -69,7 +75,7 @@ pub enum Check {
 
 impl Check {
     /// Every check, in report order.
-    pub const ALL: [Check; 17] = [
+    pub const ALL: [Check; 18] = [
         Check::AckedWritesDurable,
         Check::TopicsDurable,
         Check::OffsetsAgree,
@@ -78,6 +84,7 @@ impl Check {
         Check::NoCorruptReads,
         Check::OneLeaderPerTerm,
         Check::ReplicasAgree,
+        Check::CommitsAgree,
         Check::GroupOneOwner,
         Check::CommittedOffsets,
         Check::IdempotentOnce,
@@ -100,6 +107,7 @@ impl Check {
             Check::NoCorruptReads => "no-corrupt-reads",
             Check::OneLeaderPerTerm => "one-leader-per-term",
             Check::ReplicasAgree => "replicas-agree",
+            Check::CommitsAgree => "commits-agree",
             Check::GroupOneOwner => "group-one-owner",
             Check::CommittedOffsets => "committed-offsets",
             Check::IdempotentOnce => "idempotent-once",
@@ -213,6 +221,9 @@ pub struct History {
     last_hw: BTreeMap<(u32, Partition), i64>,
     /// (Raft group, term) -> the broker that said it leads it.
     leaders: BTreeMap<(String, u64), i32>,
+    /// Per partition (and topic id), the first report of each committed Raft index, and
+    /// the broker that made it.
+    commits: BTreeMap<(String, [u8; 16]), Commits>,
     violations: Vec<Violation>,
     groups: GroupFacts,
     /// Producer ids handed out, and when.
@@ -225,6 +236,9 @@ pub struct History {
     trace: TraceHash,
     events: u64,
 }
+
+/// One partition's committed entries by Raft index, each as first reported, and by whom.
+type Commits = BTreeMap<u64, (i32, CommittedEntry)>;
 
 /// The run's fingerprint: FNV-1a over every traced event's time and text. Its output is
 /// fixed by this code alone (std's `DefaultHasher` may change between toolchains, and a
@@ -314,6 +328,40 @@ impl History {
             None => {
                 self.leaders.insert((group.to_string(), term), broker);
             }
+        }
+    }
+
+    /// Broker `broker` committed `entries` of partition `group` (topic `topic_id`): each
+    /// must match what any broker reported committed at its index.
+    pub fn committed(
+        &mut self,
+        broker: i32,
+        group: &str,
+        topic_id: &[u8; 16],
+        entries: &[CommittedEntry],
+    ) {
+        let known = self
+            .commits
+            .entry((group.to_string(), *topic_id))
+            .or_default();
+        let mut clashes = Vec::new();
+        for entry in entries {
+            let (first_broker, first) = known
+                .entry(entry.index)
+                .or_insert_with(|| (broker, entry.clone()));
+            let same_place = (first.term, first.base_offset, first.next_offset)
+                == (entry.term, entry.base_offset, entry.next_offset);
+            // A damaged copy reports no CRC; intact copies must agree.
+            let same_bytes = first.crc.zip(entry.crc).is_none_or(|(a, b)| a == b);
+            if !(same_place && same_bytes) {
+                clashes.push(format!(
+                    "{group} index {}: broker {first_broker} committed {first:?}, broker {broker} {entry:?}",
+                    entry.index
+                ));
+            }
+        }
+        for detail in clashes {
+            self.violate(Check::CommitsAgree, detail);
         }
     }
 

@@ -54,6 +54,14 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
                 .expect("history lock")
                 .elected(at_ms, broker, group, *term);
         }
+        Observation::Committed {
+            group,
+            topic_id,
+            entries,
+        } => {
+            let mut history = observed.lock().expect("history lock");
+            history.committed(broker, group, topic_id, entries);
+        }
     });
     let brokers: Brokers = Arc::new(Mutex::new(
         (0..plan.scenario.brokers)

@@ -95,6 +95,31 @@ pub enum Observation {
         /// The term.
         term: u64,
     },
+    /// This broker's replica of a partition committed entries (only with
+    /// `report_commits`): the facts a state checker compares across brokers.
+    Committed {
+        /// `topic-partition`.
+        group: String,
+        /// The topic's id: a topic deleted and created again under its name is another.
+        topic_id: [u8; 16],
+        /// The entries, in index order.
+        entries: Vec<CommittedEntry>,
+    },
+}
+
+/// One committed entry of a partition replica, as its broker reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedEntry {
+    /// Raft index.
+    pub index: u64,
+    /// Raft term that wrote it (its batch's leader epoch).
+    pub term: u64,
+    /// Offset of its first record.
+    pub base_offset: i64,
+    /// Offset after its last record.
+    pub next_offset: i64,
+    /// Its batch's CRC, unless this broker's copy is damaged.
+    pub crc: Option<u32>,
 }
 
 /// Everything found on disk at startup.

@@ -17,7 +17,7 @@ use kafka_protocol::ResponseError;
 use prost::Message as _;
 use tracing::{debug, info};
 
-use super::{Broker, Observation, Output, ProduceFor};
+use super::{Broker, CommittedEntry, Observation, Output, ProduceFor};
 use crate::batch;
 use crate::canary::{is_planted, Canary};
 use crate::cluster::records::{
@@ -93,6 +93,7 @@ impl Broker {
             election_ticks: self.config.cluster.election_ticks,
             heartbeat_ticks: self.config.cluster.heartbeat_ticks,
             seed: self.id_seed,
+            report_commits: self.config.report_commits,
         };
         let Some(topic) = self.topics.get_mut(&tp.topic) else {
             return;
@@ -311,6 +312,21 @@ impl Broker {
                     }));
                 let id = self.topics[&tp.topic].id;
                 self.propose_leader(&tp.topic, id, tp.partition, term);
+            }
+            if !out.committed.is_empty() {
+                let entries = out.committed.iter().map(|(index, meta)| CommittedEntry {
+                    index: *index,
+                    term: meta.term,
+                    base_offset: meta.base_offset,
+                    next_offset: meta.next_offset,
+                    crc: meta.crc,
+                });
+                self.outputs
+                    .push_back(Output::Observed(Observation::Committed {
+                        group: tp.to_string(),
+                        topic_id: self.topics[&tp.topic].id,
+                        entries: entries.collect(),
+                    }));
             }
             if out.advanced {
                 advanced.insert(tp);

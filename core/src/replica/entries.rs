@@ -31,6 +31,9 @@ pub struct EntryMeta {
     pub position: u64,
     /// Bytes on disk.
     pub size: u32,
+    /// The CRC its batch carries, if its copy here is intact (a damaged copy's may be the
+    /// damaged bytes).
+    pub crc: Option<u32>,
     /// What the batch holds.
     pub kind: EntryKind,
     /// What the batch means to a transaction, if anything (`None` too for a damaged batch

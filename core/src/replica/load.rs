@@ -218,6 +218,7 @@ impl Loader {
                     segment_base,
                     position: self.position,
                     size: size as u32,
+                    crc: intact.then(|| view.stored_crc()),
                     kind: match control.filter(|_| intact) {
                         Some((batch::LEADER_CHANGE_CONTROL_TYPE, _)) => EntryKind::LeaderChange,
                         Some((batch::MEMBERSHIP_CONTROL_TYPE, value)) => {

@@ -69,6 +69,8 @@ pub struct ReplicaConfig {
     pub heartbeat_ticks: usize,
     /// Seeds election-timeout jitter.
     pub seed: u64,
+    /// Fill [`ReplicaOutput::committed`].
+    pub report_commits: bool,
 }
 
 /// A read the replica needs; the broker issues it and hands the bytes to
@@ -98,6 +100,9 @@ pub struct ReplicaOutput {
     pub elected: Option<u64>,
     /// The high watermark moved.
     pub advanced: bool,
+    /// Entries committed since the last drive, with their Raft index (only if the config
+    /// asks for them).
+    pub committed: Vec<(u64, EntryMeta)>,
 }
 
 /// Where a reassignment stands, seen from the partition leader.
@@ -146,6 +151,8 @@ pub struct Replica {
     next_tag: u64,
     /// (term, leader?) last reported, to report each election once.
     reported: (u64, bool),
+    /// The last Raft index reported committed, when commits are reported.
+    commit_reported: u64,
     /// This replica may lack entries its group counts on — start-up cut a corrupt log, or
     /// it joins a group that already has a history — so it does not vote or campaign until
     /// it has caught up with a leader. (Without this, fresh replicas added by moves could
@@ -221,6 +228,7 @@ impl Replica {
             fetching: BTreeMap::new(),
             next_tag: 1,
             reported: (0, false),
+            commit_reported: 0,
             catching_up: false,
             damaged: BTreeSet::new(),
             rewrites: BTreeMap::new(),
@@ -912,6 +920,12 @@ impl Replica {
             }
             let store = group.raw_ref().store();
             let committed = group.committed().min(store.last());
+            if self.config.report_commits && committed > self.commit_reported {
+                let from = self.commit_reported.max(store.start().index) + 1;
+                let entries = (from..=committed).filter_map(|i| Some((i, *store.meta(i)?)));
+                self.pending.committed.extend(entries);
+                self.commit_reported = committed;
+            }
             log.producers_mut().commit(committed);
             if let Some(meta) = store.meta(committed) {
                 let point = CommitPoint {
@@ -1162,6 +1176,9 @@ fn write_entries(
             segment_base: at.segment_base,
             position: at.position,
             size,
+            crc: BatchView::split_first(&bytes)
+                .ok()
+                .map(|(v, _)| v.stored_crc()),
             kind,
             txn,
         };
