@@ -2,7 +2,9 @@
 //! failover on one machine. Broker `i` (1-based) serves clients on 127.0.0.1:(9091 + i)
 //! and its peers on 127.0.0.1:(9191 + i); its data and log live under `DIR/node-i`.
 //! Ctrl-C (or SIGTERM) stops every broker cleanly; a broker killed by hand is reported and
-//! the others keep running, as in a real cluster.
+//! the others keep running, as in a real cluster. If `dev-cluster` itself dies (kill -9),
+//! the kernel sends each broker SIGTERM (Linux's parent-death signal), so no broker
+//! outlives it.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -26,6 +28,32 @@ pub struct DevClusterArgs {
     pub base_port: u16,
 }
 
+/// Asks the kernel to send the child SIGTERM when this process dies, however it dies.
+#[cfg(target_os = "linux")]
+fn stop_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // The signal follows the thread that spawns: a runtime worker, alive as long as the
+    // process. SAFETY: the closure runs in the forked child before exec and calls only
+    // async-signal-safe functions (prctl, getppid, raise); it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before the signal was armed: stop at once.
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGTERM);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Elsewhere there is no parent-death signal: Ctrl-C still stops the brokers.
+#[cfg(not(target_os = "linux"))]
+fn stop_with_parent(_command: &mut Command) {}
+
 /// Starts the brokers and waits for Ctrl-C.
 pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
     if !(1..=9).contains(&args.nodes) {
@@ -42,7 +70,9 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
         let dir = args.dir.join(format!("node-{i}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let log = std::fs::File::create(dir.join("seedlog.log")).context("creating a log file")?;
-        let child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        stop_with_parent(&mut command);
+        let child = command
             .arg("run")
             .args(["--broker-id", &i.to_string()])
             .args(["--listen", &format!("127.0.0.1:{}", args.base_port + i - 1)])
