@@ -21,6 +21,25 @@ pub enum TimestampType {
     LogAppendTime,
 }
 
+/// `cleanup.policy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CleanupPolicy {
+    /// Old segments go by `retention.ms` and `retention.bytes`.
+    Delete,
+    /// Kafka keeps the latest record of each key. seedlog does not compact yet, so it keeps
+    /// every record: a superset of what compaction would keep, never less.
+    Compact,
+    /// Both: old segments go by retention, and (in Kafka) the rest is compacted.
+    CompactDelete,
+}
+
+impl CleanupPolicy {
+    /// True if retention deletes old segments.
+    pub fn deletes(self) -> bool {
+        self != CleanupPolicy::Compact
+    }
+}
+
 /// The settings that govern one topic's log. Kafka names in comments.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicConfig {
@@ -39,6 +58,11 @@ pub struct TopicConfig {
     /// `min.insync.replicas`: acks=all produces are refused with NOT_ENOUGH_REPLICAS when
     /// fewer replicas (leader included) are keeping up. Raft commits on a majority anyway.
     pub min_insync_replicas: usize,
+    /// `cleanup.policy`.
+    pub cleanup_policy: CleanupPolicy,
+    /// Values set for keys that are checked, stored and reported but not acted on yet
+    /// (see [`TOPIC_CONFIGS`]).
+    pub stored: BTreeMap<String, String>,
 }
 
 impl Default for TopicConfig {
@@ -51,25 +75,178 @@ impl Default for TopicConfig {
             max_message_bytes: 1_048_588,
             timestamp_type: TimestampType::CreateTime,
             min_insync_replicas: 1,
+            cleanup_policy: CleanupPolicy::Delete,
+            stored: BTreeMap::new(),
         }
     }
 }
 
-/// Topic config keys this broker understands, in the order DescribeConfigs lists them.
-pub const TOPIC_CONFIG_KEYS: &[&str] = &[
-    "cleanup.policy",
-    "max.message.bytes",
-    "message.timestamp.type",
-    "min.insync.replicas",
-    "retention.bytes",
-    "retention.ms",
-    "segment.bytes",
-    "segment.ms",
+/// What values a topic config key takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigKind {
+    /// An integer at least this.
+    Long(i64),
+    /// `true` or `false`.
+    Bool,
+    /// A number between 0 and 1.
+    Ratio,
+    /// One of these words.
+    OneOf(&'static [&'static str]),
+    /// A comma-separated list of these words, at least one.
+    ListOf(&'static [&'static str]),
+    /// Any text (replica lists, versions).
+    Text,
+}
+
+/// One topic config key Kafka defines.
+#[derive(Clone, Copy, Debug)]
+pub struct TopicKey {
+    /// Kafka's name.
+    pub name: &'static str,
+    /// What values it takes.
+    pub kind: ConfigKind,
+    /// True if seedlog acts on it; false if it is checked, stored and reported only.
+    pub honoured: bool,
+    /// Kafka's default, as DescribeConfigs prints it, for the keys that are only stored.
+    pub default: &'static str,
+}
+
+const fn key(
+    name: &'static str,
+    kind: ConfigKind,
+    honoured: bool,
+    default: &'static str,
+) -> TopicKey {
+    TopicKey {
+        name,
+        kind,
+        honoured,
+        default,
+    }
+}
+
+const NEVER: &str = "9223372036854775807";
+
+/// Every topic config of Kafka 3.9, in the order DescribeConfigs lists them. A client may
+/// set any of them (a malformed value is INVALID_CONFIG); those not honoured are kept and
+/// reported back, as the README's table says.
+pub const TOPIC_CONFIGS: &[TopicKey] = &[
+    key(
+        "cleanup.policy",
+        ConfigKind::ListOf(&["delete", "compact"]),
+        true,
+        "",
+    ),
+    key(
+        "compression.type",
+        ConfigKind::OneOf(&["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"]),
+        false,
+        "producer",
+    ),
+    key(
+        "delete.retention.ms",
+        ConfigKind::Long(0),
+        false,
+        "86400000",
+    ),
+    key("file.delete.delay.ms", ConfigKind::Long(0), false, "60000"),
+    key("flush.messages", ConfigKind::Long(1), false, NEVER),
+    key("flush.ms", ConfigKind::Long(0), false, NEVER),
+    key(
+        "follower.replication.throttled.replicas",
+        ConfigKind::Text,
+        false,
+        "",
+    ),
+    key("index.interval.bytes", ConfigKind::Long(0), false, "4096"),
+    key(
+        "leader.replication.throttled.replicas",
+        ConfigKind::Text,
+        false,
+        "",
+    ),
+    key("local.retention.bytes", ConfigKind::Long(-2), false, "-2"),
+    key("local.retention.ms", ConfigKind::Long(-2), false, "-2"),
+    key("max.compaction.lag.ms", ConfigKind::Long(1), false, NEVER),
+    key("max.message.bytes", ConfigKind::Long(0), true, ""),
+    key(
+        "message.downconversion.enable",
+        ConfigKind::Bool,
+        false,
+        "true",
+    ),
+    key("message.format.version", ConfigKind::Text, false, "3.0-IV1"),
+    key(
+        "message.timestamp.after.max.ms",
+        ConfigKind::Long(0),
+        false,
+        NEVER,
+    ),
+    key(
+        "message.timestamp.before.max.ms",
+        ConfigKind::Long(0),
+        false,
+        NEVER,
+    ),
+    key(
+        "message.timestamp.difference.max.ms",
+        ConfigKind::Long(0),
+        false,
+        NEVER,
+    ),
+    key(
+        "message.timestamp.type",
+        ConfigKind::OneOf(&["CreateTime", "LogAppendTime"]),
+        true,
+        "",
+    ),
+    key("min.cleanable.dirty.ratio", ConfigKind::Ratio, false, "0.5"),
+    key("min.compaction.lag.ms", ConfigKind::Long(0), false, "0"),
+    key("min.insync.replicas", ConfigKind::Long(1), true, ""),
+    key("preallocate", ConfigKind::Bool, false, "false"),
+    key("remote.storage.enable", ConfigKind::Bool, false, "false"),
+    key("retention.bytes", ConfigKind::Long(-1), true, ""),
+    key("retention.ms", ConfigKind::Long(-1), true, ""),
+    key("segment.bytes", ConfigKind::Long(14), true, ""),
+    key(
+        "segment.index.bytes",
+        ConfigKind::Long(4),
+        false,
+        "10485760",
+    ),
+    key("segment.jitter.ms", ConfigKind::Long(0), false, "0"),
+    key("segment.ms", ConfigKind::Long(1), true, ""),
+    key(
+        "unclean.leader.election.enable",
+        ConfigKind::Bool,
+        false,
+        "false",
+    ),
 ];
 
 /// A config value that could not be applied, with the reason for the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
+
+impl ConfigKind {
+    /// Checks `value`, returning it as the broker keeps it (trimmed).
+    fn check(self, key: &str, value: &str) -> Result<String, ConfigError> {
+        let value = value.trim();
+        let bad = || ConfigError(format!("invalid value {value:?} for {key}"));
+        let ok = match self {
+            ConfigKind::Long(min) => value.parse::<i64>().is_ok_and(|v| v >= min),
+            ConfigKind::Bool => value == "true" || value == "false",
+            ConfigKind::Ratio => value.parse::<f64>().is_ok_and(|v| (0.0..=1.0).contains(&v)),
+            ConfigKind::OneOf(words) => words.contains(&value),
+            ConfigKind::ListOf(words) => {
+                let mut items = value.split(',').map(str::trim);
+                items.all(|w| words.contains(&w))
+            }
+            ConfigKind::Text => true,
+        };
+        ok.then(|| value.to_string()).ok_or_else(bad)
+    }
+}
 
 impl TopicConfig {
     /// Applies Kafka-named overrides on top of `self`.
@@ -86,37 +263,35 @@ impl TopicConfig {
 
     /// Sets one Kafka-named key.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
-        let bad = || ConfigError(format!("invalid value {value:?} for {key}"));
-        let int = |min: i64| -> Result<i64, ConfigError> {
-            value
-                .trim()
-                .parse::<i64>()
-                .ok()
-                .filter(|v| *v >= min)
-                .ok_or_else(bad)
+        let Some(spec) = TOPIC_CONFIGS.iter().find(|k| k.name == key) else {
+            return Err(ConfigError(format!("unknown topic config {key}")));
         };
+        let value = spec.kind.check(key, value)?;
+        let int = || value.parse::<i64>().expect("checked above");
         match key {
-            "retention.ms" => self.retention_ms = int(-1)?,
-            "retention.bytes" => self.retention_bytes = int(-1)?,
-            "segment.bytes" => self.segment_bytes = int(14)? as u64,
-            "segment.ms" => self.segment_ms = int(1)?,
-            "max.message.bytes" => self.max_message_bytes = int(0)? as usize,
-            "min.insync.replicas" => self.min_insync_replicas = int(1)? as usize,
+            "retention.ms" => self.retention_ms = int(),
+            "retention.bytes" => self.retention_bytes = int(),
+            "segment.bytes" => self.segment_bytes = int() as u64,
+            "segment.ms" => self.segment_ms = int(),
+            "max.message.bytes" => self.max_message_bytes = int() as usize,
+            "min.insync.replicas" => self.min_insync_replicas = int() as usize,
             "message.timestamp.type" => {
-                self.timestamp_type = match value {
-                    "CreateTime" => TimestampType::CreateTime,
+                self.timestamp_type = match value.as_str() {
                     "LogAppendTime" => TimestampType::LogAppendTime,
-                    _ => return Err(bad()),
+                    _ => TimestampType::CreateTime,
                 }
             }
-            // Only `delete` is implemented; compaction comes later.
-            "cleanup.policy" if value == "delete" => {}
             "cleanup.policy" => {
-                return Err(ConfigError(format!(
-                    "cleanup.policy={value} is not supported yet"
-                )))
+                let has = |w: &str| value.split(',').any(|v| v.trim() == w);
+                self.cleanup_policy = match (has("compact"), has("delete")) {
+                    (true, true) => CleanupPolicy::CompactDelete,
+                    (true, false) => CleanupPolicy::Compact,
+                    _ => CleanupPolicy::Delete,
+                }
             }
-            _ => return Err(ConfigError(format!("unknown topic config {key}"))),
+            _ => {
+                self.stored.insert(key.to_string(), value);
+            }
         }
         Ok(())
     }
@@ -124,7 +299,12 @@ impl TopicConfig {
     /// The value of one key as Kafka prints it.
     pub fn get(&self, key: &str) -> Option<String> {
         Some(match key {
-            "cleanup.policy" => "delete".to_string(),
+            "cleanup.policy" => match self.cleanup_policy {
+                CleanupPolicy::Delete => "delete",
+                CleanupPolicy::Compact => "compact",
+                CleanupPolicy::CompactDelete => "compact,delete",
+            }
+            .to_string(),
             "retention.ms" => self.retention_ms.to_string(),
             "retention.bytes" => self.retention_bytes.to_string(),
             "segment.bytes" => self.segment_bytes.to_string(),
@@ -135,7 +315,12 @@ impl TopicConfig {
                 TimestampType::CreateTime => "CreateTime".to_string(),
                 TimestampType::LogAppendTime => "LogAppendTime".to_string(),
             },
-            _ => return None,
+            _ => {
+                let spec = TOPIC_CONFIGS.iter().find(|k| k.name == key)?;
+                (self.stored.get(key).map(String::as_str))
+                    .unwrap_or(spec.default)
+                    .to_string()
+            }
         })
     }
 }

@@ -599,8 +599,12 @@ impl PartitionLog {
         config: &TopicConfig,
         out: &mut Vec<StorageOp>,
     ) -> bool {
+        // A compacted topic keeps everything until compaction is built (more than Kafka
+        // would keep, never less).
+        let deletes = config.cleanup_policy.deletes();
         let active = self.active();
-        if config.retention_ms >= 0
+        if deletes
+            && config.retention_ms >= 0
             && active.size > 0
             && active.next_offset == self.high_watermark
             && wall.saturating_sub(active.max_timestamp) > config.retention_ms
@@ -611,10 +615,12 @@ impl PartitionLog {
         let high_watermark = self.high_watermark;
         self.drop_oldest_while(
             |oldest| {
-                let expired_by_time = config.retention_ms >= 0
+                let expired_by_time = deletes
+                    && config.retention_ms >= 0
                     && oldest.max_timestamp >= 0
                     && wall.saturating_sub(oldest.max_timestamp) > config.retention_ms;
-                let over_size = config.retention_bytes >= 0
+                let over_size = deletes
+                    && config.retention_bytes >= 0
                     && size.saturating_sub(oldest.size) >= config.retention_bytes as u64;
                 let committed = oldest.next_offset <= high_watermark;
                 let drop = committed && (expired_by_time || over_size || oldest.size == 0);

@@ -750,6 +750,21 @@ fn every_advertised_version_answers() {
                         .with_transactional_ids(vec![TransactionalId(s("tx"))]),
                 ),
                 ApiKey::ListTransactions => RequestKind::ListTransactions(Default::default()),
+                ApiKey::AlterConfigs => RequestKind::AlterConfigs(
+                    alter_configs_request::AlterConfigsRequest::default().with_resources(vec![
+                        alter_configs_request::AlterConfigsResource::default()
+                            .with_resource_type(2)
+                            .with_resource_name(s("t")),
+                    ]),
+                ),
+                ApiKey::IncrementalAlterConfigs => RequestKind::IncrementalAlterConfigs(
+                    incremental_alter_configs_request::IncrementalAlterConfigsRequest::default()
+                        .with_resources(vec![
+                            incremental_alter_configs_request::AlterConfigsResource::default()
+                                .with_resource_type(2)
+                                .with_resource_name(s("t")),
+                        ]),
+                ),
                 other => panic!("advertised {other:?} without a case here"),
             };
             h.send(1, key, version, request);

@@ -38,7 +38,7 @@ use crate::cluster::records::{
     Change, PartitionAddition, PartitionAdditions, Replicas, TopicCreation, TopicCreations,
     TopicDeletions, TopicRef,
 };
-use crate::config::{TopicConfig, TOPIC_CONFIG_KEYS};
+use crate::config::{TopicConfig, TOPIC_CONFIGS};
 use crate::topic::{is_valid_topic_name, Topic};
 
 /// The APIs this broker serves and the versions of each, as advertised in ApiVersions.
@@ -54,6 +54,8 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 0, 7),
     (ApiKey::DeleteTopics, 0, 6),
     (ApiKey::DescribeConfigs, 0, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::AlterPartitionReassignments, 0, 0),
@@ -355,11 +357,12 @@ impl Broker {
                     result.replication_factor = replicas.first().map_or(0, |r| r.len() as i16);
                     // v5 added the effective configs to the response.
                     result.configs = (reply_to.version >= 5).then(|| {
-                        TOPIC_CONFIG_KEYS
+                        TOPIC_CONFIGS
                             .iter()
-                            .filter_map(|key| {
+                            .filter_map(|spec| {
+                                let key = spec.name;
                                 let value = config.get(key)?;
-                                let source = if overrides.contains_key(*key) { 1 } else { 5 };
+                                let source = if overrides.contains_key(key) { 1 } else { 5 };
                                 Some(
                                     CreatableTopicConfigs::default()
                                         .with_name(str_bytes(key))
@@ -620,10 +623,11 @@ impl Broker {
                 .with_resource_name(resource.resource_name.clone());
             let entries: Vec<(String, String, i8)> = match resource.resource_type {
                 TOPIC => match self.topics.get(&*resource.resource_name) {
-                    Some(topic) => TOPIC_CONFIG_KEYS
+                    Some(topic) => TOPIC_CONFIGS
                         .iter()
-                        .filter_map(|key| {
-                            let source = if topic.overrides.contains_key(*key) {
+                        .filter_map(|spec| {
+                            let key = spec.name;
+                            let source = if topic.overrides.contains_key(key) {
                                 1
                             } else {
                                 5
@@ -653,7 +657,8 @@ impl Broker {
                         .with_name(str_bytes(&name))
                         .with_value(Some(str_bytes(&value)))
                         .with_config_source(source)
-                        .with_read_only(source != 1)
+                        // Topic configs can all be changed (AlterConfigs); broker ones not yet.
+                        .with_read_only(resource.resource_type == BROKER)
                 })
                 .collect();
             response.results.push(result);

@@ -13,6 +13,7 @@
 //! next; the wall clock may jump either way. The broker reads no clock and performs no I/O.
 
 mod admin;
+mod configs;
 mod fetch;
 mod groups;
 mod produce;
@@ -612,6 +613,10 @@ impl Broker {
             RequestKind::DeleteTopics(r) => return self.delete_topics(now, reply_to, r),
             RequestKind::CreatePartitions(r) => return self.create_partitions(now, reply_to, r),
             RequestKind::DescribeConfigs(r) => Some(self.describe_configs(r)),
+            RequestKind::IncrementalAlterConfigs(r) => {
+                return self.incremental_alter_configs(now, reply_to, r)
+            }
+            RequestKind::AlterConfigs(r) => return self.alter_configs(now, reply_to, r),
             RequestKind::Produce(r) => return self.produce(now, ProduceFor::Client(reply_to), r),
             RequestKind::Fetch(r) => return self.fetch(now, reply_to, r),
             RequestKind::ListOffsets(r) => return self.list_offsets(reply_to, r),

@@ -43,6 +43,8 @@ pub(super) enum Waiting {
     Reassign(AlterPartitionReassignmentsResponse),
     /// FindCoordinator that creates `__consumer_offsets`: answered afresh once it exists.
     FindCoordinator(FindCoordinatorRequest),
+    /// IncrementalAlterConfigs or AlterConfigs.
+    AlterConfigs(super::configs::AlterAnswer),
 }
 
 impl Broker {
@@ -266,6 +268,7 @@ impl Broker {
                     t.error_code = code;
                 }
             }
+            Waiting::AlterConfigs(answer) => answer.fail_all(error),
             Waiting::Reassign(r) => {
                 let partitions = r.responses.iter_mut().flat_map(|t| &mut t.partitions);
                 for p in partitions.filter(|p| p.error_code == 0) {
@@ -316,6 +319,9 @@ impl Broker {
                 ResponseKind::CreatePartitions(r)
             }
             Waiting::Reassign(r) => ResponseKind::AlterPartitionReassignments(r),
+            Waiting::AlterConfigs(answer) => {
+                answer.response(|name| refusal(name).and_then(ResponseError::try_from_code))
+            }
             Waiting::FindCoordinator(request) => {
                 self.find_coordinator_response(pending.reply_to.version, &request)
             }
@@ -363,6 +369,19 @@ impl Broker {
                     logs: BTreeMap::new(),
                     raft: BTreeMap::new(),
                 });
+                if topic.overrides != image.configs {
+                    // IncrementalAlterConfigs or AlterConfigs changed them.
+                    match self.config.topic_defaults.with_overrides(&image.configs) {
+                        Ok(config) => {
+                            info!(topic = %name, configs = ?image.configs, "topic configs changed");
+                            topic.config = config;
+                        }
+                        Err(e) => {
+                            warn!(topic = %name, error = %e.0, "topic config invalid; keeping the old")
+                        }
+                    }
+                    topic.overrides = image.configs.clone();
+                }
                 let grew = topic.replicas.len() != image.replicas.len();
                 topic.replicas = image.replicas.clone();
                 topic.targets = image.targets.clone();

@@ -13,7 +13,7 @@ use crate::canary::{is_planted, Canary};
 
 use super::records::{
     BrokerRegistration, Change, ImageRecord, MetadataRecord, PartitionAddition, PartitionLeader,
-    PartitionReplicaSet, Replicas, TopicCreation, TopicRef,
+    PartitionReplicaSet, Replicas, TopicConfigChange, TopicCreation, TopicRef,
 };
 
 /// The most producer ids one record hands out.
@@ -144,6 +144,15 @@ impl MetadataImage {
                 self.next_producer_id = first.saturating_add(count);
                 Applied::ProducerIds { first, count }
             }
+            Some(Change::AlterTopicConfigs(a)) => Applied::Topics(
+                a.topics
+                    .iter()
+                    .map(|c| {
+                        let name = c.topic.as_ref().map_or(String::new(), |t| t.name.clone());
+                        (name, self.alter_configs(c))
+                    })
+                    .collect(),
+            ),
             Some(Change::AddPartitions(a)) => Applied::Topics(
                 a.topics
                     .iter()
@@ -236,6 +245,17 @@ impl MetadataImage {
         topic
             .origins
             .extend(a.partitions.iter().map(|r| r.brokers.clone()));
+        Ok(())
+    }
+
+    fn alter_configs(&mut self, c: &TopicConfigChange) -> Result<(), Refusal> {
+        let t = c.topic.as_ref().ok_or(Refusal::Unknown)?;
+        let topic = self
+            .topics
+            .get_mut(&t.name)
+            .filter(|topic| topic.id[..] == *t.id)
+            .ok_or(Refusal::Unknown)?;
+        topic.configs = c.configs.clone();
         Ok(())
     }
 

@@ -13,7 +13,7 @@ pub struct MetadataRecord {
     #[prost(message, optional, tag = "1")]
     pub origin: Option<Origin>,
     /// What changes.
-    #[prost(oneof = "Change", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(oneof = "Change", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
     pub change: Option<Change>,
 }
 
@@ -61,6 +61,29 @@ pub enum Change {
     /// controller failovers too.
     #[prost(message, tag = "10")]
     AllocateProducerIds(ProducerIdBlock),
+    /// Topics' config overrides, each replaced whole (IncrementalAlterConfigs and
+    /// AlterConfigs, checked before they are proposed).
+    #[prost(message, tag = "11")]
+    AlterTopicConfigs(TopicConfigChanges),
+}
+
+/// New config overrides of topics.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TopicConfigChanges {
+    /// One per topic.
+    #[prost(message, repeated, tag = "1")]
+    pub topics: Vec<TopicConfigChange>,
+}
+
+/// One topic's new config overrides.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TopicConfigChange {
+    /// The topic.
+    #[prost(message, optional, tag = "1")]
+    pub topic: Option<TopicRef>,
+    /// Every override it has from now on.
+    #[prost(btree_map = "string, string", tag = "2")]
+    pub configs: BTreeMap<String, String>,
 }
 
 /// A block of producer ids for one broker.

@@ -1,0 +1,279 @@
+//! IncrementalAlterConfigs and AlterConfigs: topic configs changed at run time.
+//!
+//! A change is checked here against the same rules as CreateTopics' configs, then written
+//! to the metadata quorum as the topic's whole new set of overrides, so every broker applies
+//! the same set in the same order. Broker configs are not changeable at run time yet: a
+//! BROKER resource gets INVALID_REQUEST saying so.
+
+use std::collections::BTreeMap;
+
+use kafka_protocol::messages::alter_configs_request::AlterConfigsRequest;
+use kafka_protocol::messages::alter_configs_response::{
+    AlterConfigsResourceResponse as LegacyResult, AlterConfigsResponse,
+};
+use kafka_protocol::messages::incremental_alter_configs_request::IncrementalAlterConfigsRequest;
+use kafka_protocol::messages::incremental_alter_configs_response::{
+    AlterConfigsResourceResponse, IncrementalAlterConfigsResponse,
+};
+use kafka_protocol::messages::ResponseKind;
+use kafka_protocol::ResponseError;
+use tracing::info;
+
+use super::admin::str_bytes;
+use super::quorum::Waiting;
+use super::{Broker, ReplyTo};
+use crate::cluster::records::{Change, TopicConfigChange, TopicConfigChanges, TopicRef};
+use crate::config::{ConfigKind, TOPIC_CONFIGS};
+use crate::time::Now;
+
+const TOPIC: i8 = 2;
+const BROKER: i8 = 4;
+
+/// One change of one key, as either request spells it.
+enum Op {
+    Set(String),
+    Delete,
+    Append(String),
+    Subtract(String),
+}
+
+/// A resource of either request: its type, name, and each key with its change (`None`
+/// for an operation the protocol does not define).
+type Resource = (i8, String, Vec<(String, Option<Op>)>);
+
+/// The outcome of one resource, until the answer is sent.
+#[derive(Debug, Clone)]
+pub(super) struct ResourceResult {
+    pub resource_type: i8,
+    pub name: String,
+    pub error: Option<(ResponseError, String)>,
+}
+
+/// A prepared answer to either request.
+#[derive(Debug, Clone)]
+pub(super) struct AlterAnswer {
+    pub incremental: bool,
+    pub results: Vec<ResourceResult>,
+}
+
+impl AlterAnswer {
+    /// The response, with `refused(name)` filling in what the quorum refused.
+    pub fn response(mut self, refused: impl Fn(&str) -> Option<ResponseError>) -> ResponseKind {
+        for r in self.results.iter_mut().filter(|r| r.error.is_none()) {
+            if let Some(e) = refused(&r.name) {
+                r.error = Some((e, "the topic is gone".to_string()));
+            }
+        }
+        let parts = self.results.into_iter().map(|r| {
+            let (code, message) = r
+                .error
+                .map_or((0, None), |(e, m)| (e.code(), Some(str_bytes(&m))));
+            (r.resource_type, str_bytes(&r.name), code, message)
+        });
+        if self.incremental {
+            let responses = parts
+                .map(|(kind, name, code, message)| {
+                    AlterConfigsResourceResponse::default()
+                        .with_resource_type(kind)
+                        .with_resource_name(name)
+                        .with_error_code(code)
+                        .with_error_message(message)
+                })
+                .collect();
+            ResponseKind::IncrementalAlterConfigs(
+                IncrementalAlterConfigsResponse::default().with_responses(responses),
+            )
+        } else {
+            let responses = parts
+                .map(|(kind, name, code, message)| {
+                    LegacyResult::default()
+                        .with_resource_type(kind)
+                        .with_resource_name(name)
+                        .with_error_code(code)
+                        .with_error_message(message)
+                })
+                .collect();
+            ResponseKind::AlterConfigs(AlterConfigsResponse::default().with_responses(responses))
+        }
+    }
+
+    /// Sets `error` on every resource not refused already.
+    pub fn fail_all(&mut self, error: ResponseError) {
+        for r in self.results.iter_mut().filter(|r| r.error.is_none()) {
+            r.error = Some((error, format!("{error:?}")));
+        }
+    }
+}
+
+impl Broker {
+    pub(super) fn incremental_alter_configs(
+        &mut self,
+        now: Now,
+        reply_to: ReplyTo,
+        request: IncrementalAlterConfigsRequest,
+    ) {
+        let resources = request.resources.into_iter().map(|r| {
+            let ops = r.configs.into_iter().map(|c| {
+                let value = c.value.map(|v| v.to_string()).unwrap_or_default();
+                let op = match c.config_operation {
+                    0 => Some(Op::Set(value)),
+                    1 => Some(Op::Delete),
+                    2 => Some(Op::Append(value)),
+                    3 => Some(Op::Subtract(value)),
+                    _ => None,
+                };
+                (c.name.to_string(), op)
+            });
+            (r.resource_type, r.resource_name.to_string(), ops.collect())
+        });
+        let resources = resources.collect();
+        self.alter_configs_as(now, reply_to, true, resources, request.validate_only);
+    }
+
+    pub(super) fn alter_configs(
+        &mut self,
+        now: Now,
+        reply_to: ReplyTo,
+        request: AlterConfigsRequest,
+    ) {
+        let resources = request.resources.into_iter().map(|r| {
+            let ops = r.configs.into_iter().map(|c| {
+                let op = c.value.map(|v| Op::Set(v.to_string()));
+                (c.name.to_string(), Some(op.unwrap_or(Op::Delete)))
+            });
+            (r.resource_type, r.resource_name.to_string(), ops.collect())
+        });
+        let resources = resources.collect();
+        self.alter_configs_as(now, reply_to, false, resources, request.validate_only);
+    }
+
+    /// Checks each resource's changes and proposes the topics' new overrides.
+    /// `incremental` is false for AlterConfigs, which replaces a topic's overrides whole.
+    fn alter_configs_as(
+        &mut self,
+        now: Now,
+        reply_to: ReplyTo,
+        incremental: bool,
+        resources: Vec<Resource>,
+        validate_only: bool,
+    ) {
+        let mut results = Vec::new();
+        let mut changes = Vec::new();
+        let count = |name: &str| resources.iter().filter(|(_, n, _)| n == name).count();
+        for (resource_type, name, ops) in &resources {
+            let outcome = match *resource_type {
+                _ if count(name) > 1 => Err((
+                    ResponseError::InvalidRequest,
+                    format!("{name} is named more than once"),
+                )),
+                TOPIC => self.topic_change(name, ops, incremental),
+                BROKER => Err((
+                    ResponseError::InvalidRequest,
+                    "broker configs cannot be changed at run time yet: set them in the config \
+                     file or on the command line"
+                        .to_string(),
+                )),
+                other => Err((
+                    ResponseError::InvalidRequest,
+                    format!("resource type {other} has no configs to change"),
+                )),
+            };
+            let error = match outcome {
+                Ok(change) => {
+                    info!(topic = %name, configs = ?change.configs, validate_only, "altering topic configs");
+                    changes.push(change);
+                    None
+                }
+                Err(e) => Some(e),
+            };
+            results.push(ResourceResult {
+                resource_type: *resource_type,
+                name: name.clone(),
+                error,
+            });
+        }
+        let change = (!changes.is_empty() && !validate_only).then_some(Change::AlterTopicConfigs(
+            TopicConfigChanges { topics: changes },
+        ));
+        let waiting = Waiting::AlterConfigs(AlterAnswer {
+            incremental,
+            results,
+        });
+        self.propose_for(now, reply_to, change, waiting, 30_000);
+    }
+
+    /// The topic's new overrides after `ops`, checked as CreateTopics checks them.
+    fn topic_change(
+        &self,
+        name: &str,
+        ops: &[(String, Option<Op>)],
+        incremental: bool,
+    ) -> Result<TopicConfigChange, (ResponseError, String)> {
+        let topic = self.topics.get(name).ok_or((
+            ResponseError::UnknownTopicOrPartition,
+            format!("no topic {name}"),
+        ))?;
+        let invalid = |m: String| (ResponseError::InvalidConfig, m);
+        let mut overrides = match incremental {
+            true => topic.overrides.clone(),
+            false => BTreeMap::new(),
+        };
+        for (key, op) in ops {
+            let spec = TOPIC_CONFIGS
+                .iter()
+                .find(|k| k.name == key)
+                .ok_or_else(|| invalid(format!("unknown topic config {key}")))?;
+            let is_list =
+                matches!(spec.kind, ConfigKind::ListOf(_)) || key.ends_with(".throttled.replicas");
+            let current = || topic.config.get(key).unwrap_or_default();
+            let items = |v: &str| -> Vec<String> {
+                (v.split(',').map(str::trim))
+                    .filter(|i| !i.is_empty())
+                    .map(String::from)
+                    .collect()
+            };
+            match op {
+                None => return Err(invalid(format!("unknown operation on {key}"))),
+                Some(Op::Set(value)) => {
+                    overrides.insert(key.clone(), value.clone());
+                }
+                Some(Op::Delete) => {
+                    overrides.remove(key);
+                }
+                Some(Op::Append(_) | Op::Subtract(_)) if !is_list => {
+                    return Err(invalid(format!(
+                        "{key} is not a list: it takes SET and DELETE"
+                    )))
+                }
+                Some(Op::Append(value)) => {
+                    let mut list = items(&current());
+                    for item in items(value) {
+                        if !list.contains(&item) {
+                            list.push(item);
+                        }
+                    }
+                    overrides.insert(key.clone(), list.join(","));
+                }
+                Some(Op::Subtract(value)) => {
+                    let gone = items(value);
+                    let list: Vec<String> = items(&current())
+                        .into_iter()
+                        .filter(|i| !gone.contains(i))
+                        .collect();
+                    overrides.insert(key.clone(), list.join(","));
+                }
+            }
+        }
+        self.config
+            .topic_defaults
+            .with_overrides(&overrides)
+            .map_err(|e| invalid(e.0))?;
+        Ok(TopicConfigChange {
+            topic: Some(TopicRef {
+                name: name.to_string(),
+                id: topic.id.to_vec(),
+            }),
+            configs: overrides,
+        })
+    }
+}

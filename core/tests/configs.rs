@@ -1,0 +1,237 @@
+//! Topic configs: every key Kafka defines is accepted at creation and changed at run time
+//! with IncrementalAlterConfigs and AlterConfigs; malformed values and unknown keys get
+//! INVALID_CONFIG.
+
+use kafka_protocol::messages::*;
+use kafka_protocol::ResponseError;
+use seedlog_core::config::{BrokerConfig, TOPIC_CONFIGS};
+
+mod support;
+use support::*;
+
+const SET: i8 = 0;
+const DELETE: i8 = 1;
+const APPEND: i8 = 2;
+const SUBTRACT: i8 = 3;
+
+/// IncrementalAlterConfigs on topic `name`: (error code, message).
+fn alter(h: &mut Harness, name: &str, ops: &[(&str, i8, &str)]) -> (i16, Option<String>) {
+    use incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+    let configs = ops
+        .iter()
+        .map(|(key, op, value)| {
+            AlterableConfig::default()
+                .with_name(s(key))
+                .with_config_operation(*op)
+                .with_value(Some(s(value)))
+        })
+        .collect();
+    let resource = AlterConfigsResource::default()
+        .with_resource_type(2)
+        .with_resource_name(s(name))
+        .with_configs(configs);
+    let request = IncrementalAlterConfigsRequest::default().with_resources(vec![resource]);
+    let r = h.call(
+        ApiKey::IncrementalAlterConfigs,
+        1,
+        RequestKind::IncrementalAlterConfigs(request),
+    );
+    let ResponseKind::IncrementalAlterConfigs(r) = r else {
+        panic!("{r:?}")
+    };
+    let r = &r.responses[0];
+    (
+        r.error_code,
+        r.error_message.as_ref().map(|m| m.to_string()),
+    )
+}
+
+/// The value DescribeConfigs reports for `key` of topic `name`, and whether it is set
+/// on the topic (source 1) rather than a default.
+fn describe(h: &mut Harness, name: &str, key: &str) -> (String, bool) {
+    use describe_configs_request::DescribeConfigsResource;
+    let resource = DescribeConfigsResource::default()
+        .with_resource_type(2)
+        .with_resource_name(s(name))
+        .with_configuration_keys(Some(vec![s(key)]));
+    let request = DescribeConfigsRequest::default().with_resources(vec![resource]);
+    let r = h.call(
+        ApiKey::DescribeConfigs,
+        4,
+        RequestKind::DescribeConfigs(request),
+    );
+    let ResponseKind::DescribeConfigs(r) = r else {
+        panic!("{r:?}")
+    };
+    let entry = &r.results[0].configs[0];
+    let value = entry
+        .value
+        .as_ref()
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    (value, entry.config_source == 1)
+}
+
+#[test]
+fn every_kafka_topic_config_is_accepted_at_creation_and_reported() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic(
+        "t",
+        1,
+        &[("compression.type", "lz4"), ("delete.retention.ms", "900")],
+    );
+    assert_eq!(
+        describe(&mut h, "t", "compression.type"),
+        ("lz4".into(), true)
+    );
+    assert_eq!(
+        describe(&mut h, "t", "delete.retention.ms"),
+        ("900".into(), true)
+    );
+    assert_eq!(
+        describe(&mut h, "t", "unclean.leader.election.enable"),
+        ("false".into(), false)
+    );
+    // DescribeConfigs lists every key.
+    use describe_configs_request::DescribeConfigsResource;
+    let resource = DescribeConfigsResource::default()
+        .with_resource_type(2)
+        .with_resource_name(s("t"))
+        .with_configuration_keys(None);
+    let request = DescribeConfigsRequest::default().with_resources(vec![resource]);
+    let ResponseKind::DescribeConfigs(r) = h.call(
+        ApiKey::DescribeConfigs,
+        4,
+        RequestKind::DescribeConfigs(request),
+    ) else {
+        panic!()
+    };
+    assert_eq!(r.results[0].configs.len(), TOPIC_CONFIGS.len());
+}
+
+#[test]
+fn incremental_alter_configs_sets_deletes_appends_and_subtracts() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic("t", 1, &[]);
+    assert_eq!(
+        alter(
+            &mut h,
+            "t",
+            &[
+                ("retention.ms", SET, "60000"),
+                ("compression.type", SET, "zstd")
+            ]
+        ),
+        (0, None)
+    );
+    assert_eq!(
+        describe(&mut h, "t", "retention.ms"),
+        ("60000".into(), true)
+    );
+    assert_eq!(
+        describe(&mut h, "t", "compression.type"),
+        ("zstd".into(), true)
+    );
+    assert_eq!(
+        alter(&mut h, "t", &[("cleanup.policy", APPEND, "compact")]).0,
+        0
+    );
+    assert_eq!(describe(&mut h, "t", "cleanup.policy").0, "compact,delete");
+    assert_eq!(
+        alter(&mut h, "t", &[("cleanup.policy", SUBTRACT, "delete")]).0,
+        0
+    );
+    assert_eq!(describe(&mut h, "t", "cleanup.policy").0, "compact");
+    // The other overrides stay as they were; DELETE returns a key to its default.
+    assert_eq!(
+        describe(&mut h, "t", "retention.ms"),
+        ("60000".into(), true)
+    );
+    assert_eq!(alter(&mut h, "t", &[("retention.ms", DELETE, "")]).0, 0);
+    assert_eq!(
+        describe(&mut h, "t", "retention.ms"),
+        ("604800000".into(), false)
+    );
+}
+
+#[test]
+fn bad_changes_get_invalid_config_and_change_nothing() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic("t", 1, &[("retention.ms", "1000")]);
+    let invalid = ResponseError::InvalidConfig.code();
+    for ops in [
+        &[("retention.ms", SET, "soon")][..],
+        &[("no.such.config", SET, "1")],
+        &[("compression.type", SET, "brotli")],
+        &[("min.cleanable.dirty.ratio", SET, "1.5")],
+        &[("retention.ms", APPEND, "5")],
+        &[("retention.ms", SET, "5"), ("segment.bytes", SET, "1")],
+    ] {
+        assert_eq!(alter(&mut h, "t", ops).0, invalid, "{ops:?}");
+    }
+    assert_eq!(describe(&mut h, "t", "retention.ms"), ("1000".into(), true));
+    assert_eq!(
+        alter(&mut h, "nope", &[("retention.ms", SET, "5")]).0,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+}
+
+#[test]
+fn a_compacted_topic_keeps_what_retention_would_delete() {
+    let config = BrokerConfig {
+        retention_check_interval_ms: 1000,
+        ..BrokerConfig::default()
+    };
+    let mut h = Harness::new(config);
+    h.create_topic(
+        "t",
+        1,
+        &[("retention.ms", "60000"), ("segment.bytes", "100")],
+    );
+    assert_eq!(
+        alter(&mut h, "t", &[("cleanup.policy", SET, "compact")]).0,
+        0
+    );
+    let old = h.now - 120_000;
+    h.produce("t", 0, batch(1, old));
+    h.produce("t", 0, batch(1, old));
+    h.produce("t", 0, batch(1, h.now));
+    h.advance(1000);
+    assert_eq!(
+        h.list_offset("t", 0, -2),
+        (0, 0),
+        "compaction is not built: all kept"
+    );
+    // Back to delete: retention applies again.
+    assert_eq!(
+        alter(&mut h, "t", &[("cleanup.policy", SET, "delete")]).0,
+        0
+    );
+    h.advance(1000);
+    assert_eq!(h.list_offset("t", 0, -2), (0, 2));
+}
+
+#[test]
+fn alter_configs_replaces_a_topics_overrides_whole() {
+    use alter_configs_request::{AlterConfigsResource, AlterableConfig};
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic("t", 1, &[("retention.ms", "1000")]);
+    let resource = AlterConfigsResource::default()
+        .with_resource_type(2)
+        .with_resource_name(s("t"))
+        .with_configs(vec![AlterableConfig::default()
+            .with_name(s("segment.ms"))
+            .with_value(Some(s("5000")))]);
+    let request = AlterConfigsRequest::default().with_resources(vec![resource]);
+    let ResponseKind::AlterConfigs(r) =
+        h.call(ApiKey::AlterConfigs, 2, RequestKind::AlterConfigs(request))
+    else {
+        panic!()
+    };
+    assert_eq!(r.responses[0].error_code, 0);
+    assert_eq!(describe(&mut h, "t", "segment.ms"), ("5000".into(), true));
+    assert_eq!(
+        describe(&mut h, "t", "retention.ms"),
+        ("604800000".into(), false)
+    );
+}
