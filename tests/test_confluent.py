@@ -11,6 +11,11 @@ def admin(broker):
     return AdminClient({"bootstrap.servers": broker.bootstrap})
 
 
+def topic_configs(a, name):
+    res = ConfigResource(ConfigResource.Type.TOPIC, name)
+    return a.describe_configs([res])[res].result(timeout=10)
+
+
 def create(broker, name, partitions=1, config=None):
     client = admin(broker)  # must outlive the future
     client.create_topics([NewTopic(name, partitions, 1, config=config or {})])[name].result(timeout=10)
@@ -82,8 +87,7 @@ def test_watermarks_and_offsets_for_times(broker):
 def test_admin_create_describe_grow_and_delete(broker):
     create(broker, "cfg", partitions=2, config={"retention.ms": "3600000", "segment.bytes": "1048576"})
     a = admin(broker)
-    res = ConfigResource(ConfigResource.Type.TOPIC, "cfg")
-    configs = a.describe_configs([res])[res].result(timeout=10)
+    configs = topic_configs(a, "cfg")
     assert configs["retention.ms"].value == "3600000"
     assert configs["segment.bytes"].value == "1048576"
     assert configs["retention.bytes"].value == "-1"
@@ -134,8 +138,7 @@ def test_topic_configs_of_kafka_accepted_and_changed_at_run_time(broker):
 
     create(broker, "live", partitions=1, config={"compression.type": "lz4", "delete.retention.ms": "900"})
     a = admin(broker)
-    res = ConfigResource(ConfigResource.Type.TOPIC, "live")
-    configs = a.describe_configs([res])[res].result(timeout=10)
+    configs = topic_configs(a, "live")
     assert configs["compression.type"].value == "lz4"
     assert configs["delete.retention.ms"].value == "900"
 
@@ -148,7 +151,7 @@ def test_topic_configs_of_kafka_accepted_and_changed_at_run_time(broker):
         ],
     )
     a.incremental_alter_configs([change])[change].result(timeout=10)
-    configs = a.describe_configs([res])[res].result(timeout=10)
+    configs = topic_configs(a, "live")
     assert configs["cleanup.policy"].value == "compact"
     assert configs["retention.ms"].value == "60000"
     assert configs["compression.type"].value == "lz4", "other overrides stay"
@@ -172,9 +175,7 @@ def test_kafka_python_creates_with_configs_and_alters_them(broker):
     try:
         kp.create_topics([KpTopic("kp", 1, 1, topic_configs={"compression.type": "lz4"})])
         kp.alter_configs([KpResource(ConfigResourceType.TOPIC, "kp", configs={"segment.ms": "5000"})])
-        res = ConfigResource(ConfigResource.Type.TOPIC, "kp")
-        a = admin(broker)
-        configs = a.describe_configs([res])[res].result(timeout=10)
+        configs = topic_configs(admin(broker), "kp")
         assert configs["segment.ms"].value == "5000"
         # AlterConfigs replaces a topic's overrides whole; kafka-python sends the ones set
         # already (read back with DescribeConfigs) along with the change, so they stay.

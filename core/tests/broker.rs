@@ -380,20 +380,8 @@ fn retention_deletes_old_segments_and_moves_earliest() {
 
 #[test]
 fn time_retention_uses_record_timestamps() {
-    let config = BrokerConfig {
-        retention_check_interval_ms: 1000,
-        ..BrokerConfig::default()
-    };
-    let mut h = Harness::new(config);
-    h.create_topic(
-        "t",
-        1,
-        &[("retention.ms", "60000"), ("segment.bytes", "100")],
-    );
-    let old = h.now - 120_000;
-    h.produce("t", 0, batch(1, old));
-    h.produce("t", 0, batch(1, old));
-    h.produce("t", 0, batch(1, h.now));
+    let mut h = retention_harness();
+    produce_old_old_new(&mut h);
     h.advance(1000);
     assert_eq!(h.list_offset("t", 0, -2), (0, 2));
 }

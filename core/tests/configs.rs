@@ -46,29 +46,34 @@ fn alter(h: &mut Harness, name: &str, ops: &[(&str, i8, &str)]) -> (i16, Option<
     )
 }
 
-/// The value DescribeConfigs reports for `key` of topic `name`, and whether it is set
-/// on the topic (source 1) rather than a default.
-fn describe(h: &mut Harness, name: &str, key: &str) -> (String, bool) {
+/// DescribeConfigs of topic `name`: every key, or only `key`.
+fn describe_configs(
+    h: &mut Harness,
+    name: &str,
+    key: Option<&str>,
+) -> Vec<describe_configs_response::DescribeConfigsResourceResult> {
     use describe_configs_request::DescribeConfigsResource;
     let resource = DescribeConfigsResource::default()
         .with_resource_type(2)
         .with_resource_name(s(name))
-        .with_configuration_keys(Some(vec![s(key)]));
+        .with_configuration_keys(key.map(|k| vec![s(k)]));
     let request = DescribeConfigsRequest::default().with_resources(vec![resource]);
     let r = h.call(
         ApiKey::DescribeConfigs,
         4,
         RequestKind::DescribeConfigs(request),
     );
-    let ResponseKind::DescribeConfigs(r) = r else {
+    let ResponseKind::DescribeConfigs(mut r) = r else {
         panic!("{r:?}")
     };
-    let entry = &r.results[0].configs[0];
-    let value = entry
-        .value
-        .as_ref()
-        .map(|v| v.to_string())
-        .unwrap_or_default();
+    r.results.remove(0).configs
+}
+
+/// The value DescribeConfigs reports for `key` of topic `name`, and whether it is set
+/// on the topic (source 1) rather than a default.
+fn describe(h: &mut Harness, name: &str, key: &str) -> (String, bool) {
+    let entry = describe_configs(h, name, Some(key)).remove(0);
+    let value = entry.value.map(|v| v.to_string()).unwrap_or_default();
     (value, entry.config_source == 1)
 }
 
@@ -92,21 +97,10 @@ fn every_kafka_topic_config_is_accepted_at_creation_and_reported() {
         describe(&mut h, "t", "unclean.leader.election.enable"),
         ("false".into(), false)
     );
-    // DescribeConfigs lists every key.
-    use describe_configs_request::DescribeConfigsResource;
-    let resource = DescribeConfigsResource::default()
-        .with_resource_type(2)
-        .with_resource_name(s("t"))
-        .with_configuration_keys(None);
-    let request = DescribeConfigsRequest::default().with_resources(vec![resource]);
-    let ResponseKind::DescribeConfigs(r) = h.call(
-        ApiKey::DescribeConfigs,
-        4,
-        RequestKind::DescribeConfigs(request),
-    ) else {
-        panic!()
-    };
-    assert_eq!(r.results[0].configs.len(), TOPIC_CONFIGS.len());
+    // DescribeConfigs lists every key, none of them read-only.
+    let all = describe_configs(&mut h, "t", None);
+    assert_eq!(all.len(), TOPIC_CONFIGS.len());
+    assert!(all.iter().all(|c| !c.read_only));
 }
 
 #[test]
@@ -178,24 +172,12 @@ fn bad_changes_get_invalid_config_and_change_nothing() {
 
 #[test]
 fn a_compacted_topic_keeps_what_retention_would_delete() {
-    let config = BrokerConfig {
-        retention_check_interval_ms: 1000,
-        ..BrokerConfig::default()
-    };
-    let mut h = Harness::new(config);
-    h.create_topic(
-        "t",
-        1,
-        &[("retention.ms", "60000"), ("segment.bytes", "100")],
-    );
+    let mut h = retention_harness();
     assert_eq!(
         alter(&mut h, "t", &[("cleanup.policy", SET, "compact")]).0,
         0
     );
-    let old = h.now - 120_000;
-    h.produce("t", 0, batch(1, old));
-    h.produce("t", 0, batch(1, old));
-    h.produce("t", 0, batch(1, h.now));
+    produce_old_old_new(&mut h);
     h.advance(1000);
     assert_eq!(
         h.list_offset("t", 0, -2),

@@ -284,6 +284,29 @@ impl Harness {
     }
 }
 
+/// A broker checking retention every second, with a topic `t` whose records expire after
+/// a minute, in segments of about one batch.
+pub fn retention_harness() -> Harness {
+    let mut h = Harness::new(BrokerConfig {
+        retention_check_interval_ms: 1000,
+        ..BrokerConfig::default()
+    });
+    h.create_topic(
+        "t",
+        1,
+        &[("retention.ms", "60000"), ("segment.bytes", "100")],
+    );
+    h
+}
+
+/// Two records two minutes old, then one of now, in batches of their own.
+pub fn produce_old_old_new(h: &mut Harness) {
+    let old = h.now - 120_000;
+    h.produce("t", 0, batch(1, old));
+    h.produce("t", 0, batch(1, old));
+    h.produce("t", 0, batch(1, h.now));
+}
+
 pub fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
 }
