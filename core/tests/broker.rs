@@ -1015,3 +1015,48 @@ fn a_restart_reads_back_only_the_log_after_the_producer_snapshot() {
     assert_eq!(h.produce("t", 0, idempotent(id, 0, 2050, 50)), (0, 2050));
     assert_eq!(h.produce("t", 0, idempotent(id, 0, 2100, 50)), (0, 2100));
 }
+
+#[test]
+fn a_request_for_too_many_partitions_is_refused_before_any_is_placed() {
+    // Found by the fuzzer: CreateTopics with 32770 partitions tied the broker up, and
+    // 2^31 - 1 would have exhausted its memory.
+    let mut h = Harness::new(BrokerConfig::default());
+    let topic = |name: &str, n: i32| {
+        CreatableTopic::default()
+            .with_name(topic_name(name))
+            .with_num_partitions(n)
+            .with_replication_factor(1)
+    };
+    for topics in [
+        vec![topic("huge", i32::MAX)],
+        vec![topic("a", 6_000), topic("b", 6_000)],
+    ] {
+        let request = CreateTopicsRequest::default().with_topics(topics);
+        let ResponseKind::CreateTopics(r) =
+            h.call(ApiKey::CreateTopics, 7, RequestKind::CreateTopics(request))
+        else {
+            panic!()
+        };
+        for t in &r.topics {
+            assert_eq!(t.error_code, ResponseError::PolicyViolation.code(), "{t:?}");
+        }
+    }
+    h.create_topic("t", 1, &[]);
+    let request = CreatePartitionsRequest::default().with_topics(vec![
+        create_partitions_request::CreatePartitionsTopic::default()
+            .with_name(topic_name("t"))
+            .with_count(i32::MAX),
+    ]);
+    let ResponseKind::CreatePartitions(r) = h.call(
+        ApiKey::CreatePartitions,
+        3,
+        RequestKind::CreatePartitions(request),
+    ) else {
+        panic!()
+    };
+    assert_eq!(
+        r.results[0].error_code,
+        ResponseError::PolicyViolation.code()
+    );
+    assert_eq!(h.broker.topic_names().count(), 1, "nothing was created");
+}

@@ -41,6 +41,9 @@ use crate::cluster::records::{
 use crate::config::{TopicConfig, TOPIC_CONFIGS};
 use crate::topic::{is_valid_topic_name, Topic};
 
+/// Most partitions one CreateTopics or CreatePartitions request may add (Kafka's limit).
+const MAX_PARTITIONS_PER_REQUEST: i64 = 10_000;
+
 /// The APIs this broker serves and the versions of each, as advertised in ApiVersions.
 /// Every range is what the handlers implement, decoded by `kafka-protocol` or, below its
 /// floors, by [`crate::legacy`] (Fetch and Produce stop before the versions that address
@@ -342,12 +345,32 @@ impl Broker {
     ) {
         let mut response = CreateTopicsResponse::default();
         let mut creations = Vec::new();
+        // As Kafka (KAFKA-17870): one request creates at most MAX_PARTITIONS_PER_REQUEST
+        // partitions, checked before any is placed, so that a count of 2^31 - 1 costs
+        // nothing but the answer.
+        let asked: i64 = (request.topics.iter())
+            .map(|t| match (t.assignments.len(), t.num_partitions) {
+                (0, -1) => i64::from(self.config.default_partitions),
+                (0, n) => i64::from(n.max(0)),
+                (n, _) => n as i64,
+            })
+            .sum();
+        let too_many = asked > MAX_PARTITIONS_PER_REQUEST;
         for creatable in request.topics {
             let mut result = CreatableTopicResult::default()
                 .with_name(creatable.name.clone())
                 .with_error_message(None)
                 .with_configs(None);
-            match self.check_creatable(&creatable) {
+            let checked = match too_many {
+                true => Err((
+                    ResponseError::PolicyViolation,
+                    format!(
+                        "{asked} partitions in one request; at most {MAX_PARTITIONS_PER_REQUEST}"
+                    ),
+                )),
+                false => self.check_creatable(&creatable),
+            };
+            match checked {
                 Err((error, message)) => {
                     result.error_code = error.code();
                     result.error_message = Some(str_bytes(&message));
@@ -534,9 +557,28 @@ impl Broker {
     ) {
         let mut response = CreatePartitionsResponse::default();
         let mut additions = Vec::new();
+        let asked: i64 = (request.topics.iter())
+            .map(|t| {
+                let current = self
+                    .topics
+                    .get(&*t.name.0)
+                    .map_or(0, |t| t.partition_count());
+                i64::from(t.count) - i64::from(current)
+            })
+            .filter(|n| *n > 0)
+            .sum();
         for t in request.topics {
             let mut result = CreatePartitionsTopicResult::default().with_name(t.name.clone());
-            match self.check_partition_growth(&t) {
+            let checked = match asked > MAX_PARTITIONS_PER_REQUEST {
+                true => Err((
+                    ResponseError::PolicyViolation,
+                    format!(
+                        "{asked} new partitions in one request; at most {MAX_PARTITIONS_PER_REQUEST}"
+                    ),
+                )),
+                false => self.check_partition_growth(&t),
+            };
+            match checked {
                 Err((error, message)) => {
                     result.error_code = error.code();
                     result.error_message = Some(str_bytes(&message));

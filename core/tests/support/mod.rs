@@ -70,7 +70,7 @@ impl Harness {
     }
 
     pub fn drive(&mut self) {
-        for _ in 0..10_000 {
+        for _ in 0..1_000_000 {
             let Some(output) = self.broker.poll_output() else {
                 return;
             };
