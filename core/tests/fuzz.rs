@@ -279,7 +279,7 @@ fn legacy_seeds() -> Vec<Vec<u8>> {
     message.extend_from_slice(b"hi");
     let mut set = vec![0; 8];
     int(&mut set, message.len() as i32 + 4);
-    set.extend_from_slice(&crc32fast_ieee(&message).to_be_bytes());
+    set.extend_from_slice(&crc32(&message).to_be_bytes());
     set.extend_from_slice(&message);
 
     let mut produce = header(0, 0);
@@ -323,22 +323,6 @@ fn legacy_seeds() -> Vec<Vec<u8>> {
     commit.extend_from_slice(&(-1i64).to_be_bytes());
     string(&mut commit, "");
     vec![produce, fetch, list, commit]
-}
-
-/// CRC-32 (IEEE) of a magic-0 message, bit by bit.
-fn crc32fast_ieee(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 #[test]

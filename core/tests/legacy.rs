@@ -92,22 +92,6 @@ fn message_set(magic: i8, values: &[&str], timestamp: i64) -> Vec<u8> {
     out
 }
 
-/// CRC-32 (IEEE), bit by bit: the test's own, independent of the broker's.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 /// One message read back: (offset, magic, timestamp, value).
 type Message = (i64, i8, i64, String);
 

@@ -307,6 +307,23 @@ pub fn produce_old_old_new(h: &mut Harness) {
     h.produce("t", 0, batch(1, h.now));
 }
 
+/// CRC-32 (IEEE), as magic 0 and 1 messages carry it, bit by bit: the tests' own,
+/// independent of the broker's.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
 pub fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
 }
