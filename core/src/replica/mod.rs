@@ -1135,7 +1135,8 @@ fn write_entries(
         let mut bytes = entry_batch(&entry);
         let mut producer = None;
         let mut txn = None;
-        let (delta, max_timestamp, kind) = match BatchView::split_first(&bytes) {
+        // Stamping the base offset and leader epoch below leaves the CRC as it is.
+        let (delta, max_timestamp, kind, crc) = match BatchView::split_first(&bytes) {
             Ok((view, [])) => (
                 view.last_offset_delta().max(0),
                 view.max_timestamp(),
@@ -1149,13 +1150,17 @@ fn write_entries(
                         EntryKind::Data
                     }
                 },
+                Some(view.stored_crc()),
             ),
             _ => {
                 // The leader validated it; bytes that do not parse mean a bug upstream.
                 // Every replica receives the same bytes, so all write the same marker.
                 warn!(partition = %log.partition(), index = entry.index, "entry is not one batch; storing a marker");
                 bytes = batch::leader_change_batch();
-                (0, -1, EntryKind::LeaderChange)
+                let crc = BatchView::split_first(&bytes)
+                    .ok()
+                    .map(|(v, _)| v.stored_crc());
+                (0, -1, EntryKind::LeaderChange, crc)
             }
         };
         let base_offset = log.log_end_offset();
@@ -1176,9 +1181,7 @@ fn write_entries(
             segment_base: at.segment_base,
             position: at.position,
             size,
-            crc: BatchView::split_first(&bytes)
-                .ok()
-                .map(|(v, _)| v.stored_crc()),
+            crc,
             kind,
             txn,
         };
