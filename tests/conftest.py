@@ -172,6 +172,32 @@ def wait_for(what, check, timeout=20.0):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def read_to_end(bootstrap, topic, partitions, group="verify", timeout=60, strict=True):
+    """Every record of `topic` from offset 0 to the end of each of its `partitions`, as
+    (partition, offset, value) in the order read. `strict` fails on any error but the end of
+    a partition; otherwise errors (a leader that just moved) are read past."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                         "enable.auto.commit": False, "enable.partition.eof": True})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    records, eof, deadline = [], set(), time.time() + timeout
+    while len(eof) < partitions and time.time() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is None:
+            continue
+        if msg.error():
+            if msg.error().code() == -191:  # _PARTITION_EOF
+                eof.add(msg.partition())
+            elif strict:
+                raise AssertionError(msg.error())
+            continue
+        records.append((msg.partition(), msg.offset(), msg.value()))
+    consumer.close()
+    assert len(eof) == partitions, f"reached the end of only partitions {sorted(eof)}"
+    return records
+
+
 def cluster_metadata(admin, brokers=3):
     try:
         md = admin.list_topics(timeout=5)

@@ -30,6 +30,8 @@ import threading
 import time
 from pathlib import Path
 
+from conftest import read_to_end, wait_for  # tests/ is on the path, run either way
+
 TOPIC = "nemesis"
 PARTITIONS = 3
 KAFKA_PORT = 9092
@@ -238,25 +240,9 @@ def consumer_loop(bootstrap, history, stop):
 
 def final_read(bootstrap, history, timeout=120):
     """Everything in the topic, from offset 0 to each partition's end."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "nemesis-final",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
-    consumer.assign([TopicPartition(TOPIC, p, 0) for p in range(PARTITIONS)])
-    eof, deadline = set(), time.time() + timeout
-    while len(eof) < PARTITIONS and time.time() < deadline:
-        msg = consumer.poll(0.5)
-        if msg is None:
-            continue
-        if msg.error():
-            if msg.error().code() == -191:  # _PARTITION_EOF
-                eof.add(msg.partition())
-            continue
-        history.write("final", value=msg.value().decode(), partition=msg.partition(),
-                      offset=msg.offset())
-    consumer.close()
-    if len(eof) < PARTITIONS:
-        raise RuntimeError(f"the final read reached the end of only {sorted(eof)}")
+    for partition, offset, value in read_to_end(bootstrap, TOPIC, PARTITIONS, "nemesis-final",
+                                                timeout, strict=False):
+        history.write("final", value=value.decode(), partition=partition, offset=offset)
 
 
 def metadata(bootstrap):
@@ -266,16 +252,6 @@ def metadata(bootstrap):
         return AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=5)
     except Exception:
         return None
-
-
-def wait_for(what, check, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise RuntimeError(f"timed out waiting for {what}")
 
 
 def create_topic(bootstrap):
@@ -289,14 +265,14 @@ def create_topic(bootstrap):
         except Exception as e:
             return "already exists" in str(e).lower()
 
-    wait_for("the topic", attempt)
+    wait_for("the topic", attempt, timeout=60)
 
     def led():
         md = metadata(bootstrap)
         t = md and md.topics.get(TOPIC)
         return t and len(t.partitions) == PARTITIONS and all(p.leader > 0 for p in t.partitions.values())
 
-    wait_for("a leader for every partition", led)
+    wait_for("a leader for every partition", led, timeout=60)
 
 
 class Nemesis:

@@ -4,28 +4,14 @@ import random
 import threading
 import time
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from conftest import read_to_end
 
 
 def consume_everything(bootstrap, topic, partitions):
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "verify",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    seen, eof, deadline = {}, set(), time.time() + 60
-    while len(eof) < partitions and time.time() < deadline:
-        msg = consumer.poll(0.5)
-        if msg is None:
-            continue
-        if msg.error():
-            if msg.error().code() == -191:  # _PARTITION_EOF
-                eof.add(msg.partition())
-                continue
-            raise AssertionError(msg.error())
-        seen[(msg.partition(), msg.offset())] = msg.value()
-    consumer.close()
-    assert len(eof) == partitions, "did not reach the end of every partition"
-    return seen
+    return {(p, o): v for p, o, v in read_to_end(bootstrap, topic, partitions)}
 
 
 def test_sigkill_loses_no_acknowledged_record(broker):
