@@ -375,55 +375,54 @@ def load(root, kind):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+ANOMALIES = ("lost", "duplicated", "reordered", "phantom", "misplaced", "vanished")
+
+
 def check(root):
     """Reads a run's histories and judges them. A record is written once by an idempotent
     producer, so the final read must hold every acknowledged record at its acknowledged
     offset, no value twice, each producer's records of a partition in the order it sent
     them, nothing nobody sent, and everything the live consumer read, where it read it."""
     sent = {r["value"]: r["partition"] for r in load(root, "sent")}
-    acked = load(root, "acked")
-    final = load(root, "final")
+    acked, final, reads = load(root, "acked"), load(root, "final"), load(root, "read")
     at = {(r["partition"], r["offset"]): r["value"] for r in final}
-    where = {}
-    duplicated = []
+    seen, duplicated = set(), []
     for r in final:
-        if r["value"] in where:
+        if r["value"] in seen:
             duplicated.append(r["value"])
-        where[r["value"]] = (r["partition"], r["offset"])
-    lost = [a for a in acked if at.get((a["partition"], a["offset"])) != a["value"]]
-    phantom = [r for r in final if r["value"] not in sent]
-    misplaced = [r for r in final if r["value"] in sent and sent[r["value"]] != r["partition"]]
-    vanished = [r for r in load(root, "read") if at.get((r["partition"], r["offset"])) != r["value"]]
-    reordered = []
-    last = {}
+        seen.add(r["value"])
+    reordered, last = [], {}
     for r in sorted(final, key=lambda r: (r["partition"], r["offset"])):
         name, seq = r["value"].rsplit("-", 1)
         key = (name, r["partition"])
         if key in last and int(seq) <= last[key]:
             reordered.append(r["value"])
         last[key] = int(seq)
-    flushed = load(root, "flushed")
-    return {
+    found = {
+        "lost": [a for a in acked if at.get((a["partition"], a["offset"])) != a["value"]],
+        "duplicated": duplicated,
+        "reordered": reordered,
+        "phantom": [r for r in final if r["value"] not in sent],
+        "misplaced": [r for r in final if r["value"] in sent and sent[r["value"]] != r["partition"]],
+        "vanished": [r for r in reads if at.get((r["partition"], r["offset"])) != r["value"]],
+    }
+    report = {
         "events": len(load(root, "event")),
         "sent": len(sent),
         "acked": len(acked),
         "failed": len(load(root, "failed")),
-        "unanswered": sum(f["unanswered"] for f in flushed),
+        "unanswered": sum(f["unanswered"] for f in load(root, "flushed")),
         "final": len(final),
-        "live_reads": len(load(root, "read")),
-        "lost": lost[:10], "lost_count": len(lost),
-        "duplicated": duplicated[:10], "duplicated_count": len(duplicated),
-        "reordered": reordered[:10], "reordered_count": len(reordered),
-        "phantom": phantom[:10], "phantom_count": len(phantom),
-        "misplaced": misplaced[:10], "misplaced_count": len(misplaced),
-        "vanished": vanished[:10], "vanished_count": len(vanished),
+        "live_reads": len(reads),
     }
+    for kind in ANOMALIES:
+        report[kind], report[f"{kind}_count"] = found[kind][:10], len(found[kind])
+    return report
 
 
 def failures(report):
     """The checker's verdict: the anomalies found, empty when the run is clean."""
-    return {k: report[k] for k in ("lost", "duplicated", "reordered", "phantom", "misplaced",
-                                   "vanished") if report[f"{k}_count"]}
+    return {k: report[k] for k in ANOMALIES if report[f"{k}_count"]}
 
 
 def main():
