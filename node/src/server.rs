@@ -269,6 +269,17 @@ impl Driver {
                 }
             }
             self.carry_out()?;
+            // `biased` serves syncs and events first, so under steady load the sleep arm may
+            // never win: a due timer (heartbeats, election timeouts) fires here whatever arm
+            // ran, or followers starve of heartbeats and call elections mid-run.
+            if self
+                .broker
+                .poll_timeout()
+                .is_some_and(|due| due <= self.clock.now().mono)
+            {
+                self.broker.handle_timeout(self.clock.now());
+                self.carry_out()?;
+            }
             if stop_by.is_some_and(|deadline| {
                 self.broker.has_handed_over() || self.clock.now().mono >= deadline
             }) {

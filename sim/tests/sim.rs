@@ -70,7 +70,7 @@ const CANARY_HUNTS: &[(&str, &str, u64)] = &[
     ("vote-twice", "cluster3-elections", 5),
     ("ack-all-on-local-append", "cluster3-partition", 5),
     ("keep-conflicting-suffix", "cluster5-replicated", 5),
-    ("ack-commit-before-durable", "cluster3-groups", 5),
+    ("ack-commit-before-durable", "cluster3-groups", 12),
     ("accept-stale-commit", "groups", 5),
     ("reuse-generation", "groups", 5),
     ("keep-dead-members", "groups", 5),
