@@ -362,6 +362,32 @@ pub struct BrokerConfig {
     /// Report every entry a partition replica commits as an [`crate::Observation`] (the
     /// simulator's state checker reads them); off in a real broker, where nobody listens.
     pub report_commits: bool,
+    /// `advertised.listeners` by name; empty: one `PLAINTEXT` listener at
+    /// `advertised_host:advertised_port`.
+    pub endpoints: Vec<crate::cluster::records::Endpoint>,
+    /// Authentication and authorization.
+    pub security: SecurityConfig,
+}
+
+/// SASL and ACL settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecurityConfig {
+    /// `sasl.enabled.mechanisms`.
+    pub sasl_mechanisms: Vec<String>,
+    /// The authorizer: off unless `authorizer.class.name` is set.
+    pub authorizer: crate::security::acl::AuthorizerConfig,
+    /// Seeds the SCRAM server nonces; the driver passes fresh entropy.
+    pub nonce_seed: u64,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            sasl_mechanisms: crate::security::MECHANISMS.map(String::from).to_vec(),
+            authorizer: Default::default(),
+            nonce_seed: 0,
+        }
+    }
 }
 
 impl Default for BrokerConfig {
@@ -383,6 +409,8 @@ impl Default for BrokerConfig {
             txns: crate::txn::TxnConfig::default(),
             producer_id_expiration_ms: 24 * 3600 * 1000,
             report_commits: false,
+            endpoints: Vec::new(),
+            security: SecurityConfig::default(),
         }
     }
 }

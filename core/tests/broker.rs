@@ -753,6 +753,19 @@ fn every_advertised_version_answers() {
                                 .with_resource_name(s("t")),
                         ]),
                 ),
+                ApiKey::SaslHandshake => RequestKind::SaslHandshake(
+                    sasl_handshake_request::SaslHandshakeRequest::default().with_mechanism(s("PLAIN")),
+                ),
+                ApiKey::SaslAuthenticate => RequestKind::SaslAuthenticate(Default::default()),
+                ApiKey::DescribeAcls => RequestKind::DescribeAcls(Default::default()),
+                ApiKey::CreateAcls => RequestKind::CreateAcls(Default::default()),
+                ApiKey::DeleteAcls => RequestKind::DeleteAcls(Default::default()),
+                ApiKey::DescribeUserScramCredentials => {
+                    RequestKind::DescribeUserScramCredentials(Default::default())
+                }
+                ApiKey::AlterUserScramCredentials => {
+                    RequestKind::AlterUserScramCredentials(Default::default())
+                }
                 other => panic!("advertised {other:?} without a case here"),
             };
             h.send(1, key, version, request);

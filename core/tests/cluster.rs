@@ -127,7 +127,9 @@ impl Cluster {
                         Output::Observed(Observation::Committed { group, entries, .. }) => {
                             self.commits.entry((id, group)).or_default().extend(entries)
                         }
-                        Output::Close(_) | Output::PeerAddress { .. } => {}
+                        Output::Close(_)
+                        | Output::PeerAddress { .. }
+                        | Output::Authenticated { .. } => {}
                     }
                 }
             }

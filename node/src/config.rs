@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use seedlog_core::config::{BrokerConfig, FlushPolicy, TopicConfig};
+use seedlog_core::config::{BrokerConfig, FlushPolicy, SecurityConfig, TopicConfig};
+use seedlog_core::security::{SecurityProtocol, MECHANISMS};
+
+use crate::listeners::{parse_listeners, ListenerConfig};
 use serde::Deserialize;
 
 /// Where partition data lives.
@@ -138,15 +141,60 @@ pub struct RunArgs {
     /// [default: 604800000, 7 days].
     #[arg(long, env = "SEEDLOG_TRANSACTIONAL_ID_EXPIRATION_MS")]
     pub transactional_id_expiration_ms: Option<i64>,
+    /// Client listeners as `NAME://host:port`, comma separated (Kafka's listeners); a name
+    /// is a security protocol or an entry of listener_security_protocol_map. Replaces
+    /// `listen` [default: PLAINTEXT://<listen>].
+    #[arg(long, env = "SEEDLOG_LISTENERS")]
+    pub listeners: Option<String>,
+    /// Where clients reach each listener, `NAME://host:port` (advertised.listeners)
+    /// [default: the bound address].
+    #[arg(long, env = "SEEDLOG_ADVERTISED_LISTENERS")]
+    pub advertised_listeners: Option<String>,
+    /// `NAME:PROTOCOL` pairs for listeners not named after their protocol
+    /// (listener.security.protocol.map), e.g. `CLIENT:SASL_SSL`.
+    #[arg(long, env = "SEEDLOG_LISTENER_SECURITY_PROTOCOL_MAP")]
+    pub listener_security_protocol_map: Option<String>,
+    /// SASL mechanisms offered (sasl.enabled.mechanisms)
+    /// [default: PLAIN,SCRAM-SHA-256,SCRAM-SHA-512].
+    #[arg(long, env = "SEEDLOG_SASL_ENABLED_MECHANISMS")]
+    pub sasl_enabled_mechanisms: Option<String>,
+    /// PEM file with the listeners' TLS certificate chain and private key
+    /// (ssl.keystore.location, PEM keystore); read again when it changes.
+    #[arg(long, env = "SEEDLOG_SSL_KEYSTORE_LOCATION")]
+    pub ssl_keystore_location: Option<PathBuf>,
+    /// PEM file with the CAs that client certificates must chain to (ssl.truststore.location).
+    #[arg(long, env = "SEEDLOG_SSL_TRUSTSTORE_LOCATION")]
+    pub ssl_truststore_location: Option<PathBuf>,
+    /// none, requested or required (ssl.client.auth) [default: none].
+    #[arg(long, env = "SEEDLOG_SSL_CLIENT_AUTH")]
+    pub ssl_client_auth: Option<String>,
+    /// Turns the ACL authorizer on when set to any class name, e.g.
+    /// org.apache.kafka.metadata.authorizer.StandardAuthorizer (authorizer.class.name)
+    /// [default: none, every request allowed].
+    #[arg(long, env = "SEEDLOG_AUTHORIZER_CLASS_NAME")]
+    pub authorizer_class_name: Option<String>,
+    /// Principals allowed everything, `User:admin;User:ops` (super.users).
+    #[arg(long, env = "SEEDLOG_SUPER_USERS")]
+    pub super_users: Option<String>,
+    /// With the authorizer on, allow what no ACL names (allow.everyone.if.no.acl.found)
+    /// [default: false].
+    #[arg(long, env = "SEEDLOG_ALLOW_EVERYONE_IF_NO_ACL_FOUND")]
+    pub allow_everyone_if_no_acl_found: Option<bool>,
+    /// Most connections from one IP address (max.connections.per.ip) [default: 1000].
+    #[arg(long, env = "SEEDLOG_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
 }
 
 /// Everything a node needs to start.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// Listener address.
-    pub listen: SocketAddr,
-    /// Advertised host:port, if not the bound address.
-    pub advertised: Option<(String, u16)>,
+    /// Client listeners; the first is the one `host`/`port` registrations name.
+    pub listeners: Vec<ListenerConfig>,
+    /// TLS material, if a listener uses TLS.
+    #[cfg(not(madsim))]
+    pub tls: Option<crate::tls::TlsSettings>,
+    /// Most connections from one IP address.
+    pub max_connections_per_ip: usize,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Storage backend.
@@ -175,10 +223,29 @@ impl RunArgs {
         }
         let defaults = TopicConfig::default();
         let listen = pick!(listen, "127.0.0.1:9092".parse().expect("valid address"));
-        let advertised = match self.advertised.or(file.advertised) {
+        let advertised = match self.advertised.clone().or(file.advertised.clone()) {
             None => None,
             Some(a) => Some(parse_host_port(&a)?),
         };
+        let listeners = match self.listeners.clone().or(file.listeners.clone()) {
+            Some(text) => parse_listeners(
+                &text,
+                self.advertised_listeners
+                    .as_deref()
+                    .or(file.advertised_listeners.as_deref()),
+                (self.listener_security_protocol_map.as_deref())
+                    .or(file.listener_security_protocol_map.as_deref()),
+            )?,
+            None => vec![ListenerConfig {
+                name: "PLAINTEXT".into(),
+                protocol: SecurityProtocol::Plaintext,
+                bind: listen,
+                advertised,
+            }],
+        };
+        let security = self.security(&file, &listeners)?;
+        #[cfg(not(madsim))]
+        let tls = self.tls(&file, &listeners)?;
         let flush = match pick!(flush, FlushMode::GroupCommit) {
             FlushMode::GroupCommit => FlushPolicy::GroupCommit,
             FlushMode::Never => FlushPolicy::Never,
@@ -192,6 +259,7 @@ impl RunArgs {
             ..defaults
         };
         let mut broker = BrokerConfig {
+            security,
             broker_id: pick!(broker_id, 1),
             default_partitions: pick!(num_partitions, 1),
             auto_create_topics: pick!(auto_create_topics, true),
@@ -292,8 +360,10 @@ impl RunArgs {
             bail!("intervals must be positive");
         }
         Ok(NodeConfig {
-            listen,
-            advertised,
+            listeners,
+            #[cfg(not(madsim))]
+            tls,
+            max_connections_per_ip: pick!(max_connections_per_ip, 1000).max(1),
             data_dir: pick!(data_dir, PathBuf::from("seedlog-data")),
             storage: pick!(storage, StorageKind::Disk),
             socket_request_max_bytes: pick!(socket_request_max_bytes, 100 * 1024 * 1024),
@@ -301,6 +371,102 @@ impl RunArgs {
             peers,
             broker,
         })
+    }
+}
+
+impl RunArgs {
+    /// SASL and authorizer settings, checked against the listeners.
+    fn security(
+        &self,
+        file: &RunArgs,
+        listeners: &[ListenerConfig],
+    ) -> anyhow::Result<SecurityConfig> {
+        let mut security = SecurityConfig::default();
+        if let Some(text) = self
+            .sasl_enabled_mechanisms
+            .as_ref()
+            .or(file.sasl_enabled_mechanisms.as_ref())
+        {
+            security.sasl_mechanisms = text
+                .split(',')
+                .map(|m| m.trim().to_string())
+                .filter(|m| !m.is_empty())
+                .collect();
+            if let Some(unknown) = security
+                .sasl_mechanisms
+                .iter()
+                .find(|m| !MECHANISMS.contains(&m.as_str()))
+            {
+                bail!(
+                    "sasl_enabled_mechanisms: {unknown} is not one of {}",
+                    MECHANISMS.join(", ")
+                );
+            }
+        }
+        if security.sasl_mechanisms.is_empty() && listeners.iter().any(|l| l.protocol.needs_sasl())
+        {
+            bail!("a SASL listener needs at least one of sasl_enabled_mechanisms");
+        }
+        let authorizer = &mut security.authorizer;
+        authorizer.enabled = (self.authorizer_class_name.as_ref())
+            .or(file.authorizer_class_name.as_ref())
+            .is_some_and(|c| !c.trim().is_empty());
+        authorizer.allow_if_no_acl = self
+            .allow_everyone_if_no_acl_found
+            .or(file.allow_everyone_if_no_acl_found)
+            .unwrap_or(false);
+        if let Some(text) = self.super_users.as_ref().or(file.super_users.as_ref()) {
+            for user in text.split(';').map(str::trim).filter(|u| !u.is_empty()) {
+                if !user.starts_with("User:") {
+                    bail!("super_users: {user:?} is not User:<name>");
+                }
+                authorizer.super_users.push(user.to_string());
+            }
+        }
+        // Fresh entropy for SCRAM nonces; std's hasher keys come from the OS (and from the
+        // simulator's seed under madsim).
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(std::process::id().into());
+        security.nonce_seed = hasher.finish();
+        Ok(security)
+    }
+
+    /// TLS settings, required when a listener uses TLS.
+    #[cfg(not(madsim))]
+    fn tls(
+        &self,
+        file: &RunArgs,
+        listeners: &[ListenerConfig],
+    ) -> anyhow::Result<Option<crate::tls::TlsSettings>> {
+        let keystore = self
+            .ssl_keystore_location
+            .clone()
+            .or(file.ssl_keystore_location.clone());
+        let needs = listeners.iter().find(|l| l.protocol.is_tls());
+        let client_auth = match self
+            .ssl_client_auth
+            .as_ref()
+            .or(file.ssl_client_auth.as_ref())
+        {
+            Some(text) => crate::tls::ClientAuth::parse(text)?,
+            None => crate::tls::ClientAuth::None,
+        };
+        match (keystore, needs) {
+            (None, Some(l)) => bail!(
+                "listener {} uses TLS and needs ssl_keystore_location",
+                l.name
+            ),
+            (None, None) => Ok(None),
+            (Some(keystore), _) => Ok(Some(crate::tls::TlsSettings {
+                keystore,
+                truststore: self
+                    .ssl_truststore_location
+                    .clone()
+                    .or(file.ssl_truststore_location.clone()),
+                client_auth,
+            })),
+        }
     }
 }
 
@@ -363,7 +529,7 @@ mod tests {
         let config = args.resolve().unwrap();
         assert_eq!(config.broker.broker_id, 7);
         assert_eq!(config.broker.default_partitions, 5);
-        assert_eq!(config.listen.port(), 19092);
+        assert_eq!(config.listeners[0].bind.port(), 19092);
         assert_eq!(config.data_dir, PathBuf::from("seedlog-data"));
         std::fs::write(&path, "brokerid = 7\n").unwrap();
         let err = RunArgs {

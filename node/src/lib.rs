@@ -9,9 +9,12 @@ pub mod config;
 pub mod dev_cluster;
 #[cfg(not(madsim))]
 pub mod groups;
+pub mod listeners;
 pub mod peer;
 pub mod server;
 pub mod storage;
+#[cfg(not(madsim))]
+pub mod tls;
 #[cfg(not(madsim))]
 pub mod transactions;
 

@@ -5,23 +5,25 @@
 //! in one place, in the order core asks for.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
 use seedlog_core::canary::{is_planted, Canary};
+use seedlog_core::cluster::records::Endpoint;
 use seedlog_core::storage::StorageCompletion;
 use seedlog_core::{Broker, ConnectionId, Now, Observation, Output};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use crate::listeners::{accept_clients, Accepted, ClientStream, Tls};
 use crate::peer::Peers;
 use crate::storage::{Storage, SyncFailure};
 
@@ -130,7 +132,18 @@ struct ConnectionHandle {
     /// Responses queued for the writer and not yet written (see [`Backlog`]).
     backlog: Arc<Backlog>,
     reader: JoinHandle<()>,
+    /// The largest request frame its reader takes: small until the client authenticates.
+    max_frame: Arc<AtomicUsize>,
+    /// Where it comes from, for `max.connections.per.ip`.
+    ip: IpAddr,
 }
+
+/// Largest request before a SASL client has authenticated (Kafka's
+/// `sasl.server.max.receive.size`): a stranger cannot make the broker allocate more.
+const UNAUTHENTICATED_MAX_FRAME: usize = 512 * 1024;
+
+/// How long a client on a SASL listener has to authenticate.
+const AUTHENTICATION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Owns the broker core and its storage and runs them.
 pub struct Driver {
@@ -148,6 +161,12 @@ pub struct Driver {
     /// Peer addresses being dialled, by broker.
     peer_addresses: BTreeMap<i32, String>,
     clock: Clock,
+    /// Open client connections by IP address.
+    per_ip: BTreeMap<IpAddr, usize>,
+    /// `max.connections.per.ip`.
+    max_connections_per_ip: usize,
+    /// `socket.request.max.bytes`.
+    max_frame: usize,
 }
 
 /// Receives what a broker reports about itself, with the broker's id.
@@ -172,7 +191,28 @@ impl Driver {
             tasks: Vec::new(),
             observer: None,
             peer_addresses,
+            per_ip: BTreeMap::new(),
+            max_connections_per_ip: usize::MAX,
+            max_frame: 100 << 20,
         }
+    }
+
+    /// Refuses connections from an IP address that has `max` open already.
+    pub fn with_max_connections_per_ip(mut self, max: usize) -> Self {
+        self.max_connections_per_ip = max;
+        self
+    }
+
+    /// Forgets a connection's handle and its place in the per-IP count.
+    fn drop_connection(&mut self, conn: ConnectionId) -> Option<ConnectionHandle> {
+        let handle = self.connections.remove(&conn)?;
+        if let Some(count) = self.per_ip.get_mut(&handle.ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_ip.remove(&handle.ip);
+            }
+        }
+        Some(handle)
     }
 
     /// Reports the broker's observations to `observer`.
@@ -187,22 +227,24 @@ impl Driver {
                 self.broker.handle_request(self.clock.now(), conn, frame)
             }
             Event::Disconnected { conn } => {
-                self.connections.remove(&conn);
+                self.drop_connection(conn);
                 self.broker.handle_disconnect(conn);
             }
             Event::Peer(frame) => self.broker.handle_peer(self.clock.now(), frame),
         }
     }
 
-    /// Serves `listener` until `shutdown` resolves, then drains and flushes.
+    /// Serves the connections `accepts` brings until `shutdown` resolves, then drains and
+    /// flushes.
     pub async fn run(
         mut self,
-        listener: TcpListener,
+        mut accepts: mpsc::Receiver<Accepted>,
         peer_listener: Option<TcpListener>,
         mut syncs: SyncReceiver,
         shutdown: impl std::future::Future<Output = ()>,
         socket_request_max_bytes: usize,
     ) -> anyhow::Result<()> {
+        self.max_frame = socket_request_max_bytes;
         let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
         if let Some(peer_listener) = peer_listener {
             let accept = crate::peer::accept_peers(peer_listener, events_tx.clone());
@@ -250,15 +292,11 @@ impl Driver {
                         self.on_event(event);
                     }
                 }
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let conn = next_conn;
-                        next_conn += 1;
-                        self.broker.handle_connect(conn, &peer.to_string());
-                        self.connect(conn, stream, peer, events_tx.clone(), socket_request_max_bytes);
-                    }
-                    Err(e) => warn!(error = %e, "accept failed"),
-                },
+                Some(accepted) = accepts.recv(), if stop_by.is_none() => {
+                    let conn = next_conn;
+                    next_conn += 1;
+                    self.connect(conn, accepted, events_tx.clone());
+                }
                 _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {
                     self.broker.handle_timeout(self.clock.now());
                 }
@@ -287,7 +325,7 @@ impl Driver {
             }
         }
         info!("shutting down: finishing in-flight writes");
-        drop(listener);
+        drop(accepts);
         for handle in self.connections.values() {
             handle.reader.abort();
         }
@@ -317,8 +355,13 @@ impl Driver {
                         }
                     }
                     Output::Close(conn) => {
-                        if let Some(handle) = self.connections.remove(&conn) {
+                        if let Some(handle) = self.drop_connection(conn) {
                             handle.reader.abort();
+                        }
+                    }
+                    Output::Authenticated { conn } => {
+                        if let Some(handle) = self.connections.get(&conn) {
+                            handle.max_frame.store(self.max_frame, Ordering::Relaxed);
                         }
                     }
                     Output::Storage(op) => {
@@ -351,24 +394,37 @@ impl Driver {
         }
     }
 
-    fn connect(
-        &mut self,
-        conn: ConnectionId,
-        stream: TcpStream,
-        peer: SocketAddr,
-        events: mpsc::Sender<Event>,
-        max_frame: usize,
-    ) {
-        debug!(conn, %peer, "connected");
-        let _ = stream.set_nodelay(true);
+    fn connect(&mut self, conn: ConnectionId, accepted: Accepted, events: mpsc::Sender<Event>) {
+        let Accepted {
+            stream,
+            peer,
+            listener,
+        } = accepted;
+        let ip = peer.ip();
+        let open = self.per_ip.entry(ip).or_default();
+        if *open >= self.max_connections_per_ip {
+            warn!(%peer, max = self.max_connections_per_ip, "refusing a connection: too many from this address (max.connections.per.ip)");
+            return;
+        }
+        *open += 1;
+        debug!(conn, %peer, listener = %listener.name, "connected");
+        let sasl = listener.protocol.needs_sasl();
+        self.broker
+            .handle_connect(conn, &peer.to_string(), &listener);
         let (read_half, write_half) = tokio::io::split(stream);
         let (responses, outgoing) = mpsc::unbounded_channel();
         let backlog = Arc::new(Backlog::default());
+        let limit = if sasl {
+            UNAUTHENTICATED_MAX_FRAME.min(self.max_frame)
+        } else {
+            self.max_frame
+        };
+        let max_frame = Arc::new(AtomicUsize::new(limit));
         let reader = tokio::spawn(read_requests(
             conn,
             read_half,
             events,
-            max_frame,
+            (max_frame.clone(), sasl.then_some(self.max_frame)),
             backlog.clone(),
         ));
         tokio::spawn(write_responses(conn, write_half, outgoing, backlog.clone()));
@@ -376,6 +432,8 @@ impl Driver {
             responses,
             backlog,
             reader,
+            max_frame,
+            ip,
         };
         self.connections.insert(conn, handle);
     }
@@ -415,19 +473,37 @@ impl Drop for Driver {
     }
 }
 
+/// Reads request frames until EOF. `limit` is the largest frame taken now and, for a
+/// connection that must authenticate, the limit once it has: until then it must do so
+/// within [`AUTHENTICATION_TIMEOUT`].
 async fn read_requests(
     conn: ConnectionId,
-    mut socket: ReadHalf<TcpStream>,
+    mut socket: ReadHalf<Box<dyn ClientStream>>,
     events: mpsc::Sender<Event>,
-    max_frame: usize,
+    limit: (Arc<AtomicUsize>, Option<usize>),
     backlog: Arc<Backlog>,
 ) {
+    let (max_frame, authenticated_max) = limit;
+    let deadline = Instant::now() + AUTHENTICATION_TIMEOUT;
     // EOF or reset ends the loop: the client is gone.
     loop {
         // A client that does not read its responses stops being read (Kafka mutes it too):
         // its queued responses, not the broker's memory, absorb the pressure.
         backlog.wait_below(RESPONSE_BACKLOG_MAX).await;
-        let Ok(size) = socket.read_i32().await else {
+        let max_frame = max_frame.load(Ordering::Relaxed);
+        let size = if authenticated_max.is_some_and(|full| max_frame < full) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, socket.read_i32()).await {
+                Ok(size) => size,
+                Err(_) => {
+                    warn!(conn, "closing connection: no SASL authentication in time");
+                    break;
+                }
+            }
+        } else {
+            socket.read_i32().await
+        };
+        let Ok(size) = size else {
             break;
         };
         if size < 0 || size as usize > max_frame {
@@ -457,7 +533,7 @@ async fn read_requests(
 
 async fn write_responses(
     conn: ConnectionId,
-    mut socket: WriteHalf<TcpStream>,
+    mut socket: WriteHalf<Box<dyn ClientStream>>,
     mut outgoing: mpsc::UnboundedReceiver<Bytes>,
     backlog: Arc<Backlog>,
 ) {
@@ -522,17 +598,33 @@ pub async fn serve_with(
     observer: Option<Observer>,
     clock: Clock,
 ) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding the Kafka listener on {}", config.listen))?;
-    let bound = listener.local_addr()?;
     let mut broker_config = config.broker.clone();
-    let (host, port) = config
-        .advertised
-        .clone()
-        .unwrap_or((bound.ip().to_string(), bound.port()));
-    broker_config.advertised_host = host;
-    broker_config.advertised_port = i32::from(port);
+    let (accepted, accepts) = mpsc::channel(EVENT_QUEUE);
+    let tls = tls_server(&config)?;
+    let mut accept_tasks = Vec::new();
+    for listener in &config.listeners {
+        let socket = TcpListener::bind(listener.bind)
+            .await
+            .with_context(|| format!("binding listener {} on {}", listener.name, listener.bind))?;
+        let bound = socket.local_addr()?;
+        let (host, port) =
+            (listener.advertised.clone()).unwrap_or((bound.ip().to_string(), bound.port()));
+        info!(listener = %listener.name, protocol = listener.protocol.name(), %bound, advertised = %format!("{host}:{port}"), "listening");
+        broker_config.endpoints.push(Endpoint {
+            name: listener.name.clone(),
+            host,
+            port: i32::from(port),
+        });
+        let task = accept_clients(socket, listener.clone(), tls.clone(), accepted.clone());
+        accept_tasks.push(tokio::spawn(task));
+    }
+    let first = broker_config
+        .endpoints
+        .first()
+        .context("no listener configured")?;
+    broker_config.advertised_host = first.host.clone();
+    broker_config.advertised_port = first.port;
+    let bound = format!("{}:{}", first.host, first.port);
     let peer_listener = match config.peer_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -549,10 +641,13 @@ pub async fn serve_with(
         .map_err(|e| anyhow::anyhow!(e).context("starting the broker from its stored state"))?;
     info!(listen = %bound, peer_listen = ?config.peer_listen, data_dir = %config.data_dir.display(), storage = ?config.storage, "seedlog broker ready");
     let peers = Peers::start(&config.peers);
-    let result = Driver::new(broker, storage, peers, config.peers.clone(), clock)
+    let mut driver = Driver::new(broker, storage, peers, config.peers.clone(), clock)
         .with_observer(observer)
+        .with_max_connections_per_ip(config.max_connections_per_ip);
+    driver.tasks.extend(accept_tasks);
+    let result = driver
         .run(
-            listener,
+            accepts,
             peer_listener,
             syncs,
             shutdown,
@@ -563,4 +658,27 @@ pub async fn serve_with(
         error!(error = %format!("{e:#}"), "broker stopped");
     }
     result
+}
+
+/// The TLS server for the listeners that use TLS.
+#[cfg(not(madsim))]
+fn tls_server(config: &crate::config::NodeConfig) -> anyhow::Result<Tls> {
+    match &config.tls {
+        None => Ok(Tls::None),
+        Some(settings) => Ok(Tls::Server(Arc::new(crate::tls::TlsServer::load(
+            settings.clone(),
+        )?))),
+    }
+}
+
+/// The simulator runs no TLS: its listeners are plaintext or SASL over plaintext.
+#[cfg(madsim)]
+fn tls_server(config: &crate::config::NodeConfig) -> anyhow::Result<Tls> {
+    match config.listeners.iter().find(|l| l.protocol.is_tls()) {
+        Some(l) => anyhow::bail!(
+            "listener {} uses TLS, which the simulator does not run",
+            l.name
+        ),
+        None => Ok(Tls::None),
+    }
 }

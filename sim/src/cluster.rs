@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use madsim::runtime::{Handle, NodeHandle};
 use seedlog_core::config::BrokerConfig;
+use seedlog_core::security::SecurityProtocol;
 use seedlog_node::config::{NodeConfig, StorageKind};
+use seedlog_node::listeners::ListenerConfig;
 use seedlog_node::server::{serve_with, sync_channel, Clock, Observer};
 
 use crate::disk::{SimDisk, SimStorage};
@@ -180,8 +182,13 @@ fn node_config(index: u32, size: u32, voters: u32, addr: SocketAddr) -> NodeConf
     broker.txns.partitions = 4;
     broker.txns.abort_check_interval_ms = 500;
     NodeConfig {
-        listen: addr,
-        advertised: None,
+        listeners: vec![ListenerConfig {
+            name: "PLAINTEXT".into(),
+            protocol: SecurityProtocol::Plaintext,
+            bind: addr,
+            advertised: None,
+        }],
+        max_connections_per_ip: 1000,
         data_dir: PathBuf::from(format!("sim-disk-{}", index + 1)),
         storage: StorageKind::Disk,
         socket_request_max_bytes: 100 << 20,

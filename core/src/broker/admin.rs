@@ -33,12 +33,13 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::quorum::Waiting;
-use super::{Broker, ReplyTo};
+use super::{Broker, ConnectionId, ReplyTo};
 use crate::cluster::records::{
     Change, PartitionAddition, PartitionAdditions, Replicas, TopicCreation, TopicCreations,
     TopicDeletions, TopicRef,
 };
 use crate::config::{TopicConfig, TOPIC_CONFIGS};
+use crate::security::acl::{Operation, ResourceType};
 use crate::topic::{is_valid_topic_name, Topic};
 
 /// Most partitions one CreateTopics or CreatePartitions request may add (Kafka's limit).
@@ -84,6 +85,15 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::TxnOffsetCommit, 0, 3),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),
+    // v0 of SaslHandshake sends the SASL tokens outside Kafka frames; every maintained
+    // client uses v1 and SaslAuthenticate.
+    (ApiKey::SaslHandshake, 1, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::DescribeAcls, 1, 3),
+    (ApiKey::CreateAcls, 1, 3),
+    (ApiKey::DeleteAcls, 1, 3),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
 ];
 
 /// The version range served for `key`, if the API is served at all.
@@ -136,9 +146,10 @@ impl Broker {
             .flatten()
             .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
             .filter(|n| is_valid_topic_name(n) && !self.topics.contains_key(n.as_str()))
+            .filter(|n| self.may_create_topic(reply_to.conn, n))
             .collect();
         if !auto_create || missing.is_empty() {
-            let response = self.metadata_response(request);
+            let response = self.metadata_response(reply_to.conn, request);
             return self.respond(reply_to, Some(response));
         }
         let mut topics = Vec::new();
@@ -158,17 +169,35 @@ impl Broker {
         self.propose_for(now, reply_to, change, waiting, AUTO_CREATE_WAIT_MS);
     }
 
-    /// The Metadata answer from what this broker knows now.
-    pub(super) fn metadata_response(&self, request: MetadataRequest) -> ResponseKind {
+    /// May the client on `conn` create topic `name` (Create on the cluster or the topic)?
+    pub(super) fn may_create_topic(&self, conn: ConnectionId, name: &str) -> bool {
+        self.allowed_on_cluster(conn, Operation::Create)
+            || self.allowed(conn, Operation::Create, ResourceType::Topic, name)
+    }
+
+    /// The Metadata answer for the client on `conn` from what this broker knows now: the
+    /// brokers' addresses on its listener, and only the topics it may describe.
+    pub(super) fn metadata_response(
+        &self,
+        conn: ConnectionId,
+        request: MetadataRequest,
+    ) -> ResponseKind {
         let image = self.controller.image();
+        let listener = self
+            .connections
+            .get(&conn)
+            .map_or("", |c| c.listener.as_str());
+        let described =
+            |name: &str| self.allowed(conn, Operation::Describe, ResourceType::Topic, name);
         // Only registered brokers: a broker appears once the quorum knows it, as in KRaft.
         let brokers: Vec<MetadataResponseBroker> = image
             .live_brokers()
             .map(|b| {
+                let (host, port) = b.address(listener);
                 MetadataResponseBroker::default()
                     .with_node_id(BrokerId(b.id))
-                    .with_host(str_bytes(&b.host))
-                    .with_port(b.port)
+                    .with_host(str_bytes(host))
+                    .with_port(port)
                     .with_rack((!b.rack.is_empty()).then(|| str_bytes(&b.rack)))
             })
             .collect();
@@ -183,6 +212,7 @@ impl Broker {
             response.topics = self
                 .topics
                 .values()
+                .filter(|t| described(&t.name))
                 .map(|t| self.metadata_topic(t))
                 .collect();
             return ResponseKind::Metadata(response);
@@ -205,11 +235,14 @@ impl Broker {
                 continue;
             };
             let topic = match self.topics.get(name.as_str()) {
+                _ if !described(&name) => MetadataResponseTopic::default()
+                    .with_name(Some(TopicName(str_bytes(&name))))
+                    .with_error_code(ResponseError::TopicAuthorizationFailed.code()),
                 Some(topic) => self.metadata_topic(topic),
                 None => {
                     let error = if !is_valid_topic_name(&name) {
                         ResponseError::InvalidTopicException
-                    } else if auto_create {
+                    } else if auto_create && self.may_create_topic(conn, &name) {
                         // Being created (or the creation timed out): the client retries.
                         ResponseError::LeaderNotAvailable
                     } else {
@@ -362,6 +395,10 @@ impl Broker {
                 .with_error_message(None)
                 .with_configs(None);
             let checked = match too_many {
+                _ if !self.may_create_topic(reply_to.conn, &creatable.name.0) => Err((
+                    ResponseError::TopicAuthorizationFailed,
+                    "not allowed to create it".into(),
+                )),
                 true => Err((
                     ResponseError::PolicyViolation,
                     format!(
@@ -523,8 +560,19 @@ impl Broker {
             let mut result = DeletableTopicResult::default()
                 .with_name(name.clone())
                 .with_topic_id(id);
+            let deletable = |t: &Topic| {
+                self.allowed(
+                    reply_to.conn,
+                    Operation::Delete,
+                    ResourceType::Topic,
+                    &t.name,
+                )
+            };
             match found {
                 None => result.error_code = ResponseError::UnknownTopicOrPartition.code(),
+                Some(topic) if !deletable(topic) => {
+                    result.error_code = ResponseError::TopicAuthorizationFailed.code()
+                }
                 Some(topic) => {
                     info!(topic = %topic.name, "deleting topic");
                     result.name = Some(TopicName(str_bytes(&topic.name)));
@@ -570,6 +618,9 @@ impl Broker {
         for t in request.topics {
             let mut result = CreatePartitionsTopicResult::default().with_name(t.name.clone());
             let checked = match asked > MAX_PARTITIONS_PER_REQUEST {
+                _ if !self.allowed(reply_to.conn, Operation::Alter, ResourceType::Topic, &t.name.0) => {
+                    Err((ResponseError::TopicAuthorizationFailed, "not allowed to alter it".into()))
+                }
                 true => Err((
                     ResponseError::PolicyViolation,
                     format!(

@@ -24,6 +24,7 @@ use super::quorum::Waiting;
 use super::{Broker, ReplyTo};
 use crate::cluster::records::{Change, TopicConfigChange, TopicConfigChanges, TopicRef};
 use crate::config::{ConfigKind, TOPIC_CONFIGS};
+use crate::security::acl::{Operation, ResourceType};
 use crate::time::Now;
 
 const TOPIC: i8 = 2;
@@ -166,6 +167,21 @@ impl Broker {
                     ResponseError::InvalidRequest,
                     format!("{name} is named more than once"),
                 )),
+                TOPIC
+                    if !self.allowed(
+                        reply_to.conn,
+                        Operation::AlterConfigs,
+                        ResourceType::Topic,
+                        name,
+                    ) =>
+                {
+                    Err((ResponseError::TopicAuthorizationFailed, String::new()))
+                }
+                _ if *resource_type != TOPIC
+                    && !self.allowed_on_cluster(reply_to.conn, Operation::AlterConfigs) =>
+                {
+                    Err((ResponseError::ClusterAuthorizationFailed, String::new()))
+                }
                 TOPIC => self.topic_change(name, ops, incremental),
                 BROKER => Err((
                     ResponseError::InvalidRequest,

@@ -7,7 +7,7 @@ use crate::time::Now;
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
-use kafka_protocol::messages::fetch_request::FetchRequest;
+use kafka_protocol::messages::fetch_request::{FetchRequest, FetchTopic};
 use kafka_protocol::messages::fetch_response::{
     AbortedTransaction, FetchResponse, FetchableTopicResponse, PartitionData,
 };
@@ -22,6 +22,7 @@ use tracing::{error, warn};
 use super::{Broker, ReplyTo};
 use crate::batch::{frame_size, BatchView};
 use crate::log::ReadPlan;
+use crate::security::acl::{Operation, ResourceType};
 use crate::storage::{StorageOp, TopicPartition};
 
 /// ListOffsets timestamp asking for the log start offset.
@@ -72,7 +73,8 @@ const READ_COMMITTED: i8 = 1;
 
 impl Broker {
     pub(super) fn fetch(&mut self, now: Now, reply_to: ReplyTo, request: FetchRequest) {
-        if self.fetch_is_ready(&request) {
+        let denied = |t: &FetchTopic| !self.may_read(reply_to.conn, &t.topic.0);
+        if self.fetch_is_ready(&request) || request.topics.iter().any(denied) {
             self.execute_fetch(reply_to, request);
         } else {
             let deadline = now.mono + i64::from(request.max_wait_ms);
@@ -82,6 +84,11 @@ impl Broker {
                 request,
             });
         }
+    }
+
+    /// May the client on `conn` read `topic`?
+    fn may_read(&self, conn: u64, topic: &str) -> bool {
+        self.allowed(conn, Operation::Read, ResourceType::Topic, topic)
     }
 
     /// True if a fetch should be answered now rather than wait for more data.
@@ -157,12 +164,17 @@ impl Broker {
             let mut topic_response = FetchableTopicResponse::default()
                 .with_topic(topic.topic.clone())
                 .with_topic_id(topic.topic_id);
+            let readable = self.may_read(reply_to.conn, &topic.topic.0);
             for (partition_index, p) in topic.partitions.iter().enumerate() {
                 let mut data = PartitionData::default()
                     .with_partition_index(p.partition)
                     .with_aborted_transactions(aborted.clone())
                     .with_records(Some(Bytes::new()));
-                match self.serving_log(&topic.topic.0, p.partition, p.current_leader_epoch) {
+                let log = match readable {
+                    true => self.serving_log(&topic.topic.0, p.partition, p.current_leader_epoch),
+                    false => Err(ResponseError::TopicAuthorizationFailed),
+                };
+                match log {
                     Err(error) => data.error_code = error.code(),
                     Ok(log) => {
                         let stable = log.last_stable_offset();
@@ -222,15 +234,24 @@ impl Broker {
         for (topic_index, topic) in request.topics.iter().enumerate() {
             let mut topic_response =
                 ListOffsetsTopicResponse::default().with_name(topic.name.clone());
+            let described = self.allowed(
+                reply_to.conn,
+                Operation::Describe,
+                ResourceType::Topic,
+                &topic.name.0,
+            );
             for (partition_index, p) in topic.partitions.iter().enumerate() {
                 let mut out = ListOffsetsPartitionResponse::default()
                     .with_partition_index(p.partition_index)
                     .with_timestamp(-1)
                     .with_offset(-1);
-                match (
-                    self.serving_log(&topic.name.0, p.partition_index, p.current_leader_epoch),
-                    p.timestamp,
-                ) {
+                let log = match described {
+                    true => {
+                        self.serving_log(&topic.name.0, p.partition_index, p.current_leader_epoch)
+                    }
+                    false => Err(ResponseError::TopicAuthorizationFailed),
+                };
+                match (log, p.timestamp) {
                     (Err(error), _) => out.error_code = error.code(),
                     (Ok(log), EARLIEST) => out.offset = log.log_start_offset(),
                     (Ok(log), LATEST) if request.isolation_level == READ_COMMITTED => {

@@ -64,10 +64,14 @@ impl Broker {
         now: Now,
         reply_to: ReplyTo,
         client_id: &str,
-        request: RequestKind,
+        mut request: RequestKind,
     ) {
+        let narrowed = match self.group_refusal(reply_to.conn, &mut request) {
+            Ok(narrowed) => narrowed,
+            Err(refusal) => return self.respond(reply_to, Some(refusal)),
+        };
         let waiter = self.token();
-        self.group_waiters.insert(waiter, reply_to);
+        self.group_waiters.insert(waiter, (reply_to, narrowed));
         let parked = Parked {
             waiter,
             version: reply_to.version,
@@ -103,8 +107,14 @@ impl Broker {
     pub(super) fn drain_coordinator(&mut self, now: Now) {
         while let Some(output) = self.coordinator.poll_output() {
             match output {
-                CoordinatorOutput::Reply { waiter, response } => {
-                    if let Some(reply_to) = self.group_waiters.remove(&waiter) {
+                CoordinatorOutput::Reply {
+                    waiter,
+                    mut response,
+                } => {
+                    if let Some((reply_to, narrowed)) = self.group_waiters.remove(&waiter) {
+                        if let Some(narrowed) = narrowed {
+                            narrowed.merge(&mut response);
+                        }
                         self.respond(reply_to, Some(response));
                     }
                 }
@@ -146,7 +156,7 @@ impl Broker {
         };
         let name = which.topic();
         if request.key_type > TRANSACTION_KEY || self.topics.contains_key(name) {
-            let response = self.find_coordinator_response(reply_to.version, &request);
+            let response = self.find_coordinator_response(reply_to, &request);
             return self.respond(reply_to, Some(response));
         }
         let configs: BTreeMap<String, String> = INTERNAL_TOPIC_CONFIGS
@@ -173,9 +183,14 @@ impl Broker {
     /// The FindCoordinator answer from what this broker knows now.
     pub(super) fn find_coordinator_response(
         &self,
-        version: i16,
+        reply_to: ReplyTo,
         request: &FindCoordinatorRequest,
     ) -> ResponseKind {
+        let version = reply_to.version;
+        let listener = self
+            .connections
+            .get(&reply_to.conn)
+            .map_or("", |c| c.listener.as_str());
         let keys: Vec<StrBytes> = if version >= 4 {
             request.coordinator_keys.clone()
         } else {
@@ -184,7 +199,10 @@ impl Broker {
         let found: Vec<Found> = keys
             .into_iter()
             .map(|key| {
-                let located = self.locate_coordinator(request.key_type, &key);
+                let located = match self.may_find(reply_to.conn, request.key_type, &key) {
+                    Ok(()) => self.locate_coordinator(request.key_type, &key, listener),
+                    Err(e) => Err(e),
+                };
                 let mut found = Found::default().with_key(key).with_node_id(BrokerId(-1));
                 match located {
                     Ok((id, host, port)) => {
@@ -213,11 +231,28 @@ impl Broker {
         ResponseKind::FindCoordinator(response)
     }
 
-    /// The broker (id, host, port) coordinating `key`.
+    /// Kafka asks for Describe on the group or transactional id.
+    fn may_find(&self, conn: u64, key_type: i8, key: &str) -> Result<(), ResponseError> {
+        use crate::security::acl::{Operation::Describe, ResourceType};
+        match key_type {
+            GROUP_KEY if !self.allowed(conn, Describe, ResourceType::Group, key) => {
+                Err(ResponseError::GroupAuthorizationFailed)
+            }
+            TRANSACTION_KEY
+                if !self.allowed(conn, Describe, ResourceType::TransactionalId, key) =>
+            {
+                Err(ResponseError::TransactionalIdAuthorizationFailed)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The broker (id, host, port on `listener`) coordinating `key`.
     fn locate_coordinator(
         &self,
         key_type: i8,
         key: &str,
+        listener: &str,
     ) -> Result<(i32, String, i32), ResponseError> {
         let which = match key_type {
             GROUP_KEY => Internal::Offsets,
@@ -240,7 +275,8 @@ impl Broker {
             .and_then(|id| self.controller.image().brokers.get(&id))
             .filter(|b| !b.fenced)
             .ok_or(ResponseError::CoordinatorNotAvailable)?;
-        Ok((broker.id, broker.host.clone(), broker.port))
+        let (host, port) = broker.address(listener);
+        Ok((broker.id, host.to_string(), port))
     }
 
     /// Makes each coordinator serve exactly the partitions of its internal topic this

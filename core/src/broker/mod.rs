@@ -13,6 +13,7 @@
 //! next; the wall clock may jump either way. The broker reads no clock and performs no I/O.
 
 mod admin;
+mod authorize;
 mod configs;
 mod fetch;
 mod groups;
@@ -21,6 +22,7 @@ mod producers;
 mod quorum;
 mod reassign;
 mod replication;
+mod security;
 mod txns;
 
 use crate::canary::{is_planted, Canary};
@@ -40,9 +42,12 @@ use crate::config::{BrokerConfig, FlushPolicy};
 use crate::consensus::RaftPersist;
 use crate::group::Coordinator;
 use crate::log::{CommitPoint, PartitionLog, Segment};
+use crate::security::{Authentication, Listener};
 use crate::storage::{SegmentId, StorageCompletion, StorageOp, TopicPartition, TopicRecord};
 use crate::topic::Topic;
 use crate::txn::TxnCoordinator;
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 use fetch::{Job, ParkedFetch};
 use groups::GroupLoad;
@@ -75,6 +80,12 @@ pub enum Output {
         broker: i32,
         /// Where its peer listener is.
         address: String,
+    },
+    /// The client on a connection authenticated: it may now send requests as large as any
+    /// client's (before, the driver keeps them small).
+    Authenticated {
+        /// The connection.
+        conn: ConnectionId,
     },
     /// Send a frame (size prefix not included) to another broker. Peer messages may be
     /// dropped when the peer cannot be reached: Raft retries what matters.
@@ -165,6 +176,10 @@ struct ReplyTo {
 struct Connection {
     /// Where the client connects from, as Kafka shows it (`/127.0.0.1`); may be empty.
     host: String,
+    /// The listener it came in on, by name.
+    listener: String,
+    /// Who it is, or how far its SASL exchange has got.
+    auth: Authentication,
     next_seq: u64,
     next_to_send: u64,
     /// Finished responses waiting for earlier ones; `None` means "no response" (acks=0).
@@ -257,7 +272,7 @@ pub struct Broker {
     /// The consumer groups this broker coordinates.
     coordinator: Coordinator,
     /// Group requests waiting for the coordinator's answer, by waiter handle.
-    group_waiters: BTreeMap<u64, ReplyTo>,
+    group_waiters: BTreeMap<u64, (ReplyTo, Option<authorize::Narrowed>)>,
     /// Internal topics' partitions being read back for their coordinator.
     group_loads: BTreeMap<(groups::Internal, i32), GroupLoad>,
     /// Internal partitions whose load found a damaged batch, with the leader epoch it was
@@ -276,6 +291,8 @@ pub struct Broker {
     batching: bool,
     /// Producer ids for InitProducerId.
     producer_ids: producers::ProducerIds,
+    /// Draws SCRAM server nonces.
+    nonce_rng: ChaCha8Rng,
 }
 
 impl Broker {
@@ -295,6 +312,7 @@ impl Broker {
             rack: config.cluster.rack.clone(),
             fenced: false,
             peer_address: config.cluster.peer_address.clone(),
+            endpoints: config.endpoints.clone(),
         };
         let controller =
             Controller::new(&config.cluster, registration, recovered.quorum, seed, now)?;
@@ -313,6 +331,7 @@ impl Broker {
         let next_retention_check = now.mono + config.retention_check_interval_ms;
         let coordinator = Coordinator::new(config.groups.clone(), seed ^ 0x6772_6f75_7073, now);
         let config_txns = config.txns.clone();
+        let nonce_seed = config.security.nonce_seed;
         let mut broker = Broker {
             config,
             topics: BTreeMap::new(),
@@ -357,6 +376,7 @@ impl Broker {
             coordinator_stale: true,
             batching: false,
             producer_ids: producers::ProducerIds::new(recovered.producers),
+            nonce_rng: ChaCha8Rng::seed_from_u64(seed ^ nonce_seed),
         };
         let names: Vec<String> = broker.controller.image().topics.keys().cloned().collect();
         for name in names {
@@ -422,11 +442,14 @@ impl Broker {
         self.after_input();
     }
 
-    /// A client connected from `address` (an IP, or `ip:port`); optional, it only tells
-    /// DescribeGroups where members connect from.
-    pub fn handle_connect(&mut self, conn: ConnectionId, address: &str) {
+    /// A client connected from `address` (an IP, or `ip:port`) on `listener`. A
+    /// connection never announced counts as an anonymous one on a PLAINTEXT listener.
+    pub fn handle_connect(&mut self, conn: ConnectionId, address: &str, listener: &Listener) {
         let ip = address.rsplit_once(':').map_or(address, |(ip, _)| ip);
-        self.connections.entry(conn).or_default().host = format!("/{ip}");
+        let connection = self.connections.entry(conn).or_default();
+        connection.host = format!("/{ip}");
+        connection.listener = listener.name.clone();
+        connection.auth = Authentication::new(listener);
     }
 
     /// A storage operation finished.
@@ -606,8 +629,26 @@ impl Broker {
     }
 
     fn dispatch(&mut self, now: Now, reply_to: ReplyTo, request: RequestKind, client_id: &str) {
-        let response = match request {
+        let conn = reply_to.conn;
+        if !security::allowed_before_authentication(reply_to.api_key)
+            && !self.is_authenticated(conn)
+        {
+            // Kafka closes the connection too: a client that skips SASL is misconfigured.
+            warn!(conn, api = ?reply_to.api_key, "request before SASL authentication; closing");
+            return self.close(conn);
+        }
+        if let Some(refusal) = self.request_refusal(conn, &request) {
+            return self.respond(reply_to, Some(refusal));
+        }
+        let mut response = match request {
             RequestKind::ApiVersions(_) => Some(admin::api_versions_response(false)),
+            RequestKind::SaslHandshake(r) => Some(self.sasl_handshake(conn, &r)),
+            RequestKind::SaslAuthenticate(r) => return self.sasl_authenticate(reply_to, &r),
+            RequestKind::DescribeAcls(r) => Some(self.describe_acls(conn, &r)),
+            RequestKind::CreateAcls(r) => return self.create_acls(now, reply_to, r),
+            RequestKind::DeleteAcls(r) => return self.delete_acls(now, reply_to, r),
+            RequestKind::DescribeUserScramCredentials(r) => Some(self.describe_scram(conn, &r)),
+            RequestKind::AlterUserScramCredentials(r) => return self.alter_scram(now, reply_to, r),
             RequestKind::Metadata(r) => return self.metadata(now, reply_to, r),
             RequestKind::CreateTopics(r) => return self.create_topics(now, reply_to, r),
             RequestKind::DeleteTopics(r) => return self.delete_topics(now, reply_to, r),
@@ -654,6 +695,9 @@ impl Broker {
                 return;
             }
         };
+        if let Some(response) = &mut response {
+            self.filter_response(conn, response);
+        }
         self.respond(reply_to, response);
     }
 

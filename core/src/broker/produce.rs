@@ -18,6 +18,7 @@ use crate::canary::{is_planted, Canary};
 use crate::config::{TimestampType, TopicConfig};
 use crate::group::OFFSETS_TOPIC;
 use crate::producer::{ProducerBatch, Verdict, Written};
+use crate::security::acl::{Operation, ResourceType};
 use crate::storage::{StorageOp, TopicPartition};
 use crate::txn::TXN_TOPIC;
 
@@ -87,23 +88,49 @@ pub(super) fn producer_batch(
 }
 
 impl Broker {
+    /// Why a client may not write to `topic` at all, if it may not.
+    fn produce_refusal(
+        &self,
+        conn: u64,
+        topic: &str,
+        transactional_id: Option<&str>,
+    ) -> Option<ResponseError> {
+        if [OFFSETS_TOPIC, TXN_TOPIC].contains(&topic) {
+            // Only the coordinators write their records (as in Kafka).
+            Some(ResponseError::InvalidTopicException)
+        } else if transactional_id.is_some_and(|id| {
+            !self.allowed(conn, Operation::Write, ResourceType::TransactionalId, id)
+        }) {
+            Some(ResponseError::TransactionalIdAuthorizationFailed)
+        } else if !self.allowed(conn, Operation::Write, ResourceType::Topic, topic) {
+            Some(ResponseError::TopicAuthorizationFailed)
+        } else {
+            None
+        }
+    }
+
     pub(super) fn produce(&mut self, now: Now, reply_to: ProduceFor, request: ProduceRequest) {
         let acks = request.acks;
         let mut response = ProduceResponse::default();
         let mut sync_token = None;
         let mut proposals = Vec::new();
+        let transactional_id = request.transactional_id.as_ref().map(|t| t.0.to_string());
         for (t, topic_data) in request.topic_data.into_iter().enumerate() {
             let mut topic_response =
                 TopicProduceResponse::default().with_name(topic_data.name.clone());
+            let refusal = match reply_to {
+                ProduceFor::Client(to) => {
+                    self.produce_refusal(to.conn, &topic_data.name.0, transactional_id.as_deref())
+                }
+                _ => None,
+            };
             for (p, partition_data) in topic_data.partition_data.into_iter().enumerate() {
-                let internal = [OFFSETS_TOPIC, TXN_TOPIC].contains(&topic_data.name.0.as_str());
-                if !reply_to.is_broker() && internal {
-                    // Only the coordinators write their records (as in Kafka).
+                if let Some(error) = refusal {
                     topic_response.partition_responses.push(
                         PartitionProduceResponse::default()
                             .with_index(partition_data.index)
                             .with_base_offset(-1)
-                            .with_error_code(ResponseError::InvalidTopicException.code()),
+                            .with_error_code(error.code()),
                     );
                     continue;
                 }

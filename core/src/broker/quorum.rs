@@ -45,6 +45,8 @@ pub(super) enum Waiting {
     FindCoordinator(FindCoordinatorRequest),
     /// IncrementalAlterConfigs or AlterConfigs.
     AlterConfigs(super::configs::AlterAnswer),
+    /// CreateAcls, DeleteAcls, AlterUserScramCredentials.
+    Security(super::security::SecurityAnswer),
 }
 
 impl Broker {
@@ -269,6 +271,7 @@ impl Broker {
                 }
             }
             Waiting::AlterConfigs(answer) => answer.fail_all(error),
+            Waiting::Security(answer) => answer.fail_all(error),
             Waiting::Reassign(r) => {
                 let partitions = r.responses.iter_mut().flat_map(|t| &mut t.partitions);
                 for p in partitions.filter(|p| p.error_code == 0) {
@@ -293,7 +296,7 @@ impl Broker {
             _ => None,
         };
         let response = match pending.waiting {
-            Waiting::Metadata(request) => self.metadata_response(request),
+            Waiting::Metadata(request) => self.metadata_response(pending.reply_to.conn, request),
             Waiting::CreateTopics(mut r) => {
                 for t in &mut r.topics {
                     if let Some(code) = refusal(&t.name.0) {
@@ -323,8 +326,9 @@ impl Broker {
                 answer.response(|name| refusal(name).and_then(ResponseError::try_from_code))
             }
             Waiting::FindCoordinator(request) => {
-                self.find_coordinator_response(pending.reply_to.version, &request)
+                self.find_coordinator_response(pending.reply_to, &request)
             }
+            Waiting::Security(answer) => answer.response(),
         };
         self.respond(pending.reply_to, Some(response));
     }

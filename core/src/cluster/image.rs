@@ -5,15 +5,16 @@
 //! makes sense (a topic created twice by two racing proposals) reports a per-topic error to
 //! its proposer and changes nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use prost::Message;
 
 use crate::canary::{is_planted, Canary};
 
 use super::records::{
-    BrokerRegistration, Change, ImageRecord, MetadataRecord, PartitionAddition, PartitionLeader,
-    PartitionReplicaSet, Replicas, TopicConfigChange, TopicCreation, TopicRef,
+    AclBinding, BrokerRegistration, Change, ImageRecord, MetadataRecord, PartitionAddition,
+    PartitionLeader, PartitionReplicaSet, Replicas, ScramCredential, TopicConfigChange,
+    TopicCreation, TopicRef,
 };
 
 /// The most producer ids one record hands out.
@@ -71,6 +72,10 @@ pub struct MetadataImage {
     pub topics: BTreeMap<String, TopicImage>,
     /// The first producer id not yet handed out to a broker.
     pub next_producer_id: i64,
+    /// SCRAM credentials by (user, mechanism code).
+    pub scram: BTreeMap<(String, i32), ScramCredential>,
+    /// ACLs, in one order on every broker.
+    pub acls: BTreeSet<AclBinding>,
 }
 
 impl MetadataImage {
@@ -153,6 +158,25 @@ impl MetadataImage {
                     })
                     .collect(),
             ),
+            Some(Change::AlterScram(c)) => {
+                for d in &c.deletions {
+                    self.scram.remove(&(d.user.clone(), d.mechanism));
+                }
+                for u in &c.upserts {
+                    self.scram.insert((u.user.clone(), u.mechanism), u.clone());
+                }
+                Applied::Quiet
+            }
+            Some(Change::CreateAcls(a)) => {
+                self.acls.extend(a.acls.iter().cloned());
+                Applied::Quiet
+            }
+            Some(Change::DeleteAcls(a)) => {
+                for acl in &a.acls {
+                    self.acls.remove(acl);
+                }
+                Applied::Quiet
+            }
             Some(Change::AddPartitions(a)) => Applied::Topics(
                 a.topics
                     .iter()
@@ -304,6 +328,8 @@ impl MetadataImage {
                 true => 0,
                 false => self.next_producer_id,
             },
+            scram: self.scram.values().cloned().collect(),
+            acls: self.acls.iter().cloned().collect(),
         }
         .encode_to_vec()
     }
@@ -321,6 +347,10 @@ impl MetadataImage {
         for t in &record.topics {
             let _ = image.create_topic(t);
         }
+        for c in record.scram {
+            image.scram.insert((c.user.clone(), c.mechanism), c);
+        }
+        image.acls = record.acls.into_iter().collect();
         Ok(image)
     }
 }
@@ -402,6 +432,11 @@ mod tests {
                 rack: "r1".into(),
                 fenced: true,
                 peer_address: "h:9093".into(),
+                endpoints: vec![super::super::records::Endpoint {
+                    name: "SASL_SSL".into(),
+                    host: "h".into(),
+                    port: 9094,
+                }],
             })),
         });
         let leader = |epoch| MetadataRecord {
@@ -474,5 +509,54 @@ mod tests {
             MetadataImage::decode(&[]).unwrap(),
             MetadataImage::default()
         );
+    }
+
+    #[test]
+    fn credentials_and_acls_apply_and_survive_a_snapshot() {
+        use super::super::records::{AclSet, ScramChanges};
+        let record = |change| MetadataRecord {
+            origin: None,
+            change: Some(change),
+        };
+        let credential = |user: &str, mechanism| ScramCredential {
+            user: user.into(),
+            mechanism,
+            salt: vec![1, 2],
+            iterations: 4096,
+            stored_key: vec![3],
+            server_key: vec![4],
+        };
+        let acl = |name: &str| AclBinding {
+            resource_type: 2,
+            resource_name: name.into(),
+            pattern_type: 3,
+            principal: "User:alice".into(),
+            host: "*".into(),
+            operation: 3,
+            permission: 3,
+        };
+        let mut image = MetadataImage::default();
+        image.apply(&record(Change::AlterScram(ScramChanges {
+            upserts: vec![
+                credential("alice", 1),
+                credential("alice", 2),
+                credential("bob", 2),
+            ],
+            deletions: vec![],
+        })));
+        image.apply(&record(Change::AlterScram(ScramChanges {
+            upserts: vec![],
+            deletions: vec![credential("alice", 1)],
+        })));
+        let users: Vec<_> = image.scram.keys().cloned().collect();
+        assert_eq!(users, [("alice".to_string(), 2), ("bob".to_string(), 2)]);
+        image.apply(&record(Change::CreateAcls(AclSet {
+            acls: vec![acl("a"), acl("b"), acl("a")],
+        })));
+        image.apply(&record(Change::DeleteAcls(AclSet {
+            acls: vec![acl("b")],
+        })));
+        assert_eq!(image.acls.iter().cloned().collect::<Vec<_>>(), [acl("a")]);
+        assert_eq!(MetadataImage::decode(&image.encode()).unwrap(), image);
     }
 }

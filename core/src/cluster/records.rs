@@ -5,6 +5,9 @@
 
 use std::collections::BTreeMap;
 
+pub use crate::security::acl::AclBinding;
+pub use crate::security::scram::ScramCredential;
+
 /// One entry of the metadata log.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MetadataRecord {
@@ -13,7 +16,7 @@ pub struct MetadataRecord {
     #[prost(message, optional, tag = "1")]
     pub origin: Option<Origin>,
     /// What changes.
-    #[prost(oneof = "Change", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
+    #[prost(oneof = "Change", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14")]
     pub change: Option<Change>,
 }
 
@@ -65,6 +68,34 @@ pub enum Change {
     /// AlterConfigs, checked before they are proposed).
     #[prost(message, tag = "11")]
     AlterTopicConfigs(TopicConfigChanges),
+    /// SCRAM credentials set or removed (AlterUserScramCredentials).
+    #[prost(message, tag = "12")]
+    AlterScram(ScramChanges),
+    /// ACLs added (CreateAcls).
+    #[prost(message, tag = "13")]
+    CreateAcls(AclSet),
+    /// ACLs removed (DeleteAcls, its filters resolved to bindings when proposed).
+    #[prost(message, tag = "14")]
+    DeleteAcls(AclSet),
+}
+
+/// SCRAM credentials to set and to remove.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ScramChanges {
+    /// Each replaces the user's credential of its mechanism.
+    #[prost(message, repeated, tag = "1")]
+    pub upserts: Vec<ScramCredential>,
+    /// `(user, mechanism)` pairs to remove; salt and keys are left empty.
+    #[prost(message, repeated, tag = "2")]
+    pub deletions: Vec<ScramCredential>,
+}
+
+/// A set of ACL bindings.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AclSet {
+    /// The bindings.
+    #[prost(message, repeated, tag = "1")]
+    pub acls: Vec<AclBinding>,
 }
 
 /// New config overrides of topics.
@@ -173,6 +204,34 @@ pub struct BrokerRegistration {
     /// Where other brokers reach its peer listener (`host:port`), empty if not given.
     #[prost(string, tag = "6")]
     pub peer_address: String,
+    /// Its advertised listeners by name; `host` and `port` are the first of them.
+    #[prost(message, repeated, tag = "7")]
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One advertised listener of a broker.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Endpoint {
+    /// Listener name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Advertised host.
+    #[prost(string, tag = "2")]
+    pub host: String,
+    /// Advertised port.
+    #[prost(int32, tag = "3")]
+    pub port: i32,
+}
+
+impl BrokerRegistration {
+    /// Where clients of listener `name` reach this broker: its endpoint of that name, else
+    /// its first (brokers registered before listeners had names have only that).
+    pub fn address(&self, listener: &str) -> (&str, i32) {
+        self.endpoints
+            .iter()
+            .find(|e| e.name == listener)
+            .map_or((&self.host, self.port), |e| (&e.host, e.port))
+    }
 }
 
 /// Topics to create, all or nothing per topic.
@@ -268,6 +327,12 @@ pub struct ImageRecord {
     /// The first producer id not yet handed out.
     #[prost(int64, tag = "3")]
     pub next_producer_id: i64,
+    /// SCRAM credentials.
+    #[prost(message, repeated, tag = "4")]
+    pub scram: Vec<ScramCredential>,
+    /// ACLs.
+    #[prost(message, repeated, tag = "5")]
+    pub acls: Vec<AclBinding>,
 }
 
 /// What one broker sends another in one frame: Raft messages of any groups.

@@ -80,7 +80,8 @@ impl Harness {
                 }
                 Output::Close(conn) => self.closed.push(conn),
                 Output::Peer { to, .. } => panic!("a single broker sent a peer frame to {to}"),
-                Output::Observed(_) | Output::PeerAddress { .. } => {}
+                Output::Observed(_) | Output::PeerAddress { .. } | Output::Authenticated { .. } => {
+                }
                 Output::Storage(op @ StorageOp::Sync { .. }) if self.hold_syncs => {
                     self.held.push(op)
                 }

@@ -1,0 +1,232 @@
+//! TLS for client listeners with rustls: the server certificate from a PEM keystore, client
+//! certificates checked against a PEM truststore when `ssl.client.auth` asks for them, and
+//! the keystore read again when its file changes, so a renewed certificate needs no restart.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use anyhow::{bail, Context};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+
+use crate::listeners::ClientStream;
+
+/// Kafka's `ssl.client.auth`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No client certificate asked for.
+    None,
+    /// Asked for; a client without one is anonymous.
+    Requested,
+    /// A client without a valid one is refused.
+    Required,
+}
+
+impl ClientAuth {
+    /// Parses `none`, `requested` or `required`.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        Ok(match text {
+            "none" => ClientAuth::None,
+            "requested" => ClientAuth::Requested,
+            "required" => ClientAuth::Required,
+            other => bail!("ssl_client_auth must be none, requested or required, not {other:?}"),
+        })
+    }
+}
+
+/// Where the TLS material is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// PEM with the certificate chain and its private key (`ssl.keystore.location`).
+    pub keystore: PathBuf,
+    /// PEM with the CA certificates client certificates must chain to
+    /// (`ssl.truststore.location`).
+    pub truststore: Option<PathBuf>,
+    /// `ssl.client.auth`.
+    pub client_auth: ClientAuth,
+}
+
+/// The server side of TLS, shared by every TLS listener.
+pub struct TlsServer {
+    settings: TlsSettings,
+    /// The acceptor and the keystore's modification time it was built from.
+    current: Mutex<(TlsAcceptor, Option<SystemTime>)>,
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn build(settings: &TlsSettings) -> anyhow::Result<TlsAcceptor> {
+    let path = &settings.keystore;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading certificates from {}", path.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing certificates in {}", path.display()))?;
+    if chain.is_empty() {
+        bail!("{} holds no certificate", path.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(path)
+        .with_context(|| format!("reading the private key in {}", path.display()))?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?;
+    let builder = match (settings.client_auth, &settings.truststore) {
+        (ClientAuth::None, _) => builder.with_no_client_auth(),
+        (_, None) => bail!("ssl_client_auth needs ssl_truststore_location"),
+        (auth, Some(truststore)) => {
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(truststore)
+                .with_context(|| format!("reading {}", truststore.display()))?
+            {
+                let cert = cert.with_context(|| format!("parsing {}", truststore.display()))?;
+                roots.add(cert).context("adding a truststore certificate")?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+            let verifier = match auth {
+                ClientAuth::Requested => verifier.allow_unauthenticated(),
+                _ => verifier,
+            };
+            builder
+                .with_client_cert_verifier(verifier.build().context("client certificate verifier")?)
+        }
+    };
+    let config = builder
+        .with_single_cert(chain, key)
+        .context("the keystore's certificate and key do not go together")?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+impl TlsServer {
+    /// Loads the keystore (and truststore): fails at start if they cannot be used.
+    pub fn load(settings: TlsSettings) -> anyhow::Result<Self> {
+        let acceptor = build(&settings)?;
+        let stamp = modified(&settings.keystore);
+        Ok(TlsServer {
+            settings,
+            current: Mutex::new((acceptor, stamp)),
+        })
+    }
+
+    /// The acceptor, rebuilt first if the keystore file changed. A keystore that no longer
+    /// loads keeps the last good one (and says so).
+    fn acceptor(&self) -> TlsAcceptor {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let stamp = modified(&self.settings.keystore);
+        if stamp != current.1 {
+            match build(&self.settings) {
+                Ok(acceptor) => {
+                    info!(keystore = %self.settings.keystore.display(), "TLS keystore reloaded");
+                    *current = (acceptor, stamp);
+                }
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "TLS keystore changed but does not load; keeping the old one");
+                    current.1 = stamp;
+                }
+            }
+        }
+        current.0.clone()
+    }
+
+    /// Runs the handshake; returns the stream and, if the client showed a certificate the
+    /// truststore vouches for, its principal (`User:` and its subject, as Kafka names it).
+    pub async fn accept(
+        &self,
+        stream: TcpStream,
+    ) -> anyhow::Result<(Box<dyn ClientStream>, Option<String>)> {
+        let stream = self.acceptor().accept(stream).await.context("handshake")?;
+        let principal = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .map(|cert| subject_principal(cert.as_ref()))
+            .transpose()?;
+        Ok((Box::new(stream), principal))
+    }
+}
+
+/// `User:CN=alice,O=Example` from a DER certificate: its subject's attributes, last RDN
+/// first, as Kafka's default principal builder writes them (RFC 2253).
+pub fn subject_principal(der: &[u8]) -> anyhow::Result<String> {
+    let subject = subject(der).context("reading the client certificate's subject")?;
+    Ok(format!("User:{subject}"))
+}
+
+fn subject(der: &[u8]) -> Option<String> {
+    let (certificate, _) = der_element(der, 0x30)?;
+    let (tbs, _) = der_element(certificate, 0x30)?;
+    let mut rest = tbs;
+    if rest.first() == Some(&0xa0) {
+        rest = der_any(rest)?.1; // version
+    }
+    // serial, signature algorithm, issuer, validity, then the subject.
+    for _ in 0..4 {
+        rest = der_any(rest)?.1;
+    }
+    let (mut names, _) = der_element(rest, 0x30)?;
+    let mut parts = Vec::new();
+    while !names.is_empty() {
+        let (set, after) = der_element(names, 0x31)?;
+        names = after;
+        let (pair, _) = der_element(set, 0x30)?;
+        let (oid, value) = der_element(pair, 0x06)?;
+        let (value, _) = der_any(value)?;
+        let key = match oid {
+            [0x55, 0x04, 0x03] => "CN".to_string(),
+            [0x55, 0x04, 0x06] => "C".into(),
+            [0x55, 0x04, 0x07] => "L".into(),
+            [0x55, 0x04, 0x08] => "ST".into(),
+            [0x55, 0x04, 0x0a] => "O".into(),
+            [0x55, 0x04, 0x0b] => "OU".into(),
+            other => other.iter().map(|b| format!("{b:02x}")).collect(),
+        };
+        let text = String::from_utf8_lossy(value.1);
+        let escaped: String = text
+            .chars()
+            .flat_map(|c| match c {
+                ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        parts.push(format!("{key}={escaped}"));
+    }
+    parts.reverse();
+    Some(parts.join(","))
+}
+
+/// One DER element: (its tag and contents, what follows).
+#[allow(clippy::type_complexity)]
+fn der_any(input: &[u8]) -> Option<((u8, &[u8]), &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let len = rest[..count]
+            .iter()
+            .fold(0usize, |n, b| (n << 8) | usize::from(*b));
+        rest = &rest[count..];
+        len
+    };
+    (rest.len() >= len).then(|| ((tag, &rest[..len]), &rest[len..]))
+}
+
+fn der_element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let ((found, contents), rest) = der_any(input)?;
+    (found == tag).then_some((contents, rest))
+}
