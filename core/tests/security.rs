@@ -399,3 +399,47 @@ fn groups_need_their_acl_and_commits_their_topics() {
         [("orders".into(), 0), ("other".into(), TOPIC_DENIED)]
     );
 }
+
+/// Clients from before KIP-152 send bare SASL tokens after a SaslHandshake v0.
+#[test]
+fn bare_tokens_after_a_v0_handshake() {
+    let mut h = secured();
+    let conn = 2;
+    h.broker
+        .handle_connect(conn, "10.0.0.5:40000", &sasl_listener());
+    let request = SaslHandshakeRequest::default().with_mechanism(s("SCRAM-SHA-512"));
+    h.send(
+        conn,
+        ApiKey::SaslHandshake,
+        0,
+        RequestKind::SaslHandshake(request),
+    );
+    let Some(ResponseKind::SaslHandshake(r)) = h.reply(conn) else {
+        panic!()
+    };
+    assert_eq!(r.error_code, 0);
+    let bare = |h: &mut Harness, token: &[u8]| -> Vec<u8> {
+        h.broker
+            .handle_request(h.time(), conn, bytes::Bytes::copy_from_slice(token));
+        h.drive();
+        let frame = h
+            .inbox
+            .get_mut(&conn)
+            .unwrap()
+            .pop_front()
+            .expect("a bare answer");
+        assert_eq!(
+            u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize,
+            frame.len() - 4
+        );
+        frame[4..].to_vec()
+    };
+    let first = client::first("alice", "nonce");
+    let server_first = String::from_utf8(bare(&mut h, first.as_bytes())).unwrap();
+    let (last, expected) =
+        client::last(Mechanism::Sha512, "alice-secret", &first, &server_first).unwrap();
+    assert_eq!(bare(&mut h, last.as_bytes()), expected.into_bytes());
+    // Authenticated: requests are Kafka frames again.
+    assert_eq!(fetch_error(&mut h, conn, "orders"), TOPIC_DENIED);
+    assert!(!h.closed.contains(&conn));
+}

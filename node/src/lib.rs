@@ -3,6 +3,8 @@
 
 #[cfg(not(madsim))]
 pub mod bench;
+#[cfg(not(madsim))]
+pub mod certs;
 pub mod client;
 pub mod config;
 #[cfg(not(madsim))]

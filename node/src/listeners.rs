@@ -184,7 +184,9 @@ pub async fn accept_clients(
         // Each handshake in its own task: a slow client must not hold up the others.
         let (tls, ready) = (tls.clone(), ready.clone());
         tokio::spawn(async move {
-            let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake(&tls, stream));
+            let sasl = listener.protocol.needs_sasl();
+            let handshake =
+                tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake(&tls, stream, sasl));
             match handshake.await {
                 Ok(Ok((stream, tls_principal))) => {
                     let listener = Listener {
@@ -211,14 +213,18 @@ pub async fn accept_clients(
 type Handshaken = (Box<dyn ClientStream>, Option<String>);
 
 #[allow(clippy::needless_pass_by_value)]
-async fn handshake(tls: &Tls, stream: tokio::net::TcpStream) -> anyhow::Result<Handshaken> {
+async fn handshake(
+    tls: &Tls,
+    stream: tokio::net::TcpStream,
+    sasl: bool,
+) -> anyhow::Result<Handshaken> {
     match tls {
         Tls::None => {
             drop(stream);
             bail!("no TLS certificate configured (ssl_keystore_location)")
         }
         #[cfg(not(madsim))]
-        Tls::Server(server) => server.accept(stream).await,
+        Tls::Server(server) => server.accept(stream, sasl).await,
     }
 }
 

@@ -52,6 +52,8 @@ enum Command {
     /// Transactions: list the transactional ids, describe one.
     #[command(subcommand)]
     Transactions(seedlog_node::transactions::TransactionsCommand),
+    /// Write a development CA, a broker keystore and client certificates (PEM).
+    Certs(seedlog_node::certs::CertsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -70,6 +72,12 @@ fn main() -> std::process::ExitCode {
         Some(Command::DevCluster(args)) => return exit(dev_cluster(args)),
         Some(Command::Groups(command)) => return exit(groups(command)),
         Some(Command::Transactions(command)) => return exit(transactions(command)),
+        Some(Command::Certs(args)) => {
+            return exit(seedlog_node::certs::run(&args).map(|w| {
+                println!("CA (truststore): {}", w.ca.display());
+                println!("broker keystore: {}", w.keystore.display());
+            }))
+        }
         None => cli.run,
     };
     let result = args.resolve().and_then(|config| {

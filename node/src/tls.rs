@@ -56,7 +56,7 @@ pub struct TlsSettings {
 pub struct TlsServer {
     settings: TlsSettings,
     /// The acceptor and the keystore's modification time it was built from.
-    current: Mutex<(TlsAcceptor, Option<SystemTime>)>,
+    current: Mutex<(Acceptors, Option<SystemTime>)>,
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {
@@ -67,7 +67,25 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn build(settings: &TlsSettings) -> anyhow::Result<TlsAcceptor> {
+/// The acceptors for SSL listeners (asking for client certificates as `ssl.client.auth`
+/// says) and for SASL_SSL listeners (which authenticate with SASL and ask for none).
+#[derive(Clone)]
+struct Acceptors {
+    ssl: TlsAcceptor,
+    sasl_ssl: TlsAcceptor,
+}
+
+fn build(settings: &TlsSettings) -> anyhow::Result<Acceptors> {
+    Ok(Acceptors {
+        ssl: build_one(settings)?,
+        sasl_ssl: build_one(&TlsSettings {
+            client_auth: ClientAuth::None,
+            ..settings.clone()
+        })?,
+    })
+}
+
+fn build_one(settings: &TlsSettings) -> anyhow::Result<TlsAcceptor> {
     let path = &settings.keystore;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .with_context(|| format!("reading certificates from {}", path.display()))?
@@ -120,7 +138,7 @@ impl TlsServer {
 
     /// The acceptor, rebuilt first if the keystore file changed. A keystore that no longer
     /// loads keeps the last good one (and says so).
-    fn acceptor(&self) -> TlsAcceptor {
+    fn acceptors(&self) -> Acceptors {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let stamp = modified(&self.settings.keystore);
         if stamp != current.1 {
@@ -140,11 +158,19 @@ impl TlsServer {
 
     /// Runs the handshake; returns the stream and, if the client showed a certificate the
     /// truststore vouches for, its principal (`User:` and its subject, as Kafka names it).
+    /// `sasl` listeners ask for no client certificate: SASL says who the client is.
     pub async fn accept(
         &self,
         stream: TcpStream,
+        sasl: bool,
     ) -> anyhow::Result<(Box<dyn ClientStream>, Option<String>)> {
-        let stream = self.acceptor().accept(stream).await.context("handshake")?;
+        let acceptors = self.acceptors();
+        let acceptor = if sasl {
+            acceptors.sasl_ssl
+        } else {
+            acceptors.ssl
+        };
+        let stream = acceptor.accept(stream).await.context("handshake")?;
         let principal = stream
             .get_ref()
             .1

@@ -85,9 +85,9 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::TxnOffsetCommit, 0, 3),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),
-    // v0 of SaslHandshake sends the SASL tokens outside Kafka frames; every maintained
-    // client uses v1 and SaslAuthenticate.
-    (ApiKey::SaslHandshake, 1, 1),
+    // After v0 of SaslHandshake the SASL tokens come bare, outside Kafka frames; clients
+    // since KIP-152 use v1 and SaslAuthenticate (librdkafka 2.0 checks that v0 is served).
+    (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
     (ApiKey::DescribeAcls, 1, 3),
     (ApiKey::CreateAcls, 1, 3),

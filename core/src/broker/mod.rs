@@ -180,6 +180,8 @@ struct Connection {
     listener: String,
     /// Who it is, or how far its SASL exchange has got.
     auth: Authentication,
+    /// After a SaslHandshake v0: the next frames are bare SASL tokens, not requests.
+    raw_sasl: bool,
     next_seq: u64,
     next_to_send: u64,
     /// Finished responses waiting for earlier ones; `None` means "no response" (acks=0).
@@ -429,6 +431,10 @@ impl Broker {
         let connection = self.connections.entry(conn).or_default();
         let seq = connection.next_seq;
         connection.next_seq += 1;
+        if connection.raw_sasl {
+            self.raw_sasl_token(conn, seq, &frame);
+            return self.after_input();
+        }
         match self.decode_request(conn, seq, frame) {
             Ok(Some((reply_to, request, client_id))) => {
                 self.dispatch(now, reply_to, request, &client_id)
@@ -642,7 +648,7 @@ impl Broker {
         }
         let mut response = match request {
             RequestKind::ApiVersions(_) => Some(admin::api_versions_response(false)),
-            RequestKind::SaslHandshake(r) => Some(self.sasl_handshake(conn, &r)),
+            RequestKind::SaslHandshake(r) => Some(self.sasl_handshake(reply_to, &r)),
             RequestKind::SaslAuthenticate(r) => return self.sasl_authenticate(reply_to, &r),
             RequestKind::DescribeAcls(r) => Some(self.describe_acls(conn, &r)),
             RequestKind::CreateAcls(r) => return self.create_acls(now, reply_to, r),
@@ -703,9 +709,9 @@ impl Broker {
 
     /// Queues the response to one request; `None` sends nothing (acks=0).
     fn respond(&mut self, reply_to: ReplyTo, response: Option<ResponseKind>) {
-        let Some(connection) = self.connections.get_mut(&reply_to.conn) else {
+        if !self.connections.contains_key(&reply_to.conn) {
             return; // The client left; its answer has nowhere to go.
-        };
+        }
         let frame = match response.map(|r| encode_response(reply_to, &r)).transpose() {
             Ok(frame) => frame,
             Err(e) => {
@@ -714,14 +720,19 @@ impl Broker {
                 return;
             }
         };
-        connection.ready.insert(reply_to.seq, frame);
+        self.queue_frame(reply_to.conn, reply_to.seq, frame);
+    }
+
+    /// Queues the frame answering request `seq` of `conn`, and sends what is now in order.
+    fn queue_frame(&mut self, conn: ConnectionId, seq: u64, frame: Option<Bytes>) {
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return;
+        };
+        connection.ready.insert(seq, frame);
         while let Some(frame) = connection.ready.remove(&connection.next_to_send) {
             connection.next_to_send += 1;
             if let Some(frame) = frame {
-                self.outputs.push_back(Output::Send {
-                    conn: reply_to.conn,
-                    frame,
-                });
+                self.outputs.push_back(Output::Send { conn, frame });
             }
         }
     }

@@ -1,8 +1,6 @@
 //! The broker's side of security: SASL on each connection, the ACL and SCRAM admin APIs
 //! through the metadata quorum, and the one check every API asks (`Broker::allowed`).
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
 use kafka_protocol::messages::alter_user_scram_credentials_request::AlterUserScramCredentialsRequest;
 use kafka_protocol::messages::alter_user_scram_credentials_response::{
     AlterUserScramCredentialsResponse, AlterUserScramCredentialsResult,
@@ -150,15 +148,19 @@ impl Broker {
             .is_some_and(|c| c.auth.principal().is_some())
     }
 
+    /// SaslHandshake; after v0 the SASL tokens come bare, outside Kafka frames (clients
+    /// from before KIP-152 and librdkafka before 2.x's SaslAuthenticate check).
     pub(super) fn sasl_handshake(
         &mut self,
-        conn: ConnectionId,
+        reply_to: ReplyTo,
         r: &SaslHandshakeRequest,
     ) -> ResponseKind {
         let enabled = &self.config.security.sasl_mechanisms;
         let mechanisms = enabled.iter().map(|m| str_bytes(m)).collect();
-        let outcome = match self.connections.get_mut(&conn) {
-            Some(c) => c.auth.handshake(&r.mechanism, enabled),
+        let outcome = match self.connections.get_mut(&reply_to.conn) {
+            Some(c) => c.auth.handshake(&r.mechanism, enabled).map(|()| {
+                c.raw_sasl = reply_to.version == 0;
+            }),
             None => Err(SaslError::IllegalState),
         };
         let error_code = match outcome {
@@ -173,13 +175,12 @@ impl Broker {
         )
     }
 
-    /// SaslAuthenticate: one step of the exchange. A failure is answered, then the
-    /// connection is closed, as Kafka does.
-    pub(super) fn sasl_authenticate(&mut self, reply_to: ReplyTo, r: &SaslAuthenticateRequest) {
-        let conn = reply_to.conn;
+    /// One token of `conn`'s SASL exchange: the answer token, or the failure.
+    fn sasl_step(&mut self, conn: ConnectionId, token: &[u8]) -> Result<Vec<u8>, SaslError> {
         let mut nonce = [0u8; 24];
         self.nonce_rng.fill_bytes(&mut nonce);
-        let nonce = BASE64.encode(nonce);
+        // Letters and digits only, as Kafka's own nonces: some clients mangle `+` and `/`.
+        let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
         let image = self.controller.image();
         let credentials = |user: &str| -> Vec<ScramCredential> {
             let by_user = image
@@ -187,33 +188,65 @@ impl Broker {
                 .range((user.to_string(), 0)..=(user.to_string(), i32::MAX));
             by_user.map(|(_, c)| c.clone()).collect()
         };
-        let Some(connection) = self.connections.get_mut(&conn) else {
-            return;
-        };
-        let outcome = connection
-            .auth
-            .authenticate(&r.auth_bytes, credentials, &nonce);
-        let principal = connection.auth.principal().map(String::from);
-        let mut response = SaslAuthenticateResponse::default();
-        match outcome {
-            Ok(token) => response.auth_bytes = token.into(),
+        let connection = self
+            .connections
+            .get_mut(&conn)
+            .ok_or(SaslError::IllegalState)?;
+        let outcome = connection.auth.authenticate(token, credentials, &nonce);
+        match &outcome {
             Err(SaslError::Failed(message)) => {
-                warn!(conn, host = %connection.host, %message, "SASL authentication failed");
+                warn!(conn, host = %connection.host, %message, "SASL authentication failed")
+            }
+            Ok(_) => {
+                if let Some(principal) = connection.auth.principal() {
+                    info!(conn, %principal, "authenticated");
+                    connection.raw_sasl = false;
+                    self.outputs.push_back(Output::Authenticated { conn });
+                }
+            }
+            Err(_) => {}
+        }
+        outcome
+    }
+
+    /// SaslAuthenticate: one step of the exchange. A failure is answered, then the
+    /// connection is closed, as Kafka does.
+    pub(super) fn sasl_authenticate(&mut self, reply_to: ReplyTo, r: &SaslAuthenticateRequest) {
+        let mut response = SaslAuthenticateResponse::default();
+        let failed = match self.sasl_step(reply_to.conn, &r.auth_bytes) {
+            Ok(token) => {
+                response.auth_bytes = token.into();
+                false
+            }
+            Err(SaslError::Failed(message)) => {
                 response.error_code = ResponseError::SaslAuthenticationFailed.code();
                 response.error_message = Some(StrBytes::from_string(message));
-                self.respond(reply_to, Some(ResponseKind::SaslAuthenticate(response)));
-                return self.outputs.push_back(Output::Close(conn));
+                true
             }
             Err(_) => {
                 // Out of turn (no handshake, or already authenticated): said, not fatal.
                 response.error_code = ResponseError::IllegalSaslState.code();
                 response.error_message = Some(str_bytes("no SASL exchange under way"));
+                false
             }
-        }
+        };
         self.respond(reply_to, Some(ResponseKind::SaslAuthenticate(response)));
-        if let Some(principal) = principal {
-            info!(conn, %principal, "authenticated");
-            self.outputs.push_back(Output::Authenticated { conn });
+        if failed {
+            self.outputs.push_back(Output::Close(reply_to.conn));
+        }
+    }
+
+    /// A bare SASL token after a SaslHandshake v0, answered with a bare token; a failure
+    /// closes the connection without an answer, as Kafka does for these clients.
+    pub(super) fn raw_sasl_token(&mut self, conn: ConnectionId, seq: u64, token: &[u8]) {
+        match self.sasl_step(conn, token) {
+            Ok(answer) => {
+                let mut frame = Vec::with_capacity(4 + answer.len());
+                frame.extend_from_slice(&(answer.len() as u32).to_be_bytes());
+                frame.extend_from_slice(&answer);
+                self.queue_frame(conn, seq, Some(frame.into()));
+            }
+            Err(_) => self.close(conn),
         }
     }
 
