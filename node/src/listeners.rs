@@ -220,7 +220,7 @@ async fn handshake(
 ) -> anyhow::Result<Handshaken> {
     match tls {
         Tls::None => {
-            drop(stream);
+            drop((stream, sasl));
             bail!("no TLS certificate configured (ssl_keystore_location)")
         }
         #[cfg(not(madsim))]
