@@ -20,7 +20,7 @@ from confluent_kafka.admin import (
     UserScramCredentialUpsertion,
 )
 
-from conftest import ROOT, Broker, create, free_port, seedlog_binary, wait_for
+from conftest import ROOT, Broker, cluster_metadata, create, free_port, seedlog_binary, wait_for
 
 
 def kcat_with_new_librdkafka(workdir):
@@ -313,3 +313,84 @@ def test_bad_client_certificates_are_refused(tls, which):
     producer.flush(10)
     assert len(delivered) == 1 and delivered[0] is not None, "the record was not delivered"
     assert "TLS handshake failed" in tls.broker.log()
+
+
+def peer_hello(port, secret, broker_id):
+    """Dials a broker's peer listener and answers its challenge as `broker_id` would with
+    `secret`; returns the open socket."""
+    import hashlib
+    import hmac
+    import socket
+    import struct
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    hello = b""
+    while len(hello) < 21:
+        hello += s.recv(21 - len(hello))
+    assert hello[:5] == b"SLPR\x01", hello
+    mac = hmac.new(secret, b"SLPR" + hello[5:] + struct.pack(">i", broker_id), hashlib.sha256).digest()
+    s.sendall(b"SLPR\x01" + struct.pack(">i", broker_id) + mac)
+    return s
+
+
+def test_peers_prove_the_shared_secret_and_cannot_speak_for_another(workdir):
+    import struct
+    ports = {i: free_port() for i in (1, 2, 3)}
+    voters = ",".join(f"{i}@127.0.0.1:{p}" for i, p in ports.items())
+    brokers = {
+        i: Broker(workdir / f"node{i}", ["--broker-id", str(i), "--controller-quorum-voters",
+                                          voters, "--peer-secret", "s3cret"])
+        for i in ports
+    }
+    try:
+        for b in brokers.values():
+            b.start()
+        admin = AdminClient({"bootstrap.servers": brokers[1].bootstrap})
+        wait_for("three brokers", lambda: cluster_metadata(admin), timeout=30)
+        create(admin, "replicated", 1, replication=3)
+
+        # A stranger without the secret is refused at the handshake.
+        peer_hello(ports[1], b"guess", 2).close()
+        wait_for("the refusal", lambda: "did not prove the shared secret" in brokers[1].log())
+        # A broker that proves itself cannot send frames in another broker's name: a
+        # PeerFrame (protobuf field 1, `from`) claiming broker 3 on broker 2's connection.
+        s = peer_hello(ports[1], b"s3cret", 2)
+        body = b"\x08\x03"
+        s.sendall(struct.pack(">I", len(body)) + body)
+        wait_for("the forged frame refused", lambda: "in another broker's name" in brokers[1].log())
+        s.close()
+        # The cluster still replicates.
+        assert produce({"bootstrap.servers": brokers[1].bootstrap, "acks": "all"}, "replicated", [b"x"]) == [None]
+    finally:
+        for b in brokers.values():
+            if b.alive():
+                b.kill()
+
+
+def seedlog(*args):
+    out = subprocess.run([seedlog_binary(), *args], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_the_cli_manages_users_and_acls(secured):
+    target = ["--bootstrap-server", secured.broker.bootstrap]
+    create(secured.admin, "cli", 1)
+    assert produce({"bootstrap.servers": secured.broker.bootstrap}, "cli", [b"hello"]) == [None]
+    seedlog("users", "create", *target, "--user", "dave", "--password", "d-secret")
+    assert "dave\tSCRAM-SHA-512 (iterations 8192)" in seedlog("users", "list", *target)
+    for args in (["--topic", "cli", "--operation", "Read"], ["--group", "daves", "--operation", "read"]):
+        seedlog("acls", "create", *target, "--principal", "User:dave", *args)
+    listing = seedlog("acls", "list", *target, "--principal", "User:dave")
+    assert "topic cli\tallow User:dave Read from *" in listing, listing
+    assert "group daves\tallow User:dave Read from *" in listing, listing
+
+    dave = secured.client_config("dave", "d-secret")
+    seen, errors = consume(dave, "cli", "daves", 1)
+    assert seen == [b"hello"], errors
+
+    assert "1 ACL(s) deleted" in seedlog("acls", "delete", *target, "--topic", "cli")
+    seedlog("users", "delete", *target, "--user", "dave")
+    assert "dave" not in seedlog("users", "list", *target)
+    bad = subprocess.run([seedlog_binary(), "acls", "create", *target, "--topic", "x",
+                          "--principal", "User:dave", "--operation", "Fly"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "operation must be one of" in bad.stderr

@@ -141,7 +141,7 @@ impl Cluster {
                     continue;
                 }
                 if let Some(node) = self.nodes.get_mut(&to) {
-                    node.broker.handle_peer(Now::at(self.now), frame);
+                    node.broker.handle_peer(Now::at(self.now), from, frame);
                 }
             }
         }

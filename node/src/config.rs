@@ -183,6 +183,11 @@ pub struct RunArgs {
     /// Most connections from one IP address (max.connections.per.ip) [default: 1000].
     #[arg(long, env = "SEEDLOG_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<usize>,
+    /// A secret every broker of the cluster shares: each peer connection proves it (HMAC
+    /// of a challenge), and frames are taken only in the name of the broker that proved
+    /// it. Unset: peers' ids are taken on trust (a development cluster) [default: unset].
+    #[arg(long, env = "SEEDLOG_PEER_SECRET", hide_env_values = true)]
+    pub peer_secret: Option<String>,
 }
 
 /// Everything a node needs to start.
@@ -195,6 +200,8 @@ pub struct NodeConfig {
     pub tls: Option<crate::tls::TlsSettings>,
     /// Most connections from one IP address.
     pub max_connections_per_ip: usize,
+    /// The cluster's shared peer secret; empty: none.
+    pub peer_secret: String,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Storage backend.
@@ -364,6 +371,11 @@ impl RunArgs {
             #[cfg(not(madsim))]
             tls,
             max_connections_per_ip: pick!(max_connections_per_ip, 1000).max(1),
+            peer_secret: self
+                .peer_secret
+                .clone()
+                .or(file.peer_secret.clone())
+                .unwrap_or_default(),
             data_dir: pick!(data_dir, PathBuf::from("seedlog-data")),
             storage: pick!(storage, StorageKind::Disk),
             socket_request_max_bytes: pick!(socket_request_max_bytes, 100 * 1024 * 1024),

@@ -2,6 +2,8 @@
 //! tokio driver and Kafka listener, and disk storage.
 
 #[cfg(not(madsim))]
+pub mod access;
+#[cfg(not(madsim))]
 pub mod bench;
 #[cfg(not(madsim))]
 pub mod certs;

@@ -54,6 +54,12 @@ enum Command {
     Transactions(seedlog_node::transactions::TransactionsCommand),
     /// Write a development CA, a broker keystore and client certificates (PEM).
     Certs(seedlog_node::certs::CertsArgs),
+    /// SCRAM users: create (or change a password), list, delete.
+    #[command(subcommand)]
+    Users(seedlog_node::access::UsersCommand),
+    /// ACLs: create, list, delete.
+    #[command(subcommand)]
+    Acls(seedlog_node::access::AclsCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -72,6 +78,12 @@ fn main() -> std::process::ExitCode {
         Some(Command::DevCluster(args)) => return exit(dev_cluster(args)),
         Some(Command::Groups(command)) => return exit(groups(command)),
         Some(Command::Transactions(command)) => return exit(transactions(command)),
+        Some(Command::Users(command)) => {
+            return exit(current_thread(seedlog_node::access::run_users(command)))
+        }
+        Some(Command::Acls(command)) => {
+            return exit(current_thread(seedlog_node::access::run_acls(command)))
+        }
         Some(Command::Certs(args)) => {
             return exit(seedlog_node::certs::run(&args).map(|w| {
                 println!("CA (truststore): {}", w.ca.display());
@@ -121,6 +133,15 @@ fn dev_cluster(args: seedlog_node::dev_cluster::DevClusterArgs) -> anyhow::Resul
         .enable_all()
         .build()?;
     runtime.block_on(seedlog_node::dev_cluster::run(args))
+}
+
+fn current_thread(
+    task: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(task)
 }
 
 fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {

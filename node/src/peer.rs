@@ -8,6 +8,13 @@
 //! nothing delivered) and redials.
 //! Delivery is best effort: a full queue or a broken connection drops frames, and Raft
 //! resends what matters. Nothing here blocks the driver.
+//!
+//! A connection opens with a handshake that names the protocol version and the dialling
+//! broker: the acceptor sends a challenge, the dialler answers with its id and an HMAC of
+//! the challenge under the cluster's shared secret. The acceptor then takes frames only in
+//! that broker's name; a peer that cannot prove itself, or speaks another version, is
+//! refused and logged. Without a secret (a development cluster) the id is taken on trust,
+//! but still binds the connection.
 
 use std::collections::BTreeMap;
 use std::io::IoSlice;
@@ -51,18 +58,114 @@ const WRITE_FRAMES_MAX: usize = 64;
 /// second, so a silent connection is a dead one (its peer dials a new one).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The peer protocol: its magic and version, first on every connection.
+const MAGIC: &[u8; 4] = b"SLPR";
+const VERSION: u8 = 1;
+
+/// How long the handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Who this broker is to its peers, and the secret that proves it.
+#[derive(Clone)]
+pub struct Identity {
+    /// This broker's id.
+    pub id: i32,
+    /// The cluster's shared secret (`peer_secret`); empty: ids are taken on trust.
+    pub secret: Arc<[u8]>,
+}
+
+impl Identity {
+    fn mac(&self, challenge: &[u8], id: i32) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        // HMAC takes a key of any length.
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&self.secret).expect("any key length");
+        mac.update(MAGIC);
+        mac.update(challenge);
+        mac.update(&id.to_be_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+/// A fresh challenge: std's hasher keys come from the OS (and from the seed under madsim).
+fn challenge() -> [u8; 16] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = [0u8; 16];
+    for chunk in out.chunks_mut(8) {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0x5eed);
+        chunk.copy_from_slice(&h.finish().to_be_bytes());
+    }
+    out
+}
+
+/// The dialler's side of the handshake.
+async fn prove(stream: &mut TcpStream, identity: &Identity) -> anyhow::Result<()> {
+    let mut hello = [0u8; 21];
+    stream.read_exact(&mut hello).await?;
+    check_version(&hello[..5])?;
+    let mac = identity.mac(&hello[5..], identity.id);
+    let mut answer = Vec::with_capacity(41);
+    answer.extend_from_slice(MAGIC);
+    answer.push(VERSION);
+    answer.extend_from_slice(&identity.id.to_be_bytes());
+    answer.extend_from_slice(&mac);
+    stream.write_all(&answer).await?;
+    stream.flush().await?;
+    Ok(())
+}
+
+/// The acceptor's side: the id the dialler proved.
+async fn verify(stream: &mut TcpStream, identity: &Identity) -> anyhow::Result<i32> {
+    let challenge = challenge();
+    let mut hello = Vec::with_capacity(21);
+    hello.extend_from_slice(MAGIC);
+    hello.push(VERSION);
+    hello.extend_from_slice(&challenge);
+    stream.write_all(&hello).await?;
+    stream.flush().await?;
+    let mut answer = [0u8; 41];
+    stream.read_exact(&mut answer).await?;
+    check_version(&answer[..5])?;
+    let id = i32::from_be_bytes(answer[5..9].try_into().expect("four bytes"));
+    let expected = identity.mac(&challenge, id);
+    // Compared in time that does not depend on where the bytes differ.
+    let differs = expected
+        .iter()
+        .zip(&answer[9..])
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    if !identity.secret.is_empty() && differs != 0 {
+        anyhow::bail!("broker {id} did not prove the shared secret (peer_secret differs?)");
+    }
+    Ok(id)
+}
+
+fn check_version(header: &[u8]) -> anyhow::Result<()> {
+    if &header[..4] != MAGIC {
+        anyhow::bail!("not a seedlog peer (no SLPR header)");
+    }
+    if header[4] != VERSION {
+        anyhow::bail!(
+            "peer speaks peer protocol version {}; this broker speaks {VERSION}",
+            header[4]
+        );
+    }
+    Ok(())
+}
+
 /// Outgoing connections, one task per peer.
 pub struct Peers {
     senders: BTreeMap<i32, mpsc::Sender<Bytes>>,
     tasks: Vec<JoinHandle<()>>,
+    identity: Identity,
 }
 
 impl Peers {
     /// Starts a sender per peer (`id -> host:port` of its peer listener).
-    pub fn start(peers: &BTreeMap<i32, String>) -> Self {
+    pub fn start(peers: &BTreeMap<i32, String>, identity: Identity) -> Self {
         let mut started = Peers {
             senders: BTreeMap::new(),
             tasks: Vec::new(),
+            identity,
         };
         for (&id, addr) in peers {
             started.add(id, addr.clone());
@@ -70,12 +173,19 @@ impl Peers {
         started
     }
 
+    /// Who this broker is to its peers.
+    pub fn identity(&self) -> Identity {
+        self.identity.clone()
+    }
+
     /// Dials `id` at `addr` from now on (a broker that joined after start, or moved).
     pub fn add(&mut self, id: i32, addr: String) {
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
         // Replacing the sender ends the old task once its queue drains.
         self.senders.insert(id, tx);
-        self.tasks.push(tokio::spawn(send_to_peer(id, addr, rx)));
+        let identity = self.identity.clone();
+        self.tasks
+            .push(tokio::spawn(send_to_peer(id, addr, rx, identity)));
     }
 
     /// Queues a frame for `to`; dropped if the peer is unknown or its queue is full.
@@ -99,11 +209,16 @@ impl Drop for Peers {
     }
 }
 
-async fn send_to_peer(id: i32, addr: String, mut frames: mpsc::Receiver<Bytes>) {
+async fn send_to_peer(
+    id: i32,
+    addr: String,
+    mut frames: mpsc::Receiver<Bytes>,
+    identity: Identity,
+) {
     let mut backoff = Duration::from_millis(50);
     while let Some(first) = frames.recv().await {
         let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await;
-        let stream = match connected {
+        let mut stream = match connected {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 debug!(peer = id, %addr, error = %e, "peer unreachable");
@@ -116,8 +231,21 @@ async fn send_to_peer(id: i32, addr: String, mut frames: mpsc::Receiver<Bytes>) 
                 continue;
             }
         };
-        backoff = Duration::from_millis(50);
         let _ = stream.set_nodelay(true);
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, prove(&mut stream, &identity)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(peer = id, %addr, error = %format!("{e:#}"), "peer handshake failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+            Err(_) => {
+                debug!(peer = id, %addr, "peer handshake timed out");
+                continue;
+            }
+        }
+        backoff = Duration::from_millis(50);
         let (acks, mut writer) = tokio::io::split(stream);
         let acked = Arc::new(Mutex::new(Instant::now()));
         let ack_reader = tokio::spawn(read_acks(acks, acked.clone()));
@@ -201,23 +329,34 @@ async fn write_frames(stream: &mut WriteHalf<TcpStream>, frames: &[Bytes]) -> st
 }
 
 /// Accepts peer connections and forwards their frames to the driver.
-pub async fn accept_peers(listener: TcpListener, events: mpsc::Sender<Event>) {
+pub async fn accept_peers(listener: TcpListener, events: mpsc::Sender<Event>, identity: Identity) {
     loop {
         match listener.accept().await {
             Ok((stream, from)) => {
                 debug!(%from, "peer connected");
-                tokio::spawn(read_peer(stream, events.clone()));
+                tokio::spawn(read_peer(stream, events.clone(), identity.clone()));
             }
             Err(e) => warn!(error = %e, "peer accept failed"),
         }
     }
 }
 
-async fn read_peer(stream: TcpStream, events: mpsc::Sender<Event>) {
+async fn read_peer(mut stream: TcpStream, events: mpsc::Sender<Event>, identity: Identity) {
+    let address = stream
+        .peer_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let sender = match tokio::time::timeout(HANDSHAKE_TIMEOUT, verify(&mut stream, &identity)).await
+    {
+        Ok(Ok(sender)) => sender,
+        Ok(Err(e)) => {
+            return warn!(%address, error = %format!("{e:#}"), "refusing a peer connection");
+        }
+        Err(_) => return debug!(%address, "peer handshake timed out"),
+    };
     let (frames, acks) = tokio::io::split(stream);
     let received = Arc::new(Notify::new());
     let acker = tokio::spawn(send_acks(acks, received.clone()));
-    forward_frames(frames, events, &received).await;
+    forward_frames(frames, sender, events, &received).await;
     // The acker holds the write half: the connection closes once it is gone too.
     acker.abort();
 }
@@ -225,6 +364,7 @@ async fn read_peer(stream: TcpStream, events: mpsc::Sender<Event>) {
 /// Hands each frame to the driver until the connection ends, goes silent or breaks a rule.
 async fn forward_frames(
     mut frames: ReadHalf<TcpStream>,
+    sender: i32,
     events: mpsc::Sender<Event>,
     received: &Notify,
 ) {
@@ -237,7 +377,8 @@ async fn forward_frames(
         if frames.read_exact(&mut frame).await.is_err() {
             return;
         }
-        if events.send(Event::Peer(frame.freeze())).await.is_err() {
+        let frame = frame.freeze();
+        if events.send(Event::Peer { sender, frame }).await.is_err() {
             return;
         }
         received.notify_one();

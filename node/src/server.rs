@@ -77,8 +77,8 @@ pub enum Event {
     Request { conn: ConnectionId, frame: Bytes },
     /// The connection is gone (EOF, error, or an unreadable frame).
     Disconnected { conn: ConnectionId },
-    /// A frame from another broker.
-    Peer(Bytes),
+    /// A frame from another broker, on a connection that proved to be broker `sender`'s.
+    Peer { sender: i32, frame: Bytes },
 }
 
 /// The system's wall clock, in milliseconds since the Unix epoch.
@@ -230,7 +230,9 @@ impl Driver {
                 self.drop_connection(conn);
                 self.broker.handle_disconnect(conn);
             }
-            Event::Peer(frame) => self.broker.handle_peer(self.clock.now(), frame),
+            Event::Peer { sender, frame } => {
+                self.broker.handle_peer(self.clock.now(), sender, frame)
+            }
         }
     }
 
@@ -247,7 +249,8 @@ impl Driver {
         self.max_frame = socket_request_max_bytes;
         let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
         if let Some(peer_listener) = peer_listener {
-            let accept = crate::peer::accept_peers(peer_listener, events_tx.clone());
+            let identity = self.peers.identity();
+            let accept = crate::peer::accept_peers(peer_listener, events_tx.clone(), identity);
             self.tasks.push(tokio::spawn(accept));
         }
         let mut next_conn: ConnectionId = 1;
@@ -640,7 +643,11 @@ pub async fn serve_with(
     let broker = Broker::new(broker_config, recovered, seed, clock.now())
         .map_err(|e| anyhow::anyhow!(e).context("starting the broker from its stored state"))?;
     info!(listen = %bound, peer_listen = ?config.peer_listen, data_dir = %config.data_dir.display(), storage = ?config.storage, "seedlog broker ready");
-    let peers = Peers::start(&config.peers);
+    let identity = crate::peer::Identity {
+        id: config.broker.broker_id,
+        secret: config.peer_secret.as_bytes().into(),
+    };
+    let peers = Peers::start(&config.peers, identity);
     let mut driver = Driver::new(broker, storage, peers, config.peers.clone(), clock)
         .with_observer(observer)
         .with_max_connections_per_ip(config.max_connections_per_ip);

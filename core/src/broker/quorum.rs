@@ -50,11 +50,20 @@ pub(super) enum Waiting {
 }
 
 impl Broker {
-    /// A frame from another broker (size prefix removed). An unreadable frame is dropped:
-    /// Raft tolerates lost messages, and a peer is not a client to answer.
-    pub fn handle_peer(&mut self, now: Now, frame: Bytes) {
+    /// A frame from another broker (size prefix removed), which arrived on a connection
+    /// whose peer proved to be broker `sender` (see node's peer handshake). An unreadable
+    /// frame is dropped: Raft tolerates lost messages, and a peer is not a client to answer.
+    /// So is a frame that claims another sender: one broker cannot speak for another.
+    pub fn handle_peer(&mut self, now: Now, sender: i32, frame: Bytes) {
         self.advance_clock(now);
         match PeerFrame::decode(frame) {
+            Ok(frame) if frame.from != sender => {
+                warn!(
+                    sender,
+                    claimed = frame.from,
+                    "refusing a peer frame sent in another broker's name"
+                );
+            }
             Ok(frame) => {
                 self.controller.heard_from(frame.from, now);
                 if let Some(registration) = frame.join {
