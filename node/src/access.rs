@@ -128,16 +128,7 @@ pub async fn run_users(command: UsersCommand) -> anyhow::Result<()> {
             iterations,
         } => {
             let m = mechanism_named(&mechanism)?;
-            let salt = fresh_salt();
-            let salted = m.salted_password(password.as_bytes(), &salt, iterations);
-            let upsert = ScramCredentialUpsertion::default()
-                .with_name(StrBytes::from_string(user.clone()))
-                .with_mechanism(m as i8)
-                .with_iterations(iterations)
-                .with_salt(salt.to_vec().into())
-                .with_salted_password(salted.into());
-            let request = AlterUserScramCredentialsRequest::default().with_upsertions(vec![upsert]);
-            alter(&mut target.client().await?, request).await?;
+            create_user(&mut target.client().await?, &user, &password, m, iterations).await?;
             println!("user {user}: {} credential set", m.name());
             Ok(())
         }
@@ -183,6 +174,36 @@ pub async fn run_users(command: UsersCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Sets `user`'s credential for `mechanism`, salted here.
+pub async fn create_user(
+    client: &mut ClusterClient,
+    user: &str,
+    password: &str,
+    mechanism: Mechanism,
+    iterations: i32,
+) -> anyhow::Result<()> {
+    let salt = fresh_salt();
+    let salted = mechanism.salted_password(password.as_bytes(), &salt, iterations);
+    let upsert = ScramCredentialUpsertion::default()
+        .with_name(StrBytes::from_string(user.to_string()))
+        .with_mechanism(mechanism as i8)
+        .with_iterations(iterations)
+        .with_salt(salt.to_vec().into())
+        .with_salted_password(salted.into());
+    let request = AlterUserScramCredentialsRequest::default().with_upsertions(vec![upsert]);
+    alter(client, request).await
+}
+
+/// A random secret, hex: std's hasher keys come from the OS.
+pub fn random_hex(bytes: usize) -> String {
+    let mut out = String::new();
+    while out.len() < bytes * 2 {
+        out.extend(fresh_salt().iter().map(|b| format!("{b:02x}")));
+    }
+    out.truncate(bytes * 2);
+    out
 }
 
 fn mechanism_named(name: &str) -> anyhow::Result<Mechanism> {

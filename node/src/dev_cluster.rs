@@ -26,6 +26,99 @@ pub struct DevClusterArgs {
     /// Client port of broker 1; broker i listens on this + i - 1.
     #[arg(long, default_value_t = 9092)]
     pub base_port: u16,
+    /// Clients connect with SASL_SSL (SCRAM-SHA-512) to certificates generated under
+    /// DIR/certs, the authorizer is on, brokers prove a generated peer secret to each other,
+    /// and a super user `admin` is made; DIR/client.properties has what a client needs.
+    /// An administrator's PLAINTEXT listener stays on 127.0.0.1, at client port + 200.
+    #[arg(long)]
+    pub secure: bool,
+}
+
+/// What a secure dev cluster's brokers are started with.
+struct Secure {
+    keystore: PathBuf,
+    ca: PathBuf,
+    peer_secret: String,
+    admin_password: String,
+}
+
+impl Secure {
+    fn prepare(dir: &std::path::Path) -> anyhow::Result<Self> {
+        let written = crate::certs::run(&crate::certs::CertsArgs {
+            dir: dir.join("certs"),
+            hosts: "localhost,127.0.0.1".into(),
+            clients: Vec::new(),
+            expired_clients: false,
+        })?;
+        Ok(Secure {
+            keystore: written.keystore,
+            ca: written.ca,
+            peer_secret: crate::access::random_hex(16),
+            admin_password: crate::access::random_hex(12),
+        })
+    }
+
+    fn broker_args(&self, command: &mut Command, client_port: u16) {
+        command
+            .args([
+                "--listeners",
+                &format!(
+                    "SASL_SSL://127.0.0.1:{client_port},PLAINTEXT://127.0.0.1:{}",
+                    client_port + 200
+                ),
+            ])
+            .args(["--ssl-keystore-location", &self.keystore.to_string_lossy()])
+            .args(["--authorizer-class-name", "StandardAuthorizer"])
+            .args(["--super-users", "User:admin;User:ANONYMOUS"])
+            // Through the environment: kept off `ps`.
+            .env("SEEDLOG_PEER_SECRET", &self.peer_secret);
+    }
+
+    /// Makes the admin user once the quorum answers, and writes client.properties.
+    async fn finish(
+        &self,
+        dir: &std::path::Path,
+        bootstrap: &str,
+        admin_port: u16,
+    ) -> anyhow::Result<()> {
+        let target = std::net::SocketAddr::from(([127, 0, 0, 1], admin_port));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut client =
+                crate::client::ClusterClient::new(vec![target], Duration::from_secs(5));
+            let made = match client.refresh().await {
+                Ok(()) => {
+                    let mechanism = seedlog_core::security::scram::Mechanism::Sha512;
+                    crate::access::create_user(
+                        &mut client,
+                        "admin",
+                        &self.admin_password,
+                        mechanism,
+                        8192,
+                    )
+                    .await
+                }
+                Err(e) => Err(anyhow::anyhow!("{e:?}")),
+            };
+            match made {
+                Ok(()) => break,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(e.context("making the admin user"))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            }
+        }
+        let properties = format!(
+            "bootstrap.servers={bootstrap}\nsecurity.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\n\
+             sasl.username=admin\nsasl.password={}\nssl.ca.location={}\n",
+            self.admin_password,
+            self.ca.display()
+        );
+        let path = dir.join("client.properties");
+        std::fs::write(&path, properties).with_context(|| format!("writing {}", path.display()))?;
+        info!(properties = %path.display(), user = "admin", "secure dev cluster ready: clients use SASL_SSL with the settings in this file");
+        Ok(())
+    }
 }
 
 /// Asks the kernel to send the child SIGTERM when this process dies, however it dies.
@@ -65,6 +158,10 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
         .map(|i| format!("{i}@127.0.0.1:{}", peer_port(i)))
         .collect();
     let voters = voters.join(",");
+    let secure = match args.secure {
+        true => Some(Secure::prepare(&args.dir)?),
+        false => None,
+    };
     let mut children: Vec<(u16, Child)> = Vec::new();
     for i in 1..=args.nodes {
         let dir = args.dir.join(format!("node-{i}"));
@@ -72,8 +169,11 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
         let log = std::fs::File::create(dir.join("seedlog.log")).context("creating a log file")?;
         let mut command = Command::new(&exe);
         stop_with_parent(&mut command);
+        command.arg("run");
+        if let Some(secure) = &secure {
+            secure.broker_args(&mut command, args.base_port + i - 1);
+        }
         let child = command
-            .arg("run")
             .args(["--broker-id", &i.to_string()])
             .args(["--listen", &format!("127.0.0.1:{}", args.base_port + i - 1)])
             .args(["--data-dir", &dir.join("data").to_string_lossy()])
@@ -95,6 +195,14 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
     );
     let signal = crate::shutdown_signal();
     tokio::pin!(signal);
+    if let Some(secure) = &secure {
+        let bootstrap = listeners.join(",");
+        let made = secure.finish(&args.dir, &bootstrap, args.base_port + 200);
+        tokio::select! {
+            _ = &mut signal => return stop(&mut children),
+            made = made => made?,
+        }
+    }
     let mut exited = std::collections::BTreeSet::new();
     loop {
         tokio::select! {
@@ -109,8 +217,13 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
             }
         }
     }
+    stop(&mut children)
+}
+
+/// Stops every broker with SIGTERM and waits for each.
+fn stop(children: &mut [(u16, Child)]) -> anyhow::Result<()> {
     info!("stopping the dev cluster");
-    for (_, child) in &mut children {
+    for (_, child) in children.iter_mut() {
         if let Ok(None) = child.try_wait() {
             // SAFETY: kill(2) on a pid we spawned and have not reaped; no memory is touched.
             unsafe {
@@ -118,7 +231,7 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
             }
         }
     }
-    for (i, child) in &mut children {
+    for (i, child) in children.iter_mut() {
         let status = child
             .wait()
             .with_context(|| format!("waiting for broker {i}"))?;
