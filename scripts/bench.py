@@ -44,6 +44,8 @@ class Broker:
     def __init__(self, workdir, *flags):
         self.port = free_port()
         self.dir = Path(workdir) / f"broker-{self.port}"
+        # `{port}` in a flag is this broker's PLAINTEXT port (for --listeners).
+        flags = [f.replace("{port}", str(self.port)) for f in flags]
         self.proc = subprocess.Popen(
             [binary(), "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.dir), *flags],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -216,13 +218,14 @@ def create_topic(brokers, name, partitions, replication):
     raise RuntimeError(f"no leader for every partition of {name}")
 
 
-def kcat_produce(brokers, records_file, n, tool):
+def kcat_produce(brokers, records_file, n, tool, bootstrap=None, extra=()):
     """kcat produces `records_file` (one 100 B record a line) with acks=all at librdkafka's
     default batching, spelled out: records/s, and all brokers' CPU-s per million records."""
     path, env = tool
     cpu0 = sum(b.cpu_seconds() for b in brokers)
     start = time.perf_counter()
-    subprocess.run([path, "-P", "-b", brokers[0].bootstrap, "-t", "k", "-X", "acks=all",
+    subprocess.run([path, "-P", "-b", bootstrap or brokers[0].bootstrap, "-t", "k", *extra,
+                    "-X", "acks=all",
                     "-X", "linger.ms=5", "-X", "batch.num.messages=10000",
                     "-X", "queue.buffering.max.messages=1000000", "-l", str(records_file)],
                    env=env, check=True, timeout=600)
@@ -268,6 +271,62 @@ def kcat_cost(workdir, n, pairs, partitions=6):
             f"{spread([c for _, c in replicated], cost)} CPU-s per million; replicated rate "
             f"{spread(rates, lambda x: f'{x:.0%}')} of one broker's (target at least 50%), "
             f"CPU per record {spread(cpus, lambda x: f'{x:.1f}x')} (target at most 3.3x)")
+
+
+def tls_cost(workdir, n, pairs, partitions=6):
+    """kcat into one broker over PLAINTEXT, SSL and SASL_SSL (SCRAM-SHA-512), each run on a
+    fresh broker, the three in turn, `pairs` times: the cost of TLS and SASL."""
+    tool = kcat(workdir)
+    if tool is None:
+        return "TLS comparison skipped: no kcat on PATH"
+    records = Path(workdir) / "records.txt"
+    records.write_text(("x" * 100 + "\n") * n)
+    certs = Path(workdir) / "certs"
+    subprocess.run([binary(), "certs", "--dir", str(certs), "--clients", "bench"],
+                   check=True, capture_output=True)
+    ca = ["-X", f"ssl.ca.location={certs / 'ca.pem'}"]
+    protocols = {
+        "PLAINTEXT": [],
+        "SSL": ["-X", "security.protocol=SSL", *ca,
+                "-X", f"ssl.certificate.location={certs / 'client-bench.pem'}",
+                "-X", f"ssl.key.location={certs / 'client-bench-key.pem'}"],
+        "SASL_SSL": ["-X", "security.protocol=SASL_SSL", *ca, "-X", "sasl.mechanisms=SCRAM-SHA-512",
+                     "-X", "sasl.username=bench", "-X", "sasl.password=bench-secret"],
+    }
+    results = {name: [] for name in protocols}
+    for _ in range(pairs):
+        for name, extra in protocols.items():
+            ssl_port, sasl_port = free_port(), free_port()
+            b = Broker(workdir, "--listeners",
+                       f"PLAINTEXT://127.0.0.1:{{port}},SSL://127.0.0.1:{ssl_port},"
+                       f"SASL_SSL://127.0.0.1:{sasl_port}",
+                       "--ssl-keystore-location", str(certs / "broker.pem"),
+                       "--ssl-truststore-location", str(certs / "ca.pem"),
+                       "--ssl-client-auth", "required")
+            try:
+                create_topic([b], "k", partitions, 1)
+                subprocess.run([binary(), "users", "create", "--bootstrap-server", b.bootstrap,
+                                "--user", "bench", "--password", "bench-secret"],
+                               check=True, capture_output=True)
+                port = {"PLAINTEXT": b.port, "SSL": ssl_port, "SASL_SSL": sasl_port}[name]
+                results[name].append(
+                    kcat_produce([b], records, n, tool, f"127.0.0.1:{port}", extra))
+            finally:
+                b.stop()
+
+    def spread(xs, fmt):
+        return f"{fmt(median(xs))} ({fmt(min(xs))}-{fmt(max(xs))})"
+
+    plain = results["PLAINTEXT"]
+    parts = []
+    for name, runs in results.items():
+        ratios = [r / p for (r, _), (p, _) in zip(runs, plain)]
+        parts.append(f"{name} {spread([r for r, _ in runs], lambda x: f'{x:,.0f}')} records/s at "
+                     f"{spread([c for _, c in runs], lambda x: f'{x:.2f}')} CPU-s per million"
+                     + ("" if name == "PLAINTEXT" else
+                        f", {spread(ratios, lambda x: f'{x:.0%}')} of plaintext"))
+    return (f"- kcat, acks=all, one broker, {partitions} partitions, {n:,} records of 100 B, "
+            f"{pairs} round(s): " + "; ".join(parts) + " (target: SASL_SSL at least 70%)")
 
 
 def median(xs):
@@ -367,7 +426,7 @@ def main():
     ap.add_argument("--out", help="also write the report here")
     ap.add_argument("--pairs", type=int, help="back-to-back pairs behind each target ratio "
                     "(default 5; 1 with --quick)")
-    ap.add_argument("--only", choices=["idempotence", "transactions", "kcat"],
+    ap.add_argument("--only", choices=["idempotence", "transactions", "kcat", "tls"],
                     help="run one paired comparison alone instead of the whole benchmark")
     args = ap.parse_args()
     n = 200_000 if args.quick else 2_000_000
@@ -375,10 +434,10 @@ def main():
     workdir = tempfile.mkdtemp(prefix="seedlog-bench-")
     if args.only:
         cost = {"idempotence": idempotence_cost, "transactions": transaction_cost,
-                "kcat": kcat_cost}[args.only]
+                "kcat": kcat_cost, "tls": tls_cost}[args.only]
         try:
             # kcat's runs are of 1 M records, as issue 16 measured them.
-            print(cost(workdir, n // 2 if args.only == "kcat" else n, pairs))
+            print(cost(workdir, n // 2 if args.only in ("kcat", "tls") else n, pairs))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         return
@@ -487,6 +546,7 @@ def main():
         say(idempotence_cost(workdir, n, pairs))
         say(transaction_cost(workdir, n, pairs))
         say(kcat_cost(workdir, n // 2, pairs))
+        say(tls_cost(workdir, n // 2, pairs))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report = "\n".join(lines)

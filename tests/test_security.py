@@ -1,6 +1,7 @@
 """Security with real clients: SASL PLAIN and SCRAM on a SASL listener, credentials and ACLs
 made with confluent-kafka's admin client, and what each user may then do."""
 
+import shutil
 import subprocess
 import time
 
@@ -394,3 +395,25 @@ def test_the_cli_manages_users_and_acls(secured):
     bad = subprocess.run([seedlog_binary(), "acls", "create", *target, "--topic", "x",
                           "--principal", "User:dave", "--operation", "Fly"], capture_output=True, text=True)
     assert bad.returncode != 0 and "operation must be one of" in bad.stderr
+
+
+KAFKAJS = ROOT / "tests" / "kafkajs"
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None or not (KAFKAJS / "node_modules" / "kafkajs").exists(),
+    reason="node or kafkajs not installed (scripts/test-deps installs kafkajs where node is)",
+)
+def test_kafkajs_over_sasl_ssl(tls):
+    import json
+    create(tls.admin.admin, "js", 1)
+    tls.admin.add_user("erin", "erin-secret")
+    for kind, name, op in ((ResourceType.TOPIC, "js", AclOperation.ALL),
+                           (ResourceType.GROUP, "js-readers", AclOperation.READ)):
+        tls.admin.allow("erin", kind, name, op)
+    out = subprocess.run(
+        ["node", str(KAFKAJS / "secure.js"), f"localhost:{tls.sasl_ssl_port}",
+         str(tls.certs / "ca.pem"), "erin", "erin-secret", "js", "js-readers", "20"],
+        capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [f"js-{i}" for i in range(20)]
