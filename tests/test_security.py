@@ -417,3 +417,33 @@ def test_kafkajs_over_sasl_ssl(tls):
         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [f"js-{i}" for i in range(20)]
+
+
+def test_clients_authenticate_again_when_sessions_have_a_lifetime(workdir):
+    s = Secured.__new__(Secured)
+    s.broker = Broker(workdir / "data")
+    s.sasl_port = free_port()
+    s.broker.extra_args = [
+        "--listeners", f"PLAINTEXT://127.0.0.1:{s.broker.port},SASL_PLAINTEXT://127.0.0.1:{s.sasl_port}",
+        "--connections-max-reauth-ms", "1500",
+    ]
+    s.broker.start()
+    try:
+        s.admin = AdminClient({"bootstrap.servers": s.broker.bootstrap})
+        create(s.admin, "long", 1)
+        s.add_user("frank", "f-secret")
+        producer = Producer({**s.client_config("frank", "f-secret"), "acks": "all"})
+        errors = []
+        deadline = time.time() + 5
+        sent = 0
+        while time.time() < deadline:
+            producer.produce("long", b"v", on_delivery=lambda err, _m: errors.append(err))
+            sent += 1
+            producer.poll(0.1)
+        producer.flush(20)
+        assert errors == [None] * sent
+        # librdkafka authenticated again on its connection before each lifetime ran out.
+        assert "again=true" in s.broker.log(), s.broker.log()
+        assert "session expired" not in s.broker.log()
+    finally:
+        s.broker.kill()

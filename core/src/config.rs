@@ -378,6 +378,9 @@ pub struct SecurityConfig {
     pub authorizer: crate::security::acl::AuthorizerConfig,
     /// Seeds the SCRAM server nonces; the driver passes fresh entropy.
     pub nonce_seed: u64,
+    /// `connections.max.reauth.ms`: a SASL session's lifetime, after which the client must
+    /// authenticate again on its connection (KIP-368); 0: sessions do not expire.
+    pub reauthentication_ms: i64,
 }
 
 impl Default for SecurityConfig {
@@ -386,6 +389,7 @@ impl Default for SecurityConfig {
             sasl_mechanisms: crate::security::MECHANISMS.map(String::from).to_vec(),
             authorizer: Default::default(),
             nonce_seed: 0,
+            reauthentication_ms: 0,
         }
     }
 }

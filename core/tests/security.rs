@@ -88,8 +88,11 @@ fn sasl_listener() -> Listener {
 }
 
 fn handshake(h: &mut Harness, conn: u64, mechanism: &str) -> i16 {
-    h.broker
-        .handle_connect(conn, "10.0.0.5:40000", &sasl_listener());
+    // A connection's first handshake announces it; a later one authenticates it again.
+    if !h.asked.contains_key(&conn) {
+        h.broker
+            .handle_connect(conn, "10.0.0.5:40000", &sasl_listener());
+    }
     let request = SaslHandshakeRequest::default().with_mechanism(s(mechanism));
     h.send(
         conn,
@@ -442,4 +445,54 @@ fn bare_tokens_after_a_v0_handshake() {
     // Authenticated: requests are Kafka frames again.
     assert_eq!(fetch_error(&mut h, conn, "orders"), TOPIC_DENIED);
     assert!(!h.closed.contains(&conn));
+}
+
+/// KIP-368: with a session lifetime, a client authenticates again on its connection, as
+/// the same principal, or is disconnected once the lifetime has passed.
+#[test]
+fn sessions_expire_unless_the_client_authenticates_again() {
+    let mut config = BrokerConfig::default();
+    config.security.reauthentication_ms = 1000;
+    config.security.authorizer = AuthorizerConfig {
+        enabled: true,
+        super_users: vec![
+            "User:ANONYMOUS".into(),
+            "User:alice".into(),
+            "User:bob".into(),
+        ],
+        allow_if_no_acl: false,
+    };
+    let mut h = Harness::new(config);
+    h.create_topic("orders", 1, &[]);
+    add_user(&mut h, "alice", "alice-secret", Mechanism::Sha512);
+    add_user(&mut h, "bob", "bob-secret", Mechanism::Sha512);
+
+    // The first login says how long the session lasts.
+    assert_eq!(handshake(&mut h, 2, "SCRAM-SHA-512"), 0);
+    let first = client::first("alice", "n1");
+    let answer = authenticate(&mut h, 2, first.as_bytes());
+    let server_first = String::from_utf8(answer.auth_bytes.to_vec()).unwrap();
+    let (last, _) = client::last(Mechanism::Sha512, "alice-secret", &first, &server_first).unwrap();
+    assert_eq!(
+        authenticate(&mut h, 2, last.as_bytes()).session_lifetime_ms,
+        1000
+    );
+
+    // One that authenticates again in time carries on past the first lifetime.
+    assert_eq!(scram_login(&mut h, 3, "alice", "alice-secret"), 0);
+    h.advance(600);
+    assert_eq!(
+        scram_login(&mut h, 3, "alice", "alice-secret"),
+        0,
+        "again, in place"
+    );
+    h.advance(600);
+    assert_eq!(fetch_error(&mut h, 3, "orders"), 0);
+    assert!(!h.closed.contains(&3));
+    // The one that did not is disconnected at its next request.
+    h.fetch_request(2, "orders", 0, 0, 0, 1 << 20);
+    assert!(h.closed.contains(&2));
+    // Authenticating again as someone else is refused.
+    assert_eq!(scram_login(&mut h, 3, "bob", "bob-secret"), SASL_FAILED);
+    assert!(h.closed.contains(&3));
 }

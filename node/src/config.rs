@@ -188,6 +188,11 @@ pub struct RunArgs {
     /// it. Unset: peers' ids are taken on trust (a development cluster) [default: unset].
     #[arg(long, env = "SEEDLOG_PEER_SECRET", hide_env_values = true)]
     pub peer_secret: Option<String>,
+    /// Lifetime of a SASL session: clients authenticate again on their connection before
+    /// it runs out, or are disconnected (connections.max.reauth.ms, KIP-368) [default: 0,
+    /// sessions do not expire].
+    #[arg(long, env = "SEEDLOG_CONNECTIONS_MAX_REAUTH_MS")]
+    pub connections_max_reauth_ms: Option<i64>,
 }
 
 /// Everything a node needs to start.
@@ -434,6 +439,12 @@ impl RunArgs {
                 }
                 authorizer.super_users.push(user.to_string());
             }
+        }
+        security.reauthentication_ms = (self.connections_max_reauth_ms)
+            .or(file.connections_max_reauth_ms)
+            .unwrap_or(0);
+        if security.reauthentication_ms < 0 {
+            bail!("connections_max_reauth_ms must not be negative");
         }
         // Fresh entropy for SCRAM nonces; std's hasher keys come from the OS (and from the
         // simulator's seed under madsim).

@@ -182,6 +182,11 @@ struct Connection {
     auth: Authentication,
     /// After a SaslHandshake v0: the next frames are bare SASL tokens, not requests.
     raw_sasl: bool,
+    /// When its SASL session runs out (with `connections.max.reauth.ms`), on the
+    /// monotonic clock.
+    session_expires: Option<i64>,
+    /// Authenticating again (KIP-368): the principal it must stay.
+    reauthenticating: Option<String>,
     next_seq: u64,
     next_to_send: u64,
     /// Finished responses waiting for earlier ones; `None` means "no response" (acks=0).
@@ -636,12 +641,16 @@ impl Broker {
 
     fn dispatch(&mut self, now: Now, reply_to: ReplyTo, request: RequestKind, client_id: &str) {
         let conn = reply_to.conn;
-        if !security::allowed_before_authentication(reply_to.api_key)
-            && !self.is_authenticated(conn)
-        {
-            // Kafka closes the connection too: a client that skips SASL is misconfigured.
-            warn!(conn, api = ?reply_to.api_key, "request before SASL authentication; closing");
-            return self.close(conn);
+        if !security::allowed_before_authentication(reply_to.api_key) {
+            if !self.is_authenticated(conn) {
+                // Kafka closes the connection too: a client that skips SASL is misconfigured.
+                warn!(conn, api = ?reply_to.api_key, "request before SASL authentication; closing");
+                return self.close(conn);
+            }
+            if self.session_expired(conn) {
+                warn!(conn, api = ?reply_to.api_key, "SASL session expired without re-authentication; closing");
+                return self.close(conn);
+            }
         }
         if let Some(refusal) = self.request_refusal(conn, &request) {
             return self.respond(reply_to, Some(refusal));

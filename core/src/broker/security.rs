@@ -37,7 +37,7 @@ use crate::security::acl::{
     authorize, AclBinding, AclFilter, Operation, Requester, ResourceType, CLUSTER_NAME,
 };
 use crate::security::scram::{Mechanism, ScramCredential, MAX_ITERATIONS, MIN_ITERATIONS};
-use crate::security::{SaslError, ANONYMOUS};
+use crate::security::{Authentication, SaslError, ANONYMOUS};
 use crate::time::Now;
 
 /// How long an ACL or credential change waits for the quorum.
@@ -148,6 +148,12 @@ impl Broker {
             .is_some_and(|c| c.auth.principal().is_some())
     }
 
+    /// True if the connection's SASL session ran out before it authenticated again.
+    pub(super) fn session_expired(&self, conn: ConnectionId) -> bool {
+        let expires = self.connections.get(&conn).and_then(|c| c.session_expires);
+        expires.is_some_and(|at| self.now.mono > at)
+    }
+
     /// SaslHandshake; after v0 the SASL tokens come bare, outside Kafka frames (clients
     /// from before KIP-152 and librdkafka before 2.x's SaslAuthenticate check).
     pub(super) fn sasl_handshake(
@@ -157,10 +163,21 @@ impl Broker {
     ) -> ResponseKind {
         let enabled = &self.config.security.sasl_mechanisms;
         let mechanisms = enabled.iter().map(|m| str_bytes(m)).collect();
+        let reauthentication = self.config.security.reauthentication_ms > 0;
         let outcome = match self.connections.get_mut(&reply_to.conn) {
-            Some(c) => c.auth.handshake(&r.mechanism, enabled).map(|()| {
-                c.raw_sasl = reply_to.version == 0;
-            }),
+            Some(c) => {
+                // KIP-368: a session with a lifetime authenticates again on its connection,
+                // as the same principal; meanwhile it sends nothing else.
+                if reauthentication && c.session_expires.is_some() {
+                    if let Some(principal) = c.auth.principal() {
+                        c.reauthenticating = Some(principal.to_string());
+                        c.auth = Authentication::Handshake;
+                    }
+                }
+                c.auth.handshake(&r.mechanism, enabled).map(|()| {
+                    c.raw_sasl = reply_to.version == 0;
+                })
+            }
             None => Err(SaslError::IllegalState),
         };
         let error_code = match outcome {
@@ -192,15 +209,27 @@ impl Broker {
             .connections
             .get_mut(&conn)
             .ok_or(SaslError::IllegalState)?;
-        let outcome = connection.auth.authenticate(token, credentials, &nonce);
+        let mut outcome = connection.auth.authenticate(token, credentials, &nonce);
+        let before = connection
+            .reauthenticating
+            .take_if(|_| connection.auth.principal().is_some());
+        if let (Some(before), Some(now)) = (&before, connection.auth.principal()) {
+            if before != now {
+                outcome = Err(SaslError::Failed(format!(
+                    "re-authentication as {now} on a connection of {before}"
+                )));
+            }
+        }
         match &outcome {
             Err(SaslError::Failed(message)) => {
                 warn!(conn, host = %connection.host, %message, "SASL authentication failed")
             }
             Ok(_) => {
                 if let Some(principal) = connection.auth.principal() {
-                    info!(conn, %principal, "authenticated");
+                    info!(conn, %principal, again = before.is_some(), "authenticated");
                     connection.raw_sasl = false;
+                    let lifetime = self.config.security.reauthentication_ms;
+                    connection.session_expires = (lifetime > 0).then_some(self.now.mono + lifetime);
                     self.outputs.push_back(Output::Authenticated { conn });
                 }
             }
@@ -216,6 +245,10 @@ impl Broker {
         let failed = match self.sasl_step(reply_to.conn, &r.auth_bytes) {
             Ok(token) => {
                 response.auth_bytes = token.into();
+                if self.is_authenticated(reply_to.conn) {
+                    // v1+: the client authenticates again before this runs out.
+                    response.session_lifetime_ms = self.config.security.reauthentication_ms;
+                }
                 false
             }
             Err(SaslError::Failed(message)) => {
