@@ -447,3 +447,15 @@ def test_clients_authenticate_again_when_sessions_have_a_lifetime(workdir):
         assert "session expired" not in s.broker.log()
     finally:
         s.broker.kill()
+
+
+def test_a_large_first_request_after_authentication_is_taken(secured):
+    """Found by the TLS benchmark: the reader had read the pre-authentication limit
+    (512 KiB) before the client authenticated, so a connection whose first request was a
+    large produce was closed as oversized."""
+    create(secured.admin, "big", 1)
+    secured.add_user("gail", "g-secret")
+    secured.allow("gail", ResourceType.TOPIC, "big", AclOperation.WRITE)
+    errors = produce(secured.client_config("gail", "g-secret"), "big", [b"x" * 900_000])
+    assert errors == [None], errors
+    assert "frame size out of bounds" not in secured.broker.log()

@@ -493,8 +493,8 @@ async fn read_requests(
         // A client that does not read its responses stops being read (Kafka mutes it too):
         // its queued responses, not the broker's memory, absorb the pressure.
         backlog.wait_below(RESPONSE_BACKLOG_MAX).await;
-        let max_frame = max_frame.load(Ordering::Relaxed);
-        let size = if authenticated_max.is_some_and(|full| max_frame < full) {
+        let unauthenticated = authenticated_max.is_some_and(|full| current(&max_frame) < full);
+        let size = if unauthenticated {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, socket.read_i32()).await {
                 Ok(size) => size,
@@ -509,6 +509,9 @@ async fn read_requests(
         let Ok(size) = size else {
             break;
         };
+        // Read the limit once the size is here: the answer that authenticated the client
+        // (which raised it) went out before the client could send this.
+        let max_frame = current(&max_frame);
         if size < 0 || size as usize > max_frame {
             warn!(
                 conn,
@@ -532,6 +535,10 @@ async fn read_requests(
         }
     }
     let _ = events.send(Event::Disconnected { conn }).await;
+}
+
+fn current(max_frame: &AtomicUsize) -> usize {
+    max_frame.load(Ordering::Relaxed)
 }
 
 async fn write_responses(
