@@ -447,3 +447,108 @@ fn fuzz_peer_frames() {
         let _ = PeerFrame::decode(input);
     });
 }
+
+/// Tokens a client sends in SaslAuthenticate: SCRAM's client-first and client-final, PLAIN's
+/// single token.
+fn sasl_seeds() -> Vec<Vec<u8>> {
+    use seedlog_core::security::scram::{client, Mechanism};
+    let first = client::first("alice", "fyko+d2lbbFgONRv9qkxdawL");
+    let server_first = "r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=c2FsdA==,i=4096";
+    let (last, _) = client::last(Mechanism::Sha256, "pw", &first, server_first).unwrap();
+    vec![
+        first.into_bytes(),
+        last.into_bytes(),
+        b"\0alice\0pw".to_vec(),
+        b"n,a=alice,n=alice,r=x".to_vec(),
+    ]
+}
+
+/// SASL tokens from a stranger, through a SASL connection of the broker: a SCRAM exchange
+/// and a PLAIN login, each token mutated. Nothing may panic, and the broker keeps serving.
+#[test]
+fn fuzz_sasl_tokens() {
+    use kafka_protocol::messages::alter_user_scram_credentials_request::ScramCredentialUpsertion;
+    use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
+    use seedlog_core::security::scram::Mechanism;
+    use seedlog_core::security::{Listener, SecurityProtocol};
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic("t", 1, &[]);
+    h.produce("t", 0, a_batch(5));
+    // alice exists for both mechanisms, so SCRAM's client-final is parsed too.
+    for m in Mechanism::ALL {
+        let upsert = ScramCredentialUpsertion::default()
+            .with_name(s("alice"))
+            .with_mechanism(m as i8)
+            .with_iterations(4096)
+            .with_salt(Bytes::from_static(b"salt"))
+            .with_salted_password(m.salted_password(b"pw", b"salt", 4096).into());
+        let request = AlterUserScramCredentialsRequest::default().with_upsertions(vec![upsert]);
+        h.call(
+            ApiKey::AlterUserScramCredentials,
+            0,
+            RequestKind::AlterUserScramCredentials(request),
+        );
+    }
+    let listener = Listener {
+        name: "SASL_PLAINTEXT".into(),
+        protocol: SecurityProtocol::SaslPlaintext,
+        tls_principal: None,
+    };
+    let frame = |api: ApiKey, version: i16, request: RequestKind| {
+        encode_request(api, version, 1, &request)
+            .unwrap()
+            .slice(4..)
+    };
+    let mut conn = 1_000;
+    fuzz("sasl-tokens", &sasl_seeds(), |input| {
+        conn += 1;
+        h.broker.handle_connect(conn, "10.0.0.9:1", &listener);
+        let mechanism = ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"][conn as usize % 3];
+        let handshake = SaslHandshakeRequest::default().with_mechanism(s(mechanism));
+        h.broker.handle_request(
+            h.time(),
+            conn,
+            frame(
+                ApiKey::SaslHandshake,
+                1,
+                RequestKind::SaslHandshake(handshake),
+            ),
+        );
+        for _ in 0..2 {
+            let token =
+                SaslAuthenticateRequest::default().with_auth_bytes(Bytes::copy_from_slice(input));
+            h.broker.handle_request(
+                h.time(),
+                conn,
+                frame(
+                    ApiKey::SaslAuthenticate,
+                    2,
+                    RequestKind::SaslAuthenticate(token),
+                ),
+            );
+        }
+        // A v0 handshake then the bare token.
+        let handshake = SaslHandshakeRequest::default().with_mechanism(s(mechanism));
+        h.broker
+            .handle_connect(conn + 500_000, "10.0.0.9:2", &listener);
+        h.broker.handle_request(
+            h.time(),
+            conn + 500_000,
+            frame(
+                ApiKey::SaslHandshake,
+                0,
+                RequestKind::SaslHandshake(handshake),
+            ),
+        );
+        h.broker
+            .handle_request(h.time(), conn + 500_000, Bytes::copy_from_slice(input));
+        h.drive();
+        h.broker.handle_disconnect(conn);
+        h.broker.handle_disconnect(conn + 500_000);
+        h.inbox.clear();
+        h.closed.clear();
+    });
+    let (error, _, offsets) = h.fetch("t", 0, 0, 1 << 20);
+    assert_eq!(error, 0);
+    assert!(offsets.starts_with(&[0, 1, 2, 3, 4]), "{offsets:?}");
+}
