@@ -61,11 +61,13 @@ pub enum Canary {
     /// timer, one stepped forward fires them all at once (and core, trusting its driver,
     /// does not stop on time going back).
     TimersOnWallClock,
+    /// Produce never asks the authorizer: a topic's DENY ACLs do not stop writes.
+    ProduceIgnoresAcls,
 }
 
 impl Canary {
     /// Every canary, in a stable order.
-    pub const ALL: [Canary; 21] = [
+    pub const ALL: [Canary; 22] = [
         Canary::AckBeforeFsync,
         Canary::SkipRecoveryCrc,
         Canary::ReadAboveHighWatermark,
@@ -87,6 +89,7 @@ impl Canary {
         Canary::ServeUnstableOffsets,
         Canary::AcceptFencedTxnOffsets,
         Canary::TimersOnWallClock,
+        Canary::ProduceIgnoresAcls,
     ];
 
     /// The name used on the simulator's command line.
@@ -113,6 +116,7 @@ impl Canary {
             Canary::ServeUnstableOffsets => "serve-unstable-offsets",
             Canary::AcceptFencedTxnOffsets => "accept-fenced-txn-offsets",
             Canary::TimersOnWallClock => "timers-on-wall-clock",
+            Canary::ProduceIgnoresAcls => "produce-ignores-acls",
         }
     }
 
@@ -152,6 +156,7 @@ impl Canary {
                 "offsets of an ended transaction are taken into the next one"
             }
             Canary::TimersOnWallClock => "timers run on the wall clock, jumps and all",
+            Canary::ProduceIgnoresAcls => "produce writes whatever the ACLs deny",
         }
     }
 

@@ -129,7 +129,8 @@ impl Cluster {
                         }
                         Output::Close(_)
                         | Output::PeerAddress { .. }
-                        | Output::Authenticated { .. } => {}
+                        | Output::Authenticated { .. }
+                        | Output::Observed(Observation::Acls { .. }) => {}
                     }
                 }
             }

@@ -181,6 +181,13 @@ fn node_config(index: u32, size: u32, voters: u32, addr: SocketAddr) -> NodeConf
     // Transactions that faults leave open are aborted within a second of their timeout.
     broker.txns.partitions = 4;
     broker.txns.abort_check_interval_ms = 500;
+    // The authorizer is on everywhere; what no ACL names stays open, so only scenarios
+    // that make ACLs (acl_flippers) see refusals.
+    broker.security.authorizer = seedlog_core::security::acl::AuthorizerConfig {
+        enabled: true,
+        super_users: Vec::new(),
+        allow_if_no_acl: true,
+    };
     NodeConfig {
         listeners: vec![ListenerConfig {
             name: "PLAINTEXT".into(),

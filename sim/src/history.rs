@@ -5,6 +5,11 @@
 //! committed data), is a fact, and two facts about one offset must agree. At the end a full
 //! read of every partition must still hold every acknowledged record.
 
+use seedlog_core::security::acl::{
+    authorize, AclBinding, AuthorizerConfig, Operation, Requester, ResourceType,
+};
+use seedlog_core::security::ANONYMOUS;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use seedlog_core::CommittedEntry;
@@ -69,13 +74,17 @@ pub enum Check {
     /// each input record below its group's committed offset exactly once, with its value,
     /// and nothing of a record at or above it.
     TransformExactlyOnce,
+    /// No write to the guarded topic is acknowledged by a broker whose ACLs denied it for
+    /// the whole time the request was in flight (judged by core's own decision function
+    /// over the ACLs the broker reported as it applied them).
+    AclsEnforced,
     /// After the faults heal, the cluster serves again within the deadline.
     Liveness,
 }
 
 impl Check {
     /// Every check, in report order.
-    pub const ALL: [Check; 18] = [
+    pub const ALL: [Check; 19] = [
         Check::AckedWritesDurable,
         Check::TopicsDurable,
         Check::OffsetsAgree,
@@ -93,6 +102,7 @@ impl Check {
         Check::LsoMonotonic,
         Check::TxnAtomic,
         Check::TransformExactlyOnce,
+        Check::AclsEnforced,
         Check::Liveness,
     ];
 
@@ -116,6 +126,7 @@ impl Check {
             Check::LsoMonotonic => "lso-monotonic",
             Check::TxnAtomic => "txn-atomic",
             Check::TransformExactlyOnce => "transform-exactly-once",
+            Check::AclsEnforced => "acls-enforced",
             Check::Liveness => "liveness",
         }
     }
@@ -208,6 +219,9 @@ pub struct Counts {
     pub txns: [u64; 3],
 }
 
+/// The topic whose writes the `acl_flippers` workload denies now and then.
+pub const GUARDED: &str = "guarded";
+
 /// Everything the run observed.
 #[derive(Default)]
 pub struct History {
@@ -231,6 +245,9 @@ pub struct History {
     txns: Txns,
     /// Every partition as the final read found it (the transform's input is judged by it).
     final_logs: BTreeMap<Partition, BTreeMap<i64, String>>,
+    /// Per broker, when it applied each change of its ACLs and whether they then denied
+    /// writes to the guarded topic.
+    guarded_denied: BTreeMap<i32, Vec<(u64, bool)>>,
     /// Counters for the report.
     pub counts: Counts,
     trace: TraceHash,
@@ -313,6 +330,54 @@ impl History {
             None => {
                 facts.insert(offset, (value.to_string(), source));
             }
+        }
+    }
+
+    /// A broker reports the ACLs it enforces from now on.
+    pub fn acls_applied(&mut self, at_ms: u64, broker: i32, bindings: &[AclBinding]) {
+        let config = AuthorizerConfig {
+            enabled: true,
+            super_users: Vec::new(),
+            allow_if_no_acl: true,
+        };
+        let who = Requester {
+            principal: ANONYMOUS,
+            host: "10.0.1.1",
+        };
+        let denied = !authorize(
+            &config,
+            bindings,
+            who,
+            Operation::Write,
+            ResourceType::Topic,
+            GUARDED,
+        );
+        self.trace(at_ms, ("acls", broker, bindings.len(), denied));
+        self.guarded_denied
+            .entry(broker)
+            .or_default()
+            .push((at_ms, denied));
+    }
+
+    /// A write to the guarded topic, sent at `sent_ms`, was answered by `broker` at
+    /// `at_ms` with `error` (0: acknowledged).
+    pub fn guarded_write(&mut self, sent_ms: u64, at_ms: u64, broker: i32, error: i16) {
+        self.trace(at_ms, ("guarded-write", broker, error));
+        if error != 0 {
+            return;
+        }
+        let timeline = self.guarded_denied.get(&broker).map_or(&[][..], |t| &t[..]);
+        // The state in force when the request was sent, and every change while in flight.
+        let at_send = timeline.iter().rev().find(|(t, _)| *t <= sent_ms);
+        let during = timeline.iter().filter(|(t, _)| *t > sent_ms && *t <= at_ms);
+        let denied_throughout = at_send.is_some_and(|(_, d)| *d) && during.clone().all(|(_, d)| *d);
+        if denied_throughout {
+            let detail = format!(
+                "broker {broker} acknowledged a write to {GUARDED} in flight {sent_ms}-{at_ms} ms \
+                 while its ACLs denied it (since {} ms)",
+                at_send.map_or(0, |(t, _)| *t)
+            );
+            self.violate(Check::AclsEnforced, detail);
         }
     }
 

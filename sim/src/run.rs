@@ -54,6 +54,11 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
                 .expect("history lock")
                 .elected(at_ms, broker, group, *term);
         }
+        Observation::Acls { bindings } => {
+            let at_ms = start.elapsed().as_millis() as u64;
+            let mut history = observed.lock().expect("history lock");
+            history.acls_applied(at_ms, broker, bindings);
+        }
         Observation::Committed {
             group,
             topic_id,
@@ -133,6 +138,12 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
     }
     for id in 0..w.movers {
         tasks.push(clients.spawn(workload::mover(ctx.clone(), id)));
+    }
+    for id in 0..w.acl_flippers {
+        tasks.push(clients.spawn(workload::acl_flipper(ctx.clone(), id)));
+    }
+    for id in 0..w.guarded_producers {
+        tasks.push(clients.spawn(workload::guarded_producer(ctx.clone(), id)));
     }
     let members: Vec<_> = (0..w.group_members)
         .map(|id| clients.spawn(workload::group_member(ctx.clone(), id)))

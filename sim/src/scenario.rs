@@ -110,6 +110,14 @@ pub struct Workload {
     /// scenario declares), in transactions that also commit their input offsets.
     #[serde(default)]
     pub transform_members: u32,
+    /// Clients that deny and allow writes to the topic `guarded` through ACLs, over and
+    /// over (the scenario declares the topic).
+    #[serde(default)]
+    pub acl_flippers: u32,
+    /// Producers that write to `guarded` all along; each acknowledged write is judged by
+    /// the ACLs its broker enforced while it was in flight.
+    #[serde(default)]
+    pub guarded_producers: u32,
 }
 
 fn batch_default() -> Range {

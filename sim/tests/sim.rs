@@ -87,6 +87,7 @@ const CANARY_HUNTS: &[(&str, &str, u64)] = &[
     ("serve-unstable-offsets", "transform", 5),
     ("accept-fenced-txn-offsets", "transform", 5),
     ("timers-on-wall-clock", "cluster3-clocks", 10),
+    ("produce-ignores-acls", "cluster3-acls", 5),
 ];
 
 #[test]

@@ -107,6 +107,12 @@ pub enum Observation {
         /// The term.
         term: u64,
     },
+    /// The ACLs this broker enforces changed (only with `report_commits`): the
+    /// simulator's checker judges each request by the ACLs in force where it was decided.
+    Acls {
+        /// Every binding in force now.
+        bindings: Vec<crate::security::acl::AclBinding>,
+    },
     /// This broker's replica of a partition committed entries (only with
     /// `report_commits`): the facts a state checker compares across brokers.
     Committed {
@@ -300,6 +306,8 @@ pub struct Broker {
     producer_ids: producers::ProducerIds,
     /// Draws SCRAM server nonces.
     nonce_rng: ChaCha8Rng,
+    /// The ACLs last reported as an [`Observation::Acls`].
+    reported_acls: BTreeSet<crate::security::acl::AclBinding>,
 }
 
 impl Broker {
@@ -384,6 +392,7 @@ impl Broker {
             batching: false,
             producer_ids: producers::ProducerIds::new(recovered.producers),
             nonce_rng: ChaCha8Rng::seed_from_u64(seed ^ nonce_seed),
+            reported_acls: BTreeSet::new(),
         };
         let names: Vec<String> = broker.controller.image().topics.keys().cloned().collect();
         for name in names {
@@ -401,6 +410,12 @@ impl Broker {
         }
         // A restarted broker knows its peers from the recovered image before any record.
         broker.announce_peer_addresses();
+        // The ACLs it enforces from the start (a restarted broker: what it recovered).
+        if broker.config.report_commits {
+            broker.reported_acls = broker.controller.image().acls.clone();
+            let bindings = broker.reported_acls.iter().cloned().collect();
+            (broker.outputs).push_back(Output::Observed(Observation::Acls { bindings }));
+        }
         broker.after_input();
         Ok(broker)
     }

@@ -2,6 +2,7 @@
 //! client, and the checks that close a run (the liveness probe, the final read). Each reports
 //! what it saw to the [`History`]; a new workload is a new file here that takes a [`Ctx`].
 
+mod acls;
 mod admin;
 mod consumer;
 mod group;
@@ -12,6 +13,7 @@ mod transform;
 mod txn;
 mod verify;
 
+pub use acls::{acl_flipper, guarded_producer};
 pub use admin::admin;
 pub use consumer::consumer;
 pub use group::{group_member, GROUP};
