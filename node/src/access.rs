@@ -211,15 +211,10 @@ fn mechanism_named(name: &str) -> anyhow::Result<Mechanism> {
         .ok_or_else(|| anyhow!("mechanism must be SCRAM-SHA-256 or SCRAM-SHA-512, not {name}"))
 }
 
-/// A salt from the OS's randomness (std's hasher keys).
+/// A salt from the OS's randomness.
 fn fresh_salt() -> [u8; 32] {
-    use std::hash::{BuildHasher, Hasher};
     let mut salt = [0u8; 32];
-    for chunk in salt.chunks_mut(8) {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u8(0);
-        chunk.copy_from_slice(&h.finish().to_be_bytes());
-    }
+    crate::os_random(&mut salt);
     salt
 }
 
@@ -239,15 +234,18 @@ async fn alter(
         bail!("not an AlterUserScramCredentials answer");
     };
     for result in r.results {
-        if let Some(e) = ResponseError::try_from_code(result.error_code) {
-            let message = result
-                .error_message
-                .map(|m| m.to_string())
-                .unwrap_or_default();
-            bail!("user {}: {e} {message}", result.user.as_str());
-        }
+        refusal(result.error_code, result.error_message)
+            .map_err(|e| e.context(format!("user {}", result.user.as_str())))?;
     }
     Ok(())
+}
+
+/// The error a result carries, with the broker's message.
+fn refusal(code: i16, message: Option<StrBytes>) -> anyhow::Result<()> {
+    match ResponseError::try_from_code(code) {
+        None => Ok(()),
+        Some(e) => bail!("{e} {}", message.map(|m| m.to_string()).unwrap_or_default()),
+    }
 }
 
 /// Users and their (mechanism, iterations).
@@ -391,13 +389,7 @@ pub async fn run_acls(command: AclsCommand) -> anyhow::Result<()> {
                 bail!("not a CreateAcls answer");
             };
             for result in r.results {
-                if let Some(e) = ResponseError::try_from_code(result.error_code) {
-                    let message = result
-                        .error_message
-                        .map(|m| m.to_string())
-                        .unwrap_or_default();
-                    bail!("{e} {message}");
-                }
+                refusal(result.error_code, result.error_message)?;
             }
             println!("ACL created");
             Ok(())

@@ -446,12 +446,10 @@ impl RunArgs {
         if security.reauthentication_ms < 0 {
             bail!("connections_max_reauth_ms must not be negative");
         }
-        // Fresh entropy for SCRAM nonces; std's hasher keys come from the OS (and from the
-        // simulator's seed under madsim).
-        use std::hash::{BuildHasher, Hasher};
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u64(std::process::id().into());
-        security.nonce_seed = hasher.finish();
+        // Fresh entropy for SCRAM nonces.
+        let mut seed = [0u8; 8];
+        crate::os_random(&mut seed);
+        security.nonce_seed = u64::from_be_bytes(seed);
         Ok(security)
     }
 

@@ -22,6 +22,17 @@ pub mod tls;
 #[cfg(not(madsim))]
 pub mod transactions;
 
+/// Fills `out` with randomness from the OS: std's hasher keys come from it (and, under
+/// madsim, from the simulation's seed, so simulated runs stay deterministic).
+pub fn os_random(out: &mut [u8]) {
+    use std::hash::{BuildHasher, Hasher};
+    for (i, chunk) in out.chunks_mut(8).enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(i);
+        chunk.copy_from_slice(&h.finish().to_be_bytes()[..chunk.len()]);
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM.
 #[cfg(not(madsim))]
 pub async fn shutdown_signal() {

@@ -86,15 +86,10 @@ impl Identity {
     }
 }
 
-/// A fresh challenge: std's hasher keys come from the OS (and from the seed under madsim).
+/// A fresh challenge.
 fn challenge() -> [u8; 16] {
-    use std::hash::{BuildHasher, Hasher};
     let mut out = [0u8; 16];
-    for chunk in out.chunks_mut(8) {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(0x5eed);
-        chunk.copy_from_slice(&h.finish().to_be_bytes());
-    }
+    crate::os_random(&mut out);
     out
 }
 

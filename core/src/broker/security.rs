@@ -283,6 +283,18 @@ impl Broker {
         }
     }
 
+    /// Proposes a security change; its answer goes out once the change applies.
+    fn propose_security(
+        &mut self,
+        now: Now,
+        reply_to: ReplyTo,
+        change: Option<Change>,
+        answer: SecurityAnswer,
+    ) {
+        let waiting = Waiting::Security(answer);
+        self.propose_for(now, reply_to, change, waiting, CHANGE_TIMEOUT_MS);
+    }
+
     pub(super) fn describe_acls(
         &self,
         conn: ConnectionId,
@@ -378,13 +390,7 @@ impl Broker {
         let change = (!acls.is_empty()).then_some(Change::CreateAcls(AclSet { acls }));
         let answer =
             SecurityAnswer::CreateAcls(CreateAclsResponse::default().with_results(results));
-        self.propose_for(
-            now,
-            reply_to,
-            change,
-            Waiting::Security(answer),
-            CHANGE_TIMEOUT_MS,
-        );
+        self.propose_security(now, reply_to, change, answer);
     }
 
     pub(super) fn delete_acls(&mut self, now: Now, reply_to: ReplyTo, r: DeleteAclsRequest) {
@@ -431,13 +437,7 @@ impl Broker {
         let answer = SecurityAnswer::DeleteAcls(
             DeleteAclsResponse::default().with_filter_results(filter_results),
         );
-        self.propose_for(
-            now,
-            reply_to,
-            change,
-            Waiting::Security(answer),
-            CHANGE_TIMEOUT_MS,
-        );
+        self.propose_security(now, reply_to, change, answer);
     }
 
     pub(super) fn describe_scram(
@@ -596,13 +596,7 @@ impl Broker {
         let answer = SecurityAnswer::AlterScram(
             AlterUserScramCredentialsResponse::default().with_results(results),
         );
-        self.propose_for(
-            now,
-            reply_to,
-            change,
-            Waiting::Security(answer),
-            CHANGE_TIMEOUT_MS,
-        );
+        self.propose_security(now, reply_to, change, answer);
     }
 }
 
