@@ -401,6 +401,41 @@ fn groups_need_their_acl_and_commits_their_topics() {
         codes,
         [("orders".into(), 0), ("other".into(), TOPIC_DENIED)]
     );
+
+    // Committed offsets of a topic she may not describe are not shown to her.
+    let topic = |name: &str| {
+        offset_fetch_request::OffsetFetchRequestTopic::default()
+            .with_name(topic_name(name))
+            .with_partition_indexes(vec![0])
+    };
+    let request = OffsetFetchRequest::default()
+        .with_group_id(GroupId(s("g")))
+        .with_topics(Some(vec![topic("orders"), topic("other")]));
+    h.send(
+        alice,
+        ApiKey::OffsetFetch,
+        7,
+        RequestKind::OffsetFetch(request),
+    );
+    h.advance(100);
+    let Some(ResponseKind::OffsetFetch(r)) = h.reply(alice) else {
+        panic!("no OffsetFetch answer")
+    };
+    let fetched: Vec<(String, i16, i64)> = r
+        .topics
+        .iter()
+        .map(|t| {
+            (
+                t.name.0.to_string(),
+                t.partitions[0].error_code,
+                t.partitions[0].committed_offset,
+            )
+        })
+        .collect();
+    assert_eq!(
+        fetched,
+        [("orders".into(), 0, 0), ("other".into(), TOPIC_DENIED, -1)]
+    );
 }
 
 /// Clients from before KIP-152 send bare SASL tokens after a SaslHandshake v0.

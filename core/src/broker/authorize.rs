@@ -374,6 +374,28 @@ impl Broker {
                     }
                 }
             }
+            // Committed offsets of topics it may not describe are not shown (Kafka answers
+            // TOPIC_AUTHORIZATION_FAILED for them).
+            ResponseKind::OffsetFetch(r) => {
+                let code = ResponseError::TopicAuthorizationFailed.code();
+                for t in r
+                    .topics
+                    .iter_mut()
+                    .filter(|t| !may(Describe, Topic, &t.name))
+                {
+                    for p in &mut t.partitions {
+                        (p.committed_offset, p.committed_leader_epoch) = (-1, -1);
+                        (p.metadata, p.error_code) = (None, code);
+                    }
+                }
+                let groups = r.groups.iter_mut().flat_map(|g| g.topics.iter_mut());
+                for t in groups.filter(|t| !may(Describe, Topic, &t.name)) {
+                    for p in &mut t.partitions {
+                        (p.committed_offset, p.committed_leader_epoch) = (-1, -1);
+                        (p.metadata, p.error_code) = (None, code);
+                    }
+                }
+            }
             ResponseKind::OffsetForLeaderEpoch(r) => {
                 for t in r
                     .topics

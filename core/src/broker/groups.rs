@@ -115,6 +115,7 @@ impl Broker {
                         if let Some(narrowed) = narrowed {
                             narrowed.merge(&mut response);
                         }
+                        self.filter_response(reply_to.conn, &mut response);
                         self.respond(reply_to, Some(response));
                     }
                 }
