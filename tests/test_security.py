@@ -459,3 +459,23 @@ def test_a_large_first_request_after_authentication_is_taken(secured):
     errors = produce(secured.client_config("gail", "g-secret"), "big", [b"x" * 900_000])
     assert errors == [None], errors
     assert "frame size out of bounds" not in secured.broker.log()
+
+
+def test_a_renewed_keystore_is_served_without_a_restart(tls, workdir):
+    import shutil as sh
+    create(tls.admin.admin, "renew", 1)
+    tls.admin.allow("CN=alice", ResourceType.TOPIC, "renew", AclOperation.WRITE)
+    assert produce(tls.ssl_config("alice"), "renew", [b"old"]) == [None]
+    # A keystore from another CA replaces the file: new connections get the new certificate
+    # (clients that trust only the old CA are refused), and the broker never stopped.
+    renewed = make_certs(workdir, "renewed", "--clients", "alice")
+    sh.copy(renewed / "broker.pem", tls.certs / "broker.pem")
+    # Alice keeps her certificate (the broker's truststore is unchanged); she now checks the
+    # broker against the new CA.
+    new_ca = {**tls.ssl_config("alice"), "ssl.ca.location": str(renewed / "ca.pem"),
+              "message.timeout.ms": 3000}
+    wait_for("the renewed certificate", lambda: produce(new_ca, "renew", [b"new"]) == [None], 30)
+    assert "TLS keystore reloaded" in tls.broker.log()
+    old_ca = {**tls.ssl_config("alice"), "message.timeout.ms": 3000}
+    assert produce(old_ca, "renew", [b"refused"])[0] is not None
+    assert tls.broker.alive()
