@@ -479,3 +479,35 @@ def test_a_renewed_keystore_is_served_without_a_restart(tls, workdir):
     old_ca = {**tls.ssl_config("alice"), "message.timeout.ms": 3000}
     assert produce(old_ca, "renew", [b"refused"])[0] is not None
     assert tls.broker.alive()
+
+
+def test_brokers_talk_over_mutual_tls(workdir):
+    import socket
+    certs = make_certs(workdir, "peer-certs")
+    ports = {i: free_port() for i in (1, 2, 3)}
+    voters = ",".join(f"{i}@127.0.0.1:{p}" for i, p in ports.items())
+    brokers = {
+        i: Broker(workdir / f"node{i}", [
+            "--broker-id", str(i), "--controller-quorum-voters", voters,
+            "--peer-secret", "s3cret", "--inter-broker-security-protocol", "SSL",
+            "--ssl-keystore-location", str(certs / "broker.pem"),
+            "--ssl-truststore-location", str(certs / "ca.pem")])
+        for i in ports
+    }
+    try:
+        for b in brokers.values():
+            b.start()
+        admin = AdminClient({"bootstrap.servers": brokers[1].bootstrap})
+        wait_for("three brokers", lambda: cluster_metadata(admin), timeout=30)
+        create(admin, "over-tls", 1, replication=3)
+        config = {"bootstrap.servers": brokers[2].bootstrap, "acks": "all"}
+        assert produce(config, "over-tls", [b"a", b"b"]) == [None, None]
+        # Plaintext on the peer port is no peer: the TLS handshake refuses it.
+        s = socket.create_connection(("127.0.0.1", ports[1]), timeout=5)
+        s.sendall(b"SLPR\x01" + b"\x00" * 40)
+        s.close()
+        wait_for("the refusal", lambda: "refusing a peer connection" in brokers[1].log())
+    finally:
+        for b in brokers.values():
+            if b.alive():
+                b.kill()

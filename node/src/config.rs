@@ -193,6 +193,10 @@ pub struct RunArgs {
     /// sessions do not expire].
     #[arg(long, env = "SEEDLOG_CONNECTIONS_MAX_REAUTH_MS")]
     pub connections_max_reauth_ms: Option<i64>,
+    /// PLAINTEXT, or SSL: mutual TLS on every peer connection with the keystore and
+    /// truststore (security.inter.broker.protocol) [default: PLAINTEXT].
+    #[arg(long, env = "SEEDLOG_INTER_BROKER_SECURITY_PROTOCOL")]
+    pub inter_broker_security_protocol: Option<String>,
 }
 
 /// Everything a node needs to start.
@@ -207,6 +211,8 @@ pub struct NodeConfig {
     pub max_connections_per_ip: usize,
     /// The cluster's shared peer secret; empty: none.
     pub peer_secret: String,
+    /// Mutual TLS between brokers.
+    pub peer_tls: bool,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Storage backend.
@@ -256,6 +262,15 @@ impl RunArgs {
             }],
         };
         let security = self.security(&file, &listeners)?;
+        let peer_tls = match (self.inter_broker_security_protocol.as_deref())
+            .or(file.inter_broker_security_protocol.as_deref())
+        {
+            None | Some("PLAINTEXT") => false,
+            Some("SSL") => true,
+            Some(other) => {
+                bail!("inter_broker_security_protocol must be PLAINTEXT or SSL, not {other}")
+            }
+        };
         #[cfg(not(madsim))]
         let tls = self.tls(&file, &listeners)?;
         let flush = match pick!(flush, FlushMode::GroupCommit) {
@@ -381,6 +396,7 @@ impl RunArgs {
                 .clone()
                 .or(file.peer_secret.clone())
                 .unwrap_or_default(),
+            peer_tls,
             data_dir: pick!(data_dir, PathBuf::from("seedlog-data")),
             storage: pick!(storage, StorageKind::Disk),
             socket_request_max_bytes: pick!(socket_request_max_bytes, 100 * 1024 * 1024),

@@ -72,6 +72,35 @@ pub struct Identity {
     pub id: i32,
     /// The cluster's shared secret (`peer_secret`); empty: ids are taken on trust.
     pub secret: Arc<[u8]>,
+    /// TLS on every peer connection, both ways authenticated (`SSL` as
+    /// `inter_broker_security_protocol`); none in the simulator.
+    #[cfg(not(madsim))]
+    pub tls: Option<Arc<crate::tls::PeerTls>>,
+}
+
+/// A peer connection's bytes: TCP, or TLS over it.
+type PeerStream = Box<dyn crate::listeners::ClientStream>;
+
+impl Identity {
+    /// The dialler's stream to `addr`: TLS when the cluster runs it.
+    async fn client_stream(&self, stream: TcpStream, addr: &str) -> anyhow::Result<PeerStream> {
+        #[cfg(not(madsim))]
+        if let Some(tls) = &self.tls {
+            return tls.connect(stream, addr).await;
+        }
+        let _ = addr;
+        Ok(Box::new(stream))
+    }
+
+    /// The acceptor's stream: TLS, with the dialler's certificate checked, when the
+    /// cluster runs it.
+    async fn server_stream(&self, stream: TcpStream) -> anyhow::Result<PeerStream> {
+        #[cfg(not(madsim))]
+        if let Some(tls) = &self.tls {
+            return tls.accept(stream).await;
+        }
+        Ok(Box::new(stream))
+    }
 }
 
 impl Identity {
@@ -94,7 +123,7 @@ fn challenge() -> [u8; 16] {
 }
 
 /// The dialler's side of the handshake.
-async fn prove(stream: &mut TcpStream, identity: &Identity) -> anyhow::Result<()> {
+async fn prove(stream: &mut PeerStream, identity: &Identity) -> anyhow::Result<()> {
     let mut hello = [0u8; 21];
     stream.read_exact(&mut hello).await?;
     check_version(&hello[..5])?;
@@ -110,7 +139,7 @@ async fn prove(stream: &mut TcpStream, identity: &Identity) -> anyhow::Result<()
 }
 
 /// The acceptor's side: the id the dialler proved.
-async fn verify(stream: &mut TcpStream, identity: &Identity) -> anyhow::Result<i32> {
+async fn verify(stream: &mut PeerStream, identity: &Identity) -> anyhow::Result<i32> {
     let challenge = challenge();
     let mut hello = Vec::with_capacity(21);
     hello.extend_from_slice(MAGIC);
@@ -213,7 +242,7 @@ async fn send_to_peer(
     let mut backoff = Duration::from_millis(50);
     while let Some(first) = frames.recv().await {
         let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await;
-        let mut stream = match connected {
+        let stream = match connected {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 debug!(peer = id, %addr, error = %e, "peer unreachable");
@@ -227,8 +256,13 @@ async fn send_to_peer(
             }
         };
         let _ = stream.set_nodelay(true);
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, prove(&mut stream, &identity)).await {
-            Ok(Ok(())) => {}
+        let secured = async {
+            let mut stream = identity.client_stream(stream, &addr).await?;
+            prove(&mut stream, &identity).await?;
+            anyhow::Ok(stream)
+        };
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, secured).await {
+            Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 warn!(peer = id, %addr, error = %format!("{e:#}"), "peer handshake failed");
                 tokio::time::sleep(backoff).await;
@@ -239,7 +273,7 @@ async fn send_to_peer(
                 debug!(peer = id, %addr, "peer handshake timed out");
                 continue;
             }
-        }
+        };
         backoff = Duration::from_millis(50);
         let (acks, mut writer) = tokio::io::split(stream);
         let acked = Arc::new(Mutex::new(Instant::now()));
@@ -293,7 +327,7 @@ async fn send_to_peer(
 }
 
 /// Notes the time of every ack byte the peer sends back on our connection.
-async fn read_acks(mut acks: ReadHalf<TcpStream>, acked: Arc<Mutex<Instant>>) {
+async fn read_acks(mut acks: ReadHalf<PeerStream>, acked: Arc<Mutex<Instant>>) {
     while acks.read_u8().await.is_ok() {
         *acked.lock().expect("ack clock") = Instant::now();
     }
@@ -302,7 +336,7 @@ async fn read_acks(mut acks: ReadHalf<TcpStream>, acked: Arc<Mutex<Instant>>) {
 /// Writes `frames`, each behind its 4-byte length, in one vectored write when the socket
 /// takes it all. A length written on its own went out as a packet of its own, and woke the
 /// receiver once for it and once more for the frame.
-async fn write_frames(stream: &mut WriteHalf<TcpStream>, frames: &[Bytes]) -> std::io::Result<()> {
+async fn write_frames(stream: &mut WriteHalf<PeerStream>, frames: &[Bytes]) -> std::io::Result<()> {
     let lengths: Vec<[u8; 4]> = frames
         .iter()
         .map(|frame| (frame.len() as u32).to_be_bytes())
@@ -336,13 +370,17 @@ pub async fn accept_peers(listener: TcpListener, events: mpsc::Sender<Event>, id
     }
 }
 
-async fn read_peer(mut stream: TcpStream, events: mpsc::Sender<Event>, identity: Identity) {
+async fn read_peer(stream: TcpStream, events: mpsc::Sender<Event>, identity: Identity) {
     let address = stream
         .peer_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
-    let sender = match tokio::time::timeout(HANDSHAKE_TIMEOUT, verify(&mut stream, &identity)).await
-    {
-        Ok(Ok(sender)) => sender,
+    let proven = async {
+        let mut stream = identity.server_stream(stream).await?;
+        let sender = verify(&mut stream, &identity).await?;
+        anyhow::Ok((stream, sender))
+    };
+    let (stream, sender) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, proven).await {
+        Ok(Ok(proven)) => proven,
         Ok(Err(e)) => {
             return warn!(%address, error = %format!("{e:#}"), "refusing a peer connection");
         }
@@ -358,7 +396,7 @@ async fn read_peer(mut stream: TcpStream, events: mpsc::Sender<Event>, identity:
 
 /// Hands each frame to the driver until the connection ends, goes silent or breaks a rule.
 async fn forward_frames(
-    mut frames: ReadHalf<TcpStream>,
+    mut frames: ReadHalf<PeerStream>,
     sender: i32,
     events: mpsc::Sender<Event>,
     received: &Notify,
@@ -383,7 +421,7 @@ async fn forward_frames(
 /// Answers frames received with one byte each `ACK_DELAY` at most: the sender's proof that
 /// the connection still carries. Frames that arrive while an ack waits share it; a byte
 /// per frame had cost a packet, a write and a wakeup of the sender for every frame.
-async fn send_acks(mut acks: WriteHalf<TcpStream>, received: Arc<Notify>) {
+async fn send_acks(mut acks: WriteHalf<PeerStream>, received: Arc<Notify>) {
     loop {
         received.notified().await;
         tokio::time::sleep(ACK_DELAY).await;

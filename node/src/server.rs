@@ -653,7 +653,13 @@ pub async fn serve_with(
     let identity = crate::peer::Identity {
         id: config.broker.broker_id,
         secret: config.peer_secret.as_bytes().into(),
+        #[cfg(not(madsim))]
+        tls: peer_tls(&config)?,
     };
+    #[cfg(madsim)]
+    if config.peer_tls {
+        anyhow::bail!("the simulator runs no TLS between brokers");
+    }
     let peers = Peers::start(&config.peers, identity);
     let mut driver = Driver::new(broker, storage, peers, config.peers.clone(), clock)
         .with_observer(observer)
@@ -682,6 +688,20 @@ fn tls_server(config: &crate::config::NodeConfig) -> anyhow::Result<Tls> {
         Some(settings) => Ok(Tls::Server(Arc::new(crate::tls::TlsServer::load(
             settings.clone(),
         )?))),
+    }
+}
+
+/// Mutual TLS between brokers, when configured.
+#[cfg(not(madsim))]
+fn peer_tls(
+    config: &crate::config::NodeConfig,
+) -> anyhow::Result<Option<Arc<crate::tls::PeerTls>>> {
+    match (&config.tls, config.peer_tls) {
+        (_, false) => Ok(None),
+        (None, true) => {
+            anyhow::bail!("inter_broker_security_protocol SSL needs ssl_keystore_location")
+        }
+        (Some(settings), true) => Ok(Some(Arc::new(crate::tls::PeerTls::load(settings)?))),
     }
 }
 

@@ -12,7 +12,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{info, warn};
 
 use crate::listeners::ClientStream;
@@ -179,6 +179,79 @@ impl TlsServer {
             .map(|cert| subject_principal(cert.as_ref()))
             .transpose()?;
         Ok((Box::new(stream), principal))
+    }
+}
+
+/// TLS between brokers: each presents the keystore's certificate and checks the other's
+/// against the truststore (mutual TLS, `inter_broker_security_protocol = "SSL"`).
+pub struct PeerTls {
+    acceptor: TlsAcceptor,
+    connector: TlsConnector,
+}
+
+impl PeerTls {
+    /// Loads the keystore and truststore; both are needed.
+    pub fn load(settings: &TlsSettings) -> anyhow::Result<Self> {
+        let Some(truststore) = &settings.truststore else {
+            bail!("TLS between brokers needs ssl_truststore_location");
+        };
+        let acceptor = build_one(&TlsSettings {
+            client_auth: ClientAuth::Required,
+            ..settings.clone()
+        })?;
+        let path = &settings.keystore;
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .with_context(|| format!("reading certificates from {}", path.display()))?
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("parsing certificates in {}", path.display()))?;
+        let key = PrivateKeyDer::from_pem_file(path)
+            .with_context(|| format!("reading the private key in {}", path.display()))?;
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(truststore)
+            .with_context(|| format!("reading {}", truststore.display()))?
+        {
+            roots.add(cert.with_context(|| format!("parsing {}", truststore.display()))?)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .context("the keystore's certificate and key do not go together")?;
+        Ok(PeerTls {
+            acceptor,
+            connector: TlsConnector::from(Arc::new(config)),
+        })
+    }
+
+    /// TLS to the peer at `addr` (`host:port`), whose certificate must name `host`.
+    pub async fn connect(
+        &self,
+        stream: TcpStream,
+        addr: &str,
+    ) -> anyhow::Result<Box<dyn ClientStream>> {
+        let host = addr
+            .rsplit_once(':')
+            .map_or(addr, |(h, _)| h)
+            .trim_matches(['[', ']']);
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .with_context(|| format!("{host} is not a host name or address"))?;
+        let stream = self
+            .connector
+            .connect(name, stream)
+            .await
+            .context("TLS to a peer")?;
+        Ok(Box::new(stream))
+    }
+
+    /// TLS from a peer, whose certificate the truststore must vouch for.
+    pub async fn accept(&self, stream: TcpStream) -> anyhow::Result<Box<dyn ClientStream>> {
+        let stream = self
+            .acceptor
+            .accept(stream)
+            .await
+            .context("TLS from a peer")?;
+        Ok(Box::new(stream))
     }
 }
 

@@ -198,6 +198,7 @@ fn node_config(index: u32, size: u32, voters: u32, addr: SocketAddr) -> NodeConf
         max_connections_per_ip: 1000,
         // Simulated brokers prove themselves to each other as real ones do.
         peer_secret: "seedlog-sim".into(),
+        peer_tls: false,
         data_dir: PathBuf::from(format!("sim-disk-{}", index + 1)),
         storage: StorageKind::Disk,
         socket_request_max_bytes: 100 << 20,
