@@ -37,16 +37,19 @@ def record(value, partition, offset):
 def test_the_checker_finds_each_kind_of_anomaly(tmp_path):
     sent = [{"value": f"p0-{i}", "partition": 0} for i in range(5)]
     write(tmp_path, "sent", sent)
-    write(tmp_path, "acked", [record("p0-0", 0, 0), record("p0-1", 0, 1), record("p0-2", 0, 2)])
+    write(tmp_path, "acked", [record("p0-0", 0, 0), record("p0-1", 0, 1), record("p0-2", 0, 2),
+                              record("p0-4", 0, None), record("p0-9", 0, None)])
     write(tmp_path, "read", [record("p0-3", 0, 7)])
     write(tmp_path, "flushed", [{"producer": "p0", "unanswered": 0}])
-    # p0-1 is lost (acknowledged at 1, not there), p0-0 is there twice, p0-4 comes before
+    # p0-1 is lost (acknowledged at 1, not there), and p0-9 (acknowledged as a duplicate, at
+    # no offset, and nowhere in its partition) while p0-4, a duplicate too, is there;
+    # p0-0 is there twice, p0-4 comes before
     # p0-2 in the partition, "x-1" was never sent, p0-3 in partition 1 was sent to 0, and the
     # consumer's read of offset 7 of partition 0 is not in the final read.
     write(tmp_path, "final", [record("p0-0", 0, 0), record("p0-4", 0, 1), record("p0-2", 0, 2),
                               record("p0-0", 0, 3), record("x-1", 0, 4), record("p0-3", 1, 0)])
     found = nemesis.failures(nemesis.check(tmp_path))
-    assert found["lost"] == [record("p0-1", 0, 1)]
+    assert found["lost"] == [record("p0-1", 0, 1), record("p0-9", 0, None)]
     assert found["duplicated"] == ["p0-0"]
     assert "p0-2" in found["reordered"]
     assert found["phantom"] == [record("x-1", 0, 4)]
