@@ -333,20 +333,28 @@ def peer_hello(port, secret, broker_id):
     return s
 
 
-def test_peers_prove_the_shared_secret_and_cannot_speak_for_another(workdir):
-    import struct
+def three_brokers(workdir, *extra):
+    """Three voters with `extra` flags, started, and the quorum's metadata seen; returns their
+    peer ports and the brokers by id (the caller kills them)."""
     ports = {i: free_port() for i in (1, 2, 3)}
     voters = ",".join(f"{i}@127.0.0.1:{p}" for i, p in ports.items())
     brokers = {
-        i: Broker(workdir / f"node{i}", ["--broker-id", str(i), "--controller-quorum-voters",
-                                          voters, "--peer-secret", "s3cret"])
+        i: Broker(workdir / f"node{i}",
+                  ["--broker-id", str(i), "--controller-quorum-voters", voters, *extra])
         for i in ports
     }
+    for b in brokers.values():
+        b.start()
+    admin = AdminClient({"bootstrap.servers": brokers[1].bootstrap})
+    wait_for("three brokers", lambda: cluster_metadata(admin), timeout=30)
+    return ports, brokers
+
+
+def test_peers_prove_the_shared_secret_and_cannot_speak_for_another(workdir):
+    import struct
+    ports, brokers = three_brokers(workdir, "--peer-secret", "s3cret")
     try:
-        for b in brokers.values():
-            b.start()
         admin = AdminClient({"bootstrap.servers": brokers[1].bootstrap})
-        wait_for("three brokers", lambda: cluster_metadata(admin), timeout=30)
         create(admin, "replicated", 1, replication=3)
 
         # A stranger without the secret is refused at the handshake.
@@ -484,21 +492,12 @@ def test_a_renewed_keystore_is_served_without_a_restart(tls, workdir):
 def test_brokers_talk_over_mutual_tls(workdir):
     import socket
     certs = make_certs(workdir, "peer-certs")
-    ports = {i: free_port() for i in (1, 2, 3)}
-    voters = ",".join(f"{i}@127.0.0.1:{p}" for i, p in ports.items())
-    brokers = {
-        i: Broker(workdir / f"node{i}", [
-            "--broker-id", str(i), "--controller-quorum-voters", voters,
-            "--peer-secret", "s3cret", "--inter-broker-security-protocol", "SSL",
-            "--ssl-keystore-location", str(certs / "broker.pem"),
-            "--ssl-truststore-location", str(certs / "ca.pem")])
-        for i in ports
-    }
+    ports, brokers = three_brokers(
+        workdir, "--peer-secret", "s3cret", "--inter-broker-security-protocol", "SSL",
+        "--ssl-keystore-location", str(certs / "broker.pem"),
+        "--ssl-truststore-location", str(certs / "ca.pem"))
     try:
-        for b in brokers.values():
-            b.start()
         admin = AdminClient({"bootstrap.servers": brokers[1].bootstrap})
-        wait_for("three brokers", lambda: cluster_metadata(admin), timeout=30)
         create(admin, "over-tls", 1, replication=3)
         config = {"bootstrap.servers": brokers[2].bootstrap, "acks": "all"}
         assert produce(config, "over-tls", [b"a", b"b"]) == [None, None]

@@ -59,16 +59,6 @@ impl Narrowed {
 }
 
 impl Broker {
-    fn may(
-        &self,
-        conn: ConnectionId,
-        operation: Operation,
-        kind: ResourceType,
-        name: &str,
-    ) -> bool {
-        self.allowed(conn, operation, kind, name)
-    }
-
     /// The answer to a group request the client on `conn` may not make, if it may not.
     /// OffsetCommit and DeleteGroups are narrowed instead: the topics it may not read and
     /// the groups it may not delete are taken out of the request, and their refusals come
@@ -83,7 +73,7 @@ impl Broker {
         use Operation::{Delete, Describe, Read, Write};
         use ResourceType::{Group, Topic, TransactionalId};
         let code = GROUP_DENIED.code();
-        let denied = |op, group: &str| !self.may(conn, op, Group, group);
+        let denied = |op, group: &str| !self.allowed(conn, op, Group, group);
         match request {
             RequestKind::JoinGroup(r) if denied(Read, &r.group_id) => Err(ResponseKind::JoinGroup(
                 JoinGroupResponse::default()
@@ -142,14 +132,14 @@ impl Broker {
                 Ok(Some(Narrowed::Delete(results.collect())))
             }
             RequestKind::TxnOffsetCommit(r) => {
-                let error = if !self.may(conn, Write, TransactionalId, &r.transactional_id) {
+                let error = if !self.allowed(conn, Write, TransactionalId, &r.transactional_id) {
                     Some(ResponseError::TransactionalIdAuthorizationFailed)
                 } else if denied(Read, &r.group_id) {
                     Some(GROUP_DENIED)
                 } else if r
                     .topics
                     .iter()
-                    .any(|t| !self.may(conn, Read, Topic, &t.name))
+                    .any(|t| !self.allowed(conn, Read, Topic, &t.name))
                 {
                     Some(ResponseError::TopicAuthorizationFailed)
                 } else {
@@ -202,7 +192,7 @@ impl Broker {
                 }
                 let (readable, refused): (Vec<_>, Vec<_>) = std::mem::take(&mut r.topics)
                     .into_iter()
-                    .partition(|t| self.may(conn, Read, Topic, &t.name));
+                    .partition(|t| self.allowed(conn, Read, Topic, &t.name));
                 r.topics = readable;
                 let refused = refused
                     .iter()
@@ -224,7 +214,7 @@ impl Broker {
     ) -> Option<ResponseKind> {
         use Operation::{Alter, Describe, IdempotentWrite, Read, Write};
         use ResourceType::{Group, Topic, TransactionalId};
-        let txn = |id: &str| self.may(conn, Write, TransactionalId, id);
+        let txn = |id: &str| self.allowed(conn, Write, TransactionalId, id);
         let txn_denied = ResponseError::TransactionalIdAuthorizationFailed.code();
         match request {
             RequestKind::InitProducerId(r) => {
@@ -233,7 +223,10 @@ impl Broker {
                     // KIP-679: Write on any topic implies IdempotentWrite.
                     None => {
                         self.allowed_on_cluster(conn, IdempotentWrite)
-                            || self.topics.keys().any(|t| self.may(conn, Write, Topic, t))
+                            || self
+                                .topics
+                                .keys()
+                                .any(|t| self.allowed(conn, Write, Topic, t))
                     }
                 };
                 let code = match &r.transactional_id {
@@ -252,7 +245,7 @@ impl Broker {
             RequestKind::AddPartitionsToTxn(r) => {
                 let id = &r.v3_and_below_transactional_id;
                 let topic_denied =
-                    |t: &AddPartitionsToTxnTopic| !self.may(conn, Write, Topic, &t.name);
+                    |t: &AddPartitionsToTxnTopic| !self.allowed(conn, Write, Topic, &t.name);
                 let txn_ok = txn(id);
                 if txn_ok && !r.v3_and_below_topics.iter().any(topic_denied) {
                     return None;
@@ -285,7 +278,7 @@ impl Broker {
             RequestKind::AddOffsetsToTxn(r) => {
                 let code = if !txn(&r.transactional_id) {
                     txn_denied
-                } else if !self.may(conn, Read, Group, &r.group_id) {
+                } else if !self.allowed(conn, Read, Group, &r.group_id) {
                     GROUP_DENIED.code()
                 } else {
                     return None;
@@ -326,7 +319,7 @@ impl Broker {
     pub(super) fn filter_response(&self, conn: ConnectionId, response: &mut ResponseKind) {
         use Operation::{Describe, DescribeConfigs};
         use ResourceType::{Group, Topic, TransactionalId};
-        let may = |op, kind, name: &str| self.may(conn, op, kind, name);
+        let may = |op, kind, name: &str| self.allowed(conn, op, kind, name);
         match response {
             ResponseKind::DescribeGroups(r) => {
                 for g in r
