@@ -212,7 +212,6 @@ pub async fn accept_clients(
 
 type Handshaken = (Box<dyn ClientStream>, Option<String>);
 
-#[allow(clippy::needless_pass_by_value)]
 async fn handshake(
     tls: &Tls,
     stream: tokio::net::TcpStream,

@@ -85,8 +85,10 @@ fn build(settings: &TlsSettings) -> anyhow::Result<Acceptors> {
     })
 }
 
-fn build_one(settings: &TlsSettings) -> anyhow::Result<TlsAcceptor> {
-    let path = &settings.keystore;
+/// A keystore's certificate chain and private key.
+type Keystore = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+fn read_keystore(path: &Path) -> anyhow::Result<Keystore> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .with_context(|| format!("reading certificates from {}", path.display()))?
         .collect::<Result<_, _>>()
@@ -96,6 +98,22 @@ fn build_one(settings: &TlsSettings) -> anyhow::Result<TlsAcceptor> {
     }
     let key = PrivateKeyDer::from_pem_file(path)
         .with_context(|| format!("reading the private key in {}", path.display()))?;
+    Ok((chain, key))
+}
+
+fn read_truststore(path: &Path) -> anyhow::Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading {}", path.display()))?
+    {
+        let cert = cert.with_context(|| format!("parsing {}", path.display()))?;
+        roots.add(cert).context("adding a truststore certificate")?;
+    }
+    Ok(roots)
+}
+
+fn build_one(settings: &TlsSettings) -> anyhow::Result<TlsAcceptor> {
+    let (chain, key) = read_keystore(&settings.keystore)?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
@@ -103,13 +121,7 @@ fn build_one(settings: &TlsSettings) -> anyhow::Result<TlsAcceptor> {
         (ClientAuth::None, _) => builder.with_no_client_auth(),
         (_, None) => bail!("ssl_client_auth needs ssl_truststore_location"),
         (auth, Some(truststore)) => {
-            let mut roots = RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(truststore)
-                .with_context(|| format!("reading {}", truststore.display()))?
-            {
-                let cert = cert.with_context(|| format!("parsing {}", truststore.display()))?;
-                roots.add(cert).context("adding a truststore certificate")?;
-            }
+            let roots = read_truststore(truststore)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
             let verifier = match auth {
                 ClientAuth::Requested => verifier.allow_unauthenticated(),
@@ -199,19 +211,8 @@ impl PeerTls {
             client_auth: ClientAuth::Required,
             ..settings.clone()
         })?;
-        let path = &settings.keystore;
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .with_context(|| format!("reading certificates from {}", path.display()))?
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("parsing certificates in {}", path.display()))?;
-        let key = PrivateKeyDer::from_pem_file(path)
-            .with_context(|| format!("reading the private key in {}", path.display()))?;
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(truststore)
-            .with_context(|| format!("reading {}", truststore.display()))?
-        {
-            roots.add(cert.with_context(|| format!("parsing {}", truststore.display()))?)?;
-        }
+        let (chain, key) = read_keystore(&settings.keystore)?;
+        let roots = read_truststore(truststore)?;
         let config = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .context("TLS protocol versions")?

@@ -307,7 +307,7 @@ pub struct Broker {
     /// Draws SCRAM server nonces.
     nonce_rng: ChaCha8Rng,
     /// The ACLs last reported as an [`Observation::Acls`].
-    reported_acls: BTreeSet<crate::security::acl::AclBinding>,
+    reported_acls: Option<BTreeSet<crate::security::acl::AclBinding>>,
 }
 
 impl Broker {
@@ -392,7 +392,7 @@ impl Broker {
             batching: false,
             producer_ids: producers::ProducerIds::new(recovered.producers),
             nonce_rng: ChaCha8Rng::seed_from_u64(seed ^ nonce_seed),
-            reported_acls: BTreeSet::new(),
+            reported_acls: None,
         };
         let names: Vec<String> = broker.controller.image().topics.keys().cloned().collect();
         for name in names {
@@ -411,11 +411,7 @@ impl Broker {
         // A restarted broker knows its peers from the recovered image before any record.
         broker.announce_peer_addresses();
         // The ACLs it enforces from the start (a restarted broker: what it recovered).
-        if broker.config.report_commits {
-            broker.reported_acls = broker.controller.image().acls.clone();
-            let bindings = broker.reported_acls.iter().cloned().collect();
-            (broker.outputs).push_back(Output::Observed(Observation::Acls { bindings }));
-        }
+        broker.report_acls();
         broker.after_input();
         Ok(broker)
     }
@@ -657,13 +653,9 @@ impl Broker {
     fn dispatch(&mut self, now: Now, reply_to: ReplyTo, request: RequestKind, client_id: &str) {
         let conn = reply_to.conn;
         if !security::allowed_before_authentication(reply_to.api_key) {
-            if !self.is_authenticated(conn) {
-                // Kafka closes the connection too: a client that skips SASL is misconfigured.
-                warn!(conn, api = ?reply_to.api_key, "request before SASL authentication; closing");
-                return self.close(conn);
-            }
-            if self.session_expired(conn) {
-                warn!(conn, api = ?reply_to.api_key, "SASL session expired without re-authentication; closing");
+            // Kafka closes the connection too: a client that skips SASL is misconfigured.
+            if let Some(why) = self.session_refusal(conn) {
+                warn!(conn, api = ?reply_to.api_key, why, "closing the connection");
                 return self.close(conn);
             }
         }

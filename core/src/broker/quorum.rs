@@ -193,12 +193,7 @@ impl Broker {
             self.announce_peer_addresses();
             self.coordinator_stale = true;
         }
-        if self.config.report_commits && self.reported_acls != self.controller.image().acls {
-            self.reported_acls = self.controller.image().acls.clone();
-            let bindings = self.reported_acls.iter().cloned().collect();
-            self.outputs
-                .push_back(Output::Observed(Observation::Acls { bindings }));
-        }
+        self.report_acls();
     }
 
     /// Tells the driver where registered brokers' peer listeners are (brokers that joined

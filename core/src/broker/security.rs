@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use super::admin::str_bytes;
 use super::quorum::Waiting;
-use super::{Broker, ConnectionId, Output, ReplyTo};
+use super::{Broker, ConnectionId, Observation, Output, ReplyTo};
 use crate::cluster::records::{AclSet, Change, ScramChanges};
 use crate::security::acl::{
     authorize, AclBinding, AclFilter, Operation, Requester, ResourceType, CLUSTER_NAME,
@@ -148,10 +148,32 @@ impl Broker {
             .is_some_and(|c| c.auth.principal().is_some())
     }
 
-    /// True if the connection's SASL session ran out before it authenticated again.
-    pub(super) fn session_expired(&self, conn: ConnectionId) -> bool {
-        let expires = self.connections.get(&conn).and_then(|c| c.session_expires);
-        expires.is_some_and(|at| self.now.mono > at)
+    /// Why the connection may send nothing but SASL requests now, if it may not: it has not
+    /// authenticated, or its session ran out. One lookup: this runs for every request.
+    pub(super) fn session_refusal(&self, conn: ConnectionId) -> Option<&'static str> {
+        let Some(c) = self.connections.get(&conn) else {
+            return Some("request before SASL authentication");
+        };
+        if c.auth.principal().is_none() {
+            Some("request before SASL authentication")
+        } else if c.session_expires.is_some_and(|at| self.now.mono > at) {
+            Some("SASL session expired without re-authentication")
+        } else {
+            None
+        }
+    }
+
+    /// Reports the ACLs this broker enforces when they changed, or were never reported
+    /// (only with `report_commits`: the simulator's `acls-enforced` checker reads them).
+    pub(super) fn report_acls(&mut self) {
+        let acls = &self.controller.image().acls;
+        if !self.config.report_commits || self.reported_acls.as_ref() == Some(acls) {
+            return;
+        }
+        let bindings = acls.iter().cloned().collect();
+        self.reported_acls = Some(acls.clone());
+        self.outputs
+            .push_back(Output::Observed(Observation::Acls { bindings }));
     }
 
     /// SaslHandshake; after v0 the SASL tokens come bare, outside Kafka frames (clients
@@ -305,15 +327,19 @@ impl Broker {
             response.error_code = error.code();
             return ResponseKind::DescribeAcls(response);
         }
-        let filter = AclFilter {
-            resource_type: r.resource_type_filter,
-            resource_name: r.resource_name_filter.as_ref().map(|s| s.to_string()),
-            pattern_type: r.pattern_type_filter,
-            principal: r.principal_filter.as_ref().map(|s| s.to_string()),
-            host: r.host_filter.as_ref().map(|s| s.to_string()),
-            operation: r.operation,
-            permission: r.permission_type,
-        };
+        let filter = acl_filter(
+            (
+                r.resource_type_filter,
+                &r.resource_name_filter,
+                r.pattern_type_filter,
+            ),
+            (
+                &r.principal_filter,
+                &r.host_filter,
+                r.operation,
+                r.permission_type,
+            ),
+        );
         // The image keeps ACLs ordered by resource first: one run per resource.
         for acl in self
             .controller
@@ -404,15 +430,19 @@ impl Broker {
                 if let Some(e) = refusal {
                     return DeleteAclsFilterResult::default().with_error_code(e.code());
                 }
-                let filter = AclFilter {
-                    resource_type: f.resource_type_filter,
-                    resource_name: f.resource_name_filter.as_ref().map(|s| s.to_string()),
-                    pattern_type: f.pattern_type_filter,
-                    principal: f.principal_filter.as_ref().map(|s| s.to_string()),
-                    host: f.host_filter.as_ref().map(|s| s.to_string()),
-                    operation: f.operation,
-                    permission: f.permission_type,
-                };
+                let filter = acl_filter(
+                    (
+                        f.resource_type_filter,
+                        &f.resource_name_filter,
+                        f.pattern_type_filter,
+                    ),
+                    (
+                        &f.principal_filter,
+                        &f.host_filter,
+                        f.operation,
+                        f.permission_type,
+                    ),
+                );
                 let matching: Vec<&AclBinding> =
                     image.acls.iter().filter(|a| filter.matches(a)).collect();
                 doomed.extend(matching.iter().map(|a| (*a).clone()));
@@ -597,6 +627,24 @@ impl Broker {
             AlterUserScramCredentialsResponse::default().with_results(results),
         );
         self.propose_security(now, reply_to, change, answer);
+    }
+}
+
+/// A filter of DescribeAcls or DeleteAcls: (resource type, name, pattern type) and
+/// (principal, host, operation, permission), as both requests carry them.
+fn acl_filter(
+    resource: (i8, &Option<StrBytes>, i8),
+    entry: (&Option<StrBytes>, &Option<StrBytes>, i8, i8),
+) -> AclFilter {
+    let text = |s: &Option<StrBytes>| s.as_ref().map(|s| s.to_string());
+    AclFilter {
+        resource_type: resource.0,
+        resource_name: text(resource.1),
+        pattern_type: resource.2,
+        principal: text(entry.0),
+        host: text(entry.1),
+        operation: entry.2,
+        permission: entry.3,
     }
 }
 
