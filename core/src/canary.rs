@@ -63,11 +63,14 @@ pub enum Canary {
     TimersOnWallClock,
     /// Produce never asks the authorizer: a topic's DENY ACLs do not stop writes.
     ProduceIgnoresAcls,
+    /// A broker checks a user's SASL logins against the credentials its first login found,
+    /// whatever the quorum changed since: an old password keeps working.
+    CacheCredentials,
 }
 
 impl Canary {
     /// Every canary, in a stable order.
-    pub const ALL: [Canary; 22] = [
+    pub const ALL: [Canary; 23] = [
         Canary::AckBeforeFsync,
         Canary::SkipRecoveryCrc,
         Canary::ReadAboveHighWatermark,
@@ -90,6 +93,7 @@ impl Canary {
         Canary::AcceptFencedTxnOffsets,
         Canary::TimersOnWallClock,
         Canary::ProduceIgnoresAcls,
+        Canary::CacheCredentials,
     ];
 
     /// The name used on the simulator's command line.
@@ -117,6 +121,7 @@ impl Canary {
             Canary::AcceptFencedTxnOffsets => "accept-fenced-txn-offsets",
             Canary::TimersOnWallClock => "timers-on-wall-clock",
             Canary::ProduceIgnoresAcls => "produce-ignores-acls",
+            Canary::CacheCredentials => "cache-credentials",
         }
     }
 
@@ -157,6 +162,7 @@ impl Canary {
             }
             Canary::TimersOnWallClock => "timers run on the wall clock, jumps and all",
             Canary::ProduceIgnoresAcls => "produce writes whatever the ACLs deny",
+            Canary::CacheCredentials => "logins are checked against credentials cached forever",
         }
     }
 

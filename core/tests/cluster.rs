@@ -130,7 +130,8 @@ impl Cluster {
                         Output::Close(_)
                         | Output::PeerAddress { .. }
                         | Output::Authenticated { .. }
-                        | Output::Observed(Observation::Acls { .. }) => {}
+                        | Output::Observed(Observation::Acls { .. })
+                        | Output::Observed(Observation::Credentials { .. }) => {}
                     }
                 }
             }

@@ -10,7 +10,8 @@
 //!
 //! `cargo test -p seedlog-core --test fuzz` runs 20,000 inputs per target;
 //! `SEEDLOG_FUZZ_ITERS=2000000 SEEDLOG_FUZZ_SEED=7 cargo test --release -p seedlog-core
-//! --test fuzz -- --nocapture` runs longer and prints each target's count and time.
+//! --test fuzz -- --nocapture` runs longer and prints each target's count and time;
+//! `SEEDLOG_FUZZ_SECONDS=1200` runs each target for that many seconds instead.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -102,6 +103,14 @@ fn iterations() -> usize {
         .unwrap_or(20_000)
 }
 
+/// With `SEEDLOG_FUZZ_SECONDS`, a target runs for that long instead of a count of inputs.
+fn time_bound() -> Option<std::time::Duration> {
+    std::env::var("SEEDLOG_FUZZ_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_secs)
+}
+
 fn corpus_dir(target: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fuzz")
@@ -139,8 +148,17 @@ fn fuzz(target: &str, seeds: &[Vec<u8>], mut run: impl FnMut(&[u8])) {
         .unwrap_or(1u64);
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let started = Instant::now();
-    let n = iterations();
-    for i in 0..n {
+    let (limit, deadline) = match time_bound() {
+        Some(bound) => (usize::MAX, Some(started + bound)),
+        None => (iterations(), None),
+    };
+    let mut n = 0;
+    for i in 0..limit {
+        // The clock is read once per 1024 inputs so that it costs nothing.
+        if i % 1024 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        n = i + 1;
         let base = &seeds[rng.below(seeds.len())];
         let input = mutate(&mut rng, base);
         if catch_unwind(AssertUnwindSafe(|| run(&input))).is_err() {

@@ -23,6 +23,9 @@ pub const KAFKA_PORT: u16 = 9092;
 /// The peer (Raft) port every simulated broker listens on.
 pub const PEER_PORT: u16 = 9093;
 
+/// The SASL_PLAINTEXT port of a simulated broker whose scenario logs clients in.
+pub const SASL_PORT: u16 = 9094;
+
 /// The address of broker `index` (0-based): 10.0.0.(index + 1).
 fn broker_ip(index: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, 0, index as u8 + 1))
@@ -50,13 +53,13 @@ pub struct Broker {
 impl Broker {
     /// Starts broker `index` (0-based) of a cluster of `size` (the first `voters` vote) with
     /// a fresh disk and its wall clock `skew_ms` off; what it reports about itself goes to
-    /// `observer`.
+    /// `observer`. With `sasl`, it listens for SASL_PLAINTEXT clients on [`SASL_PORT`] too.
     pub fn start(
         index: u32,
-        size: u32,
-        voters: u32,
+        (size, voters): (u32, u32),
         seed: u64,
         skew_ms: i64,
+        sasl: bool,
         observer: Observer,
     ) -> Broker {
         let ip = broker_ip(index);
@@ -66,7 +69,15 @@ impl Broker {
             500 + u64::from(index),
         ))));
         let alive = Arc::new(AtomicBool::new(false));
-        let config = node_config(index, size, voters, addr);
+        let mut config = node_config(index, size, voters, addr);
+        if sasl {
+            config.listeners.push(ListenerConfig {
+                name: "SASL_PLAINTEXT".into(),
+                protocol: SecurityProtocol::SaslPlaintext,
+                bind: SocketAddr::new(ip, SASL_PORT),
+                advertised: None,
+            });
+        }
         let stop = Arc::new(tokio::sync::Notify::new());
         let wall_offset = Arc::new(AtomicI64::new(skew_ms));
         let (init_disk, init_alive, init_stop) = (disk.clone(), alive.clone(), stop.clone());

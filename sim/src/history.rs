@@ -8,6 +8,7 @@
 use seedlog_core::security::acl::{
     authorize, AclBinding, AuthorizerConfig, Operation, Requester, ResourceType,
 };
+use seedlog_core::security::scram::{Mechanism, ScramCredential};
 use seedlog_core::security::ANONYMOUS;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -78,13 +79,16 @@ pub enum Check {
     /// the whole time the request was in flight (judged by core's own decision function
     /// over the ACLs the broker reported as it applied them).
     AclsEnforced,
+    /// No broker accepts a SASL login whose password none of the credentials it held
+    /// while the login was under way takes (a changed or deleted password stops working).
+    CredentialsEnforced,
     /// After the faults heal, the cluster serves again within the deadline.
     Liveness,
 }
 
 impl Check {
     /// Every check, in report order.
-    pub const ALL: [Check; 19] = [
+    pub const ALL: [Check; 20] = [
         Check::AckedWritesDurable,
         Check::TopicsDurable,
         Check::OffsetsAgree,
@@ -103,6 +107,7 @@ impl Check {
         Check::TxnAtomic,
         Check::TransformExactlyOnce,
         Check::AclsEnforced,
+        Check::CredentialsEnforced,
         Check::Liveness,
     ];
 
@@ -127,6 +132,7 @@ impl Check {
             Check::TxnAtomic => "txn-atomic",
             Check::TransformExactlyOnce => "transform-exactly-once",
             Check::AclsEnforced => "acls-enforced",
+            Check::CredentialsEnforced => "credentials-enforced",
             Check::Liveness => "liveness",
         }
     }
@@ -222,6 +228,14 @@ pub struct Counts {
 /// The topic whose writes the `acl_flippers` workload denies now and then.
 pub const GUARDED: &str = "guarded";
 
+/// The user whose password the `credential_flippers` workload changes now and then.
+pub const SASL_USER: &str = "sim-user";
+
+/// The `n`th password the credential flippers give [`SASL_USER`] (0: one never given).
+pub fn sasl_password(n: u32) -> String {
+    format!("password-{n}")
+}
+
 /// Everything the run observed.
 #[derive(Default)]
 pub struct History {
@@ -248,6 +262,11 @@ pub struct History {
     /// Per broker, when it applied each change of its ACLs and whether they then denied
     /// writes to the guarded topic.
     guarded_denied: BTreeMap<i32, Vec<(u64, bool)>>,
+    /// Per broker, when it applied each change of its SCRAM credentials, and those of
+    /// [`SASL_USER`] from then on.
+    sasl_credentials: BTreeMap<i32, Vec<(u64, Vec<ScramCredential>)>>,
+    /// The newest password the credential flippers gave [`SASL_USER`].
+    newest_password: u32,
     /// Counters for the report.
     pub counts: Counts,
     trace: TraceHash,
@@ -378,6 +397,73 @@ impl History {
                 at_send.map_or(0, |(t, _)| *t)
             );
             self.violate(Check::AclsEnforced, detail);
+        }
+    }
+
+    /// A broker reports the SCRAM credentials it checks logins against from now on.
+    pub fn credentials_applied(&mut self, at_ms: u64, broker: i32, all: &[ScramCredential]) {
+        let user: Vec<ScramCredential> = all
+            .iter()
+            .filter(|c| c.user == SASL_USER)
+            .cloned()
+            .collect();
+        self.trace(at_ms, ("credentials", broker, all.len(), user.len()));
+        self.sasl_credentials
+            .entry(broker)
+            .or_default()
+            .push((at_ms, user));
+    }
+
+    /// A credential flipper is about to give [`SASL_USER`] password `n` (newer than any
+    /// before it).
+    pub fn password_set(&mut self, at_ms: u64, n: u32) {
+        self.trace(at_ms, ("password-set", n));
+        self.newest_password = self.newest_password.max(n);
+    }
+
+    /// The newest password the credential flippers gave, or are giving, [`SASL_USER`].
+    pub fn newest_password(&self) -> u32 {
+        self.newest_password
+    }
+
+    /// A login of [`SASL_USER`] with `mechanism` and `password`, begun at `sent_ms`, was
+    /// answered by `broker` at `at_ms`: accepted or refused. An accepted one must be
+    /// taken by the credentials the broker held at some moment while it was under way.
+    pub fn login(
+        &mut self,
+        sent_ms: u64,
+        at_ms: u64,
+        broker: i32,
+        mechanism: &str,
+        password: &str,
+        accepted: bool,
+    ) {
+        self.trace(at_ms, ("login", broker, mechanism, password, accepted));
+        if !accepted {
+            return;
+        }
+        let scram = Mechanism::from_name(mechanism).map(|m| m as i32);
+        let takes = |held: &[ScramCredential]| {
+            held.iter().any(|c| {
+                scram.is_none_or(|m| c.mechanism == m) && c.verify_password(password.as_bytes())
+            })
+        };
+        let timeline = self
+            .sasl_credentials
+            .get(&broker)
+            .map_or(&[][..], |t| &t[..]);
+        let at_send = timeline.iter().rev().find(|(t, _)| *t <= sent_ms);
+        let during = timeline.iter().filter(|(t, _)| *t > sent_ms && *t <= at_ms);
+        if !at_send
+            .into_iter()
+            .chain(during)
+            .any(|(_, held)| takes(held))
+        {
+            let detail = format!(
+                "broker {broker} accepted a {mechanism} login of {SASL_USER} with {password:?} \
+                 in {sent_ms}-{at_ms} ms while no credential it held took that password"
+            );
+            self.violate(Check::CredentialsEnforced, detail);
         }
     }
 

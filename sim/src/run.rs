@@ -59,6 +59,11 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
             let mut history = observed.lock().expect("history lock");
             history.acls_applied(at_ms, broker, bindings);
         }
+        Observation::Credentials { credentials } => {
+            let at_ms = start.elapsed().as_millis() as u64;
+            let mut history = observed.lock().expect("history lock");
+            history.credentials_applied(at_ms, broker, credentials);
+        }
         Observation::Committed {
             group,
             topic_id,
@@ -74,7 +79,9 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
                 let s = &plan.scenario;
                 let voters = s.voters.unwrap_or(s.brokers);
                 let skew = plan.clock_skews_ms[i as usize];
-                Broker::start(i, s.brokers, voters, plan.seed, skew, observer.clone())
+                let sasl = s.workload.sasl_clients > 0;
+                let sizes = (s.brokers, voters);
+                Broker::start(i, sizes, plan.seed, skew, sasl, observer.clone())
             })
             .collect(),
     ));
@@ -144,6 +151,12 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
     }
     for id in 0..w.guarded_producers {
         tasks.push(clients.spawn(workload::guarded_producer(ctx.clone(), id)));
+    }
+    for id in 0..w.credential_flippers {
+        tasks.push(clients.spawn(workload::credential_flipper(ctx.clone(), id)));
+    }
+    for id in 0..w.sasl_clients {
+        tasks.push(clients.spawn(workload::sasl_client(ctx.clone(), id)));
     }
     let members: Vec<_> = (0..w.group_members)
         .map(|id| clients.spawn(workload::group_member(ctx.clone(), id)))

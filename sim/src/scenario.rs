@@ -118,6 +118,15 @@ pub struct Workload {
     /// the ACLs its broker enforced while it was in flight.
     #[serde(default)]
     pub guarded_producers: u32,
+    /// Clients that set the password of the SASL user anew, or delete the user, through
+    /// the metadata quorum (AlterUserScramCredentials), over and over.
+    #[serde(default)]
+    pub credential_flippers: u32,
+    /// Clients that log in on the brokers' SASL_PLAINTEXT listeners (PLAIN and SCRAM) with
+    /// the newest password or an older one; each accepted login is judged by the
+    /// credentials its broker held while it was under way.
+    #[serde(default)]
+    pub sasl_clients: u32,
 }
 
 fn batch_default() -> Range {

@@ -88,6 +88,7 @@ const CANARY_HUNTS: &[(&str, &str, u64)] = &[
     ("accept-fenced-txn-offsets", "transform", 5),
     ("timers-on-wall-clock", "cluster3-clocks", 10),
     ("produce-ignores-acls", "cluster3-acls", 5),
+    ("cache-credentials", "cluster3-acls", 5),
 ];
 
 #[test]

@@ -113,6 +113,12 @@ pub enum Observation {
         /// Every binding in force now.
         bindings: Vec<crate::security::acl::AclBinding>,
     },
+    /// The SCRAM credentials this broker checks SASL logins against changed (only with
+    /// `report_commits`): the simulator's checker judges each login by them.
+    Credentials {
+        /// Every credential in force now, by user and mechanism.
+        credentials: Vec<crate::security::scram::ScramCredential>,
+    },
     /// This broker's replica of a partition committed entries (only with
     /// `report_commits`): the facts a state checker compares across brokers.
     Committed {
@@ -308,6 +314,11 @@ pub struct Broker {
     nonce_rng: ChaCha8Rng,
     /// The ACLs last reported as an [`Observation::Acls`].
     reported_acls: Option<BTreeSet<crate::security::acl::AclBinding>>,
+    /// The credentials last reported as an [`Observation::Credentials`].
+    reported_scram: Option<BTreeMap<(String, i32), crate::security::scram::ScramCredential>>,
+    /// Only with the canary [`Canary::CacheCredentials`] planted: each user's credentials as
+    /// its first login found them.
+    canary_credential_cache: BTreeMap<String, Vec<crate::security::scram::ScramCredential>>,
 }
 
 impl Broker {
@@ -393,6 +404,8 @@ impl Broker {
             producer_ids: producers::ProducerIds::new(recovered.producers),
             nonce_rng: ChaCha8Rng::seed_from_u64(seed ^ nonce_seed),
             reported_acls: None,
+            reported_scram: None,
+            canary_credential_cache: BTreeMap::new(),
         };
         let names: Vec<String> = broker.controller.image().topics.keys().cloned().collect();
         for name in names {
@@ -410,8 +423,9 @@ impl Broker {
         }
         // A restarted broker knows its peers from the recovered image before any record.
         broker.announce_peer_addresses();
-        // The ACLs it enforces from the start (a restarted broker: what it recovered).
-        broker.report_acls();
+        // The ACLs and credentials it enforces from the start (a restarted broker: what it
+        // recovered).
+        broker.report_security();
         broker.after_input();
         Ok(broker)
     }

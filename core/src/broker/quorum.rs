@@ -193,7 +193,7 @@ impl Broker {
             self.announce_peer_addresses();
             self.coordinator_stale = true;
         }
-        self.report_acls();
+        self.report_security();
     }
 
     /// Tells the driver where registered brokers' peer listeners are (brokers that joined

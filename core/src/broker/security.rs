@@ -32,6 +32,8 @@ use tracing::{debug, info, warn};
 use super::admin::str_bytes;
 use super::quorum::Waiting;
 use super::{Broker, ConnectionId, Observation, Output, ReplyTo};
+use crate::canary::{is_planted, Canary};
+use crate::cluster::image::MetadataImage;
 use crate::cluster::records::{AclSet, Change, ScramChanges};
 use crate::security::acl::{
     authorize, AclBinding, AclFilter, Operation, Requester, ResourceType, CLUSTER_NAME,
@@ -163,17 +165,26 @@ impl Broker {
         }
     }
 
-    /// Reports the ACLs this broker enforces when they changed, or were never reported
-    /// (only with `report_commits`: the simulator's `acls-enforced` checker reads them).
-    pub(super) fn report_acls(&mut self) {
-        let acls = &self.controller.image().acls;
-        if !self.config.report_commits || self.reported_acls.as_ref() == Some(acls) {
+    /// Reports the ACLs and the SCRAM credentials this broker enforces when they changed, or
+    /// were never reported (only with `report_commits`: the simulator's `acls-enforced` and
+    /// `credentials-enforced` checkers read them).
+    pub(super) fn report_security(&mut self) {
+        if !self.config.report_commits {
             return;
         }
-        let bindings = acls.iter().cloned().collect();
-        self.reported_acls = Some(acls.clone());
-        self.outputs
-            .push_back(Output::Observed(Observation::Acls { bindings }));
+        let image = self.controller.image();
+        if self.reported_acls.as_ref() != Some(&image.acls) {
+            let bindings = image.acls.iter().cloned().collect();
+            self.reported_acls = Some(image.acls.clone());
+            self.outputs
+                .push_back(Output::Observed(Observation::Acls { bindings }));
+        }
+        if self.reported_scram.as_ref() != Some(&image.scram) {
+            let credentials = image.scram.values().cloned().collect();
+            self.reported_scram = Some(image.scram.clone());
+            self.outputs
+                .push_back(Output::Observed(Observation::Credentials { credentials }));
+        }
     }
 
     /// SaslHandshake; after v0 the SASL tokens come bare, outside Kafka frames (clients
@@ -221,17 +232,30 @@ impl Broker {
         // Letters and digits only, as Kafka's own nonces: some clients mangle `+` and `/`.
         let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
         let image = self.controller.image();
+        let cache = &self.canary_credential_cache;
         let credentials = |user: &str| -> Vec<ScramCredential> {
-            let by_user = image
-                .scram
-                .range((user.to_string(), 0)..=(user.to_string(), i32::MAX));
-            by_user.map(|(_, c)| c.clone()).collect()
+            if let Some(cached) = cache.get(user) {
+                return cached.clone();
+            }
+            user_credentials(image, user)
         };
         let connection = self
             .connections
             .get_mut(&conn)
             .ok_or(SaslError::IllegalState)?;
         let mut outcome = connection.auth.authenticate(token, credentials, &nonce);
+        if is_planted(Canary::CacheCredentials) {
+            if let Some(user) = connection
+                .auth
+                .principal()
+                .and_then(|p| p.strip_prefix("User:"))
+            {
+                let found = user_credentials(image, user);
+                self.canary_credential_cache
+                    .entry(user.to_string())
+                    .or_insert(found);
+            }
+        }
         let before = connection
             .reauthenticating
             .take_if(|_| connection.auth.principal().is_some());
@@ -670,4 +694,12 @@ fn invalid_acl(acl: &AclBinding) -> Option<(ResponseError, Option<String>)> {
         return None;
     };
     Some((ResponseError::InvalidRequest, Some(problem.to_string())))
+}
+
+/// Every SCRAM credential of `user` (one per mechanism) in `image`.
+fn user_credentials(image: &MetadataImage, user: &str) -> Vec<ScramCredential> {
+    let by_user = image
+        .scram
+        .range((user.to_string(), 0)..=(user.to_string(), i32::MAX));
+    by_user.map(|(_, c)| c.clone()).collect()
 }

@@ -5,6 +5,7 @@
 mod acls;
 mod admin;
 mod consumer;
+mod credentials;
 mod group;
 mod idempotent;
 mod mover;
@@ -16,6 +17,7 @@ mod verify;
 pub use acls::{acl_flipper, guarded_producer};
 pub use admin::admin;
 pub use consumer::consumer;
+pub use credentials::{credential_flipper, sasl_client};
 pub use group::{group_member, GROUP};
 pub use idempotent::idempotent_producer;
 pub use mover::mover;
