@@ -66,11 +66,14 @@ pub enum Canary {
     /// A broker checks a user's SASL logins against the credentials its first login found,
     /// whatever the quorum changed since: an old password keeps working.
     CacheCredentials,
+    /// The small state store takes the first copy of a hard state, snapshot or membership
+    /// as it is, without its CRC: a flipped bit becomes a wrong term, vote or log start.
+    TrustStateCopies,
 }
 
 impl Canary {
     /// Every canary, in a stable order.
-    pub const ALL: [Canary; 23] = [
+    pub const ALL: [Canary; 24] = [
         Canary::AckBeforeFsync,
         Canary::SkipRecoveryCrc,
         Canary::ReadAboveHighWatermark,
@@ -94,6 +97,7 @@ impl Canary {
         Canary::TimersOnWallClock,
         Canary::ProduceIgnoresAcls,
         Canary::CacheCredentials,
+        Canary::TrustStateCopies,
     ];
 
     /// The name used on the simulator's command line.
@@ -122,6 +126,7 @@ impl Canary {
             Canary::TimersOnWallClock => "timers-on-wall-clock",
             Canary::ProduceIgnoresAcls => "produce-ignores-acls",
             Canary::CacheCredentials => "cache-credentials",
+            Canary::TrustStateCopies => "trust-state-copies",
         }
     }
 
@@ -163,6 +168,7 @@ impl Canary {
             Canary::TimersOnWallClock => "timers run on the wall clock, jumps and all",
             Canary::ProduceIgnoresAcls => "produce writes whatever the ACLs deny",
             Canary::CacheCredentials => "logins are checked against credentials cached forever",
+            Canary::TrustStateCopies => "the Raft state is loaded without checking its CRC",
         }
     }
 

@@ -22,6 +22,7 @@ pub mod memdisk;
 pub mod producer;
 pub mod recovery;
 pub mod replica;
+pub mod sealed;
 pub mod security;
 pub mod storage;
 pub mod time;

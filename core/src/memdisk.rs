@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::consensus::MemLog;
+use crate::consensus::{MemLog, RaftPersist};
+use crate::sealed;
 use crate::storage::{SegmentId, StorageCompletion, StorageOp, TopicPartition, TopicRecord};
 
 #[derive(Debug, Default, Clone)]
@@ -27,10 +28,12 @@ pub struct MemDisk {
     segments: BTreeMap<SegmentId, File>,
     indexes: BTreeMap<SegmentId, Bytes>,
     topics: BTreeMap<Arc<str>, TopicRecord>,
-    /// The metadata quorum's Raft state; written synchronously, so never lost.
+    /// The metadata quorum's entries; written synchronously, so never lost.
     quorum: Option<MemLog>,
-    /// Partition replicas' Raft state; written synchronously too.
-    replicas: BTreeMap<TopicPartition, crate::consensus::RaftPersist>,
+    /// The Raft groups' hard states, snapshots and memberships, sealed and kept twice
+    /// ([`crate::sealed`]) under the keys [`QUORUM_PREFIX`] and [`replica_prefix`] give;
+    /// written synchronously too, but a simulated disk may flip their bits.
+    state: BTreeMap<String, Vec<u8>>,
     /// Producer-table snapshots; written synchronously too.
     producers: BTreeMap<TopicPartition, Bytes>,
 }
@@ -111,7 +114,8 @@ impl MemDisk {
             StorageOp::DeletePartition(tp) => {
                 self.segments.retain(|id, _| id.partition != tp);
                 self.indexes.retain(|id, _| id.partition != tp);
-                self.replicas.remove(&tp);
+                let prefix = replica_prefix(&tp);
+                self.state.retain(|key, _| !key.starts_with(&prefix));
                 self.producers.remove(&tp);
             }
             StorageOp::SaveTopic { name, record } => {
@@ -121,7 +125,8 @@ impl MemDisk {
                 self.topics.remove(&name);
             }
             StorageOp::SaveReplica { partition, state } => {
-                self.replicas.entry(partition).or_default().merge(*state);
+                let writes = sealed::raft_state_writes(&replica_prefix(&partition), &state);
+                self.state.extend(writes);
             }
             StorageOp::SaveProducers {
                 partition,
@@ -130,6 +135,8 @@ impl MemDisk {
                 self.producers.insert(partition, snapshot);
             }
             StorageOp::SaveQuorum(change) => {
+                self.state
+                    .extend(sealed::raft_state_writes(QUORUM_PREFIX, &change));
                 self.quorum
                     .get_or_insert_with(MemLog::default)
                     .apply(&change);
@@ -219,14 +226,17 @@ impl MemDisk {
 }
 
 impl MemDisk {
-    /// Recovers every stored topic as a restarting broker would: scans and truncates
-    /// segments per [`crate::recovery::recover_partition`] and returns what to load.
+    /// Recovers every stored topic as a restarting broker would: loads the small state (a
+    /// damaged copy is written over with its intact twin), scans and truncates segments per
+    /// [`crate::recovery::recover_partition`] and returns what to load. Fails, naming the
+    /// key, if a value of the small state has no intact copy.
     pub fn recover(
         &mut self,
         index_interval: u32,
         max_batch_bytes: usize,
-    ) -> crate::broker::Recovered {
+    ) -> Result<crate::broker::Recovered, String> {
         use crate::recovery::{recover_partition, scan_segment, FoundSegment};
+        let (quorum, replicas) = self.load_small_state()?;
         let topics: Vec<_> = self
             .topics
             .iter()
@@ -257,7 +267,7 @@ impl MemDisk {
                         self.segment(&id).unwrap_or(&[]),
                         index_interval,
                         max_batch_bytes,
-                        self.replicas.contains_key(&tp),
+                        replicas.contains_key(&tp),
                         f.next_base,
                     )
                 });
@@ -292,11 +302,127 @@ impl MemDisk {
                 partitions,
             });
         }
-        crate::broker::Recovered {
+        Ok(crate::broker::Recovered {
             topics: recovered,
-            quorum: self.quorum.as_ref().map(MemLog::as_persist),
-            replicas: self.replicas.clone(),
+            quorum,
+            replicas,
             producers: self.producers.clone(),
+        })
+    }
+
+    /// The quorum's state and every replica's, from the sealed small state; damaged copies
+    /// beside intact ones are repaired on the way.
+    #[allow(clippy::type_complexity)]
+    fn load_small_state(
+        &mut self,
+    ) -> Result<(Option<RaftPersist>, BTreeMap<TopicPartition, RaftPersist>), String> {
+        let mut repairs = Vec::new();
+        let mut load = |prefix: &str| {
+            let loaded = sealed::load_raft_state(prefix, |key| Ok(self.state.get(key).cloned()))?;
+            repairs.extend(loaded.repairs);
+            Ok::<_, String>(loaded.state)
+        };
+        let quorum = match &self.quorum {
+            Some(log) => {
+                let sealed = load(QUORUM_PREFIX)?;
+                Some(RaftPersist {
+                    entries: log.as_persist().entries,
+                    ..sealed
+                })
+            }
+            None => None,
+        };
+        let partitions: std::collections::BTreeSet<TopicPartition> =
+            self.state.keys().filter_map(|k| replica_of(k)).collect();
+        let mut replicas = BTreeMap::new();
+        for tp in partitions {
+            replicas.insert(tp.clone(), load(&replica_prefix(&tp))?);
         }
+        for (key, damage, intact) in repairs {
+            tracing::warn!(%key, %damage, "small state: a damaged copy is written over with its intact twin");
+            self.state.insert(key, intact);
+        }
+        Ok((quorum, replicas))
+    }
+
+    /// The keys of the small state (hard states, snapshots, memberships; two copies each).
+    pub fn state_keys(&self) -> Vec<String> {
+        self.state.keys().cloned().collect()
+    }
+
+    /// The stored bytes of a small-state key, to plant damage in tests and the simulator.
+    pub fn state_bytes_mut(&mut self, key: &str) -> Option<&mut Vec<u8>> {
+        self.state.get_mut(key)
+    }
+
+    /// True if the small-state value under `key` fails its check.
+    pub fn state_damaged(&self, key: &str) -> bool {
+        self.state
+            .get(key)
+            .is_some_and(|v| sealed::unseal(v).is_err())
+    }
+}
+
+/// Where the metadata quorum's small state is kept.
+const QUORUM_PREFIX: &str = "quorum/";
+
+/// Where a partition replica's small state is kept.
+fn replica_prefix(tp: &TopicPartition) -> String {
+    format!("replica/{}/{}/", tp.topic, tp.partition)
+}
+
+/// The partition a small-state key of a replica belongs to.
+fn replica_of(key: &str) -> Option<TopicPartition> {
+    let rest = key.strip_prefix("replica/")?;
+    let (topic, rest) = rest.split_once('/')?;
+    let (partition, _) = rest.split_once('/')?;
+    Some(TopicPartition::new(
+        &Arc::from(topic),
+        partition.parse().ok()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::HardState;
+
+    fn saved_replica() -> (MemDisk, TopicPartition, HardState) {
+        let mut disk = MemDisk::new();
+        let tp = TopicPartition::new(&Arc::from("t"), 2);
+        let hard_state = HardState {
+            term: 3,
+            vote: 1,
+            commit: 0,
+        };
+        disk.execute(StorageOp::SaveReplica {
+            partition: tp.clone(),
+            state: Box::new(RaftPersist {
+                hard_state: Some(hard_state.clone()),
+                ..RaftPersist::default()
+            }),
+        });
+        (disk, tp, hard_state)
+    }
+
+    #[test]
+    fn a_flipped_copy_of_the_small_state_is_repaired_from_its_twin() {
+        let (mut disk, tp, hard_state) = saved_replica();
+        let key = "replica/t/2/hard_state#2";
+        disk.state_bytes_mut(key).expect("second copy")[7] ^= 0x01;
+        assert!(disk.state_damaged(key));
+        let recovered = disk.recover(4096, 1 << 20).expect("one copy is intact");
+        assert_eq!(recovered.replicas[&tp].hard_state, Some(hard_state));
+        assert!(!disk.state_damaged(key), "written over with its twin");
+    }
+
+    #[test]
+    fn both_copies_damaged_stop_the_load_naming_the_key() {
+        let (mut disk, _, _) = saved_replica();
+        for key in ["replica/t/2/hard_state", "replica/t/2/hard_state#2"] {
+            disk.state_bytes_mut(key).expect("copy")[5] ^= 0x80;
+        }
+        let err = disk.recover(4096, 1 << 20).unwrap_err();
+        assert!(err.contains("replica/t/2/hard_state"), "{err}");
     }
 }

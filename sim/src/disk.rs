@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 
 use seedlog_core::batch::{frame_size, BatchView};
 use seedlog_core::memdisk::MemDisk;
+use seedlog_core::sealed;
 use seedlog_core::storage::SegmentId;
 
 use crate::history::Partition;
@@ -124,6 +125,28 @@ impl SimDisk {
         Some((partition_of(&id), base_offset))
     }
 
+    /// Flips one bit in one copy of a small-state value (Raft hard state, snapshot,
+    /// membership) whose other copy is intact, as the fault atlas allows; returns its key.
+    /// Anywhere in the stored bytes: the CRC covers all of them.
+    pub fn flip_state_bit(&mut self) -> Option<String> {
+        let keys: Vec<String> = self
+            .disk
+            .state_keys()
+            .into_iter()
+            .filter(|key| !self.disk.state_damaged(&sealed::twin_key(key)))
+            .collect();
+        if keys.is_empty() {
+            return None;
+        }
+        let key = keys[self.dice.between(0, keys.len() as u64 - 1) as usize].clone();
+        let at = self.dice.between(0, u64::MAX - 1);
+        let bit = self.dice.between(0, 7) as u8;
+        let bytes = self.disk.state_bytes_mut(&key)?;
+        let position = (at % bytes.len().max(1) as u64) as usize;
+        *bytes.get_mut(position)? ^= 1 << bit;
+        Some(key)
+    }
+
     /// The partitions of which this disk holds a damaged copy: a synced batch that fails its
     /// CRC, or a repair written in place and not synced yet (a power loss would undo it).
     pub fn damaged_partitions(&self) -> BTreeSet<Partition> {
@@ -211,12 +234,10 @@ mod storage {
 
     impl Storage for SimStorage {
         fn recover(&mut self, index_interval: u32) -> anyhow::Result<Recovered> {
-            Ok(self
-                .disk
-                .lock()
-                .expect("disk lock")
-                .disk
-                .recover(index_interval, 64 << 20))
+            let mut disk = self.disk.lock().expect("disk lock");
+            disk.disk
+                .recover(index_interval, 64 << 20)
+                .map_err(|e| anyhow::anyhow!("loading the small state: {e}"))
         }
 
         fn execute(&mut self, op: StorageOp) -> anyhow::Result<Option<StorageCompletion>> {

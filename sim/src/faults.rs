@@ -36,6 +36,7 @@ pub fn start(ctx: &Ctx, brokers: &Brokers) -> Vec<tokio::task::JoinHandle<()>> {
         ("pause", f.pause),
         ("restart", f.restart),
         ("clock-jump", f.clock_jump),
+        ("state-flip", f.state_flip),
     ];
     for (stream, (kind, schedule)) in recurring.into_iter().enumerate() {
         if let Some(schedule) = schedule {
@@ -124,6 +125,16 @@ async fn strike(
                     history.damaged(&partition, offset);
                 }
                 history.fault(now, kind, (index, partition, offset, copies));
+            }
+        }
+        "state-flip" => {
+            let flipped = brokers.lock().expect("brokers lock")[index]
+                .disk
+                .lock()
+                .expect("disk lock")
+                .flip_state_bit();
+            if let Some(key) = flipped {
+                ctx.history().fault(now, kind, (index, key));
             }
         }
         "fsync-eio" => {

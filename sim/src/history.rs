@@ -13,6 +13,7 @@ use seedlog_core::security::ANONYMOUS;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use seedlog_core::broker::RaftStateFacts;
 use seedlog_core::CommittedEntry;
 
 use crate::group_facts::GroupFacts;
@@ -79,6 +80,9 @@ pub enum Check {
     /// the whole time the request was in flight (judged by core's own decision function
     /// over the ACLs the broker reported as it applied them).
     AclsEnforced,
+    /// What a broker reads back of a Raft group's durable state at start (hard state,
+    /// snapshot) is what it last wrote: nothing lost, nothing damaged taken for real.
+    StateDurable,
     /// No broker accepts a SASL login whose password none of the credentials it held
     /// while the login was under way takes (a changed or deleted password stops working).
     CredentialsEnforced,
@@ -88,7 +92,7 @@ pub enum Check {
 
 impl Check {
     /// Every check, in report order.
-    pub const ALL: [Check; 20] = [
+    pub const ALL: [Check; 21] = [
         Check::AckedWritesDurable,
         Check::TopicsDurable,
         Check::OffsetsAgree,
@@ -98,6 +102,7 @@ impl Check {
         Check::OneLeaderPerTerm,
         Check::ReplicasAgree,
         Check::CommitsAgree,
+        Check::StateDurable,
         Check::GroupOneOwner,
         Check::CommittedOffsets,
         Check::IdempotentOnce,
@@ -123,6 +128,7 @@ impl Check {
             Check::OneLeaderPerTerm => "one-leader-per-term",
             Check::ReplicasAgree => "replicas-agree",
             Check::CommitsAgree => "commits-agree",
+            Check::StateDurable => "state-durable",
             Check::GroupOneOwner => "group-one-owner",
             Check::CommittedOffsets => "committed-offsets",
             Check::IdempotentOnce => "idempotent-once",
@@ -262,6 +268,8 @@ pub struct History {
     /// Per broker, when it applied each change of its ACLs and whether they then denied
     /// writes to the guarded topic.
     guarded_denied: BTreeMap<i32, Vec<(u64, bool)>>,
+    /// Per broker and Raft group, the durable state it last wrote (or read back at start).
+    raft_states: BTreeMap<(i32, String), RaftStateFacts>,
     /// Per broker, when it applied each change of its SCRAM credentials, and those of
     /// [`SASL_USER`] from then on.
     sasl_credentials: BTreeMap<i32, Vec<(u64, Vec<ScramCredential>)>>,
@@ -397,6 +405,62 @@ impl History {
                 at_send.map_or(0, |(t, _)| *t)
             );
             self.violate(Check::AclsEnforced, detail);
+        }
+    }
+
+    /// A broker wrote part of a Raft group's durable state.
+    pub fn raft_state_written(&mut self, broker: i32, group: &str, facts: RaftStateFacts) {
+        let last = self
+            .raft_states
+            .entry((broker, group.to_string()))
+            .or_default();
+        last.hard_state = facts.hard_state.or(last.hard_state);
+        last.snapshot = facts.snapshot.or(last.snapshot);
+    }
+
+    /// A broker deleted a replica's durable state.
+    pub fn raft_state_cleared(&mut self, broker: i32, group: &str) {
+        self.raft_states.remove(&(broker, group.to_string()));
+    }
+
+    /// A broker started and read back `groups`: each must be what it last wrote, and no
+    /// group it wrote may be missing.
+    pub fn raft_state_loaded(
+        &mut self,
+        at_ms: u64,
+        broker: i32,
+        groups: &[(String, RaftStateFacts)],
+    ) {
+        self.trace(at_ms, ("raft-state-loaded", broker, groups.len()));
+        let loaded: BTreeMap<&str, RaftStateFacts> =
+            groups.iter().map(|(g, f)| (g.as_str(), *f)).collect();
+        let written: Vec<(String, RaftStateFacts)> = self
+            .raft_states
+            .range((broker, String::new())..(broker + 1, String::new()))
+            .map(|((_, g), f)| (g.clone(), *f))
+            .collect();
+        let mut wrong = Vec::new();
+        for (group, last) in &written {
+            let found = loaded.get(group.as_str()).copied().unwrap_or_default();
+            if found != *last {
+                wrong.push(format!("{group}: wrote {last:?}, read back {found:?}"));
+            }
+        }
+        for (group, found) in &loaded {
+            let never_written = !written.iter().any(|(g, _)| g == group);
+            if never_written && *found != RaftStateFacts::default() {
+                wrong.push(format!("{group}: read back {found:?}, never written"));
+            }
+        }
+        for detail in wrong {
+            self.violate(
+                Check::StateDurable,
+                format!("broker {broker} at start, {detail}"),
+            );
+        }
+        self.raft_states.retain(|(b, _), _| *b != broker);
+        for (group, facts) in loaded {
+            self.raft_states.insert((broker, group.to_string()), facts);
         }
     }
 

@@ -59,6 +59,19 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
             let mut history = observed.lock().expect("history lock");
             history.acls_applied(at_ms, broker, bindings);
         }
+        Observation::RaftStateWritten { group, facts } => {
+            let mut history = observed.lock().expect("history lock");
+            history.raft_state_written(broker, group, *facts);
+        }
+        Observation::RaftStateCleared { group } => {
+            let mut history = observed.lock().expect("history lock");
+            history.raft_state_cleared(broker, group);
+        }
+        Observation::RaftStateLoaded { groups } => {
+            let at_ms = start.elapsed().as_millis() as u64;
+            let mut history = observed.lock().expect("history lock");
+            history.raft_state_loaded(at_ms, broker, groups);
+        }
         Observation::Credentials { credentials } => {
             let at_ms = start.elapsed().as_millis() as u64;
             let mut history = observed.lock().expect("history lock");

@@ -184,6 +184,9 @@ pub struct Faults {
     pub torn_write_chance: f64,
     /// Flip one bit in synced data.
     pub bit_flip: Option<Recurring>,
+    /// Flip one bit in one copy of a Raft hard state, snapshot or membership of the small
+    /// state store (never both copies of one value: the atlas keeps its twin intact).
+    pub state_flip: Option<Recurring>,
     /// The next fsync fails with EIO: the broker must stop.
     pub fsync_error: Option<Recurring>,
     /// The disk is full: appends fail with ENOSPC and the broker stops.
@@ -322,6 +325,9 @@ impl Plan {
             if !keep(faults.clock_skew_s.is_some()) {
                 faults.clock_skew_s = None
             }
+            if !keep(faults.state_flip.is_some()) {
+                faults.state_flip = None
+            }
         }
         let packet_loss = faults.packet_loss.map_or(0.0, |r| dice.pick(r));
         let latency_ms = faults.latency_ms.map(|r| {
@@ -369,6 +375,7 @@ impl Plan {
         let mut faults: Vec<String> = [
             recurring("crash", &f.crash),
             recurring("bit-flip", &f.bit_flip),
+            recurring("state-flip", &f.state_flip),
             recurring("fsync-eio", &f.fsync_error),
             recurring("disk-full", &f.disk_full),
             recurring("partition", &f.partition),

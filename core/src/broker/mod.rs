@@ -119,6 +119,26 @@ pub enum Observation {
         /// Every credential in force now, by user and mechanism.
         credentials: Vec<crate::security::scram::ScramCredential>,
     },
+    /// This broker wrote a Raft group's durable state (only with `report_commits`).
+    RaftStateWritten {
+        /// `metadata` for the quorum, else `topic-partition`.
+        group: String,
+        /// What the write changed.
+        facts: RaftStateFacts,
+    },
+    /// This broker deleted a replica's durable state with its partition (only with
+    /// `report_commits`).
+    RaftStateCleared {
+        /// `topic-partition`.
+        group: String,
+    },
+    /// At start, every Raft group's durable state as this broker read it back (only with
+    /// `report_commits`): the simulator's `state-durable` checker holds it to the last
+    /// writes.
+    RaftStateLoaded {
+        /// Each group with a stored state, and that state.
+        groups: Vec<(String, RaftStateFacts)>,
+    },
     /// This broker's replica of a partition committed entries (only with
     /// `report_commits`): the facts a state checker compares across brokers.
     Committed {
@@ -130,6 +150,53 @@ pub enum Observation {
         entries: Vec<CommittedEntry>,
     },
 }
+
+/// What a write of a Raft group's durable state set, or what a load found: the hard state
+/// (term, vote, commit) and the snapshot's (index, term), each where present.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RaftStateFacts {
+    /// Term, vote and commit.
+    pub hard_state: Option<[u64; 3]>,
+    /// The snapshot's index and term.
+    pub snapshot: Option<[u64; 2]>,
+}
+
+impl RaftStateFacts {
+    /// The facts of a persisted change or a recovered state.
+    pub fn of(state: &RaftPersist) -> Self {
+        RaftStateFacts {
+            hard_state: state
+                .hard_state
+                .as_ref()
+                .map(|h| [h.term, h.vote, h.commit]),
+            snapshot: state.snapshot.as_ref().map(|s| {
+                let meta = s.get_metadata();
+                [meta.index, meta.term]
+            }),
+        }
+    }
+}
+
+/// The Raft state a storage operation writes or deletes, as the simulator's checker sees it.
+fn raft_state_observation(op: &StorageOp) -> Option<Observation> {
+    match op {
+        StorageOp::SaveQuorum(change) => Some(Observation::RaftStateWritten {
+            group: METADATA_GROUP.to_string(),
+            facts: RaftStateFacts::of(change),
+        }),
+        StorageOp::SaveReplica { partition, state } => Some(Observation::RaftStateWritten {
+            group: partition.to_string(),
+            facts: RaftStateFacts::of(state),
+        }),
+        StorageOp::DeletePartition(partition) => Some(Observation::RaftStateCleared {
+            group: partition.to_string(),
+        }),
+        _ => None,
+    }
+}
+
+/// The metadata quorum's name in observations.
+pub const METADATA_GROUP: &str = "metadata";
 
 /// One committed entry of a partition replica, as its broker reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -340,6 +407,18 @@ impl Broker {
             peer_address: config.cluster.peer_address.clone(),
             endpoints: config.endpoints.clone(),
         };
+        let loaded = config.report_commits.then(|| {
+            let quorum = recovered
+                .quorum
+                .iter()
+                .map(|q| (METADATA_GROUP.to_string(), q));
+            let replicas = recovered.replicas.iter().map(|(tp, r)| (tp.to_string(), r));
+            let groups = quorum
+                .chain(replicas)
+                .map(|(group, state)| (group, RaftStateFacts::of(state)))
+                .collect();
+            Observation::RaftStateLoaded { groups }
+        });
         let controller =
             Controller::new(&config.cluster, registration, recovered.quorum, seed, now)?;
         let recovered_logs = recovered
@@ -420,6 +499,10 @@ impl Broker {
                     &name, index,
                 )));
             }
+        }
+        // What it read back of its Raft state, before anything it writes.
+        if let Some(loaded) = loaded {
+            broker.outputs.push_front(Output::Observed(loaded));
         }
         // A restarted broker knows its peers from the recovered image before any record.
         broker.announce_peer_addresses();
@@ -773,7 +856,17 @@ impl Broker {
     }
 
     fn storage(&mut self, op: StorageOp) {
+        let observed = self
+            .config
+            .report_commits
+            .then(|| raft_state_observation(&op))
+            .flatten();
         self.outputs.push_back(Output::Storage(op));
+        // After the write: the driver carries both out with no await between them, so
+        // the simulator never sees a write reported that a crash kept from the disk.
+        if let Some(observation) = observed {
+            self.outputs.push_back(Output::Observed(observation));
+        }
     }
 
     fn token(&mut self) -> u64 {

@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use super::{Broker, Observation, Output, ReplyTo};
 use crate::canary::{is_planted, Canary};
 use crate::cluster::image::{Applied, Refusal};
+use crate::cluster::raft_id;
 use crate::cluster::records::{Change, GroupMessage, PeerFrame};
 use crate::log::{PartitionLog, Segment};
 use crate::storage::{StorageOp, TopicPartition};
@@ -69,12 +70,32 @@ impl Broker {
                 if let Some(registration) = frame.join {
                     self.controller.handle_join(registration);
                 }
+                let (from, to) = (raft_id(frame.from), raft_id(self.config.broker_id));
                 for GroupMessage {
                     partition,
                     index,
                     message,
                 } in frame.messages
                 {
+                    // A proposal or a leadership transfer is forwarded on as it came, in the
+                    // name of the broker that made it; every other message is the sender's.
+                    let forwarded = |m: &raft::eraftpb::Message| {
+                        use raft::eraftpb::MessageType::{MsgPropose, MsgTransferLeader};
+                        [MsgPropose as i32, MsgTransferLeader as i32].contains(&m.msg_type)
+                    };
+                    let misaddressed = |m: &&raft::eraftpb::Message| {
+                        m.to != to || (m.from != from && !forwarded(m))
+                    };
+                    if let Some(m) = message.as_ref().filter(misaddressed) {
+                        warn!(
+                            sender,
+                            m.from,
+                            m.to,
+                            m.msg_type,
+                            "refusing a raft message not from its frame's sender to here"
+                        );
+                        continue;
+                    }
                     match (partition, message) {
                         (None, Some(message)) => self.controller.step(message),
                         (Some(topic), Some(message)) => self.step_replica(&topic, index, message),
@@ -118,7 +139,7 @@ impl Broker {
         if let Some(term) = drive.elected {
             self.outputs
                 .push_back(Output::Observed(Observation::Elected {
-                    group: "metadata".into(),
+                    group: super::METADATA_GROUP.into(),
                     term,
                 }));
         }

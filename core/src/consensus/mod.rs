@@ -40,6 +40,30 @@ pub struct GroupConfig {
     pub seed: u64,
 }
 
+/// Terms at or past this are refused from peers: a billion elections is past any real
+/// cluster, and a partition's term must stay a Kafka leader epoch (an i32).
+const ABSURD_TERM: u64 = 1 << 30;
+
+/// Indexes at or past this are refused from peers: raft-rs adds to them unchecked.
+const ABSURD_INDEX: u64 = u64::MAX / 2;
+
+/// True if raft-rs can restore `conf` from a snapshot: voters, and no id twice or zero.
+fn membership_restorable(conf: &ConfState) -> bool {
+    let mut seen = std::collections::BTreeSet::new();
+    let ids = conf
+        .voters
+        .iter()
+        .chain(&conf.learners)
+        .chain(&conf.voters_outgoing)
+        .chain(&conf.learners_next);
+    let unique = conf
+        .voters
+        .iter()
+        .chain(&conf.learners)
+        .all(|id| seen.insert(*id));
+    !conf.voters.is_empty() && unique && ids.clone().all(|&id| id != raft::INVALID_ID)
+}
+
 /// What one [`RaftGroup::drive`] produced; see the module doc for the order.
 #[derive(Debug, Default)]
 pub struct Effects {
@@ -183,8 +207,24 @@ impl<S: Storage> RaftGroup<S> {
     }
 
     /// A message from a peer. Malformed or stale messages are ignored (raft-rs logs them).
-    pub fn step(&mut self, message: Message) {
+    pub fn step(&mut self, mut message: Message) {
         use crate::canary::{is_planted, Canary};
+        if let Some(why) = self.refusal(&message) {
+            tracing::warn!(
+                from = message.from,
+                kind = message.msg_type,
+                why,
+                "refusing a raft message"
+            );
+            return;
+        }
+        let last = self.node.raft.raft_log.last_index();
+        if message.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat
+            && message.commit > last
+        {
+            // raft-rs would assert: a leader never counts entries this log does not hold.
+            message.commit = last;
+        }
         if is_planted(Canary::VoteTwice)
             && message.get_msg_type() == raft::eraftpb::MessageType::MsgRequestVote
             && message.term == self.node.raft.term
@@ -196,6 +236,99 @@ impl<S: Storage> RaftGroup<S> {
             tracing::debug!(error = %e, "raft step refused a message");
         }
         self.redraw_election_timeout();
+    }
+
+    /// Why a message from a peer must not reach raft-rs, if it must not. raft-rs asserts on
+    /// what only a broken or hostile peer sends (a read index without its context, a
+    /// proposal without entries, a vote without a term, entries that do not follow each
+    /// other, an acknowledgement past the log, a snapshot whose membership cannot be
+    /// restored, terms near overflow), and an assertion would stop the broker: such a
+    /// message is dropped instead.
+    pub fn refusal(&self, m: &Message) -> Option<&'static str> {
+        use raft::eraftpb::MessageType::*;
+        let log = &self.node.raft.raft_log;
+        // raft-rs's accessors panic on a type number they do not know.
+        let Some(kind) = raft::eraftpb::MessageType::from_i32(m.msg_type) else {
+            return Some("an unknown message type");
+        };
+        let sent_by_peers = matches!(
+            kind,
+            MsgAppend
+                | MsgAppendResponse
+                | MsgRequestVote
+                | MsgRequestVoteResponse
+                | MsgRequestPreVote
+                | MsgRequestPreVoteResponse
+                | MsgSnapshot
+                | MsgHeartbeat
+                | MsgHeartbeatResponse
+                | MsgTimeoutNow
+                | MsgTransferLeader
+                | MsgPropose
+        );
+        if !sent_by_peers || m.from == raft::INVALID_ID {
+            return Some("not a message peers send");
+        }
+        // No real term or index comes near these: raft-rs adds to them unchecked, and a
+        // partition's term is its Kafka leader epoch, an i32.
+        let meta = m.get_snapshot().get_metadata();
+        let mut terms = [m.term, m.log_term, m.commit_term, meta.term]
+            .into_iter()
+            .chain(m.entries.iter().map(|e| e.term));
+        let mut indexes = [
+            m.index,
+            m.commit,
+            m.reject_hint,
+            m.request_snapshot,
+            meta.index,
+        ]
+        .into_iter()
+        .chain(m.entries.iter().map(|e| e.index));
+        if terms.any(|t| t >= ABSURD_TERM) || indexes.any(|i| i >= ABSURD_INDEX) {
+            return Some("a term or index past any real one");
+        }
+        let vote = matches!(
+            kind,
+            MsgRequestVote | MsgRequestVoteResponse | MsgRequestPreVote | MsgRequestPreVoteResponse
+        );
+        if vote && m.term == 0 {
+            return Some("a vote without a term");
+        }
+        if kind == MsgPropose && m.entries.is_empty() {
+            return Some("a proposal without entries");
+        }
+        // A follower forwards these to its leader as raft-rs made them: without a term
+        // (raft-rs asserts on sending one that has a term, when it forwards them on).
+        if matches!(kind, MsgPropose | MsgTransferLeader) && m.term != 0 {
+            return Some("a forwarded request with a term");
+        }
+        // raft-rs takes an acknowledgement as it comes: one past this log would let the
+        // commit index pass the log's end, where it asserts.
+        if kind == MsgAppendResponse && !m.reject && m.index > log.last_index() {
+            return Some("an acknowledgement of entries this log does not hold");
+        }
+        if kind == MsgAppend {
+            let mut previous_term = m.log_term;
+            for (i, e) in m.entries.iter().enumerate() {
+                if raft::eraftpb::EntryType::from_i32(e.entry_type).is_none() {
+                    return Some("an unknown entry type");
+                }
+                if Some(e.index) != m.index.checked_add(1 + i as u64) {
+                    return Some("entries that do not follow each other");
+                }
+                if e.term < previous_term || e.term > m.term {
+                    return Some("entry terms out of order");
+                }
+                previous_term = e.term;
+            }
+        }
+        if kind == MsgSnapshot {
+            let conf = m.get_snapshot().get_metadata().get_conf_state();
+            if !membership_restorable(conf) {
+                return Some("a snapshot whose membership cannot be restored");
+            }
+        }
+        None
     }
 
     /// Proposes `data` as a new entry. A follower forwards it to the leader; it may still be

@@ -429,6 +429,10 @@ impl Replica {
         let State::Running(group) = &mut self.state else {
             return;
         };
+        if let Some(why) = group.refusal(&message) {
+            warn!(partition = %self.tp, from = message.from, kind = message.msg_type, why, "refusing a raft message");
+            return;
+        }
         let last = group.last_index();
         match message.get_msg_type() {
             MessageType::MsgRequestVote | MessageType::MsgRequestPreVote if self.catching_up => {

@@ -170,7 +170,10 @@ impl Harness {
         self.hold_syncs = false;
         self.inbox.clear();
         self.asked.clear();
-        let recovered = self.disk.recover(self.config.index_interval_bytes, 2 << 20);
+        let recovered = self
+            .disk
+            .recover(self.config.index_interval_bytes, 2 << 20)
+            .expect("small state intact");
         self.broker =
             Broker::new(self.config.clone(), recovered, 7, self.time()).expect("restarts");
         self.drive();
@@ -345,3 +348,4 @@ pub fn batch(n: usize, timestamp: i64) -> Bytes {
     let values: Vec<Vec<u8>> = (0..n).map(|i| format!("value-{i}").into_bytes()).collect();
     record_batch(values.iter().map(|v| (Some(&b"k"[..]), &v[..], timestamp)))
 }
+pub mod cluster;

@@ -2,11 +2,15 @@
 //!
 //! Layout under the data directory:
 //! ```text
-//! meta/                          sled: topic definitions, the metadata quorum's Raft state
+//! meta/                          sled: topic definitions, the Raft groups' small state
 //! <topic>-<partition>/
 //!     00000000000000000000.log   record batches as received, offsets stamped
 //!     00000000000000000000.index sparse offset/time index, written when the segment is sealed
 //! ```
+//! The Raft state in sled is sealed (CRC-32C and format version, [`seedlog_core::sealed`]);
+//! hard states, snapshots and memberships are kept in two copies, so a damaged copy is found
+//! and written over with its twin on start. The store's format is the `state_format` key.
+//!
 //! fsyncs run on a background thread (with helpers when one sync covers several files) so
 //! the driver keeps serving while the disk works; each sync covers every file written since
 //! the previous one (group commit).
@@ -21,10 +25,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
-use prost::Message as _;
-use seedlog_core::consensus::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use seedlog_core::consensus::eraftpb::Entry;
 use seedlog_core::consensus::RaftPersist;
 use seedlog_core::recovery::{recover_partition, FoundSegment, SegmentScanner};
+use seedlog_core::sealed;
 use seedlog_core::storage::{SegmentId, StorageCompletion, StorageOp, TopicPartition, TopicRecord};
 use seedlog_core::{Recovered, RecoveredTopic};
 use serde::{Deserialize, Serialize};
@@ -92,6 +96,7 @@ impl FileStorage {
         let producers = meta
             .open_tree("producers")
             .context("opening producers tree")?;
+        upgrade_state_format(&meta, &quorum, &replicas)?;
         let (sync_jobs, jobs) = mpsc::channel::<SyncJob>();
         std::thread::Builder::new()
             .name("seedlog-fsync".into())
@@ -170,10 +175,6 @@ impl FileStorage {
     fn save_quorum(&mut self, change: &RaftPersist) -> anyhow::Result<()> {
         let mut batch = sled::Batch::default();
         if let Some(snapshot) = &change.snapshot {
-            batch.insert(&b"snapshot"[..], snapshot.encode_to_vec());
-            // The snapshot's membership, unless a later change below replaces it.
-            let conf_state = snapshot.get_metadata().get_conf_state();
-            batch.insert(&b"conf_state"[..], conf_state.encode_to_vec());
             let covered = entry_key(snapshot.get_metadata().index);
             for key in self.quorum.range(entry_key(0)..=covered).keys() {
                 batch.remove(key.context("reading quorum entries")?);
@@ -185,14 +186,11 @@ impl FileStorage {
                 batch.remove(key.context("reading quorum entries")?);
             }
             for entry in &change.entries {
-                batch.insert(&entry_key(entry.index)[..], entry.encode_to_vec());
+                batch.insert(&entry_key(entry.index)[..], sealed::seal_message(entry));
             }
         }
-        if let Some(hard_state) = &change.hard_state {
-            batch.insert(&b"hard_state"[..], hard_state.encode_to_vec());
-        }
-        if let Some(conf_state) = &change.conf_state {
-            batch.insert(&b"conf_state"[..], conf_state.encode_to_vec());
+        for (key, value) in sealed::raft_state_writes("", change) {
+            batch.insert(key.as_bytes(), value);
         }
         self.quorum
             .apply_batch(batch)
@@ -203,19 +201,9 @@ impl FileStorage {
 
     /// Writes a change to a partition replica's Raft state durably.
     fn save_replica(&mut self, tp: &TopicPartition, change: &RaftPersist) -> anyhow::Result<()> {
-        let prefix = replica_prefix(tp);
         let mut batch = sled::Batch::default();
-        if let Some(hard_state) = &change.hard_state {
-            batch.insert(
-                format!("{prefix}hard_state").as_bytes(),
-                hard_state.encode_to_vec(),
-            );
-        }
-        if let Some(snapshot) = &change.snapshot {
-            batch.insert(
-                format!("{prefix}snapshot").as_bytes(),
-                snapshot.encode_to_vec(),
-            );
+        for (key, value) in sealed::raft_state_writes(&replica_prefix(tp), change) {
+            batch.insert(key.as_bytes(), value);
         }
         self.replicas
             .apply_batch(batch)
@@ -257,34 +245,26 @@ impl FileStorage {
 
     /// Every partition replica's Raft state.
     fn load_replicas(&self) -> anyhow::Result<BTreeMap<TopicPartition, RaftPersist>> {
-        let mut out: BTreeMap<TopicPartition, RaftPersist> = BTreeMap::new();
-        for item in self.replicas.iter() {
-            let (key, value) = item.context("reading replica state")?;
+        let mut partitions = BTreeSet::new();
+        for key in self.replicas.iter().keys() {
+            let key = key.context("reading replica state")?;
             let key = String::from_utf8(key.to_vec()).context("replica state key")?;
             let mut parts = key.splitn(3, '/');
-            let (Some(topic), Some(partition), Some(field)) =
-                (parts.next(), parts.next(), parts.next())
-            else {
+            let parsed = (
+                parts.next(),
+                parts.next().and_then(|p| p.parse::<i32>().ok()),
+            );
+            let (Some(topic), Some(partition)) = parsed else {
                 warn!(%key, "ignoring an unreadable replica state key");
                 continue;
             };
-            let partition: i32 = partition
-                .parse()
-                .with_context(|| format!("replica state key {key}"))?;
-            let state = out
-                .entry(TopicPartition::new(&Arc::from(topic), partition))
-                .or_default();
-            match field {
-                "hard_state" => {
-                    state.hard_state =
-                        Some(HardState::decode(&value[..]).context("replica hard state")?)
-                }
-                "snapshot" => {
-                    state.snapshot =
-                        Some(Snapshot::decode(&value[..]).context("replica log start")?)
-                }
-                _ => warn!(%key, "ignoring an unknown replica state field"),
-            }
+            partitions.insert(TopicPartition::new(&Arc::from(topic), partition));
+        }
+        let mut out = BTreeMap::new();
+        for tp in partitions {
+            let state = load_sealed(&self.replicas, &replica_prefix(&tp))
+                .with_context(|| format!("the Raft state of {tp}"))?;
+            out.insert(tp, state);
         }
         Ok(out)
     }
@@ -294,26 +274,14 @@ impl FileStorage {
         if self.quorum.is_empty() {
             return Ok(None);
         }
-        let get = |key: &[u8]| self.quorum.get(key).context("reading quorum state");
-        let mut state = RaftPersist::default();
-        if let Some(bytes) = get(b"hard_state")? {
-            state.hard_state = Some(HardState::decode(&bytes[..]).context("quorum hard state")?);
-        }
-        if let Some(bytes) = get(b"snapshot")? {
-            state.snapshot = Some(Snapshot::decode(&bytes[..]).context("quorum snapshot")?);
-        }
-        if let Some(bytes) = get(b"conf_state")? {
-            state.conf_state = Some(ConfState::decode(&bytes[..]).context("quorum membership")?);
-        }
-        for value in self
-            .quorum
-            .range(entry_key(0)..=entry_key(u64::MAX))
-            .values()
-        {
-            let bytes = value.context("reading quorum entries")?;
-            state
-                .entries
-                .push(Entry::decode(&bytes[..]).context("quorum log entry")?);
+        let mut state =
+            load_sealed(&self.quorum, "").context("the metadata quorum's Raft state")?;
+        for item in self.quorum.range(entry_key(0)..=entry_key(u64::MAX)) {
+            let (key, value) = item.context("reading quorum entries")?;
+            let what = format!("metadata quorum entry {key:?}");
+            let entry: Entry =
+                sealed::unseal_message(&what, &value).map_err(|e| anyhow::anyhow!(e))?;
+            state.entries.push(entry);
         }
         Ok(Some(state))
     }
@@ -731,6 +699,82 @@ fn scan_file(
 }
 
 /// The key prefix of a partition replica's Raft state.
+/// The twice-kept Raft state under `prefix` of `tree`; a damaged copy beside an intact one
+/// is written over with it (and said in the log).
+fn load_sealed(tree: &sled::Tree, prefix: &str) -> anyhow::Result<RaftPersist> {
+    let get = |key: &str| match tree.get(key.as_bytes()) {
+        Ok(value) => Ok(value.map(|v| v.to_vec())),
+        Err(e) => Err(format!("reading {key}: {e}")),
+    };
+    let loaded = sealed::load_raft_state(prefix, get).map_err(|e| anyhow::anyhow!(e))?;
+    for (key, damage, intact) in loaded.repairs {
+        warn!(%key, %damage, "broker state: a damaged copy is written over with its intact twin");
+        tree.insert(key.as_bytes(), intact)
+            .with_context(|| format!("repairing {key}"))?;
+    }
+    tree.flush().context("flushing repaired broker state")?;
+    Ok(loaded.state)
+}
+
+/// The format of the Raft state this build writes, under the `state_format` key of sled's
+/// default tree.
+const STATE_FORMAT_KEY: &[u8] = b"state_format";
+
+/// Checks the store's format and brings a store written before values were sealed (it has
+/// no `state_format`) up to this one: every value of the quorum and replica trees is sealed,
+/// hard states, snapshots and memberships in two copies. A store of an unknown format is
+/// refused with its number.
+fn upgrade_state_format(
+    meta: &sled::Db,
+    quorum: &sled::Tree,
+    replicas: &sled::Tree,
+) -> anyhow::Result<()> {
+    let ours = [sealed::FORMAT];
+    match meta
+        .get(STATE_FORMAT_KEY)
+        .context("reading the state format")?
+    {
+        Some(found) if found.as_ref() == ours => return Ok(()),
+        Some(found) => bail!(
+            "the broker state in this data directory is in format {}; this seedlog reads \
+             format {} only (was it written by a newer seedlog?)",
+            found.first().copied().unwrap_or_default(),
+            sealed::FORMAT
+        ),
+        None => {}
+    }
+    let mut upgraded = 0usize;
+    for tree in [quorum, replicas] {
+        let mut batch = sled::Batch::default();
+        for item in tree.iter() {
+            let (key, value) = item.context("reading broker state to upgrade it")?;
+            let sealed_value = sealed::seal(&value);
+            let field = String::from_utf8(key.to_vec()).ok().filter(|k| {
+                ["hard_state", "snapshot", "conf_state"]
+                    .iter()
+                    .any(|f| k.ends_with(f))
+            });
+            if let Some(field) = field {
+                batch.insert(sealed::copy_key(&field, 1).as_bytes(), sealed_value.clone());
+            }
+            batch.insert(key, sealed_value);
+            upgraded += 1;
+        }
+        tree.apply_batch(batch).context("upgrading broker state")?;
+    }
+    meta.insert(STATE_FORMAT_KEY, &ours)
+        .context("writing the state format")?;
+    meta.flush().context("flushing broker state")?;
+    if upgraded > 0 {
+        info!(
+            values = upgraded,
+            format = sealed::FORMAT,
+            "broker state upgraded to the sealed format"
+        );
+    }
+    Ok(())
+}
+
 fn producers_key(tp: &TopicPartition) -> String {
     format!("{}/{}", tp.topic, tp.partition)
 }
@@ -765,6 +809,8 @@ fn decode_hex_id(s: &str) -> anyhow::Result<[u8; 16]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message as _;
+    use seedlog_core::consensus::eraftpb::HardState;
 
     /// A sync of many partitions' files goes through the helpers: it must be reported once,
     /// under its own token, after every file holds what was appended to it.
@@ -810,6 +856,127 @@ mod tests {
             assert_eq!(on_disk, vec![i as u8; 1000 + i]);
         }
         storage.close()?;
+        fs::remove_dir_all(&root)?;
+        Ok(())
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("seedlog-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        root
+    }
+
+    fn open(root: &Path) -> anyhow::Result<FileStorage> {
+        FileStorage::open(root, 1 << 20, Box::new(|_| {}))
+    }
+
+    fn hard_state(term: u64, vote: u64) -> HardState {
+        HardState {
+            term,
+            vote,
+            commit: 0,
+        }
+    }
+
+    /// Writes a quorum hard state and a replica hard state, and closes the store.
+    fn write_state(root: &Path) -> anyhow::Result<TopicPartition> {
+        let mut storage = open(root)?;
+        let tp = TopicPartition::new(&Arc::from("t"), 0);
+        storage.execute(StorageOp::SaveQuorum(Box::new(RaftPersist {
+            hard_state: Some(hard_state(4, 2)),
+            entries: vec![Entry {
+                index: 1,
+                term: 4,
+                ..Entry::default()
+            }],
+            ..RaftPersist::default()
+        })))?;
+        storage.execute(StorageOp::SaveReplica {
+            partition: tp.clone(),
+            state: Box::new(RaftPersist {
+                hard_state: Some(hard_state(7, 3)),
+                ..RaftPersist::default()
+            }),
+        })?;
+        storage.close()?;
+        Ok(tp)
+    }
+
+    /// Flips one bit of the value under `key` in `tree`.
+    fn flip(root: &Path, tree: &str, key: &str) -> anyhow::Result<()> {
+        let db = sled::open(root.join("meta"))?;
+        let tree = db.open_tree(tree)?;
+        let mut value = tree
+            .get(key.as_bytes())?
+            .context("value to damage")?
+            .to_vec();
+        value[6] ^= 0x04;
+        tree.insert(key.as_bytes(), value)?;
+        db.flush()?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_damaged_copy_of_a_hard_state_is_found_and_repaired_from_its_twin() -> anyhow::Result<()> {
+        let root = scratch("sealed-state");
+        let tp = write_state(&root)?;
+        flip(&root, "quorum", "hard_state")?;
+        flip(&root, "replicas", "t/0/hard_state#2")?;
+        let mut storage = open(&root)?;
+        let recovered = storage.recover(4096)?;
+        let quorum = recovered.quorum.context("quorum state")?;
+        assert_eq!(quorum.hard_state, Some(hard_state(4, 2)));
+        assert_eq!(quorum.entries.len(), 1);
+        assert_eq!(recovered.replicas[&tp].hard_state, Some(hard_state(7, 3)));
+        // Repaired: both copies intact again.
+        for key in ["hard_state", "hard_state#2"] {
+            let value = storage.quorum.get(key)?.context("copy")?;
+            assert!(sealed::unseal(&value).is_ok(), "{key} repaired");
+        }
+        storage.close()?;
+        drop(storage);
+        // Both copies damaged: the broker refuses to guess its vote.
+        flip(&root, "quorum", "hard_state")?;
+        flip(&root, "quorum", "hard_state#2")?;
+        let err = open(&root)?.recover(4096).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("every copy is damaged"),
+            "{err:#}"
+        );
+        fs::remove_dir_all(&root)?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_store_from_before_sealing_is_upgraded_and_a_newer_format_refused() -> anyhow::Result<()> {
+        let root = scratch("legacy-state");
+        {
+            let db = sled::open(root.join("meta"))?;
+            let quorum = db.open_tree("quorum")?;
+            quorum.insert("hard_state", hard_state(5, 1).encode_to_vec())?;
+            let entry = Entry {
+                index: 1,
+                term: 5,
+                ..Entry::default()
+            };
+            quorum.insert(entry_key(1), entry.encode_to_vec())?;
+            db.flush()?;
+        }
+        let mut storage = open(&root)?;
+        let quorum = storage.recover(4096)?.quorum.context("quorum state")?;
+        assert_eq!(quorum.hard_state, Some(hard_state(5, 1)));
+        assert_eq!(quorum.entries[0].term, 5);
+        storage.close()?;
+        drop(storage);
+        {
+            let db = sled::open(root.join("meta"))?;
+            db.insert(STATE_FORMAT_KEY, &[sealed::FORMAT + 1])?;
+            db.flush()?;
+        }
+        let err = open(&root)
+            .err()
+            .context("a newer format must be refused")?;
+        assert!(format!("{err:#}").contains("format 2;"), "{err:#}");
         fs::remove_dir_all(&root)?;
         Ok(())
     }
