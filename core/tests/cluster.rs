@@ -1145,3 +1145,94 @@ fn a_transaction_across_leaders_commits_everywhere_and_outlives_its_coordinator(
         );
     }
 }
+
+/// A frame from `from` to `to` holding one metadata-quorum raft message.
+fn quorum_frame(from: i32, to: i32, mut message: raft::eraftpb::Message) -> Bytes {
+    use prost::Message as _;
+    use seedlog_core::cluster::records::{GroupMessage, PeerFrame};
+    message.from = from as u64 + 1;
+    message.to = to as u64 + 1;
+    let frame = PeerFrame {
+        from,
+        messages: vec![GroupMessage {
+            partition: None,
+            index: 0,
+            message: Some(message),
+        }],
+        ..PeerFrame::default()
+    };
+    Bytes::from(frame.encode_to_vec())
+}
+
+/// Each of these made raft-rs assert (found by `fuzz_peer_frames`): a read index without its
+/// context, an unknown message type, an acknowledgement past the log (the commit index then
+/// passed the log's end), a forwarded leadership transfer that carries a term, a vote
+/// without a term, a term at the top of the range (the next campaign overflowed), and a
+/// proposal in this broker's own name. Each is dropped, and the quorum goes on.
+#[test]
+fn a_broker_drops_raft_messages_raft_rs_would_assert_on() {
+    use raft::eraftpb::{Entry, Message, MessageType};
+    let mut cluster = Cluster::new(3, 1000);
+    cluster.advance(3_000);
+    let controller = cluster.controller();
+    let follower = (1..=3).find(|&id| id != controller).unwrap();
+    let term = cluster.elections.iter().map(|(_, t)| *t).max().unwrap();
+    let message = |kind: MessageType, term: u64| Message {
+        msg_type: kind as i32,
+        term,
+        ..Message::default()
+    };
+    let acknowledgement = Message {
+        index: 1_000_000,
+        ..message(MessageType::MsgAppendResponse, term)
+    };
+    let own_proposal = Message {
+        entries: vec![Entry::default()],
+        ..message(MessageType::MsgPropose, 0)
+    };
+    let bad = [
+        (follower, controller, message(MessageType::MsgReadIndex, 0)),
+        (
+            follower,
+            controller,
+            Message {
+                msg_type: 99,
+                ..Message::default()
+            },
+        ),
+        (follower, controller, acknowledgement),
+        (
+            controller,
+            follower,
+            message(MessageType::MsgTransferLeader, term),
+        ),
+        (
+            controller,
+            follower,
+            message(MessageType::MsgRequestVote, 0),
+        ),
+        (
+            controller,
+            follower,
+            message(MessageType::MsgHeartbeat, u64::MAX),
+        ),
+        (controller, controller, own_proposal),
+    ];
+    for (from, to, m) in bad {
+        let frame = quorum_frame(from, to, m);
+        let now = Now::at(cluster.now);
+        let node = cluster.nodes.get_mut(&to).unwrap();
+        node.broker.handle_peer(now, from, frame);
+        cluster.settle();
+    }
+    // The quorum still commits: a topic created now is known to every broker.
+    cluster.advance(3_000);
+    assert_eq!(cluster.create_topic(follower, "after", 1), 0);
+    cluster.advance(1_000);
+    for id in 1..=3 {
+        assert!(
+            cluster.metadata(id).0.contains(&"after".to_string()),
+            "broker {id}"
+        );
+    }
+}
