@@ -31,6 +31,7 @@ pub mod txn;
 pub mod wire;
 
 pub use broker::{
-    Broker, CommittedEntry, ConnectionId, Observation, Output, Recovered, RecoveredTopic,
+    Broker, BrokerStats, CommittedEntry, ConnectionId, GroupLag, Observation, Output,
+    PartitionStats, Recovered, RecoveredTopic,
 };
 pub use time::Now;

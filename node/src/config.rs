@@ -98,6 +98,10 @@ pub struct RunArgs {
     /// Address the peer listener binds [default: this broker's entry in the voters].
     #[arg(long, env = "SEEDLOG_PEER_LISTEN")]
     pub peer_listen: Option<SocketAddr>,
+    /// Address of the HTTP admin listener: Prometheus `/metrics`, `/health`, `/ready`
+    /// [default: none, no admin listener].
+    #[arg(long, env = "SEEDLOG_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
     /// host:port other brokers dial to reach this broker's peer listener [default: its
     /// voter entry, or the peer listen address].
     #[arg(long, env = "SEEDLOG_PEER_ADVERTISED")]
@@ -221,6 +225,8 @@ pub struct NodeConfig {
     pub socket_request_max_bytes: usize,
     /// Peer listener address, if this broker is part of a cluster.
     pub peer_listen: Option<SocketAddr>,
+    /// The HTTP admin listener's address (metrics, health, readiness), if any.
+    pub admin_listen: Option<SocketAddr>,
     /// Peer listener addresses of the other brokers, by id.
     pub peers: BTreeMap<i32, String>,
     /// What core decides with.
@@ -401,6 +407,7 @@ impl RunArgs {
             storage: pick!(storage, StorageKind::Disk),
             socket_request_max_bytes: pick!(socket_request_max_bytes, 100 * 1024 * 1024),
             peer_listen,
+            admin_listen: self.admin_listen.or(file.admin_listen),
             peers,
             broker,
         })

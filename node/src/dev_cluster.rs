@@ -176,6 +176,10 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
         let child = command
             .args(["--broker-id", &i.to_string()])
             .args(["--listen", &format!("127.0.0.1:{}", args.base_port + i - 1)])
+            .args([
+                "--admin-listen",
+                &format!("127.0.0.1:{}", args.base_port + 300 + i - 1),
+            ])
             .args(["--data-dir", &dir.join("data").to_string_lossy()])
             .args(["--controller-quorum-voters", &voters])
             .stdin(Stdio::null())
@@ -190,6 +194,7 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
         .collect();
     info!(
         bootstrap = %listeners.join(","),
+        metrics = %format!("http://127.0.0.1:{}/metrics (one port up per broker)", args.base_port + 300),
         dir = %args.dir.display(),
         "dev cluster running; logs in DIR/node-N/seedlog.log; Ctrl-C stops it"
     );

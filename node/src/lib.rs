@@ -14,6 +14,7 @@ pub mod dev_cluster;
 #[cfg(not(madsim))]
 pub mod groups;
 pub mod listeners;
+pub mod metrics;
 pub mod peer;
 pub mod server;
 pub mod storage;

@@ -4,7 +4,7 @@
 //! turns response frames into bytes on the socket. Everything else happens in [`Driver::run`],
 //! in one place, in the order core asks for.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,9 +12,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
+use seedlog_core::broker::METADATA_GROUP;
 use seedlog_core::canary::{is_planted, Canary};
 use seedlog_core::cluster::records::Endpoint;
-use seedlog_core::storage::StorageCompletion;
+use seedlog_core::storage::{StorageCompletion, StorageOp};
 use seedlog_core::{Broker, ConnectionId, Now, Observation, Output};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpListener;
@@ -24,6 +25,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::listeners::{accept_clients, Accepted, ClientStream, Tls};
+use crate::metrics::{ApiMetrics, Metrics};
 use crate::peer::Peers;
 use crate::storage::{Storage, SyncFailure};
 
@@ -73,8 +75,12 @@ const EVENT_BATCH: usize = 64;
 
 /// What the connection tasks and the fsync thread tell the driver.
 pub enum Event {
-    /// A complete request frame, size prefix removed.
-    Request { conn: ConnectionId, frame: Bytes },
+    /// A complete request frame, size prefix removed, and when it was read.
+    Request {
+        conn: ConnectionId,
+        frame: Bytes,
+        received: Instant,
+    },
     /// The connection is gone (EOF, error, or an unreadable frame).
     Disconnected { conn: ConnectionId },
     /// A frame from another broker, on a connection that proved to be broker `sender`'s.
@@ -167,7 +173,22 @@ pub struct Driver {
     max_connections_per_ip: usize,
     /// `socket.request.max.bytes`.
     max_frame: usize,
+    /// What the driver counts for the metrics.
+    metrics: Metrics,
+    /// Each API's metric handles, by key, once seen.
+    api_metrics: BTreeMap<i16, ApiMetrics>,
+    /// Requests not answered yet, per connection in the order they came (Kafka answers in
+    /// that order): correlation id, API key, arrival. Bounded: an acks=0 produce is never
+    /// answered, and is passed over when a later answer comes.
+    in_flight: BTreeMap<ConnectionId, VecDeque<(i32, i16, Instant)>>,
+    /// Syncs under way: token -> (start, files).
+    syncs_started: BTreeMap<u64, (Instant, usize)>,
+    /// Where the admin listener asks for core's snapshot.
+    stats_requests: Option<StatsRequestsReceiver>,
 }
+
+/// Requests of one connection remembered for their answer's time, at most.
+const IN_FLIGHT_MAX: usize = 1024;
 
 /// Receives what a broker reports about itself, with the broker's id.
 pub type Observer = std::sync::Arc<dyn Fn(i32, &Observation) + Send + Sync>;
@@ -194,7 +215,63 @@ impl Driver {
             per_ip: BTreeMap::new(),
             max_connections_per_ip: usize::MAX,
             max_frame: 100 << 20,
+            metrics: Metrics::default(),
+            api_metrics: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            syncs_started: BTreeMap::new(),
+            stats_requests: None,
         }
+    }
+
+    /// Counts into `metrics` and answers core's snapshot to `requests` (the admin listener).
+    pub fn with_metrics(mut self, metrics: Metrics, requests: StatsRequestsReceiver) -> Self {
+        self.metrics = metrics;
+        self.stats_requests = Some(requests);
+        self
+    }
+
+    /// The metric handles of API `key`.
+    fn api_metrics(&mut self, key: i16) -> &ApiMetrics {
+        let metrics = &self.metrics;
+        self.api_metrics
+            .entry(key)
+            .or_insert_with(|| metrics.api(key))
+    }
+
+    /// A request frame came in: counted, and remembered until its answer.
+    fn count_request(&mut self, conn: ConnectionId, frame: &Bytes, received: Instant) {
+        self.metrics.received(frame.len() + 4);
+        let (Some(key), Some(correlation)) = (frame.get(..2), frame.get(4..8)) else {
+            return;
+        };
+        let key = i16::from_be_bytes([key[0], key[1]]);
+        let correlation = i32::from_be_bytes(correlation.try_into().expect("four bytes"));
+        self.api_metrics(key).request();
+        let queue = self.in_flight.entry(conn).or_default();
+        if queue.len() == IN_FLIGHT_MAX {
+            queue.pop_front();
+        }
+        queue.push_back((correlation, key, received));
+    }
+
+    /// A response frame (size prefix included) goes out: the time of its request.
+    fn count_response(&mut self, conn: ConnectionId, frame: &Bytes) {
+        self.metrics.sent(frame.len());
+        let Some(correlation) = frame.get(4..8) else {
+            return;
+        };
+        let correlation = i32::from_be_bytes(correlation.try_into().expect("four bytes"));
+        let Some(queue) = self.in_flight.get_mut(&conn) else {
+            return;
+        };
+        // Earlier requests without an answer (acks=0 produces) are passed over; a frame
+        // that answers none (a bare SASL token) leaves the queue as it is.
+        let Some(at) = queue.iter().position(|(c, _, _)| *c == correlation) else {
+            return;
+        };
+        let (_, key, received) = queue.drain(..=at).last().expect("found above");
+        let took = received.elapsed();
+        self.api_metrics(key).answered(took);
     }
 
     /// Refuses connections from an IP address that has `max` open already.
@@ -205,7 +282,9 @@ impl Driver {
 
     /// Forgets a connection's handle and its place in the per-IP count.
     fn drop_connection(&mut self, conn: ConnectionId) -> Option<ConnectionHandle> {
+        self.in_flight.remove(&conn);
         let handle = self.connections.remove(&conn)?;
+        self.metrics.set_connections(self.connections.len());
         if let Some(count) = self.per_ip.get_mut(&handle.ip) {
             *count -= 1;
             if *count == 0 {
@@ -223,7 +302,12 @@ impl Driver {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Request { conn, frame } => {
+            Event::Request {
+                conn,
+                frame,
+                received,
+            } => {
+                self.count_request(conn, &frame, received);
                 self.broker.handle_request(self.clock.now(), conn, frame)
             }
             Event::Disconnected { conn } => {
@@ -264,8 +348,13 @@ impl Driver {
                 .clamp(0, 60_000) as u64;
             tokio::select! {
                 biased;
+                // First: rare and cheap, and a scrape must be answered under any load.
+                Some(answer) = next_stats_request(&mut self.stats_requests) => {
+                    let _ = answer.send(self.broker.stats());
+                }
                 sync = syncs.recv() => {
                     let completion = sync_outcome(sync)?;
+                    self.count_sync(&completion);
                     self.broker.handle_storage(self.clock.now(), completion);
                 }
                 Some(event) = events.recv() => {
@@ -351,6 +440,7 @@ impl Driver {
             while let Some(output) = self.broker.poll_output() {
                 match output {
                     Output::Send { conn, frame } => {
+                        self.count_response(conn, &frame);
                         if let Some(handle) = self.connections.get(&conn) {
                             // A send error means the writer already quit; the reader reports it.
                             handle.backlog.add();
@@ -368,6 +458,10 @@ impl Driver {
                         }
                     }
                     Output::Storage(op) => {
+                        if let StorageOp::Sync { token, segments } = &op {
+                            self.syncs_started
+                                .insert(*token, (Instant::now(), segments.len()));
+                        }
                         if let Some(completion) = self.storage.execute(op)? {
                             self.ready.push(completion);
                         }
@@ -381,6 +475,9 @@ impl Driver {
                         }
                     }
                     Output::Observed(observation) => {
+                        if let Observation::Elected { group, .. } = &observation {
+                            self.metrics.elected(group == METADATA_GROUP);
+                        }
                         if let Some(observer) = &self.observer {
                             observer(self.broker.config().broker_id, &observation);
                         }
@@ -439,6 +536,30 @@ impl Driver {
             ip,
         };
         self.connections.insert(conn, handle);
+        self.metrics.set_connections(self.connections.len());
+    }
+
+    /// A sync finished: how long it took and how many files it covered.
+    fn count_sync(&mut self, completion: &StorageCompletion) {
+        if let StorageCompletion::Synced { token } = completion {
+            if let Some((started, files)) = self.syncs_started.remove(token) {
+                self.metrics.synced(started.elapsed(), files);
+            }
+        }
+    }
+}
+
+/// The admin listener's requests for core's snapshot.
+pub type StatsRequestsReceiver =
+    mpsc::Receiver<tokio::sync::oneshot::Sender<seedlog_core::BrokerStats>>;
+
+/// The next snapshot request, or never when there is no admin listener.
+async fn next_stats_request(
+    requests: &mut Option<StatsRequestsReceiver>,
+) -> Option<tokio::sync::oneshot::Sender<seedlog_core::BrokerStats>> {
+    match requests {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -527,6 +648,7 @@ async fn read_requests(
             .send(Event::Request {
                 conn,
                 frame: frame.freeze(),
+                received: Instant::now(),
             })
             .await
             .is_err()
@@ -665,6 +787,16 @@ pub async fn serve_with(
         .with_observer(observer)
         .with_max_connections_per_ip(config.max_connections_per_ip);
     driver.tasks.extend(accept_tasks);
+    if let Some(addr) = config.admin_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the admin listener on {addr}"))?;
+        let metrics = Metrics::default();
+        let (requests, answers) = mpsc::channel(16);
+        let admin = crate::metrics::serve_admin(listener, metrics.clone(), requests);
+        driver.tasks.push(tokio::spawn(admin));
+        driver = driver.with_metrics(metrics, answers);
+    }
     let result = driver
         .run(
             accepts,

@@ -214,6 +214,7 @@ fn node_config(index: u32, size: u32, voters: u32, addr: SocketAddr) -> NodeConf
         storage: StorageKind::Disk,
         socket_request_max_bytes: 100 << 20,
         peer_listen: (size > 1).then(|| SocketAddr::new(broker_ip(index), PEER_PORT)),
+        admin_listen: None,
         peers: voters.into_iter().filter(|(id, _)| *id != me).collect(),
         broker,
     }

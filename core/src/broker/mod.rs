@@ -23,7 +23,10 @@ mod quorum;
 mod reassign;
 mod replication;
 mod security;
+mod stats;
 mod txns;
+
+pub use stats::{BrokerStats, GroupLag, PartitionStats};
 
 use crate::canary::{is_planted, Canary};
 use crate::time::Now;

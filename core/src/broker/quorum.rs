@@ -58,11 +58,11 @@ impl Broker {
     pub fn handle_peer(&mut self, now: Now, sender: i32, frame: Bytes) {
         self.advance_clock(now);
         match PeerFrame::decode(frame) {
-            Ok(frame) if frame.from != sender => {
+            Ok(frame) if frame.from != sender || sender == self.config.broker_id => {
                 warn!(
                     sender,
                     claimed = frame.from,
-                    "refusing a peer frame sent in another broker's name"
+                    "refusing a peer frame sent in another broker's name, or in this one's"
                 );
             }
             Ok(frame) => {
@@ -83,8 +83,11 @@ impl Broker {
                         use raft::eraftpb::MessageType::{MsgPropose, MsgTransferLeader};
                         [MsgPropose as i32, MsgTransferLeader as i32].contains(&m.msg_type)
                     };
+                    // A forwarded request of this broker's own that came back means two
+                    // brokers each take the other for the leader: dropped, or it circles
+                    // (its proposer retries).
                     let misaddressed = |m: &&raft::eraftpb::Message| {
-                        m.to != to || (m.from != from && !forwarded(m))
+                        m.to != to || (m.from != from && !forwarded(m)) || m.from == to
                     };
                     if let Some(m) = message.as_ref().filter(misaddressed) {
                         warn!(

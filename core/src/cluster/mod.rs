@@ -209,6 +209,13 @@ impl Controller {
         self.group.leader().map(broker_of)
     }
 
+    /// True once this broker knows the active controller and has applied every record it
+    /// knows to be committed: its metadata is as current as the quorum's (a restarted
+    /// broker serves with what it recovered until then).
+    pub fn caught_up(&self) -> bool {
+        self.leader().is_some() && self.applied >= self.group.committed()
+    }
+
     /// True if this broker is the active controller.
     pub fn is_leader(&self) -> bool {
         self.group.is_leader()

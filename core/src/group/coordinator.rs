@@ -154,6 +154,13 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
+    /// Every committed offset of the groups loaded here: (group, (topic, partition), offset).
+    pub fn committed_offsets(&self) -> impl Iterator<Item = (&str, &(String, i32), &Committed)> {
+        self.groups
+            .iter()
+            .flat_map(|(id, g)| g.offsets.iter().map(move |(tp, c)| (id.as_str(), tp, c)))
+    }
+
     /// A coordinator that leads nothing yet. `seed` makes member ids deterministic.
     pub fn new(config: GroupConfig, seed: u64, now: Now) -> Self {
         let next_expiry_check = now.mono + config.offsets_retention_check_interval_ms;

@@ -1,0 +1,136 @@
+//! What the broker tells its operators: a snapshot of its partitions, its place in the
+//! metadata quorum and its groups' committed offsets, read when metrics are scraped (as
+//! quinn exposes `ConnectionStats`). The node turns it into Prometheus families; nothing
+//! here knows about Prometheus.
+
+use std::sync::Arc;
+
+use super::Broker;
+
+/// One partition held here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionStats {
+    /// Topic name.
+    pub topic: Arc<str>,
+    /// Partition index.
+    pub partition: i32,
+    /// First offset held.
+    pub log_start_offset: i64,
+    /// Offset after the last record held.
+    pub log_end_offset: i64,
+    /// Offset after the last committed record.
+    pub high_watermark: i64,
+    /// Bytes of its segments.
+    pub size_bytes: u64,
+    /// Its replicas, by the metadata.
+    pub replicas: usize,
+    /// True if this broker leads it (a partition of one copy is led by its broker).
+    pub leader: bool,
+    /// Replicas in sync with this leader, itself included (leaders only).
+    pub in_sync: Option<usize>,
+}
+
+/// A group's committed offset of one partition held here, and how far it is behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupLag {
+    /// The consumer group.
+    pub group: String,
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: i32,
+    /// The committed offset.
+    pub committed: i64,
+    /// High watermark minus the committed offset (never below zero).
+    pub lag: i64,
+}
+
+/// The snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BrokerStats {
+    /// Every partition held here, by topic and index.
+    pub partitions: Vec<PartitionStats>,
+    /// The active controller, if known.
+    pub controller: Option<i32>,
+    /// True if this broker is the active controller.
+    pub is_controller: bool,
+    /// Partitions with no elected leader, counted by the active controller only (0
+    /// elsewhere, as Kafka's `OfflinePartitionsCount`).
+    pub offline_partitions: usize,
+    /// True once this broker knows the controller and has applied every metadata record it
+    /// knows to be committed.
+    pub ready: bool,
+    /// Committed offsets of the groups this broker coordinates, for partitions it holds.
+    pub group_lag: Vec<GroupLag>,
+}
+
+impl Broker {
+    /// What the operator's metrics show now.
+    pub fn stats(&self) -> BrokerStats {
+        let mut partitions = Vec::new();
+        for topic in self.topics.values() {
+            for (&index, log) in &topic.logs {
+                let replica = topic.raft.get(&index);
+                let leader = replica.map_or(true, |r| r.is_leader());
+                let replicas = topic.replicas.get(index as usize).map_or(1, Vec::len);
+                let in_sync = match replica {
+                    Some(r) if leader => Some(r.in_sync_replicas()),
+                    Some(_) => None,
+                    None => Some(1),
+                };
+                partitions.push(PartitionStats {
+                    topic: topic.name.clone(),
+                    partition: index,
+                    log_start_offset: log.log_start_offset(),
+                    log_end_offset: log.log_end_offset(),
+                    high_watermark: log.high_watermark(),
+                    size_bytes: log.size_bytes(),
+                    replicas,
+                    leader,
+                    in_sync,
+                });
+            }
+        }
+        let is_controller = self.controller.is_leader();
+        let offline_partitions = if is_controller {
+            let image = self.controller.image();
+            image
+                .topics
+                .values()
+                .flat_map(|t| {
+                    let replicated = t.replicas.iter().enumerate().filter(|(_, r)| r.len() > 1);
+                    replicated.map(|(p, _)| t.leaders.get(&(p as i32)).map(|(b, _)| *b))
+                })
+                .filter(|leader| !leader.is_some_and(|b| b >= 0))
+                .count()
+        } else {
+            0
+        };
+        let high_watermark = |topic: &str, partition: i32| {
+            let log = self.topics.get(topic)?.logs.get(&partition)?;
+            Some(log.high_watermark())
+        };
+        let group_lag = self
+            .coordinator
+            .committed_offsets()
+            .filter_map(|(group, (topic, partition), committed)| {
+                let hw = high_watermark(topic, *partition)?;
+                Some(GroupLag {
+                    group: group.to_string(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                    committed: committed.offset,
+                    lag: (hw - committed.offset).max(0),
+                })
+            })
+            .collect();
+        BrokerStats {
+            partitions,
+            controller: self.controller.leader(),
+            is_controller,
+            offline_partitions,
+            ready: self.controller.caught_up(),
+            group_lag,
+        }
+    }
+}
