@@ -219,9 +219,12 @@ impl Metrics {
     }
 }
 
+/// One figure of a partition.
+type PartitionFigure = fn(&seedlog_core::PartitionStats) -> i64;
+
 /// The per-partition gauges and the under-replicated count.
 fn partition_families(r: &mut Registry, stats: &BrokerStats) {
-    let families: [(&str, &str, fn(&seedlog_core::PartitionStats) -> i64); 5] = [
+    let families: [(&str, &str, PartitionFigure); 5] = [
         ("partition_log_start_offset", "First offset held", |p| {
             p.log_start_offset
         }),

@@ -173,8 +173,8 @@ pub struct Driver {
     max_connections_per_ip: usize,
     /// `socket.request.max.bytes`.
     max_frame: usize,
-    /// What the driver counts for the metrics.
-    metrics: Metrics,
+    /// What the driver counts for the metrics; with no admin listener, nothing is counted.
+    metrics: Option<Metrics>,
     /// Each API's metric handles, by key, once seen.
     api_metrics: BTreeMap<i16, ApiMetrics>,
     /// Requests not answered yet, per connection in the order they came (Kafka answers in
@@ -215,7 +215,7 @@ impl Driver {
             per_ip: BTreeMap::new(),
             max_connections_per_ip: usize::MAX,
             max_frame: 100 << 20,
-            metrics: Metrics::default(),
+            metrics: None,
             api_metrics: BTreeMap::new(),
             in_flight: BTreeMap::new(),
             syncs_started: BTreeMap::new(),
@@ -225,28 +225,35 @@ impl Driver {
 
     /// Counts into `metrics` and answers core's snapshot to `requests` (the admin listener).
     pub fn with_metrics(mut self, metrics: Metrics, requests: StatsRequestsReceiver) -> Self {
-        self.metrics = metrics;
+        self.metrics = Some(metrics);
         self.stats_requests = Some(requests);
         self
     }
 
     /// The metric handles of API `key`.
-    fn api_metrics(&mut self, key: i16) -> &ApiMetrics {
-        let metrics = &self.metrics;
-        self.api_metrics
+    fn api_metrics(
+        api_metrics: &mut BTreeMap<i16, ApiMetrics>,
+        metrics: &Metrics,
+        key: i16,
+    ) -> ApiMetrics {
+        api_metrics
             .entry(key)
             .or_insert_with(|| metrics.api(key))
+            .clone()
     }
 
     /// A request frame came in: counted, and remembered until its answer.
     fn count_request(&mut self, conn: ConnectionId, frame: &Bytes, received: Instant) {
-        self.metrics.received(frame.len() + 4);
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        metrics.received(frame.len() + 4);
         let (Some(key), Some(correlation)) = (frame.get(..2), frame.get(4..8)) else {
             return;
         };
         let key = i16::from_be_bytes([key[0], key[1]]);
         let correlation = i32::from_be_bytes(correlation.try_into().expect("four bytes"));
-        self.api_metrics(key).request();
+        Self::api_metrics(&mut self.api_metrics, metrics, key).request();
         let queue = self.in_flight.entry(conn).or_default();
         if queue.len() == IN_FLIGHT_MAX {
             queue.pop_front();
@@ -256,7 +263,10 @@ impl Driver {
 
     /// A response frame (size prefix included) goes out: the time of its request.
     fn count_response(&mut self, conn: ConnectionId, frame: &Bytes) {
-        self.metrics.sent(frame.len());
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        metrics.sent(frame.len());
         let Some(correlation) = frame.get(4..8) else {
             return;
         };
@@ -269,9 +279,9 @@ impl Driver {
         let Some(at) = queue.iter().position(|(c, _, _)| *c == correlation) else {
             return;
         };
-        let (_, key, received) = queue.drain(..=at).last().expect("found above");
+        let (_, key, received) = queue.drain(..=at).next_back().expect("found above");
         let took = received.elapsed();
-        self.api_metrics(key).answered(took);
+        Self::api_metrics(&mut self.api_metrics, metrics, key).answered(took);
     }
 
     /// Refuses connections from an IP address that has `max` open already.
@@ -284,7 +294,9 @@ impl Driver {
     fn drop_connection(&mut self, conn: ConnectionId) -> Option<ConnectionHandle> {
         self.in_flight.remove(&conn);
         let handle = self.connections.remove(&conn)?;
-        self.metrics.set_connections(self.connections.len());
+        if let Some(metrics) = &self.metrics {
+            metrics.set_connections(self.connections.len());
+        }
         if let Some(count) = self.per_ip.get_mut(&handle.ip) {
             *count -= 1;
             if *count == 0 {
@@ -458,7 +470,8 @@ impl Driver {
                         }
                     }
                     Output::Storage(op) => {
-                        if let StorageOp::Sync { token, segments } = &op {
+                        if let (Some(_), StorageOp::Sync { token, segments }) = (&self.metrics, &op)
+                        {
                             self.syncs_started
                                 .insert(*token, (Instant::now(), segments.len()));
                         }
@@ -475,8 +488,10 @@ impl Driver {
                         }
                     }
                     Output::Observed(observation) => {
-                        if let Observation::Elected { group, .. } = &observation {
-                            self.metrics.elected(group == METADATA_GROUP);
+                        if let (Some(m), Observation::Elected { group, .. }) =
+                            (&self.metrics, &observation)
+                        {
+                            m.elected(group == METADATA_GROUP);
                         }
                         if let Some(observer) = &self.observer {
                             observer(self.broker.config().broker_id, &observation);
@@ -536,14 +551,17 @@ impl Driver {
             ip,
         };
         self.connections.insert(conn, handle);
-        self.metrics.set_connections(self.connections.len());
+        if let Some(metrics) = &self.metrics {
+            metrics.set_connections(self.connections.len());
+        }
     }
 
     /// A sync finished: how long it took and how many files it covered.
     fn count_sync(&mut self, completion: &StorageCompletion) {
         if let StorageCompletion::Synced { token } = completion {
-            if let Some((started, files)) = self.syncs_started.remove(token) {
-                self.metrics.synced(started.elapsed(), files);
+            let started = self.syncs_started.remove(token);
+            if let (Some(metrics), Some((started, files))) = (&self.metrics, started) {
+                metrics.synced(started.elapsed(), files);
             }
         }
     }

@@ -71,7 +71,7 @@ impl Broker {
         for topic in self.topics.values() {
             for (&index, log) in &topic.logs {
                 let replica = topic.raft.get(&index);
-                let leader = replica.map_or(true, |r| r.is_leader());
+                let leader = replica.is_none_or(|r| r.is_leader());
                 let replicas = topic.replicas.get(index as usize).map_or(1, Vec::len);
                 let in_sync = match replica {
                     Some(r) if leader => Some(r.in_sync_replicas()),
