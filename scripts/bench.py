@@ -329,6 +329,47 @@ def tls_cost(workdir, n, pairs, partitions=6):
             f"{pairs} round(s): " + "; ".join(parts) + " (target: SASL_SSL at least 70%)")
 
 
+def metrics_cost(workdir, n, pairs, partitions=6):
+    """kcat (acks=all) into a broker with its admin listener on and scraped every second,
+    against one without, paired on fresh brokers: the broker's CPU per million records."""
+    import threading
+    import urllib.request
+    tool = kcat(workdir)
+    if tool is None:
+        return "metrics comparison skipped: no kcat on PATH"
+    records = Path(workdir) / "records.txt"
+    records.write_text(("x" * 100 + "\n") * n)
+    on, off, scrapes = [], [], []
+    for _ in range(pairs):
+        for metrics in (True, False):
+            port = free_port()
+            b = Broker(workdir, *(["--admin-listen", f"127.0.0.1:{port}"] if metrics else []))
+            stop = threading.Event()
+
+            def scrape():
+                while not stop.wait(1.0):
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                        r.read()
+                        scrapes.append(1)
+            scraper = threading.Thread(target=scrape, daemon=True) if metrics else None
+            try:
+                create_topic([b], "k", partitions, 1)
+                if scraper:
+                    scraper.start()
+                (on if metrics else off).append(kcat_produce([b], records, n, tool))
+            finally:
+                stop.set()
+                if scraper:
+                    scraper.join()
+                b.stop()
+    ratios = [a[1] / b[1] for a, b in zip(on, off)]
+    return (f"- metrics on (scraped every second, {len(scrapes)} scrapes) against off, kcat "
+            f"{n:,} x 100 B acks=all into {partitions} partitions, broker CPU per million "
+            f"records: {median([a[1] for a in on]):.3f} vs {median([b[1] for b in off]):.3f} s, "
+            f"{median(ratios):.0%} ({min(ratios):.0%}-{max(ratios):.0%}) over {pairs} pairs; "
+            f"records/s {median([a[0] for a in on]):,.0f} vs {median([b[0] for b in off]):,.0f}")
+
+
 def median(xs):
     xs = sorted(xs)
     mid = len(xs) // 2
@@ -426,7 +467,7 @@ def main():
     ap.add_argument("--out", help="also write the report here")
     ap.add_argument("--pairs", type=int, help="back-to-back pairs behind each target ratio "
                     "(default 5; 1 with --quick)")
-    ap.add_argument("--only", choices=["idempotence", "transactions", "kcat", "tls"],
+    ap.add_argument("--only", choices=["idempotence", "transactions", "kcat", "tls", "metrics"],
                     help="run one paired comparison alone instead of the whole benchmark")
     args = ap.parse_args()
     n = 200_000 if args.quick else 2_000_000
@@ -434,10 +475,10 @@ def main():
     workdir = tempfile.mkdtemp(prefix="seedlog-bench-")
     if args.only:
         cost = {"idempotence": idempotence_cost, "transactions": transaction_cost,
-                "kcat": kcat_cost, "tls": tls_cost}[args.only]
+                "kcat": kcat_cost, "tls": tls_cost, "metrics": metrics_cost}[args.only]
         try:
             # kcat's runs are of 1 M records, as issue 16 measured them.
-            print(cost(workdir, n // 2 if args.only in ("kcat", "tls") else n, pairs))
+            print(cost(workdir, n // 2 if args.only in ("kcat", "tls", "metrics") else n, pairs))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         return
