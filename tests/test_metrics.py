@@ -124,3 +124,39 @@ def test_ready_waits_for_the_controller(workdir):
         for b in brokers:
             if b.alive():
                 b.kill()
+
+
+def test_the_grafana_dashboard_asks_for_metrics_the_broker_serves(workdir):
+    """Every seedlog_* series deploy/grafana-dashboard.json queries is one a broker serves."""
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = Path(__file__).resolve().parent.parent / "deploy" / "grafana-dashboard.json"
+    exprs = [t["expr"] for p in json.loads(dashboard.read_text())["panels"] for t in p["targets"]]
+    wanted = {name for e in exprs for name in re.findall(r"\bseedlog_[a-z_]+", e)}
+    assert len(wanted) >= 10, wanted
+    admin_port = free_port()
+    broker = Broker(workdir / "data", ["--admin-listen", f"127.0.0.1:{admin_port}"]).start()
+    try:
+        create(AdminClient({"bootstrap.servers": broker.bootstrap}), "d", 1)
+        # A group's committed offset, so the lag families have a series.
+        from confluent_kafka import TopicPartition
+        consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "dash"})
+        consumer.commit(offsets=[TopicPartition("d", 0, 0)], asynchronous=False)
+        consumer.close()
+        wait_for("ready", lambda: get(admin_port, "/ready")[0] == 200)
+        status, text = get(admin_port, "/metrics")
+        assert status == 200
+        families = set(re.findall(r"^# TYPE (\S+) (\S+)", text, re.M))
+        served = set()
+        for name, kind in families:
+            served.add(name)
+            if kind == "counter":
+                served.add(name + "_total")
+            if kind == "histogram":
+                served.update(name + s for s in ("_bucket", "_sum", "_count"))
+        missing = {w for w in wanted if w not in served}
+        assert not missing, (missing, sorted(served))
+    finally:
+        broker.kill()
