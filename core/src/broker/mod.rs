@@ -198,6 +198,53 @@ fn raft_state_observation(op: &StorageOp) -> Option<Observation> {
     }
 }
 
+/// The broker's timers: the one table behind [`Broker::poll_timeout`] and
+/// [`Broker::handle_timeout`]. Each kind's deadline is read from where it lives (a kind with
+/// many deadlines, such as parked fetches, gives its earliest), so it cannot go stale, and a
+/// new timer is a new row here, which both the next deadline and its dispatch must cover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timer {
+    /// Fetches waiting for data or `max_wait_ms`.
+    ParkedFetches,
+    /// Admin requests waiting for the metadata quorum.
+    PendingAdmin,
+    /// acks=all produces waiting for a commit.
+    ReplicatedProduces,
+    /// A block of producer ids asked of the quorum, and InitProducerId waiting for it.
+    ProducerIds,
+    /// Raft ticks of the partition replicas.
+    ReplicaTick,
+    /// The metadata quorum's member.
+    Controller,
+    /// The group coordinator.
+    Groups,
+    /// The transaction coordinator.
+    Transactions,
+    /// Transaction markers to deliver or retry.
+    Markers,
+    /// Retention (and segment rolls by time).
+    Retention,
+    /// Appends nobody waits for, synced within a bound.
+    UnawaitedSync,
+}
+
+impl Timer {
+    /// Every timer, in the order they fire when due together.
+    const ALL: [Timer; 11] = [
+        Timer::ParkedFetches,
+        Timer::PendingAdmin,
+        Timer::ReplicatedProduces,
+        Timer::ProducerIds,
+        Timer::ReplicaTick,
+        Timer::Controller,
+        Timer::Groups,
+        Timer::Transactions,
+        Timer::Markers,
+        Timer::Retention,
+        Timer::UnawaitedSync,
+    ];
+}
+
 /// The metadata quorum's name in observations.
 pub const METADATA_GROUP: &str = "metadata";
 
@@ -597,33 +644,58 @@ impl Broker {
         self.parked_fetches.retain(|f| f.reply_to.conn != conn);
     }
 
-    /// Time passed; call at or after [`Self::poll_timeout`].
+    /// Time passed; call at or after [`Self::poll_timeout`]. Every timer of the table that
+    /// is due fires, in the table's order.
     pub fn handle_timeout(&mut self, now: Now) {
         self.advance_clock(now);
-        self.expire_parked_fetches(now);
-        self.expire_pending_admin(now);
-        self.expire_replicated_produces(now);
-        self.expire_producer_id_waits(now);
-        if now.mono >= self.next_replica_tick {
-            self.next_replica_tick = now.mono + self.config.cluster.tick_ms;
-            self.tick_replicas();
-            self.coordinator_stale = true;
-        }
-        if now.mono >= self.controller.poll_timeout() {
-            self.controller.handle_timeout(now);
-        }
-        if now.mono >= self.coordinator.poll_timeout() {
-            self.coordinator.tick(now);
-        }
-        if now.mono >= self.txn_coordinator.poll_timeout() {
-            self.txn_coordinator.tick(now);
-        }
-        self.push_markers(now);
-        if now.mono >= self.next_retention_check {
-            self.next_retention_check = now.mono + self.config.retention_check_interval_ms;
-            self.enforce_retention(now);
+        for timer in Timer::ALL {
+            if self.deadline(timer).is_some_and(|due| now.mono >= due) {
+                self.fire(timer, now);
+            }
         }
         self.after_input();
+    }
+
+    /// When `timer` is next due, if it is set.
+    fn deadline(&self, timer: Timer) -> Option<i64> {
+        match timer {
+            Timer::ParkedFetches => self.parked_fetches.iter().map(|f| f.deadline).min(),
+            Timer::PendingAdmin => self.pending_admin.values().map(|p| p.deadline).min(),
+            Timer::ReplicatedProduces => self.replicated_produce_deadline(),
+            Timer::ProducerIds => self.producer_id_deadline(),
+            Timer::ReplicaTick => Some(self.next_replica_tick),
+            Timer::Controller => Some(self.controller.poll_timeout()),
+            Timer::Groups => Some(self.coordinator.poll_timeout()),
+            Timer::Transactions => Some(self.txn_coordinator.poll_timeout()),
+            Timer::Markers => self.marker_deadline(),
+            Timer::Retention => Some(self.next_retention_check),
+            Timer::UnawaitedSync => self.unawaited_sync_deadline(),
+        }
+    }
+
+    /// Carries out what `timer` stands for; it is due.
+    fn fire(&mut self, timer: Timer, now: Now) {
+        match timer {
+            Timer::ParkedFetches => self.expire_parked_fetches(now),
+            Timer::PendingAdmin => self.expire_pending_admin(now),
+            Timer::ReplicatedProduces => self.expire_replicated_produces(now),
+            Timer::ProducerIds => self.expire_producer_id_waits(now),
+            Timer::ReplicaTick => {
+                self.next_replica_tick = now.mono + self.config.cluster.tick_ms;
+                self.tick_replicas();
+                self.coordinator_stale = true;
+            }
+            Timer::Controller => self.controller.handle_timeout(now),
+            Timer::Groups => self.coordinator.tick(now),
+            Timer::Transactions => self.txn_coordinator.tick(now),
+            Timer::Markers => self.push_markers(now),
+            Timer::Retention => {
+                self.next_retention_check = now.mono + self.config.retention_check_interval_ms;
+                self.enforce_retention(now);
+            }
+            // `after_input`, which every input ends with, starts the sync.
+            Timer::UnawaitedSync => {}
+        }
     }
 
     /// Takes the time of an input. A driver whose monotonic clock went back is a bug in
@@ -646,24 +718,14 @@ impl Broker {
         self.outputs.pop_front()
     }
 
-    /// When [`Self::handle_timeout`] must next be called, on the monotonic clock.
+    /// When [`Self::handle_timeout`] must next be called, on the monotonic clock: the
+    /// earliest deadline of the timer table. A broker without replicated partitions ticks
+    /// them only along with another timer.
     pub fn poll_timeout(&self) -> Option<i64> {
-        let fetches = self.parked_fetches.iter().map(|f| f.deadline);
-        let admin = self.pending_admin.values().map(|p| p.deadline);
-        let replicas = self.has_replicas().then_some(self.next_replica_tick);
-        fetches
-            .chain(admin)
-            .chain(replicas)
-            .chain(self.replicated_produce_deadline())
-            .chain(self.producer_id_deadline())
-            .chain(self.unawaited_sync_deadline())
-            .chain(self.marker_deadline())
-            .chain([
-                self.txn_coordinator.poll_timeout(),
-                self.next_retention_check,
-                self.controller.poll_timeout(),
-                self.coordinator.poll_timeout(),
-            ])
+        Timer::ALL
+            .into_iter()
+            .filter(|&t| t != Timer::ReplicaTick || self.has_replicas())
+            .filter_map(|t| self.deadline(t))
             .min()
     }
 

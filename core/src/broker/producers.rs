@@ -26,6 +26,9 @@ use crate::storage::{StorageOp, TopicPartition};
 /// COORDINATOR_NOT_AVAILABLE (which clients retry).
 const WAIT_MS: i64 = 5_000;
 
+/// How soon a broker asks for producer ids again when no controller could take the ask.
+const ASK_RETRY_MS: i64 = 100;
+
 /// Bytes read at a time while a producer table is rebuilt.
 const LOAD_READ_BYTES: usize = 1 << 20;
 
@@ -58,6 +61,8 @@ pub(super) struct ProducerIds {
     /// The block asked for: its nonce and when to give up on it (a proposal forwarded to
     /// a controller that then lost its leadership is never applied).
     asked: Option<(u64, i64)>,
+    /// When to ask again after there was no controller to ask.
+    retry_ask: Option<i64>,
 }
 
 impl ProducerIds {
@@ -137,10 +142,14 @@ impl Broker {
             nonce,
         });
         match self.controller.propose(change, 0) {
-            Ok(()) => self.producer_ids.asked = Some((nonce, now.mono + WAIT_MS)),
+            Ok(()) => {
+                self.producer_ids.asked = Some((nonce, now.mono + WAIT_MS));
+                self.producer_ids.retry_ask = None;
+            }
             Err(e) => {
                 debug!(error = ?e, "no controller to ask for producer ids; retried");
                 self.producer_ids.pool.ask_failed();
+                self.producer_ids.retry_ask = Some(now.mono + ASK_RETRY_MS);
             }
         }
     }
@@ -169,8 +178,8 @@ impl Broker {
         self.ask_for_producer_ids(self.now);
     }
 
-    /// Gives up on a block that did not come in time (asking again), and answers requests
-    /// that waited too long.
+    /// Gives up on a block that did not come in time (asking again), answers requests
+    /// that waited too long, and asks again if no controller could take the last ask.
     pub(super) fn expire_producer_id_waits(&mut self, now: Now) {
         if self
             .producer_ids
@@ -198,12 +207,16 @@ impl Broker {
     /// When [`Self::expire_producer_id_waits`] must next run.
     pub(super) fn producer_id_deadline(&self) -> Option<i64> {
         let asked = self.producer_ids.asked.map(|(_, deadline)| deadline);
+        let retry = self
+            .producer_ids
+            .retry_ask
+            .filter(|_| !self.producer_ids.waiting.is_empty());
         let waiting = self
             .producer_ids
             .waiting
             .front()
             .map(|(_, _, deadline)| *deadline);
-        asked.into_iter().chain(waiting).min()
+        asked.into_iter().chain(waiting).chain(retry).min()
     }
 
     /// Starts rebuilding the producer table of a recovered partition of one copy: from its
