@@ -707,6 +707,9 @@ fn load_sealed(tree: &sled::Tree, prefix: &str) -> anyhow::Result<RaftPersist> {
         Err(e) => Err(format!("reading {key}: {e}")),
     };
     let loaded = sealed::load_raft_state(prefix, get).map_err(|e| anyhow::anyhow!(e))?;
+    if loaded.repairs.is_empty() {
+        return Ok(loaded.state);
+    }
     for (key, damage, intact) in loaded.repairs {
         warn!(%key, %damage, "broker state: a damaged copy is written over with its intact twin");
         tree.insert(key.as_bytes(), intact)
