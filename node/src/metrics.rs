@@ -292,8 +292,14 @@ pub async fn serve_admin(listener: TcpListener, metrics: Metrics, stats: StatsRe
         info!(%addr, "admin listener: /metrics /health /ready");
     }
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, say: wait rather than spin.
+                warn!(error = %e, "admin listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let (metrics, stats) = (metrics.clone(), stats.clone());
         tokio::spawn(async move {
