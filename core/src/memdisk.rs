@@ -236,7 +236,7 @@ impl MemDisk {
         max_batch_bytes: usize,
     ) -> Result<crate::broker::Recovered, String> {
         use crate::recovery::{recover_partition, scan_segment, FoundSegment};
-        let (quorum, replicas) = self.load_small_state()?;
+        let (quorum, mut replicas) = self.load_small_state()?;
         let topics: Vec<_> = self
             .topics
             .iter()
@@ -271,6 +271,18 @@ impl MemDisk {
                         f.next_base,
                     )
                 });
+                if plan.lost {
+                    if let Some(state) = replicas.get_mut(&tp) {
+                        crate::replica::mark_catching_up(state);
+                        self.execute(StorageOp::SaveReplica {
+                            partition: tp.clone(),
+                            state: Box::new(RaftPersist {
+                                snapshot: state.snapshot.clone(),
+                                ..Default::default()
+                            }),
+                        });
+                    }
+                }
                 for (base_offset, len) in plan.truncate {
                     let id = SegmentId {
                         partition: tp.clone(),

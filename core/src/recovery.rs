@@ -231,6 +231,11 @@ pub struct PartitionRecovery {
     pub truncate: Vec<(i64, u64)>,
     /// Files to delete: they follow a cut, so their offsets would leave a gap.
     pub delete: Vec<i64>,
+    /// Whole batches are cut (a corrupt frame, an offset out of line, or segments that no
+    /// longer follow on), not just a torn tail. In a replicated partition they may have
+    /// been acknowledged: its replica must be marked as catching up (durably, before the
+    /// cut) so that it does not vote as if it still held them.
+    pub lost: bool,
 }
 
 /// Decides how a partition recovers. Sealed segments whose index file matches are trusted;
@@ -251,6 +256,7 @@ pub fn recover_partition(
     for (i, file) in found.iter().enumerate() {
         if cut || expected_base.is_some_and(|b| b != file.base_offset) {
             cut = true;
+            plan.lost |= file.len > 0;
             plan.delete.push(file.base_offset);
             continue;
         }
@@ -265,6 +271,7 @@ pub fn recover_partition(
                 if result.stopped.is_some() {
                     tracing::warn!(base_offset = file.base_offset, stop = ?result.stopped, kept = result.segment.size, len = file.len, "truncating segment");
                     plan.truncate.push((file.base_offset, result.segment.size));
+                    plan.lost |= result.stopped != Some(ScanStop::TornTail);
                     // Later segments can no longer follow on; they go.
                     cut = true;
                 }

@@ -406,6 +406,64 @@ fn a_follower_that_lost_acknowledged_batches_to_corruption_is_repaired_not_crash
     assert_eq!(offsets.len(), 40, "every acknowledged record: {offsets:?}");
 }
 
+#[test]
+fn a_replica_that_lost_acknowledged_batches_does_not_vote_even_after_another_restart() {
+    let (mut cluster, leader, _) = replicated_trio();
+    let mut others = (1..=3).filter(|&id| id != leader);
+    let (victim, behind) = (others.next().unwrap(), others.next().unwrap());
+    // Ten batches committed by the leader and the victim alone.
+    cluster.cut.insert(behind);
+    for _ in 0..10 {
+        assert_eq!(cluster.produce(leader, "r", -1, 4).0, 0);
+    }
+    cluster.advance(500);
+    let end = cluster.nodes[&leader]
+        .broker
+        .log("r", 0)
+        .unwrap()
+        .log_end_offset();
+    // The victim's disk mangles the length of its third batch, so start-up cuts its log
+    // there; it restarts twice while cut off, so the second start finds a short, clean log.
+    {
+        let disk = &mut cluster.nodes.get_mut(&victim).unwrap().disk;
+        let id = disk.segment_ids_of("r", 0)[0].clone();
+        let bytes = disk.segment_bytes_mut(&id).unwrap();
+        let mut at = 0;
+        for _ in 0..2 {
+            let len = u32::from_be_bytes(bytes[at + 8..at + 12].try_into().unwrap());
+            at += 12 + len as usize;
+        }
+        bytes[at + 8] ^= 0x40;
+    }
+    cluster.cut.insert(victim);
+    cluster.restart(victim);
+    cluster.advance(200);
+    cluster.restart(victim);
+    let held = cluster.nodes[&victim]
+        .broker
+        .log("r", 0)
+        .unwrap()
+        .log_end_offset();
+    assert!(held < end, "the log was cut ({held} of {end})");
+    // Only the two that lack the batches can talk: the victim must not vote (it may have
+    // lost what a majority needs), so neither of them leads with a history missing them.
+    cluster.cut = BTreeSet::from([leader]);
+    cluster.advance(5_000);
+    for id in [victim, behind] {
+        let (leading, _) = cluster.leader(id, "r");
+        assert!(
+            leading != victim && leading != behind,
+            "broker {leading} leads without the committed batches"
+        );
+    }
+    cluster.cut.clear();
+    cluster.advance(5_000);
+    let (now_leading, _) = cluster.leader(behind, "r");
+    let (error, offsets) = cluster.fetch(now_leading, "r", 0);
+    assert_eq!(error, 0);
+    assert_eq!(offsets.len(), 40, "every acknowledged record: {offsets:?}");
+}
+
 /// Flips one bit inside the CRC-covered body of the `nth` batch of partition `r`-0 on
 /// `broker`'s disk; returns that batch's base offset.
 fn damage_batch(cluster: &mut Cluster, broker: i32, nth: usize) -> i64 {

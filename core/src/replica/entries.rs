@@ -69,6 +69,10 @@ pub struct LogStart {
 }
 
 impl LogStart {
+    /// Bytes of a start in a snapshot's data (offset, membership index); a replica may
+    /// record more after them (see `replica::CATCHING_UP`).
+    pub const RECORD_LEN: usize = 16;
+
     /// The snapshot that describes this start to raft-rs and to persistence, with the
     /// current membership: its data is the start offset and the membership's index.
     pub fn to_snapshot(self, conf_state: &ConfState) -> Snapshot {

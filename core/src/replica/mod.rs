@@ -26,7 +26,7 @@ use crate::time::Now;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::{Bytes, BytesMut};
-use raft::eraftpb::{ConfState, EntryType, HardState, Message, MessageType};
+use raft::eraftpb::{ConfState, EntryType, HardState, Message, MessageType, Snapshot};
 use raft::Storage as _;
 use tracing::{debug, info, warn};
 
@@ -202,6 +202,7 @@ impl Replica {
         log: &mut PartitionLog,
     ) -> Self {
         let persisted = persisted.unwrap_or_default();
+        let catching_up = is_catching_up(&persisted);
         let hard_state = persisted.hard_state.unwrap_or_default();
         let start = persisted
             .snapshot
@@ -229,7 +230,7 @@ impl Replica {
             next_tag: 1,
             reported: (0, false),
             commit_reported: 0,
-            catching_up: false,
+            catching_up,
             damaged: BTreeSet::new(),
             rewrites: BTreeMap::new(),
             repaired_producers: Vec::new(),
@@ -409,7 +410,23 @@ impl Replica {
     /// Marks a new replica of a group that already has a history: it waits for a leader
     /// instead of standing for election (see `catching_up`).
     pub fn join_existing_group(&mut self) {
-        self.catching_up = true;
+        if !self.catching_up {
+            self.catching_up = true;
+            self.save_start(); // While loading, the end of loading saves it.
+        }
+    }
+
+    /// Records the log start, membership and catching-up flag (durable when executed).
+    fn save_start(&mut self) {
+        if let State::Running(group) = &self.state {
+            let store = group.raw_ref().store();
+            let snapshot = start_record(store.start(), store.conf_state(), self.catching_up);
+            let op = self.save(RaftPersist {
+                snapshot: Some(snapshot),
+                ..Default::default()
+            });
+            self.pending.ops.push(op);
+        }
     }
 
     /// Starts an election now (the preferred replica of a new partition).
@@ -491,6 +508,7 @@ impl Replica {
             if group.last_index() >= commit && group.committed() >= commit {
                 info!(partition = %self.tp, "replica caught up: it holds every committed entry");
                 self.catching_up = false;
+                self.save_start();
             }
         }
     }
@@ -721,7 +739,7 @@ impl Replica {
         log.compact_to(index);
         self.damaged.retain(|&i| i > index);
         self.rewrites.retain(|&i, _| i > index);
-        let snapshot = log.start().to_snapshot(log.conf_state());
+        let snapshot = start_record(log.start(), log.conf_state(), self.catching_up);
         Some(self.save(RaftPersist {
             snapshot: Some(snapshot),
             ..Default::default()
@@ -835,7 +853,8 @@ impl Replica {
                 self.pending.messages.extend(ready.take_messages());
                 if !ready.snapshot().is_empty() {
                     let snapshot = ready.snapshot().clone();
-                    install_snapshot(&self.tp, group, log, snapshot, &mut self.pending.ops);
+                    let ops = &mut self.pending.ops;
+                    install_snapshot(&self.tp, group, log, snapshot, self.catching_up, ops);
                     self.damaged.clear();
                     self.rewrites.clear();
                 }
@@ -877,7 +896,8 @@ impl Replica {
                 }
                 for entry in ready.take_committed_entries() {
                     if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
-                        apply_membership(&self.tp, group, &entry, &mut self.pending.ops);
+                        let ops = &mut self.pending.ops;
+                        apply_membership(&self.tp, group, &entry, self.catching_up, ops);
                     }
                 }
                 self.unpersisted.push_back(Unpersisted {
@@ -1016,6 +1036,15 @@ impl Replica {
         self.catching_up |= lost;
         if !is_planted(Canary::TrustRecoveredBatches) {
             self.damaged.extend(damaged);
+        }
+        if self.catching_up {
+            // Durable before the cut that made it so: a replica that crashes while catching
+            // up must not come back with a shorter but clean log and vote again.
+            let snapshot = start_record(entry_log.start(), entry_log.conf_state(), true);
+            self.pending.ops.push(self.save(RaftPersist {
+                snapshot: Some(snapshot),
+                ..Default::default()
+            }));
         }
         self.pending.ops.extend(fixes);
         let group_config = GroupConfig {
@@ -1201,12 +1230,47 @@ fn write_entries(
     }
 }
 
+/// The byte after a replica's recorded start (offset, membership index) that says it is
+/// catching up: it may have lost entries it acknowledged and votes only once it has caught
+/// up with a leader. Kept with the start so that it survives a restart.
+const CATCHING_UP: u8 = 1;
+
+/// The recorded start of a replica's log, as persisted: what a leader would send as its
+/// snapshot, and the catching-up flag.
+fn start_record(start: LogStart, conf_state: &ConfState, catching_up: bool) -> Snapshot {
+    let mut snapshot = start.to_snapshot(conf_state);
+    if catching_up {
+        snapshot.data.push(CATCHING_UP);
+    }
+    snapshot
+}
+
+/// Marks a replica's persisted state as catching up (see [`CATCHING_UP`]): what storage
+/// does, durably, before it cuts batches of a replicated partition at start-up (see
+/// [`crate::recovery::PartitionRecovery::lost`]).
+pub fn mark_catching_up(state: &mut RaftPersist) {
+    let snapshot = state
+        .snapshot
+        .get_or_insert_with(|| LogStart::default().to_snapshot(&ConfState::default()));
+    snapshot.data.resize(LogStart::RECORD_LEN, 0);
+    snapshot.data.push(CATCHING_UP);
+}
+
+/// True if a replica's persisted state says it was catching up (see [`CATCHING_UP`]).
+pub fn is_catching_up(state: &RaftPersist) -> bool {
+    state
+        .snapshot
+        .as_ref()
+        .is_some_and(|s| s.data.get(LogStart::RECORD_LEN) == Some(&CATCHING_UP))
+}
+
 /// Applies a committed membership change to the group and records the new membership with
 /// the log start (durably). A change the recorded membership already reflects is skipped.
 fn apply_membership(
     tp: &TopicPartition,
     group: &mut RaftGroup<EntryLog>,
     entry: &raft::eraftpb::Entry,
+    catching_up: bool,
     ops: &mut Vec<StorageOp>,
 ) {
     use prost::Message as _;
@@ -1228,7 +1292,7 @@ fn apply_membership(
             ops.push(StorageOp::SaveReplica {
                 partition: tp.clone(),
                 state: Box::new(RaftPersist {
-                    snapshot: Some(store.start().to_snapshot(store.conf_state())),
+                    snapshot: Some(start_record(store.start(), store.conf_state(), catching_up)),
                     ..Default::default()
                 }),
             });
@@ -1242,7 +1306,8 @@ fn install_snapshot(
     tp: &TopicPartition,
     group: &mut RaftGroup<EntryLog>,
     log: &mut PartitionLog,
-    snapshot: raft::eraftpb::Snapshot,
+    mut snapshot: raft::eraftpb::Snapshot,
+    catching_up: bool,
     ops: &mut Vec<StorageOp>,
 ) {
     let Some(start) = LogStart::from_snapshot(&snapshot) else {
@@ -1254,6 +1319,9 @@ fn install_snapshot(
     log.reset(start.offset, ops);
     let conf_state = snapshot.get_metadata().get_conf_state().clone();
     group.raw().mut_store().reset(start, conf_state);
+    if catching_up {
+        snapshot.data.push(CATCHING_UP);
+    }
     ops.push(StorageOp::SaveReplica {
         partition: tp.clone(),
         state: Box::new(RaftPersist {

@@ -308,14 +308,17 @@ impl FileStorage {
         Ok(())
     }
 
-    /// Recovers one partition's segments; `replicated`: it has Raft state, so damaged
-    /// batches are kept for its replica to repair (see `SegmentScanner::keeping_damaged`).
+    /// Recovers one partition's segments. `replica`: its Raft state if it has one; then
+    /// damaged batches are kept for its replica to repair (see
+    /// `SegmentScanner::keeping_damaged`), and a cut of whole batches marks it as catching
+    /// up, durably, before the files are cut.
     fn recover_one(
         &mut self,
         tp: &TopicPartition,
         index_interval: u32,
-        replicated: bool,
+        replica: Option<&mut RaftPersist>,
     ) -> anyhow::Result<Vec<seedlog_core::log::Segment>> {
+        let replicated = replica.is_some();
         let dir = self.partition_dir(tp);
         let mut found = Vec::new();
         if dir.exists() {
@@ -350,6 +353,15 @@ impl FileStorage {
         });
         if let Some(e) = scan_error {
             return Err(e);
+        }
+        if let Some(state) = replica.filter(|_| plan.lost) {
+            warn!(partition = %tp, "start-up cuts whole batches of a replica: it waits to catch up before it votes");
+            seedlog_core::replica::mark_catching_up(state);
+            let marked = RaftPersist {
+                snapshot: state.snapshot.clone(),
+                ..RaftPersist::default()
+            };
+            self.save_replica(tp, &marked)?;
         }
         for (base_offset, len) in &plan.truncate {
             let id = SegmentId {
@@ -398,15 +410,15 @@ impl Storage for FileStorage {
     fn recover(&mut self, index_interval: u32) -> anyhow::Result<Recovered> {
         let topics = self.load_topics()?;
         self.remove_orphans(&topics)?;
-        let replicas = self.load_replicas()?;
+        let mut replicas = self.load_replicas()?;
         let mut recovered = Vec::new();
         for (name, record) in topics {
             let topic: Arc<str> = Arc::from(name.as_str());
             let mut partitions = Vec::new();
             for index in 0..record.partitions {
                 let tp = TopicPartition::new(&topic, index);
-                let replicated = replicas.contains_key(&tp);
-                partitions.push(self.recover_one(&tp, index_interval, replicated)?);
+                let state = replicas.get_mut(&tp);
+                partitions.push(self.recover_one(&tp, index_interval, state)?);
             }
             let segments: usize = partitions.iter().map(Vec::len).sum();
             info!(topic = %name, partitions = record.partitions, segments, "recovered topic");
@@ -946,6 +958,62 @@ mod tests {
             format!("{err:#}").contains("every copy is damaged"),
             "{err:#}"
         );
+        fs::remove_dir_all(&root)?;
+        Ok(())
+    }
+
+    #[test]
+    fn cutting_whole_batches_of_a_replica_marks_it_catching_up_before_the_cut() -> anyhow::Result<()>
+    {
+        let root = scratch("cut-replica");
+        let tp = write_state(&root)?;
+        let segment = SegmentId {
+            partition: tp.clone(),
+            base_offset: 0,
+        };
+        let mut batches = BytesMut::new();
+        for base in 0..3 {
+            let mut one = seedlog_core::batch::data_batch(1000, &[(None, Some(&b"acked"[..]))]);
+            seedlog_core::batch::stamp_base_offset(&mut one, base);
+            batches.extend_from_slice(&one);
+        }
+        let len = batches.len() / 3;
+        batches[len + 8] ^= 0x40; // the second batch's length: a cut, not a torn tail
+        {
+            let mut storage = open(&root)?;
+            storage.execute(StorageOp::SaveTopic {
+                name: tp.topic.clone(),
+                record: TopicRecord {
+                    id: [1; 16],
+                    partitions: 1,
+                    configs: BTreeMap::new(),
+                },
+            })?;
+            storage.execute(StorageOp::CreateSegment(segment.clone()))?;
+            storage.execute(StorageOp::Append {
+                segment: segment.clone(),
+                data: batches.freeze(),
+            })?;
+            storage.close()?;
+        }
+        let mut storage = open(&root)?;
+        let recovered = storage.recover(4096)?;
+        let kept = &recovered.topics[0].partitions[0];
+        assert_eq!(
+            kept.last().context("a segment")?.next_offset,
+            1,
+            "cut after the first"
+        );
+        let state = &recovered.replicas[&tp];
+        assert!(seedlog_core::replica::is_catching_up(state), "{state:?}");
+        assert_eq!(state.hard_state, Some(hard_state(7, 3)), "the vote is kept");
+        storage.close()?;
+        drop(storage);
+        // Durable: the next start finds a short, clean log and the mark still there.
+        let recovered = open(&root)?.recover(4096)?;
+        assert!(seedlog_core::replica::is_catching_up(
+            &recovered.replicas[&tp]
+        ));
         fs::remove_dir_all(&root)?;
         Ok(())
     }
