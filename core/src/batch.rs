@@ -341,8 +341,23 @@ pub const MEMBERSHIP_CONTROL_TYPE: i16 = 6;
 
 /// A one-record control batch marking a leader change: what a Raft leader's empty entry
 /// becomes on disk. Clients skip control batches; it takes one offset.
-pub fn leader_change_batch() -> BytesMut {
-    control_batch(LEADER_CHANGE_CONTROL_TYPE, None)
+///
+/// Its value is the leader's `term`, inside the CRC: the leader epoch in a batch's header
+/// is not, so a replica reading its log back checks every header's epoch against the term
+/// of the leader change before it (see [`leader_change_term`]).
+pub fn leader_change_batch(term: u64) -> BytesMut {
+    control_batch(LEADER_CHANGE_CONTROL_TYPE, Some(&term.to_be_bytes()))
+}
+
+/// The term a leader-change batch carries in its value; `None` for any other batch, or one
+/// written before leader changes carried their term.
+pub fn leader_change_term(view: &BatchView<'_>) -> Option<u64> {
+    match control_record(view)? {
+        (LEADER_CHANGE_CONTROL_TYPE, Some(value)) => {
+            Some(u64::from_be_bytes(value.try_into().ok()?))
+        }
+        _ => None,
+    }
 }
 
 /// A one-record control batch of `control_type` with `value`. Timestamps are -1 (none), so

@@ -89,6 +89,13 @@ impl SegmentScanner {
         let mut consumed = 0;
         while self.stopped.is_none() {
             let rest = &chunk[consumed..];
+            let header = &rest[..rest.len().min(crate::batch::LOG_OVERHEAD)];
+            if header.len() == crate::batch::LOG_OVERHEAD && header.iter().all(|&b| b == 0) {
+                // Zeros where a frame should start: pages never written, or lost with a
+                // failed fsync. An end, like a torn write, not a damaged batch.
+                self.stopped = Some(ScanStop::TornTail);
+                break;
+            }
             let Some(size) = frame_size(rest) else {
                 if rest.len() >= crate::batch::LOG_OVERHEAD {
                     self.stopped = Some(ScanStop::Corrupt);
@@ -154,13 +161,20 @@ impl SegmentScanner {
                     break;
                 }
             };
-            if view.base_offset() != self.segment.next_offset {
-                self.stopped = Some(ScanStop::OffsetGap);
-                break;
+            let base_offset = self.segment.next_offset;
+            if view.base_offset() != base_offset {
+                if !self.keep_damaged {
+                    self.stopped = Some(ScanStop::OffsetGap);
+                    break;
+                }
+                // An intact body where the previous batch ended (or at the file's base):
+                // the base offset, outside the CRC, is what is damaged. Kept at the offset
+                // the log says; the replica finds it as it reads its log back and repairs it.
+                self.damaged += 1;
             }
             self.segment.note_batch(
-                view.base_offset(),
-                view.next_offset(),
+                base_offset,
+                base_offset + i64::from(view.last_offset_delta()) + 1,
                 size as u32,
                 view.max_timestamp(),
                 self.index_interval,

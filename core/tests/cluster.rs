@@ -498,6 +498,63 @@ fn trio_with_ten_batches() -> (Cluster, i32) {
 }
 
 #[test]
+fn header_fields_outside_the_crc_are_checked_and_repaired_in_place() {
+    let (mut cluster, leader) = trio_with_ten_batches();
+    let victim = (1..=3).find(|&id| id != leader).unwrap();
+    let intact = log_bytes(&cluster, leader);
+    // One bit of the base offset of the fourth batch, one of the leader epoch of the
+    // seventh: both outside Kafka's CRC.
+    {
+        let disk = &mut cluster.nodes.get_mut(&victim).unwrap().disk;
+        let id = disk.segment_ids_of("r", 0)[0].clone();
+        let bytes = disk.segment_bytes_mut(&id).unwrap();
+        let mut starts = vec![0usize];
+        while let Some(&at) = starts.last() {
+            let Some(len) = bytes.get(at + 8..at + 12) else {
+                break;
+            };
+            let next = at + 12 + u32::from_be_bytes(len.try_into().unwrap()) as usize;
+            if next >= bytes.len() {
+                break;
+            }
+            starts.push(next);
+        }
+        bytes[starts[4] + 7] ^= 0x02; // base offset, low byte
+        bytes[starts[7] + 15] ^= 0x04; // partition leader epoch, low byte
+    }
+    assert_ne!(log_bytes(&cluster, victim), intact);
+    cluster.restart(victim);
+    let end = cluster.nodes[&victim]
+        .broker
+        .log("r", 0)
+        .unwrap()
+        .log_end_offset();
+    assert_eq!(
+        end,
+        40 + 1,
+        "nothing cut: 10 batches and the leader's marker"
+    );
+    cluster.advance(2_000);
+    assert_eq!(
+        &log_bytes(&cluster, victim)[..intact.len()],
+        &intact[..],
+        "both headers repaired byte for byte"
+    );
+    cluster.cut.insert(leader);
+    cluster.advance(3_000);
+    let (now_leading, _) = cluster.leader(victim, "r");
+    assert_ne!(now_leading, leader);
+    let (error, offsets) = cluster.fetch(now_leading, "r", 0);
+    assert_eq!((error, offsets.len()), (0, 40), "{offsets:?}");
+    assert!(
+        offsets
+            .windows(2)
+            .all(|w| w[1] == w[0] + 1 || w[1] == w[0] + 2),
+        "{offsets:?}"
+    );
+}
+
+#[test]
 fn a_follower_repairs_a_damaged_batch_in_place_from_its_leader() {
     let (mut cluster, leader) = trio_with_ten_batches();
     let victim = (1..=3).find(|&id| id != leader).unwrap();

@@ -400,7 +400,7 @@ fn batch_seeds() -> Vec<Vec<u8>> {
         a_batch(1).to_vec(),
         a_batch(4).to_vec(),
         marker.to_vec(),
-        batch::leader_change_batch().to_vec(),
+        batch::leader_change_batch(1).to_vec(),
     ]
 }
 

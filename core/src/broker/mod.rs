@@ -172,10 +172,13 @@ impl RaftStateFacts {
                 .hard_state
                 .as_ref()
                 .map(|h| [h.term, h.vote, h.commit]),
-            snapshot: state.snapshot.as_ref().map(|s| {
-                let meta = s.get_metadata();
-                [meta.index, meta.term]
-            }),
+            // A start at index 0 is the start a replica without a snapshot has: storage
+            // records one to mark a replica catching up (`replica::mark_catching_up`).
+            snapshot: state
+                .snapshot
+                .as_ref()
+                .map(|s| [s.get_metadata().index, s.get_metadata().term])
+                .filter(|&start| start != [0, 0]),
         }
     }
 }

@@ -42,7 +42,7 @@ pub struct GroupConfig {
 
 /// Terms at or past this are refused from peers: a billion elections is past any real
 /// cluster, and a partition's term must stay a Kafka leader epoch (an i32).
-const ABSURD_TERM: u64 = 1 << 30;
+pub(crate) const ABSURD_TERM: u64 = 1 << 30;
 
 /// Indexes at or past this are refused from peers: raft-rs adds to them unchecked.
 const ABSURD_INDEX: u64 = u64::MAX / 2;

@@ -4,6 +4,13 @@
 //! first retained entry is the batch at the recorded start offset. What does not fit that
 //! picture is repaired, never served: a corrupt batch cuts the log there (the leader sends
 //! the rest again), and a log that does not reach back to the recorded start is emptied.
+//!
+//! Kafka's CRC leaves a batch's base offset and leader epoch out, so both are checked
+//! against what the log itself says: the base offset must be where the previous batch
+//! ended, and the epoch must be the term that the last leader change before it carries in
+//! its value (inside its CRC; every entry of a term follows its leader's change in any Raft
+//! log). A batch whose body is intact but whose header disagrees is kept as a damaged entry
+//! with the offset and term the log says, and repaired from a peer like a bad CRC.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -17,6 +24,22 @@ use crate::batch::{self, frame_size, BatchView, LOG_OVERHEAD};
 use crate::log::{CommitPoint, PartitionLog};
 use crate::producer::{ProducerBatch, TxnEvent, Written};
 use crate::storage::{SegmentId, StorageOp, TopicPartition};
+
+/// What reading a replica's log back cut from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Loss {
+    /// Nothing.
+    Nothing,
+    /// Its last batch (whole, failing its CRC: a flipped bit or a torn unsynced write), or a
+    /// log that did not line up with its recorded start (a crash while a leader's start was
+    /// being installed). The replica catches up before it votes, but the mark is not kept
+    /// across a restart: after a power loss every replica may have a torn tail, and marks
+    /// kept by a majority would leave the partition without anyone to vote.
+    Tail,
+    /// Whole batches before the tail, which may have been acknowledged: the replica is
+    /// marked catching up durably, before the cut.
+    Entries,
+}
 
 /// What a loader wants next.
 pub(super) enum Step {
@@ -43,10 +66,20 @@ pub(super) struct Loader {
     memberships: BTreeMap<u64, Vec<u8>>,
     /// The offset the next entry must start at.
     expected: i64,
+    /// The term of the last intact leader change read, which every entry up to the next
+    /// one must carry; `None` before the first one, after a damaged batch, or after a
+    /// leader change written before they carried their term.
+    governing: Option<u64>,
+    /// The term of the last entry taken: terms never go down along a log.
+    last_term: u64,
     /// The log does not line up with the recorded start: empty it.
     misaligned: bool,
     /// Entries were cut: the replica may have lost some it acknowledged.
     lost: bool,
+    /// The only cut was of the log's last batch, whole but failing its CRC: a flipped bit,
+    /// or a write torn inside a batch that was never synced (nor acknowledged). The two
+    /// cannot be told apart; see [`Loss::Tail`].
+    tail_only: bool,
     /// Indexes of entries whose bytes fail their CRC: kept in the table (their frame says
     /// where they are and which entry they are), repaired from a peer, never served.
     damaged: Vec<u64>,
@@ -81,8 +114,11 @@ impl Loader {
             table: VecDeque::new(),
             memberships: BTreeMap::new(),
             expected: start.offset,
+            governing: None,
+            last_term: start.term,
             misaligned,
             lost: false,
+            tail_only: false,
             damaged: Vec::new(),
             producers: Vec::new(),
             txns: Vec::new(),
@@ -170,6 +206,16 @@ impl Loader {
             };
             let control = batch::control_record(&view);
             let intact = view.crc_ok();
+            // Base offset: outside the CRC, but the previous entry says where this one
+            // starts. An intact body in the right place with a wrong base offset is header
+            // damage; offsets come from the log, and the entry is repaired.
+            let header_offset_bad =
+                intact && !self.table.is_empty() && view.base_offset() != self.expected;
+            let base_offset = if header_offset_bad {
+                self.expected
+            } else {
+                view.base_offset()
+            };
             if !intact && matches!(control, Some((batch::MEMBERSHIP_CONTROL_TYPE, _))) {
                 // Its membership change cannot be trusted, and raft-rs needs it whole.
                 warn!(partition = %log.partition(), offset = view.base_offset(), "membership entry with a bad CRC; cutting the log there");
@@ -178,7 +224,7 @@ impl Loader {
             // A damaged batch's record count is inside what its CRC failed on: where it ends
             // is where the next frame starts (in this read, or the next segment's base).
             let next_offset = if intact {
-                view.next_offset()
+                base_offset + i64::from(view.last_offset_delta()) + 1
             } else {
                 match rest.get(size..size + 8) {
                     Some(next) => i64::from_be_bytes(next.try_into().expect("8 bytes")),
@@ -187,6 +233,7 @@ impl Loader {
                             Some(&(next_base, _)) => next_base,
                             None => {
                                 warn!(partition = %log.partition(), offset = view.base_offset(), "the log's last batch has a bad CRC; cutting it");
+                                self.tail_only = !self.lost;
                                 return self.cut(log, ops);
                             }
                         }
@@ -198,12 +245,13 @@ impl Loader {
                     }
                 }
             };
-            if next_offset <= view.base_offset() {
+            if next_offset <= base_offset {
                 warn!(partition = %log.partition(), offset = view.base_offset(), "damaged batch followed by a lower offset; cutting the log there");
                 return self.cut(log, ops);
             }
-            if view.base_offset() >= self.start.offset {
-                if view.base_offset() != self.expected {
+            let term = self.term_of(&view, intact, control);
+            if base_offset >= self.start.offset {
+                if base_offset != self.expected {
                     if self.table.is_empty() {
                         self.misaligned = true;
                         self.done = true;
@@ -211,9 +259,22 @@ impl Loader {
                     }
                     return self.cut(log, ops);
                 }
+                let Some((term, header_epoch_bad)) = term else {
+                    warn!(partition = %log.partition(), offset = base_offset, epoch = view.leader_epoch(), "leader epoch out of line and no leader change to say the right one; cutting the log there");
+                    return self.cut(log, ops);
+                };
+                let header_bad = header_offset_bad || header_epoch_bad;
+                if header_bad && matches!(control, Some((batch::MEMBERSHIP_CONTROL_TYPE, _))) {
+                    warn!(partition = %log.partition(), offset = base_offset, "membership entry with a damaged header; cutting the log there");
+                    return self.cut(log, ops);
+                }
+                if header_bad {
+                    warn!(partition = %log.partition(), offset = base_offset, stamped_offset = view.base_offset(), term, stamped_epoch = view.leader_epoch(), "batch header out of line with the log; it will be repaired from a peer");
+                }
+                let intact = intact && !header_bad;
                 self.table.push_back(EntryMeta {
-                    term: view.leader_epoch().max(0) as u64,
-                    base_offset: view.base_offset(),
+                    term,
+                    base_offset,
                     next_offset,
                     segment_base,
                     position: self.position,
@@ -229,23 +290,19 @@ impl Loader {
                         }
                         _ => EntryKind::Data,
                     },
-                    txn: TxnEvent::of(&view, view.base_offset()).filter(|_| intact),
+                    txn: TxnEvent::of(&view, base_offset).filter(|_| intact),
                 });
+                self.last_term = term;
                 self.expected = next_offset;
                 let index = self.start.index + self.table.len() as u64;
                 let marker = batch::txn_marker(&view).is_some();
                 let producer =
                     ProducerBatch::of(&view).filter(|_| intact && (control.is_none() || marker));
-                if let Some(event) = TxnEvent::of(&view, view.base_offset()).filter(|_| intact) {
+                if let Some(event) = TxnEvent::of(&view, base_offset).filter(|_| intact) {
                     self.txns.push(event);
                 }
                 if let Some(batch) = producer {
-                    let written = Written::of(
-                        &batch,
-                        index,
-                        view.leader_epoch().max(0) as u64,
-                        Some(view.base_offset()),
-                    );
+                    let written = Written::of(&batch, index, term, Some(base_offset));
                     self.producers.push((batch, written, view.max_timestamp()));
                 }
                 if !intact {
@@ -253,12 +310,36 @@ impl Loader {
                     // stays (Raft's view of this log stays whole) and its bytes are
                     // fetched again from a peer.
                     let index = self.start.index + self.table.len() as u64;
-                    warn!(partition = %log.partition(), offset = view.base_offset(), index, "batch with a bad CRC in a replica's log; it will be repaired from a peer");
+                    warn!(partition = %log.partition(), offset = base_offset, index, "damaged batch in a replica's log; it will be repaired from a peer");
                     self.damaged.push(index);
                 }
             }
             self.position += size as u64;
             consumed += size;
+        }
+    }
+
+    /// The term of the entry `view` is, and whether its stamped leader epoch is wrong;
+    /// `None` if the epoch is out of line and nothing says what it should be.
+    fn term_of(
+        &mut self,
+        view: &BatchView<'_>,
+        intact: bool,
+        control: Option<(i16, Option<&[u8]>)>,
+    ) -> Option<(u64, bool)> {
+        let stamped = u64::try_from(view.leader_epoch()).unwrap_or(u64::MAX);
+        if !intact {
+            // Nothing in it can be trusted, a leader change included.
+            self.governing = None;
+        } else if matches!(control, Some((batch::LEADER_CHANGE_CONTROL_TYPE, _))) {
+            self.governing = batch::leader_change_term(view);
+        }
+        match self.governing {
+            Some(term) => Some((term, stamped != term)),
+            None if stamped >= self.last_term && stamped < crate::consensus::ABSURD_TERM => {
+                Some((stamped, false))
+            }
+            None => None,
         }
     }
 
@@ -281,7 +362,7 @@ impl Loader {
     pub(super) fn finish(
         self,
         log: &mut PartitionLog,
-    ) -> (EntryLog, Vec<StorageOp>, bool, Vec<u64>) {
+    ) -> (EntryLog, Vec<StorageOp>, Loss, Vec<u64>) {
         let mut ops = Vec::new();
         let mut table = self.table;
         let mut memberships = self.memberships;
@@ -317,7 +398,13 @@ impl Loader {
             table,
             memberships,
         );
-        let lost = self.lost || self.misaligned;
+        let lost = if self.lost && !self.tail_only {
+            Loss::Entries
+        } else if self.lost || self.misaligned {
+            Loss::Tail
+        } else {
+            Loss::Nothing
+        };
         let damaged = if self.misaligned {
             Vec::new()
         } else {

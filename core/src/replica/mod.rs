@@ -159,6 +159,9 @@ pub struct Replica {
     /// form a majority of the group's first membership among themselves and start a second
     /// history: simulator, cluster5-moves seed 216.)
     catching_up: bool,
+    /// `catching_up` is recorded with the log start, so that a restart keeps it (see
+    /// [`load::Loss`] for the one case that is not).
+    catch_up_durably: bool,
     /// Entries whose bytes on this disk fail their CRC (found at start-up, in a read for a
     /// follower or a consumer, or by the scrubber). Protocol-aware repair: they stay in the
     /// table (the log's shape is known), their copy never counts towards a quorum (this
@@ -231,6 +234,7 @@ impl Replica {
             reported: (0, false),
             commit_reported: 0,
             catching_up,
+            catch_up_durably: catching_up,
             damaged: BTreeSet::new(),
             rewrites: BTreeMap::new(),
             repaired_producers: Vec::new(),
@@ -410,17 +414,23 @@ impl Replica {
     /// Marks a new replica of a group that already has a history: it waits for a leader
     /// instead of standing for election (see `catching_up`).
     pub fn join_existing_group(&mut self) {
-        if !self.catching_up {
+        if !self.catching_up || !self.catch_up_durably {
             self.catching_up = true;
+            self.catch_up_durably = true;
             self.save_start(); // While loading, the end of loading saves it.
         }
+    }
+
+    /// The catching-up mark as recorded with the log start.
+    fn durable_mark(&self) -> bool {
+        self.catching_up && self.catch_up_durably
     }
 
     /// Records the log start, membership and catching-up flag (durable when executed).
     fn save_start(&mut self) {
         if let State::Running(group) = &self.state {
             let store = group.raw_ref().store();
-            let snapshot = start_record(store.start(), store.conf_state(), self.catching_up);
+            let snapshot = start_record(store.start(), store.conf_state(), self.durable_mark());
             let op = self.save(RaftPersist {
                 snapshot: Some(snapshot),
                 ..Default::default()
@@ -508,7 +518,9 @@ impl Replica {
             if group.last_index() >= commit && group.committed() >= commit {
                 info!(partition = %self.tp, "replica caught up: it holds every committed entry");
                 self.catching_up = false;
-                self.save_start();
+                if std::mem::take(&mut self.catch_up_durably) {
+                    self.save_start();
+                }
             }
         }
     }
@@ -739,7 +751,8 @@ impl Replica {
         log.compact_to(index);
         self.damaged.retain(|&i| i > index);
         self.rewrites.retain(|&i, _| i > index);
-        let snapshot = start_record(log.start(), log.conf_state(), self.catching_up);
+        let mark = self.catching_up && self.catch_up_durably;
+        let snapshot = start_record(log.start(), log.conf_state(), mark);
         Some(self.save(RaftPersist {
             snapshot: Some(snapshot),
             ..Default::default()
@@ -854,7 +867,8 @@ impl Replica {
                 if !ready.snapshot().is_empty() {
                     let snapshot = ready.snapshot().clone();
                     let ops = &mut self.pending.ops;
-                    install_snapshot(&self.tp, group, log, snapshot, self.catching_up, ops);
+                    let mark = self.catching_up && self.catch_up_durably;
+                    install_snapshot(&self.tp, group, log, snapshot, mark, ops);
                     self.damaged.clear();
                     self.rewrites.clear();
                 }
@@ -897,7 +911,8 @@ impl Replica {
                 for entry in ready.take_committed_entries() {
                     if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
                         let ops = &mut self.pending.ops;
-                        apply_membership(&self.tp, group, &entry, self.catching_up, ops);
+                        let mark = self.catching_up && self.catch_up_durably;
+                        apply_membership(&self.tp, group, &entry, mark, ops);
                     }
                 }
                 self.unpersisted.push_back(Unpersisted {
@@ -1033,11 +1048,12 @@ impl Replica {
             unreachable!("checked above");
         };
         let (entry_log, fixes, lost, damaged) = loader.finish(log);
-        self.catching_up |= lost;
+        self.catching_up |= lost != load::Loss::Nothing;
+        self.catch_up_durably |= lost == load::Loss::Entries;
         if !is_planted(Canary::TrustRecoveredBatches) {
             self.damaged.extend(damaged);
         }
-        if self.catching_up {
+        if self.catching_up && self.catch_up_durably {
             // Durable before the cut that made it so: a replica that crashes while catching
             // up must not come back with a shorter but clean log and vote again.
             let snapshot = start_record(entry_log.start(), entry_log.conf_state(), true);
@@ -1189,7 +1205,7 @@ fn write_entries(
                 // The leader validated it; bytes that do not parse mean a bug upstream.
                 // Every replica receives the same bytes, so all write the same marker.
                 warn!(partition = %log.partition(), index = entry.index, "entry is not one batch; storing a marker");
-                bytes = batch::leader_change_batch();
+                bytes = batch::leader_change_batch(entry.term);
                 let crc = BatchView::split_first(&bytes)
                     .ok()
                     .map(|(v, _)| v.stored_crc());
@@ -1343,7 +1359,10 @@ fn damaged_in(store: &EntryLog, first: u64, bytes: &[u8]) -> (Vec<u64>, u64) {
             break;
         };
         let intact = BatchView::split_first(frame).is_ok_and(|(view, rest)| {
-            rest.is_empty() && view.crc_ok() && view.base_offset() == meta.base_offset
+            rest.is_empty()
+                && view.crc_ok()
+                && view.base_offset() == meta.base_offset
+                && u64::try_from(view.leader_epoch()) == Ok(meta.term)
         });
         if !intact {
             damaged.push(index);
@@ -1404,7 +1423,7 @@ fn entry_batch(entry: &raft::eraftpb::Entry) -> BytesMut {
     if entry.get_entry_type() != EntryType::EntryNormal {
         batch::control_batch(batch::MEMBERSHIP_CONTROL_TYPE, Some(&entry.data))
     } else if entry.data.is_empty() {
-        batch::leader_change_batch()
+        batch::leader_change_batch(entry.term)
     } else {
         BytesMut::from(&entry.data[..])
     }
