@@ -35,6 +35,9 @@ pub struct SimDisk {
     /// Faults in force.
     pub faults: DiskFaults,
     dice: Dice,
+    /// Header bytes flipped (segment, position, byte before): Kafka's CRC does not cover
+    /// them, so the atlas learns of the damage here; it lasts while the byte differs.
+    header_flips: Vec<(SegmentId, usize, u8)>,
 }
 
 impl SimDisk {
@@ -44,6 +47,7 @@ impl SimDisk {
             disk: MemDisk::new(),
             faults: DiskFaults::default(),
             dice,
+            header_flips: Vec::new(),
         }
     }
 
@@ -96,10 +100,11 @@ impl SimDisk {
     /// Flips one bit in a synced batch of a partition `allowed` admits; returns the
     /// partition and the base offset of the batch it damaged, if there was one to damage.
     ///
-    /// The bit lands in the batch's CRC or in the bytes it covers, so the damage is there to
-    /// be found. The header fields before the CRC (base offset, length, leader epoch, magic)
-    /// are left alone: Kafka's format does not protect them, and seedlog does not guard them
-    /// with a checksum of its own yet.
+    /// A quarter of the bits land in the base offset or the leader epoch, which Kafka's CRC
+    /// leaves out (a replica checks them against its log: offsets follow on, epochs are the
+    /// term of the leader change before them); the rest in the CRC or the bytes it covers.
+    /// The length and magic are left alone: a flip there loses the frame, and the replica
+    /// cuts its log there and waits to catch up, which the atlas cannot yet count as damage.
     pub fn flip_bit(&mut self, allowed: impl Fn(&Partition) -> bool) -> Option<(Partition, i64)> {
         let candidates: Vec<_> = self
             .disk
@@ -118,10 +123,21 @@ impl SimDisk {
             return None;
         }
         let (start, size) = batches[self.dice.between(0, batches.len() as u64 - 1) as usize];
-        let position = start + self.dice.between(CRC_AT as u64, size as u64 - 1) as usize;
+        let header = self.dice.chance(0.25);
+        let position = if header {
+            // Base offset (bytes 0-7) or leader epoch (12-15).
+            let k = self.dice.between(0, 11) as usize;
+            start + if k < 8 { k } else { k + 4 }
+        } else {
+            start + self.dice.between(CRC_AT as u64, size as u64 - 1) as usize
+        };
         let bit = self.dice.between(0, 7) as u8;
         let base_offset = i64::from_be_bytes(bytes[start..start + 8].try_into().ok()?);
-        self.disk.segment_bytes_mut(&id)?[position] ^= 1 << bit;
+        let byte = &mut self.disk.segment_bytes_mut(&id)?[position];
+        if header {
+            self.header_flips.push((id.clone(), position, *byte));
+        }
+        *byte ^= 1 << bit;
         Some((partition_of(&id), base_offset))
     }
 
@@ -149,8 +165,19 @@ impl SimDisk {
 
     /// The partitions of which this disk holds a damaged copy: a synced batch that fails its
     /// CRC, or a repair written in place and not synced yet (a power loss would undo it).
-    pub fn damaged_partitions(&self) -> BTreeSet<Partition> {
+    pub fn damaged_partitions(&mut self) -> BTreeSet<Partition> {
         let mut damaged = BTreeSet::new();
+        let disk = &self.disk;
+        self.header_flips.retain(|(id, position, before)| {
+            let flipped = disk
+                .segment(id)
+                .and_then(|bytes| bytes.get(*position))
+                .is_some_and(|now| now != before);
+            if flipped {
+                damaged.insert(partition_of(id));
+            }
+            flipped
+        });
         for (id, _, synced) in self.disk.segment_lengths() {
             let Some(bytes) = self.disk.segment(&id) else {
                 continue;

@@ -314,7 +314,7 @@ impl Atlas {
             damaged: Vec::new(),
         };
         for broker in brokers {
-            let disk = broker.disk.lock().expect("disk lock");
+            let mut disk = broker.disk.lock().expect("disk lock");
             atlas.damaged.push(disk.damaged_partitions());
             atlas.held.push(disk.held_partitions());
         }

@@ -66,9 +66,10 @@ pub(super) struct Loader {
     memberships: BTreeMap<u64, Vec<u8>>,
     /// The offset the next entry must start at.
     expected: i64,
-    /// The term of the last intact leader change read, which every entry up to the next
-    /// one must carry; `None` before the first one, after a damaged batch, or after a
-    /// leader change written before they carried their term.
+    /// The term every entry up to the next leader change must carry: the last intact
+    /// leader change's, or at first the term of the entry before the retained log; `None`
+    /// after a leader change written before they carried their term, or before the first
+    /// entry of a log that starts at its beginning.
     governing: Option<u64>,
     /// The term of the last entry taken: terms never go down along a log.
     last_term: u64,
@@ -114,7 +115,9 @@ impl Loader {
             table: VecDeque::new(),
             memberships: BTreeMap::new(),
             expected: start.offset,
-            governing: None,
+            // The entry just before the retained log is in the term of the last leader
+            // change before it, and so is every entry up to the next one.
+            governing: (start.index > 0).then_some(start.term),
             last_term: start.term,
             misaligned,
             lost: false,
@@ -329,14 +332,23 @@ impl Loader {
     ) -> Option<(u64, bool)> {
         let stamped = u64::try_from(view.leader_epoch()).unwrap_or(u64::MAX);
         if !intact {
-            // Nothing in it can be trusted, a leader change included.
-            self.governing = None;
+            // Its body cannot be read, so it may be the leader change of a later term: a
+            // higher epoch that this replica has seen is taken as that (only a data batch
+            // damaged in its body and its header at once would fool this).
+            if let Some(term) = self.governing {
+                if stamped > term && stamped <= self.hard_state.term {
+                    self.governing = Some(stamped);
+                }
+            }
         } else if matches!(control, Some((batch::LEADER_CHANGE_CONTROL_TYPE, _))) {
             self.governing = batch::leader_change_term(view);
         }
         match self.governing {
             Some(term) => Some((term, stamped != term)),
-            None if stamped >= self.last_term && stamped < crate::consensus::ABSURD_TERM => {
+            // Before the first leader change only bounds are known: terms never go down
+            // along a log, and none is past the term this replica recorded (it records a
+            // term before it takes entries of it).
+            None if stamped >= self.last_term && stamped <= self.hard_state.term => {
                 Some((stamped, false))
             }
             None => None,
