@@ -123,10 +123,7 @@ impl SimDisk {
             return None;
         }
         let (start, size) = batches[self.dice.between(0, batches.len() as u64 - 1) as usize];
-        // Not yet in the internal topics: with header flips there, cluster3-transactions
-        // seed 12 showed an aborted transaction's records to read_committed consumers (a
-        // base offset flipped in `__transaction_state-1`); open in issue 13.
-        let header = self.dice.chance(0.25) && !id.partition.topic.starts_with("__");
+        let header = self.dice.chance(0.25);
         let position = if header {
             // Base offset (bytes 0-7) or leader epoch (12-15).
             let k = self.dice.between(0, 11) as usize;

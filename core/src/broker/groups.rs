@@ -426,20 +426,28 @@ impl Broker {
             .get(topic)
             .is_some_and(|t| t.raft.contains_key(&p));
         let mut damaged = None;
+        // Each batch must start where the last one ended: the base offset is outside the
+        // CRC, and a flipped one would make the coordinator skip what follows.
+        let mut expected = plan.first_offset;
         for view in complete_batches(bytes) {
-            if view.base_offset() >= end {
+            let follows_on = view.base_offset() == expected;
+            if follows_on && view.base_offset() >= end {
                 break;
             }
-            if view.next_offset() > next {
-                if !view.crc_ok() && replicated {
-                    damaged = Some(view.base_offset());
+            if !follows_on || view.next_offset() > next {
+                if (!view.crc_ok() || !follows_on) && replicated {
+                    damaged = Some(expected);
                     break;
+                }
+                if !follows_on {
+                    break; // One copy: what follows cannot be placed; loading stops here.
                 }
                 // A damaged batch of a single copy cannot be repaired: the coordinator
                 // skips it (what it held is lost, as for any topic of one copy).
                 owner.load(now, p, &view);
                 next = view.next_offset();
             }
+            expected = view.next_offset();
         }
         if let Some(offset) = damaged {
             // What the coordinator would load without it is an older state: the replica
