@@ -73,6 +73,38 @@ pub fn frame_size(bytes: &[u8]) -> Option<usize> {
     Some(LOG_OVERHEAD + batch_length as usize)
 }
 
+/// The frame at the front of `rest` with its length and magic byte put right, if those are
+/// all that is wrong with it: Kafka's CRC covers neither, so a frame whose length is one bit
+/// off (or whose magic is not 2) but whose CRC-covered bytes check out at the length one bit
+/// away is a damaged header over an intact batch. `None` if the frame needs no mending, or
+/// cannot be mended from `rest` (its body is damaged too, or not all of it is in `rest`).
+/// Up to 32 CRCs over the frame: for damaged frames only.
+pub fn mend_frame(rest: &[u8]) -> Option<Vec<u8>> {
+    if rest.len() < HEADER_BYTES {
+        return None;
+    }
+    let stated = read_i32(rest, BATCH_LENGTH_OFFSET) as u32;
+    let stored_crc = read_i32(rest, CRC_OFFSET) as u32;
+    let lengths = std::iter::once(stated).chain((0..31).map(|bit| stated ^ (1 << bit)));
+    for length in lengths {
+        let size = LOG_OVERHEAD.saturating_add(length as usize);
+        if size < HEADER_BYTES || size > rest.len() {
+            continue;
+        }
+        if crc32c::crc32c(&rest[ATTRIBUTES_OFFSET..size]) != stored_crc {
+            continue;
+        }
+        if length == stated && rest[MAGIC_OFFSET] == 2 {
+            return None; // Nothing to mend.
+        }
+        let mut frame = rest[..size].to_vec();
+        frame[BATCH_LENGTH_OFFSET..BATCH_LENGTH_OFFSET + 4].copy_from_slice(&length.to_be_bytes());
+        frame[MAGIC_OFFSET] = 2;
+        return Some(frame);
+    }
+    None
+}
+
 impl<'a> BatchView<'a> {
     /// Splits the first batch off `bytes` and checks its framing (not its CRC).
     pub fn split_first(bytes: &'a [u8]) -> Result<(BatchView<'a>, &'a [u8]), BatchError> {

@@ -33,6 +33,16 @@ pub struct SegmentScanner {
     damaged: u32,
 }
 
+/// What [`SegmentScanner::mend`] makes of a frame.
+enum Mend {
+    /// An intact batch, its header put right.
+    Mended(Vec<u8>),
+    /// Cannot tell until more of the file is in the chunk.
+    NeedMore,
+    /// Nothing to mend, or nothing that can be: the usual rules apply.
+    Nothing,
+}
+
 /// The outcome of a scan: the valid prefix of the segment and why the rest (if any) was cut.
 #[derive(Debug)]
 pub struct ScanResult {
@@ -96,6 +106,17 @@ impl SegmentScanner {
                 self.stopped = Some(ScanStop::TornTail);
                 break;
             }
+            if self.keep_damaged {
+                match self.mend(rest, false) {
+                    Mend::Mended(frame) => {
+                        self.note_mended(&frame);
+                        consumed += frame.len();
+                        continue;
+                    }
+                    Mend::NeedMore => break,
+                    Mend::Nothing => {}
+                }
+            }
             let Some(size) = frame_size(rest) else {
                 if rest.len() >= crate::batch::LOG_OVERHEAD {
                     self.stopped = Some(ScanStop::Corrupt);
@@ -119,6 +140,15 @@ impl SegmentScanner {
                 Ok((view, _))
                     if self.keep_damaged && view.base_offset() == self.segment.next_offset =>
                 {
+                    match self.mend(rest, true) {
+                        Mend::Mended(frame) => {
+                            self.note_mended(&frame);
+                            consumed += frame.len();
+                            continue;
+                        }
+                        Mend::NeedMore => break,
+                        Mend::Nothing => {}
+                    }
                     // Its record count is inside what the CRC failed on: the next frame's
                     // base offset says where it ends. Without one (yet) it is the tail, and
                     // waits for more data or is cut as torn.
@@ -185,6 +215,51 @@ impl SegmentScanner {
             consumed += size;
         }
         consumed
+    }
+
+    /// Whether the frame at the front of `rest` is an intact batch under a damaged length or
+    /// magic byte (see [`crate::batch::mend_frame`]).
+    /// Frames whose stated length is shorter than the truth fail their CRC: the scan asks
+    /// again there (`crc_failed`), so that the CRC of a sound frame is computed once.
+    fn mend(&self, rest: &[u8], crc_failed: bool) -> Mend {
+        let suspect = crc_failed
+            || match frame_size(rest) {
+                None => rest.len() >= crate::batch::LOG_OVERHEAD,
+                Some(size) => {
+                    size > self.max_batch_bytes
+                        || self.segment.size + size as u64 > self.successor.0
+                        || rest.get(16).is_some_and(|&magic| magic != 2)
+                }
+            };
+        if !suspect {
+            return Mend::Nothing;
+        }
+        if let Some(frame) = crate::batch::mend_frame(rest) {
+            return Mend::Mended(frame);
+        }
+        let whole = rest.len() >= self.max_batch_bytes + crate::batch::LOG_OVERHEAD
+            || self.segment.size + rest.len() as u64 >= self.successor.0;
+        if whole {
+            Mend::Nothing
+        } else {
+            Mend::NeedMore
+        }
+    }
+
+    /// Takes a mended frame as a damaged batch at the offset the log says: the replica
+    /// finds its header out of line as it reads its log back, and repairs it.
+    fn note_mended(&mut self, frame: &[u8]) {
+        let delta = BatchView::split_first(frame).map_or(0, |(v, _)| v.last_offset_delta().max(0));
+        let base = self.segment.next_offset;
+        let last_timestamp = self.segment.max_timestamp;
+        self.damaged += 1;
+        self.segment.note_batch(
+            base,
+            base + i64::from(delta) + 1,
+            frame.len() as u32,
+            last_timestamp,
+            self.index_interval,
+        );
     }
 
     /// Ends the scan; `leftover` is how many bytes the file held past the last consumed batch.
@@ -325,6 +400,48 @@ mod tests {
             bytes.extend_from_slice(&one);
         }
         bytes
+    }
+
+    /// Feeds `bytes` in chunks of `chunk` as file storage does.
+    fn scan_in_chunks(bytes: &[u8], chunk: usize) -> ScanResult {
+        let mut scanner = SegmentScanner::new(0, 4096, 1 << 20)
+            .keeping_damaged(true)
+            .with_successor(bytes.len() as u64, None);
+        let mut pending = Vec::new();
+        for piece in bytes.chunks(chunk) {
+            pending.extend_from_slice(piece);
+            let used = scanner.feed(&pending);
+            pending.drain(..used);
+        }
+        let leftover = bytes.len() as u64 - scanner.position();
+        scanner.finish(leftover)
+    }
+
+    #[test]
+    fn a_replicas_batch_under_a_flipped_length_or_magic_is_kept_not_cut() {
+        let intact = two_batches();
+        let first = frame_size(&intact).unwrap();
+        for (at, bit) in [
+            (first + 11, 0x01),
+            (first + 9, 0x10),
+            (16, 0x01),
+            (11, 0x04),
+        ] {
+            let mut bytes = intact.clone();
+            bytes[at] ^= bit;
+            for chunk in [7, 40, bytes.len()] {
+                let result = scan_in_chunks(&bytes, chunk);
+                assert_eq!(
+                    result.stopped, None,
+                    "byte {at} bit {bit:#x}, chunks of {chunk}"
+                );
+                assert_eq!(result.segment.size, bytes.len() as u64);
+                assert_eq!(result.segment.next_offset, 2);
+            }
+            // One copy: nothing to repair it from, so the scan stops there, as before.
+            let single = scan_segment(0, &bytes, 4096, 1 << 20, false, None);
+            assert!(single.stopped.is_some(), "byte {at}");
+        }
     }
 
     #[test]

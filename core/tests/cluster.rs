@@ -365,8 +365,8 @@ fn a_follower_that_lost_acknowledged_batches_to_corruption_is_repaired_not_crash
         .log("r", 0)
         .unwrap()
         .log_end_offset();
-    // A follower's disk mangles the length of its third batch: start-up must cut the log
-    // there, losing batches it had acknowledged.
+    // A follower's disk mangles the length of its third batch (two bits: one would be
+    // mended): start-up must cut the log there, losing batches it had acknowledged.
     let victim = (1..=3).find(|&id| id != leader).unwrap();
     {
         let disk = &mut cluster.nodes.get_mut(&victim).unwrap().disk;
@@ -377,7 +377,8 @@ fn a_follower_that_lost_acknowledged_batches_to_corruption_is_repaired_not_crash
             let len = u32::from_be_bytes(bytes[at + 8..at + 12].try_into().unwrap());
             at += 12 + len as usize;
         }
-        bytes[at + 8] ^= 0x40;
+        bytes[at + 8] ^= 0x40; // two bits of its length: past mending
+        bytes[at + 11] ^= 0x01;
     }
     cluster.restart(victim);
     let cut = cluster.nodes[&victim]
@@ -433,7 +434,8 @@ fn a_replica_that_lost_acknowledged_batches_does_not_vote_even_after_another_res
             let len = u32::from_be_bytes(bytes[at + 8..at + 12].try_into().unwrap());
             at += 12 + len as usize;
         }
-        bytes[at + 8] ^= 0x40;
+        bytes[at + 8] ^= 0x40; // two bits of its length: past mending
+        bytes[at + 11] ^= 0x01;
     }
     cluster.cut.insert(victim);
     cluster.restart(victim);
@@ -502,8 +504,8 @@ fn header_fields_outside_the_crc_are_checked_and_repaired_in_place() {
     let (mut cluster, leader) = trio_with_ten_batches();
     let victim = (1..=3).find(|&id| id != leader).unwrap();
     let intact = log_bytes(&cluster, leader);
-    // One bit of the base offset of the fourth batch, one of the leader epoch of the
-    // seventh: both outside Kafka's CRC.
+    // Bits of the base offset, leader epoch, length and magic of five batches: all outside
+    // Kafka's CRC.
     {
         let disk = &mut cluster.nodes.get_mut(&victim).unwrap().disk;
         let id = disk.segment_ids_of("r", 0)[0].clone();
@@ -521,6 +523,9 @@ fn header_fields_outside_the_crc_are_checked_and_repaired_in_place() {
         }
         bytes[starts[4] + 7] ^= 0x02; // base offset, low byte
         bytes[starts[7] + 15] ^= 0x04; // partition leader epoch, low byte
+        bytes[starts[2] + 11] ^= 0x01; // length, one bit: the CRC fails at the stated end
+        bytes[starts[5] + 9] ^= 0x10; // length, one bit: claims past the log's end
+        bytes[starts[9] + 16] ^= 0x01; // magic
     }
     assert_ne!(log_bytes(&cluster, victim), intact);
     cluster.restart(victim);
@@ -538,7 +543,7 @@ fn header_fields_outside_the_crc_are_checked_and_repaired_in_place() {
     assert_eq!(
         &log_bytes(&cluster, victim)[..intact.len()],
         &intact[..],
-        "both headers repaired byte for byte"
+        "every header repaired byte for byte"
     );
     cluster.cut.insert(leader);
     cluster.advance(3_000);

@@ -183,6 +183,9 @@ impl Loader {
             if rest.is_empty() {
                 break;
             }
+            // An intact batch under a damaged length or magic byte is mended (see
+            // `batch::mend_frame`) and taken as a damaged entry, repaired from a peer.
+            let mut mended = None;
             let size = match frame_size(rest) {
                 Some(size) if size <= rest.len() => size,
                 Some(size)
@@ -194,11 +197,28 @@ impl Loader {
                     break;
                 }
                 Some(_) if consumed > 0 => break,
-                _ => return self.cut(log, ops),
+                _ => match batch::mend_frame(rest) {
+                    Some(frame) => mended.insert(frame).len(),
+                    None if consumed > 0 => break, // Again from here, with a whole chunk.
+                    None => return self.cut(log, ops),
+                },
             };
-            let view = match BatchView::split_first(&rest[..size]) {
+            let mut intact = mended.is_some()
+                || BatchView::split_first(&rest[..size]).is_ok_and(|(v, _)| v.crc_ok());
+            if !intact {
+                // A length stated short of the truth fails the CRC too.
+                mended = batch::mend_frame(rest);
+                intact = mended.is_some();
+                let reaches_end = self.position + rest.len() as u64 >= segment_size;
+                if !intact && consumed > 0 && !reaches_end {
+                    break; // The true frame may run past this read: again from here.
+                }
+            }
+            let frame = mended.as_deref().unwrap_or(&rest[..size]);
+            let size = frame.len();
+            let view = match BatchView::split_first(frame) {
                 Ok((view, _))
-                    if view.magic() == 2 && (view.last_offset_delta() >= 0 || !view.crc_ok()) =>
+                    if view.magic() == 2 && (view.last_offset_delta() >= 0 || !intact) =>
                 {
                     view
                 }
@@ -208,7 +228,6 @@ impl Loader {
                 }
             };
             let control = batch::control_record(&view);
-            let intact = view.crc_ok();
             // Base offset: outside the CRC, but the previous entry says where this one
             // starts. An intact body in the right place with a wrong base offset is header
             // damage; offsets come from the log, and the entry is repaired.
@@ -266,7 +285,7 @@ impl Loader {
                     warn!(partition = %log.partition(), offset = base_offset, epoch = view.leader_epoch(), "leader epoch out of line and no leader change to say the right one; cutting the log there");
                     return self.cut(log, ops);
                 };
-                let header_bad = header_offset_bad || header_epoch_bad;
+                let header_bad = header_offset_bad || header_epoch_bad || mended.is_some();
                 if header_bad && matches!(control, Some((batch::MEMBERSHIP_CONTROL_TYPE, _))) {
                     warn!(partition = %log.partition(), offset = base_offset, "membership entry with a damaged header; cutting the log there");
                     return self.cut(log, ops);
