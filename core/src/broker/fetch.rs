@@ -469,6 +469,8 @@ fn fill_fetch_slot(
     if needed as u64 > remaining {
         error!(segment = ?slot.plan.segment, position = slot.plan.position + start as u64, needed, remaining, "batch runs past the committed log; not serving it");
         data.error_code = ResponseError::KafkaStorageError.code();
+        // Its length (outside the CRC) is damaged: a replica repairs it like a bad CRC.
+        *damaged_at = Some(expected_offset);
         return None;
     }
     let len = (needed.max(slot.plan.len) as u64).min(remaining) as usize;

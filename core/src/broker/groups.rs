@@ -450,26 +450,7 @@ impl Broker {
             expected = view.next_offset();
         }
         if let Some(offset) = damaged {
-            // What the coordinator would load without it is an older state: the replica
-            // steps aside and is repaired, and the next leader loads the intact copy.
-            error!(
-                topic,
-                partition = p,
-                offset,
-                "damaged batch in an internal topic; its coordinator steps aside"
-            );
-            if let Some(replica) = self.topics.get_mut(topic).and_then(|t| t.raft.get_mut(&p)) {
-                replica.report_damage_at(offset);
-            }
-            // Not loaded again in this leader epoch: the next leader loads it.
-            if let Some(epoch) = self.owner(which).owned_epoch(p) {
-                self.blocked_loads.insert((which, p), epoch);
-            }
-            self.dirty_replicas
-                .insert(crate::storage::TopicPartition::new(&Arc::from(topic), p));
-            self.group_loads.remove(&(which, p));
-            self.owner(which).unload(p);
-            self.coordinator_stale = true;
+            self.internal_damage(which, p, offset);
             return true;
         }
         let load = self.group_loads.get_mut(&(which, p)).expect("found above");
@@ -478,6 +459,11 @@ impl Broker {
             // Nothing whole in the read: a batch larger than the read, read whole next.
             if let Some(plan) = plan.widened_for(bytes) {
                 self.issue_load_read(which, p, plan);
+                return true;
+            }
+            if replicated {
+                // A damaged length or magic (outside the CRC): repaired like a bad CRC.
+                self.internal_damage(which, p, before);
                 return true;
             }
             error!(
@@ -490,6 +476,31 @@ impl Broker {
         }
         self.continue_load(which, p);
         true
+    }
+
+    /// A coordinator's load found the batch at `offset` of a replicated internal partition
+    /// damaged. What it would load without it is an older state: the replica steps aside
+    /// and is repaired, and the next leader loads the intact copy.
+    fn internal_damage(&mut self, which: Internal, p: i32, offset: i64) {
+        let topic = which.topic();
+        error!(
+            topic,
+            partition = p,
+            offset,
+            "damaged batch in an internal topic; its coordinator steps aside"
+        );
+        if let Some(replica) = self.topics.get_mut(topic).and_then(|t| t.raft.get_mut(&p)) {
+            replica.report_damage_at(offset);
+        }
+        // Not loaded again in this leader epoch: the next leader loads it.
+        if let Some(epoch) = self.owner(which).owned_epoch(p) {
+            self.blocked_loads.insert((which, p), epoch);
+        }
+        self.dirty_replicas
+            .insert(crate::storage::TopicPartition::new(&Arc::from(topic), p));
+        self.group_loads.remove(&(which, p));
+        self.owner(which).unload(p);
+        self.coordinator_stale = true;
     }
 }
 
