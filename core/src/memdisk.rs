@@ -4,7 +4,7 @@
 //! It models what a crash keeps: bytes written since a file's last sync can be dropped with
 //! [`MemDisk::crash`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -344,7 +344,7 @@ impl MemDisk {
             }
             None => None,
         };
-        let partitions: std::collections::BTreeSet<TopicPartition> =
+        let partitions: BTreeSet<TopicPartition> =
             self.state.keys().filter_map(|k| replica_of(k)).collect();
         let mut replicas = BTreeMap::new();
         for tp in partitions {
@@ -365,6 +365,20 @@ impl MemDisk {
     /// The stored bytes of a small-state key, to plant damage in tests and the simulator.
     pub fn state_bytes_mut(&mut self, key: &str) -> Option<&mut Vec<u8>> {
         self.state.get_mut(key)
+    }
+
+    /// Partitions whose replica's recorded state says it is catching up: start-up cut
+    /// batches it may have acknowledged (see [`crate::replica::mark_catching_up`]).
+    pub fn catching_up_partitions(&self) -> BTreeSet<TopicPartition> {
+        let partitions: BTreeSet<TopicPartition> =
+            self.state.keys().filter_map(|k| replica_of(k)).collect();
+        partitions
+            .into_iter()
+            .filter(|tp| {
+                sealed::load_raft_state(&replica_prefix(tp), |key| Ok(self.state.get(key).cloned()))
+                    .is_ok_and(|loaded| crate::replica::is_catching_up(&loaded.state))
+            })
+            .collect()
     }
 
     /// True if the small-state value under `key` fails its check.
@@ -415,6 +429,35 @@ mod tests {
             }),
         });
         (disk, tp, hard_state)
+    }
+
+    #[test]
+    fn a_replica_marked_catching_up_is_listed_until_its_mark_is_cleared() {
+        let (mut disk, tp, hard_state) = saved_replica();
+        assert!(disk.catching_up_partitions().is_empty());
+        let mut state = RaftPersist::default();
+        crate::replica::mark_catching_up(&mut state);
+        disk.execute(StorageOp::SaveReplica {
+            partition: tp.clone(),
+            state: Box::new(state),
+        });
+        assert_eq!(disk.catching_up_partitions(), BTreeSet::from([tp.clone()]));
+        let recovered = disk.recover(4096, 1 << 20).expect("intact");
+        assert!(crate::replica::is_catching_up(&recovered.replicas[&tp]));
+        assert_eq!(recovered.replicas[&tp].hard_state, Some(hard_state));
+        // Caught up: the start is recorded again without the mark.
+        let mut cleared = recovered.replicas[&tp].clone();
+        if let Some(snapshot) = cleared.snapshot.as_mut() {
+            snapshot.data.truncate(crate::replica::LogStart::RECORD_LEN);
+        }
+        disk.execute(StorageOp::SaveReplica {
+            partition: tp,
+            state: Box::new(RaftPersist {
+                snapshot: cleared.snapshot,
+                ..RaftPersist::default()
+            }),
+        });
+        assert!(disk.catching_up_partitions().is_empty());
     }
 
     #[test]

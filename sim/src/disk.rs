@@ -190,6 +190,11 @@ impl SimDisk {
                 damaged.insert(partition_of(&id));
             }
         }
+        // A replica that lost batches at start-up counts as a damaged copy until a leader
+        // has brought it up to date.
+        for tp in self.disk.catching_up_partitions() {
+            damaged.insert((tp.topic.to_string(), tp.partition));
+        }
         damaged
     }
 
