@@ -35,10 +35,12 @@ pub struct SegmentScanner {
 
 /// What [`SegmentScanner::mend`] makes of a frame.
 enum Mend {
-    /// An intact batch, its header put right.
-    Mended(Vec<u8>),
+    /// An intact batch under a damaged header, taken as a damaged batch: its size.
+    Took(usize),
     /// Cannot tell until more of the file is in the chunk.
     NeedMore,
+    /// A whole frame whose CRC checks out.
+    Sound,
     /// Nothing to mend, or nothing that can be: the usual rules apply.
     Nothing,
 }
@@ -106,14 +108,15 @@ impl SegmentScanner {
                 self.stopped = Some(ScanStop::TornTail);
                 break;
             }
+            let mut sound = false;
             if self.keep_damaged {
-                match self.mend(rest, false) {
-                    Mend::Mended(frame) => {
-                        self.note_mended(&frame);
-                        consumed += frame.len();
+                match self.mend(rest) {
+                    Mend::Took(size) => {
+                        consumed += size;
                         continue;
                     }
                     Mend::NeedMore => break,
+                    Mend::Sound => sound = true,
                     Mend::Nothing => {}
                 }
             }
@@ -132,7 +135,7 @@ impl SegmentScanner {
             }
             let view = match BatchView::split_first(rest) {
                 Ok((view, _))
-                    if (view.crc_ok() || is_planted(Canary::SkipRecoveryCrc))
+                    if (sound || view.crc_ok() || is_planted(Canary::SkipRecoveryCrc))
                         && view.last_offset_delta() >= 0 =>
                 {
                     view
@@ -140,15 +143,6 @@ impl SegmentScanner {
                 Ok((view, _))
                     if self.keep_damaged && view.base_offset() == self.segment.next_offset =>
                 {
-                    match self.mend(rest, true) {
-                        Mend::Mended(frame) => {
-                            self.note_mended(&frame);
-                            consumed += frame.len();
-                            continue;
-                        }
-                        Mend::NeedMore => break,
-                        Mend::Nothing => {}
-                    }
                     // Its record count is inside what the CRC failed on: the next frame's
                     // base offset says where it ends. Without one (yet) it is the tail, and
                     // waits for more data or is cut as torn.
@@ -217,25 +211,27 @@ impl SegmentScanner {
         consumed
     }
 
-    /// Whether the frame at the front of `rest` is an intact batch under a damaged length or
-    /// magic byte (see [`crate::batch::mend_frame`]).
-    /// Frames whose stated length is shorter than the truth fail their CRC: the scan asks
-    /// again there (`crc_failed`), so that the CRC of a sound frame is computed once.
-    fn mend(&self, rest: &[u8], crc_failed: bool) -> Mend {
-        let suspect = crc_failed
-            || match frame_size(rest) {
-                None => rest.len() >= crate::batch::LOG_OVERHEAD,
-                Some(size) => {
-                    size > self.max_batch_bytes
-                        || self.segment.size + size as u64 > self.successor.0
-                        || rest.get(16).is_some_and(|&magic| magic != 2)
-                }
-            };
+    /// Whether the frame at the front of `rest` is sound, or an intact batch under a
+    /// damaged length or magic byte (see [`crate::batch::mend_frame`]), taken as a damaged
+    /// batch. A length stated short of the truth makes the CRC fail at the stated end, so a
+    /// whole frame's CRC is checked here (and only here, for a sound one).
+    fn mend(&mut self, rest: &[u8]) -> Mend {
+        let suspect = match frame_size(rest) {
+            None => rest.len() >= crate::batch::LOG_OVERHEAD,
+            Some(size) if size > self.max_batch_bytes => true,
+            Some(size) if self.segment.size + size as u64 > self.successor.0 => true,
+            Some(size) if size <= rest.len() => match BatchView::split_first(rest) {
+                Ok((view, _)) if view.crc_ok() => return Mend::Sound,
+                _ => true,
+            },
+            Some(_) => false, // The rest of the frame is still to come.
+        };
         if !suspect {
             return Mend::Nothing;
         }
         if let Some(frame) = crate::batch::mend_frame(rest) {
-            return Mend::Mended(frame);
+            self.note_mended(&frame);
+            return Mend::Took(frame.len());
         }
         let whole = rest.len() >= self.max_batch_bytes + crate::batch::LOG_OVERHEAD
             || self.segment.size + rest.len() as u64 >= self.successor.0;

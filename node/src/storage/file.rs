@@ -978,7 +978,9 @@ mod tests {
             batches.extend_from_slice(&one);
         }
         let len = batches.len() / 3;
-        batches[len + 8] ^= 0x40; // the second batch's length: a cut, not a torn tail
+        // The second batch's length, two bits (one would be mended): a cut, not a torn tail.
+        batches[len + 8] ^= 0x40;
+        batches[len + 11] ^= 0x01;
         {
             let mut storage = open(&root)?;
             storage.execute(StorageOp::SaveTopic {
