@@ -356,30 +356,11 @@ fn a_replica_back_from_a_long_absence_reloads_its_log_and_catches_up_from_disk()
 #[test]
 fn a_follower_that_lost_acknowledged_batches_to_corruption_is_repaired_not_crashed() {
     let (mut cluster, leader, _) = replicated_trio();
-    for _ in 0..10 {
-        assert_eq!(cluster.produce(leader, "r", -1, 4).0, 0);
-    }
-    cluster.advance(500);
-    let end = cluster.nodes[&leader]
-        .broker
-        .log("r", 0)
-        .unwrap()
-        .log_end_offset();
+    let end = produce_ten_batches(&mut cluster, leader);
     // A follower's disk mangles the length of its third batch (two bits: one would be
     // mended): start-up must cut the log there, losing batches it had acknowledged.
     let victim = (1..=3).find(|&id| id != leader).unwrap();
-    {
-        let disk = &mut cluster.nodes.get_mut(&victim).unwrap().disk;
-        let id = disk.segment_ids_of("r", 0)[0].clone();
-        let bytes = disk.segment_bytes_mut(&id).unwrap();
-        let mut at = 0;
-        for _ in 0..2 {
-            let len = u32::from_be_bytes(bytes[at + 8..at + 12].try_into().unwrap());
-            at += 12 + len as usize;
-        }
-        bytes[at + 8] ^= 0x40; // two bits of its length: past mending
-        bytes[at + 11] ^= 0x01;
-    }
+    mangle_third_length(&mut cluster, victim);
     cluster.restart(victim);
     let cut = cluster.nodes[&victim]
         .broker
@@ -414,29 +395,10 @@ fn a_replica_that_lost_acknowledged_batches_does_not_vote_even_after_another_res
     let (victim, behind) = (others.next().unwrap(), others.next().unwrap());
     // Ten batches committed by the leader and the victim alone.
     cluster.cut.insert(behind);
-    for _ in 0..10 {
-        assert_eq!(cluster.produce(leader, "r", -1, 4).0, 0);
-    }
-    cluster.advance(500);
-    let end = cluster.nodes[&leader]
-        .broker
-        .log("r", 0)
-        .unwrap()
-        .log_end_offset();
+    let end = produce_ten_batches(&mut cluster, leader);
     // The victim's disk mangles the length of its third batch, so start-up cuts its log
     // there; it restarts twice while cut off, so the second start finds a short, clean log.
-    {
-        let disk = &mut cluster.nodes.get_mut(&victim).unwrap().disk;
-        let id = disk.segment_ids_of("r", 0)[0].clone();
-        let bytes = disk.segment_bytes_mut(&id).unwrap();
-        let mut at = 0;
-        for _ in 0..2 {
-            let len = u32::from_be_bytes(bytes[at + 8..at + 12].try_into().unwrap());
-            at += 12 + len as usize;
-        }
-        bytes[at + 8] ^= 0x40; // two bits of its length: past mending
-        bytes[at + 11] ^= 0x01;
-    }
+    mangle_third_length(&mut cluster, victim);
     cluster.cut.insert(victim);
     cluster.restart(victim);
     cluster.advance(200);
@@ -464,6 +426,35 @@ fn a_replica_that_lost_acknowledged_batches_does_not_vote_even_after_another_res
     let (error, offsets) = cluster.fetch(now_leading, "r", 0);
     assert_eq!(error, 0);
     assert_eq!(offsets.len(), 40, "every acknowledged record: {offsets:?}");
+}
+
+/// Ten acknowledged batches of four records into partition `r` through `leader`; returns
+/// its log end afterwards.
+fn produce_ten_batches(cluster: &mut Cluster, leader: i32) -> i64 {
+    for _ in 0..10 {
+        assert_eq!(cluster.produce(leader, "r", -1, 4).0, 0);
+    }
+    cluster.advance(500);
+    cluster.nodes[&leader]
+        .broker
+        .log("r", 0)
+        .unwrap()
+        .log_end_offset()
+}
+
+/// Flips two bits of the length of the third batch of partition `r`-0 on `broker`'s disk:
+/// past mending (one bit would be), so start-up cuts the log there.
+fn mangle_third_length(cluster: &mut Cluster, broker: i32) {
+    let disk = &mut cluster.nodes.get_mut(&broker).unwrap().disk;
+    let id = disk.segment_ids_of("r", 0)[0].clone();
+    let bytes = disk.segment_bytes_mut(&id).unwrap();
+    let mut at = 0;
+    for _ in 0..2 {
+        let len = u32::from_be_bytes(bytes[at + 8..at + 12].try_into().unwrap());
+        at += 12 + len as usize;
+    }
+    bytes[at + 8] ^= 0x40;
+    bytes[at + 11] ^= 0x01;
 }
 
 /// Flips one bit inside the CRC-covered body of the `nth` batch of partition `r`-0 on
@@ -527,30 +518,7 @@ fn header_fields_outside_the_crc_are_checked_and_repaired_in_place() {
         bytes[starts[5] + 9] ^= 0x10; // length, one bit: claims past the log's end
         bytes[starts[9] + 16] ^= 0x01; // magic
     }
-    assert_ne!(log_bytes(&cluster, victim), intact);
-    cluster.restart(victim);
-    let end = cluster.nodes[&victim]
-        .broker
-        .log("r", 0)
-        .unwrap()
-        .log_end_offset();
-    assert_eq!(
-        end,
-        40 + 1,
-        "nothing cut: 10 batches and the leader's marker"
-    );
-    cluster.advance(2_000);
-    assert_eq!(
-        &log_bytes(&cluster, victim)[..intact.len()],
-        &intact[..],
-        "every header repaired byte for byte"
-    );
-    cluster.cut.insert(leader);
-    cluster.advance(3_000);
-    let (now_leading, _) = cluster.leader(victim, "r");
-    assert_ne!(now_leading, leader);
-    let (error, offsets) = cluster.fetch(now_leading, "r", 0);
-    assert_eq!((error, offsets.len()), (0, 40), "{offsets:?}");
+    let offsets = restart_and_repair(&mut cluster, leader, victim, &intact);
     assert!(
         offsets
             .windows(2)
@@ -565,9 +533,16 @@ fn a_follower_repairs_a_damaged_batch_in_place_from_its_leader() {
     let victim = (1..=3).find(|&id| id != leader).unwrap();
     let intact = log_bytes(&cluster, leader);
     damage_batch(&mut cluster, victim, 3);
-    assert_ne!(log_bytes(&cluster, victim), intact);
     // Start-up finds the bad CRC: the batch stays in place (the log is not cut) and the
     // leader's copy is written over it.
+    restart_and_repair(&mut cluster, leader, victim, &intact);
+}
+
+/// Restarts `victim`, whose copy of partition `r` differs from `intact`: nothing may be cut,
+/// its leader's copy must be written over the damage byte for byte, and it must then lead
+/// with all 40 records once `leader` is cut off. Returns the offsets it serves.
+fn restart_and_repair(cluster: &mut Cluster, leader: i32, victim: i32, intact: &[u8]) -> Vec<i64> {
+    assert_ne!(log_bytes(cluster, victim), intact);
     cluster.restart(victim);
     let end = cluster.nodes[&victim]
         .broker
@@ -581,17 +556,17 @@ fn a_follower_repairs_a_damaged_batch_in_place_from_its_leader() {
     );
     cluster.advance(2_000);
     assert_eq!(
-        &log_bytes(&cluster, victim)[..intact.len()],
-        &intact[..],
+        &log_bytes(cluster, victim)[..intact.len()],
+        intact,
         "repaired byte for byte"
     );
-    // And it can lead with every record once the old leader is gone.
     cluster.cut.insert(leader);
     cluster.advance(3_000);
     let (now_leading, _) = cluster.leader(victim, "r");
     assert_ne!(now_leading, leader);
     let (error, offsets) = cluster.fetch(now_leading, "r", 0);
     assert_eq!((error, offsets.len()), (0, 40), "{offsets:?}");
+    offsets
 }
 
 #[test]
