@@ -25,20 +25,21 @@ use crate::log::{CommitPoint, PartitionLog};
 use crate::producer::{ProducerBatch, TxnEvent, Written};
 use crate::storage::{SegmentId, StorageOp, TopicPartition};
 
-/// What reading a replica's log back cut from it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Loss {
-    /// Nothing.
-    Nothing,
-    /// Its last batch (whole, failing its CRC: a flipped bit or a torn unsynced write), or a
-    /// log that did not line up with its recorded start (a crash while a leader's start was
-    /// being installed). The replica catches up before it votes, but the mark is not kept
-    /// across a restart: after a power loss every replica may have a torn tail, and marks
-    /// kept by a majority would leave the partition without anyone to vote.
-    Tail,
-    /// Whole batches before the tail, which may have been acknowledged: the replica is
-    /// marked catching up durably, before the cut.
-    Entries,
+/// Whether a replica may lack entries it acknowledged, and so must catch up with a leader
+/// before it votes; ordered by how much that says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum CatchUp {
+    /// It holds everything it acknowledged.
+    No,
+    /// Reading its log back cut its last batch (whole, failing its CRC: a flipped bit or a
+    /// torn unsynced write), or found a log that did not line up with its recorded start (a
+    /// crash while a leader's start was being installed). Not recorded across a restart:
+    /// after a power loss every replica may have a torn tail, and marks kept by a majority
+    /// would leave the partition without anyone to vote.
+    UntilRestart,
+    /// Whole batches before the tail were cut, or it joined a group with a history: recorded
+    /// with its log start (before the cut) until a leader has brought it up to date.
+    Recorded,
 }
 
 /// What a loader wants next.
@@ -75,12 +76,8 @@ pub(super) struct Loader {
     last_term: u64,
     /// The log does not line up with the recorded start: empty it.
     misaligned: bool,
-    /// Entries were cut: the replica may have lost some it acknowledged.
-    lost: bool,
-    /// The only cut was of the log's last batch, whole but failing its CRC: a flipped bit,
-    /// or a write torn inside a batch that was never synced (nor acknowledged). The two
-    /// cannot be told apart; see [`Loss::Tail`].
-    tail_only: bool,
+    /// What the cut (if any) means for the replica.
+    cut: CatchUp,
     /// Indexes of entries whose bytes fail their CRC: kept in the table (their frame says
     /// where they are and which entry they are), repaired from a peer, never served.
     damaged: Vec<u64>,
@@ -120,8 +117,7 @@ impl Loader {
             governing: (start.index > 0).then_some(start.term),
             last_term: start.term,
             misaligned,
-            lost: false,
-            tail_only: false,
+            cut: CatchUp::No,
             damaged: Vec::new(),
             producers: Vec::new(),
             txns: Vec::new(),
@@ -255,8 +251,7 @@ impl Loader {
                             Some(&(next_base, _)) => next_base,
                             None => {
                                 warn!(partition = %log.partition(), offset = view.base_offset(), "the log's last batch has a bad CRC; cutting it");
-                                self.tail_only = !self.lost;
-                                return self.cut(log, ops);
+                                return self.cut_as(CatchUp::UntilRestart, log, ops);
                             }
                         }
                     }
@@ -374,10 +369,17 @@ impl Loader {
         }
     }
 
-    /// Drops everything from the current read position on.
+    /// Drops everything from the current read position on: whole batches the replica may
+    /// have acknowledged.
     fn cut(&mut self, log: &mut PartitionLog, ops: &mut Vec<StorageOp>) {
+        self.cut_as(CatchUp::Recorded, log, ops);
+    }
+
+    /// Drops everything from the current read position on; `catch_up` says what that
+    /// means for the replica.
+    fn cut_as(&mut self, catch_up: CatchUp, log: &mut PartitionLog, ops: &mut Vec<StorageOp>) {
         self.done = true;
-        self.lost = true;
+        self.cut = catch_up;
         let segment_base = self.segments[self.segment].0;
         if self.expected < self.start.offset
             || log
@@ -393,7 +395,7 @@ impl Loader {
     pub(super) fn finish(
         self,
         log: &mut PartitionLog,
-    ) -> (EntryLog, Vec<StorageOp>, Loss, Vec<u64>) {
+    ) -> (EntryLog, Vec<StorageOp>, CatchUp, Vec<u64>) {
         let mut ops = Vec::new();
         let mut table = self.table;
         let mut memberships = self.memberships;
@@ -429,18 +431,16 @@ impl Loader {
             table,
             memberships,
         );
-        let lost = if self.lost && !self.tail_only {
-            Loss::Entries
-        } else if self.lost || self.misaligned {
-            Loss::Tail
+        let catch_up = if self.misaligned {
+            self.cut.max(CatchUp::UntilRestart)
         } else {
-            Loss::Nothing
+            self.cut
         };
         let damaged = if self.misaligned {
             Vec::new()
         } else {
             self.damaged
         };
-        (entry_log, ops, lost, damaged)
+        (entry_log, ops, catch_up, damaged)
     }
 }

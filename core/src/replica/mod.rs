@@ -39,7 +39,7 @@ use crate::producer::{ProducerBatch, TxnEvent, Written};
 use crate::storage::{SegmentId, StorageOp, TopicPartition};
 
 pub use entries::{EntryKind, EntryLog, EntryMeta, LogStart};
-use load::Loader;
+use load::{CatchUp, Loader};
 
 /// Largest read issued for a lagging follower or at start-up.
 const READ_CHUNK: usize = 1 << 20;
@@ -157,11 +157,9 @@ pub struct Replica {
     /// it joins a group that already has a history — so it does not vote or campaign until
     /// it has caught up with a leader. (Without this, fresh replicas added by moves could
     /// form a majority of the group's first membership among themselves and start a second
-    /// history: simulator, cluster5-moves seed 216.)
-    catching_up: bool,
-    /// `catching_up` is recorded with the log start, so that a restart keeps it (see
-    /// [`load::Loss`] for the one case that is not).
-    catch_up_durably: bool,
+    /// history: simulator, cluster5-moves seed 216.) Recorded with the log start, so that
+    /// a restart keeps it, but for the one case [`CatchUp::UntilRestart`] says.
+    catching_up: CatchUp,
     /// Entries whose bytes on this disk fail their CRC (found at start-up, in a read for a
     /// follower or a consumer, or by the scrubber). Protocol-aware repair: they stay in the
     /// table (the log's shape is known), their copy never counts towards a quorum (this
@@ -205,7 +203,11 @@ impl Replica {
         log: &mut PartitionLog,
     ) -> Self {
         let persisted = persisted.unwrap_or_default();
-        let catching_up = is_catching_up(&persisted);
+        let catching_up = if is_catching_up(&persisted) {
+            CatchUp::Recorded
+        } else {
+            CatchUp::No
+        };
         let hard_state = persisted.hard_state.unwrap_or_default();
         let start = persisted
             .snapshot
@@ -234,7 +236,6 @@ impl Replica {
             reported: (0, false),
             commit_reported: 0,
             catching_up,
-            catch_up_durably: catching_up,
             damaged: BTreeSet::new(),
             rewrites: BTreeMap::new(),
             repaired_producers: Vec::new(),
@@ -308,7 +309,7 @@ impl Replica {
     pub fn tick(&mut self) {
         if let State::Running(group) = &mut self.state {
             let damaged = !self.damaged.is_empty();
-            if (!self.catching_up && !damaged) || group.is_leader() {
+            if (self.catching_up == CatchUp::No && !damaged) || group.is_leader() {
                 group.tick();
             }
             if damaged && group.is_leader() {
@@ -414,23 +415,17 @@ impl Replica {
     /// Marks a new replica of a group that already has a history: it waits for a leader
     /// instead of standing for election (see `catching_up`).
     pub fn join_existing_group(&mut self) {
-        if !self.catching_up || !self.catch_up_durably {
-            self.catching_up = true;
-            self.catch_up_durably = true;
+        if self.catching_up != CatchUp::Recorded {
+            self.catching_up = CatchUp::Recorded;
             self.save_start(); // While loading, the end of loading saves it.
         }
-    }
-
-    /// The catching-up mark as recorded with the log start.
-    fn durable_mark(&self) -> bool {
-        self.catching_up && self.catch_up_durably
     }
 
     /// Records the log start, membership and catching-up flag (durable when executed).
     fn save_start(&mut self) {
         if let State::Running(group) = &self.state {
             let store = group.raw_ref().store();
-            let snapshot = start_record(store.start(), store.conf_state(), self.durable_mark());
+            let snapshot = start_record(store.start(), store.conf_state(), self.catching_up);
             let op = self.save(RaftPersist {
                 snapshot: Some(snapshot),
                 ..Default::default()
@@ -462,7 +457,9 @@ impl Replica {
         }
         let last = group.last_index();
         match message.get_msg_type() {
-            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote if self.catching_up => {
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+                if self.catching_up != CatchUp::No =>
+            {
                 return; // It may have lost entries a majority needs: no vote until repaired.
             }
             MessageType::MsgHeartbeat if message.commit > last => {
@@ -514,11 +511,10 @@ impl Replica {
         };
         let leader_commit = from_leader.then_some(message.commit);
         group.step(message);
-        if let Some(commit) = leader_commit.filter(|_| self.catching_up) {
+        if let Some(commit) = leader_commit.filter(|_| self.catching_up != CatchUp::No) {
             if group.last_index() >= commit && group.committed() >= commit {
                 info!(partition = %self.tp, "replica caught up: it holds every committed entry");
-                self.catching_up = false;
-                if std::mem::take(&mut self.catch_up_durably) {
+                if std::mem::replace(&mut self.catching_up, CatchUp::No) == CatchUp::Recorded {
                     self.save_start();
                 }
             }
@@ -751,8 +747,7 @@ impl Replica {
         log.compact_to(index);
         self.damaged.retain(|&i| i > index);
         self.rewrites.retain(|&i, _| i > index);
-        let mark = self.catching_up && self.catch_up_durably;
-        let snapshot = start_record(log.start(), log.conf_state(), mark);
+        let snapshot = start_record(log.start(), log.conf_state(), self.catching_up);
         Some(self.save(RaftPersist {
             snapshot: Some(snapshot),
             ..Default::default()
@@ -867,8 +862,7 @@ impl Replica {
                 if !ready.snapshot().is_empty() {
                     let snapshot = ready.snapshot().clone();
                     let ops = &mut self.pending.ops;
-                    let mark = self.catching_up && self.catch_up_durably;
-                    install_snapshot(&self.tp, group, log, snapshot, mark, ops);
+                    install_snapshot(&self.tp, group, log, snapshot, self.catching_up, ops);
                     self.damaged.clear();
                     self.rewrites.clear();
                 }
@@ -911,8 +905,7 @@ impl Replica {
                 for entry in ready.take_committed_entries() {
                     if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
                         let ops = &mut self.pending.ops;
-                        let mark = self.catching_up && self.catch_up_durably;
-                        apply_membership(&self.tp, group, &entry, mark, ops);
+                        apply_membership(&self.tp, group, &entry, self.catching_up, ops);
                     }
                 }
                 self.unpersisted.push_back(Unpersisted {
@@ -1047,16 +1040,16 @@ impl Replica {
         let State::Loading(loader) = std::mem::replace(&mut self.state, placeholder) else {
             unreachable!("checked above");
         };
-        let (entry_log, fixes, lost, damaged) = loader.finish(log);
-        self.catching_up |= lost != load::Loss::Nothing;
-        self.catch_up_durably |= lost == load::Loss::Entries;
+        let (entry_log, fixes, catch_up, damaged) = loader.finish(log);
+        self.catching_up = self.catching_up.max(catch_up);
         if !is_planted(Canary::TrustRecoveredBatches) {
             self.damaged.extend(damaged);
         }
-        if self.catching_up && self.catch_up_durably {
+        if self.catching_up == CatchUp::Recorded {
             // Durable before the cut that made it so: a replica that crashes while catching
             // up must not come back with a shorter but clean log and vote again.
-            let snapshot = start_record(entry_log.start(), entry_log.conf_state(), true);
+            let snapshot =
+                start_record(entry_log.start(), entry_log.conf_state(), CatchUp::Recorded);
             self.pending.ops.push(self.save(RaftPersist {
                 snapshot: Some(snapshot),
                 ..Default::default()
@@ -1253,9 +1246,9 @@ const CATCHING_UP: u8 = 1;
 
 /// The recorded start of a replica's log, as persisted: what a leader would send as its
 /// snapshot, and the catching-up flag.
-fn start_record(start: LogStart, conf_state: &ConfState, catching_up: bool) -> Snapshot {
+fn start_record(start: LogStart, conf_state: &ConfState, catching_up: CatchUp) -> Snapshot {
     let mut snapshot = start.to_snapshot(conf_state);
-    if catching_up {
+    if catching_up == CatchUp::Recorded {
         snapshot.data.push(CATCHING_UP);
     }
     snapshot
@@ -1286,7 +1279,7 @@ fn apply_membership(
     tp: &TopicPartition,
     group: &mut RaftGroup<EntryLog>,
     entry: &raft::eraftpb::Entry,
-    catching_up: bool,
+    catching_up: CatchUp,
     ops: &mut Vec<StorageOp>,
 ) {
     use prost::Message as _;
@@ -1322,8 +1315,8 @@ fn install_snapshot(
     tp: &TopicPartition,
     group: &mut RaftGroup<EntryLog>,
     log: &mut PartitionLog,
-    mut snapshot: raft::eraftpb::Snapshot,
-    catching_up: bool,
+    snapshot: raft::eraftpb::Snapshot,
+    catching_up: CatchUp,
     ops: &mut Vec<StorageOp>,
 ) {
     let Some(start) = LogStart::from_snapshot(&snapshot) else {
@@ -1334,14 +1327,12 @@ fn install_snapshot(
     // log, which start-up reconciles with the older recorded start.
     log.reset(start.offset, ops);
     let conf_state = snapshot.get_metadata().get_conf_state().clone();
+    let record = start_record(start, &conf_state, catching_up);
     group.raw().mut_store().reset(start, conf_state);
-    if catching_up {
-        snapshot.data.push(CATCHING_UP);
-    }
     ops.push(StorageOp::SaveReplica {
         partition: tp.clone(),
         state: Box::new(RaftPersist {
-            snapshot: Some(snapshot),
+            snapshot: Some(record),
             ..Default::default()
         }),
     });
