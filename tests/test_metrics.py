@@ -74,6 +74,14 @@ def test_metrics_move_under_load_and_a_groups_lag_is_what_it_committed(workdir):
         assert after["seedlog_received_bytes_total"] - before["seedlog_received_bytes_total"] > 2_000_000
         assert after["seedlog_sent_bytes_total"] > 500_000
         assert after["seedlog_sync_duration_seconds_count"] > 0
+        # Each append's way to consumers: on one replica every append waits for a sync,
+        # so each stage saw every append, and the whole outlasts its sync.
+        stage = lambda name, kind: after[f'seedlog_record_stage_seconds_{kind}{{stage="{name}"}}']
+        appends = stage("appended_to_visible", "count")
+        assert appends > 0
+        assert stage("sync_wait", "count") == stage("sync", "count") == appends
+        assert stage("appended_to_visible", "sum") >= stage("sync", "sum") > 0
+        assert stage("queued", "count") >= after[produces]
         for p in (0, 1):
             labels = f'{{topic="m",partition="{p}"}}'
             assert after[f"seedlog_partition_log_end_offset{labels}"] == 10_000

@@ -362,6 +362,9 @@ pub struct BrokerConfig {
     /// Report every entry a partition replica commits as an [`crate::Observation`] (the
     /// simulator's state checker reads them); off in a real broker, where nobody listens.
     pub report_commits: bool,
+    /// Report each rise of a partition's high watermark as an [`crate::Observation`]: the
+    /// node times the stages of a record's way to consumers with them (metrics on only).
+    pub report_visible: bool,
     /// `advertised.listeners` by name; empty: one `PLAINTEXT` listener at
     /// `advertised_host:advertised_port`.
     pub endpoints: Vec<crate::cluster::records::Endpoint>,
@@ -413,6 +416,7 @@ impl Default for BrokerConfig {
             txns: crate::txn::TxnConfig::default(),
             producer_id_expiration_ms: 24 * 3600 * 1000,
             report_commits: false,
+            report_visible: false,
             endpoints: Vec::new(),
             security: SecurityConfig::default(),
         }

@@ -4,6 +4,7 @@
 //! latency percentiles from an HDR histogram (produce: request round trip; e2e: from the
 //! producer stamping a record to a consumer reading it).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -144,6 +145,10 @@ pub struct E2eArgs {
     /// Milliseconds of offered records gathered into each batch (a client's linger.ms).
     #[arg(long, default_value_t = 1)]
     linger_ms: u64,
+    /// A broker's admin listener (host:port; repeat for each broker): its stage histograms
+    /// (`seedlog_record_stage_seconds`) over the run join the report.
+    #[arg(long, value_name = "ADDR")]
+    admin: Vec<String>,
 }
 
 /// What a run measured.
@@ -171,6 +176,21 @@ pub struct BenchReport {
     /// p99.9, max.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub commit_latency_ms: Option<[f64; 4]>,
+    /// Where a record's time went (e2e): each stage's percentiles in milliseconds, p50,
+    /// p99, p99.9, max, in pipeline order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<Stage>,
+}
+
+/// One stage of a record's way from producer to consumer.
+#[derive(Serialize, Debug)]
+pub struct Stage {
+    /// From which event to which, e.g. `sent -> acked`.
+    pub name: String,
+    /// Where it was measured: `client` (this process's clock) or `broker` (its metrics).
+    pub by: &'static str,
+    /// p50, p99, p99.9, max in milliseconds.
+    pub ms: [f64; 4],
 }
 
 impl BenchReport {
@@ -201,6 +221,12 @@ impl BenchReport {
         if let Some([p50, p99, p999, max]) = self.commit_latency_ms {
             println!(
                 "transaction commit (EndTxn round trip): p50 {p50:.3} ms, p99 {p99:.3} ms, p99.9 {p999:.3} ms, max {max:.3} ms"
+            );
+        }
+        for Stage { name, by, ms } in &self.stages {
+            let [p50, p99, p999, max] = ms;
+            println!(
+                "  {name:<28} ({by}): p50 {p50:.3} ms, p99 {p99:.3} ms, p99.9 {p999:.3} ms, max {max:.3} ms"
             );
         }
     }
@@ -387,6 +413,7 @@ async fn produce(args: &ProduceArgs) -> anyhow::Result<BenchReport> {
             Some(_) => Some(percentiles(&*commits.lock().await)),
             None => None,
         },
+        stages: Vec::new(),
     })
 }
 
@@ -558,6 +585,7 @@ async fn consume(args: &ConsumeArgs) -> anyhow::Result<BenchReport> {
         latency_of: "none",
         errors,
         commit_latency_ms: None,
+        stages: Vec::new(),
     })
 }
 
@@ -571,6 +599,7 @@ async fn e2e(args: &E2eArgs) -> anyhow::Result<BenchReport> {
     for partition in 0..args.target.partitions {
         positions.push(latest_offset(&args.target, partition).await?);
     }
+    let stages_before = broker_stages(&args.admin).await?;
     let epoch = Instant::now();
     let deadline = Duration::from_secs(args.seconds);
     let total = args.rate * args.seconds;
@@ -619,7 +648,7 @@ async fn e2e(args: &E2eArgs) -> anyhow::Result<BenchReport> {
     // that outlasts a tick does not hold the next batch back (a single connection with one
     // request in flight fell behind near 2 M records/s, and the catching up showed as
     // latency).
-    let (batches, queue) = tokio::sync::mpsc::channel::<(i32, bytes::Bytes)>(64);
+    let (batches, queue) = tokio::sync::mpsc::channel::<(i32, bytes::Bytes, u64, u64)>(64);
     let queue = Arc::new(Mutex::new(queue));
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut senders = Vec::new();
@@ -632,19 +661,25 @@ async fn e2e(args: &E2eArgs) -> anyhow::Result<BenchReport> {
         );
         senders.push(tokio::spawn(async move {
             let mut producer = client(&target);
+            let mut acked = histogram();
             loop {
-                let Some((partition, batch)) = queue.lock().await.recv().await else {
+                let Some((partition, batch, stamp, count)) = queue.lock().await.recv().await else {
                     break;
                 };
                 let request = produce_request(&target.topic, partition, acks.code(), 30_000, batch);
                 match producer.call(ApiKey::Produce, 9, request).await {
                     Ok(ResponseKind::Produce(r))
-                        if r.responses[0].partition_responses[0].error_code == 0 => {}
+                        if r.responses[0].partition_responses[0].error_code == 0 =>
+                    {
+                        let now = epoch.elapsed().as_micros() as u64;
+                        let _ = acked.record_n(now.saturating_sub(stamp).max(1), count);
+                    }
                     _ => {
                         errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
             }
+            acked
         }));
     }
     let (mut sent, mut batches_sent) = (0u64, 0u64);
@@ -672,19 +707,25 @@ async fn e2e(args: &E2eArgs) -> anyhow::Result<BenchReport> {
         let records = vec![(None, Some(&value[..])); count as usize];
         let batch = data_batch(crate::server::now_ms(), &records).freeze();
         let partition = (ticks % args.target.partitions as u64) as i32;
-        if batches.send((partition, batch)).await.is_err() {
+        if batches
+            .send((partition, batch, stamp, count))
+            .await
+            .is_err()
+        {
             break;
         }
         sent += count;
         batches_sent += 1;
     }
     drop(batches);
+    let mut acked = histogram();
     for sender in senders {
-        sender.await.context("a producer task failed")?;
+        let _ = acked.add(sender.await.context("a producer task failed")?);
     }
     let errors = errors.load(std::sync::atomic::Ordering::Relaxed);
     let seconds = epoch.elapsed().as_secs_f64();
     let (latencies, seen) = consumer.await.context("the consumer task failed")?;
+    let stages_after = broker_stages(&args.admin).await?;
     Ok(BenchReport {
         mode: "e2e",
         requests: batches_sent,
@@ -696,6 +737,21 @@ async fn e2e(args: &E2eArgs) -> anyhow::Result<BenchReport> {
         latency_of: "produce to consume",
         errors: errors + total.saturating_sub(seen),
         commit_latency_ms: None,
+        stages: vec![
+            Stage {
+                name: "sent -> acked".into(),
+                by: "client",
+                ms: percentiles(&acked),
+            },
+            Stage {
+                name: "sent -> fetched".into(),
+                by: "client",
+                ms: percentiles(&latencies),
+            },
+        ]
+        .into_iter()
+        .chain(stages_after.since(&stages_before))
+        .collect(),
     })
 }
 
@@ -716,5 +772,116 @@ async fn latest_offset(target: &Target, partition: i32) -> anyhow::Result<i64> {
     {
         Ok(ResponseKind::ListOffsets(r)) => Ok(r.topics[0].partitions[0].offset),
         other => bail!("ListOffsets failed: {other:?}"),
+    }
+}
+
+/// The brokers' `seedlog_record_stage_seconds` buckets, summed over brokers: stage ->
+/// (upper bound in seconds, cumulative count).
+#[derive(Default)]
+struct StageBuckets(BTreeMap<String, BTreeMap<u64, (f64, u64)>>);
+
+/// Scrapes each admin listener's stage histograms.
+async fn broker_stages(admins: &[String]) -> anyhow::Result<StageBuckets> {
+    let mut buckets = StageBuckets::default();
+    for admin in admins {
+        let text = scrape(admin)
+            .await
+            .with_context(|| format!("scraping {admin}/metrics"))?;
+        buckets.add(&text);
+    }
+    Ok(buckets)
+}
+
+async fn scrape(admin: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(admin).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .await?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await?;
+    Ok(text)
+}
+
+impl StageBuckets {
+    /// Adds the stage buckets of one scrape.
+    fn add(&mut self, text: &str) {
+        let label = |line: &str, name: &str| {
+            let from = line.find(&format!("{name}=\""))? + name.len() + 2;
+            let to = from + line[from..].find('"')?;
+            Some(line[from..to].to_string())
+        };
+        for line in text.lines() {
+            if !line.starts_with("seedlog_record_stage_seconds_bucket{") {
+                continue;
+            }
+            let (Some(stage), Some(le), Some(count)) = (
+                label(line, "stage"),
+                label(line, "le"),
+                line.rsplit(' ').next().and_then(|c| c.parse::<f64>().ok()),
+            ) else {
+                continue;
+            };
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::NAN)
+            };
+            // Keyed by the bound's bits: buckets sort by bound, as positive floats do.
+            let entry = self.0.entry(stage).or_default();
+            let bucket = entry.entry(bound.to_bits()).or_insert((bound, 0));
+            bucket.1 += count as u64;
+        }
+    }
+
+    /// Each stage's percentiles over what happened between `before` and now, read off
+    /// the bucket bounds (so each is an upper bound, within a factor of √2).
+    fn since(&self, before: &StageBuckets) -> Vec<Stage> {
+        const ORDER: [&str; 5] = [
+            "queued",
+            "sync_wait",
+            "sync",
+            "commit",
+            "appended_to_visible",
+        ];
+        let mut out = Vec::new();
+        for name in ORDER {
+            let Some(after) = self.0.get(name) else {
+                continue;
+            };
+            let earlier = before.0.get(name);
+            let counts: Vec<(f64, u64)> = after
+                .iter()
+                .map(|(bits, (bound, n))| {
+                    let was = earlier.and_then(|e| e.get(bits)).map_or(0, |b| b.1);
+                    (*bound, n.saturating_sub(was))
+                })
+                .collect();
+            let total = counts.last().map_or(0, |c| c.1);
+            if total == 0 {
+                continue;
+            }
+            let at = |q: f64| {
+                let rank = (q * total as f64).ceil() as u64;
+                let bound = counts
+                    .iter()
+                    .find(|(_, n)| *n >= rank.max(1))
+                    .map_or(f64::INFINITY, |(b, _)| *b);
+                bound * 1000.0
+            };
+            out.push(Stage {
+                name: match name {
+                    "queued" => "read -> taken (requests)",
+                    "sync_wait" => "appended -> sync started",
+                    "sync" => "sync started -> synced",
+                    "commit" => "synced -> visible",
+                    _ => "appended -> visible",
+                }
+                .into(),
+                by: "broker",
+                ms: [at(0.5), at(0.99), at(0.999), at(1.0)],
+            });
+        }
+        out
     }
 }

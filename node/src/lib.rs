@@ -17,6 +17,7 @@ pub mod listeners;
 pub mod metrics;
 pub mod peer;
 pub mod server;
+pub mod stages;
 pub mod storage;
 #[cfg(not(madsim))]
 pub mod tls;

@@ -25,8 +25,9 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::listeners::{accept_clients, Accepted, ClientStream, Tls};
-use crate::metrics::{ApiMetrics, Metrics};
+use crate::metrics::{ApiMetrics, Metrics, StageMetrics};
 use crate::peer::Peers;
+use crate::stages::StageClock;
 use crate::storage::{Storage, SyncFailure};
 
 /// How long a stopping broker waits for another to take over its roles.
@@ -183,6 +184,8 @@ pub struct Driver {
     in_flight: BTreeMap<ConnectionId, VecDeque<(i32, i16, Instant)>>,
     /// Syncs under way: token -> (start, files).
     syncs_started: BTreeMap<u64, (Instant, usize)>,
+    /// The stages of appends on their way to consumers (with metrics only).
+    stages: Option<(StageClock, StageMetrics)>,
     /// Where the admin listener asks for core's snapshot.
     stats_requests: Option<StatsRequestsReceiver>,
 }
@@ -219,12 +222,14 @@ impl Driver {
             api_metrics: BTreeMap::new(),
             in_flight: BTreeMap::new(),
             syncs_started: BTreeMap::new(),
+            stages: None,
             stats_requests: None,
         }
     }
 
     /// Counts into `metrics` and answers core's snapshot to `requests` (the admin listener).
     pub fn with_metrics(mut self, metrics: Metrics, requests: StatsRequestsReceiver) -> Self {
+        self.stages = Some((StageClock::default(), metrics.stages()));
         self.metrics = Some(metrics);
         self.stats_requests = Some(requests);
         self
@@ -248,6 +253,9 @@ impl Driver {
             return;
         };
         metrics.received(frame.len() + 4);
+        if let Some((_, stages)) = &self.stages {
+            stages.queued(received.elapsed());
+        }
         let (Some(key), Some(correlation)) = (frame.get(..2), frame.get(4..8)) else {
             return;
         };
@@ -470,10 +478,8 @@ impl Driver {
                         }
                     }
                     Output::Storage(op) => {
-                        if let (Some(_), StorageOp::Sync { token, segments }) = (&self.metrics, &op)
-                        {
-                            self.syncs_started
-                                .insert(*token, (Instant::now(), segments.len()));
+                        if self.metrics.is_some() {
+                            self.time_storage(&op);
                         }
                         if let Some(completion) = self.storage.execute(op)? {
                             self.ready.push(completion);
@@ -485,6 +491,18 @@ impl Driver {
                             info!(broker, %address, "dialling a peer");
                             self.peer_addresses.insert(broker, address.clone());
                             self.peers.add(broker, address);
+                        }
+                    }
+                    Output::Observed(Observation::Visible {
+                        partition,
+                        high_watermark,
+                        leader,
+                    }) => {
+                        if let Some((clock, metrics)) = &mut self.stages {
+                            let now = Instant::now();
+                            for stages in clock.visible(&partition, high_watermark, leader, now) {
+                                metrics.timed(&stages);
+                            }
                         }
                     }
                     Output::Observed(observation) => {
@@ -556,9 +574,34 @@ impl Driver {
         }
     }
 
+    /// Notes the start of a sync or an append for the metrics.
+    fn time_storage(&mut self, op: &StorageOp) {
+        let now = Instant::now();
+        match op {
+            StorageOp::Sync { token, segments } => {
+                self.syncs_started.insert(*token, (now, segments.len()));
+                if let Some((clock, _)) = &mut self.stages {
+                    clock.sync_started(*token, now);
+                }
+            }
+            StorageOp::Append { segment, data } => {
+                let end = seedlog_core::batch::complete_batches(data)
+                    .last()
+                    .map(|batch| batch.next_offset());
+                if let (Some((clock, _)), Some(end)) = (&mut self.stages, end) {
+                    clock.appended(&segment.partition, end, now);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// A sync finished: how long it took and how many files it covered.
     fn count_sync(&mut self, completion: &StorageCompletion) {
         if let StorageCompletion::Synced { token } = completion {
+            if let Some((clock, _)) = &mut self.stages {
+                clock.synced(*token, Instant::now());
+            }
             let started = self.syncs_started.remove(token);
             if let (Some(metrics), Some((started, files))) = (&self.metrics, started) {
                 metrics.synced(started.elapsed(), files);
@@ -784,6 +827,8 @@ pub async fn serve_with(
         None => None,
     };
     let recovered = storage.recover(broker_config.index_interval_bytes)?;
+    // The record stages are timed only where the metrics are read.
+    broker_config.report_visible = config.admin_listen.is_some();
     // Ids only need to differ between brokers and restarts: the start time and the broker id
     // do that, and keep simulated runs deterministic.
     let seed = clock.now().wall as u64 ^ (broker_config.broker_id as u64) << 48;

@@ -85,6 +85,8 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
             let mut history = observed.lock().expect("history lock");
             history.committed(broker, group, topic_id, entries);
         }
+        // For the node's metrics; simulated brokers run without an admin listener.
+        Observation::Visible { .. } => {}
     });
     let brokers: Brokers = Arc::new(Mutex::new(
         (0..plan.scenario.brokers)

@@ -24,6 +24,7 @@ use crate::batch::{frame_size, BatchView};
 use crate::log::ReadPlan;
 use crate::security::acl::{Operation, ResourceType};
 use crate::storage::{StorageOp, TopicPartition};
+use crate::{Observation, Output};
 
 /// ListOffsets timestamp asking for the log start offset.
 const EARLIEST: i64 = -2;
@@ -117,7 +118,33 @@ impl Broker {
         available >= request.min_bytes as u64
     }
 
-    pub(super) fn wake_parked_fetches(&mut self, advanced: &BTreeSet<TopicPartition>) {
+    /// High watermarks rose in `advanced`: report them (with `report_visible`) and answer
+    /// the fetches parked on them that now have enough to read.
+    pub(super) fn advanced(&mut self, advanced: &BTreeSet<TopicPartition>) {
+        if advanced.is_empty() {
+            return;
+        }
+        if self.config.report_visible {
+            for tp in advanced {
+                let Some(topic) = self.topics.get(&tp.topic) else {
+                    continue;
+                };
+                let Some(log) = topic.partition(tp.partition) else {
+                    continue;
+                };
+                let leader = topic.raft.get(&tp.partition).is_none_or(|r| r.is_leader());
+                let visible = Observation::Visible {
+                    partition: tp.clone(),
+                    high_watermark: log.high_watermark(),
+                    leader,
+                };
+                self.outputs.push_back(Output::Observed(visible));
+            }
+        }
+        self.wake_parked_fetches(advanced);
+    }
+
+    fn wake_parked_fetches(&mut self, advanced: &BTreeSet<TopicPartition>) {
         let touched = |f: &ParkedFetch| {
             f.request.topics.iter().any(|t| {
                 t.partitions.iter().any(|p| {

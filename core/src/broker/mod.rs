@@ -152,6 +152,17 @@ pub enum Observation {
         /// The entries, in index order.
         entries: Vec<CommittedEntry>,
     },
+    /// A partition's high watermark rose: records below it are visible to consumers (only
+    /// with `report_visible`).
+    Visible {
+        /// The partition.
+        partition: TopicPartition,
+        /// The new high watermark.
+        high_watermark: i64,
+        /// This broker leads the partition (a follower learns of commits later than its
+        /// consumers could).
+        leader: bool,
+    },
 }
 
 /// What a write of a Raft group's durable state set, or what a load found: the hard state
@@ -1088,9 +1099,7 @@ impl Broker {
         }
         self.complete_produces(token);
         self.replicas_synced(token);
-        if !advanced.is_empty() {
-            self.wake_parked_fetches(&advanced);
-        }
+        self.advanced(&advanced);
     }
 
     /// Marks an append as made: in group-commit mode it becomes visible at the next sync,
@@ -1107,7 +1116,7 @@ impl Broker {
                     .and_then(|t| t.partition_mut(tp.partition))
                     .expect("appended partition exists");
                 if log.commit(log.end_point()) {
-                    self.wake_parked_fetches(&BTreeSet::from([tp.clone()]));
+                    self.advanced(&BTreeSet::from([tp.clone()]));
                 }
             }
         }

@@ -332,9 +332,7 @@ impl Broker {
                 advanced.insert(tp);
             }
         }
-        if !advanced.is_empty() {
-            self.wake_parked_fetches(&advanced);
-        }
+        self.advanced(&advanced);
         if !self.replicated_produces.is_empty() {
             self.settle_replicated_produces();
         }
