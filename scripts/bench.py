@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -41,13 +42,14 @@ def free_port():
 
 
 class Broker:
-    def __init__(self, workdir, *flags):
+    def __init__(self, workdir, *flags, exe=None):
         self.port = free_port()
         self.dir = Path(workdir) / f"broker-{self.port}"
         # `{port}` in a flag is this broker's PLAINTEXT port (for --listeners).
         flags = [f.replace("{port}", str(self.port)) for f in flags]
         self.proc = subprocess.Popen(
-            [binary(), "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.dir), *flags],
+            [exe or binary(), "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.dir),
+             *flags],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(200):
             try:
@@ -457,6 +459,94 @@ def transaction_cost(workdir, n, pairs, batches=10):
             f"p99 {median(p99):.2f} ms ({min(p99):.2f}-{max(p99):.2f})")
 
 
+class FsyncProbe(threading.Thread):
+    """The disk's own fdatasync latency while a run goes on: a 4 KiB append and fdatasync
+    every 2 ms (about a sixth of what this disk sustains, so the probe samples the disk
+    without loading it much), each timed."""
+
+    def __init__(self, workdir):
+        super().__init__(daemon=True)
+        self.path = Path(workdir) / f"fsync-probe-{os.getpid()}"
+        self.times, self.done = [], threading.Event()
+
+    def run(self):
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            while not self.done.wait(0.002):
+                start = time.perf_counter()
+                os.write(fd, b"p" * 4096)
+                os.fdatasync(fd)
+                self.times.append((time.perf_counter() - start) * 1000)
+        finally:
+            os.close(fd)
+            self.path.unlink(missing_ok=True)
+
+    def stop(self):
+        self.done.set()
+        self.join()
+        return quantile(self.times, 0.99)
+
+
+def quantile(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+def latency_run(workdir, exe, acks, rate, seconds=5):
+    """One `seedlog bench e2e` on a fresh broker with its admin listener, the disk probed
+    at the same time: (report, the probe's fdatasync p99 in ms)."""
+    admin = f"127.0.0.1:{free_port()}"
+    b = Broker(workdir, "--admin-listen", admin, exe=exe)
+    probe = FsyncProbe(workdir)
+    try:
+        probe.start()
+        r = bench(b, "e2e", "--rate", str(rate), "--seconds", str(seconds), "--acks", acks,
+                  "--topic", "latency", "--admin", admin)
+        return r, probe.stop()
+    finally:
+        probe.done.set()
+        b.stop()
+
+
+def latency_targets(workdir, rate, pairs, against=None):
+    """Issue 16's latency targets on one broker: p99 produce-to-consume at most the disk's
+    fdatasync p99 (probed during the run) plus 1 ms, and p99.9 at most 10 ms, at `rate`
+    records/s, acks=1 and acks=all. With `against` (another seedlog binary), runs of the
+    two alternate, pair by pair, with the same load generator."""
+    lines = []
+    for acks in ("1", "all"):
+        runs = {"this": [], "against": []}
+        for i in range(pairs):
+            order = [("this", None), ("against", against)] if against else [("this", None)]
+            for name, exe in (order if i % 2 == 0 else order[::-1]):
+                runs[name].append(latency_run(workdir, exe, acks, rate))
+        for name, results in runs.items():
+            if not results:
+                continue
+            p99 = [r["latency_ms"][1] for r, _ in results]
+            p999 = [r["latency_ms"][2] for r, _ in results]
+            disk = [d for _, d in results]
+            met = sum(a <= d + 1 for a, d in zip(p99, disk))
+            who = "" if not against else f" ({name}: {against if name == 'against' else binary()})"
+            lines.append(
+                f"- one broker, acks={acks}, {rate:,} records/s{who}, {len(results)} runs: "
+                f"p50 {median([r['latency_ms'][0] for r, _ in results]):.2f} ms, "
+                f"p99 {median(p99):.2f} ms ({min(p99):.2f}-{max(p99):.2f}), "
+                f"p99.9 {median(p999):.2f} ms ({min(p999):.2f}-{max(p999):.2f}); disk's fdatasync "
+                f"p99 at the same time {median(disk):.2f} ms ({min(disk):.2f}-{max(disk):.2f}); "
+                f"p99 within the disk's + 1 ms in {met} of {len(results)} runs, "
+                f"p99.9 at most 10 ms in {sum(x <= 10 for x in p999)} of {len(results)}")
+            stages = {}
+            for r, _ in results:
+                for s in r.get("stages", []):
+                    stages.setdefault(f"{s['name']} ({s['by']})", []).append(s["ms"])
+            for stage, ms in stages.items():
+                lines.append(f"  - {stage}: median p50 {median([m[0] for m in ms]):.2f}, "
+                             f"p99 {median([m[1] for m in ms]):.2f}, "
+                             f"p99.9 {median([m[2] for m in ms]):.2f} ms")
+    return "\n".join(lines)
+
+
 def row(name, r):
     lat = r.get("latency_ms")
     lat_text = " / ".join(f"{x:.2f}" for x in lat) if lat else "-"
@@ -469,12 +559,23 @@ def main():
     ap.add_argument("--out", help="also write the report here")
     ap.add_argument("--pairs", type=int, help="back-to-back pairs behind each target ratio "
                     "(default 5; 1 with --quick)")
-    ap.add_argument("--only", choices=["idempotence", "transactions", "kcat", "tls", "metrics"],
+    ap.add_argument("--only", choices=["idempotence", "transactions", "kcat", "tls", "metrics",
+                                       "latency"],
                     help="run one paired comparison alone instead of the whole benchmark")
+    ap.add_argument("--rate", type=int, default=250_000,
+                    help="records/s offered by --only latency (default 250000)")
+    ap.add_argument("--against", help="--only latency: another seedlog binary, run in turn "
+                    "with this one (paired runs, the same load generator)")
     args = ap.parse_args()
     n = 200_000 if args.quick else 2_000_000
     pairs = args.pairs or (1 if args.quick else 5)
     workdir = tempfile.mkdtemp(prefix="seedlog-bench-")
+    if args.only == "latency":
+        try:
+            print(latency_targets(workdir, args.rate, pairs, args.against))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return
     if args.only:
         cost = {"idempotence": idempotence_cost, "transactions": transaction_cost,
                 "kcat": kcat_cost, "tls": tls_cost, "metrics": metrics_cost}[args.only]

@@ -79,6 +79,7 @@ impl Broker {
             self.execute_fetch(reply_to, request);
         } else {
             let deadline = now.mono + i64::from(request.max_wait_ms);
+            self.reader_at_end_until = now.mono + super::READER_AT_END_MS;
             self.parked_fetches.push(ParkedFetch {
                 reply_to,
                 deadline,
