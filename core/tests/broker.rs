@@ -87,7 +87,7 @@ fn appends_nobody_waits_for_share_a_later_sync() {
     // a moment ago and will be back: appends still start their sync at once...
     h.hold_syncs = true;
     h.produce_request(1, 1, "t", 0, batch(1, 1000));
-    assert_eq!(syncs(&h), 1, "a consumer waited at the end within the last second");
+    assert_eq!(syncs(&h), 1, "a consumer waited at the end just now");
     h.release_syncs();
     // ...until nobody has waited there for a second.
     h.advance(1000);
