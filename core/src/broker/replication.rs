@@ -438,15 +438,20 @@ impl Broker {
                 });
             }
         }
-        let mut payload = BytesMut::from(&records[..]);
         let mut proposed: Option<Proposed> = None;
+        let mut at = 0;
         for summary in &summaries {
-            let mut one = payload.split_to(summary.size);
+            // A slice of the request, shared by Raft's copies of the entry until it is
+            // written and cached (the cache keeps a compact copy: see `EntryLog::push`).
+            let mut one = records.slice(at..at + summary.size);
+            at += summary.size;
             if log_append_time >= 0 {
-                batch::stamp_log_append_time(&mut one, log_append_time);
+                let mut stamped = BytesMut::from(&one[..]);
+                batch::stamp_log_append_time(&mut stamped, log_append_time);
+                one = stamped.freeze();
             }
             let (index, term) = replica
-                .propose(one.to_vec())
+                .propose(one)
                 .map_err(|_| ResponseError::NotLeaderOrFollower)?;
             let p = proposed.get_or_insert(Proposed {
                 first: index,

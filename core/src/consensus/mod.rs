@@ -333,13 +333,21 @@ impl<S: Storage> RaftGroup<S> {
 
     /// Proposes `data` as a new entry. A follower forwards it to the leader; it may still be
     /// lost on the way, so the proposer must watch for it to be applied, with a deadline.
-    pub fn propose(&mut self, data: Vec<u8>) -> Result<(), ProposeError> {
+    pub fn propose(&mut self, data: impl Into<bytes::Bytes>) -> Result<(), ProposeError> {
         if self.leader().is_none() {
             return Err(ProposeError::NoLeader);
         }
-        self.node
-            .propose(Vec::new(), data)
-            .map_err(|_| ProposeError::Dropped)
+        // What `RawNode::propose` does, but with the data as given: it takes a `Vec`, which
+        // a record batch (a slice of its request) would be copied into.
+        let mut m = raft::eraftpb::Message::default();
+        m.set_msg_type(raft::eraftpb::MessageType::MsgPropose);
+        m.from = self.node.raft.id;
+        let entry = raft::eraftpb::Entry {
+            data: data.into(),
+            ..Default::default()
+        };
+        m.entries = vec![entry].into();
+        self.node.raft.step(m).map_err(|_| ProposeError::Dropped)
     }
 
     /// If this replica leads, asks the most caught-up voter to take over (a graceful
@@ -599,7 +607,10 @@ mod tests {
                     let effects = group.drive();
                     for entry in effects.committed {
                         if !entry.data.is_empty() {
-                            self.applied.entry(*id).or_default().push(entry.data);
+                            self.applied
+                                .entry(*id)
+                                .or_default()
+                                .push(entry.data.to_vec());
                         }
                     }
                     inflight.extend(effects.messages);

@@ -7,6 +7,7 @@
 //! `LogTemporarilyUnavailable`, the replica reads the range and calls `on_entries_fetched`.
 
 use crate::producer::{TxnEvent, TxnIndex};
+use bytes::Bytes;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -123,10 +124,10 @@ pub struct EntryLog {
     /// `table[i]` is entry `start.index + 1 + i`.
     table: VecDeque<EntryMeta>,
     /// Data of recent entries by index, bounded by `CACHE_BYTES`.
-    cache: BTreeMap<u64, Vec<u8>>,
+    cache: BTreeMap<u64, Bytes>,
     cache_bytes: usize,
     /// Data read from disk for a lagging follower; dropped once handed to raft-rs.
-    fetched: BTreeMap<u64, Vec<u8>>,
+    fetched: BTreeMap<u64, Bytes>,
     /// The encoded changes of membership entries, always in memory (they are few, and
     /// raft-rs needs them to apply and to resend).
     memberships: BTreeMap<u64, Vec<u8>>,
@@ -248,13 +249,14 @@ impl EntryLog {
     }
 
     /// Appends an entry written to the log; `data` is cached for resending (and kept, for
-    /// a membership change).
-    pub fn push(&mut self, meta: EntryMeta, data: Vec<u8>) {
+    /// a membership change). The cache keeps a copy of its own: `data` is a slice of a
+    /// client's request or a peer's frame, and holding it would hold all of that too.
+    pub fn push(&mut self, meta: EntryMeta, data: Bytes) {
         self.table.push_back(meta);
         let index = self.last();
         match meta.kind {
             EntryKind::Membership => {
-                self.memberships.insert(index, data);
+                self.memberships.insert(index, data.to_vec());
                 return;
             }
             EntryKind::LeaderChange => return,
@@ -262,7 +264,7 @@ impl EntryLog {
         }
         if !data.is_empty() {
             self.cache_bytes += data.len();
-            self.cache.insert(index, data);
+            self.cache.insert(index, Bytes::copy_from_slice(&data));
         }
         while self.cache_bytes > CACHE_BYTES {
             let Some((_, old)) = self.cache.pop_first() else {
@@ -314,7 +316,7 @@ impl EntryLog {
     }
 
     /// Data read from disk for entry `index`, until [`Self::clear_fetched`].
-    pub fn add_fetched(&mut self, index: u64, data: Vec<u8>) {
+    pub fn add_fetched(&mut self, index: u64, data: Bytes) {
         self.fetched.insert(index, data);
     }
 
@@ -328,7 +330,7 @@ impl EntryLog {
         std::mem::take(self.misses.get_mut())
     }
 
-    fn data(&self, index: u64) -> Option<&Vec<u8>> {
+    fn data(&self, index: u64) -> Option<&Bytes> {
         self.cache.get(&index).or_else(|| self.fetched.get(&index))
     }
 }
@@ -361,16 +363,19 @@ impl Storage for EntryLog {
             let meta = self.meta(index).expect("bounds checked above");
             let mut entry_type = EntryType::EntryNormal;
             let data = if meta.kind == EntryKind::LeaderChange {
-                Vec::new()
+                Bytes::new()
             } else if meta.kind == EntryKind::Membership {
                 entry_type = EntryType::EntryConfChangeV2;
-                self.memberships.get(&index).cloned().unwrap_or_default()
+                let change = self.memberships.get(&index);
+                change
+                    .map(|c| Bytes::copy_from_slice(c))
+                    .unwrap_or_default()
             } else if let Some(data) = self.data(index) {
                 data.clone()
             } else if !context.can_async() {
                 // Committed entries for applying, or raft-rs checking entry types: the log
                 // is the state machine, so the data is not needed.
-                Vec::new()
+                Bytes::new()
             } else if !out.is_empty() {
                 break; // Send what is in memory; the rest is asked for next time.
             } else {

@@ -593,7 +593,7 @@ impl Replica {
 
     /// Proposes one batch (validated by the caller). Only the leader accepts: clients are
     /// sent to it. Returns the entry's (index, term) to wait on.
-    pub fn propose(&mut self, batch: Vec<u8>) -> Result<(u64, u64), ProposeError> {
+    pub fn propose(&mut self, batch: Bytes) -> Result<(u64, u64), ProposeError> {
         let State::Running(group) = &mut self.state else {
             return Err(ProposeError::NoLeader);
         };
@@ -816,7 +816,7 @@ impl Replica {
                 break;
             }
             if meta.kind == EntryKind::Data {
-                store.add_fetched(index, bytes[at..end].to_vec());
+                store.add_fetched(index, bytes.slice(at..end));
             }
             at = end;
         }

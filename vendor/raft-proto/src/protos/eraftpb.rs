@@ -17,8 +17,11 @@ pub struct Entry {
     pub term: u64,
     #[prost(uint64, tag = "3")]
     pub index: u64,
-    #[prost(bytes = "vec", tag = "4")]
-    pub data: ::prost::alloc::vec::Vec<u8>,
+    // seedlog patch: `bytes`, not `vec`: an entry's data is a record batch that raft-rs
+    // clones at every step (storage reads, unstable log, ready, each append message); as
+    // `Bytes` a clone shares the batch instead of copying it.
+    #[prost(bytes = "bytes", tag = "4")]
+    pub data: ::prost::bytes::Bytes,
     #[prost(bytes = "vec", tag = "6")]
     pub context: ::prost::alloc::vec::Vec<u8>,
     /// Deprecated! It is kept for backward compatibility.
