@@ -346,7 +346,7 @@ impl<S: Storage> RaftGroup<S> {
             data: data.into(),
             ..Default::default()
         };
-        m.entries = vec![entry].into();
+        m.entries = vec![entry];
         self.node.raft.step(m).map_err(|_| ProposeError::Dropped)
     }
 
