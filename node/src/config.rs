@@ -11,10 +11,10 @@ use seedlog_core::config::{BrokerConfig, FlushPolicy, SecurityConfig, TopicConfi
 use seedlog_core::security::{SecurityProtocol, MECHANISMS};
 
 use crate::listeners::{parse_listeners, ListenerConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Where partition data lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StorageKind {
     /// Segment files on disk and small state in sled (the default).
@@ -24,7 +24,7 @@ pub enum StorageKind {
 }
 
 /// When appended data is fsynced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FlushMode {
     /// fsync before data counts as committed, grouped across requests (the default).
@@ -35,7 +35,7 @@ pub enum FlushMode {
 
 /// Settings for `seedlog run`. Every flag can also come from `SEEDLOG_<NAME>` or, under the
 /// same name with underscores, from the TOML file.
-#[derive(Args, Deserialize, Debug, Default, Clone)]
+#[derive(Args, Deserialize, Serialize, Debug, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RunArgs {
     /// TOML file with any of the settings below (flags and env override it).
@@ -53,12 +53,14 @@ pub struct RunArgs {
     pub data_dir: Option<PathBuf>,
     /// This broker's id (Kafka's node.id) [default: 1].
     #[arg(long, env = "SEEDLOG_BROKER_ID")]
+    #[serde(alias = "node_id")]
     pub broker_id: Option<i32>,
     /// Partitions of auto-created topics (num.partitions) [default: 1].
     #[arg(long, env = "SEEDLOG_NUM_PARTITIONS")]
     pub num_partitions: Option<i32>,
     /// Create unknown topics on first Metadata request (auto.create.topics.enable) [default: true].
     #[arg(long, env = "SEEDLOG_AUTO_CREATE_TOPICS")]
+    #[serde(alias = "auto_create_topics_enable")]
     pub auto_create_topics: Option<bool>,
     /// Default retention.ms (-1: keep forever) [default: 604800000, 7 days].
     #[arg(long, env = "SEEDLOG_LOG_RETENTION_MS", allow_negative_numbers = true)]
@@ -75,12 +77,14 @@ pub struct RunArgs {
     pub log_segment_bytes: Option<u64>,
     /// Default segment.ms [default: 604800000].
     #[arg(long, env = "SEEDLOG_LOG_SEGMENT_MS")]
+    #[serde(alias = "log_roll_ms")]
     pub log_segment_ms: Option<i64>,
     /// Largest record batch accepted (message.max.bytes) [default: 1048588].
     #[arg(long, env = "SEEDLOG_MESSAGE_MAX_BYTES")]
     pub message_max_bytes: Option<usize>,
     /// How often retention runs (log.retention.check.interval.ms) [default: 300000].
     #[arg(long, env = "SEEDLOG_RETENTION_CHECK_INTERVAL_MS")]
+    #[serde(alias = "log_retention_check_interval_ms")]
     pub retention_check_interval_ms: Option<i64>,
     /// Largest request frame accepted (socket.request.max.bytes) [default: 104857600].
     #[arg(long, env = "SEEDLOG_SOCKET_REQUEST_MAX_BYTES")]
@@ -108,6 +112,7 @@ pub struct RunArgs {
     pub peer_advertised: Option<String>,
     /// This broker's rack (broker.rack), used to spread replicas [default: none].
     #[arg(long, env = "SEEDLOG_RACK")]
+    #[serde(alias = "broker_rack")]
     pub rack: Option<String>,
     /// Partitions of __consumer_offsets, fixed when it is first created
     /// (offsets.topic.num.partitions) [default: 8].
@@ -140,6 +145,7 @@ pub struct RunArgs {
     /// How often open transactions are checked against their timeout
     /// (transaction.abort.timed.out.transaction.cleanup.interval.ms) [default: 10000].
     #[arg(long, env = "SEEDLOG_TRANSACTION_ABORT_CHECK_INTERVAL_MS")]
+    #[serde(alias = "transaction_abort_timed_out_transaction_cleanup_interval_ms")]
     pub transaction_abort_check_interval_ms: Option<i64>,
     /// How long an idle transactional id is remembered (transactional.id.expiration.ms)
     /// [default: 604800000, 7 days].
@@ -200,6 +206,7 @@ pub struct RunArgs {
     /// PLAINTEXT, or SSL: mutual TLS on every peer connection with the keystore and
     /// truststore (security.inter.broker.protocol) [default: PLAINTEXT].
     #[arg(long, env = "SEEDLOG_INTER_BROKER_SECURITY_PROTOCOL")]
+    #[serde(alias = "security_inter_broker_protocol")]
     pub inter_broker_security_protocol: Option<String>,
 }
 
@@ -240,6 +247,7 @@ impl RunArgs {
             Some(path) => read_file(path)?,
             None => RunArgs::default(),
         };
+        let given = explicit_settings(&self, &file);
         macro_rules! pick {
             ($field:ident, $default:expr) => {
                 self.$field.or(file.$field).unwrap_or($default)
@@ -392,6 +400,7 @@ impl RunArgs {
         if broker.retention_check_interval_ms < 1 || broker.topic_defaults.segment_ms < 1 {
             bail!("intervals must be positive");
         }
+        tracing::info!(settings = %given, "configuration (flags and environment over the file; the rest default)");
         Ok(NodeConfig {
             listeners,
             #[cfg(not(madsim))]
@@ -517,7 +526,55 @@ impl RunArgs {
 fn read_file(path: &Path) -> anyhow::Result<RunArgs> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+    toml::from_str(&kafka_names(&text))
+        .with_context(|| format!("parsing config file {}", path.display()))
+}
+
+/// Spells Kafka's dotted keys (`log.retention.ms = 1000`, quoted or not) as this file's
+/// underscored ones, line by line: TOML would read an unquoted dotted key as nested tables,
+/// and an error keeps pointing at the line the user wrote. Lines inside multi-line strings
+/// are left alone.
+fn kafka_names(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    for line in text.split_inclusive('\n') {
+        let was_in_string = in_string;
+        in_string ^= (line.matches("\"\"\"").count() + line.matches("'''").count()) % 2 == 1;
+        let rewritten = (!was_in_string)
+            .then(|| line.split_once('='))
+            .flatten()
+            .and_then(|(key, rest)| {
+                let name = key.trim().trim_matches('"');
+                let kafka = name.contains('.')
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+                kafka.then(|| format!("{} ={rest}", name.replace('.', "_")))
+            });
+        out.push_str(rewritten.as_deref().unwrap_or(line));
+    }
+    out
+}
+
+/// Names whose values are never printed.
+const SECRETS: [&str; 1] = ["peer_secret"];
+
+/// The settings given explicitly, flags and environment over the file, secrets masked:
+/// `key = value` lines for the log at start (everything else is its default).
+fn explicit_settings(flags: &RunArgs, file: &RunArgs) -> String {
+    let table = |args: &RunArgs| toml::Table::try_from(args).unwrap_or_default();
+    let mut merged = table(file);
+    merged.extend(table(flags));
+    for (key, value) in merged.iter_mut() {
+        if SECRETS.contains(&key.as_str()) {
+            *value = toml::Value::String("********".into());
+        }
+    }
+    merged
+        .iter()
+        .map(|(key, value)| format!("{key} = {value}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Parses `1@host:9093,2@host:9094`.
@@ -583,6 +640,53 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+    }
+
+    #[test]
+    fn a_file_takes_kafkas_names_and_an_error_names_the_key_and_line() {
+        let dir = std::env::temp_dir().join(format!("seedlog-kafka-names-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("server.toml");
+        let text = "# as in server.properties\nnode.id = 4\nlog.retention.ms = 1000\n\
+                    \"num.partitions\" = 6\nauto.create.topics.enable = false\n\
+                    broker.rack = \"r1\"\nlog.roll.ms = 60000\n\
+                    peer_secret = \"hush\"\n";
+        std::fs::write(&path, text).unwrap();
+        let file = RunArgs {
+            config: Some(path.clone()),
+            ..RunArgs::default()
+        };
+        let config = file.clone().resolve().unwrap();
+        assert_eq!(config.broker.broker_id, 4);
+        assert_eq!(config.broker.default_partitions, 6);
+        assert!(!config.broker.auto_create_topics);
+        assert_eq!(config.broker.topic_defaults.retention_ms, 1000);
+        assert_eq!(config.broker.topic_defaults.segment_ms, 60_000);
+        assert_eq!(config.broker.cluster.rack, "r1");
+        // What the broker logs at start: every setting given, the secret masked.
+        let given = explicit_settings(&RunArgs::default(), &read_file(&path).unwrap());
+        assert!(given.contains("log_retention_ms = 1000"), "{given}");
+        assert!(given.contains("peer_secret = \"********\""), "{given}");
+        assert!(!given.contains("hush"), "{given}");
+
+        // An unknown key, dotted or not, and a bad value: refused, naming key and line.
+        for (text, key, line) in [
+            (
+                "num.partitions = 2\nlog.retention.mss = 5\n",
+                "log_retention_mss",
+                2,
+            ),
+            ("\n\nbrokerid = 7\n", "brokerid", 3),
+            ("log.retention.ms = \"soon\"\n", "log_retention_ms", 1),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = format!("{:#}", file.clone().resolve().unwrap_err());
+            assert!(err.contains(&format!("line {line}")), "{text:?}: {err}");
+            assert!(err.contains(key), "{text:?}: {err}");
+        }
+        // A dotted key inside a multi-line string is the string's, not a setting.
+        let kept = "super_users = \"\"\"\nlog.retention.ms = 1\n\"\"\"\n";
+        assert_eq!(kafka_names(kept), kept);
     }
 
     #[test]
