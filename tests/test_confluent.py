@@ -168,6 +168,20 @@ def test_topic_configs_of_kafka_accepted_and_changed_at_run_time(broker):
     assert "INVALID_CONFIG" in str(err.value) or "soon" in str(err.value)
 
 
+def test_broker_configs_are_described_with_the_rack(broker_factory):
+    b = broker_factory("--rack", "rack-7", "--num-partitions", "3")
+    res = ConfigResource(ConfigResource.Type.BROKER, "1")
+    client = admin(b)  # must outlive the future
+    configs = client.describe_configs([res])[res].result(timeout=10)
+    assert configs["broker.rack"].value == "rack-7"
+    assert configs["node.id"].value == "1" and configs["num.partitions"].value == "3"
+    assert configs["offsets.topic.num.partitions"].value == "8"
+    assert all(c.is_read_only for c in configs.values())
+    # No rack set: none reported, as Kafka reports none.
+    plain = admin(broker_factory())
+    assert "broker.rack" not in plain.describe_configs([res])[res].result(timeout=10)
+
+
 def test_kafka_python_creates_with_configs_and_alters_them(broker):
     from kafka.admin import ConfigResource as KpResource, ConfigResourceType, KafkaAdminClient, NewTopic as KpTopic
 

@@ -769,6 +769,16 @@ impl Broker {
                 c.auto_create_topics.to_string(),
             ),
             ("broker.id", c.broker_id.to_string()),
+            ("node.id", c.broker_id.to_string()),
+            ("broker.rack", c.cluster.rack.clone()),
+            (
+                "offsets.topic.num.partitions",
+                c.groups.offsets_partitions.to_string(),
+            ),
+            (
+                "transaction.state.log.num.partitions",
+                c.txns.partitions.to_string(),
+            ),
             ("log.retention.bytes", d.retention_bytes.to_string()),
             ("log.retention.ms", d.retention_ms.to_string()),
             ("log.segment.bytes", d.segment_bytes.to_string()),
@@ -777,6 +787,8 @@ impl Broker {
             ("num.partitions", c.default_partitions.to_string()),
         ]
         .into_iter()
+        // An unset rack is left out, as Kafka leaves it without a value.
+        .filter(|(k, v)| *k != "broker.rack" || !v.is_empty())
         .map(|(k, v)| (k.to_string(), v, STATIC))
         .collect()
     }
