@@ -69,11 +69,15 @@ pub enum Canary {
     /// The small state store takes the first copy of a hard state, snapshot or membership
     /// as it is, without its CRC: a flipped bit becomes a wrong term, vote or log start.
     TrustStateCopies,
+    /// A follower appends the entries its leader sends as they arrive, without checking
+    /// their batches' CRCs: a copy damaged on the way is written, acknowledged and counted
+    /// towards the quorum.
+    AckDamagedArrivals,
 }
 
 impl Canary {
     /// Every canary, in a stable order.
-    pub const ALL: [Canary; 24] = [
+    pub const ALL: [Canary; 25] = [
         Canary::AckBeforeFsync,
         Canary::SkipRecoveryCrc,
         Canary::ReadAboveHighWatermark,
@@ -98,6 +102,7 @@ impl Canary {
         Canary::ProduceIgnoresAcls,
         Canary::CacheCredentials,
         Canary::TrustStateCopies,
+        Canary::AckDamagedArrivals,
     ];
 
     /// The name used on the simulator's command line.
@@ -127,6 +132,7 @@ impl Canary {
             Canary::ProduceIgnoresAcls => "produce-ignores-acls",
             Canary::CacheCredentials => "cache-credentials",
             Canary::TrustStateCopies => "trust-state-copies",
+            Canary::AckDamagedArrivals => "ack-damaged-arrivals",
         }
     }
 
@@ -169,6 +175,9 @@ impl Canary {
             Canary::ProduceIgnoresAcls => "produce writes whatever the ACLs deny",
             Canary::CacheCredentials => "logins are checked against credentials cached forever",
             Canary::TrustStateCopies => "the Raft state is loaded without checking its CRC",
+            Canary::AckDamagedArrivals => {
+                "a follower acknowledges entries damaged on the way without checking them"
+            }
         }
     }
 

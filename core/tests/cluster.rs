@@ -538,6 +538,36 @@ fn a_follower_repairs_a_damaged_batch_in_place_from_its_leader() {
     restart_and_repair(&mut cluster, leader, victim, &intact);
 }
 
+/// A batch damaged on its way to the only follower that can complete a quorum is neither
+/// written nor acknowledged: the follower takes the entries before it, the leader sends it
+/// again, and the write commits on two intact copies.
+#[test]
+fn an_entry_damaged_on_the_way_is_refused_and_sent_again() {
+    let (mut cluster, leader) = trio_with_ten_batches();
+    let mut followers = (1..=3).filter(|&id| id != leader);
+    let (victim, other) = (followers.next().unwrap(), followers.next().unwrap());
+    let end = |cluster: &Cluster, id: i32| {
+        let log = cluster.nodes[&id].broker.log("r", 0).unwrap();
+        (log.log_end_offset(), log.high_watermark())
+    };
+    let (before, _) = end(&cluster, leader);
+    cluster.cut.insert(other);
+    cluster.damage_appends_to.insert(victim, 2);
+    for _ in 0..3 {
+        assert_eq!(cluster.produce(leader, "r", -1, 4).0, 0);
+        // Acknowledged on the victim's copy alone: that copy is intact (before any
+        // scrubber could have mended it).
+        let same = log_bytes(&cluster, victim) == log_bytes(&cluster, leader);
+        assert!(same, "the victim acknowledged a copy that differs from its leader's");
+    }
+    cluster.advance(500);
+    assert_eq!(cluster.damaged_in_flight.len(), 2, "two appends were damaged on the way");
+    assert!(cluster.damaged_in_flight.iter().all(|(to, _)| *to == victim));
+    let ours = &cluster.commits[&(victim, "r-0".to_string())];
+    assert!(ours.iter().all(|e| e.crc.is_some()), "{ours:?}");
+    assert_eq!(end(&cluster, victim), (before + 12, before + 12), "three batches of four");
+}
+
 /// Restarts `victim`, whose copy of partition `r` differs from `intact`: nothing may be cut,
 /// its leader's copy must be written over the damage byte for byte, and it must then lead
 /// with all 40 records once `leader` is cut off. Returns the offsets it serves.

@@ -355,6 +355,62 @@ pub struct PeerFrame {
     pub marker_results: Vec<MarkerResult>,
 }
 
+/// Where a fault on the wire struck: the partition and Raft index of the entry damaged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedEntry {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: i32,
+    /// Raft index of the entry.
+    pub index: u64,
+}
+
+impl PeerFrame {
+    /// Fault injection, for tests and the simulator: the encoded frame `bytes` with one bit
+    /// flipped in the batch of one data entry its partitions' appends carry, in its CRC or
+    /// the bytes the CRC covers (what a checksum on the way let through). `pick(n)` chooses
+    /// below `n`: the entry, then the bit. `None` if the frame carries no such entry.
+    pub fn damage_an_entry(
+        bytes: &[u8],
+        mut pick: impl FnMut(u64) -> u64,
+    ) -> Option<(Vec<u8>, DamagedEntry)> {
+        use prost::Message as _;
+        use raft::eraftpb::{EntryType, MessageType};
+        /// Where a batch's CRC starts: after base offset, length, leader epoch and magic.
+        const CRC_AT: usize = 17;
+        let mut frame = PeerFrame::decode(bytes).ok()?;
+        let mut places = Vec::new();
+        for (m, group) in frame.messages.iter().enumerate() {
+            let (Some(topic), Some(message)) = (&group.partition, &group.message) else {
+                continue;
+            };
+            if message.msg_type != MessageType::MsgAppend as i32 {
+                continue;
+            }
+            for (e, entry) in message.entries.iter().enumerate() {
+                if entry.entry_type == EntryType::EntryNormal as i32 && entry.data.len() > CRC_AT {
+                    places.push((m, e, topic.name.clone(), group.index));
+                }
+            }
+        }
+        let (m, e, topic, partition) = places.get(pick(places.len() as u64) as usize)?.clone();
+        let entry = frame.messages[m].message.as_mut()?.entries.get_mut(e)?;
+        let mut data = entry.data.to_vec();
+        let bits = (data.len() - CRC_AT) as u64 * 8;
+        let bit = pick(bits);
+        data[CRC_AT + (bit / 8) as usize] ^= 1 << (bit % 8);
+        entry.data = data.into();
+        let index = entry.index;
+        let damaged = DamagedEntry {
+            topic,
+            partition,
+            index,
+        };
+        Some((frame.encode_to_vec(), damaged))
+    }
+}
+
 /// Write a transaction's marker to one partition (Kafka's WriteTxnMarkers, between brokers).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MarkerRequest {

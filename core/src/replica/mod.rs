@@ -470,6 +470,17 @@ impl Replica {
                 let reject = resend_from(&message, group.raw_ref().store(), last);
                 self.pending.messages.push(reject);
             }
+            MessageType::MsgAppend if !is_planted(Canary::AckDamagedArrivals) => {
+                // A batch damaged on the way (a bit the network's checksums let through, a
+                // bad NIC or memory) is never written nor acknowledged: Raft takes the
+                // entries before it and answers for those alone, and the leader, finding
+                // this replica behind what it sent, sends the rest again.
+                if let Some(bad) = message.entries.iter().position(|e| !arrived_intact(e)) {
+                    let index = message.entries[bad].index;
+                    warn!(partition = %self.tp, leader = broker_of(message.from), index, "an entry arrived damaged; taking only those before it");
+                    message.entries.truncate(bad);
+                }
+            }
             MessageType::MsgAppendResponse if message.reject => {
                 if let Some(pr) = group.raw().raft.mut_prs().get_mut(message.from) {
                     let hint = message.reject_hint;
@@ -1407,6 +1418,15 @@ fn resend_from(message: &Message, store: &EntryLog, held: u64) -> Message {
     };
     reject.set_msg_type(MessageType::MsgAppendResponse);
     reject
+}
+
+/// True unless `entry` carries a batch that fails its CRC or is not one whole batch (its
+/// base offset and leader epoch, outside the CRC, are stamped by the receiver).
+fn arrived_intact(entry: &raft::eraftpb::Entry) -> bool {
+    entry.get_entry_type() != EntryType::EntryNormal
+        || entry.data.is_empty()
+        || BatchView::split_first(&entry.data)
+            .is_ok_and(|(view, rest)| rest.is_empty() && view.crc_ok())
 }
 
 /// The batch an entry stands for, before its offset and epoch are stamped.

@@ -11,6 +11,7 @@ use kafka_protocol::messages::metadata_request::MetadataRequest;
 use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use seedlog_core::batch::complete_batches;
+use seedlog_core::cluster::records::{DamagedEntry, PeerFrame};
 use seedlog_core::config::BrokerConfig;
 use seedlog_core::memdisk::MemDisk;
 use seedlog_core::wire::{
@@ -39,6 +40,10 @@ pub struct Cluster {
     pub commits: BTreeMap<(i32, String), Vec<CommittedEntry>>,
     /// When set, every peer frame delivered: (from, to, frame).
     pub tap: Option<Vec<(i32, i32, Bytes)>>,
+    /// Per broker, how many more appends sent to it get a bit flipped on the way.
+    pub damage_appends_to: BTreeMap<i32, usize>,
+    /// Entries damaged on the way, with the broker they were sent to.
+    pub damaged_in_flight: Vec<(i32, DamagedEntry)>,
 }
 
 impl Cluster {
@@ -75,6 +80,8 @@ impl Cluster {
             elections: Vec::new(),
             commits: BTreeMap::new(),
             tap: None,
+            damage_appends_to: BTreeMap::new(),
+            damaged_in_flight: Vec::new(),
         }
     }
 
@@ -141,9 +148,19 @@ impl Cluster {
             if frames.is_empty() {
                 return;
             }
-            for (from, to, frame) in frames {
+            for (from, to, mut frame) in frames {
                 if self.cut.contains(&from) || self.cut.contains(&to) {
                     continue;
+                }
+                if let Some(left) = self.damage_appends_to.get_mut(&to).filter(|n| **n > 0) {
+                    // The last bit of the first entry: deterministic, inside the CRC's cover.
+                    let mut picks = [0, u64::MAX].into_iter();
+                    let last = |n: u64| picks.next().unwrap_or(0).min(n - 1);
+                    if let Some((damaged, entry)) = PeerFrame::damage_an_entry(&frame, last) {
+                        *left -= 1;
+                        frame = Bytes::from(damaged);
+                        self.damaged_in_flight.push((to, entry));
+                    }
                 }
                 if let Some(tap) = &mut self.tap {
                     tap.push((from, to, frame.clone()));
