@@ -558,14 +558,28 @@ fn an_entry_damaged_on_the_way_is_refused_and_sent_again() {
         // Acknowledged on the victim's copy alone: that copy is intact (before any
         // scrubber could have mended it).
         let same = log_bytes(&cluster, victim) == log_bytes(&cluster, leader);
-        assert!(same, "the victim acknowledged a copy that differs from its leader's");
+        assert!(
+            same,
+            "the victim acknowledged a copy that differs from its leader's"
+        );
     }
     cluster.advance(500);
-    assert_eq!(cluster.damaged_in_flight.len(), 2, "two appends were damaged on the way");
-    assert!(cluster.damaged_in_flight.iter().all(|(to, _)| *to == victim));
+    assert_eq!(
+        cluster.damaged_in_flight.len(),
+        2,
+        "two appends were damaged on the way"
+    );
+    assert!(cluster
+        .damaged_in_flight
+        .iter()
+        .all(|(to, _)| *to == victim));
     let ours = &cluster.commits[&(victim, "r-0".to_string())];
     assert!(ours.iter().all(|e| e.crc.is_some()), "{ours:?}");
-    assert_eq!(end(&cluster, victim), (before + 12, before + 12), "three batches of four");
+    assert_eq!(
+        end(&cluster, victim),
+        (before + 12, before + 12),
+        "three batches of four"
+    );
 }
 
 /// Restarts `victim`, whose copy of partition `r` differs from `intact`: nothing may be cut,

@@ -389,7 +389,8 @@ async fn read_peer(stream: TcpStream, events: mpsc::Sender<Event>, identity: Ide
     let (frames, acks) = tokio::io::split(stream);
     let received = Arc::new(Notify::new());
     let acker = tokio::spawn(send_acks(acks, received.clone()));
-    forward_frames(frames, sender, events, &received).await;
+    let receiver = identity.id;
+    forward_frames(frames, (sender, receiver), events, &received).await;
     // The acker holds the write half: the connection closes once it is gone too.
     acker.abort();
 }
@@ -397,7 +398,7 @@ async fn read_peer(stream: TcpStream, events: mpsc::Sender<Event>, identity: Ide
 /// Hands each frame to the driver until the connection ends, goes silent or breaks a rule.
 async fn forward_frames(
     mut frames: ReadHalf<PeerStream>,
-    sender: i32,
+    (sender, _receiver): (i32, i32),
     events: mpsc::Sender<Event>,
     received: &Notify,
 ) {
@@ -411,6 +412,8 @@ async fn forward_frames(
             return;
         }
         let frame = frame.freeze();
+        #[cfg(madsim)]
+        let frame = wire::tap(sender, _receiver, frame);
         if events.send(Event::Peer { sender, frame }).await.is_err() {
             return;
         }
@@ -428,5 +431,34 @@ async fn send_acks(mut acks: WriteHalf<PeerStream>, received: Arc<Notify>) {
         if acks.write_u8(0).await.is_err() || acks.flush().await.is_err() {
             return; // The reader notices the end, or the sender redials.
         }
+    }
+}
+
+/// The simulator's hand on the wire: it sees each peer frame as it arrives and may damage
+/// it (what a checksum on the way let through). Per thread, as madsim runs a simulation on
+/// one; without a tap, frames pass untouched.
+#[cfg(madsim)]
+pub mod wire {
+    use std::cell::RefCell;
+
+    use bytes::Bytes;
+
+    /// A tap: (sender, receiver, frame) to the frame delivered.
+    pub type Tap = Box<dyn FnMut(i32, i32, Bytes) -> Bytes>;
+
+    thread_local! {
+        static TAP: RefCell<Option<Tap>> = const { RefCell::new(None) };
+    }
+
+    /// Sets (or with `None` removes) this thread's tap.
+    pub fn set_tap(tap: Option<Tap>) {
+        TAP.with(|t| *t.borrow_mut() = tap);
+    }
+
+    pub(super) fn tap(sender: i32, receiver: i32, frame: Bytes) -> Bytes {
+        TAP.with(|t| match t.borrow_mut().as_mut() {
+            Some(tap) => tap(sender, receiver, frame),
+            None => frame,
+        })
     }
 }

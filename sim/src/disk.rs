@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use seedlog_core::batch::{frame_size, BatchView};
 use seedlog_core::memdisk::MemDisk;
 use seedlog_core::sealed;
-use seedlog_core::storage::SegmentId;
+use seedlog_core::storage::{SegmentId, TopicPartition};
 
 use crate::history::Partition;
 use crate::scenario::{Dice, Range};
@@ -196,6 +196,35 @@ impl SimDisk {
             damaged.insert((tp.topic.to_string(), tp.partition));
         }
         damaged
+    }
+
+    /// The batch whose base offset is `base_offset` in partition `tp` on this disk: whether
+    /// its CRC holds, and the CRC it stores. `None` if no batch there starts there. Header
+    /// bytes flipped at rest are read as they were, so that the walk from batch to batch
+    /// finds its way past them.
+    pub fn batch_at(&self, tp: &TopicPartition, base_offset: i64) -> Option<(bool, u32)> {
+        let id = self
+            .disk
+            .segment_ids(tp)
+            .into_iter()
+            .filter(|id| id.base_offset <= base_offset)
+            .max_by_key(|id| id.base_offset)?;
+        let mut bytes = std::borrow::Cow::Borrowed(self.disk.segment(&id)?);
+        for (_, position, before) in self.header_flips.iter().filter(|(s, ..)| *s == id) {
+            if let Some(byte) = bytes.to_mut().get_mut(*position) {
+                *byte = *before;
+            }
+        }
+        let mut start = 0usize;
+        while let Some(size) = bytes.get(start..).and_then(frame_size) {
+            let (view, _) = BatchView::split_first(bytes.get(start..start + size)?).ok()?;
+            match view.base_offset().cmp(&base_offset) {
+                std::cmp::Ordering::Less => start += size,
+                std::cmp::Ordering::Equal => return Some((view.crc_ok(), view.stored_crc())),
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
+        None
     }
 
     /// The partitions this disk holds a copy of: some of their data (every broker keeps an

@@ -6,9 +6,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use madsim::net::NetSim;
 use madsim::runtime::Handle;
 use madsim::task::NodeId;
+
+use seedlog_core::cluster::records::PeerFrame;
 
 use crate::cluster::Broker;
 use crate::history::Partition;
@@ -37,6 +40,7 @@ pub fn start(ctx: &Ctx, brokers: &Brokers) -> Vec<tokio::task::JoinHandle<()>> {
         ("restart", f.restart),
         ("clock-jump", f.clock_jump),
         ("state-flip", f.state_flip),
+        ("wire-flip", f.wire_flip),
     ];
     for (stream, (kind, schedule)) in recurring.into_iter().enumerate() {
         if let Some(schedule) = schedule {
@@ -120,12 +124,19 @@ async fn strike(
             if let Some((partition, offset)) = flipped {
                 let copies = atlas.copies(&partition);
                 let mut history = ctx.history();
+                history.flip_at_rest(index, &partition, offset);
                 if copies == 1 {
                     // The only copy: nothing can bring these records back.
                     history.damaged(&partition, offset);
                 }
                 history.fault(now, kind, (index, partition, offset, copies));
             }
+        }
+        "wire-flip" => {
+            // The next append that reaches this broker carrying a batch has a bit flipped on
+            // the way (see `wire_tap`); the history records it when it strikes.
+            let id = index as i32 + 1;
+            *ctx.wire.lock().expect("wire lock").entry(id).or_default() += 1;
         }
         "state-flip" => {
             let flipped = brokers.lock().expect("brokers lock")[index]
@@ -340,6 +351,29 @@ impl Atlas {
     }
 }
 
+/// The simulator's hand on the peer wire: an append frame to a broker with a damage armed
+/// (by a `wire-flip` strike) has a bit flipped in one of its batches, where the batch's CRC
+/// catches it and nothing before the receiver's own check would. Nothing here checks the
+/// broker: a quorum that counted the damaged copy is found by `commits-intact`.
+pub fn wire_tap(ctx: Ctx) -> seedlog_node::peer::wire::Tap {
+    let mut dice = Dice::new(ctx.plan.seed, 3000);
+    Box::new(move |from, to, frame| {
+        let mut armed = ctx.wire.lock().expect("wire lock");
+        let Some(left) = armed.get_mut(&to).filter(|n| **n > 0) else {
+            return frame;
+        };
+        let pick = |n: u64| dice.between(0, n.max(1) - 1);
+        let Some((damaged, entry)) = PeerFrame::damage_an_entry(&frame, pick) else {
+            return frame;
+        };
+        *left -= 1;
+        let at = (entry.topic, entry.partition, entry.index);
+        ctx.history()
+            .fault(ctx.now_ms(), "wire-flip", (from, to, at));
+        Bytes::from(damaged)
+    })
+}
+
 /// Restarts brokers that stopped by themselves, as a process supervisor would: their disk
 /// is in whatever state the failed write or fsync left, which is a power loss at worst.
 ///
@@ -360,6 +394,7 @@ pub async fn supervisor(ctx: Ctx, brokers: Brokers) {
 /// Ends every fault still in force: links unclogged, nodes resumed, brokers running, disks
 /// healthy, the network clean.
 pub fn heal(ctx: &Ctx, brokers: &Brokers) {
+    ctx.wire.lock().expect("wire lock").clear();
     let net = NetSim::current();
     net.update_config(|c| {
         c.packet_loss_rate = 0.0;

@@ -54,6 +54,10 @@ pub enum Check {
     /// that Raft index: same term, offsets and CRC (the brokers' own commit events, the
     /// state machine safety of Raft checked as it happens, not only at the end).
     CommitsAgree,
+    /// When an entry is first reported committed, a majority of its partition's replicas
+    /// hold an intact copy of it on disk (or one a fault damaged at rest since): a copy
+    /// never intact never counts towards a quorum.
+    CommitsIntact,
     /// A group generation gives each partition to at most one member.
     GroupOneOwner,
     /// Committed offsets read back are the ones committed, and never move back.
@@ -92,7 +96,7 @@ pub enum Check {
 
 impl Check {
     /// Every check, in report order.
-    pub const ALL: [Check; 21] = [
+    pub const ALL: [Check; 22] = [
         Check::AckedWritesDurable,
         Check::TopicsDurable,
         Check::OffsetsAgree,
@@ -102,6 +106,7 @@ impl Check {
         Check::OneLeaderPerTerm,
         Check::ReplicasAgree,
         Check::CommitsAgree,
+        Check::CommitsIntact,
         Check::StateDurable,
         Check::GroupOneOwner,
         Check::CommittedOffsets,
@@ -128,6 +133,7 @@ impl Check {
             Check::OneLeaderPerTerm => "one-leader-per-term",
             Check::ReplicasAgree => "replicas-agree",
             Check::CommitsAgree => "commits-agree",
+            Check::CommitsIntact => "commits-intact",
             Check::StateDurable => "state-durable",
             Check::GroupOneOwner => "group-one-owner",
             Check::CommittedOffsets => "committed-offsets",
@@ -252,6 +258,8 @@ pub struct History {
     /// data never is. The fault atlas keeps a partition with more copies recoverable, and
     /// nothing of it is ever excused.
     damaged: BTreeMap<Partition, i64>,
+    /// (broker index, partition, base offset) of each batch a bit flip struck at rest.
+    flipped_at_rest: BTreeSet<(usize, Partition, i64)>,
     last_hw: BTreeMap<(u32, Partition), i64>,
     /// (Raft group, term) -> the broker that said it leads it.
     leaders: BTreeMap<(String, u64), i32>,
@@ -331,7 +339,7 @@ impl History {
         self.events
     }
 
-    fn violate(&mut self, check: Check, detail: String) {
+    pub(crate) fn violate(&mut self, check: Check, detail: String) {
         if self.violations.len() < 100 {
             self.violations.push(Violation { check, detail });
         }
@@ -547,23 +555,26 @@ impl History {
     }
 
     /// Broker `broker` committed `entries` of partition `group` (topic `topic_id`): each
-    /// must match what any broker reported committed at its index.
+    /// must match what any broker reported committed at its index. Returns those reported
+    /// for the first time.
     pub fn committed(
         &mut self,
         broker: i32,
         group: &str,
         topic_id: &[u8; 16],
         entries: &[CommittedEntry],
-    ) {
+    ) -> Vec<CommittedEntry> {
         let known = self
             .commits
             .entry((group.to_string(), *topic_id))
             .or_default();
         let mut clashes = Vec::new();
+        let mut fresh = Vec::new();
         for entry in entries {
-            let (first_broker, first) = known
-                .entry(entry.index)
-                .or_insert_with(|| (broker, entry.clone()));
+            let (first_broker, first) = known.entry(entry.index).or_insert_with(|| {
+                fresh.push(entry.clone());
+                (broker, entry.clone())
+            });
             let same_place = (first.term, first.base_offset, first.next_offset)
                 == (entry.term, entry.base_offset, entry.next_offset);
             // A damaged copy reports no CRC; intact copies must agree.
@@ -578,6 +589,7 @@ impl History {
         for detail in clashes {
             self.violate(Check::CommitsAgree, detail);
         }
+        fresh
     }
 
     /// A broker asked to stop cleanly did not (a hung handover or drain).
@@ -716,6 +728,19 @@ impl History {
     pub fn damaged(&mut self, partition: &Partition, offset: i64) {
         let entry = self.damaged.entry(partition.clone()).or_insert(offset);
         *entry = (*entry).min(offset);
+    }
+
+    /// A bit flip struck broker `broker`'s copy of the batch at `offset` of `partition` at
+    /// rest (whatever its header says since).
+    pub fn flip_at_rest(&mut self, broker: usize, partition: &Partition, offset: i64) {
+        self.flipped_at_rest
+            .insert((broker, partition.clone(), offset));
+    }
+
+    /// True if a bit flip struck broker `broker`'s copy of that batch at rest.
+    pub fn flipped_at_rest(&self, broker: usize, partition: &Partition, offset: i64) -> bool {
+        self.flipped_at_rest
+            .contains(&(broker, partition.clone(), offset))
     }
 
     /// The first corrupted offset of a partition, if any.

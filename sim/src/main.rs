@@ -20,6 +20,8 @@ mod cluster;
 #[cfg(madsim)]
 mod faults;
 #[cfg(madsim)]
+mod intact;
+#[cfg(madsim)]
 mod run;
 #[cfg(madsim)]
 mod workload;

@@ -2,7 +2,7 @@
 //! read everything back, and judge.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use madsim::net::NetSim;
@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use crate::cluster::Broker;
 use crate::faults::{self, Brokers};
 use crate::history::History;
+use crate::intact::IntactCheck;
 use crate::report::Report;
 use crate::scenario::Plan;
 use crate::workload::{self, Ctx};
@@ -45,6 +46,9 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
         }
     });
     let observed = history.clone();
+    // Set once the brokers' disks exist; reports before that (none commit yet) go unchecked.
+    let intact: Arc<OnceLock<IntactCheck>> = Arc::new(OnceLock::new());
+    let intact_check = intact.clone();
     let start = Instant::now();
     let observer: Observer = Arc::new(move |broker, observation| match observation {
         Observation::Elected { group, term } => {
@@ -83,7 +87,10 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
             entries,
         } => {
             let mut history = observed.lock().expect("history lock");
-            history.committed(broker, group, topic_id, entries);
+            let fresh = history.committed(broker, group, topic_id, entries);
+            if let Some(check) = intact_check.get() {
+                check.check(group, &fresh, &mut history);
+            }
         }
         // For the node's metrics; simulated brokers run without an admin listener.
         Observation::Visible { .. } => {}
@@ -116,6 +123,14 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
                 .sync_latency_ms = Some(range);
         }
     }
+    let disks = (brokers.lock().expect("brokers lock").iter())
+        .map(|b| b.disk.clone())
+        .collect();
+    let replication = plan.scenario.topics.iter();
+    let replication = replication
+        .map(|(t, c)| (t.to_string(), c.replication))
+        .collect();
+    let _ = intact.set(IntactCheck { disks, replication });
     let ctx = Ctx {
         plan: plan.clone(),
         brokers: broker_addrs,
@@ -123,7 +138,9 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
         stop: Arc::new(AtomicBool::new(false)),
         groups_stop: Arc::new(AtomicBool::new(false)),
         start,
+        wire: Arc::default(),
     };
+    seedlog_node::peer::wire::set_tap(Some(faults::wire_tap(ctx.clone())));
     let clients = Handle::current()
         .create_node()
         .name("clients")
@@ -283,6 +300,7 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
         }
     };
     let sim_ms = ctx.now_ms();
+    seedlog_node::peer::wire::set_tap(None);
     let history = std::mem::take(&mut *history.lock().expect("history lock"));
     Report::new(history, sim_ms, recovered_ms)
 }

@@ -187,6 +187,9 @@ pub struct Faults {
     /// Flip one bit in one copy of a Raft hard state, snapshot or membership of the small
     /// state store (never both copies of one value: the atlas keeps its twin intact).
     pub state_flip: Option<Recurring>,
+    /// Flip one bit of a batch in the next append frame a broker receives: damage on the
+    /// way, after the sender's checks and before the receiver's.
+    pub wire_flip: Option<Recurring>,
     /// The next fsync fails with EIO: the broker must stop.
     pub fsync_error: Option<Recurring>,
     /// The disk is full: appends fail with ENOSPC and the broker stops.
@@ -376,6 +379,7 @@ impl Plan {
             recurring("crash", &f.crash),
             recurring("bit-flip", &f.bit_flip),
             recurring("state-flip", &f.state_flip),
+            recurring("wire-flip", &f.wire_flip),
             recurring("fsync-eio", &f.fsync_error),
             recurring("disk-full", &f.disk_full),
             recurring("partition", &f.partition),

@@ -90,6 +90,7 @@ const CANARY_HUNTS: &[(&str, &str, u64)] = &[
     ("produce-ignores-acls", "cluster3-acls", 5),
     ("cache-credentials", "cluster3-acls", 5),
     ("trust-state-copies", "cluster3-bit-flip", 5),
+    ("ack-damaged-arrivals", "cluster3-bit-flip", 20),
 ];
 
 #[test]

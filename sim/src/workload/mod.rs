@@ -67,6 +67,8 @@ pub struct Ctx {
     pub groups_stop: Arc<AtomicBool>,
     /// Simulated start of the run.
     pub start: Instant,
+    /// Appends to damage on the way, per receiving broker id (armed by `wire-flip`).
+    pub wire: Arc<Mutex<BTreeMap<i32, u32>>>,
 }
 
 impl Ctx {
