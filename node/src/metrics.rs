@@ -20,6 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::console;
+
 type Labels = Vec<(&'static str, String)>;
 
 fn seconds_histogram() -> Histogram {
@@ -70,6 +72,8 @@ impl StageMetrics {
 #[derive(Clone)]
 pub struct Metrics {
     requests: Family<Labels, Counter>,
+    /// Every API's requests together, for the console's rates.
+    requests_total: Counter,
     request_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     received_bytes: Counter,
     sent_bytes: Counter,
@@ -84,6 +88,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             requests: Family::default(),
+            requests_total: Counter::default(),
             request_seconds: Family::new_with_constructor(seconds_histogram),
             received_bytes: Counter::default(),
             sent_bytes: Counter::default(),
@@ -96,10 +101,24 @@ impl Default for Metrics {
     }
 }
 
+/// Running totals since the broker started.
+#[derive(Debug, Clone, Copy)]
+pub struct Totals {
+    /// Requests received, every API.
+    pub requests: u64,
+    /// Request bytes received.
+    pub bytes_in: u64,
+    /// Response bytes sent.
+    pub bytes_out: u64,
+    /// Client connections open now.
+    pub connections: i64,
+}
+
 /// One API's request counter and time histogram, looked up once and kept by the driver.
 #[derive(Clone)]
 pub struct ApiMetrics {
     requests: Counter,
+    requests_total: Counter,
     seconds: Histogram,
 }
 
@@ -107,6 +126,7 @@ impl ApiMetrics {
     /// A request came in.
     pub fn request(&self) {
         self.requests.inc();
+        self.requests_total.inc();
     }
 
     /// A request was answered after `took`.
@@ -123,6 +143,7 @@ impl Metrics {
         let labels = vec![("api", name)];
         ApiMetrics {
             requests: self.requests.get_or_create(&labels).clone(),
+            requests_total: self.requests_total.clone(),
             seconds: self.request_seconds.get_or_create(&labels).clone(),
         }
     }
@@ -140,6 +161,16 @@ impl Metrics {
             sync: stage("sync"),
             commit: stage("commit"),
             visible: stage("appended_to_visible"),
+        }
+    }
+
+    /// The running totals the console turns into rates.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            requests: self.requests_total.get(),
+            bytes_in: self.received_bytes.get(),
+            bytes_out: self.sent_bytes.get(),
+            connections: self.connections.get(),
         }
     }
 
@@ -354,7 +385,7 @@ pub type StatsRequests = mpsc::Sender<oneshot::Sender<BrokerStats>>;
 /// Serves `/metrics`, `/health` and `/ready` on `listener` until the driver goes away.
 pub async fn serve_admin(listener: TcpListener, metrics: Metrics, stats: StatsRequests) {
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "admin listener: /metrics /health /ready");
+        info!(%addr, "admin listener: / (console) /metrics /health /ready");
     }
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -425,10 +456,23 @@ async fn answer(
                 "the broker does not answer\n".into(),
             ),
         },
+        ("GET", "/") => ("200 OK", "text/html; charset=utf-8", console::PAGE.into()),
+        ("GET", "/api/cluster") => match snapshot(stats).await {
+            Some(s) => (
+                "200 OK",
+                "application/json",
+                console::cluster_json(&s, metrics.totals()),
+            ),
+            None => (
+                "503 Service Unavailable",
+                "text/plain",
+                "the broker does not answer\n".into(),
+            ),
+        },
         ("GET", _) => (
             "404 Not Found",
             "text/plain",
-            "try /metrics, /health or /ready\n".into(),
+            "try / (the console), /metrics, /health or /ready\n".into(),
         ),
         _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
     };

@@ -5,7 +5,12 @@
 
 use std::sync::Arc;
 
+use bytes::{Buf, Bytes};
+use kafka_protocol::messages::ConsumerProtocolAssignment;
+use kafka_protocol::protocol::Decodable;
+
 use super::Broker;
+use crate::group::membership::Group;
 
 /// One partition held here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +50,70 @@ pub struct GroupLag {
     pub lag: i64,
 }
 
+/// A broker as the metadata records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerView {
+    /// Broker id.
+    pub id: i32,
+    /// Where clients reach it.
+    pub host: String,
+    /// Its client port.
+    pub port: i32,
+    /// `broker.rack`, empty if none.
+    pub rack: String,
+    /// True while the controller has fenced it (it stopped heartbeating).
+    pub fenced: bool,
+}
+
+/// One partition of a topic as the metadata records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionView {
+    /// Partition index.
+    pub partition: i32,
+    /// Its leader, if one is elected (a partition of one copy is led by its broker).
+    pub leader: Option<i32>,
+    /// Its replicas; the first is the preferred leader.
+    pub replicas: Vec<i32>,
+}
+
+/// A topic as the metadata records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicView {
+    /// Topic name.
+    pub name: String,
+    /// Its partitions, by index.
+    pub partitions: Vec<PartitionView>,
+}
+
+/// A member of a group coordinated here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberView {
+    /// Member id.
+    pub member_id: String,
+    /// The client's `client.id`.
+    pub client_id: String,
+    /// The client's address.
+    pub client_host: String,
+    /// Partitions the member's assignment gives it, by topic (consumer groups; empty if the
+    /// assignment is another protocol's).
+    pub assigned: Vec<(String, Vec<i32>)>,
+}
+
+/// A group coordinated here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupView {
+    /// The group id.
+    pub group: String,
+    /// Kafka's name of its state.
+    pub state: &'static str,
+    /// The protocol of this generation (the assignor), empty if none.
+    pub protocol: String,
+    /// The generation.
+    pub generation: i32,
+    /// Its members.
+    pub members: Vec<MemberView>,
+}
+
 /// The snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BrokerStats {
@@ -62,6 +131,14 @@ pub struct BrokerStats {
     pub ready: bool,
     /// Committed offsets of the groups this broker coordinates, for partitions it holds.
     pub group_lag: Vec<GroupLag>,
+    /// This broker's id.
+    pub broker_id: i32,
+    /// Every registered broker, by id.
+    pub brokers: Vec<BrokerView>,
+    /// Every topic, by name.
+    pub topics: Vec<TopicView>,
+    /// The groups this broker coordinates, by id.
+    pub groups: Vec<GroupView>,
 }
 
 impl Broker {
@@ -124,6 +201,33 @@ impl Broker {
                 })
             })
             .collect();
+        let image = self.controller.image();
+        let brokers = (image.brokers.values())
+            .map(|b| BrokerView {
+                id: b.id,
+                host: b.host.clone(),
+                port: b.port,
+                rack: b.rack.clone(),
+                fenced: b.fenced,
+            })
+            .collect();
+        let topics = (image.topics.iter())
+            .map(|(name, t)| TopicView {
+                name: name.clone(),
+                partitions: (t.replicas.iter().enumerate())
+                    .map(|(p, replicas)| PartitionView {
+                        partition: p as i32,
+                        leader: match t.leaders.get(&(p as i32)) {
+                            Some(&(leader, _)) => (leader >= 0).then_some(leader),
+                            None if replicas.len() == 1 => replicas.first().copied(),
+                            None => None,
+                        },
+                        replicas: replicas.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let groups = self.coordinator.groups().map(group_view).collect();
         BrokerStats {
             partitions,
             controller: self.controller.leader(),
@@ -131,6 +235,46 @@ impl Broker {
             offline_partitions,
             ready: self.controller.caught_up(),
             group_lag,
+            broker_id: self.config.broker_id,
+            brokers,
+            topics,
+            groups,
         }
+    }
+}
+
+/// What the console shows of a group.
+fn group_view(g: &Group) -> GroupView {
+    let assigned = |bytes: &Bytes| -> Vec<(String, Vec<i32>)> {
+        let mut buf = bytes.clone();
+        if buf.len() < 2 {
+            return Vec::new();
+        }
+        let version = buf.get_i16();
+        match ConsumerProtocolAssignment::decode(&mut buf, version.clamp(0, 3)) {
+            Ok(a) => (a.assigned_partitions.into_iter())
+                .map(|tp| (tp.topic.0.to_string(), tp.partitions))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    };
+    let consumer = g.protocol_type.as_deref() == Some("consumer");
+    GroupView {
+        group: g.id.clone(),
+        state: g.state.name(),
+        protocol: g.protocol.clone().unwrap_or_default(),
+        generation: g.generation,
+        members: (g.members.iter())
+            .map(|(id, m)| MemberView {
+                member_id: id.clone(),
+                client_id: m.client_id.clone(),
+                client_host: m.client_host.clone(),
+                assigned: if consumer {
+                    assigned(&m.assignment)
+                } else {
+                    Vec::new()
+                },
+            })
+            .collect(),
     }
 }

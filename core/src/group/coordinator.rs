@@ -154,6 +154,11 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
+    /// The groups served here, by id.
+    pub fn groups(&self) -> impl Iterator<Item = &Group> {
+        self.groups.values().filter(|g| self.locate(&g.id).is_ok())
+    }
+
     /// Every committed offset of the groups loaded here: (group, (topic, partition), offset).
     pub fn committed_offsets(&self) -> impl Iterator<Item = (&str, &(String, i32), &Committed)> {
         self.groups
