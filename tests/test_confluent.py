@@ -176,10 +176,59 @@ def test_broker_configs_are_described_with_the_rack(broker_factory):
     assert configs["broker.rack"].value == "rack-7"
     assert configs["node.id"].value == "1" and configs["num.partitions"].value == "3"
     assert configs["offsets.topic.num.partitions"].value == "8"
-    assert all(c.is_read_only for c in configs.values())
+    # Read-only but for the topic defaults Kafka changes at run time.
+    changeable = {n for n, c in configs.items() if not c.is_read_only}
+    assert changeable == {"log.cleanup.policy", "log.message.timestamp.type", "log.retention.bytes",
+                          "log.retention.ms", "log.roll.ms", "log.segment.bytes",
+                          "message.max.bytes", "min.insync.replicas"}, changeable
     # No rack set: none reported, as Kafka reports none.
     plain = admin(broker_factory())
     assert "broker.rack" not in plain.describe_configs([res])[res].result(timeout=10)
+
+
+def test_broker_configs_change_topic_defaults_at_run_time_and_outlive_a_restart(broker_factory):
+    """confluent-kafka (librdkafka) names a broker; the cluster-wide scope (an empty name,
+    which librdkafka and kafka-python refuse to send) is tested in core/tests/configs.rs."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigSource
+
+    SET, APPEND = AlterConfigOpType.SET, AlterConfigOpType.APPEND
+    b = broker_factory()
+    create(b, "plain")
+    create(b, "own", config={"retention.ms": "5000"})
+    a = admin(b)
+    change = ConfigResource(ConfigResource.Type.BROKER, "1", incremental_configs=[
+        ConfigEntry("log.retention.ms", "120000", incremental_operation=SET),
+        ConfigEntry("log.cleanup.policy", "compact", incremental_operation=APPEND),
+    ])
+    a.incremental_alter_configs([change])[change].result(timeout=10)
+    plain = topic_configs(a, "plain")
+    assert plain["retention.ms"].value == "120000"
+    assert plain["retention.ms"].source == ConfigSource.DYNAMIC_BROKER_CONFIG.value
+    assert set(plain["cleanup.policy"].value.split(",")) == {"delete", "compact"}
+    assert plain["segment.bytes"].source == ConfigSource.DEFAULT_CONFIG.value
+    assert topic_configs(a, "own")["retention.ms"].value == "5000", "a topic's override wins"
+    res = ConfigResource(ConfigResource.Type.BROKER, "1")
+    described = a.describe_configs([res])[res].result(timeout=10)
+    assert described["log.retention.ms"].value == "120000"
+    assert described["log.retention.ms"].source == ConfigSource.DYNAMIC_BROKER_CONFIG.value
+    assert not described["log.retention.ms"].is_read_only
+    assert described["num.partitions"].source == ConfigSource.STATIC_BROKER_CONFIG.value
+
+    # A config Kafka does not change at run time, or a bad value: refused, naming the key.
+    for entry in (ConfigEntry("num.partitions", "7", incremental_operation=SET),
+                  ConfigEntry("log.retention.ms", "soon", incremental_operation=SET)):
+        bad = ConfigResource(ConfigResource.Type.BROKER, "1", incremental_configs=[entry])
+        with pytest.raises(KafkaException) as err:
+            a.incremental_alter_configs([bad])[bad].result(timeout=10)
+        assert entry.name in str(err.value), err.value
+
+    # They live in the metadata log: a restart keeps them, and new topics take them.
+    assert b.stop() == 0
+    b.start()
+    a = admin(b)
+    assert topic_configs(a, "plain")["retention.ms"].value == "120000"
+    create(b, "later")
+    assert set(topic_configs(a, "later")["cleanup.policy"].value.split(",")) == {"delete", "compact"}
 
 
 def test_kafka_python_creates_with_configs_and_alters_them(broker):

@@ -224,6 +224,28 @@ pub const TOPIC_CONFIGS: &[TopicKey] = &[
     ),
 ];
 
+/// Broker configs that change at run time (IncrementalAlterConfigs or AlterConfigs on a
+/// BROKER resource), as in Kafka: cluster-wide or per-broker defaults of topic configs.
+/// Each pair is (the broker key, the topic key it is the default of).
+pub const DYNAMIC_BROKER_CONFIGS: &[(&str, &str)] = &[
+    ("log.cleanup.policy", "cleanup.policy"),
+    ("log.message.timestamp.type", "message.timestamp.type"),
+    ("log.retention.bytes", "retention.bytes"),
+    ("log.retention.ms", "retention.ms"),
+    ("log.roll.ms", "segment.ms"),
+    ("log.segment.bytes", "segment.bytes"),
+    ("message.max.bytes", "max.message.bytes"),
+    ("min.insync.replicas", "min.insync.replicas"),
+];
+
+/// The topic key that dynamic broker config `broker_key` is the default of.
+pub fn dynamic_topic_key(broker_key: &str) -> Option<&'static str> {
+    DYNAMIC_BROKER_CONFIGS
+        .iter()
+        .find(|(b, _)| *b == broker_key)
+        .map(|(_, t)| *t)
+}
+
 /// A config value that could not be applied, with the reason for the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
@@ -257,6 +279,26 @@ impl TopicConfig {
         let mut config = self.clone();
         for (key, value) in overrides {
             config.set(key, value)?;
+        }
+        Ok(config)
+    }
+
+    /// Applies dynamic broker configs (Kafka's broker names, see [`DYNAMIC_BROKER_CONFIGS`])
+    /// on top of `self`: the topic defaults they make.
+    pub fn with_broker_configs(
+        &self,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let mut config = self.clone();
+        for (key, value) in configs {
+            let topic_key = dynamic_topic_key(key).ok_or_else(|| {
+                ConfigError(format!(
+                    "{key} is not a broker config that changes at run time"
+                ))
+            })?;
+            config
+                .set(topic_key, value)
+                .map_err(|e| ConfigError(e.0.replace(topic_key, key)))?;
         }
         Ok(config)
     }

@@ -14,8 +14,21 @@ const DELETE: i8 = 1;
 const APPEND: i8 = 2;
 const SUBTRACT: i8 = 3;
 
+const TOPIC: i8 = 2;
+const BROKER: i8 = 4;
+
 /// IncrementalAlterConfigs on topic `name`: (error code, message).
 fn alter(h: &mut Harness, name: &str, ops: &[(&str, i8, &str)]) -> (i16, Option<String>) {
+    alter_resource(h, TOPIC, name, ops)
+}
+
+/// IncrementalAlterConfigs on one resource of type `kind`: (error code, message).
+fn alter_resource(
+    h: &mut Harness,
+    kind: i8,
+    name: &str,
+    ops: &[(&str, i8, &str)],
+) -> (i16, Option<String>) {
     use incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
     let configs = ops
         .iter()
@@ -27,7 +40,7 @@ fn alter(h: &mut Harness, name: &str, ops: &[(&str, i8, &str)]) -> (i16, Option<
         })
         .collect();
     let resource = AlterConfigsResource::default()
-        .with_resource_type(2)
+        .with_resource_type(kind)
         .with_resource_name(s(name))
         .with_configs(configs);
     let request = IncrementalAlterConfigsRequest::default().with_resources(vec![resource]);
@@ -52,9 +65,19 @@ fn describe_configs(
     name: &str,
     key: Option<&str>,
 ) -> Vec<describe_configs_response::DescribeConfigsResourceResult> {
+    describe_resource(h, TOPIC, name, key)
+}
+
+/// DescribeConfigs of one resource of type `kind`: every key, or only `key`.
+fn describe_resource(
+    h: &mut Harness,
+    kind: i8,
+    name: &str,
+    key: Option<&str>,
+) -> Vec<describe_configs_response::DescribeConfigsResourceResult> {
     use describe_configs_request::DescribeConfigsResource;
     let resource = DescribeConfigsResource::default()
-        .with_resource_type(2)
+        .with_resource_type(kind)
         .with_resource_name(s(name))
         .with_configuration_keys(key.map(|k| vec![s(k)]));
     let request = DescribeConfigsRequest::default().with_resources(vec![resource]);
@@ -215,5 +238,79 @@ fn alter_configs_replaces_a_topics_overrides_whole() {
     assert_eq!(
         describe(&mut h, "t", "retention.ms"),
         ("604800000".into(), false)
+    );
+}
+
+/// (value, source) of `key` of a resource.
+fn value_and_source(h: &mut Harness, kind: i8, name: &str, key: &str) -> (String, i8) {
+    let entry = describe_resource(h, kind, name, Some(key)).remove(0);
+    let value = entry.value.map(|v| v.to_string()).unwrap_or_default();
+    (value, entry.config_source)
+}
+
+/// Dynamic broker configs, as Kafka's: every broker's (a BROKER resource with an empty name)
+/// under one broker's own, a topic's own override over both; metadata records, so a restart
+/// keeps them; the broker configs Kafka does not change at run time are refused.
+#[test]
+fn broker_configs_change_topic_defaults_for_every_broker_or_one() {
+    const DYNAMIC_BROKER: i8 = 2;
+    const DYNAMIC_DEFAULT_BROKER: i8 = 3;
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic("plain", 1, &[]);
+    h.create_topic("own", 1, &[("retention.ms", "5000")]);
+    let every = [
+        ("log.retention.ms", SET, "120000"),
+        ("log.cleanup.policy", APPEND, "compact"),
+    ];
+    assert_eq!(alter_resource(&mut h, BROKER, "", &every), (0, None));
+    assert_eq!(
+        value_and_source(&mut h, TOPIC, "plain", "retention.ms"),
+        ("120000".into(), DYNAMIC_DEFAULT_BROKER)
+    );
+    let (policy, _) = value_and_source(&mut h, TOPIC, "plain", "cleanup.policy");
+    assert!(
+        policy.contains("compact") && policy.contains("delete"),
+        "{policy}"
+    );
+    assert_eq!(
+        describe(&mut h, "own", "retention.ms"),
+        ("5000".into(), true)
+    );
+
+    let one = [("log.retention.ms", SET, "90000")];
+    assert_eq!(alter_resource(&mut h, BROKER, "1", &one), (0, None));
+    assert_eq!(
+        value_and_source(&mut h, TOPIC, "plain", "retention.ms"),
+        ("90000".into(), DYNAMIC_BROKER)
+    );
+    assert_eq!(
+        value_and_source(&mut h, BROKER, "1", "log.retention.ms"),
+        ("90000".into(), DYNAMIC_BROKER)
+    );
+    assert_eq!(
+        value_and_source(&mut h, BROKER, "", "log.retention.ms"),
+        ("120000".into(), DYNAMIC_DEFAULT_BROKER)
+    );
+
+    let (code, message) = alter_resource(&mut h, BROKER, "", &[("num.partitions", SET, "7")]);
+    assert_eq!(code, ResponseError::InvalidRequest.code());
+    assert!(message.unwrap_or_default().contains("num.partitions"));
+    let (code, _) = alter_resource(&mut h, BROKER, "7", &one);
+    assert_eq!(code, ResponseError::InvalidRequest.code(), "no broker 7");
+    let (code, message) = alter_resource(&mut h, BROKER, "", &[("log.roll.ms", SET, "soon")]);
+    assert_eq!(code, ResponseError::InvalidConfig.code());
+    assert!(message.unwrap_or_default().contains("log.roll.ms"));
+
+    h.restart(false);
+    assert_eq!(
+        value_and_source(&mut h, TOPIC, "plain", "retention.ms"),
+        ("90000".into(), DYNAMIC_BROKER)
+    );
+    let gone = [("log.retention.ms", DELETE, "")];
+    assert_eq!(alter_resource(&mut h, BROKER, "1", &gone), (0, None));
+    assert_eq!(
+        value_and_source(&mut h, TOPIC, "plain", "retention.ms"),
+        ("120000".into(), DYNAMIC_DEFAULT_BROKER),
+        "back to every broker's"
     );
 }

@@ -36,9 +36,9 @@ use super::quorum::Waiting;
 use super::{Broker, ConnectionId, ReplyTo};
 use crate::cluster::records::{
     Change, PartitionAddition, PartitionAdditions, Replicas, TopicCreation, TopicCreations,
-    TopicDeletions, TopicRef,
+    TopicDeletions, TopicRef, CLUSTER_DEFAULT,
 };
-use crate::config::{TopicConfig, TOPIC_CONFIGS};
+use crate::config::{dynamic_topic_key, TopicConfig, DYNAMIC_BROKER_CONFIGS, TOPIC_CONFIGS};
 use crate::security::acl::{Operation, ResourceType};
 use crate::topic::{is_valid_topic_name, Topic};
 
@@ -136,6 +136,13 @@ const DEFAULT_REPLICATION_FACTOR: usize = 3;
 
 /// How long an auto-creating Metadata request waits for its topics.
 const AUTO_CREATE_WAIT_MS: i64 = 5_000;
+
+/// Kafka's config sources (DescribeConfigs v1+).
+const DYNAMIC_TOPIC: i8 = 1;
+const DYNAMIC_BROKER: i8 = 2;
+const DYNAMIC_DEFAULT_BROKER: i8 = 3;
+const STATIC_BROKER: i8 = 4;
+const DEFAULT: i8 = 5;
 
 impl Broker {
     pub(super) fn metadata(&mut self, now: Now, reply_to: ReplyTo, request: MetadataRequest) {
@@ -480,7 +487,6 @@ impl Broker {
             overrides.insert(c.name.to_string(), value.to_string());
         }
         let config = self
-            .config
             .topic_defaults
             .with_overrides(&overrides)
             .map_err(|e| (ResponseError::InvalidConfig, e.0))?;
@@ -721,9 +727,9 @@ impl Broker {
                         .filter_map(|spec| {
                             let key = spec.name;
                             let source = if topic.overrides.contains_key(key) {
-                                1
+                                DYNAMIC_TOPIC
                             } else {
-                                5
+                                self.dynamic_source(key).unwrap_or(DEFAULT)
                             };
                             Some((key.to_string(), topic.config.get(key)?, source))
                         })
@@ -733,6 +739,17 @@ impl Broker {
                         Vec::new()
                     }
                 },
+                BROKER if resource.resource_name.is_empty() => {
+                    // The cluster-wide defaults alone, as Kafka describes them.
+                    let image = self.controller.image();
+                    (image
+                        .broker_configs
+                        .get(&CLUSTER_DEFAULT)
+                        .into_iter()
+                        .flatten())
+                    .map(|(k, v)| (k.clone(), v.clone(), DYNAMIC_DEFAULT_BROKER))
+                    .collect()
+                }
                 BROKER => self.broker_config_entries(),
                 _ => {
                     result.error_code = ResponseError::InvalidRequest.code();
@@ -750,8 +767,11 @@ impl Broker {
                         .with_name(str_bytes(&name))
                         .with_value(Some(str_bytes(&value)))
                         .with_config_source(source)
-                        // Topic configs can all be changed (AlterConfigs); broker ones not yet.
-                        .with_read_only(resource.resource_type == BROKER)
+                        // Topic configs can all be changed (AlterConfigs); broker ones
+                        // only where Kafka changes them at run time.
+                        .with_read_only(
+                            resource.resource_type == BROKER && dynamic_topic_key(&name).is_none(),
+                        )
                 })
                 .collect();
             response.results.push(result);
@@ -759,9 +779,21 @@ impl Broker {
         ResponseKind::DescribeConfigs(response)
     }
 
+    /// Where the value of topic key `key` comes from when a dynamic broker config sets its
+    /// default: this broker's own, or every broker's.
+    fn dynamic_source(&self, key: &str) -> Option<i8> {
+        let (broker_key, _) = DYNAMIC_BROKER_CONFIGS.iter().find(|(_, t)| *t == key)?;
+        let image = self.controller.image();
+        let set = |scope: i32| image.broker_configs.get(&scope)?.get(*broker_key);
+        match (set(self.config.broker_id), set(CLUSTER_DEFAULT)) {
+            (Some(_), _) => Some(DYNAMIC_BROKER),
+            (None, Some(_)) => Some(DYNAMIC_DEFAULT_BROKER),
+            (None, None) => None,
+        }
+    }
+
     fn broker_config_entries(&self) -> Vec<(String, String, i8)> {
-        const STATIC: i8 = 4;
-        let d = &self.config.topic_defaults;
+        let d = &self.topic_defaults;
         let c = &self.config;
         [
             (
@@ -779,17 +811,20 @@ impl Broker {
                 "transaction.state.log.num.partitions",
                 c.txns.partitions.to_string(),
             ),
-            ("log.retention.bytes", d.retention_bytes.to_string()),
-            ("log.retention.ms", d.retention_ms.to_string()),
-            ("log.segment.bytes", d.segment_bytes.to_string()),
-            ("log.roll.ms", d.segment_ms.to_string()),
-            ("message.max.bytes", d.max_message_bytes.to_string()),
             ("num.partitions", c.default_partitions.to_string()),
         ]
         .into_iter()
         // An unset rack is left out, as Kafka leaves it without a value.
         .filter(|(k, v)| *k != "broker.rack" || !v.is_empty())
-        .map(|(k, v)| (k.to_string(), v, STATIC))
+        .map(|(k, v)| (k.to_string(), v, STATIC_BROKER))
+        .chain(
+            DYNAMIC_BROKER_CONFIGS
+                .iter()
+                .filter_map(|(broker_key, topic_key)| {
+                    let source = self.dynamic_source(topic_key).unwrap_or(STATIC_BROKER);
+                    Some((broker_key.to_string(), d.get(topic_key)?, source))
+                }),
+        )
         .collect()
     }
 }

@@ -1,9 +1,10 @@
-//! IncrementalAlterConfigs and AlterConfigs: topic configs changed at run time.
+//! IncrementalAlterConfigs and AlterConfigs: topic and broker configs changed at run time.
 //!
 //! A change is checked here against the same rules as CreateTopics' configs, then written
 //! to the metadata quorum as the topic's whole new set of overrides, so every broker applies
-//! the same set in the same order. Broker configs are not changeable at run time yet: a
-//! BROKER resource gets INVALID_REQUEST saying so.
+//! the same set in the same order. Broker configs change as in Kafka: those that are
+//! defaults of topic configs ([`DYNAMIC_BROKER_CONFIGS`]), for one broker or for all (a
+//! BROKER resource named by its id, or with an empty name); the rest are read-only.
 
 use std::collections::BTreeMap;
 
@@ -22,13 +23,21 @@ use tracing::info;
 use super::admin::str_bytes;
 use super::quorum::Waiting;
 use super::{Broker, ReplyTo};
-use crate::cluster::records::{Change, TopicConfigChange, TopicConfigChanges, TopicRef};
-use crate::config::{ConfigKind, TOPIC_CONFIGS};
+use crate::cluster::records::{
+    BrokerConfigChange, Change, TopicConfigChange, TopicConfigChanges, TopicRef, CLUSTER_DEFAULT,
+};
+use crate::config::{dynamic_topic_key, ConfigKind, DYNAMIC_BROKER_CONFIGS, TOPIC_CONFIGS};
 use crate::security::acl::{Operation, ResourceType};
 use crate::time::Now;
 
 const TOPIC: i8 = 2;
 const BROKER: i8 = 4;
+
+/// What one resource of a request changes.
+enum Altered {
+    Topic(TopicConfigChange),
+    Broker(BrokerConfigChange),
+}
 
 /// One change of one key, as either request spells it.
 enum Op {
@@ -160,6 +169,7 @@ impl Broker {
     ) {
         let mut results = Vec::new();
         let mut changes = Vec::new();
+        let mut broker_changes = Vec::new();
         let count = |name: &str| resources.iter().filter(|(_, n, _)| n == name).count();
         for (resource_type, name, ops) in &resources {
             let outcome = match *resource_type {
@@ -182,22 +192,26 @@ impl Broker {
                 {
                     Err((ResponseError::ClusterAuthorizationFailed, String::new()))
                 }
-                TOPIC => self.topic_change(name, ops, incremental),
-                BROKER => Err((
-                    ResponseError::InvalidRequest,
-                    "broker configs cannot be changed at run time yet: set them in the config \
-                     file or on the command line"
-                        .to_string(),
-                )),
+                TOPIC => self
+                    .topic_change(name, ops, incremental)
+                    .map(Altered::Topic),
+                BROKER => self
+                    .broker_change(name, ops, incremental)
+                    .map(Altered::Broker),
                 other => Err((
                     ResponseError::InvalidRequest,
                     format!("resource type {other} has no configs to change"),
                 )),
             };
             let error = match outcome {
-                Ok(change) => {
+                Ok(Altered::Topic(change)) => {
                     info!(topic = %name, configs = ?change.configs, validate_only, "altering topic configs");
                     changes.push(change);
+                    None
+                }
+                Ok(Altered::Broker(change)) => {
+                    info!(broker = change.broker, configs = ?change.configs, validate_only, "altering dynamic broker configs");
+                    broker_changes.push(change);
                     None
                 }
                 Err(e) => Some(e),
@@ -208,9 +222,12 @@ impl Broker {
                 error,
             });
         }
-        let change = (!changes.is_empty() && !validate_only).then_some(Change::AlterTopicConfigs(
-            TopicConfigChanges { topics: changes },
-        ));
+        let any = !changes.is_empty() || !broker_changes.is_empty();
+        let change =
+            (any && !validate_only).then_some(Change::AlterTopicConfigs(TopicConfigChanges {
+                topics: changes,
+                brokers: broker_changes,
+            }));
         let waiting = Waiting::AlterConfigs(AlterAnswer {
             incremental,
             results,
@@ -229,61 +246,27 @@ impl Broker {
             ResponseError::UnknownTopicOrPartition,
             format!("no topic {name}"),
         ))?;
-        let invalid = |m: String| (ResponseError::InvalidConfig, m);
-        let mut overrides = match incremental {
+        let base = match incremental {
             true => topic.overrides.clone(),
             false => BTreeMap::new(),
         };
-        for (key, op) in ops {
+        let is_list = |key: &str| {
             let spec = TOPIC_CONFIGS
                 .iter()
                 .find(|k| k.name == key)
-                .ok_or_else(|| invalid(format!("unknown topic config {key}")))?;
-            let is_list =
-                matches!(spec.kind, ConfigKind::ListOf(_)) || key.ends_with(".throttled.replicas");
-            let current = || topic.config.get(key).unwrap_or_default();
-            let items = |v: &str| -> Vec<String> {
-                (v.split(',').map(str::trim))
-                    .filter(|i| !i.is_empty())
-                    .map(String::from)
-                    .collect()
-            };
-            match op {
-                None => return Err(invalid(format!("unknown operation on {key}"))),
-                Some(Op::Set(value)) => {
-                    overrides.insert(key.clone(), value.clone());
-                }
-                Some(Op::Delete) => {
-                    overrides.remove(key);
-                }
-                Some(Op::Append(_) | Op::Subtract(_)) if !is_list => {
-                    return Err(invalid(format!(
-                        "{key} is not a list: it takes SET and DELETE"
-                    )))
-                }
-                Some(Op::Append(value)) => {
-                    let mut list = items(&current());
-                    for item in items(value) {
-                        if !list.contains(&item) {
-                            list.push(item);
-                        }
-                    }
-                    overrides.insert(key.clone(), list.join(","));
-                }
-                Some(Op::Subtract(value)) => {
-                    let gone = items(value);
-                    let list: Vec<String> = items(&current())
-                        .into_iter()
-                        .filter(|i| !gone.contains(i))
-                        .collect();
-                    overrides.insert(key.clone(), list.join(","));
-                }
-            }
-        }
-        self.config
-            .topic_defaults
+                .ok_or_else(|| {
+                    (
+                        ResponseError::InvalidConfig,
+                        format!("unknown topic config {key}"),
+                    )
+                })?;
+            Ok(matches!(spec.kind, ConfigKind::ListOf(_)) || key.ends_with(".throttled.replicas"))
+        };
+        let current = |key: &str| topic.config.get(key).unwrap_or_default();
+        let overrides = apply_ops(base, ops, is_list, current)?;
+        self.topic_defaults
             .with_overrides(&overrides)
-            .map_err(|e| invalid(e.0))?;
+            .map_err(|e| (ResponseError::InvalidConfig, e.0))?;
         Ok(TopicConfigChange {
             topic: Some(TopicRef {
                 name: name.to_string(),
@@ -292,4 +275,111 @@ impl Broker {
             configs: overrides,
         })
     }
+
+    /// The new dynamic configs of broker scope `name` (a broker id, or empty: every broker)
+    /// after `ops`. Only [`DYNAMIC_BROKER_CONFIGS`] change at run time, as in Kafka; the
+    /// rest are read-only (INVALID_REQUEST, as Kafka answers).
+    fn broker_change(
+        &self,
+        name: &str,
+        ops: &[(String, Option<Op>)],
+        incremental: bool,
+    ) -> Result<BrokerConfigChange, (ResponseError, String)> {
+        let broker = match name {
+            "" => CLUSTER_DEFAULT,
+            id => id
+                .parse::<i32>()
+                .ok()
+                .filter(|id| self.controller.image().brokers.contains_key(id))
+                .ok_or((ResponseError::InvalidRequest, format!("no broker {id:?}")))?,
+        };
+        let image = self.controller.image();
+        let base = match incremental {
+            true => image
+                .broker_configs
+                .get(&broker)
+                .cloned()
+                .unwrap_or_default(),
+            false => BTreeMap::new(),
+        };
+        let is_list = |key: &str| match dynamic_topic_key(key) {
+            Some(topic_key) => Ok(topic_key == "cleanup.policy"),
+            None => Err((
+                ResponseError::InvalidRequest,
+                format!(
+                    "{key} cannot change at run time: set it in the config file or on the \
+                     command line (these can: {})",
+                    DYNAMIC_BROKER_CONFIGS
+                        .iter()
+                        .map(|(b, _)| *b)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        };
+        let current = |key: &str| {
+            let topic_key = dynamic_topic_key(key).unwrap_or_default();
+            self.topic_defaults.get(topic_key).unwrap_or_default()
+        };
+        let configs = apply_ops(base, ops, is_list, current)?;
+        self.config
+            .topic_defaults
+            .with_broker_configs(&configs)
+            .map_err(|e| (ResponseError::InvalidConfig, e.0))?;
+        Ok(BrokerConfigChange { broker, configs })
+    }
+}
+
+/// `base` after `ops`: SET and DELETE on any key `is_list` knows, APPEND and SUBTRACT on
+/// lists (whose value now is `current`).
+fn apply_ops(
+    mut configs: BTreeMap<String, String>,
+    ops: &[(String, Option<Op>)],
+    is_list: impl Fn(&str) -> Result<bool, (ResponseError, String)>,
+    current: impl Fn(&str) -> String,
+) -> Result<BTreeMap<String, String>, (ResponseError, String)> {
+    let invalid = |m: String| (ResponseError::InvalidConfig, m);
+    let items = |v: &str| -> Vec<String> {
+        (v.split(',').map(str::trim))
+            .filter(|i| !i.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    for (key, op) in ops {
+        let list = is_list(key)?;
+        match op {
+            None => return Err(invalid(format!("unknown operation on {key}"))),
+            Some(Op::Set(value)) => {
+                configs.insert(key.clone(), value.clone());
+            }
+            Some(Op::Delete) => {
+                configs.remove(key);
+            }
+            Some(Op::Append(_) | Op::Subtract(_)) if !list => {
+                return Err(invalid(format!(
+                    "{key} is not a list: it takes SET and DELETE"
+                )))
+            }
+            Some(Op::Append(value)) => {
+                let now = configs.get(key).cloned().unwrap_or_else(|| current(key));
+                let mut list = items(&now);
+                for item in items(value) {
+                    if !list.contains(&item) {
+                        list.push(item);
+                    }
+                }
+                configs.insert(key.clone(), list.join(","));
+            }
+            Some(Op::Subtract(value)) => {
+                let now = configs.get(key).cloned().unwrap_or_else(|| current(key));
+                let gone = items(value);
+                let list: Vec<String> = items(&now)
+                    .into_iter()
+                    .filter(|i| !gone.contains(i))
+                    .collect();
+                configs.insert(key.clone(), list.join(","));
+            }
+        }
+    }
+    Ok(configs)
 }

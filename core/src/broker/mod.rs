@@ -41,7 +41,7 @@ use tracing::{debug, warn};
 
 use crate::cluster::records::{BrokerRegistration, GroupMessage};
 use crate::cluster::Controller;
-use crate::config::{BrokerConfig, FlushPolicy};
+use crate::config::{BrokerConfig, FlushPolicy, TopicConfig};
 use crate::consensus::RaftPersist;
 use crate::group::Coordinator;
 use crate::log::{CommitPoint, PartitionLog, Segment};
@@ -374,6 +374,11 @@ struct InFlightSync {
 /// A single broker's state.
 pub struct Broker {
     config: BrokerConfig,
+    /// Topic defaults in force: the configured ones with the dynamic broker configs over
+    /// them (IncrementalAlterConfigs on a BROKER resource, from the metadata quorum).
+    topic_defaults: TopicConfig,
+    /// The dynamic broker configs those came from: every broker's, then this broker's own.
+    dynamic_configs: BTreeMap<String, String>,
     topics: BTreeMap<Arc<str>, Topic>,
     connections: BTreeMap<ConnectionId, Connection>,
     outputs: VecDeque<Output>,
@@ -514,6 +519,8 @@ impl Broker {
         let config_txns = config.txns.clone();
         let nonce_seed = config.security.nonce_seed;
         let mut broker = Broker {
+            topic_defaults: config.topic_defaults.clone(),
+            dynamic_configs: BTreeMap::new(),
             config,
             topics: BTreeMap::new(),
             connections: BTreeMap::new(),
@@ -563,6 +570,9 @@ impl Broker {
             reported_scram: None,
             canary_credential_cache: BTreeMap::new(),
         };
+        // Topic defaults as the recovered image's dynamic broker configs make them, before
+        // any topic takes its config from them.
+        broker.refresh_topic_defaults();
         let names: Vec<String> = broker.controller.image().topics.keys().cloned().collect();
         for name in names {
             broker.reconcile_topic(&name);

@@ -21,7 +21,7 @@ use super::{Broker, Observation, Output, ReplyTo};
 use crate::canary::{is_planted, Canary};
 use crate::cluster::image::{Applied, Refusal};
 use crate::cluster::raft_id;
-use crate::cluster::records::{Change, GroupMessage, PeerFrame};
+use crate::cluster::records::{Change, GroupMessage, PeerFrame, CLUSTER_DEFAULT};
 use crate::log::{PartitionLog, Segment};
 use crate::storage::{StorageOp, TopicPartition};
 use crate::topic::Topic;
@@ -154,6 +154,9 @@ impl Broker {
             });
         }
         let image_changed = drive.image_replaced || !drive.applied.is_empty();
+        if image_changed {
+            self.refresh_topic_defaults();
+        }
         if drive.image_replaced {
             let names: Vec<String> = self
                 .controller
@@ -218,6 +221,36 @@ impl Broker {
             self.coordinator_stale = true;
         }
         self.report_security();
+    }
+
+    /// Takes up the dynamic broker configs of the image, if they changed: new topic defaults,
+    /// and every topic's config again over them (its own overrides still win).
+    pub(super) fn refresh_topic_defaults(&mut self) {
+        let image = self.controller.image();
+        let scopes = [CLUSTER_DEFAULT, self.config.broker_id];
+        let dynamic: BTreeMap<String, String> = (scopes.iter())
+            .filter_map(|scope| image.broker_configs.get(scope))
+            .flat_map(|configs| configs.clone())
+            .collect();
+        if dynamic == self.dynamic_configs {
+            return;
+        }
+        match self.config.topic_defaults.with_broker_configs(&dynamic) {
+            Ok(defaults) => {
+                info!(configs = ?dynamic, "dynamic broker configs changed");
+                for topic in self.topics.values_mut() {
+                    match defaults.with_overrides(&topic.overrides) {
+                        Ok(config) => topic.config = config,
+                        Err(e) => {
+                            warn!(topic = %topic.name, error = %e.0, "topic config invalid; keeping the old")
+                        }
+                    }
+                }
+                self.topic_defaults = defaults;
+            }
+            Err(e) => warn!(error = %e.0, "dynamic broker configs invalid; keeping the old"),
+        }
+        self.dynamic_configs = dynamic;
     }
 
     /// Tells the driver where registered brokers' peer listeners are (brokers that joined
@@ -395,12 +428,11 @@ impl Broker {
                     id: image.id,
                     overrides: image.configs.clone(),
                     config: self
-                        .config
                         .topic_defaults
                         .with_overrides(&image.configs)
                         .unwrap_or_else(|e| {
                             warn!(topic = %name, error = %e.0, "topic config invalid; using defaults");
-                            self.config.topic_defaults.clone()
+                            self.topic_defaults.clone()
                         }),
                     replicas: Vec::new(),
                     targets: BTreeMap::new(),
@@ -409,7 +441,7 @@ impl Broker {
                 });
                 if topic.overrides != image.configs {
                     // IncrementalAlterConfigs or AlterConfigs changed them.
-                    match self.config.topic_defaults.with_overrides(&image.configs) {
+                    match self.topic_defaults.with_overrides(&image.configs) {
                         Ok(config) => {
                             info!(topic = %name, configs = ?image.configs, "topic configs changed");
                             topic.config = config;

@@ -12,9 +12,9 @@ use prost::Message;
 use crate::canary::{is_planted, Canary};
 
 use super::records::{
-    AclBinding, BrokerRegistration, Change, ImageRecord, MetadataRecord, PartitionAddition,
-    PartitionLeader, PartitionReplicaSet, Replicas, ScramCredential, TopicConfigChange,
-    TopicCreation, TopicRef,
+    AclBinding, BrokerConfigChange, BrokerRegistration, Change, ImageRecord, MetadataRecord,
+    PartitionAddition, PartitionLeader, PartitionReplicaSet, Replicas, ScramCredential,
+    TopicConfigChange, TopicCreation, TopicRef,
 };
 
 /// The most producer ids one record hands out.
@@ -76,6 +76,8 @@ pub struct MetadataImage {
     pub scram: BTreeMap<(String, i32), ScramCredential>,
     /// ACLs, in one order on every broker.
     pub acls: BTreeSet<AclBinding>,
+    /// Dynamic broker configs by scope: a broker id, or `CLUSTER_DEFAULT`.
+    pub broker_configs: BTreeMap<i32, BTreeMap<String, String>>,
 }
 
 impl MetadataImage {
@@ -149,15 +151,23 @@ impl MetadataImage {
                 self.next_producer_id = first.saturating_add(count);
                 Applied::ProducerIds { first, count }
             }
-            Some(Change::AlterTopicConfigs(a)) => Applied::Topics(
-                a.topics
-                    .iter()
-                    .map(|c| {
-                        let name = c.topic.as_ref().map_or(String::new(), |t| t.name.clone());
-                        (name, self.alter_configs(c))
-                    })
-                    .collect(),
-            ),
+            Some(Change::AlterTopicConfigs(a)) => {
+                for b in &a.brokers {
+                    match b.configs.is_empty() {
+                        true => self.broker_configs.remove(&b.broker),
+                        false => self.broker_configs.insert(b.broker, b.configs.clone()),
+                    };
+                }
+                Applied::Topics(
+                    a.topics
+                        .iter()
+                        .map(|c| {
+                            let name = c.topic.as_ref().map_or(String::new(), |t| t.name.clone());
+                            (name, self.alter_configs(c))
+                        })
+                        .collect(),
+                )
+            }
             Some(Change::AlterScram(c)) => {
                 for d in &c.deletions {
                     self.scram.remove(&(d.user.clone(), d.mechanism));
@@ -330,6 +340,12 @@ impl MetadataImage {
             },
             scram: self.scram.values().cloned().collect(),
             acls: self.acls.iter().cloned().collect(),
+            broker_configs: (self.broker_configs.iter())
+                .map(|(&broker, configs)| BrokerConfigChange {
+                    broker,
+                    configs: configs.clone(),
+                })
+                .collect(),
         }
         .encode_to_vec()
     }
@@ -351,6 +367,9 @@ impl MetadataImage {
             image.scram.insert((c.user.clone(), c.mechanism), c);
         }
         image.acls = record.acls.into_iter().collect();
+        image.broker_configs = (record.broker_configs.into_iter())
+            .map(|b| (b.broker, b.configs))
+            .collect();
         Ok(image)
     }
 }
@@ -358,7 +377,7 @@ impl MetadataImage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::records::{TopicCreations, TopicDeletions};
+    use crate::cluster::records::{TopicConfigChanges, TopicCreations, TopicDeletions};
 
     fn create(name: &str, id: u8, partitions: usize) -> MetadataRecord {
         MetadataRecord {
@@ -504,6 +523,24 @@ mod tests {
         image.apply(&reassigned(vec![2, 3]));
         assert_eq!(image.topics["a"].replicas[2], [2, 3]);
         assert!(image.topics["a"].targets.is_empty());
+        let scope = |broker: i32, configs: &[(&str, &str)]| BrokerConfigChange {
+            broker,
+            configs: (configs.iter())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let dynamic = MetadataRecord {
+            origin: None,
+            change: Some(Change::AlterTopicConfigs(TopicConfigChanges {
+                topics: Vec::new(),
+                brokers: vec![
+                    scope(-1, &[("log.retention.ms", "1000")]),
+                    scope(2, &[("log.roll.ms", "5000")]),
+                ],
+            })),
+        };
+        image.apply(&dynamic);
+        assert_eq!(image.broker_configs.len(), 2);
         assert_eq!(MetadataImage::decode(&image.encode()).unwrap(), image);
         assert_eq!(
             MetadataImage::decode(&[]).unwrap(),

@@ -98,13 +98,31 @@ pub struct AclSet {
     pub acls: Vec<AclBinding>,
 }
 
-/// New config overrides of topics.
+/// New config overrides of topics, and new dynamic configs of brokers.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TopicConfigChanges {
     /// One per topic.
     #[prost(message, repeated, tag = "1")]
     pub topics: Vec<TopicConfigChange>,
+    /// One per broker scope.
+    #[prost(message, repeated, tag = "2")]
+    pub brokers: Vec<BrokerConfigChange>,
 }
+
+/// The dynamic broker configs of one scope (Kafka's broker names), replaced whole.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BrokerConfigChange {
+    /// The broker they apply to; [`CLUSTER_DEFAULT`]: every broker.
+    #[prost(int32, tag = "1")]
+    pub broker: i32,
+    /// Every dynamic config of that scope from now on.
+    #[prost(btree_map = "string, string", tag = "2")]
+    pub configs: BTreeMap<String, String>,
+}
+
+/// The scope of dynamic broker configs that apply to every broker (a BROKER resource with
+/// an empty name); a broker's own configs override them.
+pub const CLUSTER_DEFAULT: i32 = -1;
 
 /// One topic's new config overrides.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -333,6 +351,9 @@ pub struct ImageRecord {
     /// ACLs.
     #[prost(message, repeated, tag = "5")]
     pub acls: Vec<AclBinding>,
+    /// Dynamic broker configs, by scope.
+    #[prost(message, repeated, tag = "6")]
+    pub broker_configs: Vec<BrokerConfigChange>,
 }
 
 /// What one broker sends another in one frame: Raft messages of any groups.
