@@ -1,5 +1,5 @@
 """The configuration file as a Kafka operator writes it: Kafka's dotted names are read, the
-settings given are logged at start with secrets masked, and an unknown key or a bad value
+settings given and every setting in force are logged at start with secrets masked, and an unknown key or a bad value
 stops the broker before it starts, naming the key and its line."""
 
 import subprocess
@@ -26,6 +26,11 @@ def test_kafka_names_start_a_broker_and_its_settings_are_logged_masked(workdir):
     log = broker.log_path.read_text()
     assert "log_retention_ms = 3600000" in log and "num_partitions = 4" in log
     assert 'peer_secret = "********"' in log and "hush-hush" not in log
+    # And every setting in force, defaults included, with what was given.
+    effective = log.split("effective=", 1)[1].splitlines()[0]
+    for setting in ("broker_id = 3", "log_retention_ms = 3600000", "offsets_topic_num_partitions = 8",
+                    "log_segment_bytes = 1073741824", 'peer_secret = "********"'):
+        assert setting in effective, effective
 
 
 def test_an_unknown_key_or_a_bad_value_stops_start_naming_key_and_line(workdir):

@@ -248,10 +248,16 @@ impl RunArgs {
             None => RunArgs::default(),
         };
         let given = explicit_settings(&self, &file);
+        // Every setting resolved from flags, file or default, for the log at start.
+        let mut effective = toml::Table::new();
         macro_rules! pick {
-            ($field:ident, $default:expr) => {
-                self.$field.or(file.$field).unwrap_or($default)
-            };
+            ($field:ident, $default:expr) => {{
+                let value = self.$field.or(file.$field).unwrap_or($default);
+                if let Ok(v) = toml::Value::try_from(&value) {
+                    effective.insert(stringify!($field).to_string(), v);
+                }
+                value
+            }};
         }
         let defaults = TopicConfig::default();
         let listen = pick!(listen, "127.0.0.1:9092".parse().expect("valid address"));
@@ -400,21 +406,30 @@ impl RunArgs {
         if broker.retention_check_interval_ms < 1 || broker.topic_defaults.segment_ms < 1 {
             bail!("intervals must be positive");
         }
-        tracing::info!(settings = %given, "configuration (flags and environment over the file; the rest default)");
+        let max_connections_per_ip = pick!(max_connections_per_ip, 1000).max(1);
+        let data_dir = pick!(data_dir, PathBuf::from("seedlog-data"));
+        let storage = pick!(storage, StorageKind::Disk);
+        let socket_request_max_bytes = pick!(socket_request_max_bytes, 100 * 1024 * 1024);
+        tracing::info!(
+            settings = %given.0,
+            effective = %effective_settings(effective, given.1),
+            "configuration (settings: given, flags and environment over the file; effective: \
+             with the defaults)"
+        );
         Ok(NodeConfig {
             listeners,
             #[cfg(not(madsim))]
             tls,
-            max_connections_per_ip: pick!(max_connections_per_ip, 1000).max(1),
+            max_connections_per_ip,
             peer_secret: self
                 .peer_secret
                 .clone()
                 .or(file.peer_secret.clone())
                 .unwrap_or_default(),
             peer_tls,
-            data_dir: pick!(data_dir, PathBuf::from("seedlog-data")),
-            storage: pick!(storage, StorageKind::Disk),
-            socket_request_max_bytes: pick!(socket_request_max_bytes, 100 * 1024 * 1024),
+            data_dir,
+            storage,
+            socket_request_max_bytes,
             peer_listen,
             admin_listen: self.admin_listen.or(file.admin_listen),
             peers,
@@ -560,8 +575,9 @@ fn kafka_names(text: &str) -> String {
 const SECRETS: [&str; 1] = ["peer_secret"];
 
 /// The settings given explicitly, flags and environment over the file, secrets masked:
-/// `key = value` lines for the log at start (everything else is its default).
-fn explicit_settings(flags: &RunArgs, file: &RunArgs) -> String {
+/// `key = value` pairs for the log at start (everything else is its default), and the
+/// same as a table.
+fn explicit_settings(flags: &RunArgs, file: &RunArgs) -> (String, toml::Table) {
     let table = |args: &RunArgs| toml::Table::try_from(args).unwrap_or_default();
     let mut merged = table(file);
     merged.extend(table(flags));
@@ -570,7 +586,21 @@ fn explicit_settings(flags: &RunArgs, file: &RunArgs) -> String {
             *value = toml::Value::String("********".into());
         }
     }
-    merged
+    (listed(&merged), merged)
+}
+
+/// Every setting in force: those resolved with their defaults, and those given that have no
+/// single default (listeners, security, voters: given or not set).
+fn effective_settings(mut resolved: toml::Table, given: toml::Table) -> String {
+    for (key, value) in given {
+        resolved.entry(key).or_insert(value);
+    }
+    listed(&resolved)
+}
+
+/// `key = value, ...` in key order.
+fn listed(table: &toml::Table) -> String {
+    table
         .iter()
         .map(|(key, value)| format!("{key} = {value}"))
         .collect::<Vec<_>>()
@@ -664,7 +694,7 @@ mod tests {
         assert_eq!(config.broker.topic_defaults.segment_ms, 60_000);
         assert_eq!(config.broker.cluster.rack, "r1");
         // What the broker logs at start: every setting given, the secret masked.
-        let given = explicit_settings(&RunArgs::default(), &read_file(&path).unwrap());
+        let (given, _) = explicit_settings(&RunArgs::default(), &read_file(&path).unwrap());
         assert!(given.contains("log_retention_ms = 1000"), "{given}");
         assert!(given.contains("peer_secret = \"********\""), "{given}");
         assert!(!given.contains("hush"), "{given}");
