@@ -9,7 +9,8 @@
 //! ```
 //! The Raft state in sled is sealed (CRC-32C and format version, [`seedlog_core::sealed`]);
 //! hard states, snapshots and memberships are kept in two copies, so a damaged copy is found
-//! and written over with its twin on start. The store's format is the `state_format` key.
+//! and written over with its twin on start. The store's format is the `state_format` key;
+//! the segment and index files' format, the `log_format` key.
 //!
 //! fsyncs run on a background thread (with helpers when one sync covers several files) so
 //! the driver keeps serving while the disk works; each sync covers every file written since
@@ -97,6 +98,7 @@ impl FileStorage {
             .open_tree("producers")
             .context("opening producers tree")?;
         upgrade_state_format(&meta, &quorum, &replicas)?;
+        check_log_format(&meta)?;
         let (sync_jobs, jobs) = mpsc::channel::<SyncJob>();
         std::thread::Builder::new()
             .name("seedlog-fsync".into())
@@ -790,6 +792,32 @@ fn upgrade_state_format(
     Ok(())
 }
 
+/// The format of the partition data this build writes and reads: segment files of Kafka
+/// record batches of magic 2, and `SLX1` index files. Under the `log_format` key of sled's
+/// default tree.
+const LOG_FORMAT: u8 = 1;
+const LOG_FORMAT_KEY: &[u8] = b"log_format";
+
+/// Checks the partition data's format, recording it on a data directory that has none (one
+/// written before it was recorded holds format 1). Data of another format is refused with
+/// its number, never misread: a newer seedlog may lay out segments or indexes differently.
+fn check_log_format(meta: &sled::Db) -> anyhow::Result<()> {
+    match meta.get(LOG_FORMAT_KEY).context("reading the log format")? {
+        Some(found) if found.as_ref() == [LOG_FORMAT] => Ok(()),
+        Some(found) => bail!(
+            "the partition data in this data directory is in format {}; this seedlog reads \
+             format {LOG_FORMAT} only (was it written by a newer seedlog?)",
+            found.first().copied().unwrap_or_default()
+        ),
+        None => {
+            meta.insert(LOG_FORMAT_KEY, &[LOG_FORMAT])
+                .context("writing the log format")?;
+            meta.flush().context("flushing broker state")?;
+            Ok(())
+        }
+    }
+}
+
 fn producers_key(tp: &TopicPartition) -> String {
     format!("{}/{}", tp.topic, tp.partition)
 }
@@ -1050,6 +1078,34 @@ mod tests {
             .err()
             .context("a newer format must be refused")?;
         assert!(format!("{err:#}").contains("format 2;"), "{err:#}");
+        fs::remove_dir_all(&root)?;
+        Ok(())
+    }
+
+    #[test]
+    fn the_log_format_is_recorded_and_a_newer_one_refused() -> anyhow::Result<()> {
+        let root = scratch("log-format");
+        let mut storage = open(&root)?;
+        storage.close()?;
+        drop(storage);
+        {
+            let db = sled::open(root.join("meta"))?;
+            assert_eq!(
+                db.get(LOG_FORMAT_KEY)?.as_deref(),
+                Some(&[LOG_FORMAT][..]),
+                "recorded on a new data directory"
+            );
+            db.insert(LOG_FORMAT_KEY, &[LOG_FORMAT + 1])?;
+            db.flush()?;
+        }
+        let err = open(&root)
+            .err()
+            .context("a newer log format must be refused")?;
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("partition data") && message.contains("format 2;"),
+            "{message}"
+        );
         fs::remove_dir_all(&root)?;
         Ok(())
     }
