@@ -415,6 +415,9 @@ impl PeerFrame {
                 }
             }
         }
+        if places.is_empty() {
+            return None;
+        }
         let (m, e, topic, partition) = places.get(pick(places.len() as u64) as usize)?.clone();
         let entry = frame.messages[m].message.as_mut()?.entries.get_mut(e)?;
         let mut data = entry.data.to_vec();

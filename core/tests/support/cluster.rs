@@ -155,7 +155,7 @@ impl Cluster {
                 if let Some(left) = self.damage_appends_to.get_mut(&to).filter(|n| **n > 0) {
                     // The last bit of the first entry: deterministic, inside the CRC's cover.
                     let mut picks = [0, u64::MAX].into_iter();
-                    let last = |n: u64| picks.next().unwrap_or(0).min(n - 1);
+                    let last = |n: u64| picks.next().unwrap_or(0).min(n.saturating_sub(1));
                     if let Some((damaged, entry)) = PeerFrame::damage_an_entry(&frame, last) {
                         *left -= 1;
                         frame = Bytes::from(damaged);
