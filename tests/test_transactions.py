@@ -7,7 +7,7 @@ import time
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from conftest import create
+from conftest import create, wait_for
 
 
 def consume_all(brokers, topic, partitions, isolation, expect, timeout=30):
@@ -185,4 +185,6 @@ def test_seedlog_transactions_lists_and_describes(broker):
     described = seedlog("describe", "cli-app")
     assert "Ongoing" in described and "cli partitions 1" in described, described
     producer.commit_transaction(30)
-    assert "CompleteCommit" in seedlog("describe", "cli-app")
+    # EndTxn is answered once PrepareCommit is durable; the markers are written after it
+    # (as in Kafka), so CompleteCommit follows a moment later.
+    wait_for("the commit completed", lambda: "CompleteCommit" in seedlog("describe", "cli-app"))
