@@ -303,7 +303,10 @@ impl Broker {
             false => BTreeMap::new(),
         };
         let is_list = |key: &str| match dynamic_topic_key(key) {
-            Some(topic_key) => Ok(topic_key == "cleanup.policy"),
+            // A list where the topic key it defaults is one.
+            Some(topic_key) => Ok(TOPIC_CONFIGS
+                .iter()
+                .any(|k| k.name == topic_key && matches!(k.kind, ConfigKind::ListOf(_)))),
             None => Err((
                 ResponseError::InvalidRequest,
                 format!(
