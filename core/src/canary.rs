@@ -73,11 +73,15 @@ pub enum Canary {
     /// their batches' CRCs: a copy damaged on the way is written, acknowledged and counted
     /// towards the quorum.
     AckDamagedArrivals,
+    /// The peer protocol's version bumped naively: a broker names its newest version in the
+    /// handshake and refuses any other, so brokers of the old and the new binary cannot
+    /// talk while a rolling upgrade is under way.
+    StrictPeerVersion,
 }
 
 impl Canary {
     /// Every canary, in a stable order.
-    pub const ALL: [Canary; 25] = [
+    pub const ALL: [Canary; 26] = [
         Canary::AckBeforeFsync,
         Canary::SkipRecoveryCrc,
         Canary::ReadAboveHighWatermark,
@@ -103,6 +107,7 @@ impl Canary {
         Canary::CacheCredentials,
         Canary::TrustStateCopies,
         Canary::AckDamagedArrivals,
+        Canary::StrictPeerVersion,
     ];
 
     /// The name used on the simulator's command line.
@@ -133,6 +138,7 @@ impl Canary {
             Canary::CacheCredentials => "cache-credentials",
             Canary::TrustStateCopies => "trust-state-copies",
             Canary::AckDamagedArrivals => "ack-damaged-arrivals",
+            Canary::StrictPeerVersion => "strict-peer-version",
         }
     }
 
@@ -177,6 +183,9 @@ impl Canary {
             Canary::TrustStateCopies => "the Raft state is loaded without checking its CRC",
             Canary::AckDamagedArrivals => {
                 "a follower acknowledges entries damaged on the way without checking them"
+            }
+            Canary::StrictPeerVersion => {
+                "brokers refuse peers of another protocol version during an upgrade"
             }
         }
     }

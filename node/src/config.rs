@@ -224,6 +224,10 @@ pub struct NodeConfig {
     pub peer_secret: String,
     /// Mutual TLS between brokers.
     pub peer_tls: bool,
+    /// The newest peer protocol version spoken: [`crate::peer::PROTOCOL_NEWEST`]; the
+    /// simulator sets an older one to play an older binary (not a setting: each connection
+    /// agrees the newest both ends speak by itself).
+    pub peer_protocol: u8,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Storage backend.
@@ -427,6 +431,7 @@ impl RunArgs {
                 .or(file.peer_secret.clone())
                 .unwrap_or_default(),
             peer_tls,
+            peer_protocol: crate::peer::PROTOCOL_NEWEST,
             data_dir,
             storage,
             socket_request_max_bytes,

@@ -9,12 +9,21 @@
 //! Delivery is best effort: a full queue or a broken connection drops frames, and Raft
 //! resends what matters. Nothing here blocks the driver.
 //!
-//! A connection opens with a handshake that names the protocol version and the dialling
-//! broker: the acceptor sends a challenge, the dialler answers with its id and an HMAC of
-//! the challenge under the cluster's shared secret. The acceptor then takes frames only in
-//! that broker's name; a peer that cannot prove itself, or speaks another version, is
-//! refused and logged. Without a secret (a development cluster) the id is taken on trust,
-//! but still binds the connection.
+//! A connection opens with a handshake that agrees the protocol version and names the
+//! dialling broker: the acceptor sends a challenge that offers the newest version it speaks,
+//! the dialler answers with the version both speak (the lower of the two newest), its id and
+//! an HMAC of the challenge under the cluster's shared secret. The acceptor then takes frames
+//! only in that broker's name, in that version; a peer that cannot prove itself, or answers
+//! a version the acceptor does not speak, is refused and logged. Without a secret (a
+//! development cluster) the id is taken on trust, but still binds the connection.
+//!
+//! Versions: 1 frames a `PeerFrame` behind its length; 2 adds a CRC32C of the length and the
+//! frame, so a bit the network's checksums let through (in a term, a commit index, a batch)
+//! closes the connection instead of misleading Raft. Brokers of version 1 made no offer and
+//! refused a handshake that named another version, so the handshake keeps their layout: the
+//! offer rides in the challenge, which they read as random bytes, and a version 1 acceptor
+//! is answered in version 1. A rolling upgrade therefore needs nothing: each connection
+//! speaks the newest version both ends know, version 2 once both ends run a binary with it.
 
 use std::collections::BTreeMap;
 use std::io::IoSlice;
@@ -28,6 +37,8 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
+
+use seedlog_core::canary::{is_planted, Canary};
 
 use crate::server::Event;
 
@@ -58,9 +69,19 @@ const WRITE_FRAMES_MAX: usize = 64;
 /// second, so a silent connection is a dead one (its peer dials a new one).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The peer protocol: its magic and version, first on every connection.
+/// The peer protocol's magic and the handshake's layout, first on every connection. Version
+/// 1 brokers refuse any other layout byte, so it stays 1 whatever version is agreed.
 const MAGIC: &[u8; 4] = b"SLPR";
-const VERSION: u8 = 1;
+const HANDSHAKE: u8 = 1;
+
+/// The newest peer protocol version this binary speaks.
+pub const PROTOCOL_NEWEST: u8 = 2;
+
+/// The start of an acceptor's challenge that offers a version: then that version, then 12
+/// random bytes. A version 1 acceptor's random challenge starts so once in 2^24 handshakes:
+/// the dialler then answers a version that acceptor refuses, and the next dial, with a new
+/// challenge, succeeds.
+const OFFER: &[u8; 3] = b"SLv";
 
 /// How long the handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -70,6 +91,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Identity {
     /// This broker's id.
     pub id: i32,
+    /// The newest peer protocol version it speaks: [`PROTOCOL_NEWEST`], or lower where the
+    /// simulator plays an older binary.
+    pub newest: u8,
     /// The cluster's shared secret (`peer_secret`); empty: ids are taken on trust.
     pub secret: Arc<[u8]>,
     /// TLS on every peer connection, both ways authenticated (`SSL` as
@@ -104,14 +128,29 @@ impl Identity {
 }
 
 impl Identity {
-    fn mac(&self, challenge: &[u8], id: i32) -> [u8; 32] {
+    /// The HMAC that proves `id`; from version 2 on it covers the agreed version too, so a
+    /// man in the middle cannot talk two brokers down to an older one.
+    fn mac(&self, challenge: &[u8], id: i32, version: u8) -> [u8; 32] {
         use hmac::{Hmac, Mac};
         // HMAC takes a key of any length.
         let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&self.secret).expect("any key length");
         mac.update(MAGIC);
         mac.update(challenge);
         mac.update(&id.to_be_bytes());
+        if version >= 2 {
+            mac.update(&[version]);
+        }
         mac.finalize().into_bytes().into()
+    }
+
+    /// The layout byte this broker writes and expects. The canary `StrictPeerVersion` is
+    /// the upgrade done naively: the newest version named there, and nothing else taken.
+    fn layout(&self) -> u8 {
+        if is_planted(Canary::StrictPeerVersion) {
+            self.newest
+        } else {
+            HANDSHAKE
+        }
     }
 }
 
@@ -122,36 +161,84 @@ fn challenge() -> [u8; 16] {
     out
 }
 
-/// The dialler's side of the handshake.
-async fn prove(stream: &mut PeerStream, identity: &Identity) -> anyhow::Result<()> {
+/// The dialler's side of the handshake with broker `to`: the version agreed.
+async fn prove(stream: &mut PeerStream, identity: &Identity, to: i32) -> anyhow::Result<u8> {
     let mut hello = [0u8; 21];
     stream.read_exact(&mut hello).await?;
-    check_version(&hello[..5])?;
-    let mac = identity.mac(&hello[5..], identity.id);
+    let checked = check_header(&hello[..5], identity.layout());
+    #[cfg(madsim)]
+    if let Err(e) = &checked {
+        wire::handshake(identity.id, to, Err(format!("{e:#}")));
+    }
+    checked?;
+    let challenge = &hello[5..];
+    let offered = match challenge.strip_prefix(OFFER) {
+        Some(rest) if !is_planted(Canary::StrictPeerVersion) => rest[0].max(1),
+        Some(_) | None if is_planted(Canary::StrictPeerVersion) => identity.newest,
+        _ => 1, // A version 1 acceptor: it offers nothing.
+    };
+    let version = identity.newest.min(offered);
+    let mac = identity.mac(challenge, identity.id, version);
     let mut answer = Vec::with_capacity(41);
     answer.extend_from_slice(MAGIC);
-    answer.push(VERSION);
+    answer.push(version);
     answer.extend_from_slice(&identity.id.to_be_bytes());
     answer.extend_from_slice(&mac);
     stream.write_all(&answer).await?;
     stream.flush().await?;
-    Ok(())
+    let _ = to;
+    Ok(version)
 }
 
-/// The acceptor's side: the id the dialler proved.
-async fn verify(stream: &mut PeerStream, identity: &Identity) -> anyhow::Result<i32> {
-    let challenge = challenge();
+/// The acceptor's side: the id the dialler proved and the version agreed.
+async fn verify(stream: &mut PeerStream, identity: &Identity) -> anyhow::Result<(i32, u8)> {
+    let mut challenge = challenge();
+    if identity.newest > 1 && !is_planted(Canary::StrictPeerVersion) {
+        challenge[..3].copy_from_slice(OFFER);
+        challenge[3] = identity.newest;
+    }
     let mut hello = Vec::with_capacity(21);
     hello.extend_from_slice(MAGIC);
-    hello.push(VERSION);
+    hello.push(identity.layout());
     hello.extend_from_slice(&challenge);
     stream.write_all(&hello).await?;
     stream.flush().await?;
     let mut answer = [0u8; 41];
     stream.read_exact(&mut answer).await?;
-    check_version(&answer[..5])?;
     let id = i32::from_be_bytes(answer[5..9].try_into().expect("four bytes"));
-    let expected = identity.mac(&challenge, id);
+    let checked = check_answer(&answer, &challenge, id, identity);
+    #[cfg(madsim)]
+    wire::handshake(
+        id,
+        identity.id,
+        checked.as_ref().map(|v| *v).map_err(|e| format!("{e:#}")),
+    );
+    Ok((id, checked?))
+}
+
+/// The version a dialler's answer agreed, if this broker speaks it and the MAC holds.
+fn check_answer(
+    answer: &[u8; 41],
+    challenge: &[u8],
+    id: i32,
+    identity: &Identity,
+) -> anyhow::Result<u8> {
+    if &answer[..4] != MAGIC {
+        anyhow::bail!("not a seedlog peer (no SLPR header)");
+    }
+    let version = answer[4];
+    let speaks = if is_planted(Canary::StrictPeerVersion) {
+        version == identity.newest
+    } else {
+        (1..=identity.newest).contains(&version)
+    };
+    if !speaks {
+        anyhow::bail!(
+            "broker {id} answered peer protocol version {version}; this broker speaks 1 to {}",
+            identity.newest
+        );
+    }
+    let expected = identity.mac(challenge, id, version);
     // Compared in time that does not depend on where the bytes differ.
     let differs = expected
         .iter()
@@ -160,16 +247,17 @@ async fn verify(stream: &mut PeerStream, identity: &Identity) -> anyhow::Result<
     if !identity.secret.is_empty() && differs != 0 {
         anyhow::bail!("broker {id} did not prove the shared secret (peer_secret differs?)");
     }
-    Ok(id)
+    Ok(version)
 }
 
-fn check_version(header: &[u8]) -> anyhow::Result<()> {
+/// Checks an acceptor's hello: the magic, and the handshake layout this broker reads.
+fn check_header(header: &[u8], layout: u8) -> anyhow::Result<()> {
     if &header[..4] != MAGIC {
         anyhow::bail!("not a seedlog peer (no SLPR header)");
     }
-    if header[4] != VERSION {
+    if header[4] != layout {
         anyhow::bail!(
-            "peer speaks peer protocol version {}; this broker speaks {VERSION}",
+            "peer speaks peer protocol version {}; this broker speaks {layout}",
             header[4]
         );
     }
@@ -258,11 +346,11 @@ async fn send_to_peer(
         let _ = stream.set_nodelay(true);
         let secured = async {
             let mut stream = identity.client_stream(stream, &addr).await?;
-            prove(&mut stream, &identity).await?;
-            anyhow::Ok(stream)
+            let version = prove(&mut stream, &identity, id).await?;
+            anyhow::Ok((stream, version))
         };
-        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, secured).await {
-            Ok(Ok(stream)) => stream,
+        let (stream, version) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, secured).await {
+            Ok(Ok(secured)) => secured,
             Ok(Err(e)) => {
                 warn!(peer = id, %addr, error = %format!("{e:#}"), "peer handshake failed");
                 tokio::time::sleep(backoff).await;
@@ -275,6 +363,7 @@ async fn send_to_peer(
             }
         };
         backoff = Duration::from_millis(50);
+        debug!(peer = id, version, "peer connection open");
         let (acks, mut writer) = tokio::io::split(stream);
         let acked = Arc::new(Mutex::new(Instant::now()));
         let ack_reader = tokio::spawn(read_acks(acks, acked.clone()));
@@ -302,7 +391,7 @@ async fn send_to_peer(
                 }
             }
             let written = tokio::time::timeout(WRITE_TIMEOUT, async {
-                write_frames(&mut writer, &batch).await?;
+                write_frames(&mut writer, &batch, version).await?;
                 // The simulator's stream sends only on flush.
                 writer.flush().await
             })
@@ -333,18 +422,36 @@ async fn read_acks(mut acks: ReadHalf<PeerStream>, acked: Arc<Mutex<Instant>>) {
     }
 }
 
-/// Writes `frames`, each behind its 4-byte length, in one vectored write when the socket
-/// takes it all. A length written on its own went out as a packet of its own, and woke the
-/// receiver once for it and once more for the frame.
-async fn write_frames(stream: &mut WriteHalf<PeerStream>, frames: &[Bytes]) -> std::io::Result<()> {
-    let lengths: Vec<[u8; 4]> = frames
+/// A frame's header in `version`: its length, and from version 2 on a CRC32C of that
+/// length and the frame.
+fn frame_header(frame: &[u8], version: u8) -> ([u8; 8], usize) {
+    let length = (frame.len() as u32).to_be_bytes();
+    let mut header = [0u8; 8];
+    header[..4].copy_from_slice(&length);
+    if version < 2 {
+        return (header, 4);
+    }
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&length), frame);
+    header[4..].copy_from_slice(&crc.to_be_bytes());
+    (header, 8)
+}
+
+/// Writes `frames`, each behind its header, in one vectored write when the socket takes it
+/// all. A header written on its own went out as a packet of its own, and woke the receiver
+/// once for it and once more for the frame.
+async fn write_frames(
+    stream: &mut WriteHalf<PeerStream>,
+    frames: &[Bytes],
+    version: u8,
+) -> std::io::Result<()> {
+    let headers: Vec<([u8; 8], usize)> = frames
         .iter()
-        .map(|frame| (frame.len() as u32).to_be_bytes())
+        .map(|frame| frame_header(frame, version))
         .collect();
-    let mut slices: Vec<IoSlice<'_>> = lengths
+    let mut slices: Vec<IoSlice<'_>> = headers
         .iter()
         .zip(frames)
-        .flat_map(|(length, frame)| [IoSlice::new(length), IoSlice::new(frame)])
+        .flat_map(|((header, len), frame)| [IoSlice::new(&header[..*len]), IoSlice::new(frame)])
         .collect();
     let mut rest = &mut slices[..];
     while !rest.is_empty() {
@@ -376,10 +483,10 @@ async fn read_peer(stream: TcpStream, events: mpsc::Sender<Event>, identity: Ide
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
     let proven = async {
         let mut stream = identity.server_stream(stream).await?;
-        let sender = verify(&mut stream, &identity).await?;
-        anyhow::Ok((stream, sender))
+        let (sender, version) = verify(&mut stream, &identity).await?;
+        anyhow::Ok((stream, sender, version))
     };
-    let (stream, sender) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, proven).await {
+    let (stream, sender, version) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, proven).await {
         Ok(Ok(proven)) => proven,
         Ok(Err(e)) => {
             return warn!(%address, error = %format!("{e:#}"), "refusing a peer connection");
@@ -390,26 +497,50 @@ async fn read_peer(stream: TcpStream, events: mpsc::Sender<Event>, identity: Ide
     let received = Arc::new(Notify::new());
     let acker = tokio::spawn(send_acks(acks, received.clone()));
     let receiver = identity.id;
-    forward_frames(frames, (sender, receiver), events, &received).await;
+    forward_frames(frames, version, (sender, receiver), events, &received).await;
     // The acker holds the write half: the connection closes once it is gone too.
     acker.abort();
 }
 
-/// Hands each frame to the driver until the connection ends, goes silent or breaks a rule.
+/// Hands each frame to the driver until the connection ends, goes silent or breaks a rule
+/// (too large; from version 2 on, a CRC that does not hold: the sender redials and Raft
+/// sends again what was lost).
 async fn forward_frames(
     mut frames: ReadHalf<PeerStream>,
+    version: u8,
     (sender, _receiver): (i32, i32),
     events: mpsc::Sender<Event>,
     received: &Notify,
 ) {
     while let Ok(Ok(size)) = tokio::time::timeout(IDLE_TIMEOUT, frames.read_u32()).await {
         if size as usize > PEER_FRAME_MAX {
-            warn!(size, "closing peer connection: frame too large");
+            warn!(
+                peer = sender,
+                size, "closing peer connection: frame too large"
+            );
             return;
         }
+        let crc = if version >= 2 {
+            match frames.read_u32().await {
+                Ok(crc) => Some(crc),
+                Err(_) => return,
+            }
+        } else {
+            None
+        };
         let mut frame = BytesMut::zeroed(size as usize);
         if frames.read_exact(&mut frame).await.is_err() {
             return;
+        }
+        if let Some(crc) = crc {
+            let (header, _) = frame_header(&frame, version);
+            if header[4..] != crc.to_be_bytes() {
+                warn!(
+                    peer = sender,
+                    size, "closing peer connection: a frame failed its CRC"
+                );
+                return;
+            }
         }
         let frame = frame.freeze();
         #[cfg(madsim)]
@@ -446,8 +577,26 @@ pub mod wire {
     /// A tap: (sender, receiver, frame) to the frame delivered.
     pub type Tap = Box<dyn FnMut(i32, i32, Bytes) -> Bytes>;
 
+    /// Hears each handshake's outcome: (dialler, acceptor, the version agreed or why it
+    /// was refused), from the side that decided it.
+    pub type Handshakes = Box<dyn FnMut(i32, i32, Result<u8, String>)>;
+
     thread_local! {
         static TAP: RefCell<Option<Tap>> = const { RefCell::new(None) };
+        static HANDSHAKES: RefCell<Option<Handshakes>> = const { RefCell::new(None) };
+    }
+
+    /// Sets (or with `None` removes) this thread's handshake listener.
+    pub fn set_handshakes(listener: Option<Handshakes>) {
+        HANDSHAKES.with(|h| *h.borrow_mut() = listener);
+    }
+
+    pub(super) fn handshake(dialler: i32, acceptor: i32, outcome: Result<u8, String>) {
+        HANDSHAKES.with(|h| {
+            if let Some(listener) = h.borrow_mut().as_mut() {
+                listener(dialler, acceptor, outcome);
+            }
+        });
     }
 
     /// Sets (or with `None` removes) this thread's tap.
@@ -460,5 +609,198 @@ pub mod wire {
             Some(tap) => tap(sender, receiver, frame),
             None => frame,
         })
+    }
+}
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use super::*;
+
+    fn identity(id: i32, newest: u8, secret: &str) -> Identity {
+        Identity {
+            id,
+            newest,
+            secret: secret.as_bytes().into(),
+            tls: None,
+        }
+    }
+
+    fn run<F: std::future::Future>(test: F) -> F::Output {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(test)
+    }
+
+    /// A connected pair of peer streams: (dialler's, acceptor's).
+    async fn pair() -> (PeerStream, PeerStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (dialled, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let dialled: PeerStream = Box::new(dialled.expect("connect"));
+        let accepted: PeerStream = Box::new(accepted.expect("accept").0);
+        (dialled, accepted)
+    }
+
+    /// The handshake between a dialler and an acceptor speaking up to the given versions:
+    /// what each side made of it.
+    fn handshake(
+        dialler: Identity,
+        acceptor: Identity,
+    ) -> (anyhow::Result<u8>, anyhow::Result<(i32, u8)>) {
+        run(async move {
+            let (mut d, mut a) = pair().await;
+            let to = acceptor.id;
+            tokio::join!(prove(&mut d, &dialler, to), verify(&mut a, &acceptor))
+        })
+    }
+
+    #[test]
+    fn each_connection_speaks_the_newest_version_both_ends_know() {
+        for (d, a, agreed) in [
+            (2, 2, 2),
+            (1, 2, 1),
+            (2, 1, 1),
+            (1, 1, 1),
+            (3, 2, 2),
+            (2, 3, 2),
+        ] {
+            let (proved, verified) = handshake(identity(1, d, "s"), identity(2, a, "s"));
+            assert_eq!(
+                proved.expect("dialler"),
+                agreed,
+                "dialler {d}, acceptor {a}"
+            );
+            assert_eq!(
+                verified.expect("acceptor"),
+                (1, agreed),
+                "dialler {d}, acceptor {a}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_version_the_acceptor_does_not_speak_or_a_wrong_secret_is_refused() {
+        let (_, verified) = handshake(identity(1, 2, "s"), identity(2, 2, "other"));
+        let refusal = format!("{:#}", verified.expect_err("a wrong secret"));
+        assert!(
+            refusal.contains("did not prove the shared secret"),
+            "{refusal}"
+        );
+        // A dialler that answers a version above the acceptor's offer (a forged answer).
+        run(async {
+            let (mut d, mut a) = pair().await;
+            let acceptor = identity(2, 1, "");
+            let forged = async {
+                let mut hello = [0u8; 21];
+                d.read_exact(&mut hello).await.expect("hello");
+                let mut answer = Vec::from(*MAGIC);
+                answer.push(2);
+                answer.extend_from_slice(&1i32.to_be_bytes());
+                answer.extend_from_slice(&[0; 32]);
+                d.write_all(&answer).await.expect("answer");
+            };
+            let (_, verified) = tokio::join!(forged, verify(&mut a, &acceptor));
+            let refusal = format!(
+                "{:#}",
+                verified.expect_err("version 2 to a version 1 broker")
+            );
+            assert!(
+                refusal.contains("answered peer protocol version 2"),
+                "{refusal}"
+            );
+        });
+    }
+
+    #[test]
+    fn the_agreed_version_is_under_the_mac() {
+        // A man in the middle rewrites a version 2 answer to version 1: the MAC no longer
+        // holds.
+        let dialler = identity(1, 2, "s");
+        let acceptor = identity(2, 2, "s");
+        run(async move {
+            let (mut d, mut a) = pair().await;
+            let middle = async {
+                let mut hello = [0u8; 21];
+                d.read_exact(&mut hello).await.expect("hello");
+                let mac = dialler.mac(&hello[5..], 1, 2);
+                let mut answer = Vec::from(*MAGIC);
+                answer.push(1);
+                answer.extend_from_slice(&1i32.to_be_bytes());
+                answer.extend_from_slice(&mac);
+                d.write_all(&answer).await.expect("answer");
+            };
+            let (_, verified) = tokio::join!(middle, verify(&mut a, &acceptor));
+            assert!(verified.is_err(), "a downgraded answer was taken");
+        });
+    }
+
+    /// Frames written in `version` and read back; the bit `flip` (if any) is flipped on
+    /// the way. The frames the reader forwarded.
+    fn through(version: u8, frames: &[&[u8]], flip: Option<usize>) -> Vec<Bytes> {
+        run(async move {
+            let (d, a) = pair().await;
+            let (_, mut writer) = tokio::io::split(d);
+            let (reader, _) = tokio::io::split(a);
+            let frames: Vec<Bytes> = frames.iter().map(|f| Bytes::copy_from_slice(f)).collect();
+            let mut wire = Vec::new();
+            for frame in &frames {
+                let (header, len) = frame_header(frame, version);
+                wire.extend_from_slice(&header[..len]);
+                wire.extend_from_slice(frame);
+            }
+            if let Some(bit) = flip {
+                wire[bit / 8] ^= 1 << (bit % 8);
+            }
+            // What write_frames sends is what the test lays out by hand.
+            let mut written = Vec::new();
+            let (w, mut r) = tokio::io::duplex(1 << 16);
+            {
+                let (_, mut dw) = tokio::io::split(Box::new(w) as PeerStream);
+                write_frames(&mut dw, &frames, version)
+                    .await
+                    .expect("write");
+                drop(dw);
+            }
+            r.read_to_end(&mut written).await.expect("read back");
+            let mut laid_out = Vec::new();
+            for frame in &frames {
+                let (header, len) = frame_header(frame, version);
+                laid_out.extend_from_slice(&header[..len]);
+                laid_out.extend_from_slice(frame);
+            }
+            assert_eq!(written, laid_out);
+            writer.write_all(&wire).await.expect("write");
+            drop(writer);
+            let (events, mut out) = mpsc::channel(16);
+            forward_frames(reader, version, (1, 2), events, &Notify::new()).await;
+            let mut got = Vec::new();
+            while let Ok(Event::Peer { frame, .. }) = out.try_recv() {
+                got.push(frame);
+            }
+            got
+        })
+    }
+
+    #[test]
+    fn a_frame_damaged_on_the_way_closes_a_version_2_connection() {
+        let frames: [&[u8]; 2] = [b"first frame", b"second frame"];
+        assert_eq!(through(2, &frames, None), frames);
+        // A flip in the second frame: the first arrives, the second does not.
+        let second = (8 + frames[0].len() + 8 + 3) * 8 + 5;
+        assert_eq!(through(2, &frames, Some(second)), frames[..1]);
+        // A flip in its length (12 read as 8) or its CRC: the same.
+        for bit in [
+            (8 + frames[0].len() + 3) * 8 + 2,
+            (8 + frames[0].len() + 5) * 8,
+        ] {
+            assert_eq!(through(2, &frames, Some(bit)), frames[..1], "bit {bit}");
+        }
+        // Version 1 has no CRC: the damaged frame is taken as it came.
+        let second = (4 + frames[0].len() + 4 + 3) * 8 + 5;
+        let got = through(1, &frames, Some(second));
+        assert_eq!(got.len(), 2);
+        assert_ne!(got[1], frames[1]);
     }
 }

@@ -847,6 +847,7 @@ pub async fn serve_with(
     info!(listen = %bound, peer_listen = ?config.peer_listen, data_dir = %config.data_dir.display(), storage = ?config.storage, "seedlog broker ready");
     let identity = crate::peer::Identity {
         id: config.broker.broker_id,
+        newest: config.peer_protocol,
         secret: config.peer_secret.as_bytes().into(),
         #[cfg(not(madsim))]
         tls: peer_tls(&config)?,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use madsim::runtime::{Handle, NodeHandle};
@@ -48,18 +48,21 @@ pub struct Broker {
     /// How far its wall clock is off, in milliseconds: the clock faults step it. It is the
     /// machine's clock, so it stays as it is across restarts.
     pub wall_offset: Arc<AtomicI64>,
+    /// The newest peer protocol version its binary speaks, read at each start: a rolling
+    /// upgrade raises it between a stop and the next start.
+    pub protocol: Arc<AtomicU8>,
 }
 
 impl Broker {
     /// Starts broker `index` (0-based) of a cluster of `size` (the first `voters` vote) with
     /// a fresh disk and its wall clock `skew_ms` off; what it reports about itself goes to
-    /// `observer`. With `sasl`, it listens for SASL_PLAINTEXT clients on [`SASL_PORT`] too.
+    /// `observer`. With `sasl`, it listens for SASL_PLAINTEXT clients on [`SASL_PORT`] too;
+    /// it speaks peer protocol versions up to `protocol`.
     pub fn start(
         index: u32,
         (size, voters): (u32, u32),
         seed: u64,
-        skew_ms: i64,
-        sasl: bool,
+        (skew_ms, sasl, protocol): (i64, bool, u8),
         observer: Observer,
     ) -> Broker {
         let ip = broker_ip(index);
@@ -82,12 +85,16 @@ impl Broker {
         let wall_offset = Arc::new(AtomicI64::new(skew_ms));
         let (init_disk, init_alive, init_stop) = (disk.clone(), alive.clone(), stop.clone());
         let init_offset = wall_offset.clone();
+        let protocol = Arc::new(AtomicU8::new(protocol));
+        let init_protocol = protocol.clone();
         let node = Handle::current()
             .create_node()
             .name(format!("broker-{}", index + 1))
             .ip(ip)
             .init(move || {
-                let (disk, alive, config) = (init_disk.clone(), init_alive.clone(), config.clone());
+                let (disk, alive) = (init_disk.clone(), init_alive.clone());
+                let mut config = config.clone();
+                config.peer_protocol = init_protocol.load(Ordering::SeqCst);
                 let observer = observer.clone();
                 let stop = init_stop.clone();
                 let clock = Clock::with_wall_offset(init_offset.clone());
@@ -111,6 +118,7 @@ impl Broker {
             addr,
             stop,
             wall_offset,
+            protocol,
         }
     }
 
@@ -209,6 +217,7 @@ fn node_config(index: u32, size: u32, voters: u32, addr: SocketAddr) -> NodeConf
         max_connections_per_ip: 1000,
         // Simulated brokers prove themselves to each other as real ones do.
         peer_secret: "seedlog-sim".into(),
+        peer_protocol: seedlog_node::peer::PROTOCOL_NEWEST,
         peer_tls: false,
         data_dir: PathBuf::from(format!("sim-disk-{}", index + 1)),
         storage: StorageKind::Disk,

@@ -42,6 +42,15 @@ pub fn start(ctx: &Ctx, brokers: &Brokers) -> Vec<tokio::task::JoinHandle<()>> {
         ("state-flip", f.state_flip),
         ("wire-flip", f.wire_flip),
     ];
+    if let Some(schedule) = f.upgrade {
+        let dice = Dice::new(ctx.plan.seed, 2100);
+        tasks.push(tokio::spawn(upgrade(
+            ctx.clone(),
+            brokers.clone(),
+            schedule,
+            dice,
+        )));
+    }
     for (stream, (kind, schedule)) in recurring.into_iter().enumerate() {
         if let Some(schedule) = schedule {
             let dice = Dice::new(ctx.plan.seed, 2000 + stream as u64);
@@ -214,26 +223,7 @@ async fn strike(
                 for_links(&nodes, &minority, |a, b| net.unclog_link(a, b));
             }
         }
-        "restart" => {
-            let stopped = brokers.lock().expect("brokers lock")[index].begin_clean_stop();
-            // The broker hands its roles over, then exits; a stuck stop is a liveness bug
-            // the heal's restart would hide, so the wait is bounded and then recorded.
-            let mut exited = false;
-            for _ in 0..100 {
-                if !stopped.load(Ordering::SeqCst) {
-                    exited = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            ctx.history().fault(now, kind, (index, exited));
-            if !exited {
-                ctx.history()
-                    .stop_hung(now, index, "a clean stop did not finish in 10 s");
-            }
-            sleep_s(duration).await;
-            brokers.lock().expect("brokers lock")[index].restart();
-        }
+        "restart" => clean_restart(ctx, brokers, index, duration, |_| {}).await,
         "clock-jump" => {
             // The wall clock steps, then steps back (NTP corrects it). Only timestamps may
             // move with it: every timer runs on the monotonic clock.
@@ -348,6 +338,74 @@ impl Atlas {
             .filter(|(i, d)| *i == index || d.contains(partition))
             .count();
         copies == 1 || damaged_after * 2 < copies
+    }
+}
+
+/// Stops broker `index` cleanly (it hands its roles over, then exits), waits `duration`,
+/// calls `between` on it, and starts it again. A stuck stop is a liveness bug the heal's
+/// restart would hide, so the wait for the exit is bounded and then recorded.
+async fn clean_restart(
+    ctx: &Ctx,
+    brokers: &Brokers,
+    index: usize,
+    duration: f64,
+    between: impl FnOnce(&mut Broker),
+) {
+    let now = ctx.now_ms();
+    let stopped = brokers.lock().expect("brokers lock")[index].begin_clean_stop();
+    let mut exited = false;
+    for _ in 0..100 {
+        if !stopped.load(Ordering::SeqCst) {
+            exited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ctx.history().fault(now, "restart", (index, exited));
+    if !exited {
+        ctx.history()
+            .stop_hung(now, index, "a clean stop did not finish in 10 s");
+    }
+    sleep_s(duration).await;
+    let mut brokers = brokers.lock().expect("brokers lock");
+    between(&mut brokers[index]);
+    brokers[index].restart();
+}
+
+/// A rolling upgrade: one broker at a time, at gaps drawn from `schedule`, each still on
+/// the old binary (the controller first where `schedule` targets it) is stopped cleanly
+/// and started on the new one, until every broker runs it.
+async fn upgrade(ctx: Ctx, brokers: Brokers, schedule: Recurring, mut dice: Dice) {
+    use seedlog_node::peer::PROTOCOL_NEWEST;
+    loop {
+        sleep_s(dice.pick(schedule.every_s)).await;
+        if ctx.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let old: Vec<usize> = {
+            let brokers = brokers.lock().expect("brokers lock");
+            (0..brokers.len())
+                .filter(|i| brokers[*i].protocol.load(Ordering::SeqCst) < PROTOCOL_NEWEST)
+                .collect()
+        };
+        if old.is_empty() {
+            return;
+        }
+        let controller = match schedule.target {
+            Target::Controller => ctx.history().current_leader("metadata"),
+            _ => None,
+        };
+        let index = match controller.map(|id| (id - 1) as usize) {
+            Some(index) if old.contains(&index) => index,
+            _ => old[dice.between(0, old.len() as u64 - 1) as usize],
+        };
+        let duration = dice.pick(schedule.for_s);
+        ctx.history()
+            .fault(ctx.now_ms(), "upgrade", (index, PROTOCOL_NEWEST));
+        clean_restart(&ctx, &brokers, index, duration, |broker| {
+            broker.protocol.store(PROTOCOL_NEWEST, Ordering::SeqCst)
+        })
+        .await;
     }
 }
 

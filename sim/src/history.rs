@@ -90,13 +90,16 @@ pub enum Check {
     /// No broker accepts a SASL login whose password none of the credentials it held
     /// while the login was under way takes (a changed or deleted password stops working).
     CredentialsEnforced,
+    /// Every peer handshake agrees the newest protocol version both brokers' binaries
+    /// speak, and none is refused: through a rolling upgrade, old and new binaries talk.
+    PeerVersions,
     /// After the faults heal, the cluster serves again within the deadline.
     Liveness,
 }
 
 impl Check {
     /// Every check, in report order.
-    pub const ALL: [Check; 22] = [
+    pub const ALL: [Check; 23] = [
         Check::AckedWritesDurable,
         Check::TopicsDurable,
         Check::OffsetsAgree,
@@ -118,6 +121,7 @@ impl Check {
         Check::TransformExactlyOnce,
         Check::AclsEnforced,
         Check::CredentialsEnforced,
+        Check::PeerVersions,
         Check::Liveness,
     ];
 
@@ -145,6 +149,7 @@ impl Check {
             Check::TransformExactlyOnce => "transform-exactly-once",
             Check::AclsEnforced => "acls-enforced",
             Check::CredentialsEnforced => "credentials-enforced",
+            Check::PeerVersions => "peer-versions",
             Check::Liveness => "liveness",
         }
     }
@@ -235,6 +240,8 @@ pub struct Counts {
     pub excused: u64,
     /// Transactions ended: committed, aborted, of unknown outcome.
     pub txns: [u64; 3],
+    /// Peer connections opened, by the protocol version they agreed.
+    pub peer_links: BTreeMap<u8, u64>,
 }
 
 /// The topic whose writes the `acl_flippers` workload denies now and then.
@@ -722,6 +729,11 @@ impl History {
     pub fn fault(&mut self, at_ms: u64, kind: &'static str, detail: impl std::fmt::Debug) {
         self.trace(at_ms, ("fault", kind, detail));
         *self.counts.faults.entry(kind).or_default() += 1;
+    }
+
+    /// A peer connection opened in protocol `version`.
+    pub fn peer_link(&mut self, version: u8) {
+        *self.counts.peer_links.entry(version).or_default() += 1;
     }
 
     /// The disk corrupted the batch holding `offset` on `partition`, its only copy.

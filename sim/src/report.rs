@@ -108,6 +108,12 @@ impl Report {
                 faults.join(" ")
             }
         );
+        let links: Vec<String> = (c.peer_links.iter())
+            .map(|(v, n)| format!("v{v}={n}"))
+            .collect();
+        if !links.is_empty() {
+            let _ = writeln!(out, "peer links        {}", links.join(" "));
+        }
         let _ = writeln!(
             out,
             "recovery          {}",

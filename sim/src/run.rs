@@ -11,12 +11,13 @@ use tokio::time::Instant;
 
 use crate::cluster::Broker;
 use crate::faults::{self, Brokers};
-use crate::history::History;
+use crate::history::{Check, History};
 use crate::intact::IntactCheck;
 use crate::report::Report;
 use crate::scenario::Plan;
 use crate::workload::{self, Ctx};
 use seedlog_core::Observation;
+use seedlog_node::peer::PROTOCOL_NEWEST;
 use seedlog_node::server::Observer;
 
 /// Options that do not change what a run does, only what it shows.
@@ -103,7 +104,13 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
                 let skew = plan.clock_skews_ms[i as usize];
                 let sasl = s.workload.sasl_clients > 0;
                 let sizes = (s.brokers, voters);
-                Broker::start(i, sizes, plan.seed, skew, sasl, observer.clone())
+                // A rolling upgrade starts every broker on the binary before this one.
+                let protocol = match plan.faults.upgrade {
+                    Some(_) => PROTOCOL_NEWEST - 1,
+                    None => PROTOCOL_NEWEST,
+                };
+                let run = (skew, sasl, protocol);
+                Broker::start(i, sizes, plan.seed, run, observer.clone())
             })
             .collect(),
     ));
@@ -141,6 +148,7 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
         wire: Arc::default(),
     };
     seedlog_node::peer::wire::set_tap(Some(faults::wire_tap(ctx.clone())));
+    seedlog_node::peer::wire::set_handshakes(Some(handshakes(&ctx, &brokers)));
     let clients = Handle::current()
         .create_node()
         .name("clients")
@@ -301,8 +309,38 @@ async fn simulate(plan: Arc<Plan>, show: Show) -> Report {
     };
     let sim_ms = ctx.now_ms();
     seedlog_node::peer::wire::set_tap(None);
+    seedlog_node::peer::wire::set_handshakes(None);
     let history = std::mem::take(&mut *history.lock().expect("history lock"));
     Report::new(history, sim_ms, recovered_ms)
+}
+
+/// Judges each peer handshake as a broker reports it: it must agree the newest version both
+/// brokers' binaries speak (as they run now), and nothing may be refused.
+fn handshakes(ctx: &Ctx, brokers: &Brokers) -> seedlog_node::peer::wire::Handshakes {
+    let protocols: Vec<_> = (brokers.lock().expect("brokers lock").iter())
+        .map(|b| b.protocol.clone())
+        .collect();
+    let ctx = ctx.clone();
+    Box::new(move |dialler, acceptor, outcome| {
+        let speaks = |id: i32| {
+            let index = usize::try_from(id - 1).ok();
+            index
+                .and_then(|i| protocols.get(i))
+                .map(|p| p.load(Ordering::SeqCst))
+        };
+        let both = speaks(dialler).zip(speaks(acceptor));
+        let expected = both.map(|(d, a)| d.min(a));
+        let detail = match (outcome, expected) {
+            (Ok(agreed), Some(expected)) if agreed == expected => {
+                return ctx.history().peer_link(agreed);
+            }
+            (Ok(agreed), _) => format!(
+                "broker {dialler} to broker {acceptor} agreed version {agreed}, both speak {expected:?}"
+            ),
+            (Err(why), _) => format!("broker {dialler} to broker {acceptor} refused: {why}"),
+        };
+        ctx.history().violate(Check::PeerVersions, detail);
+    })
 }
 
 /// After the heal, the group settles within the liveness deadline: its latest generation

@@ -204,6 +204,10 @@ pub struct Faults {
     /// Stop a broker cleanly (as SIGTERM does: it hands its roles over first) and start it
     /// again after `for_s`; not switched by swarm testing.
     pub restart: Option<Recurring>,
+    /// A rolling upgrade: every broker starts on the binary before this one (the previous
+    /// peer protocol version) and, one at a time, is stopped cleanly and started on this
+    /// one after `for_s`; not switched by swarm testing.
+    pub upgrade: Option<Recurring>,
     /// Chance that a network packet is lost.
     pub packet_loss: Option<Range>,
     /// One-way network latency in milliseconds.
@@ -385,6 +389,7 @@ impl Plan {
             recurring("partition", &f.partition),
             recurring("pause", &f.pause),
             recurring("restart", &f.restart),
+            recurring("upgrade", &f.upgrade),
             recurring("clock-jump", &f.clock_jump).map(|r| {
                 let [low, high] = f.clock_step_s;
                 format!("{r} by {low:.0}-{high:.0}s")

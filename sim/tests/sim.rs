@@ -91,6 +91,7 @@ const CANARY_HUNTS: &[(&str, &str, u64)] = &[
     ("cache-credentials", "cluster3-acls", 5),
     ("trust-state-copies", "cluster3-bit-flip", 5),
     ("ack-damaged-arrivals", "cluster3-bit-flip", 20),
+    ("strict-peer-version", "cluster3-rolling-upgrade", 3),
 ];
 
 #[test]
