@@ -245,3 +245,55 @@ def test_kafka_python_creates_with_configs_and_alters_them(broker):
         assert configs["compression.type"].value == "lz4"
     finally:
         kp.close()
+
+
+def seedlog(*args):
+    import subprocess
+    from conftest import seedlog_binary
+    return subprocess.run([seedlog_binary(), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_the_configs_cli_sets_every_brokers_defaults_and_a_topics_own(broker):
+    """`seedlog configs` reaches the cluster-wide scope librdkafka cannot name; confluent-kafka
+    sees what it set."""
+    from confluent_kafka.admin import ConfigSource
+
+    target = ["--bootstrap-server", broker.bootstrap]
+    create(broker, "plain")
+    a = admin(broker)
+    done = seedlog("configs", "alter", "--broker-defaults", "--set", "log.retention.ms=90000", *target)
+    assert done.returncode == 0, done.stderr
+    assert "every broker: set log.retention.ms=90000" in done.stdout
+    plain = topic_configs(a, "plain")["retention.ms"]
+    assert (plain.value, plain.source) == ("90000", ConfigSource.DYNAMIC_DEFAULT_BROKER_CONFIG.value)
+
+    def row(described, key):
+        return next((l.split() for l in described.stdout.splitlines() if l.split()[:1] == [key]), None)
+
+    defaults = seedlog("configs", "describe", "--broker-defaults", *target)
+    assert defaults.returncode == 0, defaults.stderr
+    assert row(defaults, "log.retention.ms") == ["log.retention.ms", "90000", "DYNAMIC_DEFAULT_BROKER_CONFIG"]
+    own = seedlog("configs", "describe", "--broker", "1", *target)
+    assert own.returncode == 0, own.stderr
+    assert row(own, "log.retention.ms")[1:] == ["90000", "DYNAMIC_DEFAULT_BROKER_CONFIG"], own.stdout
+    assert row(own, "num.partitions")[2] == "STATIC_BROKER_CONFIG", own.stdout
+
+    done = seedlog("configs", "alter", "--topic", "plain", "--set", "retention.ms=5000", *target)
+    assert done.returncode == 0, done.stderr
+    plain = topic_configs(a, "plain")["retention.ms"]
+    assert (plain.value, plain.source) == ("5000", ConfigSource.DYNAMIC_TOPIC_CONFIG.value)
+    described = seedlog("configs", "describe", "--topic", "plain", *target)
+    assert row(described, "retention.ms")[1:] == ["5000", "DYNAMIC_TOPIC_CONFIG"], described.stdout
+
+    # What Kafka does not change at run time is refused, naming the key; nothing changes.
+    refused = seedlog("configs", "alter", "--broker-defaults", "--set", "num.partitions=7", *target)
+    assert refused.returncode != 0 and "num.partitions" in refused.stderr, refused.stderr
+    unknown = seedlog("configs", "describe", "--topic", "nope", *target)
+    assert unknown.returncode != 0 and "topic nope" in unknown.stderr, unknown.stderr
+
+    # Deleted, every broker's default falls back to the static one.
+    done = seedlog("configs", "alter", "--broker-defaults", "--delete", "log.retention.ms", *target)
+    assert done.returncode == 0, done.stderr
+    create(broker, "fresh")
+    fresh = topic_configs(a, "fresh")["retention.ms"]
+    assert (fresh.value, fresh.source) == ("604800000", ConfigSource.DEFAULT_CONFIG.value)

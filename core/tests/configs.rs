@@ -314,3 +314,37 @@ fn broker_configs_change_topic_defaults_for_every_broker_or_one() {
         "back to every broker's"
     );
 }
+
+#[test]
+fn a_broker_describes_its_own_configs_and_no_other_brokers() {
+    use describe_configs_request::DescribeConfigsResource;
+    let mut h = Harness::new(BrokerConfig::default());
+    let own = BrokerConfig::default().broker_id;
+    for (name, refused) in [
+        (own.to_string(), false),
+        ((own + 1).to_string(), true),
+        ("x".into(), true),
+    ] {
+        let resource = DescribeConfigsResource::default()
+            .with_resource_type(BROKER)
+            .with_resource_name(s(&name))
+            .with_configuration_keys(None);
+        let request = DescribeConfigsRequest::default().with_resources(vec![resource]);
+        let r = h.call(
+            ApiKey::DescribeConfigs,
+            4,
+            RequestKind::DescribeConfigs(request),
+        );
+        let ResponseKind::DescribeConfigs(r) = r else {
+            panic!("{r:?}")
+        };
+        let result = &r.results[0];
+        let expected = if refused {
+            ResponseError::InvalidRequest.code()
+        } else {
+            0
+        };
+        assert_eq!(result.error_code, expected, "broker {name}: {result:?}");
+        assert_eq!(result.configs.is_empty(), refused, "broker {name}");
+    }
+}

@@ -49,6 +49,9 @@ enum Command {
     /// Consumer groups: list, describe (members, offsets, lag), reset offsets.
     #[command(subcommand)]
     Groups(seedlog_node::groups::GroupsCommand),
+    /// Topic and broker configs: describe, alter (set and delete) at run time.
+    #[command(subcommand)]
+    Configs(seedlog_node::configs::ConfigsCommand),
     /// Transactions: list the transactional ids, describe one.
     #[command(subcommand)]
     Transactions(seedlog_node::transactions::TransactionsCommand),
@@ -78,6 +81,9 @@ fn main() -> std::process::ExitCode {
         Some(Command::DevCluster(args)) => return exit(dev_cluster(args)),
         Some(Command::Groups(command)) => return exit(groups(command)),
         Some(Command::Transactions(command)) => return exit(transactions(command)),
+        Some(Command::Configs(command)) => {
+            return exit(current_thread(seedlog_node::configs::run(command)))
+        }
         Some(Command::Users(command)) => {
             return exit(current_thread(seedlog_node::access::run_users(command)))
         }

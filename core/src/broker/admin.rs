@@ -750,7 +750,23 @@ impl Broker {
                     .map(|(k, v)| (k.clone(), v.clone(), DYNAMIC_DEFAULT_BROKER))
                     .collect()
                 }
-                BROKER => self.broker_config_entries(),
+                // A broker describes its own configs (clients send to the broker named).
+                BROKER
+                    if resource.resource_name.parse::<i32>().ok()
+                        == Some(self.config.broker_id) =>
+                {
+                    self.broker_config_entries()
+                }
+                BROKER => {
+                    result.error_code = ResponseError::InvalidRequest.code();
+                    result.error_message = Some(str_bytes(&format!(
+                        "broker {} describes broker {} or every broker (an empty name), not {:?}",
+                        self.config.broker_id,
+                        self.config.broker_id,
+                        resource.resource_name.as_str()
+                    )));
+                    Vec::new()
+                }
                 _ => {
                     result.error_code = ResponseError::InvalidRequest.code();
                     result.error_message =
