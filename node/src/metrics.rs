@@ -380,7 +380,11 @@ fn resident_bytes() -> Option<i64> {
 }
 
 /// Asks the driver for core's snapshot.
-pub type StatsRequests = mpsc::Sender<oneshot::Sender<BrokerStats>>;
+pub type StatsRequests = mpsc::Sender<StatsRequest>;
+
+/// A request for core's snapshot: with the console's views of the cluster or without, and
+/// where to answer.
+pub type StatsRequest = (bool, oneshot::Sender<BrokerStats>);
 
 /// Serves `/metrics`, `/health` and `/ready` on `listener` until the driver goes away.
 pub async fn serve_admin(listener: TcpListener, metrics: Metrics, stats: StatsRequests) {
@@ -423,7 +427,7 @@ async fn answer(
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or("");
     let (status, kind, body) = match (method, path) {
-        ("GET", "/metrics") => match snapshot(stats).await {
+        ("GET", "/metrics") => match snapshot(stats, false).await {
             Some(s) => (
                 "200 OK",
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -435,7 +439,7 @@ async fn answer(
                 "the broker does not answer\n".into(),
             ),
         },
-        ("GET", "/health") => match snapshot(stats).await {
+        ("GET", "/health") => match snapshot(stats, false).await {
             Some(_) => ("200 OK", "text/plain", "live\n".into()),
             None => (
                 "503 Service Unavailable",
@@ -443,7 +447,7 @@ async fn answer(
                 "the broker does not answer\n".into(),
             ),
         },
-        ("GET", "/ready") => match snapshot(stats).await {
+        ("GET", "/ready") => match snapshot(stats, false).await {
             Some(s) if s.ready => ("200 OK", "text/plain", "ready\n".into()),
             Some(_) => (
                 "503 Service Unavailable",
@@ -457,7 +461,7 @@ async fn answer(
             ),
         },
         ("GET", "/") => ("200 OK", "text/html; charset=utf-8", console::PAGE.into()),
-        ("GET", "/api/cluster") => match snapshot(stats).await {
+        ("GET", "/api/cluster") => match snapshot(stats, true).await {
             Some(s) => (
                 "200 OK",
                 "application/json",
@@ -486,9 +490,9 @@ async fn answer(
 }
 
 /// Core's snapshot, if the driver answers in time.
-async fn snapshot(stats: &StatsRequests) -> Option<BrokerStats> {
+async fn snapshot(stats: &StatsRequests, console: bool) -> Option<BrokerStats> {
     let (tx, rx) = oneshot::channel();
-    stats.send(tx).await.ok()?;
+    stats.send((console, tx)).await.ok()?;
     match tokio::time::timeout(ADMIN_TIMEOUT, rx).await {
         Ok(Ok(s)) => Some(s),
         _ => {

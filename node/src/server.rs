@@ -369,8 +369,8 @@ impl Driver {
             tokio::select! {
                 biased;
                 // First: rare and cheap, and a scrape must be answered under any load.
-                Some(answer) = next_stats_request(&mut self.stats_requests) => {
-                    let _ = answer.send(self.broker.stats());
+                Some((console, answer)) = next_stats_request(&mut self.stats_requests) => {
+                    let _ = answer.send(self.broker.stats(console));
                 }
                 sync = syncs.recv() => {
                     let completion = sync_outcome(sync)?;
@@ -611,13 +611,12 @@ impl Driver {
 }
 
 /// The admin listener's requests for core's snapshot.
-pub type StatsRequestsReceiver =
-    mpsc::Receiver<tokio::sync::oneshot::Sender<seedlog_core::BrokerStats>>;
+pub type StatsRequestsReceiver = mpsc::Receiver<crate::metrics::StatsRequest>;
 
 /// The next snapshot request, or never when there is no admin listener.
 async fn next_stats_request(
     requests: &mut Option<StatsRequestsReceiver>,
-) -> Option<tokio::sync::oneshot::Sender<seedlog_core::BrokerStats>> {
+) -> Option<crate::metrics::StatsRequest> {
     match requests {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

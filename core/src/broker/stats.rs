@@ -142,8 +142,10 @@ pub struct BrokerStats {
 }
 
 impl Broker {
-    /// What the operator's metrics show now.
-    pub fn stats(&self) -> BrokerStats {
+    /// What the operator's metrics show now; with `console`, also the cluster as the web
+    /// console draws it (brokers, every topic, groups), which a scrape, a probe, does not
+    /// need built.
+    pub fn stats(&self, console: bool) -> BrokerStats {
         let mut partitions = Vec::new();
         for topic in self.topics.values() {
             for (&index, log) in &topic.logs {
@@ -201,6 +203,27 @@ impl Broker {
                 })
             })
             .collect();
+        let (brokers, topics, groups) = if console {
+            self.console_views()
+        } else {
+            Default::default()
+        };
+        BrokerStats {
+            partitions,
+            controller: self.controller.leader(),
+            is_controller,
+            offline_partitions,
+            ready: self.controller.caught_up(),
+            group_lag,
+            broker_id: self.config.broker_id,
+            brokers,
+            topics,
+            groups,
+        }
+    }
+
+    /// The registered brokers, every topic and the groups coordinated here.
+    fn console_views(&self) -> (Vec<BrokerView>, Vec<TopicView>, Vec<GroupView>) {
         let image = self.controller.image();
         let brokers = (image.brokers.values())
             .map(|b| BrokerView {
@@ -228,18 +251,7 @@ impl Broker {
             })
             .collect();
         let groups = self.coordinator.groups().map(group_view).collect();
-        BrokerStats {
-            partitions,
-            controller: self.controller.leader(),
-            is_controller,
-            offline_partitions,
-            ready: self.controller.caught_up(),
-            group_lag,
-            broker_id: self.config.broker_id,
-            brokers,
-            topics,
-            groups,
-        }
+        (brokers, topics, groups)
     }
 }
 
