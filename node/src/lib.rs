@@ -9,6 +9,7 @@ pub mod bench;
 pub mod certs;
 pub mod client;
 pub mod config;
+#[cfg(not(madsim))]
 pub mod configs;
 pub mod console;
 #[cfg(not(madsim))]
