@@ -17,9 +17,11 @@ use crate::storage::{SegmentId, StorageCompletion, StorageOp, TopicPartition, To
 struct File {
     data: BytesMut,
     synced_len: usize,
-    /// Bytes overwritten inside the synced part since the last sync, as (position, what was
-    /// there): a power loss puts them back.
-    unsynced_rewrites: Vec<(usize, Vec<u8>)>,
+    /// Bytes overwritten inside the synced part since the last sync, as (number, position,
+    /// what was there): a power loss puts them back.
+    unsynced_rewrites: Vec<(u64, usize, Vec<u8>)>,
+    /// The number of the next rewrite.
+    rewrites: u64,
 }
 
 /// Segment files, index files and topic records, all in memory.
@@ -36,6 +38,9 @@ pub struct MemDisk {
     state: BTreeMap<String, Vec<u8>>,
     /// Producer-table snapshots; written synchronously too.
     producers: BTreeMap<TopicPartition, Bytes>,
+    /// Syncs started and not yet completed, by token: what each makes durable of each of
+    /// its files when it completes (length, rewrites before number).
+    syncs: BTreeMap<u64, Vec<(SegmentId, usize, u64)>>,
 }
 
 impl MemDisk {
@@ -95,6 +100,12 @@ impl MemDisk {
                     file.data.truncate(len as usize);
                     file.synced_len = file.synced_len.min(file.data.len());
                 }
+                // A sync under way makes durable only what is left of what it found.
+                for (id, synced, _) in self.syncs.values_mut().flatten() {
+                    if *id == segment {
+                        *synced = (*synced).min(len as usize);
+                    }
+                }
             }
             StorageOp::Rewrite {
                 segment,
@@ -106,7 +117,8 @@ impl MemDisk {
                     let end = (start + data.len()).min(file.data.len());
                     if start < file.synced_len {
                         let old = file.data[start..end.min(file.synced_len)].to_vec();
-                        file.unsynced_rewrites.push((start, old));
+                        file.unsynced_rewrites.push((file.rewrites, start, old));
+                        file.rewrites += 1;
                     }
                     file.data[start..end].copy_from_slice(&data[..end - start]);
                 }
@@ -145,6 +157,36 @@ impl MemDisk {
         None
     }
 
+    /// A sync of `segments` starts (as `StorageOp::Sync` with `token`, carried out later
+    /// by [`Self::sync_completed`]): it will make durable what they hold now, and nothing
+    /// written after (a real fdatasync may take some of that too; a model that counted it
+    /// would hide a broker that trusted it).
+    pub fn sync_started(&mut self, token: u64, segments: &[SegmentId]) {
+        let points = segments
+            .iter()
+            .filter_map(|id| {
+                let file = self.segments.get(id)?;
+                Some((id.clone(), file.data.len(), file.rewrites))
+            })
+            .collect();
+        self.syncs.insert(token, points);
+    }
+
+    /// The sync `token` completes: what its files held when it started is durable.
+    pub fn sync_completed(&mut self, token: u64) {
+        for (id, len, rewrites) in self.syncs.remove(&token).unwrap_or_default() {
+            if let Some(file) = self.segments.get_mut(&id) {
+                file.synced_len = file.synced_len.max(len.min(file.data.len()));
+                file.unsynced_rewrites.retain(|(n, _, _)| *n >= rewrites);
+            }
+        }
+    }
+
+    /// The sync `token` failed, or died with its broker: it makes nothing durable.
+    pub fn sync_abandoned(&mut self, token: u64) {
+        self.syncs.remove(&token);
+    }
+
     /// Drops every byte not yet synced, as a power failure would.
     pub fn crash(&mut self) {
         self.crash_with(|_, _| 0);
@@ -154,8 +196,9 @@ impl MemDisk {
     /// sees the unsynced bytes (and may scribble on them, as a torn write does) and says how
     /// many of them survive.
     pub fn crash_with(&mut self, mut keep: impl FnMut(&SegmentId, &mut [u8]) -> usize) {
+        self.syncs.clear(); // They die with the broker.
         for (id, file) in self.segments.iter_mut() {
-            for (at, old) in file.unsynced_rewrites.drain(..).rev() {
+            for (_, at, old) in file.unsynced_rewrites.drain(..).rev() {
                 file.data[at..at + old.len()].copy_from_slice(&old);
             }
             let synced = file.synced_len;

@@ -308,6 +308,7 @@ mod storage {
                 StorageOp::Sync { token, segments } => {
                     let fail = std::mem::take(&mut disk.faults.fail_next_sync);
                     let latency = disk.sync_latency_ms();
+                    disk.disk.sync_started(token, &segments);
                     let (shared, report) = (self.disk.clone(), self.report.clone());
                     // The sync completes later; if the broker dies first, this task dies with
                     // it and nothing becomes durable, as on a real disk.
@@ -316,17 +317,17 @@ mod storage {
                             tokio::time::sleep(Duration::from_millis(latency)).await;
                         }
                         if fail {
-                            shared.lock().expect("disk lock").lose_unsynced(&segments);
+                            let mut disk = shared.lock().expect("disk lock");
+                            disk.disk.sync_abandoned(token);
+                            disk.lose_unsynced(&segments);
+                            drop(disk);
                             report(Err(SyncFailure {
                                 token,
                                 error: "fsync failed: EIO".into(),
                             }));
                         } else {
-                            shared
-                                .lock()
-                                .expect("disk lock")
-                                .disk
-                                .execute(StorageOp::Sync { token, segments });
+                            let _ = segments;
+                            shared.lock().expect("disk lock").disk.sync_completed(token);
                             report(Ok(StorageCompletion::Synced { token }));
                         }
                     });
