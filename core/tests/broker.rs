@@ -68,32 +68,20 @@ fn appends_nobody_waits_for_share_a_later_sync() {
     };
     assert_eq!(r.responses[0].partitions[0].high_watermark, 6);
 
-    // An append made while a sync runs gets a sync of its own at once, beside it; a third
-    // waits for a free place. A sync that ends before an earlier one takes effect only
-    // once that one has ended too (it may not cover what the earlier one does).
+    // Appends made while that consumer waited stay awaited after the sync in flight has
+    // answered it: the next sync starts as that one ends, not when the consumer is back.
     h.hold_syncs = true;
     h.fetch_request(2, "t", 0, 6, 500, 1 << 20);
     h.produce_request(1, 1, "t", 0, batch(1, 1000));
     h.produce_request(1, 1, "t", 0, batch(1, 1000));
-    assert_eq!(syncs(&h), 2, "a second sync beside the first");
-    h.produce_request(1, 1, "t", 0, batch(1, 1000));
-    assert_eq!(syncs(&h), 2, "no third while two run");
-    let second = h.held.remove(1);
-    let done = h.disk.execute(second).expect("sync completes");
-    h.broker.handle_storage(h.time(), done);
-    h.drive();
-    assert!(h.reply(2).is_none(), "nothing visible before the first sync ends");
-    assert_eq!(syncs(&h), 2, "the third starts in the place the second left");
+    assert_eq!(syncs(&h), 1, "one sync in flight");
     let first = h.held.remove(0);
     let done = h.disk.execute(first).expect("sync completes");
     h.broker.handle_storage(h.time(), done);
     h.drive();
-    let Some(ResponseKind::Fetch(r)) = h.reply(2) else {
-        panic!("the parked fetch is answered once both have ended")
-    };
-    assert!(r.responses[0].partitions[0].high_watermark >= 7);
+    assert!(matches!(h.reply(2), Some(ResponseKind::Fetch(_))));
+    assert_eq!(syncs(&h), 1, "the second append's sync starts at once");
     h.release_syncs();
-    assert_eq!(h.fetch("t", 0, 0, 1 << 20).1, 9);
 
     // The consumer is not parked now (its answer is on the way), but it waited at the end
     // a moment ago and will be back: appends still start their sync at once...
@@ -111,7 +99,7 @@ fn appends_nobody_waits_for_share_a_later_sync() {
     h.produce_request(3, -1, "t", 0, batch(1, 1000));
     assert_eq!(syncs(&h), 1, "acks=all starts the sync at once");
     h.release_syncs();
-    assert_eq!(h.fetch("t", 0, 0, 1 << 20).1, 12);
+    assert_eq!(h.fetch("t", 0, 0, 1 << 20).1, 11);
 
     // And a broker that is stopping does not leave appends out of a sync.
     h.hold_syncs = true;
@@ -985,6 +973,36 @@ fn a_retry_of_an_unsynced_batch_waits_for_the_sync_like_the_first_try() {
         assert_eq!((p.error_code, p.base_offset), (0, 0));
     }
     assert_eq!(h.fetch("t", 0, 0, 1 << 20).2, vec![0, 1]);
+}
+
+#[test]
+fn a_retry_waits_for_the_sync_of_its_first_write_not_the_one_in_flight() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create_topic("t", 1, &[]);
+    let (_, id, _) = init_producer_id(&mut h);
+    h.hold_syncs = true;
+    // A sync is under way for the first append; the idempotent batch comes after it.
+    h.produce_request(1, -1, "t", 0, batch(1, 1000));
+    assert_eq!(h.held.len(), 1);
+    h.produce_request(2, 1, "t", 0, idempotent(id, 0, 0, 2));
+    assert!(
+        matches!(h.reply(2), Some(ResponseKind::Produce(_))),
+        "acks=1 at once"
+    );
+    // Its retry, with acks=all, must wait for the sync that carries the batch.
+    h.produce_request(3, -1, "t", 0, idempotent(id, 0, 0, 2));
+    let first = h.held.remove(0);
+    let done = h.disk.execute(first).expect("sync completes");
+    h.broker.handle_storage(h.time(), done);
+    h.drive();
+    assert!(h.reply(1).is_some(), "the first write is durable");
+    assert!(h.reply(3).is_none(), "the retry's batch is not durable yet");
+    h.release_syncs();
+    let Some(ResponseKind::Produce(r)) = h.reply(3) else {
+        panic!("the retry is answered once its batch is durable")
+    };
+    let p = &r.responses[0].partition_responses[0];
+    assert_eq!((p.error_code, p.base_offset), (0, 1));
 }
 
 #[test]

@@ -369,16 +369,7 @@ struct Unsynced {
 struct InFlightSync {
     token: u64,
     commits: Vec<(TopicPartition, [u8; 16], CommitPoint)>,
-    /// Reported done, and waiting for an earlier sync to be done too.
-    done: bool,
 }
-
-/// Syncs under way at once, at most. A second starts while the first runs, so an append
-/// made during a sync waits for a sync of its own already under way, not for that one to
-/// end and its own to run after it (the wait that made the p99 at 250 k records/s about
-/// twice the disk's). Completions take effect in the order the syncs started: a later
-/// sync may cover files an earlier one does not.
-pub const SYNCS_IN_FLIGHT_MAX: usize = 2;
 
 /// A single broker's state.
 pub struct Broker {
@@ -395,8 +386,7 @@ pub struct Broker {
     dirty_segments: BTreeSet<SegmentId>,
     /// Partitions appended to since the last sync was issued.
     dirty_partitions: BTreeSet<TopicPartition>,
-    /// Syncs under way, oldest first.
-    in_flight_syncs: VecDeque<InFlightSync>,
+    in_flight_sync: Option<InFlightSync>,
     /// Appends not yet in a sync: since when, and whether anyone waits for them.
     unsynced: Option<Unsynced>,
     /// A controlled shutdown has begun: every sync is started at once.
@@ -537,7 +527,7 @@ impl Broker {
             outputs: VecDeque::new(),
             dirty_segments: BTreeSet::new(),
             dirty_partitions: BTreeSet::new(),
-            in_flight_syncs: VecDeque::new(),
+            in_flight_sync: None,
             unsynced: None,
             shutting_down: false,
             next_token: 1,
@@ -795,7 +785,7 @@ impl Broker {
 
     /// True once nothing is waiting on the disk: used for a clean shutdown.
     pub fn is_quiescent(&self) -> bool {
-        self.in_flight_syncs.is_empty()
+        self.in_flight_sync.is_none()
             && self.dirty_segments.is_empty()
             && self.reads.is_empty()
             && self.pending_seals.is_empty()
@@ -1062,7 +1052,7 @@ impl Broker {
         let awaited = self.unsynced.is_some_and(|u| u.awaited) || self.sync_awaited();
         self.unsynced = Some(Unsynced { since, awaited });
         let due = awaited || self.now.mono >= since + UNAWAITED_SYNC_DELAY_MS;
-        if self.syncs_running() >= SYNCS_IN_FLIGHT_MAX || !due {
+        if self.in_flight_sync.is_some() || !due {
             return;
         }
         self.unsynced = None;
@@ -1079,17 +1069,8 @@ impl Broker {
         let segments = std::mem::take(&mut self.dirty_segments)
             .into_iter()
             .collect();
-        self.in_flight_syncs.push_back(InFlightSync {
-            token,
-            commits,
-            done: false,
-        });
+        self.in_flight_sync = Some(InFlightSync { token, commits });
         self.storage(StorageOp::Sync { token, segments });
-    }
-
-    /// Syncs the storage is still carrying out (done ones may wait for an earlier one).
-    fn syncs_running(&self) -> usize {
-        self.in_flight_syncs.iter().filter(|s| !s.done).count()
     }
 
     /// True if anyone waits for the next sync: an acks=all produce, a consumer parked at a
@@ -1113,26 +1094,15 @@ impl Broker {
     fn unawaited_sync_deadline(&self) -> Option<i64> {
         let unsynced = self
             .unsynced
-            .filter(|_| {
-                self.has_unsynced_appends() && self.syncs_running() < SYNCS_IN_FLIGHT_MAX
-            })?;
+            .filter(|_| self.has_unsynced_appends() && self.in_flight_sync.is_none())?;
         Some(unsynced.since + UNAWAITED_SYNC_DELAY_MS)
     }
 
     fn on_synced(&mut self, token: u64) {
-        let Some(sync) = self.in_flight_syncs.iter_mut().find(|s| s.token == token) else {
+        let Some(sync) = self.in_flight_sync.take_if(|s| s.token == token) else {
             warn!(token, "completion for a sync that is not in flight");
             return;
         };
-        sync.done = true;
-        while let Some(sync) = self.in_flight_syncs.pop_front_if(|s| s.done) {
-            self.sync_done(sync);
-        }
-    }
-
-    /// A sync is done and every earlier one too: what it covers is durable.
-    fn sync_done(&mut self, sync: InFlightSync) {
-        let token = sync.token;
         let (durable, waiting) = std::mem::take(&mut self.pending_seals)
             .into_iter()
             .partition(|(t, _)| *t <= token);

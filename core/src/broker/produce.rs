@@ -330,15 +330,18 @@ impl Broker {
     }
 
     /// The sync that makes what is already appended to `tp` durable: the next if it was
-    /// appended to since the last sync started, else the latest under way that carries it
-    /// (else the next: whatever it is waiting for is in no sync yet).
+    /// appended to since the sync in flight started, else that one if it carries the
+    /// partition (else the next: what it waits for is in no sync yet).
     fn sync_covering(&self, tp: &TopicPartition) -> u64 {
-        if self.dirty_partitions.contains(tp) {
-            return self.next_sync_token;
+        match &self.in_flight_sync {
+            Some(sync)
+                if !self.dirty_partitions.contains(tp)
+                    && sync.commits.iter().any(|(p, _, _)| p == tp) =>
+            {
+                sync.token
+            }
+            _ => self.next_sync_token,
         }
-        (self.in_flight_syncs.iter().rev())
-            .find(|sync| sync.commits.iter().any(|(p, _, _)| p == tp))
-            .map_or(self.next_sync_token, |sync| sync.token)
     }
 }
 

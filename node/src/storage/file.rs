@@ -22,7 +22,7 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
@@ -100,17 +100,10 @@ impl FileStorage {
         upgrade_state_format(&meta, &quorum, &replicas)?;
         check_log_format(&meta)?;
         let (sync_jobs, jobs) = mpsc::channel::<SyncJob>();
-        // A thread per sync core keeps under way, so they overlap; the helpers are shared.
-        let jobs = Arc::new(Mutex::new(jobs));
-        let report = Arc::new(report);
-        let helpers = start_sync_helpers();
-        for i in 0..seedlog_core::broker::SYNCS_IN_FLIGHT_MAX {
-            let (jobs, report, helpers) = (jobs.clone(), report.clone(), helpers.clone());
-            std::thread::Builder::new()
-                .name(format!("seedlog-fsync-{i}"))
-                .spawn(move || run_syncs(&jobs, &helpers, &report))
-                .context("starting the fsync threads")?;
-        }
+        std::thread::Builder::new()
+            .name("seedlog-fsync".into())
+            .spawn(move || run_syncs(jobs, report))
+            .context("starting the fsync thread")?;
         Ok(FileStorage {
             root: root.to_path_buf(),
             meta,
@@ -576,13 +569,12 @@ impl Storage for FileStorage {
     }
 }
 
-/// Threads that take a file each of a sync that covers several.
-fn start_sync_helpers() -> Vec<mpsc::Sender<HelpSync>> {
-    (0..SYNC_HELPERS)
+fn run_syncs(jobs: mpsc::Receiver<SyncJob>, report: SyncReport) {
+    let helpers: Vec<mpsc::Sender<HelpSync>> = (0..SYNC_HELPERS)
         .filter_map(|i| {
             let (tx, rx) = mpsc::channel::<HelpSync>();
             std::thread::Builder::new()
-                .name(format!("seedlog-fsync-helper-{i}"))
+                .name(format!("seedlog-fsync-{i}"))
                 .spawn(move || {
                     for (file, done) in rx {
                         let _ = done.send(file.sync_data());
@@ -591,22 +583,9 @@ fn start_sync_helpers() -> Vec<mpsc::Sender<HelpSync>> {
                 .ok()
                 .map(|_| tx)
         })
-        .collect()
-}
-
-/// Carries out sync jobs as they come, one at a time, beside the other sync threads.
-fn run_syncs(
-    jobs: &Mutex<mpsc::Receiver<SyncJob>>,
-    helpers: &[mpsc::Sender<HelpSync>],
-    report: &SyncReport,
-) {
-    loop {
-        // The lock is held while waiting: whichever thread holds it takes the next job.
-        let job = match jobs.lock().map(|jobs| jobs.recv()) {
-            Ok(Ok(job)) => job,
-            _ => return, // The storage is gone (or a sync thread panicked).
-        };
-        let result = sync_files(&job.files, helpers)
+        .collect();
+    while let Ok(job) = jobs.recv() {
+        let result = sync_files(&job.files, &helpers)
             .map_err(anyhow::Error::from)
             .and_then(|()| sync_dirs(job.dirs));
         report(match result {
@@ -619,7 +598,7 @@ fn run_syncs(
     }
 }
 
-/// Threads that fdatasync beside the sync threads when one sync covers several files.
+/// Threads that fdatasync beside the sync thread when one sync covers several files.
 const SYNC_HELPERS: usize = 3;
 
 /// A file for a helper to fdatasync, and where its result goes.
