@@ -89,7 +89,7 @@ const CANARY_HUNTS: &[(&str, &str, u64)] = &[
     ("timers-on-wall-clock", "cluster3-clocks", 10),
     ("produce-ignores-acls", "cluster3-acls", 5),
     ("cache-credentials", "cluster3-acls", 5),
-    ("trust-state-copies", "cluster3-bit-flip", 5),
+    ("trust-state-copies", "cluster3-bit-flip", 10),
     ("ack-damaged-arrivals", "cluster3-bit-flip", 20),
     ("strict-peer-version", "cluster3-rolling-upgrade", 3),
 ];
