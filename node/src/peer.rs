@@ -172,10 +172,13 @@ async fn prove(stream: &mut PeerStream, identity: &Identity, to: i32) -> anyhow:
     }
     checked?;
     let challenge = &hello[5..];
-    let offered = match challenge.strip_prefix(OFFER) {
-        Some(rest) if !is_planted(Canary::StrictPeerVersion) => rest[0].max(1),
-        Some(_) | None if is_planted(Canary::StrictPeerVersion) => identity.newest,
-        _ => 1, // A version 1 acceptor: it offers nothing.
+    let offered = if is_planted(Canary::StrictPeerVersion) {
+        identity.newest // The naive upgrade: the layout byte named it, checked above.
+    } else {
+        // A version 1 acceptor offers nothing.
+        challenge
+            .strip_prefix(OFFER)
+            .map_or(1, |rest| rest[0].max(1))
     };
     let version = identity.newest.min(offered);
     let mac = identity.mac(challenge, identity.id, version);
@@ -186,7 +189,7 @@ async fn prove(stream: &mut PeerStream, identity: &Identity, to: i32) -> anyhow:
     answer.extend_from_slice(&mac);
     stream.write_all(&answer).await?;
     stream.flush().await?;
-    let _ = to;
+    let _ = to; // Named to the simulator only.
     Ok(version)
 }
 
