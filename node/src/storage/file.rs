@@ -910,7 +910,27 @@ mod tests {
     }
 
     fn open(root: &Path) -> anyhow::Result<FileStorage> {
-        FileStorage::open(root, 1 << 20, Box::new(|_| {}))
+        retry_locked(|| FileStorage::open(root, 1 << 20, Box::new(|_| {})))
+    }
+
+    /// The state store alone, as a test damages or rewinds it.
+    fn open_meta(root: &Path) -> anyhow::Result<sled::Db> {
+        retry_locked(|| Ok(sled::open(root.join("meta"))?))
+    }
+
+    /// Opens again while sled's file lock is still held by a store just dropped in this
+    /// process: its flusher thread lets go a moment after the drop (a broker restarting is
+    /// a new process and never sees this). It failed about one run in seven.
+    fn retry_locked<T>(mut open: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
+        for _ in 0..200 {
+            match open() {
+                Err(e) if format!("{e:#}").contains("could not acquire lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                opened => return opened,
+            }
+        }
+        open()
     }
 
     fn hard_state(term: u64, vote: u64) -> HardState {
@@ -947,7 +967,7 @@ mod tests {
 
     /// Flips one bit of the value under `key` in `tree`.
     fn flip(root: &Path, tree: &str, key: &str) -> anyhow::Result<()> {
-        let db = sled::open(root.join("meta"))?;
+        let db = open_meta(root)?;
         let tree = db.open_tree(tree)?;
         let mut value = tree
             .get(key.as_bytes())?
@@ -1052,7 +1072,7 @@ mod tests {
     fn a_store_from_before_sealing_is_upgraded_and_a_newer_format_refused() -> anyhow::Result<()> {
         let root = scratch("legacy-state");
         {
-            let db = sled::open(root.join("meta"))?;
+            let db = open_meta(&root)?;
             let quorum = db.open_tree("quorum")?;
             quorum.insert("hard_state", hard_state(5, 1).encode_to_vec())?;
             let entry = Entry {
@@ -1070,7 +1090,7 @@ mod tests {
         storage.close()?;
         drop(storage);
         {
-            let db = sled::open(root.join("meta"))?;
+            let db = open_meta(&root)?;
             db.insert(STATE_FORMAT_KEY, &[sealed::FORMAT + 1])?;
             db.flush()?;
         }
@@ -1089,7 +1109,7 @@ mod tests {
         storage.close()?;
         drop(storage);
         {
-            let db = sled::open(root.join("meta"))?;
+            let db = open_meta(&root)?;
             assert_eq!(
                 db.get(LOG_FORMAT_KEY)?.as_deref(),
                 Some(&[LOG_FORMAT][..]),
