@@ -66,12 +66,8 @@ impl MemDisk {
                 self.indexes.insert(segment, index);
             }
             StorageOp::Sync { token, segments } => {
-                for id in segments {
-                    if let Some(file) = self.segments.get_mut(&id) {
-                        file.synced_len = file.data.len();
-                        file.unsynced_rewrites.clear();
-                    }
-                }
+                self.sync_started(token, &segments);
+                self.sync_completed(token);
                 return Some(StorageCompletion::Synced { token });
             }
             StorageOp::Read {

@@ -75,10 +75,7 @@ fn appends_nobody_waits_for_share_a_later_sync() {
     h.produce_request(1, 1, "t", 0, batch(1, 1000));
     h.produce_request(1, 1, "t", 0, batch(1, 1000));
     assert_eq!(syncs(&h), 1, "one sync in flight");
-    let first = h.held.remove(0);
-    let done = h.disk.execute(first).expect("sync completes");
-    h.broker.handle_storage(h.time(), done);
-    h.drive();
+    h.complete_a_held_sync();
     assert!(matches!(h.reply(2), Some(ResponseKind::Fetch(_))));
     assert_eq!(syncs(&h), 1, "the second append's sync starts at once");
     h.release_syncs();
@@ -991,10 +988,7 @@ fn a_retry_waits_for_the_sync_of_its_first_write_not_the_one_in_flight() {
     );
     // Its retry, with acks=all, must wait for the sync that carries the batch.
     h.produce_request(3, -1, "t", 0, idempotent(id, 0, 0, 2));
-    let first = h.held.remove(0);
-    let done = h.disk.execute(first).expect("sync completes");
-    h.broker.handle_storage(h.time(), done);
-    h.drive();
+    h.complete_a_held_sync();
     assert!(h.reply(1).is_some(), "the first write is durable");
     assert!(h.reply(3).is_none(), "the retry's batch is not durable yet");
     h.release_syncs();

@@ -75,6 +75,16 @@ fn describe_resource(
     name: &str,
     key: Option<&str>,
 ) -> Vec<describe_configs_response::DescribeConfigsResourceResult> {
+    describe_result(h, kind, name, key).configs
+}
+
+/// The whole answer of DescribeConfigs for one resource, its error code included.
+fn describe_result(
+    h: &mut Harness,
+    kind: i8,
+    name: &str,
+    key: Option<&str>,
+) -> describe_configs_response::DescribeConfigsResult {
     use describe_configs_request::DescribeConfigsResource;
     let resource = DescribeConfigsResource::default()
         .with_resource_type(kind)
@@ -89,7 +99,7 @@ fn describe_resource(
     let ResponseKind::DescribeConfigs(mut r) = r else {
         panic!("{r:?}")
     };
-    r.results.remove(0).configs
+    r.results.remove(0)
 }
 
 /// The value DescribeConfigs reports for `key` of topic `name`, and whether it is set
@@ -317,7 +327,6 @@ fn broker_configs_change_topic_defaults_for_every_broker_or_one() {
 
 #[test]
 fn a_broker_describes_its_own_configs_and_no_other_brokers() {
-    use describe_configs_request::DescribeConfigsResource;
     let mut h = Harness::new(BrokerConfig::default());
     let own = BrokerConfig::default().broker_id;
     for (name, refused) in [
@@ -325,20 +334,7 @@ fn a_broker_describes_its_own_configs_and_no_other_brokers() {
         ((own + 1).to_string(), true),
         ("x".into(), true),
     ] {
-        let resource = DescribeConfigsResource::default()
-            .with_resource_type(BROKER)
-            .with_resource_name(s(&name))
-            .with_configuration_keys(None);
-        let request = DescribeConfigsRequest::default().with_resources(vec![resource]);
-        let r = h.call(
-            ApiKey::DescribeConfigs,
-            4,
-            RequestKind::DescribeConfigs(request),
-        );
-        let ResponseKind::DescribeConfigs(r) = r else {
-            panic!("{r:?}")
-        };
-        let result = &r.results[0];
+        let result = &describe_result(&mut h, BROKER, &name, None);
         let expected = if refused {
             ResponseError::InvalidRequest.code()
         } else {

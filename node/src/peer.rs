@@ -747,33 +747,26 @@ mod tests {
             let (_, mut writer) = tokio::io::split(d);
             let (reader, _) = tokio::io::split(a);
             let frames: Vec<Bytes> = frames.iter().map(|f| Bytes::copy_from_slice(f)).collect();
-            let mut wire = Vec::new();
-            for frame in &frames {
-                let (header, len) = frame_header(frame, version);
-                wire.extend_from_slice(&header[..len]);
-                wire.extend_from_slice(frame);
-            }
-            if let Some(bit) = flip {
-                wire[bit / 8] ^= 1 << (bit % 8);
-            }
-            // What write_frames sends is what the test lays out by hand.
-            let mut written = Vec::new();
+            // What write_frames sends: each frame behind its header.
             let (w, mut r) = tokio::io::duplex(1 << 16);
             {
                 let (_, mut dw) = tokio::io::split(Box::new(w) as PeerStream);
                 write_frames(&mut dw, &frames, version)
                     .await
                     .expect("write");
-                drop(dw);
             }
-            r.read_to_end(&mut written).await.expect("read back");
-            let mut laid_out = Vec::new();
-            for frame in &frames {
-                let (header, len) = frame_header(frame, version);
-                laid_out.extend_from_slice(&header[..len]);
-                laid_out.extend_from_slice(frame);
+            let mut wire = Vec::new();
+            r.read_to_end(&mut wire).await.expect("read back");
+            let laid_out: Vec<u8> = (frames.iter())
+                .flat_map(|frame| {
+                    let (header, len) = frame_header(frame, version);
+                    [&header[..len], &frame[..]].concat()
+                })
+                .collect();
+            assert_eq!(wire, laid_out);
+            if let Some(bit) = flip {
+                wire[bit / 8] ^= 1 << (bit % 8);
             }
-            assert_eq!(written, laid_out);
             writer.write_all(&wire).await.expect("write");
             drop(writer);
             let (events, mut out) = mpsc::channel(16);

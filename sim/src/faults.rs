@@ -95,13 +95,19 @@ async fn injector(
                 }
                 Target::Any => None,
             };
-            match controller.map(|id| (id - 1) as usize) {
-                Some(index) if up.contains(&index) => index,
-                _ => up[dice.between(0, up.len() as u64 - 1) as usize],
-            }
+            aim(&up, controller, &mut dice)
         };
         let duration = dice.pick(schedule.for_s);
         strike(&ctx, &brokers, kind, index, duration, &mut dice).await;
+    }
+}
+
+/// The broker a strike aims at: broker `preferred` (an id) if it is among `candidates`
+/// (indexes, not empty), else one of them at random.
+fn aim(candidates: &[usize], preferred: Option<i32>, dice: &mut Dice) -> usize {
+    match preferred.map(|id| (id - 1) as usize) {
+        Some(index) if candidates.contains(&index) => index,
+        _ => candidates[dice.between(0, candidates.len() as u64 - 1) as usize],
     }
 }
 
@@ -395,10 +401,7 @@ async fn upgrade(ctx: Ctx, brokers: Brokers, schedule: Recurring, mut dice: Dice
             Target::Controller => ctx.history().current_leader("metadata"),
             _ => None,
         };
-        let index = match controller.map(|id| (id - 1) as usize) {
-            Some(index) if old.contains(&index) => index,
-            _ => old[dice.between(0, old.len() as u64 - 1) as usize],
-        };
+        let index = aim(&old, controller, &mut dice);
         let duration = dice.pick(schedule.for_s);
         ctx.history()
             .fault(ctx.now_ms(), "upgrade", (index, PROTOCOL_NEWEST));

@@ -100,11 +100,18 @@ impl Harness {
 
     pub fn release_syncs(&mut self) {
         self.hold_syncs = false;
-        for op in std::mem::take(&mut self.held) {
-            let c = self.disk.execute(op).expect("sync completes");
-            assert!(matches!(c, StorageCompletion::Synced { .. }));
-            self.broker.handle_storage(self.time(), c);
+        while !self.held.is_empty() {
+            self.complete_a_held_sync();
         }
+    }
+
+    /// Carries out the oldest held sync and hands its completion to the broker; later
+    /// syncs stay held.
+    pub fn complete_a_held_sync(&mut self) {
+        let op = self.held.remove(0);
+        let c = self.disk.execute(op).expect("sync completes");
+        assert!(matches!(c, StorageCompletion::Synced { .. }));
+        self.broker.handle_storage(self.time(), c);
         self.drive();
     }
 
