@@ -5,7 +5,7 @@
 //! timestamp type bit and the max timestamp (inside the CRC, so it is recomputed). Nothing
 //! here decodes the records themselves beyond walking their length prefixes.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 /// Bytes before the `batch_length` field ends: base offset (8) + batch length (4).
 pub const LOG_OVERHEAD: usize = 12;
@@ -353,6 +353,80 @@ pub fn complete_batches(bytes: &[u8]) -> impl Iterator<Item = BatchView<'_>> {
     })
 }
 
+/// Bytes of a batch up to and including its leader epoch: what a leader stamps.
+const STAMPED_HEAD: usize = MAGIC_OFFSET;
+
+/// One record batch on its way to a segment file, with the base offset (and leader epoch)
+/// the leader gave it. Both sit outside the CRC, so the stamp travels beside the batch as
+/// it came, a slice of the client's request or of the leader's peer frame: writers put
+/// [`StampedBatch::parts`] one after the other, and no batch is copied to be stamped.
+#[derive(Clone, PartialEq)]
+pub struct StampedBatch {
+    head: [u8; STAMPED_HEAD],
+    body: Bytes,
+}
+
+impl StampedBatch {
+    /// `batch`, one whole record batch (at least [`HEADER_BYTES`] long, as every validated
+    /// batch is), stamped with `base_offset` and, if given, `leader_epoch`.
+    pub fn new(batch: Bytes, base_offset: i64, leader_epoch: Option<i32>) -> Self {
+        assert!(
+            batch.len() >= HEADER_BYTES,
+            "a stamped batch must hold a whole batch header ({} bytes)",
+            batch.len()
+        );
+        let mut head = [0u8; STAMPED_HEAD];
+        head.copy_from_slice(&batch[..STAMPED_HEAD]);
+        head[..8].copy_from_slice(&base_offset.to_be_bytes());
+        if let Some(epoch) = leader_epoch {
+            head[LEADER_EPOCH_OFFSET..].copy_from_slice(&epoch.to_be_bytes());
+        }
+        StampedBatch {
+            head,
+            body: batch.slice(STAMPED_HEAD..),
+        }
+    }
+
+    /// The batch as it is to be written, in two parts.
+    pub fn parts(&self) -> [&[u8]; 2] {
+        [&self.head, &self.body]
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        STAMPED_HEAD + self.body.len()
+    }
+
+    /// Never true: a batch has at least a header.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The stamped batch in one piece (a copy).
+    pub fn to_vec(&self) -> Vec<u8> {
+        [&self.head[..], &self.body].concat()
+    }
+
+    /// The offset after the batch's last record.
+    pub fn next_offset(&self) -> i64 {
+        let base = i64::from_be_bytes(self.head[..8].try_into().expect("eight bytes"));
+        let at = LAST_OFFSET_DELTA_OFFSET - STAMPED_HEAD;
+        let delta = i32::from_be_bytes(self.body[at..at + 4].try_into().expect("four bytes"));
+        base + i64::from(delta) + 1
+    }
+}
+
+impl std::fmt::Debug for StampedBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "StampedBatch({} bytes, next offset {})",
+            self.len(),
+            self.next_offset()
+        )
+    }
+}
+
 /// Writes the leader-assigned base offset into a batch held in `buf`.
 pub fn stamp_base_offset(buf: &mut BytesMut, base_offset: i64) {
     buf[0..8].copy_from_slice(&base_offset.to_be_bytes());
@@ -626,4 +700,44 @@ pub fn validate_produce_payload(mut bytes: &[u8]) -> Result<Vec<BatchSummary>, B
         bytes = rest;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stamped_batch_writes_what_stamping_a_copy_did() {
+        let records: [KeyAndValue<'_>; 3] = [
+            (None, Some(&b"one"[..])),
+            (Some(&b"k"[..]), Some(&b"two"[..])),
+            (None, None),
+        ];
+        let batch = data_batch(1_000, &records);
+        let mut copy = batch.clone();
+        stamp_base_offset(&mut copy, 41);
+        stamp_leader_epoch(&mut copy, 7);
+        let stamped = StampedBatch::new(batch.clone().freeze(), 41, Some(7));
+        assert_eq!(stamped.to_vec(), copy.to_vec());
+        assert_eq!(stamped.parts().concat(), copy.to_vec());
+        assert_eq!(stamped.len(), batch.len());
+        assert_eq!(stamped.next_offset(), 44);
+        let (view, rest) = BatchView::split_first(&copy).expect("a batch");
+        assert!(
+            rest.is_empty() && view.crc_ok(),
+            "the stamp is outside the CRC"
+        );
+        // Without an epoch, the batch keeps the one it came with.
+        let kept = StampedBatch::new(batch.clone().freeze(), 41, None);
+        assert_eq!(
+            kept.to_vec()[LEADER_EPOCH_OFFSET..],
+            batch[LEADER_EPOCH_OFFSET..]
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "whole batch header")]
+    fn a_stamped_batch_must_be_a_whole_batch() {
+        StampedBatch::new(Bytes::from_static(&[0; 20]), 0, None);
+    }
 }

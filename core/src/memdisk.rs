@@ -56,11 +56,10 @@ impl MemDisk {
                 self.segments.entry(id).or_default();
             }
             StorageOp::Append { segment, data } => {
-                self.segments
-                    .entry(segment)
-                    .or_default()
-                    .data
-                    .extend_from_slice(&data);
+                let file = &mut self.segments.entry(segment).or_default().data;
+                data.parts()
+                    .iter()
+                    .for_each(|part| file.extend_from_slice(part));
             }
             StorageOp::SealSegment { segment, index } => {
                 self.indexes.insert(segment, index);

@@ -62,12 +62,12 @@ pub struct TopicRecord {
 pub enum StorageOp {
     /// Create an empty segment file (and its partition directory if needed).
     CreateSegment(SegmentId),
-    /// Append bytes at the end of a segment file.
+    /// Append a batch at the end of a segment file.
     Append {
         /// Target segment.
         segment: SegmentId,
-        /// Whole record batches.
-        data: Bytes,
+        /// One whole record batch, stamped.
+        data: crate::batch::StampedBatch,
     },
     /// Write the index file of a segment that will not grow any more.
     SealSegment {

@@ -753,7 +753,7 @@ fn heartbeats_of_many_partitions_travel_in_one_frame_per_peer() {
                 frames
                     .entry(to)
                     .or_default()
-                    .push(PeerFrame::decode(frame).unwrap());
+                    .push(PeerFrame::decode(frame.to_bytes()).unwrap());
             }
         }
     }
@@ -974,7 +974,7 @@ fn produces_that_arrive_together_share_one_frame_per_follower() {
         while let Some(output) = node.broker.poll_output() {
             match output {
                 Output::Peer { to, frame } => {
-                    let frame = PeerFrame::decode(frame).unwrap();
+                    let frame = PeerFrame::decode(frame.to_bytes()).unwrap();
                     let entry = sent.entry(to).or_default();
                     entry.0 += 1;
                     entry.1 += frame.messages.len();

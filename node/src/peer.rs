@@ -30,7 +30,8 @@ use std::io::IoSlice;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use seedlog_core::cluster::records::PeerBytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
@@ -40,7 +41,7 @@ use tracing::{debug, warn};
 
 use seedlog_core::canary::{is_planted, Canary};
 
-use crate::server::Event;
+use crate::server::{read_frame, Event};
 
 /// Frames queued for one peer before new ones are dropped.
 const PEER_QUEUE: usize = 256;
@@ -269,7 +270,7 @@ fn check_header(header: &[u8], layout: u8) -> anyhow::Result<()> {
 
 /// Outgoing connections, one task per peer.
 pub struct Peers {
-    senders: BTreeMap<i32, mpsc::Sender<Bytes>>,
+    senders: BTreeMap<i32, mpsc::Sender<PeerBytes>>,
     tasks: Vec<JoinHandle<()>>,
     identity: Identity,
 }
@@ -304,7 +305,7 @@ impl Peers {
     }
 
     /// Queues a frame for `to`; dropped if the peer is unknown or its queue is full.
-    pub fn send(&self, to: i32, frame: Bytes) {
+    pub fn send(&self, to: i32, frame: PeerBytes) {
         match self.senders.get(&to) {
             Some(tx) => {
                 if tx.try_send(frame).is_err() {
@@ -327,7 +328,7 @@ impl Drop for Peers {
 async fn send_to_peer(
     id: i32,
     addr: String,
-    mut frames: mpsc::Receiver<Bytes>,
+    mut frames: mpsc::Receiver<PeerBytes>,
     identity: Identity,
 ) {
     let mut backoff = Duration::from_millis(50);
@@ -426,39 +427,45 @@ async fn read_acks(mut acks: ReadHalf<PeerStream>, acked: Arc<Mutex<Instant>>) {
 }
 
 /// A frame's header in `version`: its length, and from version 2 on a CRC32C of that
-/// length and the frame.
-fn frame_header(frame: &[u8], version: u8) -> ([u8; 8], usize) {
-    let length = (frame.len() as u32).to_be_bytes();
+/// length and the frame (given in pieces).
+fn frame_header(frame: &[Bytes], version: u8) -> ([u8; 8], usize) {
+    let length = (frame.iter().map(Bytes::len).sum::<usize>() as u32).to_be_bytes();
     let mut header = [0u8; 8];
     header[..4].copy_from_slice(&length);
     if version < 2 {
         return (header, 4);
     }
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&length), frame);
+    let crc = (frame.iter()).fold(crc32c::crc32c(&length), |crc, piece| {
+        crc32c::crc32c_append(crc, piece)
+    });
     header[4..].copy_from_slice(&crc.to_be_bytes());
     (header, 8)
 }
 
-/// Writes `frames`, each behind its header, in one vectored write when the socket takes it
-/// all. A header written on its own went out as a packet of its own, and woke the receiver
-/// once for it and once more for the frame.
+/// The most pieces one `writev` takes (Linux's `IOV_MAX`).
+const WRITEV_MAX: usize = 1024;
+
+/// Writes `frames`, each behind its header, in as few vectored writes as the socket takes.
+/// A header written on its own went out as a packet of its own, and woke the receiver once
+/// for it and once more for the frame.
 async fn write_frames(
     stream: &mut WriteHalf<PeerStream>,
-    frames: &[Bytes],
+    frames: &[PeerBytes],
     version: u8,
 ) -> std::io::Result<()> {
     let headers: Vec<([u8; 8], usize)> = frames
         .iter()
-        .map(|frame| frame_header(frame, version))
+        .map(|frame| frame_header(frame.chunks(), version))
         .collect();
-    let mut slices: Vec<IoSlice<'_>> = headers
-        .iter()
-        .zip(frames)
-        .flat_map(|((header, len), frame)| [IoSlice::new(&header[..*len]), IoSlice::new(frame)])
-        .collect();
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 3);
+    for ((header, len), frame) in headers.iter().zip(frames) {
+        slices.push(IoSlice::new(&header[..*len]));
+        slices.extend(frame.chunks().iter().map(|chunk| IoSlice::new(chunk)));
+    }
     let mut rest = &mut slices[..];
     while !rest.is_empty() {
-        let written = stream.write_vectored(rest).await?;
+        let at_most = rest.len().min(WRITEV_MAX);
+        let written = stream.write_vectored(&rest[..at_most]).await?;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
@@ -531,12 +538,12 @@ async fn forward_frames(
         } else {
             None
         };
-        let mut frame = BytesMut::zeroed(size as usize);
-        if frames.read_exact(&mut frame).await.is_err() {
+        let Some(frame) = read_frame(&mut frames, size as usize).await else {
             return;
-        }
+        };
+        let frame = frame.freeze();
         if let Some(crc) = crc {
-            let (header, _) = frame_header(&frame, version);
+            let (header, _) = frame_header(std::slice::from_ref(&frame), version);
             if header[4..] != crc.to_be_bytes() {
                 warn!(
                     peer = sender,
@@ -545,7 +552,6 @@ async fn forward_frames(
                 return;
             }
         }
-        let frame = frame.freeze();
         #[cfg(madsim)]
         let frame = wire::tap(sender, _receiver, frame);
         if events.send(Event::Peer { sender, frame }).await.is_err() {
@@ -742,11 +748,17 @@ mod tests {
     /// Frames written in `version` and read back; the bit `flip` (if any) is flipped on
     /// the way. The frames the reader forwarded.
     fn through(version: u8, frames: &[&[u8]], flip: Option<usize>) -> Vec<Bytes> {
+        let frames = (frames.iter())
+            .map(|f| Bytes::copy_from_slice(f).into())
+            .collect();
+        through_pieces(version, frames, flip)
+    }
+
+    fn through_pieces(version: u8, frames: Vec<PeerBytes>, flip: Option<usize>) -> Vec<Bytes> {
         run(async move {
             let (d, a) = pair().await;
             let (_, mut writer) = tokio::io::split(d);
             let (reader, _) = tokio::io::split(a);
-            let frames: Vec<Bytes> = frames.iter().map(|f| Bytes::copy_from_slice(f)).collect();
             // What write_frames sends: each frame behind its header.
             let (w, mut r) = tokio::io::duplex(1 << 16);
             {
@@ -759,8 +771,8 @@ mod tests {
             r.read_to_end(&mut wire).await.expect("read back");
             let laid_out: Vec<u8> = (frames.iter())
                 .flat_map(|frame| {
-                    let (header, len) = frame_header(frame, version);
-                    [&header[..len], &frame[..]].concat()
+                    let (header, len) = frame_header(frame.chunks(), version);
+                    [&header[..len], &frame.to_bytes()[..]].concat()
                 })
                 .collect();
             assert_eq!(wire, laid_out);
@@ -777,6 +789,47 @@ mod tests {
             }
             got
         })
+    }
+
+    #[test]
+    fn a_frame_in_pieces_arrives_whole_under_its_crc() {
+        use prost::Message as _;
+        use seedlog_core::cluster::records::{GroupMessage, PeerFrame};
+        use seedlog_core::consensus::eraftpb::{Entry, Message};
+        let entries = (1..=3)
+            .map(|index| Entry {
+                index,
+                data: Bytes::from(vec![index as u8; 5000]),
+                ..Entry::default()
+            })
+            .collect();
+        let frame = PeerFrame {
+            from: 1,
+            messages: vec![GroupMessage {
+                message: Some(Message {
+                    entries,
+                    ..Message::default()
+                }),
+                ..GroupMessage::default()
+            }],
+            ..PeerFrame::default()
+        };
+        let pieces = frame.clone().encode_shared();
+        assert!(
+            pieces.chunks().len() > 3,
+            "{} pieces",
+            pieces.chunks().len()
+        );
+        for version in [1, 2] {
+            let got = through_pieces(version, vec![pieces.clone(), pieces.clone()], None);
+            assert_eq!(got.len(), 2);
+            for bytes in got {
+                assert_eq!(PeerFrame::decode(bytes).expect("decodes"), frame);
+            }
+        }
+        // A bit flipped in the second piece of a version 2 frame: it does not arrive.
+        let bit = (8 + pieces.chunks()[0].len() + 100) * 8;
+        assert!(through_pieces(2, vec![pieces], Some(bit)).is_empty());
     }
 
     #[test]

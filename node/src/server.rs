@@ -17,7 +17,7 @@ use seedlog_core::canary::{is_planted, Canary};
 use seedlog_core::cluster::records::Endpoint;
 use seedlog_core::storage::{StorageCompletion, StorageOp};
 use seedlog_core::{Broker, ConnectionId, Now, Observation, Output};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -585,11 +585,8 @@ impl Driver {
                 }
             }
             StorageOp::Append { segment, data } => {
-                let end = seedlog_core::batch::complete_batches(data)
-                    .last()
-                    .map(|batch| batch.next_offset());
-                if let (Some((clock, _)), Some(end)) = (&mut self.stages, end) {
-                    clock.appended(&segment.partition, end, now);
+                if let Some((clock, _)) = &mut self.stages {
+                    clock.appended(&segment.partition, data.next_offset(), now);
                 }
             }
             _ => {}
@@ -700,20 +697,9 @@ async fn read_requests(
             );
             break;
         }
-        // Read into spare capacity: zeroing a frame first cost as much CPU as the
-        // broker's CRC checks of it (a memset of every byte received).
-        let size = size as usize;
-        let mut frame = BytesMut::with_capacity(size);
-        let mut rest = (&mut socket).take(size as u64);
-        while frame.len() < size {
-            match rest.read_buf(&mut frame).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-        if frame.len() < size {
+        let Some(frame) = read_frame(&mut socket, size as usize).await else {
             break;
-        }
+        };
         if events
             .send(Event::Request {
                 conn,
@@ -727,6 +713,24 @@ async fn read_requests(
         }
     }
     let _ = events.send(Event::Disconnected { conn }).await;
+}
+
+/// The next `size` bytes of `reader`, or `None` if it ends or fails first. They are read
+/// into spare capacity: zeroing a frame first cost as much CPU as the broker's CRC checks of
+/// it (a memset of every byte received, from clients and on followers from their leader).
+pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    size: usize,
+) -> Option<BytesMut> {
+    let mut frame = BytesMut::with_capacity(size);
+    let mut rest = reader.take(size as u64);
+    while frame.len() < size {
+        match rest.read_buf(&mut frame).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+    Some(frame)
 }
 
 fn current(max_frame: &AtomicUsize) -> usize {

@@ -96,7 +96,7 @@ pub enum Output {
         /// Destination broker id.
         to: i32,
         /// An encoded [`crate::cluster::records::PeerFrame`].
-        frame: Bytes,
+        frame: crate::cluster::records::PeerBytes,
     },
 }
 

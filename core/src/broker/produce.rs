@@ -13,7 +13,7 @@ use kafka_protocol::ResponseError;
 use tracing::debug;
 
 use super::{Broker, ReplyTo};
-use crate::batch::{self, BatchError, BatchSummary, BatchView};
+use crate::batch::{self, BatchError, BatchSummary, BatchView, StampedBatch};
 use crate::canary::{is_planted, Canary};
 use crate::config::{TimestampType, TopicConfig};
 use crate::group::OFFSETS_TOPIC;
@@ -279,16 +279,17 @@ impl Broker {
             TimestampType::LogAppendTime => now.wall,
             TimestampType::CreateTime => -1,
         };
-        // One copy per request: the payload is a slice of the request frame, and the leader
-        // must write offsets (and maybe append times) into it.
-        let mut payload = BytesMut::from(&records[..]);
+        // Each batch is written as a slice of the request, its offset stamped beside it;
+        // only append times, which the CRC covers, need a copy to write into.
+        let mut payload = records;
         let base_offset = log.log_end_offset();
         let mut ops = Vec::with_capacity(summaries.len() + 2);
         for summary in &summaries {
             let mut one = payload.split_to(summary.size);
-            batch::stamp_base_offset(&mut one, log.log_end_offset());
             let max_timestamp = if log_append_time >= 0 {
-                batch::stamp_log_append_time(&mut one, log_append_time);
+                let mut copy = BytesMut::from(&one[..]);
+                batch::stamp_log_append_time(&mut copy, log_append_time);
+                one = copy.freeze();
                 log_append_time
             } else {
                 summary.max_timestamp
@@ -296,6 +297,7 @@ impl Broker {
             if let Ok((view, _)) = BatchView::split_first(&one) {
                 log.note_txn(&view, log.log_end_offset());
             }
+            let one = StampedBatch::new(one, log.log_end_offset(), None);
             log.maybe_roll(summary.size as u64, now.wall, &config, &mut ops);
             let segment = log.active_segment_id();
             log.append(
@@ -307,7 +309,7 @@ impl Broker {
             );
             ops.push(StorageOp::Append {
                 segment: segment.clone(),
-                data: one.freeze(),
+                data: one,
             });
         }
         if let Some(batch) = producer {

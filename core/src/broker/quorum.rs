@@ -135,7 +135,7 @@ impl Broker {
                 };
                 self.outputs.push_back(Output::Peer {
                     to: voter,
-                    frame: Bytes::from(frame.encode_to_vec()),
+                    frame: frame.encode_shared(),
                 });
             }
         }

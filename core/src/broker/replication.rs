@@ -14,7 +14,6 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 use kafka_protocol::messages::produce_response::ProduceResponse;
 use kafka_protocol::messages::ResponseKind;
 use kafka_protocol::ResponseError;
-use prost::Message as _;
 use tracing::{debug, info};
 
 use super::{Broker, CommittedEntry, Observation, Output, ProduceFor};
@@ -699,7 +698,7 @@ impl Broker {
             };
             self.outputs.push_back(Output::Peer {
                 to,
-                frame: Bytes::from(frame.encode_to_vec()),
+                frame: frame.encode_shared(),
             });
         }
     }

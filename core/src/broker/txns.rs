@@ -16,7 +16,6 @@ use kafka_protocol::messages::produce_response::ProduceResponse;
 use kafka_protocol::messages::{RequestKind, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use prost::Message as _;
 use tracing::{debug, warn};
 
 use super::{Broker, Output, ProduceFor, ReplyTo};
@@ -244,7 +243,7 @@ impl Broker {
         };
         self.outputs.push_back(Output::Peer {
             to,
-            frame: Bytes::from(frame.encode_to_vec()),
+            frame: frame.encode_shared(),
         });
     }
 

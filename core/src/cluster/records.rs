@@ -3,6 +3,7 @@
 //! No `.proto` file: the structs are the schema. Tags are never reused; a field that goes
 //! away keeps its tag retired.
 
+use bytes::Bytes;
 use std::collections::BTreeMap;
 
 pub use crate::security::acl::AclBinding;
@@ -376,6 +377,108 @@ pub struct PeerFrame {
     pub marker_results: Vec<MarkerResult>,
 }
 
+/// An encoded [`PeerFrame`] in pieces, to be sent one after another: the record batches it
+/// carries are the Raft entries' own bytes, shared rather than copied (a frame to each
+/// follower had copied every batch it carried once more).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PeerBytes {
+    chunks: Vec<Bytes>,
+}
+
+impl PeerBytes {
+    /// The pieces, in order.
+    pub fn chunks(&self) -> &[Bytes] {
+        &self.chunks
+    }
+
+    /// Length of the whole frame.
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum()
+    }
+
+    /// True if the frame has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The frame in one piece (a copy, unless it is in one already).
+    pub fn to_bytes(&self) -> Bytes {
+        match &self.chunks[..] {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            chunks => Bytes::from(chunks.concat()),
+        }
+    }
+}
+
+impl From<Bytes> for PeerBytes {
+    fn from(frame: Bytes) -> Self {
+        PeerBytes {
+            chunks: vec![frame],
+        }
+    }
+}
+
+/// Entry data at least this long travels as a piece of its own; shorter data is copied into
+/// the frame, where a piece would cost more than the copy.
+const SHARED_DATA_MIN: usize = 1024;
+
+impl PeerFrame {
+    /// The frame encoded in pieces: each long entry's data is a piece of its own, the
+    /// entry's bytes themselves. Decodes as [`prost::Message::encode_to_vec`]'s encoding
+    /// does, though its fields are in another order (protobuf takes fields in any order,
+    /// and keeps repeated ones in theirs): a group message's Raft message comes after the
+    /// group's other fields, a message's entries after its other fields, an entry's data
+    /// after its other fields, each behind the length its whole encoding has.
+    pub fn encode_shared(mut self) -> PeerBytes {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        use prost::Message as _;
+        /// Field numbers, as `PeerFrame`, `GroupMessage` and raft-rs's `eraftpb.proto` give them.
+        const MESSAGES: u32 = 2;
+        const MESSAGE: u32 = 3;
+        const ENTRIES: u32 = 7;
+        const DATA: u32 = 4;
+        let messages = std::mem::take(&mut self.messages);
+        let mut chunks = Vec::new();
+        let mut scratch = Vec::with_capacity(256);
+        self.encode(&mut scratch).expect("a Vec grows");
+        for mut group in messages {
+            encode_key(MESSAGES, WireType::LengthDelimited, &mut scratch);
+            encode_varint(group.encoded_len() as u64, &mut scratch);
+            let message = group.message.take();
+            group.encode(&mut scratch).expect("a Vec grows");
+            let Some(mut message) = message else {
+                continue;
+            };
+            encode_key(MESSAGE, WireType::LengthDelimited, &mut scratch);
+            encode_varint(message.encoded_len() as u64, &mut scratch);
+            let entries = std::mem::take(&mut message.entries);
+            message.encode(&mut scratch).expect("a Vec grows");
+            for mut entry in entries {
+                encode_key(ENTRIES, WireType::LengthDelimited, &mut scratch);
+                encode_varint(entry.encoded_len() as u64, &mut scratch);
+                let data = std::mem::take(&mut entry.data);
+                entry.encode(&mut scratch).expect("a Vec grows");
+                if data.is_empty() {
+                    continue;
+                }
+                encode_key(DATA, WireType::LengthDelimited, &mut scratch);
+                encode_varint(data.len() as u64, &mut scratch);
+                if data.len() < SHARED_DATA_MIN {
+                    scratch.extend_from_slice(&data);
+                } else {
+                    chunks.push(Bytes::from(std::mem::take(&mut scratch)));
+                    chunks.push(data);
+                }
+            }
+        }
+        if !scratch.is_empty() {
+            chunks.push(Bytes::from(scratch));
+        }
+        PeerBytes { chunks }
+    }
+}
+
 /// Where a fault on the wire struck: the partition and Raft index of the entry damaged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DamagedEntry {
@@ -493,4 +596,93 @@ pub struct GroupMessage {
     /// The raft-rs message.
     #[prost(message, optional, tag = "3")]
     pub message: Option<raft::eraftpb::Message>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+    use raft::eraftpb::{Entry, EntryType, Message, MessageType};
+
+    fn entry(index: u64, data: usize) -> Entry {
+        Entry {
+            entry_type: EntryType::EntryNormal as i32,
+            term: 3,
+            index,
+            data: Bytes::from(vec![index as u8; data]),
+            ..Entry::default()
+        }
+    }
+
+    /// A frame with what the replicated path sends: appends of long and short entries,
+    /// an empty entry, a message without entries, a group without a message, a join.
+    fn frame() -> PeerFrame {
+        let append = Message {
+            msg_type: MessageType::MsgAppend as i32,
+            to: 2,
+            from: 1,
+            term: 3,
+            index: 9,
+            log_term: 3,
+            commit: 8,
+            entries: vec![
+                entry(10, 4096),
+                entry(11, 12),
+                entry(12, 0),
+                entry(13, 300_000),
+            ],
+            ..Message::default()
+        };
+        let heartbeat = Message {
+            msg_type: MessageType::MsgHeartbeat as i32,
+            commit: 8,
+            ..Message::default()
+        };
+        let group = |index, message| GroupMessage {
+            partition: Some(TopicRef {
+                name: "orders".into(),
+                id: vec![7; 16],
+            }),
+            index,
+            message,
+        };
+        PeerFrame {
+            from: 1,
+            messages: vec![
+                group(0, Some(append)),
+                group(1, Some(heartbeat)),
+                group(2, None),
+            ],
+            join: Some(BrokerRegistration::default()),
+            ..PeerFrame::default()
+        }
+    }
+
+    #[test]
+    fn a_frame_in_pieces_decodes_as_the_frame_and_shares_long_entries() {
+        let frame = frame();
+        let whole = frame.encode_to_vec();
+        let shared = frame.clone().encode_shared();
+        assert_eq!(shared.len(), whole.len());
+        let decoded = PeerFrame::decode(shared.to_bytes()).expect("decodes");
+        assert_eq!(decoded, frame);
+        // The two long entries travel as their own bytes, not copies of them.
+        let data = |i: usize| &frame.messages[0].message.as_ref().unwrap().entries[i].data;
+        let pieces: Vec<&Bytes> = (shared.chunks().iter())
+            .filter(|c| c.len() >= SHARED_DATA_MIN)
+            .collect();
+        assert_eq!(pieces.len(), 2);
+        for (piece, i) in pieces.into_iter().zip([0, 3]) {
+            assert_eq!(piece.as_ptr(), data(i).as_ptr(), "entry {i} was copied");
+        }
+        // A frame without entries is one piece.
+        let join = PeerFrame {
+            from: 4,
+            join: Some(BrokerRegistration::default()),
+            ..PeerFrame::default()
+        };
+        let pieces = join.clone().encode_shared();
+        assert_eq!(pieces.chunks().len(), 1);
+        assert_eq!(pieces.to_bytes(), join.encode_to_vec());
+    }
 }

@@ -30,7 +30,7 @@ use raft::eraftpb::{ConfState, EntryType, HardState, Message, MessageType, Snaps
 use raft::Storage as _;
 use tracing::{debug, info, warn};
 
-use crate::batch::{self, BatchView};
+use crate::batch::{self, BatchView, StampedBatch};
 use crate::canary::{is_planted, Canary};
 use crate::config::TopicConfig;
 use crate::consensus::{GroupConfig, ProposeError, RaftGroup, RaftPersist};
@@ -549,7 +549,8 @@ impl Replica {
             let Some(meta) = store.meta(entry.index).filter(|m| m.term == entry.term) else {
                 continue;
             };
-            let mut bytes = entry_batch(entry);
+            // A rare rewrite in place: stamped in a copy of its own.
+            let mut bytes = BytesMut::from(&entry_batch(entry)[..]);
             batch::stamp_base_offset(&mut bytes, meta.base_offset);
             batch::stamp_leader_epoch(&mut bytes, entry.term as i32);
             let intact = BatchView::split_first(&bytes)
@@ -1209,7 +1210,7 @@ fn write_entries(
                 // The leader validated it; bytes that do not parse mean a bug upstream.
                 // Every replica receives the same bytes, so all write the same marker.
                 warn!(partition = %log.partition(), index = entry.index, "entry is not one batch; storing a marker");
-                bytes = batch::leader_change_batch(entry.term);
+                bytes = batch::leader_change_batch(entry.term).freeze();
                 let crc = BatchView::split_first(&bytes)
                     .ok()
                     .map(|(v, _)| v.stored_crc());
@@ -1217,8 +1218,7 @@ fn write_entries(
             }
         };
         let base_offset = log.log_end_offset();
-        batch::stamp_base_offset(&mut bytes, base_offset);
-        batch::stamp_leader_epoch(&mut bytes, entry.term as i32);
+        let bytes = StampedBatch::new(bytes, base_offset, Some(entry.term as i32));
         let size = bytes.len() as u32;
         log.maybe_roll(u64::from(size), now.wall, topic, ops);
         let at = log.end_point();
@@ -1240,7 +1240,7 @@ fn write_entries(
         };
         ops.push(StorageOp::Append {
             segment: log.active_segment_id(),
-            data: bytes.freeze(),
+            data: bytes,
         });
         if let Some(batch) = producer {
             let written = Written::of(&batch, entry.index, entry.term, Some(base_offset));
@@ -1429,13 +1429,15 @@ fn arrived_intact(entry: &raft::eraftpb::Entry) -> bool {
             .is_ok_and(|(view, rest)| rest.is_empty() && view.crc_ok())
 }
 
-/// The batch an entry stands for, before its offset and epoch are stamped.
-fn entry_batch(entry: &raft::eraftpb::Entry) -> BytesMut {
+/// The batch an entry stands for, before its offset and epoch are stamped: a data entry's
+/// own bytes (shared, not copied), or the control batch that stands for a membership change
+/// or a leader's empty entry.
+fn entry_batch(entry: &raft::eraftpb::Entry) -> Bytes {
     if entry.get_entry_type() != EntryType::EntryNormal {
-        batch::control_batch(batch::MEMBERSHIP_CONTROL_TYPE, Some(&entry.data))
+        batch::control_batch(batch::MEMBERSHIP_CONTROL_TYPE, Some(&entry.data)).freeze()
     } else if entry.data.is_empty() {
-        batch::leader_change_batch(entry.term)
+        batch::leader_change_batch(entry.term).freeze()
     } else {
-        BytesMut::from(&entry.data[..])
+        entry.data.clone()
     }
 }

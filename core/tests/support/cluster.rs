@@ -131,7 +131,7 @@ impl Cluster {
                                 node.broker.handle_storage(Now::at(self.now), c);
                             }
                         }
-                        Output::Peer { to, frame } => frames.push((id, to, frame)),
+                        Output::Peer { to, frame } => frames.push((id, to, frame.to_bytes())),
                         Output::Observed(Observation::Elected { term, .. }) => {
                             self.elections.push((id, term))
                         }

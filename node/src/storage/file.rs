@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, IoSlice, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -445,8 +445,8 @@ impl Storage for FileStorage {
                 self.open_segment(&id, true)?;
             }
             StorageOp::Append { segment, data } => {
-                let mut file = &*self.open_segment(&segment, true)?;
-                file.write_all(&data)
+                let file = &*self.open_segment(&segment, true)?;
+                write_parts(file, data.parts())
                     .with_context(|| format!("appending to {segment:?}"))?;
             }
             StorageOp::SealSegment { segment, index } => {
@@ -567,6 +567,21 @@ impl Storage for FileStorage {
             .context("flushing broker state at shutdown")?;
         Ok(())
     }
+}
+
+/// Writes `parts` one after the other, in one `writev` when the file takes them all.
+fn write_parts(mut file: &File, parts: [&[u8]; 2]) -> std::io::Result<()> {
+    let mut slices = parts.map(IoSlice::new);
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(written) => IoSlice::advance_slices(&mut rest, written),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn run_syncs(jobs: mpsc::Receiver<SyncJob>, report: SyncReport) {
@@ -853,6 +868,7 @@ fn decode_hex_id(s: &str) -> anyhow::Result<[u8; 16]> {
 mod tests {
     use super::*;
     use prost::Message as _;
+    use seedlog_core::batch::StampedBatch;
     use seedlog_core::consensus::eraftpb::HardState;
 
     /// A sync of many partitions' files goes through the helpers: it must be reported once,
@@ -876,12 +892,18 @@ mod tests {
                 base_offset: 0,
             })
             .collect();
-        for (i, segment) in segments.iter().enumerate() {
+        let batches: Vec<StampedBatch> = (0..segments.len())
+            .map(|i| {
+                let value = vec![i as u8; 1000 + i];
+                let batch = seedlog_core::batch::data_batch(1000, &[(None, Some(&value[..]))]);
+                StampedBatch::new(batch.freeze(), i as i64, None)
+            })
+            .collect();
+        for (segment, batch) in segments.iter().zip(&batches) {
             storage.execute(StorageOp::CreateSegment(segment.clone()))?;
-            let data = Bytes::from(vec![i as u8; 1000 + i]);
             storage.execute(StorageOp::Append {
                 segment: segment.clone(),
-                data,
+                data: batch.clone(),
             })?;
         }
         storage.execute(StorageOp::Sync {
@@ -894,9 +916,9 @@ mod tests {
             "{reported:?}"
         );
         assert!(rx.try_recv().is_err(), "one report per sync");
-        for (i, segment) in segments.iter().enumerate() {
+        for (segment, batch) in segments.iter().zip(&batches) {
             let on_disk = fs::read(storage.segment_path(segment, "log"))?;
-            assert_eq!(on_disk, vec![i as u8; 1000 + i]);
+            assert_eq!(on_disk, batch.to_vec());
         }
         storage.close()?;
         fs::remove_dir_all(&root)?;
@@ -1019,16 +1041,18 @@ mod tests {
             partition: tp.clone(),
             base_offset: 0,
         };
-        let mut batches = BytesMut::new();
-        for base in 0..3 {
-            let mut one = seedlog_core::batch::data_batch(1000, &[(None, Some(&b"acked"[..]))]);
-            seedlog_core::batch::stamp_base_offset(&mut one, base);
-            batches.extend_from_slice(&one);
-        }
-        let len = batches.len() / 3;
-        // The second batch's length, two bits (one would be mended): a cut, not a torn tail.
-        batches[len + 8] ^= 0x40;
-        batches[len + 11] ^= 0x01;
+        let batches: Vec<StampedBatch> = (0..3)
+            .map(|base| {
+                let mut one = seedlog_core::batch::data_batch(1000, &[(None, Some(&b"acked"[..]))]);
+                if base == 1 {
+                    // The second batch's length, two bits (one would be mended): a cut, not
+                    // a torn tail.
+                    one[8] ^= 0x40;
+                    one[11] ^= 0x01;
+                }
+                StampedBatch::new(one.freeze(), base, None)
+            })
+            .collect();
         {
             let mut storage = open(&root)?;
             storage.execute(StorageOp::SaveTopic {
@@ -1040,10 +1064,12 @@ mod tests {
                 },
             })?;
             storage.execute(StorageOp::CreateSegment(segment.clone()))?;
-            storage.execute(StorageOp::Append {
-                segment: segment.clone(),
-                data: batches.freeze(),
-            })?;
+            for data in batches {
+                storage.execute(StorageOp::Append {
+                    segment: segment.clone(),
+                    data,
+                })?;
+            }
             storage.close()?;
         }
         let mut storage = open(&root)?;
