@@ -69,11 +69,11 @@ enum Command {
 /// kernel. Every produce request is a buffer of up to a megabyte or more, read and then
 /// freed; glibc's defaults serve such sizes with `mmap` at first and give the top of the heap
 /// back once 2× that much is free, so each new request buffer faulted its pages in again,
-/// zero-filled: about a third of one broker's CPU per record under kcat (0.17 against 0.12
-/// CPU-s per million in paired runs, BENCHMARKS.md thirteenth session). Buffers below 32 MiB
-/// (glibc's largest mmap threshold) now come from the heap, and the heap keeps up to 128 MiB
-/// free before it shrinks: RSS after a load is some ten megabytes higher, and stays bounded by
-/// the peak in use.
+/// zero-filled: about a third of one broker's CPU per record under kcat (0.185 against 0.12
+/// CPU-s per million, medians of eight alternating pairs; BENCHMARKS.md, thirteenth
+/// session). Buffers below 32 MiB (glibc's largest mmap threshold) now come from the heap,
+/// and the heap keeps up to 128 MiB free before it shrinks: RSS after a load is some ten
+/// megabytes higher, and stays bounded by the peak in use.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
