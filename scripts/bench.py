@@ -160,13 +160,15 @@ def librdkafka_produce(broker, records, size, acks):
     return rate, (broker.cpu_seconds() - cpu0) / records * 1e6
 
 
-def three_nodes(workdir):
+def three_nodes(workdir, exe=None, admins=()):
     """Three brokers on loopback, one metadata quorum: returns them once all three are
-    registered, leader first for a topic `r3` of one partition replicated three ways."""
+    registered, leader first for a topic `r3` of one partition replicated three ways.
+    `admins`: an admin listener address for each broker, in start order (ids 1, 2, 3)."""
     from confluent_kafka.admin import AdminClient
     peers = [free_port() for _ in range(3)]
     voters = ",".join(f"{i + 1}@127.0.0.1:{p}" for i, p in enumerate(peers))
-    brokers = [Broker(workdir, "--broker-id", str(i + 1), "--controller-quorum-voters", voters)
+    brokers = [Broker(workdir, "--broker-id", str(i + 1), "--controller-quorum-voters", voters,
+                      *(["--admin-listen", admins[i]] if admins else []), exe=exe)
                for i in range(3)]
     admin = AdminClient({"bootstrap.servers": ",".join(b.bootstrap for b in brokers)})
     deadline = time.time() + 60
@@ -492,34 +494,41 @@ def quantile(xs, q):
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
-def latency_run(workdir, exe, acks, rate, seconds=5):
-    """One `seedlog bench e2e` on a fresh broker with its admin listener, the disk probed
-    at the same time: (report, the probe's fdatasync p99 in ms)."""
-    admin = f"127.0.0.1:{free_port()}"
-    b = Broker(workdir, "--admin-listen", admin, exe=exe)
+def latency_run(workdir, exe, acks, rate, brokers=1, seconds=5):
+    """One `seedlog bench e2e` on fresh brokers with their admin listeners, the disk probed
+    at the same time: (report, the probe's fdatasync p99 in ms). Three brokers run topic
+    `r3` (one partition, replication factor 3), the load generator on its leader."""
+    admins = [f"127.0.0.1:{free_port()}" for _ in range(brokers)]
+    if brokers == 1:
+        nodes, topic = [Broker(workdir, "--admin-listen", admins[0], exe=exe)], "latency"
+    else:
+        nodes, topic = three_nodes(workdir, exe, admins), "r3"
     probe = FsyncProbe(workdir)
     try:
         probe.start()
-        r = bench(b, "e2e", "--rate", str(rate), "--seconds", str(seconds), "--acks", acks,
-                  "--topic", "latency", "--admin", admin)
+        r = bench(nodes[0], "e2e", "--rate", str(rate), "--seconds", str(seconds),
+                  "--acks", acks, "--topic", topic, *(a for x in admins for a in ("--admin", x)))
         return r, probe.stop()
     finally:
         probe.done.set()
-        b.stop()
+        for node in nodes:
+            node.stop()
 
 
-def latency_targets(workdir, rate, pairs, against=None):
-    """Issue 16's latency targets on one broker: p99 produce-to-consume at most the disk's
-    fdatasync p99 (probed during the run) plus 1 ms, and p99.9 at most 10 ms, at `rate`
-    records/s, acks=1 and acks=all. With `against` (another seedlog binary), runs of the
-    two alternate, pair by pair, with the same load generator."""
+def latency_targets(workdir, rate, pairs, against=None, brokers=1):
+    """Issue 16's latency targets on one broker (or three, replication factor 3): p99
+    produce-to-consume at most the disk's fdatasync p99 (probed during the run) plus 1 ms,
+    and p99.9 at most 10 ms, at `rate` records/s, acks=1 and acks=all. With `against`
+    (another seedlog binary), runs of the two alternate, pair by pair, with the same load
+    generator."""
+    where = "one broker" if brokers == 1 else "three brokers RF 3, one partition"
     lines = []
     for acks in ("1", "all"):
         runs = {"this": [], "against": []}
         for i in range(pairs):
             order = [("this", None), ("against", against)] if against else [("this", None)]
             for name, exe in (order if i % 2 == 0 else order[::-1]):
-                runs[name].append(latency_run(workdir, exe, acks, rate))
+                runs[name].append(latency_run(workdir, exe, acks, rate, brokers))
         for name, results in runs.items():
             if not results:
                 continue
@@ -529,7 +538,7 @@ def latency_targets(workdir, rate, pairs, against=None):
             met = sum(a <= d + 1 for a, d in zip(p99, disk))
             who = "" if not against else f" ({name}: {against if name == 'against' else binary()})"
             lines.append(
-                f"- one broker, acks={acks}, {rate:,} records/s{who}, {len(results)} runs: "
+                f"- {where}, acks={acks}, {rate:,} records/s{who}, {len(results)} runs: "
                 f"p50 {median([r['latency_ms'][0] for r, _ in results]):.2f} ms, "
                 f"p99 {median(p99):.2f} ms ({min(p99):.2f}-{max(p99):.2f}), "
                 f"p99.9 {median(p999):.2f} ms ({min(p999):.2f}-{max(p999):.2f}); disk's fdatasync "
@@ -566,13 +575,16 @@ def main():
                     help="records/s offered by --only latency (default 250000)")
     ap.add_argument("--against", help="--only latency: another seedlog binary, run in turn "
                     "with this one (paired runs, the same load generator)")
+    ap.add_argument("--brokers", type=int, choices=[1, 3], default=1,
+                    help="--only latency: one broker, or three with replication factor 3 "
+                    "(one partition, the load on its leader)")
     args = ap.parse_args()
     n = 200_000 if args.quick else 2_000_000
     pairs = args.pairs or (1 if args.quick else 5)
     workdir = tempfile.mkdtemp(prefix="seedlog-bench-")
     if args.only == "latency":
         try:
-            print(latency_targets(workdir, args.rate, pairs, args.against))
+            print(latency_targets(workdir, args.rate, pairs, args.against, args.brokers))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         return
