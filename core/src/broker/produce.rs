@@ -57,6 +57,20 @@ fn batch_error_code(e: BatchError) -> ResponseError {
 
 /// Validates a produce payload against the topic's limits; the batches' summaries. Only
 /// the broker itself writes control batches (transaction markers), as in Kafka.
+/// A replicated partition's batches outlive the request that brought them (in Raft's log
+/// until written, in the frames queued for its followers), and a slice of the request
+/// holds all of it: they stay a slice while they are at least an eighth of the request's
+/// records, and get a compact copy below that, so what the queues hold is at most eight
+/// times what they carry.
+fn own_share(records: Bytes, request_payload: usize) -> Bytes {
+    const SHARE_MIN_PART: usize = 8;
+    if records.len() * SHARE_MIN_PART < request_payload {
+        Bytes::copy_from_slice(&records)
+    } else {
+        records
+    }
+}
+
 pub(super) fn check_batches(
     records: &Bytes,
     config: &TopicConfig,
@@ -117,6 +131,10 @@ impl Broker {
         let mut sync_token = None;
         let mut proposals = Vec::new();
         let transactional_id = request.transactional_id.as_ref().map(|t| t.0.to_string());
+        let payload: usize = (request.topic_data.iter())
+            .flat_map(|topic| &topic.partition_data)
+            .map(|partition| partition.records.as_ref().map_or(0, Bytes::len))
+            .sum();
         for (t, topic_data) in request.topic_data.into_iter().enumerate() {
             let mut topic_response =
                 TopicProduceResponse::default().with_name(topic_data.name.clone());
@@ -146,7 +164,7 @@ impl Broker {
                     let mut answer = PartitionProduceResponse::default()
                         .with_index(index)
                         .with_base_offset(-1);
-                    let records = partition_data.records;
+                    let records = partition_data.records.map(|r| own_share(r, payload));
                     let by_broker = reply_to.is_broker();
                     match self.propose_batches(now, name, index, records, acks, by_broker) {
                         Ok(proposed) => {
@@ -353,4 +371,20 @@ struct Appended {
     log_start_offset: i64,
     /// The sync to wait for; `None` if the batch is durable already.
     sync_token: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_share_of_a_request_gets_a_copy_of_its_own() {
+        let request = Bytes::from(vec![7u8; 8000]);
+        let large = request.slice(0..1000);
+        assert_eq!(own_share(large.clone(), 8000).as_ptr(), large.as_ptr());
+        let small = request.slice(0..999);
+        let owned = own_share(small.clone(), 8000);
+        assert_ne!(owned.as_ptr(), small.as_ptr());
+        assert_eq!(owned, small);
+    }
 }

@@ -440,8 +440,9 @@ impl Broker {
         let mut proposed: Option<Proposed> = None;
         let mut at = 0;
         for summary in &summaries {
-            // A slice of the request, shared by Raft's copies of the entry until it is
-            // written and cached (the cache keeps a compact copy: see `EntryLog::push`).
+            // A slice of the request (or of its own copy: `own_share`), shared by Raft's
+            // copies of the entry and the frames to followers until it is written and sent
+            // (the resend cache keeps a compact copy: see `EntryLog::push`).
             let mut one = records.slice(at..at + summary.size);
             at += summary.size;
             if log_append_time >= 0 {
