@@ -64,8 +64,17 @@ class Broker:
         return f"127.0.0.1:{self.port}"
 
     def cpu_seconds(self):
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+        """The broker's CPU time so far: each thread's time on a CPU in nanoseconds
+        (schedstat), summed. utime + stime count in clock ticks of 10 ms, a tenth of what one
+        broker spends on a million records; they stand in where schedstat is missing. Every
+        broker thread lives as long as the broker, so none takes its time away with it."""
+        tasks = Path(f"/proc/{self.proc.pid}/task")
+        try:
+            return sum(int((t / "schedstat").read_text().split()[0])
+                       for t in tasks.iterdir()) / 1e9
+        except (OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
     def rss_mb(self):
         pages = int(Path(f"/proc/{self.proc.pid}/statm").read_text().split()[1])
