@@ -377,9 +377,9 @@ impl StampedBatch {
         );
         let mut head = [0u8; STAMPED_HEAD];
         head.copy_from_slice(&batch[..STAMPED_HEAD]);
-        head[..8].copy_from_slice(&base_offset.to_be_bytes());
+        stamp_base_offset(&mut head, base_offset);
         if let Some(epoch) = leader_epoch {
-            head[LEADER_EPOCH_OFFSET..].copy_from_slice(&epoch.to_be_bytes());
+            stamp_leader_epoch(&mut head, epoch);
         }
         StampedBatch {
             head,
@@ -404,15 +404,13 @@ impl StampedBatch {
 
     /// The stamped batch in one piece (a copy).
     pub fn to_vec(&self) -> Vec<u8> {
-        [&self.head[..], &self.body].concat()
+        self.parts().concat()
     }
 
     /// The offset after the batch's last record.
     pub fn next_offset(&self) -> i64 {
-        let base = i64::from_be_bytes(self.head[..8].try_into().expect("eight bytes"));
-        let at = LAST_OFFSET_DELTA_OFFSET - STAMPED_HEAD;
-        let delta = i32::from_be_bytes(self.body[at..at + 4].try_into().expect("four bytes"));
-        base + i64::from(delta) + 1
+        let delta = read_i32(&self.body, LAST_OFFSET_DELTA_OFFSET - STAMPED_HEAD);
+        read_i64(&self.head, 0) + i64::from(delta) + 1
     }
 }
 
@@ -428,13 +426,13 @@ impl std::fmt::Debug for StampedBatch {
 }
 
 /// Writes the leader-assigned base offset into a batch held in `buf`.
-pub fn stamp_base_offset(buf: &mut BytesMut, base_offset: i64) {
+pub fn stamp_base_offset(buf: &mut [u8], base_offset: i64) {
     buf[0..8].copy_from_slice(&base_offset.to_be_bytes());
 }
 
 /// Writes the leader epoch (the Raft term of the entry) into a batch held in `buf`; like the
 /// base offset it sits outside the CRC.
-pub fn stamp_leader_epoch(buf: &mut BytesMut, epoch: i32) {
+pub fn stamp_leader_epoch(buf: &mut [u8], epoch: i32) {
     buf[LEADER_EPOCH_OFFSET..LEADER_EPOCH_OFFSET + 4].copy_from_slice(&epoch.to_be_bytes());
 }
 
@@ -648,14 +646,17 @@ fn put_varint(out: &mut Vec<u8>, value: i64) {
     out.push(raw as u8);
 }
 
-/// Marks a batch as `LogAppendTime` with `append_time` as its max timestamp, and re-seals
-/// its CRC. Record timestamps are left alone: with that bit set, readers ignore them.
-pub fn stamp_log_append_time(buf: &mut BytesMut, append_time: i64) {
-    let attributes = read_i16(buf, ATTRIBUTES_OFFSET) | TIMESTAMP_TYPE_BIT;
+/// A copy of `batch` marked as `LogAppendTime` with `append_time` as its max timestamp, its
+/// CRC re-sealed (the CRC covers both, so the batch as it came cannot be shared). Record
+/// timestamps are left alone: with that bit set, readers ignore them.
+pub fn with_log_append_time(batch: &[u8], append_time: i64) -> Bytes {
+    let mut buf = BytesMut::from(batch);
+    let attributes = read_i16(&buf, ATTRIBUTES_OFFSET) | TIMESTAMP_TYPE_BIT;
     buf[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
     buf[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8].copy_from_slice(&append_time.to_be_bytes());
     let crc = crc32c::crc32c(&buf[ATTRIBUTES_OFFSET..]);
     buf[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+    buf.freeze()
 }
 
 /// Makes a batch an idempotent producer's: its producer id, epoch and first sequence, and
@@ -722,7 +723,8 @@ mod tests {
         assert_eq!(stamped.parts().concat(), copy.to_vec());
         assert_eq!(stamped.len(), batch.len());
         assert_eq!(stamped.next_offset(), 44);
-        let (view, rest) = BatchView::split_first(&copy).expect("a batch");
+        let written = stamped.to_vec();
+        let (view, rest) = BatchView::split_first(&written).expect("a batch");
         assert!(
             rest.is_empty() && view.crc_ok(),
             "the stamp is outside the CRC"

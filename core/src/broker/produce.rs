@@ -3,7 +3,7 @@
 use crate::time::Now;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::produce_request::ProduceRequest;
 use kafka_protocol::messages::produce_response::{
     PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
@@ -55,8 +55,6 @@ fn batch_error_code(e: BatchError) -> ResponseError {
     }
 }
 
-/// Validates a produce payload against the topic's limits; the batches' summaries. Only
-/// the broker itself writes control batches (transaction markers), as in Kafka.
 /// A replicated partition's batches outlive the request that brought them (in Raft's log
 /// until written, in the frames queued for its followers), and a slice of the request
 /// holds all of it: they stay a slice while they are at least an eighth of the request's
@@ -71,6 +69,8 @@ fn own_share(records: Bytes, request_payload: usize) -> Bytes {
     }
 }
 
+/// Validates a produce payload against the topic's limits; the batches' summaries. Only
+/// the broker itself writes control batches (transaction markers), as in Kafka.
 pub(super) fn check_batches(
     records: &Bytes,
     config: &TopicConfig,
@@ -305,9 +305,7 @@ impl Broker {
         for summary in &summaries {
             let mut one = payload.split_to(summary.size);
             let max_timestamp = if log_append_time >= 0 {
-                let mut copy = BytesMut::from(&one[..]);
-                batch::stamp_log_append_time(&mut copy, log_append_time);
-                one = copy.freeze();
+                one = batch::with_log_append_time(&one, log_append_time);
                 log_append_time
             } else {
                 summary.max_timestamp

@@ -4,7 +4,7 @@
 use crate::time::Now;
 use std::collections::BTreeSet;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::offset_for_leader_epoch_request::{
     OffsetForLeaderEpochRequest, OffsetForLeaderPartition,
 };
@@ -446,9 +446,7 @@ impl Broker {
             let mut one = records.slice(at..at + summary.size);
             at += summary.size;
             if log_append_time >= 0 {
-                let mut stamped = BytesMut::from(&one[..]);
-                batch::stamp_log_append_time(&mut stamped, log_append_time);
-                one = stamped.freeze();
+                one = batch::with_log_append_time(&one, log_append_time);
             }
             let (index, term) = replica
                 .propose(one)
