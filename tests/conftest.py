@@ -100,10 +100,12 @@ def workdir(request):
         keep = keep / request.node.name
         shutil.rmtree(keep, ignore_errors=True)
         keep.mkdir(parents=True, exist_ok=True)
-        for log in sorted(path.glob("seedlog-*.log")):
-            shutil.copy(log, keep / log.name)
+        # A dev cluster keeps each broker's log in its own directory (dev/node-N/).
+        for log in sorted(path.glob("**/seedlog*.log")):
+            name = str(log.relative_to(path)).replace("/", "_")
+            shutil.copy(log, keep / name)
             tail = log.read_text(errors="replace").splitlines()[-25:]
-            print(f"\n== last lines of {log.name} (whole log kept in {keep})")
+            print(f"\n== last lines of {name} (whole log kept in {keep})")
             print("\n".join(tail))
     shutil.rmtree(path, ignore_errors=True)
 

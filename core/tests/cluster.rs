@@ -55,6 +55,34 @@ fn three_brokers_elect_one_controller_and_every_broker_applies_every_topic() {
 }
 
 #[test]
+fn metadata_names_only_a_controller_it_lists() {
+    // From the first step: a client sends admin requests to the named controller, so one
+    // it cannot find among the brokers stalls it (librdkafka waited out a CreateTopics).
+    let mut cluster = Cluster::new(3, 1000);
+    let mut named = BTreeSet::new();
+    for _ in 0..60 {
+        cluster.advance(50);
+        for id in 1..=3 {
+            let (_, brokers, controller) = cluster.metadata(id);
+            assert!(
+                controller == -1 || brokers.contains(&controller),
+                "broker {id} names controller {controller} but lists {brokers:?}"
+            );
+            named.insert(controller);
+        }
+    }
+    assert!(named.len() > 1, "no controller named: {named:?}");
+    let controller = cluster.controller();
+    for id in 1..=3 {
+        assert_eq!(
+            cluster.metadata(id).2,
+            controller,
+            "settled: every broker names the leader"
+        );
+    }
+}
+
+#[test]
 fn a_cut_off_controller_is_replaced_and_catches_up_from_a_snapshot() {
     let mut cluster = Cluster::new(3, 5);
     cluster.advance(5_000);

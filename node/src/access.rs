@@ -3,6 +3,8 @@
 //! (AlterUserScramCredentials, DescribeUserScramCredentials, CreateAcls, DescribeAcls,
 //! DeleteAcls). Run them against a listener where you are a super user.
 
+use std::net::SocketAddr;
+
 use anyhow::{anyhow, bail};
 use clap::{Args, Subcommand};
 use kafka_protocol::messages::alter_user_scram_credentials_request::{
@@ -133,7 +135,7 @@ pub async fn run_users(command: UsersCommand) -> anyhow::Result<()> {
             Ok(())
         }
         UsersCommand::List(target) => {
-            for (user, mechanisms) in users(&mut target.client().await?).await? {
+            for (user, mechanisms) in users(&mut target.client().await?, None).await? {
                 let list: Vec<String> = mechanisms
                     .iter()
                     .map(|(m, i)| format!("{m} (iterations {i})"))
@@ -151,7 +153,7 @@ pub async fn run_users(command: UsersCommand) -> anyhow::Result<()> {
             let mechanisms: Vec<Mechanism> = match mechanism {
                 Some(name) => vec![mechanism_named(&name)?],
                 None => {
-                    let all = users(&mut client).await?;
+                    let all = users(&mut client, None).await?;
                     let mine = all.into_iter().find(|(u, _)| *u == user);
                     let mine = mine.ok_or_else(|| anyhow!("no user {user}"))?;
                     mine.1
@@ -249,16 +251,27 @@ fn refusal(code: i16, message: Option<StrBytes>) -> anyhow::Result<()> {
 }
 
 /// Users and their (mechanism, iterations).
-async fn users(client: &mut ClusterClient) -> anyhow::Result<Vec<(String, Vec<(String, i32)>)>> {
-    let request = DescribeUserScramCredentialsRequest::default().with_users(None);
-    let response = client
-        .call_any(
-            ApiKey::DescribeUserScramCredentials,
-            0,
-            RequestKind::DescribeUserScramCredentials(request),
-        )
+/// True if the broker at `addr` knows a credential of `user`.
+pub async fn user_known(client: &mut ClusterClient, addr: SocketAddr, user: &str) -> bool {
+    users(client, Some(addr))
         .await
-        .map_err(|e| anyhow!("DescribeUserScramCredentials: {e:?}"))?;
+        .is_ok_and(|all| all.iter().any(|(u, _)| u == user))
+}
+
+/// Every user with a credential, as the broker at `addr` (or the next broker) knows them.
+async fn users(
+    client: &mut ClusterClient,
+    addr: Option<SocketAddr>,
+) -> anyhow::Result<Vec<(String, Vec<(String, i32)>)>> {
+    let request = RequestKind::DescribeUserScramCredentials(
+        DescribeUserScramCredentialsRequest::default().with_users(None),
+    );
+    let api = ApiKey::DescribeUserScramCredentials;
+    let response = match addr {
+        Some(addr) => client.call_addr(addr, api, 0, request).await,
+        None => client.call_any(api, 0, request).await,
+    }
+    .map_err(|e| anyhow!("DescribeUserScramCredentials: {e:?}"))?;
     let ResponseKind::DescribeUserScramCredentials(r) = response else {
         bail!("not a DescribeUserScramCredentials answer");
     };

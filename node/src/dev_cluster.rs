@@ -74,14 +74,17 @@ impl Secure {
             .env("SEEDLOG_PEER_SECRET", &self.peer_secret);
     }
 
-    /// Makes the admin user once the quorum answers, and writes client.properties.
+    /// Makes the admin user once the quorum answers, waits until every broker knows the
+    /// user and every other broker, and writes client.properties: a client that reads it
+    /// finds a cluster where any broker authenticates it and names a controller it lists.
     async fn finish(
         &self,
         dir: &std::path::Path,
         bootstrap: &str,
-        admin_port: u16,
+        admin_ports: std::ops::Range<u16>,
     ) -> anyhow::Result<()> {
-        let target = std::net::SocketAddr::from(([127, 0, 0, 1], admin_port));
+        let admin = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let target = admin(admin_ports.start);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let mut client =
@@ -108,6 +111,18 @@ impl Secure {
                 Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
             }
         }
+        let brokers = admin_ports.len();
+        let mut client = crate::client::ClusterClient::new(vec![target], Duration::from_secs(5));
+        for addr in admin_ports.map(admin) {
+            while !(knows_brokers(&mut client, addr, brokers).await
+                && crate::access::user_known(&mut client, addr, "admin").await)
+            {
+                if tokio::time::Instant::now() >= deadline {
+                    bail!("the broker at {addr} did not learn every broker and the admin user in time");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         let properties = format!(
             "bootstrap.servers={bootstrap}\nsecurity.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\n\
              sasl.username=admin\nsasl.password={}\nssl.ca.location={}\n",
@@ -119,6 +134,18 @@ impl Secure {
         info!(properties = %path.display(), user = "admin", "secure dev cluster ready: clients use SASL_SSL with the settings in this file");
         Ok(())
     }
+}
+
+/// True if the broker at `addr` lists `brokers` registered brokers in its Metadata.
+async fn knows_brokers(
+    client: &mut crate::client::ClusterClient,
+    addr: std::net::SocketAddr,
+    brokers: usize,
+) -> bool {
+    use kafka_protocol::messages::{ApiKey, MetadataRequest, RequestKind, ResponseKind};
+    let request = RequestKind::Metadata(MetadataRequest::default().with_topics(Some(Vec::new())));
+    let answer = client.call_addr(addr, ApiKey::Metadata, 12, request).await;
+    matches!(answer, Ok(ResponseKind::Metadata(m)) if m.brokers.len() == brokers)
 }
 
 /// Asks the kernel to send the child SIGTERM when this process dies, however it dies.
@@ -202,7 +229,8 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
     tokio::pin!(signal);
     if let Some(secure) = &secure {
         let bootstrap = listeners.join(",");
-        let made = secure.finish(&args.dir, &bootstrap, args.base_port + 200);
+        let admin_ports = args.base_port + 200..args.base_port + 200 + args.nodes;
+        let made = secure.finish(&args.dir, &bootstrap, admin_ports);
         tokio::select! {
             _ = &mut signal => return stop(&mut children),
             made = made => made?,

@@ -208,7 +208,18 @@ impl Broker {
                     .with_rack((!b.rack.is_empty()).then(|| str_bytes(&b.rack)))
             })
             .collect();
-        let controller = self.controller.leader().unwrap_or(-1);
+        // The active controller, once it is listed here: a client told of a controller it
+        // cannot find waits for it until its next metadata refresh (librdkafka's admin
+        // client waited out a 30 s CreateTopics so, just after start, while this broker had
+        // yet to apply the controller's own registration). Any broker takes admin requests
+        // (its proposals reach the active controller), so until then this broker names
+        // itself, as KRaft brokers name a live broker; with no controller known, none.
+        let listed = |id: &i32| brokers.iter().any(|b| b.node_id.0 == *id);
+        let controller = match self.controller.leader() {
+            Some(leader) if listed(&leader) => leader,
+            Some(_) if listed(&self.config.broker_id) => self.config.broker_id,
+            _ => -1,
+        };
         let mut response = MetadataResponse::default()
             .with_brokers(brokers)
             .with_cluster_id(Some(str_bytes(&self.config.cluster_id)))
