@@ -201,6 +201,11 @@ impl<'a> BatchView<'a> {
     pub fn crc_ok(&self) -> bool {
         crc32c::crc32c(&self.bytes[ATTRIBUTES_OFFSET..]) == self.stored_crc()
     }
+    /// The bytes the batch's own CRC leaves out: its base offset, length, leader epoch,
+    /// magic, and that CRC.
+    pub fn outside_crc(&self) -> &'a [u8] {
+        &self.bytes[..ATTRIBUTES_OFFSET]
+    }
 
     /// Full validation of a batch a producer sent: CRC, header consistency, and for
     /// uncompressed batches a walk over the record length prefixes.

@@ -23,7 +23,12 @@
 //! refused a handshake that named another version, so the handshake keeps their layout: the
 //! offer rides in the challenge, which they read as random bytes, and a version 1 acceptor
 //! is answered in version 1. A rolling upgrade therefore needs nothing: each connection
-//! speaks the newest version both ends know, version 2 once both ends run a binary with it.
+//! speaks the newest version both ends know, the newest once both ends run a binary with it.
+//! Version 3 keeps version 2's layout, but its CRC skips what the own CRC of each long record
+//! batch of a partition's append covers, reading that CRC instead (`PeerBytes::checksum`):
+//! the follower checks every such batch against its CRC before it takes it, so reading the
+//! batch for the frame's CRC as well cost the leader one pass over every replicated byte
+//! per follower, and each follower one more.
 
 use std::collections::BTreeMap;
 use std::io::IoSlice;
@@ -31,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use seedlog_core::cluster::records::PeerBytes;
+use seedlog_core::cluster::records::{self, PeerBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
@@ -76,7 +81,7 @@ const MAGIC: &[u8; 4] = b"SLPR";
 const HANDSHAKE: u8 = 1;
 
 /// The newest peer protocol version this binary speaks.
-pub const PROTOCOL_NEWEST: u8 = 2;
+pub const PROTOCOL_NEWEST: u8 = 3;
 
 /// The start of an acceptor's challenge that offers a version: then that version, then 12
 /// random bytes. A version 1 acceptor's random challenge starts so once in 2^24 handshakes:
@@ -427,19 +432,45 @@ async fn read_acks(mut acks: ReadHalf<PeerStream>, acked: Arc<Mutex<Instant>>) {
 }
 
 /// A frame's header in `version`: its length, and from version 2 on a CRC32C of that
-/// length and the frame (given in pieces).
-fn frame_header(frame: &[Bytes], version: u8) -> ([u8; 8], usize) {
-    let length = (frame.iter().map(Bytes::len).sum::<usize>() as u32).to_be_bytes();
+/// length and the frame (version 3's as `PeerBytes::checksum` takes it).
+fn frame_header(frame: &PeerBytes, version: u8) -> ([u8; 8], usize) {
+    let length = (frame.len() as u32).to_be_bytes();
+    let crc = match version {
+        ..=1 => None,
+        2 => Some(
+            frame
+                .chunks()
+                .iter()
+                .fold(crc32c::crc32c(&length), |crc, piece| {
+                    crc32c::crc32c_append(crc, piece)
+                }),
+        ),
+        _ => Some(frame.checksum(crc32c::crc32c(&length))),
+    };
+    header(length, crc)
+}
+
+/// The header of a frame of `length` bytes that arrived, in `version`.
+fn received_header(frame: &Bytes, version: u8) -> ([u8; 8], usize) {
+    let length = (frame.len() as u32).to_be_bytes();
+    let crc = match version {
+        ..=1 => None,
+        2 => Some(crc32c::crc32c_append(crc32c::crc32c(&length), frame)),
+        _ => Some(records::received_checksum(crc32c::crc32c(&length), frame)),
+    };
+    header(length, crc)
+}
+
+fn header(length: [u8; 4], crc: Option<u32>) -> ([u8; 8], usize) {
     let mut header = [0u8; 8];
     header[..4].copy_from_slice(&length);
-    if version < 2 {
-        return (header, 4);
+    match crc {
+        None => (header, 4),
+        Some(crc) => {
+            header[4..].copy_from_slice(&crc.to_be_bytes());
+            (header, 8)
+        }
     }
-    let crc = (frame.iter()).fold(crc32c::crc32c(&length), |crc, piece| {
-        crc32c::crc32c_append(crc, piece)
-    });
-    header[4..].copy_from_slice(&crc.to_be_bytes());
-    (header, 8)
 }
 
 /// The most pieces one `writev` takes (Linux's `IOV_MAX`).
@@ -455,7 +486,7 @@ async fn write_frames(
 ) -> std::io::Result<()> {
     let headers: Vec<([u8; 8], usize)> = frames
         .iter()
-        .map(|frame| frame_header(frame.chunks(), version))
+        .map(|frame| frame_header(frame, version))
         .collect();
     let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 3);
     for ((header, len), frame) in headers.iter().zip(frames) {
@@ -543,7 +574,7 @@ async fn forward_frames(
         };
         let frame = frame.freeze();
         if let Some(crc) = crc {
-            let (header, _) = frame_header(std::slice::from_ref(&frame), version);
+            let (header, _) = received_header(&frame, version);
             if header[4..] != crc.to_be_bytes() {
                 warn!(
                     peer = sender,
@@ -674,6 +705,8 @@ mod tests {
             (1, 1, 1),
             (3, 2, 2),
             (2, 3, 2),
+            (3, 3, 3),
+            (3, 1, 1),
         ] {
             let (proved, verified) = handshake(identity(1, d, "s"), identity(2, a, "s"));
             assert_eq!(
@@ -771,7 +804,7 @@ mod tests {
             r.read_to_end(&mut wire).await.expect("read back");
             let laid_out: Vec<u8> = (frames.iter())
                 .flat_map(|frame| {
-                    let (header, len) = frame_header(frame.chunks(), version);
+                    let (header, len) = frame_header(frame, version);
                     [&header[..len], &frame.to_bytes()[..]].concat()
                 })
                 .collect();
@@ -794,19 +827,24 @@ mod tests {
     #[test]
     fn a_frame_in_pieces_arrives_whole_under_its_crc() {
         use prost::Message as _;
+        use seedlog_core::cluster::records::TopicRef;
         use seedlog_core::cluster::records::{GroupMessage, PeerFrame};
+        use seedlog_core::consensus::eraftpb::MessageType;
         use seedlog_core::consensus::eraftpb::{Entry, Message};
+        // Three batches a partition's leader appends: version 3 leaves them to their CRCs.
         let entries = (1..=3)
             .map(|index| Entry {
                 index,
-                data: Bytes::from(vec![index as u8; 5000]),
+                data: seedlog_core::wire::record_batch([(None, &[index as u8; 5000][..], 0)]),
                 ..Entry::default()
             })
             .collect();
         let frame = PeerFrame {
             from: 1,
             messages: vec![GroupMessage {
+                partition: Some(TopicRef::default()),
                 message: Some(Message {
+                    msg_type: MessageType::MsgAppend as i32,
                     entries,
                     ..Message::default()
                 }),
@@ -820,16 +858,30 @@ mod tests {
             "{} pieces",
             pieces.chunks().len()
         );
-        for version in [1, 2] {
+        for version in [1, 2, 3] {
             let got = through_pieces(version, vec![pieces.clone(), pieces.clone()], None);
             assert_eq!(got.len(), 2);
             for bytes in got {
                 assert_eq!(PeerFrame::decode(bytes).expect("decodes"), frame);
             }
         }
-        // A bit flipped in the second piece of a version 2 frame: it does not arrive.
+        // A bit flipped in the second piece (a batch's records) of a version 2 frame: it
+        // does not arrive. In version 3 it arrives, to fail the batch's own CRC.
         let bit = (8 + pieces.chunks()[0].len() + 100) * 8;
-        assert!(through_pieces(2, vec![pieces], Some(bit)).is_empty());
+        assert!(through_pieces(2, vec![pieces.clone()], Some(bit)).is_empty());
+        let got = through_pieces(3, vec![pieces.clone()], Some(bit));
+        let decoded = PeerFrame::decode(got[0].clone()).expect("decodes");
+        let data = &decoded.messages[0]
+            .message
+            .as_ref()
+            .expect("message")
+            .entries[0]
+            .data;
+        let (batch, _) = seedlog_core::batch::BatchView::split_first(data).expect("a batch");
+        assert!(!batch.crc_ok());
+        // A bit flipped in its base offset, which no batch CRC covers: it does not arrive.
+        let bit = (8 + pieces.chunks()[0].len() + 3) * 8;
+        assert!(through_pieces(3, vec![pieces], Some(bit)).is_empty());
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! away keeps its tag retired.
 
 use bytes::Bytes;
+
+use crate::batch::BatchView;
 use std::collections::BTreeMap;
 
 pub use crate::security::acl::AclBinding;
@@ -383,12 +385,35 @@ pub struct PeerFrame {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PeerBytes {
     chunks: Vec<Bytes>,
+    /// The pieces (by position, ascending) that are [`checked_batch`]es.
+    batches: Vec<usize>,
 }
 
 impl PeerBytes {
     /// The pieces, in order.
     pub fn chunks(&self) -> &[Bytes] {
         &self.chunks
+    }
+
+    /// The frame's checksum in peer protocol version 3: `crc`, a running CRC32C, carried
+    /// over the frame but for what the own CRC of each [`checked_batch`] covers (that CRC
+    /// itself is read: the checksum binds the batch to it). The leader reads each such batch
+    /// once, at produce, not once more per follower; each follower reads it once, as it
+    /// checks it against that CRC. See [`received_checksum`] for the other end.
+    pub fn checksum(&self, crc: u32) -> u32 {
+        let mut batches = self.batches.iter().peekable();
+        let mut crc = crc;
+        for (i, chunk) in self.chunks.iter().enumerate() {
+            let read = match batches.next_if_eq(&&i) {
+                Some(_) => BatchView::split_first(chunk)
+                    .expect("checked when the frame was laid out")
+                    .0
+                    .outside_crc(),
+                None => &chunk[..],
+            };
+            crc = crc32c::crc32c_append(crc, read);
+        }
+        crc
     }
 
     /// Length of the whole frame.
@@ -415,6 +440,7 @@ impl From<Bytes> for PeerBytes {
     fn from(frame: Bytes) -> Self {
         PeerBytes {
             chunks: vec![frame],
+            batches: Vec::new(),
         }
     }
 }
@@ -422,6 +448,55 @@ impl From<Bytes> for PeerBytes {
 /// Entry data at least this long travels as a piece of its own; shorter data is copied into
 /// the frame, where a piece would cost more than the copy.
 const SHARED_DATA_MIN: usize = 1024;
+
+/// True if `entry` of `message` to a partition's group is a record batch that its receiver
+/// checks by the batch's own CRC before it takes it (a partition replica checks every entry
+/// of an append: `arrived_intact`), so the frame's checksum need not read what that CRC
+/// covers. Only long entries (pieces of their own), so the leader sees one at a glance.
+fn checked_batch(
+    group: &GroupMessage,
+    message: &raft::eraftpb::Message,
+    entry: &raft::eraftpb::Entry,
+) -> bool {
+    use raft::eraftpb::{EntryType, MessageType};
+    group.partition.is_some()
+        && message.get_msg_type() == MessageType::MsgAppend
+        && entry.get_entry_type() == EntryType::EntryNormal
+        && entry.data.len() >= SHARED_DATA_MIN
+        && BatchView::split_first(&entry.data).is_ok_and(|(_, rest)| rest.is_empty())
+}
+
+/// [`PeerBytes::checksum`] of a frame as it arrived: `crc` carried over `frame` but for
+/// what the own CRC of each [`checked_batch`] the frame decodes to covers. A frame that does
+/// not decode is read whole (the broker refuses it whatever its checksum).
+pub fn received_checksum(crc: u32, frame: &Bytes) -> u32 {
+    use prost::Message as _;
+    let mut crc = crc;
+    let mut read = 0;
+    if let Ok(decoded) = PeerFrame::decode(frame.clone()) {
+        for group in &decoded.messages {
+            let Some(message) = &group.message else {
+                continue;
+            };
+            for entry in &message.entries {
+                if !checked_batch(group, message, entry) {
+                    continue;
+                }
+                // Decoding from `Bytes` slices the frame rather than copying; a copy
+                // (never seen) is read as it is, and the checksum then tells.
+                let at = (entry.data.as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize);
+                if at < read || at.saturating_add(entry.data.len()) > frame.len() {
+                    continue;
+                }
+                let (view, _) = BatchView::split_first(&entry.data).expect("checked_batch");
+                crc = crc32c::crc32c_append(crc, &frame[read..at]);
+                crc = crc32c::crc32c_append(crc, view.outside_crc());
+                read = at + entry.data.len();
+            }
+        }
+    }
+    crc32c::crc32c_append(crc, &frame[read..])
+}
 
 impl PeerFrame {
     /// The frame encoded in pieces: each long entry's data is a piece of its own, the
@@ -440,6 +515,7 @@ impl PeerFrame {
         const DATA: u32 = 4;
         let messages = std::mem::take(&mut self.messages);
         let mut chunks = Vec::new();
+        let mut batches = Vec::new();
         let mut scratch = Vec::with_capacity(256);
         self.encode(&mut scratch).expect("a Vec grows");
         for mut group in messages {
@@ -468,14 +544,18 @@ impl PeerFrame {
                     scratch.extend_from_slice(&data);
                 } else {
                     chunks.push(Bytes::from(std::mem::take(&mut scratch)));
-                    chunks.push(data);
+                    entry.data = data;
+                    if checked_batch(&group, &message, &entry) {
+                        batches.push(chunks.len());
+                    }
+                    chunks.push(std::mem::take(&mut entry.data));
                 }
             }
         }
         if !scratch.is_empty() {
             chunks.push(Bytes::from(scratch));
         }
-        PeerBytes { chunks }
+        PeerBytes { chunks, batches }
     }
 }
 
@@ -655,6 +735,71 @@ mod tests {
             ],
             join: Some(BrokerRegistration::default()),
             ..PeerFrame::default()
+        }
+    }
+
+    /// An entry carrying a record batch of about `size` bytes.
+    fn batch_entry(index: u64, size: usize) -> Entry {
+        let value = vec![index as u8; size];
+        let records = [(None, &value[..], 0)];
+        Entry {
+            data: crate::wire::record_batch(records),
+            ..entry(index, 0)
+        }
+    }
+
+    #[test]
+    fn version_3_checksum_reads_all_but_what_a_batch_crc_covers_and_its_receiver_checks() {
+        let mut frame = frame();
+        let append = frame.messages[0].message.as_mut().unwrap();
+        append.entries = vec![batch_entry(10, 4096), entry(11, 12), batch_entry(12, 300)];
+        // The metadata quorum's entries, and a partition's proposal, are read whole.
+        let mut metadata = frame.messages[0].clone();
+        metadata.partition = None;
+        let mut proposal = frame.messages[0].clone();
+        proposal.message.as_mut().unwrap().msg_type = MessageType::MsgPropose as i32;
+        frame.messages.extend([metadata, proposal]);
+        let pieces = frame.clone().encode_shared();
+        assert_eq!(pieces.batches.len(), 1, "only the long batch of the append");
+        let bytes = pieces.to_bytes();
+        let crc = |frame: &Bytes| received_checksum(7, frame);
+        // Intact, both ends compute the same checksum.
+        let plain = pieces.checksum(7);
+        assert_eq!(crc(&bytes), plain);
+        assert_ne!(
+            plain,
+            crc32c::crc32c_append(7, &bytes),
+            "the batch was not skipped"
+        );
+
+        let flipped = |at: usize| {
+            let mut damaged = bytes.to_vec();
+            damaged[at] ^= 0x10;
+            Bytes::from(damaged)
+        };
+        let find = |data: &Bytes, from: usize| {
+            from + (bytes[from..].windows(data.len()))
+                .position(|w| w == &data[..])
+                .expect("the entry is in the frame")
+        };
+        let long = &frame.messages[0].message.as_ref().unwrap().entries[0].data;
+        let at = find(long, 0);
+        // Inside what the batch's CRC covers: left to the follower's check of the batch.
+        let inside = flipped(at + 2000);
+        assert_eq!(crc(&inside), plain);
+        let decoded = PeerFrame::decode(inside).unwrap();
+        let arrived = &decoded.messages[0].message.as_ref().unwrap().entries[0].data;
+        let (view, _) = BatchView::split_first(arrived).unwrap();
+        assert!(!view.crc_ok(), "the follower's check sees it");
+        // Its offset, length, epoch, magic or CRC, or anything else: the checksum sees it.
+        for at in [at, at + 9, at + 13, at + 16, at + 18, 3, bytes.len() - 1] {
+            assert_ne!(crc(&flipped(at)), plain, "byte {at}");
+        }
+        // The same batch in the metadata quorum's group or a proposal is read whole.
+        let second = find(long, at + 1);
+        let third = find(long, second + 1);
+        for copy in [second, third] {
+            assert_ne!(crc(&flipped(copy + 2000)), plain, "byte {}", copy + 2000);
         }
     }
 
