@@ -100,8 +100,8 @@ def workdir(request):
         keep = keep / request.node.name
         shutil.rmtree(keep, ignore_errors=True)
         keep.mkdir(parents=True, exist_ok=True)
-        # A dev cluster keeps each broker's log in its own directory (dev/node-N/).
-        for log in sorted(path.glob("**/seedlog*.log")):
+        # Every log the test wrote: brokers', a dev cluster's (dev/node-N/), clients'.
+        for log in sorted(path.glob("**/*.log")):
             name = str(log.relative_to(path)).replace("/", "_")
             shutil.copy(log, keep / name)
             tail = log.read_text(errors="replace").splitlines()[-25:]

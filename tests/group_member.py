@@ -41,7 +41,10 @@ def main(bootstrap, group, topic, out, strategy="range,roundrobin"):
     consumer.subscribe([topic], on_assign=on_assign)
     while running:
         msg = consumer.poll(0.2)
-        if msg is None or msg.error():
+        if msg is None:
+            continue
+        if msg.error():
+            log.write(f"error {msg.error()}\n")  # for the test's kept logs when it fails
             continue
         log.write(f"record {msg.partition()} {msg.offset()}\n")
         consumer.store_offsets(msg)

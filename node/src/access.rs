@@ -250,7 +250,6 @@ fn refusal(code: i16, message: Option<StrBytes>) -> anyhow::Result<()> {
     }
 }
 
-/// Users and their (mechanism, iterations).
 /// True if the broker at `addr` knows a credential of `user`.
 pub async fn user_known(client: &mut ClusterClient, addr: SocketAddr, user: &str) -> bool {
     users(client, Some(addr))
@@ -258,7 +257,8 @@ pub async fn user_known(client: &mut ClusterClient, addr: SocketAddr, user: &str
         .is_ok_and(|all| all.iter().any(|(u, _)| u == user))
 }
 
-/// Every user with a credential, as the broker at `addr` (or the next broker) knows them.
+/// Users and their (mechanism, iterations), as the broker at `addr` (or the next one in
+/// turn) knows them.
 async fn users(
     client: &mut ClusterClient,
     addr: Option<SocketAddr>,

@@ -450,7 +450,7 @@ fn frame_header(frame: &PeerBytes, version: u8) -> ([u8; 8], usize) {
     header(length, crc)
 }
 
-/// The header of a frame of `length` bytes that arrived, in `version`.
+/// The header a frame that arrived should have come behind, in `version`.
 fn received_header(frame: &Bytes, version: u8) -> ([u8; 8], usize) {
     let length = (frame.len() as u32).to_be_bytes();
     let crc = match version {
