@@ -77,6 +77,20 @@ def assert_no_gaps(members, acked):
     assert not missing, f"{len(missing)} records never consumed, e.g. {missing[:5]}"
 
 
+def wait_consumed(what, members, acked, timeout):
+    """Waits until every acknowledged record was processed; if not in time, says which were
+    not: per partition, the first and last offset missing, and how many."""
+    try:
+        wait_for(what, lambda: consumed(members) >= set(acked), timeout=timeout)
+    except AssertionError:
+        missing = {}
+        for p, o in set(acked) - consumed(members):
+            missing.setdefault(p, []).append(o)
+        summary = {p: (min(o), max(o), len(o)) for p, o in sorted(missing.items())}
+        owners = [m.assignment() for m in members]
+        raise AssertionError(f"timed out waiting for {what}: missing {summary}; assignments {owners}")
+
+
 def committed_offsets(brokers, group, topic, partitions):
     consumer = Consumer({"bootstrap.servers": brokers, "group.id": group})
     try:
@@ -128,7 +142,7 @@ def test_three_members_share_six_partitions_through_a_killed_member_and_a_coordi
                  lambda: set().union(*[m.assignment() or set() for m in members]) == set(range(6)),
                  timeout=30)
         taken_over = time.time() - killed_at
-        wait_for("every record consumed", lambda: consumed(members + [victim]) >= set(acked), timeout=40)
+        wait_consumed("every record consumed", members + [victim], acked, timeout=40)
         assert_no_gaps(members + [victim], acked)
         taken = [r for r in consumed(members) if r[0] in orphaned]
         assert taken, "the survivors read the victim's partitions"
@@ -145,8 +159,7 @@ def test_three_members_share_six_partitions_through_a_killed_member_and_a_coordi
         cluster[coordinator].start()
         more = produce(brokers, "orders", 600, start=3000)
         acked += more
-        wait_for("records after the restart consumed",
-                 lambda: consumed(members + [victim]) >= set(acked), timeout=60)
+        wait_consumed("records after the restart consumed", members + [victim], acked, timeout=60)
         assert_no_gaps(members + [victim], acked)
         after = committed_offsets(brokers, "workers", "orders", 6)
         assert all(after[p] >= ends[p] for p in range(6)), f"{after} went back from {ends}"
