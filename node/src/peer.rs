@@ -452,13 +452,12 @@ fn frame_header(frame: &PeerBytes, version: u8) -> ([u8; 8], usize) {
 
 /// The header a frame that arrived should have come behind, in `version`.
 fn received_header(frame: &Bytes, version: u8) -> ([u8; 8], usize) {
+    if version < 3 {
+        return frame_header(&PeerBytes::from(frame.clone()), version);
+    }
     let length = (frame.len() as u32).to_be_bytes();
-    let crc = match version {
-        ..=1 => None,
-        2 => Some(crc32c::crc32c_append(crc32c::crc32c(&length), frame)),
-        _ => Some(records::received_checksum(crc32c::crc32c(&length), frame)),
-    };
-    header(length, crc)
+    let crc = records::received_checksum(crc32c::crc32c(&length), frame);
+    header(length, Some(crc))
 }
 
 fn header(length: [u8; 4], crc: Option<u32>) -> ([u8; 8], usize) {

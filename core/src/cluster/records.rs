@@ -533,6 +533,7 @@ impl PeerFrame {
             for mut entry in entries {
                 encode_key(ENTRIES, WireType::LengthDelimited, &mut scratch);
                 encode_varint(entry.encoded_len() as u64, &mut scratch);
+                let checked = checked_batch(&group, &message, &entry);
                 let data = std::mem::take(&mut entry.data);
                 entry.encode(&mut scratch).expect("a Vec grows");
                 if data.is_empty() {
@@ -544,11 +545,10 @@ impl PeerFrame {
                     scratch.extend_from_slice(&data);
                 } else {
                     chunks.push(Bytes::from(std::mem::take(&mut scratch)));
-                    entry.data = data;
-                    if checked_batch(&group, &message, &entry) {
+                    if checked {
                         batches.push(chunks.len());
                     }
-                    chunks.push(std::mem::take(&mut entry.data));
+                    chunks.push(data);
                 }
             }
         }
